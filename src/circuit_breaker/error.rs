@@ -1,0 +1,76 @@
+//! The error a rejected call fails with.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::state::CircuitState;
+
+/// A call was rejected by a circuit breaker without reaching the service.
+///
+/// Returned (boxed in a `tower::BoxError`) when the breaker is OPEN or
+/// FORCED_OPEN, or HALF_OPEN with every trial call already in flight. Find it
+/// with `downcast_ref` or [`crate::find_cause`]:
+///
+/// ```
+/// use std::time::Duration;
+/// use palisade::circuit_breaker::{BreakerOpen, CircuitBreaker, CircuitBreakerConfig, CircuitState};
+///
+/// let breaker = CircuitBreaker::new("payments", CircuitBreakerConfig::default());
+/// breaker.transition_to_forced_open();
+/// let err = breaker.try_acquire().unwrap_err();
+/// assert_eq!(err.breaker(), "payments");
+/// assert_eq!(err.state(), CircuitState::ForcedOpen);
+/// assert_eq!(err.retry_in(), None);
+///
+/// let boxed: palisade::BoxError = err.into();
+/// assert!(boxed.downcast_ref::<BreakerOpen>().is_some());
+/// ```
+#[derive(Debug, Clone)]
+pub struct BreakerOpen {
+    pub(crate) breaker: Arc<str>,
+    pub(crate) state: CircuitState,
+    pub(crate) retry_in: Option<Duration>,
+}
+
+impl BreakerOpen {
+    /// The name of the breaker that rejected the call.
+    pub fn breaker(&self) -> &str {
+        &self.breaker
+    }
+
+    /// The breaker's state when it rejected the call: `Open`, `ForcedOpen`
+    /// or `HalfOpen`.
+    pub fn state(&self) -> CircuitState {
+        self.state
+    }
+
+    /// How long until the breaker lets a trial call through, when known:
+    /// the rest of the OPEN wait. `None` when FORCED_OPEN (only an operator
+    /// ends it) or HALF_OPEN (it waits for the trial calls in flight).
+    pub fn retry_in(&self) -> Option<Duration> {
+        self.retry_in
+    }
+}
+
+impl fmt::Display for BreakerOpen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "circuit breaker '{}' is {}", self.breaker, self.state)?;
+        match (self.state, self.retry_in) {
+            (_, Some(wait)) => write!(
+                f,
+                "; calls are rejected for another {:.3}s",
+                wait.as_secs_f64()
+            ),
+            (CircuitState::HalfOpen, None) => {
+                f.write_str("; all trial calls are in flight, waiting for their outcome")
+            }
+            (CircuitState::ForcedOpen, None) => {
+                f.write_str("; calls are rejected until it is reset or moved to another state")
+            }
+            _ => f.write_str("; the call was rejected"),
+        }
+    }
+}
+
+impl std::error::Error for BreakerOpen {}

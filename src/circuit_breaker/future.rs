@@ -1,0 +1,88 @@
+//! [`ResponseFuture`]: records the call's outcome when it completes.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use pin_project_lite::pin_project;
+
+use crate::classify::Classify;
+use crate::error::BoxError;
+
+use super::error::BreakerOpen;
+use super::state::CallPermit;
+
+pin_project! {
+    /// The response future of a [`CircuitBreakerService`](super::CircuitBreakerService).
+    ///
+    /// Resolves to the inner response, or to a [`BreakerOpen`] error at once
+    /// if the breaker rejected the call. Dropping it before it completes
+    /// records nothing and releases its HALF_OPEN trial slot.
+    pub struct ResponseFuture<F, C> {
+        #[pin]
+        kind: Kind<F>,
+        permit: Option<CallPermit>,
+        classifier: C,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F> {
+        Called { #[pin] future: F },
+        Rejected { error: Option<BreakerOpen> },
+    }
+}
+
+impl<F, C> ResponseFuture<F, C> {
+    pub(crate) fn admitted(future: F, permit: CallPermit, classifier: C) -> Self {
+        Self {
+            kind: Kind::Called { future },
+            permit: Some(permit),
+            classifier,
+        }
+    }
+
+    pub(crate) fn rejected(error: BreakerOpen, classifier: C) -> Self {
+        Self {
+            kind: Kind::Rejected { error: Some(error) },
+            permit: None,
+            classifier,
+        }
+    }
+}
+
+impl<F, C, T, E> Future for ResponseFuture<F, C>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+    C: Classify<T, E>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        match this.kind.project() {
+            KindProj::Called { future } => {
+                let result = ready!(future.poll(cx));
+                if let Some(permit) = this.permit.take() {
+                    permit.record_result(result.as_ref(), this.classifier);
+                }
+                Poll::Ready(result.map_err(Into::into))
+            }
+            KindProj::Rejected { error } => match error.take() {
+                Some(error) => Poll::Ready(Err(error.into())),
+                None => panic!("circuit breaker ResponseFuture polled after completion"),
+            },
+        }
+    }
+}
+
+impl<F, C> fmt::Debug for ResponseFuture<F, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("permit", &self.permit)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,42 @@
+//! A point-in-time view of a circuit breaker.
+
+use std::time::Duration;
+
+use super::state::CircuitState;
+
+/// What a breaker's window holds and what it has rejected, from
+/// [`CircuitBreaker::metrics`](super::CircuitBreaker::metrics).
+///
+/// In CLOSED, OPEN, DISABLED, FORCED_OPEN and METRICS_ONLY the figures are
+/// those of the sliding window (OPEN keeps the window that tripped it until
+/// the breaker closes again). In HALF_OPEN they are those of the trial calls.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct CircuitBreakerMetrics {
+    /// The state now.
+    pub state: CircuitState,
+    /// Failed calls as a percentage of recorded calls; `None` until the
+    /// minimum number of calls is recorded (and always `None` for a
+    /// consecutive-failures window).
+    pub failure_rate: Option<f32>,
+    /// Slow calls as a percentage of recorded calls; `None` until the
+    /// minimum number of calls is recorded, or when slow calls are not
+    /// detected.
+    pub slow_call_rate: Option<f32>,
+    /// Calls recorded in the window (or trial calls recorded in HALF_OPEN).
+    pub buffered_calls: u64,
+    /// Of those, failed calls.
+    pub failed_calls: u64,
+    /// Of those, slow calls (failed or not).
+    pub slow_calls: u64,
+    /// Of those, successful calls.
+    pub successful_calls: u64,
+    /// Calls rejected since the breaker was created.
+    pub not_permitted_calls: u64,
+    /// Failures in a row, for a consecutive-failures window.
+    pub consecutive_failures: Option<u32>,
+    /// In OPEN, the time left before a trial call is let through.
+    pub retry_in: Option<Duration>,
+    /// In HALF_OPEN, trial calls that may still start.
+    pub trial_permits_available: Option<u32>,
+}

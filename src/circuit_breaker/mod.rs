@@ -1,0 +1,132 @@
+//! A circuit breaker layer with resilience4j's semantics.
+//!
+//! A circuit breaker watches the outcomes of calls to a dependency. While
+//! the dependency is healthy the breaker is CLOSED and calls pass. When too
+//! many recent calls fail (or are slow), it trips to OPEN and rejects calls
+//! at once with [`BreakerOpen`], giving the dependency time to recover and
+//! sparing callers a wait for a timeout. After a while it lets a few trial
+//! calls through (HALF_OPEN); their outcome decides whether it closes again
+//! or opens for another wait.
+//!
+//! ```text
+//!            failure or slow-call rate >= threshold
+//!   CLOSED ─────────────────────────────────────────▶ OPEN
+//!     ▲                                                │  wait_duration_in_open_state
+//!     │ trial calls under thresholds                   ▼
+//!     └──────────────────────────────────────────── HALF_OPEN ──▶ OPEN (trial calls failed,
+//!                                                                   or max wait in HALF_OPEN)
+//! ```
+//!
+//! An operator can also move a breaker to DISABLED (everything passes,
+//! nothing is recorded), FORCED_OPEN (everything is rejected) or
+//! METRICS_ONLY (everything passes and is recorded, the breaker never
+//! trips), and back with [`CircuitBreaker::reset`] or a
+//! `transition_to_*` method.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use palisade::circuit_breaker::{BreakerOpen, CircuitBreaker, CircuitBreakerConfig, SlidingWindow};
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), palisade::BoxError> {
+//! let config = CircuitBreakerConfig::builder()
+//!     .sliding_window(SlidingWindow::count(10))
+//!     .minimum_number_of_calls(5)
+//!     .failure_rate_threshold(50.0)
+//!     .wait_duration_in_open_state(Duration::from_secs(30))
+//!     .build()?;
+//! let breaker = CircuitBreaker::new("inventory", config);
+//! let mut service = ServiceBuilder::new()
+//!     .layer(breaker.layer())
+//!     .service_fn(|fail: bool| async move {
+//!         if fail { Err("inventory is down") } else { Ok("reserved") }
+//!     });
+//!
+//! for _ in 0..5 {
+//!     let _ = service.ready().await?.call(true).await;
+//! }
+//! let err = service.ready().await?.call(false).await.unwrap_err();
+//! let open = err.downcast_ref::<BreakerOpen>().expect("rejected by the breaker");
+//! assert_eq!(open.breaker(), "inventory");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Options
+//!
+//! Set with [`CircuitBreakerConfig::builder`]; `build()` rejects an invalid
+//! value with a [`ConfigError`](crate::ConfigError) naming the field.
+//!
+//! | option | default | meaning |
+//! |---|---|---|
+//! | `sliding_window` | `Count { size: 100 }` | What CLOSED judges by: the last N calls ([`SlidingWindow::Count`]), the last N seconds in one bucket per second ([`SlidingWindow::Time`]), or N failures in a row ([`SlidingWindow::ConsecutiveFailures`]). |
+//! | `failure_rate_threshold` | `50.0` | Percent of failed calls at or above which the breaker trips (and at which a HALF_OPEN trial fails). |
+//! | `slow_call_duration_threshold` | none | A call strictly longer than this is slow. Unset: slow calls are not detected and no clock is read per call. |
+//! | `slow_call_rate_threshold` | `100.0` | Percent of slow calls at or above which the breaker trips. Needs `slow_call_duration_threshold`. |
+//! | `minimum_number_of_calls` | `100` | Rates are evaluated only once this many calls are in the window; a count window uses `min(this, size)`. |
+//! | `wait_duration_in_open_state` | 60 s | How long OPEN rejects calls before letting trial calls through. |
+//! | `break_duration` | [`BreakDuration::Fixed`] | How the wait grows on repeated trips without a successful close: [`BreakDuration::exponential`] with a cap, or [`BreakDuration::custom`]. |
+//! | `automatic_transition_from_open_to_half_open` | `false` | `true`: a tokio timer moves OPEN to HALF_OPEN when the wait ends. `false`: the first call after the wait does. |
+//! | `permitted_number_of_calls_in_half_open_state` | `10` | Trial calls let through in HALF_OPEN; other callers are rejected. Once all of them are recorded, their own failure and slow-call rates decide CLOSED or OPEN. |
+//! | `max_wait_duration_in_half_open_state` | none | Longest stay in HALF_OPEN before going back to OPEN if the trial calls have not decided. |
+//! | `call_clock` | [`CallClock::Tokio`](crate::clock::CallClock) | Clock that times calls (slow calls, time window). |
+//! | `event_capacity` | `256` | Events buffered per subscriber. |
+//!
+//! # Semantics
+//!
+//! * What a failure is, is decided by a [`Classify`](crate::classify::Classify)
+//!   implementation: by default an `Err` is a failure and an `Ok` a success.
+//!   [`Outcome::Ignored`](crate::classify::Outcome::Ignored) calls are not
+//!   recorded (in HALF_OPEN their trial slot is given back).
+//! * A call's outcome counts for the state it was admitted in. If the breaker
+//!   changed state while the call ran, the outcome is reported as an event
+//!   but not recorded: a slow call admitted while CLOSED cannot decide a
+//!   HALF_OPEN trial it took no slot in.
+//! * A response future dropped before completion records nothing and gives
+//!   back its HALF_OPEN trial slot.
+//! * Rejections never reach the inner service.
+//!
+//! # Cost
+//!
+//! In CLOSED with a count window and no slow-call detection, a call costs
+//! one atomic load for admission, one `fetch_add` and one load to record
+//! (plus a swap when the outcome differs from the one it replaces), and the
+//! reference count of the shared state; no lock and no allocation. Time
+//! windows and slow-call detection add one clock read per call end (and per
+//! call start for slow calls): see [`crate::clock`].
+//!
+//! # Observability
+//!
+//! Transitions are logged at `warn` (to OPEN/FORCED_OPEN) or `info`,
+//! rejections at `debug`, with the breaker's name as a field.
+//! [`CircuitBreaker::subscribe`] delivers [`CircuitBreakerEvent`]s and
+//! [`CircuitBreaker::metrics`] returns a [`CircuitBreakerMetrics`] snapshot;
+//! [`CircuitBreakerRegistry`] holds named breakers and lists their metrics.
+
+mod config;
+mod error;
+mod event;
+mod future;
+mod layer;
+mod metrics;
+mod registry;
+mod service;
+mod state;
+mod window;
+
+pub use self::config::{
+    BreakDuration, CircuitBreakerConfig, CircuitBreakerConfigBuilder, MAX_COUNT_WINDOW,
+    MAX_EVENT_CAPACITY, MAX_TIME_WINDOW_SECONDS, SlidingWindow,
+};
+pub use self::error::BreakerOpen;
+pub use self::event::{CircuitBreakerEvent, EventKind, TransitionReason};
+pub use self::future::ResponseFuture;
+pub use self::layer::CircuitBreakerLayer;
+pub use self::metrics::CircuitBreakerMetrics;
+pub use self::registry::CircuitBreakerRegistry;
+pub use self::service::CircuitBreakerService;
+pub use self::state::{CallPermit, CircuitBreaker, CircuitState};
+pub use self::window::TripReason;

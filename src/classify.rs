@@ -1,0 +1,270 @@
+//! Deciding whether a call succeeded: the outcome classifier shared by every layer.
+//!
+//! A circuit breaker counts failures, a retry layer retries some of them, an
+//! outlier detector ejects hosts that produce them. All of them ask the same
+//! question of a finished call, so palisade answers it once, with a
+//! [`Classify`] implementation that maps `Result<&Response, &Error>` to an
+//! [`Outcome`]:
+//!
+//! | outcome | circuit breaker | retry |
+//! |---|---|---|
+//! | [`Outcome::Success`] | recorded as a success | returned |
+//! | [`Outcome::Failure`] `{ retryable: true }` | recorded as a failure | retried |
+//! | [`Outcome::Failure`] `{ retryable: false }` | recorded as a failure | returned |
+//! | [`Outcome::Ignored`] | not recorded at all | returned |
+//!
+//! [`DefaultClassifier`] treats every `Ok` as a success and every `Err` as a
+//! retryable failure. Adapt it with [`ClassifyExt`], or write any rule with
+//! [`classify_fn`]:
+//!
+//! ```
+//! use palisade::classify::{classify_fn, Classify, ClassifyExt, DefaultClassifier, Outcome};
+//!
+//! #[derive(Debug)]
+//! enum DbError { NotFound, Timeout }
+//!
+//! // "Not found" is the caller's problem, not the database's: ignore it.
+//! let classifier = DefaultClassifier.ignore_errors(|e: &DbError| matches!(e, DbError::NotFound));
+//! assert_eq!(classifier.classify(Err::<&(), _>(&DbError::NotFound)), Outcome::Ignored);
+//! assert_eq!(
+//!     classifier.classify(Err::<&(), _>(&DbError::Timeout)),
+//!     Outcome::Failure { retryable: true }
+//! );
+//!
+//! // A response that says "try later" is a failure even though it is `Ok`.
+//! let classifier = classify_fn(|result: Result<&u16, &DbError>| match result {
+//!     Ok(503) => Outcome::Failure { retryable: true },
+//!     Ok(_) => Outcome::Success,
+//!     Err(_) => Outcome::Failure { retryable: true },
+//! });
+//! assert_eq!(classifier.classify(Ok(&503)), Outcome::Failure { retryable: true });
+//! ```
+//!
+//! With the `http` feature (on by default), [`HttpStatusClassifier`] and
+//! [`GrpcStatusClassifier`] classify `http::Response`s by status code and by
+//! `grpc-status`, building on tower-http's `ServerErrorsAsFailures` and
+//! `GrpcErrorsAsFailures`.
+
+use std::fmt;
+
+#[cfg(feature = "http")]
+mod http;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub use self::http::{GrpcCode, GrpcStatusClassifier, HttpStatusClassifier};
+
+/// What a finished call means for the layers that watch it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// The call succeeded (or failed for a reason that says nothing about the
+    /// health of the dependency, such as an HTTP 404).
+    Success,
+    /// The call failed. `retryable` tells a retry layer whether another
+    /// attempt may succeed (a connection refused or HTTP 503 may; an HTTP 500
+    /// caused by a bug will not).
+    Failure {
+        /// Whether another attempt of the same call may succeed.
+        retryable: bool,
+    },
+    /// The call is neither a success nor a failure: it is not recorded.
+    Ignored,
+}
+
+impl Outcome {
+    /// Returns `true` for [`Outcome::Failure`], retryable or not.
+    pub fn is_failure(self) -> bool {
+        matches!(self, Outcome::Failure { .. })
+    }
+
+    /// Returns `true` for a [`Outcome::Failure`] marked retryable.
+    pub fn is_retryable(self) -> bool {
+        matches!(self, Outcome::Failure { retryable: true })
+    }
+}
+
+/// Maps the result of a call to an [`Outcome`].
+///
+/// Implemented by [`DefaultClassifier`], by the HTTP and gRPC classifiers, by
+/// the adapters of [`ClassifyExt`] and by [`FnClassifier`]. Layers clone
+/// their classifier into each response future, so keep it cheap to clone
+/// (the provided ones are zero-sized or a few bytes).
+pub trait Classify<Res, Err> {
+    /// Classifies one finished call.
+    fn classify(&self, result: Result<&Res, &Err>) -> Outcome;
+}
+
+/// `Ok` is [`Outcome::Success`]; every `Err` is a retryable
+/// [`Outcome::Failure`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DefaultClassifier;
+
+impl<Res, Err> Classify<Res, Err> for DefaultClassifier {
+    #[inline]
+    fn classify(&self, result: Result<&Res, &Err>) -> Outcome {
+        match result {
+            Ok(_) => Outcome::Success,
+            Err(_) => Outcome::Failure { retryable: true },
+        }
+    }
+}
+
+/// A classifier written as a closure; see [`classify_fn`].
+#[derive(Clone, Copy)]
+pub struct FnClassifier<F> {
+    f: F,
+}
+
+impl<F> fmt::Debug for FnClassifier<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FnClassifier").finish_non_exhaustive()
+    }
+}
+
+/// Builds a classifier from a closure over `Result<&Res, &Err>`.
+///
+/// Annotate the closure's argument type so the compiler knows `Res` and `Err`:
+///
+/// ```
+/// use palisade::classify::{classify_fn, Classify, Outcome};
+///
+/// let classifier = classify_fn(|r: Result<&String, &std::io::Error>| match r {
+///     Ok(body) if body.is_empty() => Outcome::Failure { retryable: true },
+///     Ok(_) => Outcome::Success,
+///     Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => Outcome::Ignored,
+///     Err(_) => Outcome::Failure { retryable: true },
+/// });
+/// assert_eq!(classifier.classify(Ok(&String::new())), Outcome::Failure { retryable: true });
+/// ```
+pub fn classify_fn<Res, Err, F>(f: F) -> FnClassifier<F>
+where
+    F: Fn(Result<&Res, &Err>) -> Outcome,
+{
+    FnClassifier { f }
+}
+
+impl<Res, Err, F> Classify<Res, Err> for FnClassifier<F>
+where
+    F: Fn(Result<&Res, &Err>) -> Outcome,
+{
+    #[inline]
+    fn classify(&self, result: Result<&Res, &Err>) -> Outcome {
+        (self.f)(result)
+    }
+}
+
+/// Adapters available on every classifier.
+pub trait ClassifyExt: Sized {
+    /// Errors for which `predicate` returns `true` become
+    /// [`Outcome::Ignored`]; everything else is classified by `self`.
+    fn ignore_errors<F>(self, predicate: F) -> IgnoreErrors<Self, F> {
+        IgnoreErrors {
+            inner: self,
+            predicate,
+        }
+    }
+
+    /// Successful responses for which `predicate` returns `true` become a
+    /// failure (retryable as given); everything else is classified by `self`.
+    fn fail_responses<F>(self, predicate: F, retryable: bool) -> FailResponses<Self, F> {
+        FailResponses {
+            inner: self,
+            predicate,
+            retryable,
+        }
+    }
+}
+
+impl<C> ClassifyExt for C {}
+
+/// See [`ClassifyExt::ignore_errors`].
+#[derive(Clone, Copy)]
+pub struct IgnoreErrors<C, F> {
+    inner: C,
+    predicate: F,
+}
+
+impl<C: fmt::Debug, F> fmt::Debug for IgnoreErrors<C, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IgnoreErrors")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<Res, Err, C, F> Classify<Res, Err> for IgnoreErrors<C, F>
+where
+    C: Classify<Res, Err>,
+    F: Fn(&Err) -> bool,
+{
+    #[inline]
+    fn classify(&self, result: Result<&Res, &Err>) -> Outcome {
+        match result {
+            Err(e) if (self.predicate)(e) => Outcome::Ignored,
+            other => self.inner.classify(other),
+        }
+    }
+}
+
+/// See [`ClassifyExt::fail_responses`].
+#[derive(Clone, Copy)]
+pub struct FailResponses<C, F> {
+    inner: C,
+    predicate: F,
+    retryable: bool,
+}
+
+impl<C: fmt::Debug, F> fmt::Debug for FailResponses<C, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FailResponses")
+            .field("inner", &self.inner)
+            .field("retryable", &self.retryable)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<Res, Err, C, F> Classify<Res, Err> for FailResponses<C, F>
+where
+    C: Classify<Res, Err>,
+    F: Fn(&Res) -> bool,
+{
+    #[inline]
+    fn classify(&self, result: Result<&Res, &Err>) -> Outcome {
+        match result {
+            Ok(res) if (self.predicate)(res) => Outcome::Failure {
+                retryable: self.retryable,
+            },
+            other => self.inner.classify(other),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_classifier_fails_errors_and_passes_responses() {
+        assert_eq!(
+            DefaultClassifier.classify(Ok::<_, &()>(&1)),
+            Outcome::Success
+        );
+        assert_eq!(
+            DefaultClassifier.classify(Err::<&(), _>(&"boom")),
+            Outcome::Failure { retryable: true }
+        );
+    }
+
+    #[test]
+    fn adapters_compose_in_order() {
+        let c = DefaultClassifier
+            .ignore_errors(|e: &&str| *e == "ignore me")
+            .fail_responses(|r: &u32| *r >= 500, false);
+        assert_eq!(c.classify(Ok(&200)), Outcome::Success);
+        assert_eq!(c.classify(Ok(&503)), Outcome::Failure { retryable: false });
+        assert_eq!(c.classify(Err(&"ignore me")), Outcome::Ignored);
+        assert_eq!(
+            c.classify(Err(&"other")),
+            Outcome::Failure { retryable: true }
+        );
+    }
+}

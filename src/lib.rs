@@ -1,0 +1,75 @@
+//! # palisade
+//!
+//! Resilience and microservice patterns for [tower] services: what
+//! resilience4j gives the JVM and Polly gives .NET, as `tower::Layer`s that
+//! wrap a tonic channel, a hyper or reqwest client, or any `Service`.
+//!
+//! | module | pattern |
+//! |---|---|
+//! | [`circuit_breaker`] | Stop calling a failing dependency; try again after a wait. |
+//! | [`classify`] | Decide which outcomes are failures (shared by every layer). |
+//! | [`clock`] | Choose how calls are timed: exact or coarse and cheap. |
+//! | [`events`] | Subscribe to what a layer does. |
+//!
+//! Retry with backoff and budgets, bulkheads, service discovery with load
+//! balancing and a durable saga executor follow the same conventions.
+//!
+//! ## Conventions
+//!
+//! * Every layer is configured by a builder whose `build()` validates all
+//!   fields and returns a [`ConfigError`] naming the field and the rule it
+//!   broke: nothing panics and nothing is silently clamped.
+//! * Services return [`BoxError`]. Each rejection a layer adds has its own
+//!   error type (such as [`circuit_breaker::BreakerOpen`]), found with
+//!   `downcast_ref` or [`find_cause`] / [`is_caused_by`].
+//! * Outcomes are classified by [`classify::Classify`]: one classifier
+//!   decides success, failure (retryable or not) and ignored outcomes for
+//!   every layer.
+//! * Layers share their state between clones through an `Arc`: every clone
+//!   of a service uses one breaker.
+//! * State changes are `tracing` events, a subscription
+//!   ([`events::EventStream`]) and a metrics snapshot.
+//! * All waiting uses `tokio::time`, so tests run with
+//!   `tokio::time::pause()`.
+//!
+//! ## Example
+//!
+//! ```
+//! use palisade::circuit_breaker::{CircuitBreaker, CircuitBreakerConfig, SlidingWindow};
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), palisade::BoxError> {
+//! let breaker = CircuitBreaker::new(
+//!     "users",
+//!     CircuitBreakerConfig::builder()
+//!         .sliding_window(SlidingWindow::count(20))
+//!         .minimum_number_of_calls(10)
+//!         .build()?,
+//! );
+//! let mut users = ServiceBuilder::new()
+//!     .layer(breaker.layer())
+//!     .service_fn(|id: u64| async move { Ok::<_, std::io::Error>(format!("user {id}")) });
+//!
+//! assert_eq!(users.ready().await?.call(7).await?, "user 7");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## Features
+//!
+//! * `http` (default): classifiers for `http::Response` status codes and
+//!   gRPC `grpc-status`, built on tower-http's `classify` module.
+
+#![deny(missing_docs)]
+#![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod circuit_breaker;
+pub mod classify;
+pub mod clock;
+pub mod error;
+pub mod events;
+mod sync;
+
+pub use crate::error::{BoxError, ConfigError, find_cause, is_caused_by};
