@@ -17,3 +17,12 @@ impl<T> Deref for CachePadded<T> {
         &self.0
     }
 }
+
+/// Atomics: `std`'s, or loom's when model-checking with
+/// `RUSTFLAGS="--cfg palisade_loom"` (see `scripts/loom.sh`).
+pub(crate) mod atomic {
+    #[cfg(palisade_loom)]
+    pub(crate) use loom::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+    #[cfg(not(palisade_loom))]
+    pub(crate) use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+}

@@ -11,7 +11,7 @@
 //! by the calls in flight, and an evaluation that sees an inconsistent
 //! aggregate is skipped (the next call re-evaluates).
 
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering::*};
+use crate::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering::*};
 
 use crate::sync::CachePadded;
 
@@ -337,7 +337,12 @@ impl TimeWindow {
             {
                 Ok(_) => {
                     let first = (current + 1).max(second + 1 - self.seconds);
-                    self.write_marks(first, second, self.total.load(Acquire), self.bad.load(Acquire));
+                    self.write_marks(
+                        first,
+                        second,
+                        self.total.load(Acquire),
+                        self.bad.load(Acquire),
+                    );
                     return;
                 }
                 Err(actual) => current = actual,
@@ -356,7 +361,9 @@ impl TimeWindow {
         let bad = if bad_delta == 0 {
             self.bad.load(Acquire)
         } else {
-            self.bad.fetch_add(bad_delta, AcqRel).wrapping_add(bad_delta)
+            self.bad
+                .fetch_add(bad_delta, AcqRel)
+                .wrapping_add(bad_delta)
         };
         let current = self.current_second.load(Acquire).max(second);
         let counts = self.counts_since(current + 1 - self.seconds, total, bad)?;
@@ -387,7 +394,9 @@ impl TimeWindow {
     }
 
     fn reset(&self, now_nanos: u64) {
-        let second = self.second_of(now_nanos).max(self.current_second.load(Acquire));
+        let second = self
+            .second_of(now_nanos)
+            .max(self.current_second.load(Acquire));
         self.current_second.store(second, Release);
         self.write_marks(
             second + 1 - self.seconds,
@@ -465,11 +474,28 @@ mod tests {
         assert_eq!(w.record(true, false), None); // 1 call
         assert_eq!(w.record(false, false), None);
         assert_eq!(w.record(false, false), None); // 1/3 failed
-        assert_eq!(w.counts(), Counts { total: 3, failed: 1, slow: 0 });
+        assert_eq!(
+            w.counts(),
+            Counts {
+                total: 3,
+                failed: 1,
+                slow: 0
+            }
+        );
         w.record(false, false); // the failure falls out
-        assert_eq!(w.counts(), Counts { total: 3, failed: 0, slow: 0 });
+        assert_eq!(
+            w.counts(),
+            Counts {
+                total: 3,
+                failed: 0,
+                slow: 0
+            }
+        );
         assert_eq!(w.record(true, false), None); // 1/3
-        assert_eq!(w.record(true, false), Some(TripReason::FailureRate(200.0 / 3.0)));
+        assert_eq!(
+            w.record(true, false),
+            Some(TripReason::FailureRate(200.0 / 3.0))
+        );
         w.reset();
         assert_eq!(w.counts(), Counts::default());
     }
@@ -479,7 +505,11 @@ mod tests {
         for size in [1u32, 2, 3, 7, 100, 1000, MAX_COUNT_WINDOW_FOR_TEST] {
             let w = CountWindow::new(size, thresholds(1));
             for position in [0u32, 1, size - 1, size, size + 1, u32::MAX - 1, u32::MAX] {
-                assert_eq!(w.slot_index(position), (position % size) as usize, "{position} % {size}");
+                assert_eq!(
+                    w.slot_index(position),
+                    (position % size) as usize,
+                    "{position} % {size}"
+                );
             }
         }
     }
@@ -491,14 +521,42 @@ mod tests {
         let w = TimeWindow::new(2, thresholds(100), 0);
         w.record(true, false, 0);
         w.record(false, true, s / 2);
-        assert_eq!(w.counts(s / 2), Counts { total: 2, failed: 1, slow: 1 });
+        assert_eq!(
+            w.counts(s / 2),
+            Counts {
+                total: 2,
+                failed: 1,
+                slow: 1
+            }
+        );
         w.record(false, false, s + 1);
-        assert_eq!(w.counts(s + 1), Counts { total: 3, failed: 1, slow: 1 });
+        assert_eq!(
+            w.counts(s + 1),
+            Counts {
+                total: 3,
+                failed: 1,
+                slow: 1
+            }
+        );
         // Second 0 leaves the two-second window when second 2 starts.
-        assert_eq!(w.counts(2 * s), Counts { total: 1, failed: 0, slow: 0 });
+        assert_eq!(
+            w.counts(2 * s),
+            Counts {
+                total: 1,
+                failed: 0,
+                slow: 0
+            }
+        );
         assert_eq!(w.counts(10 * s), Counts::default());
         w.record(true, false, 10 * s);
-        assert_eq!(w.counts(10 * s), Counts { total: 1, failed: 1, slow: 0 });
+        assert_eq!(
+            w.counts(10 * s),
+            Counts {
+                total: 1,
+                failed: 1,
+                slow: 0
+            }
+        );
     }
 
     #[test]
@@ -508,5 +566,78 @@ mod tests {
         assert_eq!(w.record(false), None);
         assert_eq!(w.record(true), None);
         assert_eq!(w.record(true), Some(TripReason::ConsecutiveFailures(2)));
+    }
+}
+
+/// Model checks of the lock-free windows: `scripts/loom.sh`.
+#[cfg(all(test, palisade_loom))]
+mod loom_tests {
+    use super::*;
+
+    fn thresholds() -> RateThresholds {
+        RateThresholds {
+            minimum_calls: 1,
+            failure_rate: 100.0,
+            slow_call_rate: None,
+        }
+    }
+
+    /// The packed sum equals the slots once writers are done, whatever the
+    /// interleaving of swaps and sum updates, including with a reset racing
+    /// the records and two writers landing on one slot.
+    #[test]
+    fn count_window_sum_matches_slots_after_racing_records_and_reset() {
+        loom::model(|| {
+            let window = loom::sync::Arc::new(CountWindow::new(2, thresholds()));
+            let writers: Vec<_> = [(true, false), (false, true)]
+                .into_iter()
+                .map(|(failed, slow)| {
+                    let window = window.clone();
+                    loom::thread::spawn(move || {
+                        window.record(failed, slow);
+                        window.record(!failed, false);
+                    })
+                })
+                .collect();
+            window.reset();
+            for writer in writers {
+                writer.join().expect("writer");
+            }
+            let mut expected = Counts::default();
+            for slot in window.slots.iter() {
+                let value = slot.load(Relaxed);
+                expected.total += u64::from(value & SLOT_RECORDED);
+                expected.failed += u64::from((value & SLOT_FAILED) >> 1);
+                expected.slow += u64::from((value & SLOT_SLOW) >> 2);
+            }
+            assert_eq!(window.unpack(window.sum.load(Relaxed)), Some(expected));
+        });
+    }
+
+    /// Concurrent records in one second are all counted, and a rotation into
+    /// a new second racing a record never loses the mark of the window start.
+    #[test]
+    fn time_window_counts_every_record_across_a_rotation() {
+        loom::model(|| {
+            let window = loom::sync::Arc::new(TimeWindow::new(2, thresholds(), 0));
+            let second = NANOS_PER_SECOND;
+            let other = {
+                let window = window.clone();
+                loom::thread::spawn(move || {
+                    window.record(true, false, second);
+                })
+            };
+            window.record(false, false, 0);
+            window.record(false, false, second + 1);
+            other.join().expect("writer");
+            assert_eq!(
+                window.counts(second + 1),
+                Counts {
+                    total: 3,
+                    failed: 1,
+                    slow: 0
+                }
+            );
+        });
     }
 }
