@@ -62,9 +62,9 @@ impl AnchoredClock {
     #[inline]
     pub(crate) fn now_nanos(&self) -> u64 {
         match self.kind {
-            CallClock::Tokio => {
-                duration_nanos(tokio::time::Instant::now().saturating_duration_since(self.tokio_anchor))
-            }
+            CallClock::Tokio => duration_nanos(
+                tokio::time::Instant::now().saturating_duration_since(self.tokio_anchor),
+            ),
             CallClock::Coarse => coarse_nanos().saturating_sub(self.coarse_anchor),
         }
     }
@@ -134,6 +134,9 @@ mod tests {
         while clock.now_nanos() == start && begun.elapsed() < Duration::from_secs(5) {
             std::thread::yield_now();
         }
-        assert!(clock.now_nanos() > start, "coarse clock did not tick within 5s");
+        assert!(
+            clock.now_nanos() > start,
+            "coarse clock did not tick within 5s"
+        );
     }
 }

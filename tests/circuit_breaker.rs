@@ -63,7 +63,11 @@ async fn trip(service: &mut Guarded) {
 
 #[tokio::test(start_paused = true)]
 async fn count_window_trips_when_failure_rate_reaches_threshold() {
-    let b = breaker(config().sliding_window(SlidingWindow::count(4)).minimum_number_of_calls(4));
+    let b = breaker(
+        config()
+            .sliding_window(SlidingWindow::count(4))
+            .minimum_number_of_calls(4),
+    );
     let (mut svc, _) = guard(&b);
     calls(&mut svc, &[Reply::Ok, Reply::Ok, Reply::Err]).await;
     assert_eq!(b.state(), CircuitState::Closed);
@@ -74,10 +78,18 @@ async fn count_window_trips_when_failure_rate_reaches_threshold() {
 
 #[tokio::test(start_paused = true)]
 async fn count_window_judges_only_the_last_n_calls() {
-    let b = breaker(config().sliding_window(SlidingWindow::count(4)).minimum_number_of_calls(4));
+    let b = breaker(
+        config()
+            .sliding_window(SlidingWindow::count(4))
+            .minimum_number_of_calls(4),
+    );
     let (mut svc, _) = guard(&b);
     // One failure, then successes that push it out of the window.
-    calls(&mut svc, &[Reply::Err, Reply::Ok, Reply::Ok, Reply::Ok, Reply::Ok]).await;
+    calls(
+        &mut svc,
+        &[Reply::Err, Reply::Ok, Reply::Ok, Reply::Ok, Reply::Ok],
+    )
+    .await;
     assert_eq!(b.metrics().failed_calls, 0);
     assert_eq!(b.metrics().buffered_calls, 4);
     // One failure in the last four: 25 %.
@@ -88,7 +100,11 @@ async fn count_window_judges_only_the_last_n_calls() {
 
 #[tokio::test(start_paused = true)]
 async fn minimum_number_of_calls_delays_evaluation() {
-    let b = breaker(config().sliding_window(SlidingWindow::count(10)).minimum_number_of_calls(5));
+    let b = breaker(
+        config()
+            .sliding_window(SlidingWindow::count(10))
+            .minimum_number_of_calls(5),
+    );
     let (mut svc, _) = guard(&b);
     calls(&mut svc, &[Reply::Err, Reply::Err, Reply::Err, Reply::Err]).await;
     // 100 % failures, but only 4 of the 5 calls needed.
@@ -101,7 +117,11 @@ async fn minimum_number_of_calls_delays_evaluation() {
 
 #[tokio::test(start_paused = true)]
 async fn minimum_calls_is_capped_at_count_window_size() {
-    let b = breaker(config().sliding_window(SlidingWindow::count(3)).minimum_number_of_calls(100));
+    let b = breaker(
+        config()
+            .sliding_window(SlidingWindow::count(3))
+            .minimum_number_of_calls(100),
+    );
     let (mut svc, _) = guard(&b);
     calls(&mut svc, &[Reply::Ok, Reply::Err, Reply::Err]).await;
     assert_eq!(b.state(), CircuitState::Open, "3 calls fill a window of 3");
@@ -109,7 +129,11 @@ async fn minimum_calls_is_capped_at_count_window_size() {
 
 #[tokio::test(start_paused = true)]
 async fn time_window_trips_on_failures_within_the_window() {
-    let b = breaker(config().sliding_window(SlidingWindow::time(10)).minimum_number_of_calls(4));
+    let b = breaker(
+        config()
+            .sliding_window(SlidingWindow::time(10))
+            .minimum_number_of_calls(4),
+    );
     let (mut svc, _) = guard(&b);
     calls(&mut svc, &[Reply::Ok, Reply::Err]).await;
     tokio::time::advance(3 * SECOND).await;
@@ -122,7 +146,11 @@ async fn time_window_trips_on_failures_within_the_window() {
 
 #[tokio::test(start_paused = true)]
 async fn time_window_forgets_calls_older_than_its_length() {
-    let b = breaker(config().sliding_window(SlidingWindow::time(5)).minimum_number_of_calls(3));
+    let b = breaker(
+        config()
+            .sliding_window(SlidingWindow::time(5))
+            .minimum_number_of_calls(3),
+    );
     let (mut svc, _) = guard(&b);
     calls(&mut svc, &[Reply::Err, Reply::Err]).await;
     assert_eq!(b.metrics().buffered_calls, 2);
@@ -130,7 +158,11 @@ async fn time_window_forgets_calls_older_than_its_length() {
     // The two failures are now more than 5 s old.
     assert_eq!(b.metrics().buffered_calls, 0);
     calls(&mut svc, &[Reply::Ok, Reply::Ok, Reply::Err]).await;
-    assert_eq!(b.state(), CircuitState::Closed, "1 of 3 calls failed in the window");
+    assert_eq!(
+        b.state(),
+        CircuitState::Closed,
+        "1 of 3 calls failed in the window"
+    );
     assert_eq!(b.metrics().failed_calls, 1);
 }
 
@@ -149,7 +181,11 @@ async fn consecutive_failures_trip_after_n_in_a_row() {
 async fn a_success_resets_consecutive_failures() {
     let b = breaker(config().sliding_window(SlidingWindow::consecutive_failures(3)));
     let (mut svc, _) = guard(&b);
-    calls(&mut svc, &[Reply::Err, Reply::Err, Reply::Ok, Reply::Err, Reply::Err]).await;
+    calls(
+        &mut svc,
+        &[Reply::Err, Reply::Err, Reply::Ok, Reply::Err, Reply::Err],
+    )
+    .await;
     assert_eq!(b.state(), CircuitState::Closed);
     assert_eq!(b.metrics().consecutive_failures, Some(2));
 }
@@ -184,9 +220,17 @@ async fn a_call_exactly_at_the_slow_threshold_is_not_slow() {
             .slow_call_rate_threshold(50.0),
     );
     let (mut svc, _) = guard(&b);
-    calls(&mut svc, &[Reply::OkAfter(2 * SECOND), Reply::OkAfter(2 * SECOND)]).await;
+    calls(
+        &mut svc,
+        &[Reply::OkAfter(2 * SECOND), Reply::OkAfter(2 * SECOND)],
+    )
+    .await;
     assert_eq!(b.metrics().slow_calls, 0);
-    calls(&mut svc, &[Reply::OkAfter(2 * SECOND + Duration::from_nanos(1))]).await;
+    calls(
+        &mut svc,
+        &[Reply::OkAfter(2 * SECOND + Duration::from_nanos(1))],
+    )
+    .await;
     assert_eq!(b.metrics().slow_calls, 1);
     assert_eq!(b.state(), CircuitState::Open);
 }
@@ -219,7 +263,11 @@ async fn open_rejects_without_reaching_inner_service_and_says_when_to_retry() {
     assert_eq!(backend.calls(), 1);
     tokio::time::advance(4 * SECOND).await;
     let open = rejected(call(&mut svc, Reply::Ok).await);
-    assert_eq!(backend.calls(), 1, "a rejected call never reaches the backend");
+    assert_eq!(
+        backend.calls(),
+        1,
+        "a rejected call never reaches the backend"
+    );
     assert_eq!(open.breaker(), "backend");
     assert_eq!(open.state(), CircuitState::Open);
     assert_eq!(open.retry_in(), Some(6 * SECOND));
@@ -240,7 +288,11 @@ async fn open_moves_to_half_open_lazily_on_first_call_after_wait() {
     let (mut svc, backend) = guard(&b);
     trip(&mut svc).await;
     tokio::time::advance(10 * SECOND).await;
-    assert_eq!(b.state(), CircuitState::Open, "lazy: nothing moves without a call");
+    assert_eq!(
+        b.state(),
+        CircuitState::Open,
+        "lazy: nothing moves without a call"
+    );
     assert_eq!(call(&mut svc, Reply::Ok).await.expect("trial call"), "ok");
     assert_eq!(backend.calls(), 2);
     assert_eq!(b.state(), CircuitState::HalfOpen);
@@ -343,7 +395,11 @@ async fn half_open_closes_when_trial_calls_succeed() {
     assert_eq!(b.state(), CircuitState::HalfOpen);
     calls(&mut svc, &[Reply::Ok]).await;
     assert_eq!(b.state(), CircuitState::Closed);
-    assert_eq!(b.metrics().buffered_calls, 0, "CLOSED starts with an empty window");
+    assert_eq!(
+        b.metrics().buffered_calls,
+        0,
+        "CLOSED starts with an empty window"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -351,7 +407,11 @@ async fn half_open_reopens_when_trial_failure_rate_reaches_threshold() {
     let b = half_open_breaker(4);
     let (mut svc, _) = guard(&b);
     calls(&mut svc, &[Reply::Ok, Reply::Err, Reply::Ok]).await;
-    assert_eq!(b.state(), CircuitState::HalfOpen, "decides only after all 4 trials");
+    assert_eq!(
+        b.state(),
+        CircuitState::HalfOpen,
+        "decides only after all 4 trials"
+    );
     calls(&mut svc, &[Reply::Err]).await;
     assert_eq!(b.state(), CircuitState::Open);
 }
@@ -402,7 +462,10 @@ async fn half_open_returns_to_open_after_max_wait() {
         .collect();
     assert_eq!(
         transitions,
-        [(CircuitState::Open, TransitionReason::MaxWaitInHalfOpenElapsed)]
+        [(
+            CircuitState::Open,
+            TransitionReason::MaxWaitInHalfOpenElapsed
+        )]
     );
 }
 
@@ -421,7 +484,10 @@ async fn half_open_max_wait_applies_lazily_without_a_runtime_timer() {
     // (That thread read real time, a few microseconds past the paused clock.)
     tokio::time::advance(6 * SECOND).await;
     assert_eq!(b.state(), CircuitState::HalfOpen);
-    assert_eq!(rejected(Err(b.try_acquire().unwrap_err().into())).state(), CircuitState::Open);
+    assert_eq!(
+        rejected(Err(b.try_acquire().unwrap_err().into())).state(),
+        CircuitState::Open
+    );
     drop(permit);
 }
 
@@ -458,7 +524,10 @@ async fn metrics_only_records_but_never_trips() {
     calls(&mut svc, &[Reply::Err, Reply::Err, Reply::Err]).await;
     assert_eq!(b.state(), CircuitState::MetricsOnly);
     let m = b.metrics();
-    assert_eq!((m.buffered_calls, m.failed_calls, m.failure_rate), (2, 2, Some(100.0)));
+    assert_eq!(
+        (m.buffered_calls, m.failed_calls, m.failure_rate),
+        (2, 2, Some(100.0))
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -486,7 +555,10 @@ async fn every_clone_of_the_service_shares_one_breaker() {
     assert_eq!(b.state(), CircuitState::Open);
     rejected(call(&mut third, Reply::Ok).await);
     b.transition_to_closed();
-    assert_eq!(call(&mut third, Reply::Ok).await.expect("closed again"), "ok");
+    assert_eq!(
+        call(&mut third, Reply::Ok).await.expect("closed again"),
+        "ok"
+    );
 }
 
 // ---- classification -------------------------------------------------------------
@@ -531,7 +603,9 @@ async fn ignored_outcome_in_half_open_gives_the_trial_slot_back() {
     assert!(b.try_acquire().is_err());
     permit.record(Outcome::Ignored);
     assert_eq!(b.state(), CircuitState::HalfOpen);
-    b.try_acquire().expect("slot given back").record(Outcome::Success);
+    b.try_acquire()
+        .expect("slot given back")
+        .record(Outcome::Success);
     assert_eq!(b.state(), CircuitState::Closed);
 }
 
@@ -542,12 +616,26 @@ async fn http_status_classifier_trips_on_server_errors_only() {
     let b = breaker(config().sliding_window(SlidingWindow::count(3)));
     let layer = CircuitBreakerLayer::new(b.clone()).with_classifier(HttpStatusClassifier::new());
     let mut svc = layer.layer(tower::service_fn(|status: u16| async move {
-        Ok::<_, std::io::Error>(http::Response::builder().status(status).body(()).expect("valid"))
+        Ok::<_, std::io::Error>(
+            http::Response::builder()
+                .status(status)
+                .body(())
+                .expect("valid"),
+        )
     }));
     for status in [404, 400, 200] {
-        svc.ready().await.expect("ready").call(status).await.expect("response");
+        svc.ready()
+            .await
+            .expect("ready")
+            .call(status)
+            .await
+            .expect("response");
     }
-    assert_eq!(b.metrics().failed_calls, 0, "client errors are the caller's problem");
+    assert_eq!(
+        b.metrics().failed_calls,
+        0,
+        "client errors are the caller's problem"
+    );
     for status in [503, 500] {
         let response = svc.ready().await.expect("ready").call(status).await;
         assert_eq!(response.expect("responses pass through").status(), status);
@@ -561,7 +649,11 @@ async fn http_status_classifier_trips_on_server_errors_only() {
 async fn dropped_response_future_records_nothing() {
     let b = breaker(config().sliding_window(SlidingWindow::count(1)));
     let (mut svc, backend) = guard(&b);
-    let future = svc.ready().await.expect("ready").call(Reply::ErrWhen(Gate::new()));
+    let future = svc
+        .ready()
+        .await
+        .expect("ready")
+        .call(Reply::ErrWhen(Gate::new()));
     drop(future);
     assert_eq!(backend.calls(), 1);
     assert_eq!(b.metrics().buffered_calls, 0);
@@ -573,14 +665,20 @@ async fn dropped_half_open_future_releases_its_trial_slot() {
     let b = half_open_breaker(1);
     let (mut svc, _) = guard(&b);
     let gate = Gate::new();
-    let pending = svc.ready().await.expect("ready").call(Reply::OkWhen(gate.clone()));
+    let pending = svc
+        .ready()
+        .await
+        .expect("ready")
+        .call(Reply::OkWhen(gate.clone()));
     rejected(call(&mut svc.clone(), Reply::Ok).await);
     // Poll the call once so it is really in flight, then cancel it.
     let mut pending = Box::pin(pending);
     assert!(futures::poll!(&mut pending).is_pending());
     drop(pending);
     assert_eq!(b.metrics().trial_permits_available, Some(1));
-    call(&mut svc, Reply::Ok).await.expect("the slot is free again");
+    call(&mut svc, Reply::Ok)
+        .await
+        .expect("the slot is free again");
     assert_eq!(b.state(), CircuitState::Closed);
 }
 
@@ -602,7 +700,9 @@ async fn a_clone_of_a_ready_service_does_not_share_its_permit() {
     svc.ready().await.expect("ready");
     let mut clone = svc.clone();
     rejected(call(&mut clone, Reply::Ok).await);
-    svc.call(Reply::Ok).await.expect("the original keeps its slot");
+    svc.call(Reply::Ok)
+        .await
+        .expect("the original keeps its slot");
 }
 
 #[tokio::test(start_paused = true)]
@@ -642,7 +742,10 @@ impl<S: Service<()>> Service<()> for FailingReady<S> {
     type Response = S::Response;
     type Error = BoxError;
     type Future = std::future::Ready<Result<S::Response, BoxError>>;
-    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), BoxError>> {
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
         std::task::Poll::Ready(Err("not ready".into()))
     }
     fn call(&mut self, _: ()) -> Self::Future {
@@ -662,22 +765,39 @@ async fn events_report_transitions_calls_and_rejections() {
     );
     let mut events = b.subscribe();
     let (mut svc, _) = guard(&b);
-    calls(&mut svc, &[Reply::OkAfter(2 * SECOND), Reply::Err, Reply::Ok]).await;
-    let kinds: Vec<EventKind> = events.drain().into_iter().map(|e| {
-        assert_eq!(&*e.breaker, "backend");
-        e.kind
-    }).collect();
+    calls(
+        &mut svc,
+        &[Reply::OkAfter(2 * SECOND), Reply::Err, Reply::Ok],
+    )
+    .await;
+    let kinds: Vec<EventKind> = events
+        .drain()
+        .into_iter()
+        .map(|e| {
+            assert_eq!(&*e.breaker, "backend");
+            e.kind
+        })
+        .collect();
     assert_eq!(
         kinds,
         [
-            EventKind::Success { elapsed: Some(2 * SECOND), slow: true },
-            EventKind::Failure { elapsed: Some(Duration::ZERO), slow: false },
+            EventKind::Success {
+                elapsed: Some(2 * SECOND),
+                slow: true
+            },
+            EventKind::Failure {
+                elapsed: Some(Duration::ZERO),
+                slow: false
+            },
             EventKind::StateTransition {
                 from: CircuitState::Closed,
                 to: CircuitState::Open,
                 reason: TransitionReason::Tripped(TripReason::FailureRate(50.0)),
             },
-            EventKind::Rejected { state: CircuitState::Open, retry_in: Some(10 * SECOND) },
+            EventKind::Rejected {
+                state: CircuitState::Open,
+                retry_in: Some(10 * SECOND)
+            },
         ]
     );
 }
@@ -693,16 +813,30 @@ async fn metrics_snapshot_reports_rates_and_counts() {
             .slow_call_rate_threshold(90.0),
     );
     let (mut svc, _) = guard(&b);
-    calls(&mut svc, &[Reply::Ok, Reply::Err, Reply::ErrAfter(2 * SECOND)]).await;
+    calls(
+        &mut svc,
+        &[Reply::Ok, Reply::Err, Reply::ErrAfter(2 * SECOND)],
+    )
+    .await;
     let m = b.metrics();
-    assert_eq!((m.failure_rate, m.slow_call_rate), (None, None), "below minimum calls");
+    assert_eq!(
+        (m.failure_rate, m.slow_call_rate),
+        (None, None),
+        "below minimum calls"
+    );
     calls(&mut svc, &[Reply::OkAfter(2 * SECOND)]).await;
     let m = b.metrics();
     assert_eq!(m.state, CircuitState::Closed);
     assert_eq!(m.failure_rate, Some(50.0));
     assert_eq!(m.slow_call_rate, Some(50.0));
     assert_eq!(
-        (m.buffered_calls, m.failed_calls, m.slow_calls, m.successful_calls, m.not_permitted_calls),
+        (
+            m.buffered_calls,
+            m.failed_calls,
+            m.slow_calls,
+            m.successful_calls,
+            m.not_permitted_calls
+        ),
         (4, 2, 2, 2, 0)
     );
 }
@@ -710,15 +844,24 @@ async fn metrics_snapshot_reports_rates_and_counts() {
 #[tokio::test(start_paused = true)]
 async fn registry_creates_breakers_on_first_use_and_lists_metrics() {
     let registry = CircuitBreakerRegistry::new(
-        config().sliding_window(SlidingWindow::count(1)).build().expect("valid"),
+        config()
+            .sliding_window(SlidingWindow::count(1))
+            .build()
+            .expect("valid"),
     );
     let users = registry.breaker("users");
     assert!(registry.breaker("users").ptr_eq(&users));
     let custom = registry.breaker_with("payments", || {
-        config().sliding_window(SlidingWindow::count(5)).build().expect("valid")
+        config()
+            .sliding_window(SlidingWindow::count(5))
+            .build()
+            .expect("valid")
     });
     assert_eq!(custom.config().sliding_window(), SlidingWindow::count(5));
-    users.try_acquire().expect("closed").record(Outcome::Failure { retryable: true });
+    users
+        .try_acquire()
+        .expect("closed")
+        .record(Outcome::Failure { retryable: true });
     let listed: Vec<_> = registry
         .metrics()
         .into_iter()
@@ -726,10 +869,16 @@ async fn registry_creates_breakers_on_first_use_and_lists_metrics() {
         .collect();
     assert_eq!(
         listed,
-        [("payments".to_owned(), CircuitState::Closed), ("users".to_owned(), CircuitState::Open)]
+        [
+            ("payments".to_owned(), CircuitState::Closed),
+            ("users".to_owned(), CircuitState::Open)
+        ]
     );
     assert!(registry.remove("users").is_some());
-    assert!(!registry.breaker("users").ptr_eq(&users), "re-created after removal");
+    assert!(
+        !registry.breaker("users").ptr_eq(&users),
+        "re-created after removal"
+    );
 }
 
 // ---- errors ----------------------------------------------------------------------------
@@ -741,36 +890,103 @@ fn config_rejects_invalid_values_naming_the_field() {
         assert_eq!(err.field(), field, "{err}");
         assert_eq!(err.component(), "circuit breaker");
     };
-    check(config().failure_rate_threshold(0.0).build(), "failure_rate_threshold");
-    check(config().failure_rate_threshold(100.5).build(), "failure_rate_threshold");
-    check(config().failure_rate_threshold(f32::NAN).build(), "failure_rate_threshold");
     check(
-        config().slow_call_duration_threshold(SECOND).slow_call_rate_threshold(-1.0).build(),
+        config().failure_rate_threshold(0.0).build(),
+        "failure_rate_threshold",
+    );
+    check(
+        config().failure_rate_threshold(100.5).build(),
+        "failure_rate_threshold",
+    );
+    check(
+        config().failure_rate_threshold(f32::NAN).build(),
+        "failure_rate_threshold",
+    );
+    check(
+        config()
+            .slow_call_duration_threshold(SECOND)
+            .slow_call_rate_threshold(-1.0)
+            .build(),
         "slow_call_rate_threshold",
     );
-    check(config().slow_call_rate_threshold(50.0).build(), "slow_call_rate_threshold");
-    check(config().slow_call_duration_threshold(Duration::ZERO).build(), "slow_call_duration_threshold");
-    check(config().sliding_window(SlidingWindow::count(0)).build(), "sliding_window");
-    check(config().sliding_window(SlidingWindow::count(1 << 21)).build(), "sliding_window");
-    check(config().sliding_window(SlidingWindow::time(0)).build(), "sliding_window");
-    check(config().sliding_window(SlidingWindow::time(86_401)).build(), "sliding_window");
-    check(config().sliding_window(SlidingWindow::consecutive_failures(0)).build(), "sliding_window");
-    check(config().minimum_number_of_calls(0).build(), "minimum_number_of_calls");
     check(
-        config().permitted_number_of_calls_in_half_open_state(0).build(),
+        config().slow_call_rate_threshold(50.0).build(),
+        "slow_call_rate_threshold",
+    );
+    check(
+        config()
+            .slow_call_duration_threshold(Duration::ZERO)
+            .build(),
+        "slow_call_duration_threshold",
+    );
+    check(
+        config().sliding_window(SlidingWindow::count(0)).build(),
+        "sliding_window",
+    );
+    check(
+        config()
+            .sliding_window(SlidingWindow::count(1 << 21))
+            .build(),
+        "sliding_window",
+    );
+    check(
+        config().sliding_window(SlidingWindow::time(0)).build(),
+        "sliding_window",
+    );
+    check(
+        config().sliding_window(SlidingWindow::time(86_401)).build(),
+        "sliding_window",
+    );
+    check(
+        config()
+            .sliding_window(SlidingWindow::consecutive_failures(0))
+            .build(),
+        "sliding_window",
+    );
+    check(
+        config().minimum_number_of_calls(0).build(),
+        "minimum_number_of_calls",
+    );
+    check(
+        config()
+            .permitted_number_of_calls_in_half_open_state(0)
+            .build(),
         "permitted_number_of_calls_in_half_open_state",
     );
     check(
-        config().max_wait_duration_in_half_open_state(Duration::ZERO).build(),
+        config()
+            .max_wait_duration_in_half_open_state(Duration::ZERO)
+            .build(),
         "max_wait_duration_in_half_open_state",
     );
-    check(config().wait_duration_in_open_state(Duration::ZERO).build(), "wait_duration_in_open_state");
-    check(config().break_duration(BreakDuration::exponential(0.5, 60 * SECOND)).build(), "break_duration");
-    check(config().break_duration(BreakDuration::exponential(f64::INFINITY, 60 * SECOND)).build(), "break_duration");
-    check(config().break_duration(BreakDuration::exponential(2.0, SECOND)).build(), "break_duration");
+    check(
+        config().wait_duration_in_open_state(Duration::ZERO).build(),
+        "wait_duration_in_open_state",
+    );
+    check(
+        config()
+            .break_duration(BreakDuration::exponential(0.5, 60 * SECOND))
+            .build(),
+        "break_duration",
+    );
+    check(
+        config()
+            .break_duration(BreakDuration::exponential(f64::INFINITY, 60 * SECOND))
+            .build(),
+        "break_duration",
+    );
+    check(
+        config()
+            .break_duration(BreakDuration::exponential(2.0, SECOND))
+            .build(),
+        "break_duration",
+    );
     check(config().event_capacity(0).build(), "event_capacity");
 
-    let err = config().sliding_window(SlidingWindow::count(0)).build().unwrap_err();
+    let err = config()
+        .sliding_window(SlidingWindow::count(0))
+        .build()
+        .unwrap_err();
     assert_eq!(
         err.to_string(),
         "invalid circuit breaker configuration: `sliding_window` count window size must be 1 to 2097151, got 0"
@@ -802,12 +1018,19 @@ async fn breaker_open_is_found_in_a_wrapped_box_error() {
     let err = call(&mut svc, Reply::Ok).await.unwrap_err();
     let wrapped = GatewayError(err);
     assert!(is_caused_by::<BreakerOpen>(&wrapped));
-    assert_eq!(find_cause::<BreakerOpen>(&wrapped).map(|e| e.breaker()), Some("backend"));
+    assert_eq!(
+        find_cause::<BreakerOpen>(&wrapped).map(|e| e.breaker()),
+        Some("backend")
+    );
 }
 
 #[test]
 fn counts_survive_many_threads_recording_at_once() {
-    let b = breaker(config().sliding_window(SlidingWindow::count(1000)).failure_rate_threshold(100.0));
+    let b = breaker(
+        config()
+            .sliding_window(SlidingWindow::count(1000))
+            .failure_rate_threshold(100.0),
+    );
     let failures = AtomicUsize::new(0);
     std::thread::scope(|s| {
         for t in 0..4 {
@@ -816,8 +1039,14 @@ fn counts_survive_many_threads_recording_at_once() {
                 for i in 0..25_000 {
                     let fail = (i + t) % 4 == 0;
                     failures.fetch_add(usize::from(fail), Ordering::Relaxed);
-                    let outcome = if fail { Outcome::Failure { retryable: true } } else { Outcome::Success };
-                    b.try_acquire().expect("never trips below 100 %").record(outcome);
+                    let outcome = if fail {
+                        Outcome::Failure { retryable: true }
+                    } else {
+                        Outcome::Success
+                    };
+                    b.try_acquire()
+                        .expect("never trips below 100 %")
+                        .record(outcome);
                 }
             });
         }
@@ -825,6 +1054,10 @@ fn counts_survive_many_threads_recording_at_once() {
     let m = b.metrics();
     assert_eq!(m.buffered_calls, 1000);
     // Every fourth call failed, in each thread: the window holds about a quarter.
-    assert!((150..=350).contains(&m.failed_calls), "failed {}", m.failed_calls);
+    assert!(
+        (150..=350).contains(&m.failed_calls),
+        "failed {}",
+        m.failed_calls
+    );
     assert_eq!(b.state(), CircuitState::Closed);
 }

@@ -85,7 +85,17 @@ fn setup() -> impl Strategy<Value = Setup> {
         any::<bool>(),
     )
         .prop_map(
-            |(window, minimum_calls, failure_rate, slow, permitted, wait_ms, exponential, max_wait_ms, automatic)| {
+            |(
+                window,
+                minimum_calls,
+                failure_rate,
+                slow,
+                permitted,
+                wait_ms,
+                exponential,
+                max_wait_ms,
+                automatic,
+            )| {
                 Setup {
                     window,
                     minimum_calls,
@@ -396,7 +406,13 @@ async fn run(setup: Setup, ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Acquire => {
                 let real = breaker.try_acquire();
                 let expected = model.acquire();
-                prop_assert_eq!(real.is_ok(), expected.is_some(), "step {}: admission of {:?}", step, op);
+                prop_assert_eq!(
+                    real.is_ok(),
+                    expected.is_some(),
+                    "step {}: admission of {:?}",
+                    step,
+                    op
+                );
                 if let (Ok(permit), Some(call)) = (real, expected) {
                     prop_assert_eq!(permit.admitted_in(), call.state);
                     in_flight.push((permit, call));
@@ -439,9 +455,19 @@ async fn run(setup: Setup, ops: Vec<Op>) -> Result<(), TestCaseError> {
             slow: m.slow_calls,
         };
         prop_assert_eq!(actual, expected, "step {}: window after {:?}", step, op);
-        prop_assert_eq!(m.not_permitted_calls, model.not_permitted, "step {}: rejections", step);
+        prop_assert_eq!(
+            m.not_permitted_calls,
+            model.not_permitted,
+            "step {}: rejections",
+            step
+        );
         if model.state == CircuitState::HalfOpen {
-            prop_assert_eq!(m.trial_permits_available, Some(model.trial_permits), "step {}", step);
+            prop_assert_eq!(
+                m.trial_permits_available,
+                Some(model.trial_permits),
+                "step {}",
+                step
+            );
         }
         if model.state == CircuitState::Open {
             let left = Duration::from_nanos(model.open_until.saturating_sub(model.now));

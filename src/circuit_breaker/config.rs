@@ -361,7 +361,9 @@ impl CircuitBreakerConfigBuilder {
                     format!("count window size must be 1 to {MAX_COUNT_WINDOW}, got {size}"),
                 ));
             }
-            SlidingWindow::Time { seconds } if !(1..=MAX_TIME_WINDOW_SECONDS).contains(&seconds) => {
+            SlidingWindow::Time { seconds }
+                if !(1..=MAX_TIME_WINDOW_SECONDS).contains(&seconds) =>
+            {
                 return Err(ConfigError::new(
                     COMPONENT,
                     "sliding_window",
@@ -403,7 +405,9 @@ impl CircuitBreakerConfigBuilder {
                 return Err(ConfigError::new(
                     COMPONENT,
                     "break_duration",
-                    format!("exponential multiplier must be finite and at least 1, got {multiplier}"),
+                    format!(
+                        "exponential multiplier must be finite and at least 1, got {multiplier}"
+                    ),
                 ));
             }
             if *max < c.wait_duration_in_open_state {
@@ -421,7 +425,10 @@ impl CircuitBreakerConfigBuilder {
             return Err(ConfigError::new(
                 COMPONENT,
                 "event_capacity",
-                format!("must be 1 to {MAX_EVENT_CAPACITY}, got {}", c.event_capacity),
+                format!(
+                    "must be 1 to {MAX_EVENT_CAPACITY}, got {}",
+                    c.event_capacity
+                ),
             ));
         }
         Ok(self.config)

@@ -92,10 +92,9 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        let admission = self
-            .admission
-            .take()
-            .expect("CircuitBreakerService: poll_ready must be called (and return Ready(Ok)) before call");
+        let admission = self.admission.take().expect(
+            "CircuitBreakerService: poll_ready must be called (and return Ready(Ok)) before call",
+        );
         match admission {
             Ok(mut permit) => {
                 permit.start_timer();

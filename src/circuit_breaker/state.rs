@@ -535,7 +535,8 @@ impl CircuitBreaker {
             }
             CircuitState::HalfOpen => {
                 let permitted = u64::from(s.config.permitted_number_of_calls_in_half_open_state);
-                s.trial_permits.store(trial_tag(new_word) | permitted, Release);
+                s.trial_permits
+                    .store(trial_tag(new_word) | permitted, Release);
                 control.trial_epoch = epoch_of(new_word);
                 control.trial = Counts::default();
                 let max_wait = s.config.max_wait_duration_in_half_open_state;
@@ -577,7 +578,11 @@ impl CircuitBreaker {
             (CircuitState::Open, Some(until))
                 if s.config.automatic_transition_from_open_to_half_open =>
             {
-                Some((until, CircuitState::HalfOpen, TransitionReason::WaitDurationElapsed))
+                Some((
+                    until,
+                    CircuitState::HalfOpen,
+                    TransitionReason::WaitDurationElapsed,
+                ))
             }
             (CircuitState::HalfOpen, Some(until)) => Some((
                 until,
@@ -666,8 +671,8 @@ impl CircuitBreaker {
         let (counts, thresholds, trial_permits_available) = if state == CircuitState::HalfOpen {
             let control = s.control.lock();
             let permits = s.trial_permits.load(Acquire);
-            let available =
-                (permits & !0xFFFF_FFFF == trial_tag(word)).then_some((permits & 0xFFFF_FFFF) as u32);
+            let available = (permits & !0xFFFF_FFFF == trial_tag(word))
+                .then_some((permits & 0xFFFF_FFFF) as u32);
             (control.trial, Some(s.trial_thresholds), available)
         } else {
             let now = if s.window.needs_time() {
