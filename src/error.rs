@@ -2,7 +2,7 @@
 //!
 //! Each layer has its own rejection error (for example
 //! [`BreakerOpen`](crate::circuit_breaker::BreakerOpen)) so callers can tell
-//! them apart with [`downcast_ref`](std::error::Error::downcast_ref). Services
+//! them apart with `downcast_ref`. Services
 //! return [`BoxError`] because they add failure modes to the inner service's;
 //! [`is_caused_by`] and [`find_cause`] walk an error's
 //! [`source`](std::error::Error::source) chain so you do not have to.
