@@ -1061,3 +1061,47 @@ fn counts_survive_many_threads_recording_at_once() {
     );
     assert_eq!(b.state(), CircuitState::Closed);
 }
+
+#[derive(Clone, Default)]
+struct CapturedLogs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log buffer").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn transitions_and_rejections_are_traced_with_the_breaker_name() {
+    let logs = CapturedLogs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .without_time()
+        .with_writer(move || writer.clone())
+        .finish();
+    let _default = tracing::subscriber::set_default(subscriber);
+
+    let b = breaker(config().sliding_window(SlidingWindow::count(1)));
+    let (mut svc, _) = guard(&b);
+    trip(&mut svc).await;
+    rejected(call(&mut svc, Reply::Ok).await);
+
+    let text = String::from_utf8(logs.0.lock().expect("log buffer").clone()).expect("utf-8");
+    assert!(
+        text.contains("WARN") && text.contains("circuit breaker state changed breaker=backend from=CLOSED to=OPEN reason=Tripped(FailureRate(100.0)) retry_in_ms=60000"),
+        "{text}"
+    );
+    assert!(
+        text.contains("DEBUG")
+            && text.contains(
+                "circuit breaker rejected a call breaker=backend state=OPEN retry_in_ms=60000"
+            ),
+        "{text}"
+    );
+}
