@@ -1105,3 +1105,26 @@ async fn transitions_and_rejections_are_traced_with_the_breaker_name() {
         "{text}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn run_records_outcomes_and_rejects_without_running_the_call() {
+    use palisade::circuit_breaker::CallError;
+    let b = breaker(config().sliding_window(SlidingWindow::count(1)));
+    let ran = AtomicUsize::new(0);
+    let attempt = || async {
+        ran.fetch_add(1, Ordering::SeqCst);
+        Err::<(), _>(std::io::Error::other("ledger down"))
+    };
+    let failed = b.run(&DefaultClassifier, attempt).await;
+    assert!(matches!(failed, Err(CallError::Inner(ref e)) if e.to_string() == "ledger down"));
+    assert_eq!(b.state(), CircuitState::Open);
+    let rejected = b.run(&DefaultClassifier, attempt).await;
+    assert!(
+        matches!(rejected, Err(CallError::Rejected(ref open)) if open.state() == CircuitState::Open)
+    );
+    assert_eq!(
+        ran.load(Ordering::SeqCst),
+        1,
+        "a rejected call does not run"
+    );
+}

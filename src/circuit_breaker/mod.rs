@@ -128,5 +128,5 @@ pub use self::layer::CircuitBreakerLayer;
 pub use self::metrics::CircuitBreakerMetrics;
 pub use self::registry::CircuitBreakerRegistry;
 pub use self::service::CircuitBreakerService;
-pub use self::state::{CallPermit, CircuitBreaker, CircuitState};
+pub use self::state::{CallError, CallPermit, CircuitBreaker, CircuitState};
 pub use self::window::TripReason;

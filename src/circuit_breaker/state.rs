@@ -247,6 +247,42 @@ impl CircuitBreaker {
         state_of(self.shared.word.load(Acquire))
     }
 
+    /// Runs `call` through the breaker, outside of tower: rejected calls fail
+    /// with [`CallError::Rejected`] without running `call`; admitted calls
+    /// are classified by `classifier` and recorded. Dropping the returned
+    /// future before it completes records nothing.
+    ///
+    /// ```
+    /// use palisade::circuit_breaker::{CallError, CircuitBreaker};
+    /// use palisade::classify::DefaultClassifier;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let breaker = CircuitBreaker::with_defaults("ledger");
+    /// let balance = breaker
+    ///     .run(&DefaultClassifier, || async { Ok::<_, std::io::Error>(42) })
+    ///     .await;
+    /// assert_eq!(balance.ok(), Some(42));
+    ///
+    /// breaker.transition_to_forced_open();
+    /// let rejected = breaker
+    ///     .run(&DefaultClassifier, || async { Ok::<_, std::io::Error>(42) })
+    ///     .await;
+    /// assert!(matches!(rejected, Err(CallError::Rejected(_))));
+    /// # }
+    /// ```
+    pub async fn run<T, E, C, F, Fut>(&self, classifier: &C, call: F) -> Result<T, CallError<E>>
+    where
+        C: Classify<T, E>,
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
+        let permit = self.try_acquire().map_err(CallError::Rejected)?;
+        let result = call().await;
+        permit.record_result(result.as_ref(), classifier);
+        result.map_err(CallError::Inner)
+    }
+
     /// A layer that wraps services with this breaker, classifying outcomes
     /// with [`DefaultClassifier`](crate::classify::DefaultClassifier).
     pub fn layer(&self) -> CircuitBreakerLayer {
@@ -712,6 +748,35 @@ impl fmt::Debug for CircuitBreaker {
             .field("name", &self.shared.name)
             .field("state", &self.state())
             .finish_non_exhaustive()
+    }
+}
+
+/// The error of [`CircuitBreaker::run`]: the breaker rejected the call, or
+/// the call itself failed.
+#[derive(Debug)]
+pub enum CallError<E> {
+    /// The breaker rejected the call; it did not run.
+    Rejected(BreakerOpen),
+    /// The call ran and failed with this error.
+    Inner(E),
+}
+
+impl<E: fmt::Display> fmt::Display for CallError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CallError::Rejected(open) => open.fmt(f),
+            CallError::Inner(error) => error.fmt(f),
+        }
+    }
+}
+
+/// Transparent: displays as, and has the source of, the error it holds.
+impl<E: std::error::Error + 'static> std::error::Error for CallError<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            CallError::Rejected(open) => open.source(),
+            CallError::Inner(error) => error.source(),
+        }
     }
 }
 
