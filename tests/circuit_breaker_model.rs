@@ -28,6 +28,7 @@ struct Setup {
     exponential: bool,
     max_wait_ms: Option<u64>,
     automatic: bool,
+    leaked: bool,
 }
 
 impl Setup {
@@ -83,6 +84,7 @@ fn setup() -> impl Strategy<Value = Setup> {
         any::<bool>(),
         prop::option::of(prop::sample::select(vec![2000u64, 4000])),
         any::<bool>(),
+        any::<bool>(),
     )
         .prop_map(
             |(
@@ -95,6 +97,7 @@ fn setup() -> impl Strategy<Value = Setup> {
                 exponential,
                 max_wait_ms,
                 automatic,
+                leaked,
             )| {
                 Setup {
                     window,
@@ -106,6 +109,7 @@ fn setup() -> impl Strategy<Value = Setup> {
                     exponential,
                     max_wait_ms,
                     automatic,
+                    leaked,
                 }
             },
         )
@@ -398,7 +402,12 @@ fn apply_manual(breaker: &CircuitBreaker, code: u8) {
 }
 
 async fn run(setup: Setup, ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let breaker = CircuitBreaker::new("model", setup.config());
+    // Half the cases use a leaked breaker, which must behave identically.
+    let breaker = if setup.leaked {
+        CircuitBreaker::new_static("model", setup.config())
+    } else {
+        CircuitBreaker::new("model", setup.config())
+    };
     let mut model = Model::new(setup);
     let mut in_flight: Vec<(CallPermit, ModelCall)> = Vec::new();
     for (step, op) in ops.into_iter().enumerate() {

@@ -141,7 +141,44 @@ const NO_DEADLINE: u64 = u64::MAX;
 /// ```
 #[derive(Clone)]
 pub struct CircuitBreaker {
-    shared: Arc<Shared>,
+    shared: SharedRef,
+}
+
+/// How a handle reaches the shared state: reference-counted, or leaked for
+/// the life of the process so that clones and permits copy a pointer instead
+/// of touching a reference count (see [`CircuitBreaker::new_static`]).
+#[derive(Clone)]
+enum SharedRef {
+    Counted(Arc<Shared>),
+    Static(&'static Shared),
+}
+
+impl std::ops::Deref for SharedRef {
+    type Target = Shared;
+
+    #[inline]
+    fn deref(&self) -> &Shared {
+        match self {
+            SharedRef::Counted(shared) => shared,
+            SharedRef::Static(shared) => shared,
+        }
+    }
+}
+
+/// What a timer task holds: it must not keep a counted breaker alive.
+enum TimerRef {
+    Counted(Weak<Shared>),
+    Static(&'static Shared),
+}
+
+impl TimerRef {
+    fn upgrade(&self) -> Option<CircuitBreaker> {
+        let shared = match self {
+            TimerRef::Counted(weak) => SharedRef::Counted(weak.upgrade()?),
+            TimerRef::Static(shared) => SharedRef::Static(shared),
+        };
+        Some(CircuitBreaker { shared })
+    }
 }
 
 struct Shared {
@@ -167,6 +204,39 @@ struct Shared {
     events: EventHub<CircuitBreakerEvent>,
 }
 
+impl Shared {
+    fn new(name: Arc<str>, config: CircuitBreakerConfig) -> Self {
+        let call_clock = AnchoredClock::new(config.call_clock);
+        let window = Window::new(&config, 0);
+        let slow_call_nanos = config.slow_call_duration_threshold.map(duration_nanos);
+        Shared {
+            word: CachePadded(AtomicU64::new(encode(0, CircuitState::Closed))),
+            trial_permits: CachePadded(AtomicU64::new(0)),
+            open_until: AtomicU64::new(0),
+            half_open_deadline: AtomicU64::new(NO_DEADLINE),
+            not_permitted: AtomicU64::new(0),
+            needs_end_time: slow_call_nanos.is_some() || window.needs_time(),
+            window,
+            trial_thresholds: RateThresholds {
+                minimum_calls: u64::from(config.permitted_number_of_calls_in_half_open_state),
+                failure_rate: config.failure_rate_threshold,
+                slow_call_rate: slow_call_nanos.map(|_| config.slow_call_rate_threshold),
+            },
+            slow_call_nanos,
+            call_clock,
+            state_clock: AnchoredClock::new(CallClock::Tokio),
+            name,
+            events: EventHub::new(config.event_capacity),
+            config,
+            control: Mutex::new(Control {
+                trial_epoch: u64::MAX,
+                trial: Counts::default(),
+                trips_in_a_row: 0,
+            }),
+        }
+    }
+}
+
 /// State changed only under the transition lock.
 struct Control {
     trial_epoch: u64,
@@ -188,36 +258,24 @@ struct Transition {
 impl CircuitBreaker {
     /// Creates a breaker named `name` (used in errors, events and traces), CLOSED.
     pub fn new(name: impl Into<Arc<str>>, config: CircuitBreakerConfig) -> Self {
-        let call_clock = AnchoredClock::new(config.call_clock);
-        let window = Window::new(&config, 0);
-        let slow_call_nanos = config.slow_call_duration_threshold.map(duration_nanos);
-        let shared = Shared {
-            word: CachePadded(AtomicU64::new(encode(0, CircuitState::Closed))),
-            trial_permits: CachePadded(AtomicU64::new(0)),
-            open_until: AtomicU64::new(0),
-            half_open_deadline: AtomicU64::new(NO_DEADLINE),
-            not_permitted: AtomicU64::new(0),
-            needs_end_time: slow_call_nanos.is_some() || window.needs_time(),
-            window,
-            trial_thresholds: RateThresholds {
-                minimum_calls: u64::from(config.permitted_number_of_calls_in_half_open_state),
-                failure_rate: config.failure_rate_threshold,
-                slow_call_rate: slow_call_nanos.map(|_| config.slow_call_rate_threshold),
-            },
-            slow_call_nanos,
-            call_clock,
-            state_clock: AnchoredClock::new(CallClock::Tokio),
-            name: name.into(),
-            events: EventHub::new(config.event_capacity),
-            config,
-            control: Mutex::new(Control {
-                trial_epoch: u64::MAX,
-                trial: Counts::default(),
-                trips_in_a_row: 0,
-            }),
-        };
         Self {
-            shared: Arc::new(shared),
+            shared: SharedRef::Counted(Arc::new(Shared::new(name.into(), config))),
+        }
+    }
+
+    /// Creates a breaker that is never freed, for breakers that live as long
+    /// as the process (one per downstream dependency, say).
+    ///
+    /// It behaves exactly like [`new`](Self::new)'s, but cloning it, and each
+    /// call through it, copies a pointer instead of incrementing and
+    /// decrementing a shared reference count: on the benchmark machine those
+    /// two uncontended atomic read-modify-writes cost about 17 ns, most of a
+    /// CLOSED call's overhead. Its memory (a few hundred bytes plus the
+    /// window) is never returned, so do not create such breakers in a loop.
+    pub fn new_static(name: impl Into<Arc<str>>, config: CircuitBreakerConfig) -> Self {
+        let shared: &'static Shared = Box::leak(Box::new(Shared::new(name.into(), config)));
+        Self {
+            shared: SharedRef::Static(shared),
         }
     }
 
@@ -233,7 +291,7 @@ impl CircuitBreaker {
 
     /// Whether `self` and `other` are the same breaker (clones of one handle).
     pub fn ptr_eq(&self, other: &CircuitBreaker) -> bool {
-        Arc::ptr_eq(&self.shared, &other.shared)
+        std::ptr::eq::<Shared>(&*self.shared, &*other.shared)
     }
 
     /// The breaker's configuration.
@@ -640,11 +698,14 @@ impl CircuitBreaker {
             return;
         };
         let at = self.shared.state_clock.instant_at(until);
-        let weak: Weak<Shared> = Arc::downgrade(&self.shared);
+        let target = match &self.shared {
+            SharedRef::Counted(shared) => TimerRef::Counted(Arc::downgrade(shared)),
+            SharedRef::Static(shared) => TimerRef::Static(shared),
+        };
         runtime.spawn(async move {
             tokio::time::sleep_until(at).await;
-            if let Some(shared) = weak.upgrade() {
-                CircuitBreaker { shared }.transition(word, to, reason);
+            if let Some(breaker) = target.upgrade() {
+                breaker.transition(word, to, reason);
             }
         });
     }

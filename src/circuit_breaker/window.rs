@@ -180,6 +180,8 @@ pub(crate) struct CountWindow {
     size: u32,
     /// Lemire's fast-modulo constant for `size`.
     modulo_magic: u64,
+    /// The sum of a window whose every slot is a success.
+    full_of_successes: u64,
     pub(crate) thresholds: RateThresholds,
 }
 
@@ -191,6 +193,7 @@ impl CountWindow {
             slots: (0..size).map(|_| AtomicU8::new(0)).collect(),
             size,
             modulo_magic: (u64::MAX / u64::from(size)).wrapping_add(1),
+            full_of_successes: u64::from(size) << (2 * FIELD_BITS),
             thresholds,
         }
     }
@@ -203,6 +206,14 @@ impl CountWindow {
 
     #[inline]
     fn record(&self, failed: bool, slow: bool) -> Option<TripReason> {
+        if !failed && !slow && self.sum.load(Relaxed) == self.full_of_successes {
+            // Every slot holds a success: writing one more success into the
+            // oldest slot and moving the cursor would leave the same
+            // sequence of outcomes, so skip the writes altogether. This is
+            // the steady state of a healthy dependency: one load, no
+            // read-modify-write.
+            return None;
+        }
         let value = SLOT_RECORDED | (u8::from(failed) << 1) | (u8::from(slow) << 2);
         let position = self.cursor.fetch_add(1, Relaxed);
         let slot = &self.slots[self.slot_index(position)];
