@@ -1128,3 +1128,66 @@ async fn run_records_outcomes_and_rejects_without_running_the_call() {
         "a rejected call does not run"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn keyed_breakers_isolate_keys_and_reject_without_calling_the_service() {
+    use palisade::circuit_breaker::KeyedCircuitBreakerLayer;
+    use std::borrow::Cow;
+    let registry = CircuitBreakerRegistry::new(
+        config()
+            .sliding_window(SlidingWindow::count(2))
+            .build()
+            .expect("valid"),
+    );
+    let backend = Backend::default();
+    let layer =
+        KeyedCircuitBreakerLayer::new(registry.clone(), |(host, _): &(&'static str, Reply)| {
+            Cow::Borrowed(*host)
+        });
+    let mut svc = layer.layer(tower::service_fn({
+        let mut backend = backend.clone();
+        move |(_, reply): (&'static str, Reply)| backend.call(reply)
+    }));
+    for _ in 0..2 {
+        let _ = svc
+            .ready()
+            .await
+            .expect("ready")
+            .call(("db-1", Reply::Err))
+            .await;
+    }
+    let err = svc
+        .ready()
+        .await
+        .expect("ready")
+        .call(("db-1", Reply::Ok))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        find_cause::<BreakerOpen>(&*err).map(|e| e.breaker()),
+        Some("db-1")
+    );
+    assert_eq!(
+        backend.calls(),
+        2,
+        "the rejected call did not reach the service"
+    );
+    svc.ready()
+        .await
+        .expect("ready")
+        .call(("db-2", Reply::Ok))
+        .await
+        .expect("other key flows");
+    let states: Vec<_> = registry
+        .metrics()
+        .into_iter()
+        .map(|(k, m)| (k, m.state))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("db-1".to_owned(), CircuitState::Open),
+            ("db-2".to_owned(), CircuitState::Closed)
+        ]
+    );
+}

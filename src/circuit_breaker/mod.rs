@@ -104,12 +104,15 @@
 //! rejections at `debug`, with the breaker's name as a field.
 //! [`CircuitBreaker::subscribe`] delivers [`CircuitBreakerEvent`]s and
 //! [`CircuitBreaker::metrics`] returns a [`CircuitBreakerMetrics`] snapshot;
-//! [`CircuitBreakerRegistry`] holds named breakers and lists their metrics.
+//! [`CircuitBreakerRegistry`] holds named breakers and lists their metrics;
+//! [`KeyedCircuitBreakerLayer`] gives each request key (a host, say) its own
+//! breaker from a registry.
 
 mod config;
 mod error;
 mod event;
 mod future;
+mod keyed;
 mod layer;
 mod metrics;
 mod registry;
@@ -124,6 +127,7 @@ pub use self::config::{
 pub use self::error::BreakerOpen;
 pub use self::event::{CircuitBreakerEvent, EventKind, TransitionReason};
 pub use self::future::ResponseFuture;
+pub use self::keyed::{KeyedCircuitBreakerLayer, KeyedCircuitBreakerService};
 pub use self::layer::CircuitBreakerLayer;
 pub use self::metrics::CircuitBreakerMetrics;
 pub use self::registry::CircuitBreakerRegistry;
