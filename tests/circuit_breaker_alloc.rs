@@ -1,0 +1,265 @@
+//! A successful call through a CLOSED breaker allocates nothing.
+//!
+//! This test binary's global allocator counts the allocations made on a
+//! thread while that thread is inside [`allocations_during`]; allocations
+//! by the test harness and by other tests are not counted. Counting
+//! sections are serialized, so tests running in parallel do not add to
+//! each other's counts.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::convert::Infallible;
+use std::future::{Future, Ready, ready};
+use std::hint::black_box;
+use std::pin::pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::task::noop_waker_ref;
+use palisade::circuit_breaker::{
+    CircuitBreaker, CircuitBreakerConfig, CircuitState, SlidingWindow,
+};
+use palisade::classify::Outcome;
+use palisade::clock::CallClock;
+use tower::{Layer, Service};
+
+/// The system allocator, counting the allocations of threads that ask for it.
+struct CountingAllocator;
+
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// Whether this thread's allocations are being counted. A `const`
+    /// initializer and no destructor: reading it never allocates.
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Only one thread counts at a time.
+static COUNTING_SECTION: Mutex<()> = Mutex::new(());
+
+impl CountingAllocator {
+    fn note_allocation(&self) {
+        // `try_with`: the allocator may run while this thread's locals are
+        // being torn down.
+        if COUNTING.try_with(Cell::get).unwrap_or(false) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+// SAFETY: every request is passed unchanged to `System`; counting touches
+// only an atomic and a `const` thread-local, neither of which allocates.
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        self.note_allocation();
+        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        self.note_allocation();
+        // SAFETY: the caller upholds `GlobalAlloc::alloc_zeroed`'s contract.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        self.note_allocation();
+        // SAFETY: the caller upholds `GlobalAlloc::realloc`'s contract.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: the caller upholds `GlobalAlloc::dealloc`'s contract.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: CountingAllocator = CountingAllocator;
+
+/// Runs `f` and returns how many allocations (including reallocations) it
+/// made on this thread.
+fn allocations_during(f: impl FnOnce()) -> usize {
+    let _section = COUNTING_SECTION
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    ALLOCATIONS.store(0, Ordering::Relaxed);
+    COUNTING.with(|counting| counting.set(true));
+    f();
+    COUNTING.with(|counting| counting.set(false));
+    ALLOCATIONS.load(Ordering::Relaxed)
+}
+
+/// Always ready; answers with its request.
+#[derive(Debug, Clone, Copy)]
+struct Echo;
+
+impl Service<u64> for Echo {
+    type Response = u64;
+    type Error = Infallible;
+    type Future = Ready<Result<u64, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: u64) -> Self::Future {
+        ready(Ok(request))
+    }
+}
+
+/// Makes one call with a no-op waker and no runtime, and returns the
+/// response (`None` if the service failed or the call did not complete).
+fn call_now<S: Service<u64>>(service: &mut S, request: u64) -> Option<S::Response> {
+    let mut cx = Context::from_waker(noop_waker_ref());
+    match service.poll_ready(&mut cx) {
+        Poll::Ready(Ok(())) => {}
+        _ => return None,
+    }
+    let mut response = pin!(service.call(request));
+    match response.as_mut().poll(&mut cx) {
+        Poll::Ready(Ok(answer)) => Some(answer),
+        _ => None,
+    }
+}
+
+const WARM_UP_CALLS: u64 = 10;
+const MEASURED_CALLS: u64 = 1_000;
+
+fn config(window: SlidingWindow, slow_calls: bool, clock: CallClock) -> CircuitBreakerConfig {
+    let mut config = CircuitBreakerConfig::builder()
+        .sliding_window(window)
+        .call_clock(clock);
+    if slow_calls {
+        config = config.slow_call_duration_threshold(Duration::from_secs(60));
+    }
+    match config.build() {
+        Ok(config) => config,
+        Err(error) => panic!("test configuration rejected: {error}"),
+    }
+}
+
+fn breaker(window: SlidingWindow, slow_calls: bool, clock: CallClock) -> CircuitBreaker {
+    CircuitBreaker::new("alloc", config(window, slow_calls, clock))
+}
+
+/// Warms `breaker` up with a few calls through its layer, then returns the
+/// allocations made by [`MEASURED_CALLS`] more, after checking that every
+/// call was answered and the breaker stayed CLOSED.
+fn allocations_per_thousand_calls(breaker: &CircuitBreaker) -> usize {
+    let mut service = breaker.layer().layer(Echo);
+    for request in 0..WARM_UP_CALLS {
+        assert_eq!(
+            call_now(&mut service, request),
+            Some(request),
+            "warm-up call failed"
+        );
+    }
+    let mut answered = 0;
+    let allocations = allocations_during(|| {
+        for request in 0..MEASURED_CALLS {
+            if call_now(&mut service, black_box(request)) == Some(request) {
+                answered += 1;
+            }
+        }
+    });
+    assert_eq!(
+        answered, MEASURED_CALLS,
+        "every call is answered by the inner service"
+    );
+    assert_eq!(breaker.state(), CircuitState::Closed);
+    allocations
+}
+
+#[test]
+fn counting_allocator_counts_allocations_on_this_thread() {
+    let allocations = allocations_during(|| {
+        drop(black_box(Box::new(black_box(7_u64))));
+    });
+    assert_eq!(
+        allocations, 1,
+        "a zero count elsewhere in this file would mean nothing"
+    );
+}
+
+#[test]
+fn closed_call_through_count_window_allocates_nothing() {
+    let breaker = breaker(SlidingWindow::count(100), false, CallClock::Tokio);
+    assert_eq!(allocations_per_thousand_calls(&breaker), 0);
+}
+
+#[test]
+fn closed_call_through_count_window_timing_slow_calls_with_tokio_clock_allocates_nothing() {
+    let breaker = breaker(SlidingWindow::count(100), true, CallClock::Tokio);
+    assert_eq!(allocations_per_thousand_calls(&breaker), 0);
+}
+
+#[test]
+fn closed_call_through_count_window_timing_slow_calls_with_coarse_clock_allocates_nothing() {
+    // The first read of the coarse clock starts its thread (an allocation);
+    // the warm-up calls take that.
+    let breaker = breaker(SlidingWindow::count(100), true, CallClock::Coarse);
+    assert_eq!(allocations_per_thousand_calls(&breaker), 0);
+}
+
+#[test]
+fn closed_call_through_time_window_allocates_nothing() {
+    let breaker = breaker(SlidingWindow::time(10), false, CallClock::Tokio);
+    assert_eq!(allocations_per_thousand_calls(&breaker), 0);
+}
+
+#[test]
+fn closed_call_through_time_window_timing_slow_calls_allocates_nothing() {
+    let breaker = breaker(SlidingWindow::time(10), true, CallClock::Tokio);
+    assert_eq!(allocations_per_thousand_calls(&breaker), 0);
+}
+
+#[test]
+fn closed_call_through_consecutive_failures_window_allocates_nothing() {
+    let breaker = breaker(
+        SlidingWindow::consecutive_failures(5),
+        false,
+        CallClock::Tokio,
+    );
+    assert_eq!(allocations_per_thousand_calls(&breaker), 0);
+}
+
+#[test]
+fn closed_call_through_static_breaker_allocates_nothing() {
+    let config = config(SlidingWindow::count(100), false, CallClock::Tokio);
+    let breaker = CircuitBreaker::new_static("alloc-static", config);
+    assert_eq!(allocations_per_thousand_calls(&breaker), 0);
+}
+
+#[test]
+fn closed_try_acquire_and_record_success_allocate_nothing() {
+    let breaker = breaker(SlidingWindow::count(100), false, CallClock::Tokio);
+    let record_success = || match breaker.try_acquire() {
+        Ok(permit) => {
+            permit.record(Outcome::Success);
+            true
+        }
+        Err(_) => false,
+    };
+    for _ in 0..WARM_UP_CALLS {
+        assert!(record_success(), "a CLOSED breaker rejected a warm-up call");
+    }
+    let mut admitted = 0;
+    let allocations = allocations_during(|| {
+        for _ in 0..MEASURED_CALLS {
+            admitted += u64::from(record_success());
+        }
+    });
+    assert_eq!(
+        admitted, MEASURED_CALLS,
+        "a CLOSED breaker admits every call"
+    );
+    assert_eq!(allocations, 0);
+    assert_eq!(
+        breaker.metrics().successful_calls,
+        100,
+        "the window holds the last 100 calls"
+    );
+}
