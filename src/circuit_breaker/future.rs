@@ -22,7 +22,6 @@ pin_project! {
     pub struct ResponseFuture<F, C> {
         #[pin]
         kind: Kind<F>,
-        permit: Option<CallPermit>,
         classifier: C,
     }
 }
@@ -30,7 +29,7 @@ pin_project! {
 pin_project! {
     #[project = KindProj]
     enum Kind<F> {
-        Called { #[pin] future: F },
+        Called { #[pin] future: F, permit: Option<CallPermit> },
         Rejected { error: Option<BreakerOpen> },
     }
 }
@@ -38,8 +37,10 @@ pin_project! {
 impl<F, C> ResponseFuture<F, C> {
     pub(crate) fn admitted(future: F, permit: CallPermit, classifier: C) -> Self {
         Self {
-            kind: Kind::Called { future },
-            permit: Some(permit),
+            kind: Kind::Called {
+                future,
+                permit: Some(permit),
+            },
             classifier,
         }
     }
@@ -47,7 +48,6 @@ impl<F, C> ResponseFuture<F, C> {
     pub(crate) fn rejected(error: BreakerOpen, classifier: C) -> Self {
         Self {
             kind: Kind::Rejected { error: Some(error) },
-            permit: None,
             classifier,
         }
     }
@@ -64,9 +64,9 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         match this.kind.project() {
-            KindProj::Called { future } => {
+            KindProj::Called { future, permit } => {
                 let result = ready!(future.poll(cx));
-                if let Some(permit) = this.permit.take() {
+                if let Some(permit) = permit.take() {
                     permit.record_result(result.as_ref(), this.classifier);
                 }
                 Poll::Ready(result.map_err(Into::into))
@@ -81,8 +81,12 @@ where
 
 impl<F, C> fmt::Debug for ResponseFuture<F, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let permit = match &self.kind {
+            Kind::Called { permit, .. } => permit.as_ref(),
+            Kind::Rejected { .. } => None,
+        };
         f.debug_struct("ResponseFuture")
-            .field("permit", &self.permit)
+            .field("permit", &permit)
             .finish_non_exhaustive()
     }
 }

@@ -158,8 +158,9 @@ where
 
     fn call(&mut self, request: Req) -> Self::Future {
         let breaker = self.registry.breaker(&(self.key)(&request));
-        match breaker.try_acquire() {
-            Ok(permit) => {
+        match breaker.try_acquire_untimed() {
+            Ok(mut permit) => {
+                permit.start_timer();
                 ResponseFuture::admitted(self.inner.call(request), permit, self.classifier.clone())
             }
             Err(rejection) => ResponseFuture::rejected(rejection, self.classifier.clone()),

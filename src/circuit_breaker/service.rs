@@ -8,9 +8,8 @@ use tower_service::Service;
 use crate::classify::Classify;
 use crate::error::BoxError;
 
-use super::error::BreakerOpen;
 use super::future::ResponseFuture;
-use super::state::{CallPermit, CircuitBreaker};
+use super::state::{Admission, CircuitBreaker};
 
 /// A service guarded by a [`CircuitBreaker`]; built by
 /// [`CircuitBreakerLayer`](super::CircuitBreakerLayer).
@@ -19,14 +18,14 @@ use super::state::{CallPermit, CircuitBreaker};
 /// an admitted call holds its permit (in HALF_OPEN, one of the trial slots)
 /// until it completes or is dropped. A rejected call makes `poll_ready`
 /// return `Ready(Ok)` without polling the inner service, and `call` returns
-/// a future that fails at once with [`BreakerOpen`], so a rejection never
+/// a future that fails at once with [`BreakerOpen`](super::BreakerOpen), so a rejection never
 /// reaches the inner service and never poisons a `Buffer` or balancer the
 /// way a `poll_ready` error would.
 pub struct CircuitBreakerService<S, C> {
     inner: S,
     breaker: CircuitBreaker,
     classifier: C,
-    admission: Option<Result<CallPermit, BreakerOpen>>,
+    admission: Option<Admission>,
 }
 
 impl<S, C> CircuitBreakerService<S, C> {
@@ -72,10 +71,8 @@ where
     type Future = ResponseFuture<S::Future, C>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        let admission = self
-            .admission
-            .get_or_insert_with(|| self.breaker.try_acquire());
-        if admission.is_err() {
+        let admission = self.admission.get_or_insert_with(|| self.breaker.admit());
+        if let Admission::Rejected(_) = admission {
             // `call` fails fast without touching the inner service.
             return Poll::Ready(Ok(()));
         }
@@ -95,13 +92,17 @@ where
         let admission = self.admission.take().expect(
             "CircuitBreakerService: poll_ready must be called (and return Ready(Ok)) before call",
         );
-        match admission {
-            Ok(mut permit) => {
+        let permit = match admission {
+            Admission::Granted(word) => self.breaker.permit_for(word),
+            Admission::Permit(mut permit) => {
                 permit.start_timer();
-                ResponseFuture::admitted(self.inner.call(request), permit, self.classifier.clone())
+                permit
             }
-            Err(rejection) => ResponseFuture::rejected(rejection, self.classifier.clone()),
-        }
+            Admission::Rejected(rejection) => {
+                return ResponseFuture::rejected(rejection, self.classifier.clone());
+            }
+        };
+        ResponseFuture::admitted(self.inner.call(request), permit, self.classifier.clone())
     }
 }
 

@@ -47,15 +47,6 @@ pub enum CircuitState {
 }
 
 impl CircuitState {
-    const ALL: [CircuitState; 6] = [
-        CircuitState::Closed,
-        CircuitState::Open,
-        CircuitState::HalfOpen,
-        CircuitState::Disabled,
-        CircuitState::ForcedOpen,
-        CircuitState::MetricsOnly,
-    ];
-
     /// The resilience4j name: `CLOSED`, `OPEN`, `HALF_OPEN`, `DISABLED`,
     /// `FORCED_OPEN` or `METRICS_ONLY`.
     pub fn as_str(self) -> &'static str {
@@ -86,7 +77,29 @@ const STATE_MASK: u64 = (1 << STATE_BITS) - 1;
 
 #[inline]
 fn state_of(word: u64) -> CircuitState {
-    CircuitState::ALL[(word & STATE_MASK) as usize]
+    match word & STATE_MASK {
+        CLOSED => CircuitState::Closed,
+        METRICS_ONLY => CircuitState::MetricsOnly,
+        DISABLED => CircuitState::Disabled,
+        OPEN => CircuitState::Open,
+        HALF_OPEN => CircuitState::HalfOpen,
+        _ => CircuitState::ForcedOpen,
+    }
+}
+
+// State codes in the low bits of the word. The states that let every call
+// through come first, so admission in them is one comparison.
+const CLOSED: u64 = 0;
+const METRICS_ONLY: u64 = 1;
+const DISABLED: u64 = 2;
+const OPEN: u64 = 3;
+const HALF_OPEN: u64 = 4;
+const FORCED_OPEN: u64 = 5;
+
+/// Whether the state in `word` lets every call through without a trial permit.
+#[inline]
+fn admits_every_call(word: u64) -> bool {
+    word & STATE_MASK < OPEN
 }
 
 #[inline]
@@ -95,10 +108,14 @@ fn epoch_of(word: u64) -> u64 {
 }
 
 fn encode(epoch: u64, state: CircuitState) -> u64 {
-    let code = CircuitState::ALL
-        .iter()
-        .position(|s| *s == state)
-        .unwrap_or_default() as u64;
+    let code = match state {
+        CircuitState::Closed => CLOSED,
+        CircuitState::MetricsOnly => METRICS_ONLY,
+        CircuitState::Disabled => DISABLED,
+        CircuitState::Open => OPEN,
+        CircuitState::HalfOpen => HALF_OPEN,
+        CircuitState::ForcedOpen => FORCED_OPEN,
+    };
     (epoch << STATE_BITS) | code
 }
 
@@ -361,13 +378,45 @@ impl CircuitBreaker {
     /// Fails with [`BreakerOpen`] when the breaker rejects the call.
     #[inline]
     pub fn try_acquire(&self) -> Result<CallPermit, BreakerOpen> {
+        let mut permit = self.try_acquire_untimed()?;
+        permit.start_timer();
+        Ok(permit)
+    }
+
+    /// [`try_acquire`](Self::try_acquire) without starting the call's timer
+    /// (for services, which start it in `call`, not in `poll_ready`).
+    #[inline]
+    pub(crate) fn try_acquire_untimed(&self) -> Result<CallPermit, BreakerOpen> {
         let word = self.shared.word.load(Acquire);
-        match state_of(word) {
-            CircuitState::Closed | CircuitState::MetricsOnly | CircuitState::Disabled => {
-                Ok(self.permit(word, false))
-            }
-            _ => self.acquire_slow(word),
+        if admits_every_call(word) {
+            Ok(self.permit(word, false))
+        } else {
+            self.acquire_slow(word)
         }
+    }
+
+    /// Admission for a service's `poll_ready`: in the states that let every
+    /// call through this is just the state word, so nothing is cloned or
+    /// moved until `call` builds the permit with [`permit_for`](Self::permit_for).
+    #[inline]
+    pub(crate) fn admit(&self) -> Admission {
+        let word = self.shared.word.load(Acquire);
+        if admits_every_call(word) {
+            Admission::Granted(word)
+        } else {
+            match self.acquire_slow(word) {
+                Ok(permit) => Admission::Permit(permit),
+                Err(rejection) => Admission::Rejected(rejection),
+            }
+        }
+    }
+
+    /// The permit of an [`Admission::Granted`] call, its timer started.
+    #[inline]
+    pub(crate) fn permit_for(&self, word: u64) -> CallPermit {
+        let mut permit = self.permit(word, false);
+        permit.start_timer();
+        permit
     }
 
     #[inline]
@@ -375,7 +424,7 @@ impl CircuitBreaker {
         CallPermit {
             breaker: self.clone(),
             word,
-            started: self.start_time(),
+            started: 0,
             trial,
             settled: false,
         }
@@ -486,7 +535,24 @@ impl CircuitBreaker {
     }
 
     /// Records the outcome of a call admitted under `word`.
+    #[inline(always)]
     fn on_result(&self, word: u64, trial: bool, started: u64, outcome: Outcome) {
+        let s = &*self.shared;
+        // The steady state of a healthy dependency: an untimed, unobserved
+        // success that the window would not change. Recording it is a load.
+        if outcome == Outcome::Success
+            && !trial
+            && !s.needs_end_time
+            && !s.events.is_observed()
+            && s.window.success_changes_nothing()
+        {
+            return;
+        }
+        self.on_result_slow(word, trial, started, outcome);
+    }
+
+    #[inline(never)]
+    fn on_result_slow(&self, word: u64, trial: bool, started: u64, outcome: Outcome) {
         let s = &*self.shared;
         let state = state_of(word);
         if state == CircuitState::Disabled {
@@ -841,6 +907,17 @@ impl<E: std::error::Error + 'static> std::error::Error for CallError<E> {
     }
 }
 
+/// What a service's `poll_ready` got from the breaker.
+#[derive(Debug)]
+pub(crate) enum Admission {
+    /// The state in this word lets every call through: no permit to hold.
+    Granted(u64),
+    /// A permit to hold until `call` (a HALF_OPEN trial slot, say).
+    Permit(CallPermit),
+    /// The call is rejected.
+    Rejected(BreakerOpen),
+}
+
 /// Permission to make one call, from [`CircuitBreaker::try_acquire`].
 ///
 /// Give it the call's outcome with [`record`](Self::record). Dropping it
@@ -857,7 +934,7 @@ pub struct CallPermit {
 
 impl CallPermit {
     /// Records the outcome of the call.
-    #[inline]
+    #[inline(always)]
     pub fn record(mut self, outcome: Outcome) {
         self.settled = true;
         self.breaker
@@ -865,7 +942,7 @@ impl CallPermit {
     }
 
     /// Classifies `result` with `classifier` and records the outcome.
-    #[inline]
+    #[inline(always)]
     pub fn record_result<T, E, C: Classify<T, E>>(self, result: Result<&T, &E>, classifier: &C) {
         self.record(classifier.classify(result));
     }

@@ -144,6 +144,18 @@ impl Window {
         }
     }
 
+    /// Whether recording a success (not slow) would leave the window as it
+    /// is, so that it can be skipped: a count window full of successes, or
+    /// no failure in a row. (A time window counts every call.)
+    #[inline]
+    pub(crate) fn success_changes_nothing(&self) -> bool {
+        match self {
+            Window::Count(w) => w.sum.load(Relaxed) == w.full_of_successes,
+            Window::Time(_) => false,
+            Window::Consecutive(w) => w.failures.load(Relaxed) == 0,
+        }
+    }
+
     pub(crate) fn consecutive_failures(&self) -> Option<u32> {
         match self {
             Window::Consecutive(w) => Some(w.current()),
@@ -211,7 +223,7 @@ impl CountWindow {
             // oldest slot and moving the cursor would leave the same
             // sequence of outcomes, so skip the writes altogether. This is
             // the steady state of a healthy dependency: one load, no
-            // read-modify-write.
+            // read-modify-write (see `Window::success_changes_nothing`).
             return None;
         }
         let value = SLOT_RECORDED | (u8::from(failed) << 1) | (u8::from(slow) << 2);
