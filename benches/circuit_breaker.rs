@@ -111,7 +111,7 @@ struct ClosedCase {
 const COUNT_WINDOW: SlidingWindow = SlidingWindow::count(100);
 const TIME_WINDOW: SlidingWindow = SlidingWindow::time(10);
 
-const CLOSED_CASES: [ClosedCase; 7] = [
+const CLOSED_CASES: [ClosedCase; 9] = [
     ClosedCase {
         name: "count",
         window: COUNT_WINDOW,
@@ -143,6 +143,12 @@ const CLOSED_CASES: [ClosedCase; 7] = [
         clock: CallClock::Coarse,
     },
     ClosedCase {
+        name: "time+slow/tokio",
+        window: TIME_WINDOW,
+        slow_calls: true,
+        clock: CallClock::Tokio,
+    },
+    ClosedCase {
         name: "time+slow/coarse",
         window: TIME_WINDOW,
         slow_calls: true,
@@ -153,6 +159,12 @@ const CLOSED_CASES: [ClosedCase; 7] = [
         window: SlidingWindow::consecutive_failures(5),
         slow_calls: false,
         clock: CallClock::Tokio,
+    },
+    ClosedCase {
+        name: "consecutive+slow/coarse",
+        window: SlidingWindow::consecutive_failures(5),
+        slow_calls: true,
+        clock: CallClock::Coarse,
     },
 ];
 

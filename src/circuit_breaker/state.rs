@@ -20,7 +20,7 @@ use parking_lot::Mutex;
 use crate::classify::{Classify, Outcome};
 use crate::clock::{AnchoredClock, CallClock, duration_nanos};
 use crate::events::{EventHub, EventStream};
-use crate::sync::CachePadded;
+use crate::sync::{CachePadded, StripedCounter};
 
 use super::config::CircuitBreakerConfig;
 use super::error::BreakerOpen;
@@ -206,7 +206,8 @@ struct Shared {
     open_until: AtomicU64,
     /// State-clock nanoseconds at which HALF_OPEN gives up, or `NO_DEADLINE`.
     half_open_deadline: AtomicU64,
-    not_permitted: AtomicU64,
+    /// Rejections, striped: a rejection storm comes from every thread at once.
+    not_permitted: StripedCounter,
     window: Window,
     trial_thresholds: RateThresholds,
     /// `Some` when slow calls are detected.
@@ -231,7 +232,7 @@ impl Shared {
             trial_permits: CachePadded(AtomicU64::new(0)),
             open_until: AtomicU64::new(0),
             half_open_deadline: AtomicU64::new(NO_DEADLINE),
-            not_permitted: AtomicU64::new(0),
+            not_permitted: StripedCounter::new(),
             needs_end_time: slow_call_nanos.is_some() || window.needs_time(),
             window,
             trial_thresholds: RateThresholds {
@@ -516,7 +517,7 @@ impl CircuitBreaker {
 
     fn reject(&self, state: CircuitState, retry_in: Option<Duration>) -> BreakerOpen {
         let s = &*self.shared;
-        s.not_permitted.fetch_add(1, Relaxed);
+        s.not_permitted.add(1);
         tracing::debug!(
             breaker = %s.name,
             state = %state,
@@ -861,7 +862,7 @@ impl CircuitBreaker {
             failed_calls: counts.failed,
             slow_calls: counts.slow,
             successful_calls: counts.total - counts.failed,
-            not_permitted_calls: s.not_permitted.load(Relaxed),
+            not_permitted_calls: s.not_permitted.sum(),
             consecutive_failures: s.window.consecutive_failures(),
             retry_in,
             trial_permits_available,

@@ -13,7 +13,7 @@
 
 use crate::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering::*};
 
-use crate::sync::CachePadded;
+use crate::sync::{CachePadded, StripedCounter};
 
 use super::config::{CircuitBreakerConfig, SlidingWindow};
 
@@ -299,7 +299,8 @@ struct Mark {
 /// for the seconds that began since the last call; recording itself is one
 /// or two `fetch_add`s.
 pub(crate) struct TimeWindow {
-    total: CachePadded<AtomicU64>,
+    /// Every call recorded, striped: each call adds to it.
+    total: StripedCounter,
     bad: CachePadded<AtomicU64>,
     current_second: CachePadded<AtomicU64>,
     marks: Box<[Mark]>,
@@ -312,7 +313,7 @@ const FAILED_ONE: u64 = 1 << 32;
 impl TimeWindow {
     pub(crate) fn new(seconds: u32, thresholds: RateThresholds, now_nanos: u64) -> Self {
         let window = Self {
-            total: CachePadded(AtomicU64::new(0)),
+            total: StripedCounter::new(),
             bad: CachePadded(AtomicU64::new(0)),
             current_second: CachePadded(AtomicU64::new(0)),
             marks: (0..seconds)
@@ -360,12 +361,7 @@ impl TimeWindow {
             {
                 Ok(_) => {
                     let first = (current + 1).max(second + 1 - self.seconds);
-                    self.write_marks(
-                        first,
-                        second,
-                        self.total.load(Acquire),
-                        self.bad.load(Acquire),
-                    );
+                    self.write_marks(first, second, self.total.sum(), self.bad.load(Acquire));
                     return;
                 }
                 Err(actual) => current = actual,
@@ -379,7 +375,7 @@ impl TimeWindow {
         if second > self.current_second.load(Relaxed) {
             self.rotate_to(second);
         }
-        let total = self.total.fetch_add(1, AcqRel) + 1;
+        self.total.add(1);
         let bad_delta = if failed { FAILED_ONE } else { 0 } + u64::from(slow);
         let bad = if bad_delta == 0 {
             self.bad.load(Acquire)
@@ -389,7 +385,15 @@ impl TimeWindow {
                 .wrapping_add(bad_delta)
         };
         let current = self.current_second.load(Acquire).max(second);
-        let counts = self.counts_since(current + 1 - self.seconds, total, bad)?;
+        let oldest = current + 1 - self.seconds;
+        // Only a window holding failures or slow calls can trip. Find out
+        // from the mark alone before summing the striped total: in the
+        // steady state of a healthy dependency that is all a record costs.
+        let mark = self.mark(oldest);
+        if mark.second.load(Acquire) == oldest && mark.bad.load(Relaxed) == bad {
+            return None;
+        }
+        let counts = self.counts_since(oldest, self.total.sum(), bad)?;
         if counts.failed == 0 && counts.slow == 0 {
             return None;
         }
@@ -424,7 +428,7 @@ impl TimeWindow {
         self.write_marks(
             second + 1 - self.seconds,
             second,
-            self.total.load(Acquire),
+            self.total.sum(),
             self.bad.load(Acquire),
         );
     }
@@ -437,7 +441,7 @@ impl TimeWindow {
             // No call was recorded in any second still in the window.
             return Counts::default();
         }
-        self.counts_since(oldest, self.total.load(Acquire), self.bad.load(Acquire))
+        self.counts_since(oldest, self.total.sum(), self.bad.load(Acquire))
             .unwrap_or_default()
     }
 }
