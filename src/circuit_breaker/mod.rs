@@ -91,12 +91,48 @@
 //!
 //! # Cost
 //!
-//! In CLOSED with a count window and no slow-call detection, a call costs
-//! one atomic load for admission, one `fetch_add` and one load to record
-//! (plus a swap when the outcome differs from the one it replaces), and the
-//! reference count of the shared state; no lock and no allocation. Time
-//! windows and slow-call detection add one clock read per call end (and per
-//! call start for slow calls): see [`crate::clock`].
+//! The CLOSED hot path takes no lock and allocates nothing
+//! (`tests/circuit_breaker_alloc.rs` counts allocations to prove it).
+//! Admission is one atomic load of the state word. Recording a success
+//! into a count window that holds only successes (the steady state of a
+//! healthy dependency) is one load, with no write; other outcomes cost a
+//! `fetch_add` and a swap. A time window adds one to a striped counter.
+//! The consecutive-failures window reads one counter.
+//!
+//! What remains is the reference count that keeps the breaker alive for
+//! every response future in flight: an increment and a decrement per call,
+//! on a cache line shared by all threads. On the benchmark VM these two
+//! atomic operations cost about 17 ns uncontended, and several times that
+//! when two threads call at once. A breaker made with
+//! [`CircuitBreaker::new_static`] lives as long as the process, and its
+//! calls skip the reference count: use it for the breaker of a fixed
+//! dependency.
+//!
+//! Timing calls (slow-call detection, time windows) reads the call clock
+//! once when the call starts (slow calls only) and once when it ends; see
+//! [`crate::clock`] for the exact tokio clock and the cheaper coarse one.
+//!
+//! Measured with `cargo bench --bench circuit_breaker` on the project's
+//! 2-core KVM machine (median of one run; runs vary by ±20 %), the time a
+//! call through the tower service adds over a bare service (< 1 ns):
+//!
+//! | window | + slow calls | clock | ns added |
+//! |---|---|---|---|
+//! | count | – | – | 46–59 (35 with `new_static`) |
+//! | count | yes | tokio | 142 |
+//! | count | yes | coarse | 54 |
+//! | time | – | tokio | 114 |
+//! | time | – | coarse | 67 |
+//! | time | yes | tokio | 141 |
+//! | time | yes | coarse | 69 |
+//! | consecutive | – | – | 53 |
+//!
+//! In the same run failsafe's default breaker added 123 ns and
+//! tower-resilience's 361 ns; with two threads calling at once a count
+//! window cost 202 ns per call (44 ns with `new_static`), failsafe 507 ns
+//! and tower-resilience 3.8 µs. A rejection costs 70 ns (FORCED_OPEN) to
+//! 118 ns (OPEN, which reads the clock to say when to retry), including the
+//! one allocation that boxes the error.
 //!
 //! # Observability
 //!
