@@ -70,6 +70,7 @@ where
     type Error = BoxError;
     type Future = ResponseFuture<S::Future, C>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         let admission = self.admission.get_or_insert_with(|| self.breaker.admit());
         if let Admission::Rejected(_) = admission {
@@ -88,6 +89,7 @@ where
         }
     }
 
+    #[inline]
     fn call(&mut self, request: Req) -> Self::Future {
         let admission = self.admission.take().expect(
             "CircuitBreakerService: poll_ready must be called (and return Ready(Ok)) before call",

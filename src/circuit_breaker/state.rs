@@ -962,6 +962,7 @@ impl CallPermit {
 }
 
 impl Drop for CallPermit {
+    #[inline]
     fn drop(&mut self) {
         if !self.settled && self.trial {
             self.breaker.release_trial_permit(self.word);
