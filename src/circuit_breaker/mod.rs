@@ -113,26 +113,29 @@
 //! [`crate::clock`] for the exact tokio clock and the cheaper coarse one.
 //!
 //! Measured with `cargo bench --bench circuit_breaker` on the project's
-//! 2-core KVM machine (median of one run; runs vary by ±20 %), the time a
-//! call through the tower service adds over a bare service (< 1 ns):
+//! 2-core KVM machine (medians of two runs; runs vary by up to ±20 %), the
+//! time a call through the tower service adds over a bare service (< 1 ns):
 //!
-//! | window | + slow calls | clock | ns added |
-//! |---|---|---|---|
-//! | count | – | – | 46–59 (35 with `new_static`) |
-//! | count | yes | tokio | 142 |
-//! | count | yes | coarse | 54 |
-//! | time | – | tokio | 114 |
-//! | time | – | coarse | 67 |
-//! | time | yes | tokio | 141 |
-//! | time | yes | coarse | 69 |
-//! | consecutive | – | – | 53 |
+//! | window | + slow calls | clock | ns added | with `new_static` |
+//! |---|---|---|---|---|
+//! | count | – | – | 31–41 | 19–21 |
+//! | count | yes | tokio | 100–141 | |
+//! | count | yes | coarse | 33–43 | |
+//! | time | – | tokio | 81–108 | |
+//! | time | – | coarse | 43–55 | |
+//! | time | yes | tokio | 105–120 | |
+//! | time | yes | coarse | 47–48 | |
+//! | consecutive | – | – | 30–31 | |
+//! | consecutive | yes | coarse | 33–35 | |
 //!
-//! In the same run failsafe's default breaker added 123 ns and
-//! tower-resilience's 361 ns; with two threads calling at once a count
-//! window cost 202 ns per call (44 ns with `new_static`), failsafe 507 ns
-//! and tower-resilience 3.8 µs. A rejection costs 70 ns (FORCED_OPEN) to
-//! 118 ns (OPEN, which reads the clock to say when to retry), including the
-//! one allocation that boxes the error.
+//! In the same runs failsafe's default breaker added 128–137 ns (its
+//! consecutive-failures one 38–42 ns) and tower-resilience's 382–391 ns.
+//! With two threads calling clones of one service at once, a count window
+//! cost 134 ns per call (23 ns with `new_static`), failsafe 510 ns and
+//! tower-resilience 4 µs. A rejection costs 60 ns (FORCED_OPEN) to 123 ns
+//! (OPEN, which reads the clock to say when to retry), including the one
+//! allocation that boxes the error; failsafe rejects in 51 ns,
+//! tower-resilience in 253 ns.
 //!
 //! # Observability
 //!
