@@ -10,6 +10,7 @@
 //! | [`classify`] | Decide which outcomes are failures (shared by every layer). |
 //! | [`clock`] | Choose how calls are timed: exact or coarse and cheap. |
 //! | [`events`] | Subscribe to what a layer does. |
+//! | [`retry`] | Retry failed calls with backoff, jitter and a retry budget. |
 //!
 //! Retry with backoff and budgets, bulkheads, service discovery with load
 //! balancing and a durable saga executor follow the same conventions.
@@ -70,6 +71,7 @@ pub mod classify;
 pub mod clock;
 pub mod error;
 pub mod events;
+pub mod retry;
 mod sync;
 
 pub use crate::error::{BoxError, ConfigError, find_cause, is_caused_by};
