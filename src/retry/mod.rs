@@ -1,9 +1,75 @@
-//! Retrying failed calls: backoff with jitter, retry budgets, deadlines.
+//! Retrying failed calls: backoff with jitter, a retry budget, deadlines.
 //!
-//! Work in progress: the backoff strategies ([`backoff`]) and the retry
-//! budget ([`budget`]) are usable on their own; the retry layer built on
-//! them and on the shared [`classify`](crate::classify) outcome classifier
-//! follows.
+//! A [`RetryLayer`] tries a failed call again when the shared
+//! [`Classify`](crate::classify::Classify) classifier says the failure is
+//! retryable ([`Outcome::Failure`](crate::classify::Outcome::Failure) with
+//! `retryable: true`), waiting between attempts as its [`Backoff`] says (or
+//! as the server asked with `Retry-After`), as long as attempts, deadlines
+//! and the shared [`RetryBudget`] allow. tower's own `Retry` asks every user
+//! to write a `Policy`; this one is ready in three lines and still takes
+//! your own classifier, [`RetryPolicy`] and custom backoff.
+//!
+//! ```
+//! use palisade::retry::{RetryConfig, RetryLayer};
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), palisade::BoxError> {
+//! let retry = RetryLayer::new("prices", RetryConfig::default());
+//! let mut prices = ServiceBuilder::new()
+//!     .layer(retry.clone())
+//!     .service_fn(|sku: u64| async move { Ok::<_, std::io::Error>(sku * 100) });
+//! assert_eq!(prices.ready().await?.call(7).await?, 700);
+//! assert_eq!(retry.metrics().succeeded_without_retry, 1);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Options
+//!
+//! | option | default | meaning |
+//! |---|---|---|
+//! | `max_attempts` | 3 | Attempts in all, the first included (1 to 100). |
+//! | `backoff` | exponential from 100 ms, ×2, at most 10 s, full jitter | Delay before each retry; see [`backoff`]. |
+//! | `budget` | 20 % of first attempts + 10/s over 10 s | Every retry must draw from it; when it is empty the last failure is returned. `no_budget()` turns it off. |
+//! | `attempt_timeout` | none | An attempt that takes longer is cancelled and is a retryable failure ([`AttemptTimedOut`]). |
+//! | `max_elapsed` | none | No wait ends, and (with `attempt_timeout`) no attempt could end, after this long from the first attempt. |
+//! | `overall_timeout` | none | The whole call fails with [`RetryTimedOut`] after this long. |
+//! | `honor_server_delay` | `true` | A delay the server asked for replaces the backoff's, capped by `max_interval` and `max_elapsed`. |
+//! | `event_capacity` | 256 | Events buffered per subscriber. |
+//!
+//! Requests are re-sent by cloning them ([`CloneRequests`]). With the
+//! `http` feature, [`HttpRetryPolicy`] retries `http::Request`s with a
+//! `Clone` body, only for idempotent methods unless the request carries
+//! [`Idempotent`] or an `Idempotency-Key` header, and reads `Retry-After`
+//! and `grpc-retry-pushback-ms`. A request that cannot be copied is sent
+//! once.
+//!
+//! # Observability
+//!
+//! Each retry is a `debug` trace with the attempt, the delay and the
+//! outcome; [`RetryLayer::subscribe`] delivers [`RetryEvent`]s and
+//! [`RetryLayer::metrics`] returns [`RetryMetrics`].
 
 pub mod backoff;
 pub mod budget;
+mod config;
+mod error;
+mod event;
+mod future;
+mod layer;
+mod policy;
+mod service;
+
+pub use self::backoff::{Backoff, BackoffBuilder, Jitter};
+pub use self::budget::{RetryBudget, RetryBudgetBuilder};
+pub use self::config::{MAX_ATTEMPTS, RetryConfig, RetryConfigBuilder};
+pub use self::error::{AttemptTimedOut, RetryTimedOut};
+pub use self::event::{GiveUpReason, RetryEvent, RetryEventKind, RetryMetrics};
+pub use self::future::ResponseFuture;
+pub use self::layer::RetryLayer;
+pub use self::policy::{CloneRequests, RetryPolicy};
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub use self::policy::{HttpRetryPolicy, Idempotent, parse_retry_after};
+pub use self::service::RetryService;

@@ -1,0 +1,355 @@
+//! [`ResponseFuture`]: attempts, waits and decides, until done.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep, sleep};
+use tower_service::Service;
+
+use crate::classify::{Classify, Outcome};
+use crate::error::BoxError;
+
+use super::error::{AttemptTimedOut, RetryTimedOut};
+use super::event::{GiveUpReason, RetryEvent, RetryEventKind};
+use super::layer::Shared;
+use super::policy::RetryPolicy;
+
+pin_project! {
+    /// The response future of a [`RetryService`](super::RetryService).
+    ///
+    /// Resolves to the first successful (or not retryable) outcome, or to
+    /// the last failure once no further attempt may be made. Dropping it
+    /// cancels the attempt in flight or the wait, and nothing more is sent.
+    pub struct ResponseFuture<S, Req, C, P>
+    where
+        S: Service<Req>,
+    {
+        #[pin]
+        state: State<S::Future>,
+        #[pin]
+        overall: Option<Sleep>,
+        service: Option<S>,
+        request: Option<Req>,
+        blocked: Option<GiveUpReason>,
+        attempt: u32,
+        started: Option<Instant>,
+        previous_delay: Option<Duration>,
+        shared: Arc<Shared>,
+        classifier: C,
+        policy: P,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Calling { #[pin] future: F, #[pin] timeout: Option<Sleep> },
+        Waiting { #[pin] sleep: Sleep },
+        Readying,
+    }
+}
+
+enum Attempt<T, E> {
+    Done(Result<T, E>),
+    TimedOut,
+}
+
+enum Decision {
+    Return(Option<GiveUpReason>),
+    Retry { delay: Duration, server: bool },
+}
+
+impl<S, Req, C, P> ResponseFuture<S, Req, C, P>
+where
+    S: Service<Req>,
+{
+    pub(crate) fn new(
+        future: S::Future,
+        service: Option<S>,
+        request: Option<Req>,
+        blocked: Option<GiveUpReason>,
+        shared: Arc<Shared>,
+        classifier: C,
+        policy: P,
+    ) -> Self {
+        let config = &shared.config;
+        let started = (config.max_elapsed.is_some() && blocked.is_none()).then(Instant::now);
+        Self {
+            state: State::Calling {
+                future,
+                timeout: None,
+            },
+            overall: None,
+            service,
+            request,
+            blocked,
+            attempt: 1,
+            started,
+            previous_delay: None,
+            shared,
+            classifier,
+            policy,
+        }
+    }
+}
+
+fn finish(shared: &Shared, attempts: u32, failed: bool, reason: Option<GiveUpReason>) {
+    let counter = match (failed, attempts > 1) {
+        (false, false) => &shared.succeeded_without_retry,
+        (false, true) => &shared.succeeded_after_retry,
+        (true, false) => &shared.failed_without_retry,
+        (true, true) => &shared.failed_after_retries,
+    };
+    counter.add(1);
+    if failed {
+        tracing::debug!(retry = %shared.name, attempts, reason = ?reason, "call failed; not retrying");
+    }
+    shared.events.publish_with(|| RetryEvent {
+        layer: Arc::clone(&shared.name),
+        kind: if failed {
+            RetryEventKind::Failed {
+                attempts,
+                reason: reason.unwrap_or(GiveUpReason::NotRetryable),
+            }
+        } else {
+            RetryEventKind::Succeeded { attempts }
+        },
+    });
+}
+
+impl<S, Req, C, P> Future for ResponseFuture<S, Req, C, P>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    C: Classify<S::Response, S::Error>,
+    P: RetryPolicy<Req, S::Response, S::Error>,
+{
+    type Output = Result<S::Response, BoxError>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let shared: &Shared = this.shared;
+        let config = &shared.config;
+        if let Some(overall) = this.overall.as_mut().as_pin_mut() {
+            if overall.poll(cx).is_ready() {
+                finish(shared, *this.attempt, true, Some(GiveUpReason::TimedOut));
+                let timeout = config.overall_timeout.unwrap_or_default();
+                return Poll::Ready(Err(RetryTimedOut {
+                    timeout,
+                    attempts: *this.attempt,
+                }
+                .into()));
+            }
+        }
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Calling {
+                    future,
+                    mut timeout,
+                } => {
+                    // The attempt is polled first: one that answers at once
+                    // never creates (or registers) a timer.
+                    let attempt = match future.poll(cx) {
+                        Poll::Ready(result) => Attempt::Done(result),
+                        Poll::Pending => {
+                            if timeout.is_none() {
+                                if let Some(limit) = config.attempt_timeout {
+                                    timeout.set(Some(sleep(limit)));
+                                }
+                            }
+                            start_overall_timer(this.overall.as_mut(), config.overall_timeout, cx);
+                            let expired = timeout
+                                .as_pin_mut()
+                                .is_some_and(|limit| limit.poll(cx).is_ready());
+                            if !expired {
+                                return Poll::Pending;
+                            }
+                            shared.attempt_timeouts.add(1);
+                            Attempt::TimedOut
+                        }
+                    };
+                    let (outcome, server_delay) = match &attempt {
+                        Attempt::Done(result) => (
+                            this.classifier.classify(result.as_ref()),
+                            if config.honor_server_delay {
+                                this.policy.server_delay(result.as_ref())
+                            } else {
+                                None
+                            },
+                        ),
+                        Attempt::TimedOut => (Outcome::Failure { retryable: true }, None),
+                    };
+                    let decision = decide(
+                        shared,
+                        outcome,
+                        server_delay,
+                        *this.attempt,
+                        *this.blocked,
+                        *this.started,
+                        *this.previous_delay,
+                    );
+                    match decision {
+                        Decision::Return(reason) => {
+                            finish(shared, *this.attempt, outcome.is_failure(), reason);
+                            return Poll::Ready(match attempt {
+                                Attempt::Done(result) => result.map_err(Into::into),
+                                Attempt::TimedOut => Err(AttemptTimedOut {
+                                    attempt: *this.attempt,
+                                    timeout: config.attempt_timeout.unwrap_or_default(),
+                                }
+                                .into()),
+                            });
+                        }
+                        Decision::Retry { delay, server } => {
+                            shared.retries.add(1);
+                            tracing::debug!(
+                                retry = %shared.name,
+                                attempt = *this.attempt,
+                                delay_ms = delay.as_millis() as u64,
+                                outcome = ?outcome,
+                                server_delay = server,
+                                "retrying"
+                            );
+                            shared.events.publish_with(|| RetryEvent {
+                                layer: Arc::clone(&shared.name),
+                                kind: RetryEventKind::Retrying {
+                                    attempt: *this.attempt,
+                                    delay,
+                                    outcome,
+                                    server_delay: server,
+                                },
+                            });
+                            *this.previous_delay = Some(delay);
+                            start_overall_timer(this.overall.as_mut(), config.overall_timeout, cx);
+                            this.state.set(State::Waiting {
+                                sleep: sleep(delay),
+                            });
+                        }
+                    }
+                }
+                StateProj::Waiting { sleep } => {
+                    ready!(sleep.poll(cx));
+                    this.state.set(State::Readying);
+                }
+                StateProj::Readying => {
+                    let Some(service) = this.service.as_mut() else {
+                        unreachable!("a retry is only scheduled with a service to send it to")
+                    };
+                    if let Err(error) = ready!(service.poll_ready(cx)) {
+                        finish(shared, *this.attempt, true, None);
+                        return Poll::Ready(Err(error.into()));
+                    }
+                    *this.attempt += 1;
+                    let copy = if *this.attempt < config.max_attempts {
+                        this.request
+                            .as_ref()
+                            .and_then(|request| this.policy.clone_request(request))
+                    } else {
+                        None
+                    };
+                    let request = match copy {
+                        Some(copy) => copy,
+                        None => {
+                            // The last attempt (or the policy stopped copying):
+                            // send the kept request itself.
+                            *this.blocked = Some(if *this.attempt < config.max_attempts {
+                                GiveUpReason::RequestNotRetryable
+                            } else {
+                                GiveUpReason::AttemptsExhausted
+                            });
+                            match this.request.take() {
+                                Some(request) => request,
+                                None => unreachable!("the kept request is sent only once"),
+                            }
+                        }
+                    };
+                    let future = service.call(request);
+                    this.state.set(State::Calling {
+                        future,
+                        timeout: None,
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Starts the overall timer the first time the call has to wait (an attempt
+/// that is pending, or a backoff), so a call answered at once never creates
+/// one. The limit counts from then: in practice from the first poll.
+fn start_overall_timer(
+    mut overall: Pin<&mut Option<Sleep>>,
+    limit: Option<Duration>,
+    cx: &mut Context<'_>,
+) {
+    if let (true, Some(limit)) = (overall.is_none(), limit) {
+        overall.set(Some(sleep(limit)));
+        if let Some(timer) = overall.as_pin_mut() {
+            // Registers the waker; a timer just set cannot be due.
+            let _ = timer.poll(cx);
+        }
+    }
+}
+
+fn decide(
+    shared: &Shared,
+    outcome: Outcome,
+    server_delay: Option<Duration>,
+    attempt: u32,
+    blocked: Option<GiveUpReason>,
+    started: Option<Instant>,
+    previous_delay: Option<Duration>,
+) -> Decision {
+    let config = &shared.config;
+    if !outcome.is_retryable() {
+        return Decision::Return(outcome.is_failure().then_some(GiveUpReason::NotRetryable));
+    }
+    if let Some(reason) = blocked {
+        return Decision::Return(Some(reason));
+    }
+    if attempt >= config.max_attempts {
+        return Decision::Return(Some(GiveUpReason::AttemptsExhausted));
+    }
+    let (delay, server) = match server_delay {
+        Some(delay) => (delay.min(config.backoff.max_interval()), true),
+        None => match config
+            .backoff
+            .delay(attempt, &outcome, previous_delay, &mut rand::rng())
+        {
+            Some(delay) => (delay, false),
+            None => return Decision::Return(Some(GiveUpReason::BackoffStopped)),
+        },
+    };
+    if let (Some(max_elapsed), Some(started)) = (config.max_elapsed, started) {
+        let next_start = started.elapsed().saturating_add(delay);
+        let next_end = next_start.saturating_add(config.attempt_timeout.unwrap_or_default());
+        if next_start > max_elapsed || next_end > max_elapsed {
+            return Decision::Return(Some(GiveUpReason::DeadlineReached));
+        }
+    }
+    if let Some(budget) = &config.budget {
+        if !budget.withdraw() {
+            shared.budget_exhaustions.add(1);
+            return Decision::Return(Some(GiveUpReason::BudgetExhausted));
+        }
+    }
+    Decision::Retry { delay, server }
+}
+
+impl<S, Req, C, P> fmt::Debug for ResponseFuture<S, Req, C, P>
+where
+    S: Service<Req>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("retry", &self.shared.name)
+            .field("attempt", &self.attempt)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,566 @@
+//! The retry layer, driven through its tower service with paused time.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use palisade::classify::{ClassifyExt, DefaultClassifier, Outcome, classify_fn};
+use palisade::retry::{
+    AttemptTimedOut, Backoff, GiveUpReason, Jitter, RetryBudget, RetryConfig, RetryConfigBuilder,
+    RetryEventKind, RetryLayer, RetryPolicy, RetryTimedOut,
+};
+use palisade::{BoxError, find_cause};
+use tokio::time::Instant;
+use tower::{Layer, Service, ServiceExt};
+
+const MS: Duration = Duration::from_millis(1);
+const SECOND: Duration = Duration::from_secs(1);
+
+/// What the scripted backend does with one call.
+#[derive(Clone, Debug)]
+enum Step {
+    Ok,
+    Fail,
+    /// Never answers (until cancelled).
+    Hang,
+}
+
+/// A backend that follows a script (then repeats its last step) and notes
+/// when each call arrived.
+#[derive(Clone)]
+struct Scripted {
+    script: Arc<Mutex<VecDeque<Step>>>,
+    last: Arc<Mutex<Step>>,
+    arrivals: Arc<Mutex<Vec<Instant>>>,
+}
+
+impl Scripted {
+    fn new(steps: &[Step]) -> Self {
+        Self {
+            script: Arc::new(Mutex::new(steps.iter().cloned().collect())),
+            last: Arc::new(Mutex::new(steps.last().cloned().unwrap_or(Step::Ok))),
+            arrivals: Arc::default(),
+        }
+    }
+
+    fn calls(&self) -> usize {
+        self.arrivals.lock().expect("arrivals").len()
+    }
+
+    /// Time between consecutive calls.
+    fn gaps(&self) -> Vec<Duration> {
+        let arrivals = self.arrivals.lock().expect("arrivals");
+        arrivals.windows(2).map(|w| w[1] - w[0]).collect()
+    }
+}
+
+impl Service<u32> for Scripted {
+    type Response = u32;
+    type Error = BoxError;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<u32, BoxError>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: u32) -> Self::Future {
+        self.arrivals.lock().expect("arrivals").push(Instant::now());
+        let step = {
+            let mut script = self.script.lock().expect("script");
+            match script.pop_front() {
+                Some(step) => step,
+                None => self.last.lock().expect("last").clone(),
+            }
+        };
+        Box::pin(async move {
+            match step {
+                Step::Ok => Ok(request),
+                Step::Fail => Err("backend unavailable".into()),
+                Step::Hang => std::future::pending().await,
+            }
+        })
+    }
+}
+
+fn constant(delay: Duration) -> Backoff {
+    Backoff::constant(delay).build().expect("valid backoff")
+}
+
+fn config() -> RetryConfigBuilder {
+    RetryConfig::builder().backoff(constant(SECOND)).no_budget()
+}
+
+fn layer(builder: RetryConfigBuilder) -> RetryLayer {
+    RetryLayer::new("backend", builder.build().expect("valid config"))
+}
+
+async fn call<S>(service: &mut S, request: u32) -> Result<u32, BoxError>
+where
+    S: Service<u32, Response = u32, Error = BoxError>,
+{
+    service.ready().await?.call(request).await
+}
+
+#[tokio::test(start_paused = true)]
+async fn transient_failures_are_retried_after_the_backoff() {
+    let backend = Scripted::new(&[Step::Fail, Step::Fail, Step::Ok]);
+    let retry = layer(config().max_attempts(3));
+    let mut service = retry.layer(backend.clone());
+    let started = Instant::now();
+    assert_eq!(call(&mut service, 7).await.expect("third attempt"), 7);
+    assert_eq!(backend.calls(), 3);
+    assert_eq!(backend.gaps(), [SECOND, SECOND]);
+    assert_eq!(started.elapsed(), 2 * SECOND);
+    let m = retry.metrics();
+    assert_eq!((m.succeeded_after_retry, m.retries), (1, 2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn exponential_backoff_without_jitter_doubles_each_wait() {
+    let backend = Scripted::new(&[Step::Fail]);
+    let backoff = Backoff::exponential(100 * MS, 2.0)
+        .max_interval(SECOND)
+        .build()
+        .expect("valid");
+    let mut service = layer(config().backoff(backoff).max_attempts(6)).layer(backend.clone());
+    let _ = call(&mut service, 1).await;
+    assert_eq!(
+        backend.gaps(),
+        [100 * MS, 200 * MS, 400 * MS, 800 * MS, SECOND]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn full_jitter_waits_stay_within_the_exponential_envelope() {
+    let backend = Scripted::new(&[Step::Fail]);
+    let backoff = Backoff::exponential(100 * MS, 2.0)
+        .max_interval(SECOND)
+        .jitter(Jitter::Full)
+        .build()
+        .expect("valid");
+    let mut service = layer(config().backoff(backoff).max_attempts(6)).layer(backend.clone());
+    let _ = call(&mut service, 1).await;
+    let caps = [100 * MS, 200 * MS, 400 * MS, 800 * MS, SECOND];
+    for (gap, cap) in backend.gaps().into_iter().zip(caps) {
+        assert!(gap <= cap, "{gap:?} > {cap:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn gives_up_after_max_attempts_with_the_last_error() {
+    let backend = Scripted::new(&[Step::Fail]);
+    let retry = layer(config().max_attempts(4));
+    let mut service = retry.layer(backend.clone());
+    let mut events = retry.subscribe();
+    let err = call(&mut service, 1).await.unwrap_err();
+    assert_eq!(err.to_string(), "backend unavailable");
+    assert_eq!(backend.calls(), 4);
+    assert_eq!(retry.metrics().failed_after_retries, 1);
+    let last = events.drain().pop().expect("events").kind;
+    assert_eq!(
+        last,
+        RetryEventKind::Failed {
+            attempts: 4,
+            reason: GiveUpReason::AttemptsExhausted
+        }
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failure_the_classifier_calls_permanent_is_not_retried() {
+    let backend = Scripted::new(&[Step::Fail, Step::Ok]);
+    let retry =
+        layer(config()).with_classifier(classify_fn(|r: Result<&u32, &BoxError>| match r {
+            Ok(_) => Outcome::Success,
+            Err(_) => Outcome::Failure { retryable: false },
+        }));
+    let mut service = retry.layer(backend.clone());
+    assert!(call(&mut service, 1).await.is_err());
+    assert_eq!(backend.calls(), 1);
+    assert_eq!(retry.metrics().failed_without_retry, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_ok_response_classified_as_retryable_is_retried() {
+    let backend = Scripted::new(&[Step::Ok]);
+    let retry = layer(config().max_attempts(2))
+        .with_classifier(DefaultClassifier.fail_responses(|r: &u32| *r == 13, true));
+    let mut service = retry.layer(backend.clone());
+    assert_eq!(
+        call(&mut service, 13)
+            .await
+            .expect("last response returned"),
+        13
+    );
+    assert_eq!(backend.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_timed_out_attempt_is_cancelled_and_retried() {
+    let backend = Scripted::new(&[Step::Hang, Step::Ok]);
+    let retry = layer(config().attempt_timeout(2 * SECOND).max_attempts(2));
+    let mut service = retry.layer(backend.clone());
+    let started = Instant::now();
+    assert_eq!(call(&mut service, 5).await.expect("second attempt"), 5);
+    assert_eq!(started.elapsed(), 3 * SECOND, "2 s timeout + 1 s backoff");
+    assert_eq!(retry.metrics().attempt_timeouts, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_last_attempt_timing_out_fails_with_attempt_timed_out() {
+    let backend = Scripted::new(&[Step::Hang]);
+    let mut service = layer(config().attempt_timeout(SECOND).max_attempts(2)).layer(backend);
+    let err = call(&mut service, 5).await.unwrap_err();
+    let timed_out = find_cause::<AttemptTimedOut>(&*err).expect("AttemptTimedOut");
+    assert_eq!((timed_out.attempt(), timed_out.timeout()), (2, SECOND));
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_attempt_starts_that_could_not_finish_before_max_elapsed() {
+    let backend = Scripted::new(&[Step::Fail]);
+    let retry = layer(
+        config()
+            .max_attempts(100)
+            .attempt_timeout(SECOND)
+            .max_elapsed(5 * SECOND),
+    );
+    let mut service = retry.layer(backend.clone());
+    let mut events = retry.subscribe();
+    let started = Instant::now();
+    assert!(call(&mut service, 1).await.is_err());
+    // Attempts start at 0, 1, 2, 3 and 4 s; one at 5 s could end at 6 s.
+    assert_eq!(backend.calls(), 5);
+    assert!(started.elapsed() <= 5 * SECOND);
+    assert!(matches!(
+        events.drain().pop().map(|e| e.kind),
+        Some(RetryEventKind::Failed {
+            reason: GiveUpReason::DeadlineReached,
+            ..
+        })
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn overall_timeout_cancels_the_call() {
+    let backend = Scripted::new(&[Step::Fail, Step::Hang]);
+    let mut service = layer(config().overall_timeout(3 * SECOND).max_attempts(5)).layer(backend);
+    let started = Instant::now();
+    let err = call(&mut service, 1).await.unwrap_err();
+    assert_eq!(started.elapsed(), 3 * SECOND);
+    let timed_out = find_cause::<RetryTimedOut>(&*err).expect("RetryTimedOut");
+    assert_eq!(timed_out.attempts(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_budget_stops_a_retry_storm() {
+    let backend = Scripted::new(&[Step::Fail]);
+    let budget = RetryBudget::builder()
+        .min_retries_per_second(0)
+        .retry_ratio(0.2)
+        .build()
+        .expect("valid budget");
+    let retry = layer(
+        config()
+            .budget(budget)
+            .max_attempts(4)
+            .backoff(constant(Duration::ZERO)),
+    );
+    let service = retry.layer(backend.clone());
+    let mut calls = Vec::new();
+    for request in 0..1000 {
+        let mut service = service.clone();
+        calls.push(tokio::spawn(
+            async move { call(&mut service, request).await },
+        ));
+    }
+    for task in calls {
+        let err = task.await.expect("task").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "backend unavailable",
+            "the last failure, not a new error"
+        );
+    }
+    // 1000 first attempts deposit 200 retries; without a budget it would be 3000.
+    let retries = backend.calls() - 1000;
+    assert!(retries <= 200, "{retries} retries");
+    assert!(retry.metrics().budget_exhaustions > 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_call_during_a_backoff_wait_makes_no_further_attempt() {
+    let backend = Scripted::new(&[Step::Fail]);
+    let mut service = layer(config().max_attempts(5)).layer(backend.clone());
+    let future = service.ready().await.expect("ready").call(1);
+    let mut future = Box::pin(future);
+    assert!(
+        futures::poll!(&mut future).is_pending(),
+        "waiting after attempt 1"
+    );
+    assert_eq!(backend.calls(), 1);
+    drop(future);
+    tokio::time::sleep(10 * SECOND).await;
+    assert_eq!(backend.calls(), 1);
+}
+
+#[derive(Clone)]
+struct SendOnce;
+
+impl RetryPolicy<u32, u32, BoxError> for SendOnce {
+    fn clone_request(&self, _: &u32) -> Option<u32> {
+        None
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_that_cannot_be_copied_is_sent_once() {
+    let backend = Scripted::new(&[Step::Fail, Step::Ok]);
+    let retry = layer(config()).with_policy(SendOnce);
+    let mut service = retry.layer(backend.clone());
+    let mut events = retry.subscribe();
+    assert!(call(&mut service, 1).await.is_err());
+    assert_eq!(backend.calls(), 1);
+    assert!(matches!(
+        events.drain().pop().map(|e| e.kind),
+        Some(RetryEventKind::Failed {
+            reason: GiveUpReason::RequestNotRetryable,
+            ..
+        })
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_custom_backoff_can_stop_retrying() {
+    let backend = Scripted::new(&[Step::Fail]);
+    let backoff = Backoff::custom(|retry, _| (retry < 2).then_some(SECOND))
+        .build()
+        .expect("valid");
+    let mut service = layer(config().backoff(backoff).max_attempts(10)).layer(backend.clone());
+    assert!(call(&mut service, 1).await.is_err());
+    assert_eq!(backend.calls(), 2, "one retry, then the backoff said stop");
+}
+
+#[tokio::test(start_paused = true)]
+async fn events_report_each_retry_and_the_success() {
+    let backend = Scripted::new(&[Step::Fail, Step::Ok]);
+    let retry = layer(config());
+    let mut events = retry.subscribe();
+    let mut service = retry.layer(backend);
+    call(&mut service, 1).await.expect("second attempt");
+    let kinds: Vec<_> = events.drain().into_iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            RetryEventKind::Retrying {
+                attempt: 1,
+                delay: SECOND,
+                outcome: Outcome::Failure { retryable: true },
+                server_delay: false,
+            },
+            RetryEventKind::Succeeded { attempts: 2 },
+        ]
+    );
+}
+
+#[test]
+fn config_rejects_invalid_values_naming_the_field() {
+    let check = |builder: RetryConfigBuilder, field: &str| {
+        let err = builder.build().expect_err(field);
+        assert_eq!((err.component(), err.field()), ("retry", field), "{err}");
+    };
+    check(RetryConfig::builder().max_attempts(0), "max_attempts");
+    check(RetryConfig::builder().max_attempts(101), "max_attempts");
+    check(
+        RetryConfig::builder().max_elapsed(Duration::ZERO),
+        "max_elapsed",
+    );
+    check(
+        RetryConfig::builder().attempt_timeout(Duration::ZERO),
+        "attempt_timeout",
+    );
+    check(
+        RetryConfig::builder().overall_timeout(Duration::ZERO),
+        "overall_timeout",
+    );
+    check(
+        RetryConfig::builder()
+            .attempt_timeout(10 * SECOND)
+            .max_elapsed(SECOND),
+        "attempt_timeout",
+    );
+    check(RetryConfig::builder().event_capacity(0), "event_capacity");
+}
+
+#[cfg(feature = "http")]
+mod http_requests {
+    use super::*;
+    use palisade::classify::HttpStatusClassifier;
+    use palisade::retry::{HttpRetryPolicy, Idempotent};
+
+    type Request = http::Request<String>;
+    type Response = http::Response<()>;
+
+    /// Answers each call with the next (status, headers) of the script.
+    fn scripted(
+        replies: Vec<(u16, Vec<(&'static str, &'static str)>)>,
+    ) -> (
+        impl Service<Request, Response = Response, Error = BoxError, Future: Send> + Clone,
+        Arc<Mutex<Vec<Instant>>>,
+    ) {
+        let replies = Arc::new(Mutex::new(VecDeque::from(replies)));
+        let arrivals: Arc<Mutex<Vec<Instant>>> = Arc::default();
+        let seen = arrivals.clone();
+        let service = tower::service_fn(move |_: Request| {
+            seen.lock().expect("arrivals").push(Instant::now());
+            let (status, headers) = replies
+                .lock()
+                .expect("replies")
+                .pop_front()
+                .unwrap_or((200, vec![]));
+            async move {
+                let mut response = http::Response::builder().status(status);
+                for (name, value) in headers {
+                    response = response.header(name, value);
+                }
+                Ok::<_, BoxError>(response.body(()).expect("valid response"))
+            }
+        });
+        (service, arrivals)
+    }
+
+    fn http_layer() -> RetryLayer<HttpStatusClassifier, HttpRetryPolicy> {
+        let backoff = Backoff::constant(SECOND)
+            .max_interval(5 * SECOND)
+            .build()
+            .expect("valid backoff");
+        layer(config().backoff(backoff).max_attempts(3))
+            .with_classifier(HttpStatusClassifier::new())
+            .with_policy(HttpRetryPolicy)
+    }
+
+    async fn send<S>(service: &mut S, request: Request) -> Response
+    where
+        S: Service<Request, Response = Response, Error = BoxError>,
+    {
+        service
+            .ready()
+            .await
+            .expect("ready")
+            .call(request)
+            .await
+            .expect("a response")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_seconds_sets_the_delay() {
+        let (backend, arrivals) = scripted(vec![(503, vec![("retry-after", "3")]), (200, vec![])]);
+        let mut service = http_layer().layer(backend);
+        let response = send(
+            &mut service,
+            http::Request::get("http://x/")
+                .body(String::new())
+                .expect("request"),
+        )
+        .await;
+        assert_eq!(response.status(), 200);
+        let arrivals = arrivals.lock().expect("arrivals");
+        assert_eq!(
+            arrivals[1] - arrivals[0],
+            3 * SECOND,
+            "the server's delay, not the backoff's 1 s"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn grpc_pushback_sets_the_delay() {
+        let (backend, arrivals) = scripted(vec![
+            (503, vec![("grpc-retry-pushback-ms", "250")]),
+            (200, vec![]),
+        ]);
+        let mut service = http_layer().layer(backend);
+        send(
+            &mut service,
+            http::Request::get("http://x/")
+                .body(String::new())
+                .expect("request"),
+        )
+        .await;
+        let arrivals = arrivals.lock().expect("arrivals");
+        assert_eq!(arrivals[1] - arrivals[0], 250 * MS);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_delay_is_capped_by_max_interval() {
+        let (backend, arrivals) =
+            scripted(vec![(503, vec![("retry-after", "3600")]), (200, vec![])]);
+        let mut service = http_layer().layer(backend);
+        send(
+            &mut service,
+            http::Request::get("http://x/")
+                .body(String::new())
+                .expect("request"),
+        )
+        .await;
+        let arrivals = arrivals.lock().expect("arrivals");
+        assert_eq!(
+            arrivals[1] - arrivals[0],
+            5 * SECOND,
+            "the backoff's max_interval"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_non_idempotent_post_is_not_retried() {
+        let (backend, arrivals) = scripted(vec![(503, vec![]), (200, vec![])]);
+        let mut service = http_layer().layer(backend);
+        let response = send(
+            &mut service,
+            http::Request::post("http://x/")
+                .body("order".into())
+                .expect("request"),
+        )
+        .await;
+        assert_eq!(response.status(), 503, "the failure is returned as is");
+        assert_eq!(arrivals.lock().expect("arrivals").len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_post_marked_idempotent_or_with_an_idempotency_key_is_retried() {
+        let (backend, arrivals) = scripted(vec![
+            (503, vec![]),
+            (200, vec![]),
+            (503, vec![]),
+            (200, vec![]),
+        ]);
+        let mut service = http_layer().layer(backend);
+        let mut marked = http::Request::post("http://x/")
+            .body("order".to_owned())
+            .expect("request");
+        marked.extensions_mut().insert(Idempotent);
+        assert_eq!(send(&mut service, marked).await.status(), 200);
+        let keyed = http::Request::post("http://x/")
+            .header("idempotency-key", "order-42")
+            .body("order".to_owned())
+            .expect("request");
+        assert_eq!(send(&mut service, keyed).await.status(), 200);
+        assert_eq!(arrivals.lock().expect("arrivals").len(), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_error_is_not_retried() {
+        let (backend, arrivals) = scripted(vec![(400, vec![]), (200, vec![])]);
+        let mut service = http_layer().layer(backend);
+        let response = send(
+            &mut service,
+            http::Request::get("http://x/")
+                .body(String::new())
+                .expect("request"),
+        )
+        .await;
+        assert_eq!(response.status(), 400);
+        assert_eq!(arrivals.lock().expect("arrivals").len(), 1);
+    }
+}
