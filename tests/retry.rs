@@ -564,3 +564,92 @@ mod http_requests {
         assert_eq!(arrivals.lock().expect("arrivals").len(), 1);
     }
 }
+
+mod deadline {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Fails every call after the next latency of its script (then repeats
+    /// the last one).
+    #[derive(Clone)]
+    struct SlowFailures {
+        latencies: Arc<Mutex<VecDeque<Duration>>>,
+        calls: Arc<Mutex<u32>>,
+    }
+
+    impl Service<u32> for SlowFailures {
+        type Response = u32;
+        type Error = BoxError;
+        type Future = std::pin::Pin<Box<dyn Future<Output = Result<u32, BoxError>> + Send>>;
+
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), BoxError>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: u32) -> Self::Future {
+            *self.calls.lock().expect("calls") += 1;
+            let mut latencies = self.latencies.lock().expect("latencies");
+            let latency = if latencies.len() > 1 {
+                latencies.pop_front()
+            } else {
+                latencies.front().copied()
+            }
+            .unwrap_or_default();
+            Box::pin(async move {
+                tokio::time::sleep(latency).await;
+                Err("slow failure".into())
+            })
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+        /// With a per-attempt timeout, a call never outlives `max_elapsed`,
+        /// whatever the latencies, the backoff and the attempt limit.
+        #[test]
+        fn a_call_never_outlives_max_elapsed(
+            max_elapsed_ms in 100u64..10_000,
+            timeout_share in 1u64..=100,
+            backoff_ms in 0u64..3_000,
+            max_attempts in 1u32..20,
+            latencies_ms in prop::collection::vec(0u64..12_000, 1..20),
+        ) {
+            let max_elapsed = Duration::from_millis(max_elapsed_ms);
+            let attempt_timeout = Duration::from_millis((max_elapsed_ms * timeout_share / 100).max(1));
+            let backoff = Backoff::constant(Duration::from_millis(backoff_ms))
+                .max_interval(Duration::from_millis(backoff_ms.max(1)))
+                .build()
+                .expect("valid backoff");
+            let retry = layer(
+                config()
+                    .backoff(backoff)
+                    .max_attempts(max_attempts)
+                    .attempt_timeout(attempt_timeout)
+                    .max_elapsed(max_elapsed),
+            );
+            let backend = SlowFailures {
+                latencies: Arc::new(Mutex::new(latencies_ms.into_iter().map(Duration::from_millis).collect())),
+                calls: Arc::default(),
+            };
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .expect("runtime");
+            let elapsed = runtime.block_on(async {
+                let mut service = retry.layer(backend.clone());
+                let started = Instant::now();
+                let result = call(&mut service, 1).await;
+                assert!(result.is_err());
+                started.elapsed()
+            });
+            prop_assert!(elapsed <= max_elapsed, "{elapsed:?} > {max_elapsed:?}");
+            let calls = *backend.calls.lock().expect("calls");
+            prop_assert!(calls >= 1 && calls <= max_attempts);
+        }
+    }
+}
