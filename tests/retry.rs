@@ -653,3 +653,36 @@ mod deadline {
         }
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_around_a_breaker_goes_through_it_again_and_stops_at_its_rejection() {
+    use palisade::circuit_breaker::{
+        BreakerOpen, CircuitBreaker, CircuitBreakerConfig, SlidingWindow,
+    };
+    use palisade::is_caused_by;
+    let breaker = CircuitBreaker::new(
+        "backend",
+        CircuitBreakerConfig::builder()
+            .sliding_window(SlidingWindow::count(2))
+            .build()
+            .expect("valid"),
+    );
+    let backend = Scripted::new(&[Step::Fail]);
+    let retry = layer(config().max_attempts(5)).with_classifier(
+        DefaultClassifier.ignore_errors(|e: &BoxError| is_caused_by::<BreakerOpen>(&**e)),
+    );
+    let mut service = tower::ServiceBuilder::new()
+        .layer(retry.clone())
+        .layer(breaker.layer())
+        .service(backend.clone());
+    let err = call(&mut service, 1).await.unwrap_err();
+    // Two failures trip the breaker; the third attempt is rejected by it,
+    // and a rejection is returned at once instead of being retried.
+    assert!(is_caused_by::<BreakerOpen>(&*err), "{err}");
+    assert_eq!(backend.calls(), 2);
+    let m = retry.metrics();
+    assert_eq!(
+        (m.retries, m.failed_after_retries, m.succeeded_after_retry),
+        (2, 1, 0)
+    );
+}

@@ -1,9 +1,10 @@
 //! The palisade e-commerce example.
 //!
-//! Today it shows the circuit breaker guarding the payments service of the
-//! order flow: payments go down, the breaker trips and fails orders fast
-//! without calling payments, then lets trial calls through and closes once
-//! payments recover. The gateway, users (gRPC), products, orders, inventory
+//! Today it shows a retry layer and a circuit breaker guarding the payments
+//! service of the order flow: payments go down, each charge is tried twice,
+//! the breaker trips and fails orders fast without calling payments (and
+//! without retrying), then lets trial calls through and closes once payments
+//! recover. The gateway, users (gRPC), products, orders, inventory
 //! and notifications services join as their layers are built.
 //!
 //! Run it with `cargo run --example ecommerce`. It needs no external server
@@ -13,10 +14,12 @@ mod payments;
 
 use std::time::Duration;
 
-use palisade::BoxError;
 use palisade::circuit_breaker::{
     BreakerOpen, CircuitBreakerConfig, CircuitBreakerRegistry, EventKind, SlidingWindow,
 };
+use palisade::classify::{ClassifyExt, DefaultClassifier};
+use palisade::retry::{Backoff, RetryConfig, RetryLayer};
+use palisade::{BoxError, is_caused_by};
 use payments::{Charge, Payments};
 use tower::{Service, ServiceBuilder, ServiceExt};
 
@@ -52,8 +55,24 @@ async fn main() -> Result<(), BoxError> {
         }
     });
 
+    // Retry outside the breaker: each retry goes through the breaker again,
+    // and a breaker's rejection is returned at once instead of retried.
+    // (Charges are keyed by order id, so the provider de-duplicates them.)
+    let retry = RetryLayer::new(
+        "payments",
+        RetryConfig::builder()
+            .max_attempts(2)
+            .backoff(Backoff::constant(Duration::from_millis(5)).build()?)
+            .attempt_timeout(Duration::from_millis(200))
+            .build()?,
+    )
+    .with_classifier(
+        DefaultClassifier.ignore_errors(|e: &BoxError| is_caused_by::<BreakerOpen>(&**e)),
+    );
+
     let provider = Payments::default();
     let mut payments = ServiceBuilder::new()
+        .layer(retry.clone())
         .layer(breaker.layer())
         .service(provider.clone());
 
@@ -77,7 +96,8 @@ async fn main() -> Result<(), BoxError> {
     tokio::time::sleep(Duration::from_millis(350)).await;
     place_orders(&mut payments, 16..=20).await;
 
-    println!("4. all breakers:");
+    println!("4. retries: {:?}", retry.metrics());
+    println!("5. all breakers:");
     for (name, metrics) in breakers.metrics() {
         println!(
             "   {name}: {} (failure rate {:?}, rejected {})",

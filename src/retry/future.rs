@@ -196,7 +196,14 @@ where
                     );
                     match decision {
                         Decision::Return(reason) => {
-                            finish(shared, *this.attempt, outcome.is_failure(), reason);
+                            // An ignored error is still an error to the caller.
+                            let failed =
+                                outcome.is_failure() || !matches!(attempt, Attempt::Done(Ok(_)));
+                            let reason = match (failed, reason) {
+                                (true, None) => Some(GiveUpReason::NotRetryable),
+                                (_, reason) => reason,
+                            };
+                            finish(shared, *this.attempt, failed, reason);
                             return Poll::Ready(match attempt {
                                 Attempt::Done(result) => result.map_err(Into::into),
                                 Attempt::TimedOut => Err(AttemptTimedOut {
