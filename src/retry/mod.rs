@@ -45,6 +45,21 @@
 //! and `grpc-retry-pushback-ms`. A request that cannot be copied is sent
 //! once.
 //!
+//! # Cost
+//!
+//! A call whose first attempt succeeds takes no lock and makes no
+//! allocation (`tests/retry_alloc.rs`), and creates no timer even with
+//! timeouts configured: the attempt is polled first and timers start only
+//! when the call has to wait (so the overall timeout counts from the first
+//! wait, in practice from the first poll). It clones the request and the
+//! inner service for later attempts, bumps one striped metrics counter and
+//! the reference count of the layer's shared state, and deposits into the
+//! budget, which reads the tokio clock once. Measured with
+//! `cargo bench --bench retry` on the project's 2-core VM, over a bare
+//! service (< 1 ns): 46 ns without a budget, 95 ns with the default budget
+//! (tower's `Retry` with a minimal hand-written policy, which has no budget,
+//! metrics or timeouts, compiles down to the bare service).
+//!
 //! # Observability
 //!
 //! Each retry is a `debug` trace with the attempt, the delay and the
