@@ -549,6 +549,127 @@ mod http_requests {
         assert_eq!(arrivals.lock().expect("arrivals").len(), 4);
     }
 
+    mod buffered_bodies {
+        use super::*;
+        use bytes::Bytes;
+        use http_body::Frame;
+        use http_body_util::{BodyExt, StreamBody};
+        use palisade::retry::{BufferBodyLayer, RetryBody};
+
+        type Chunks = StreamBody<
+            futures::stream::Iter<
+                std::vec::IntoIter<Result<Frame<Bytes>, std::convert::Infallible>>,
+            >,
+        >;
+
+        /// A streaming (not `Clone`) body of `chunks`, with no size hint.
+        fn streaming(chunks: &[&'static str]) -> Chunks {
+            let frames: Vec<_> = chunks
+                .iter()
+                .map(|c| Ok(Frame::data(Bytes::from_static(c.as_bytes()))))
+                .collect();
+            StreamBody::new(futures::stream::iter(frames))
+        }
+
+        /// Replies with the given statuses in turn and notes every body it read.
+        #[allow(
+            clippy::type_complexity,
+            reason = "an impl Service with its bounds, and a log"
+        )]
+        fn reading_backend(
+            statuses: Vec<u16>,
+        ) -> (
+            impl Service<
+                http::Request<RetryBody<Chunks>>,
+                Response = Response,
+                Error = BoxError,
+                Future: Send,
+            > + Clone
+            + Send
+            + 'static,
+            Arc<Mutex<Vec<Bytes>>>,
+        ) {
+            let statuses = Arc::new(Mutex::new(VecDeque::from(statuses)));
+            let bodies: Arc<Mutex<Vec<Bytes>>> = Arc::default();
+            let seen = bodies.clone();
+            let service = tower::service_fn(move |request: http::Request<RetryBody<Chunks>>| {
+                let status = statuses
+                    .lock()
+                    .expect("statuses")
+                    .pop_front()
+                    .unwrap_or(200);
+                let seen = seen.clone();
+                async move {
+                    let body = request.into_body().collect().await?.to_bytes();
+                    seen.lock().expect("bodies").push(body);
+                    Ok::<_, BoxError>(
+                        http::Response::builder()
+                            .status(status)
+                            .body(())
+                            .expect("valid"),
+                    )
+                }
+            });
+            (service, bodies)
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_streaming_body_within_the_limit_is_buffered_and_sent_again() {
+            let (backend, bodies) = reading_backend(vec![503, 200]);
+            let mut service = tower::ServiceBuilder::new()
+                .layer(BufferBodyLayer::new(64))
+                .layer(http_layer())
+                .service(backend);
+            let request = http::Request::put("http://x/orders/1")
+                .body(streaming(&["{\"sku\": ", "42}"]))
+                .expect("request");
+            let response = service
+                .ready()
+                .await
+                .expect("ready")
+                .call(request)
+                .await
+                .expect("response");
+            assert_eq!(response.status(), 200);
+            let bodies = bodies.lock().expect("bodies");
+            assert_eq!(
+                *bodies,
+                [
+                    Bytes::from_static(b"{\"sku\": 42}"),
+                    Bytes::from_static(b"{\"sku\": 42}")
+                ]
+            );
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_body_over_the_limit_is_sent_once_and_whole() {
+            let (backend, bodies) = reading_backend(vec![503, 200]);
+            let mut service = tower::ServiceBuilder::new()
+                .layer(BufferBodyLayer::new(4))
+                .layer(http_layer())
+                .service(backend);
+            let request = http::Request::put("http://x/orders/1")
+                .body(streaming(&["abc", "def", "ghi"]))
+                .expect("request");
+            let response = service
+                .ready()
+                .await
+                .expect("ready")
+                .call(request)
+                .await
+                .expect("response");
+            assert_eq!(
+                response.status(),
+                503,
+                "not retried: the body could not be kept"
+            );
+            assert_eq!(
+                *bodies.lock().expect("bodies"),
+                [Bytes::from_static(b"abcdefghi")]
+            );
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_client_error_is_not_retried() {
         let (backend, arrivals) = scripted(vec![(400, vec![]), (200, vec![])]);

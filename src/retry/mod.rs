@@ -42,8 +42,9 @@
 //! `http` feature, [`HttpRetryPolicy`] retries `http::Request`s with a
 //! `Clone` body, only for idempotent methods unless the request carries
 //! [`Idempotent`] or an `Idempotency-Key` header, and reads `Retry-After`
-//! and `grpc-retry-pushback-ms`. A request that cannot be copied is sent
-//! once.
+//! and `grpc-retry-pushback-ms`; put a [`BufferBodyLayer`] in front to
+//! retry requests whose bodies stream (hyper's, tonic's), up to a size
+//! limit. A request that cannot be copied is sent once.
 //!
 //! # Cost
 //!
@@ -67,6 +68,9 @@
 //! [`RetryLayer::metrics`] returns [`RetryMetrics`].
 
 pub mod backoff;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod body;
 pub mod budget;
 mod config;
 mod error;
@@ -77,6 +81,9 @@ mod policy;
 mod service;
 
 pub use self::backoff::{Backoff, BackoffBuilder, Jitter};
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub use self::body::{BufferBody, BufferBodyLayer, RetryBody, buffer_body};
 pub use self::budget::{RetryBudget, RetryBudgetBuilder};
 pub use self::config::{MAX_ATTEMPTS, RetryConfig, RetryConfigBuilder};
 pub use self::error::{AttemptTimedOut, RetryTimedOut};

@@ -50,6 +50,7 @@ mod http_policy {
     use http::{HeaderMap, Method, Request, Response};
 
     use super::RetryPolicy;
+    use crate::retry::RetryBody;
 
     /// A request extension that marks a request as safe to retry whatever
     /// its method (for a `POST` whose handler de-duplicates, say).
@@ -76,38 +77,68 @@ mod http_policy {
     #[derive(Debug, Clone, Copy, Default)]
     pub struct HttpRetryPolicy;
 
+    /// A copy of `request`'s method, URI, version, headers and [`Idempotent`]
+    /// marker, with `body`.
+    fn copy_request<B, B2>(request: &Request<B>, body: B2) -> Request<B2> {
+        let mut copy = Request::new(body);
+        *copy.method_mut() = request.method().clone();
+        *copy.uri_mut() = request.uri().clone();
+        *copy.version_mut() = request.version();
+        *copy.headers_mut() = request.headers().clone();
+        if request.extensions().get::<Idempotent>().is_some() {
+            copy.extensions_mut().insert(Idempotent);
+        }
+        copy
+    }
+
+    fn is_idempotent<B>(request: &Request<B>) -> bool {
+        matches!(
+            *request.method(),
+            Method::GET
+                | Method::HEAD
+                | Method::PUT
+                | Method::DELETE
+                | Method::OPTIONS
+                | Method::TRACE
+        ) || request.extensions().get::<Idempotent>().is_some()
+            || request.headers().contains_key("idempotency-key")
+    }
+
+    fn server_delay<RB>(response: &Response<RB>) -> Option<Duration> {
+        let headers = response.headers();
+        grpc_pushback(headers).or_else(|| {
+            let value = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?;
+            parse_retry_after(value, SystemTime::now())
+        })
+    }
+
     impl<B: Clone, RB, Err> RetryPolicy<Request<B>, Response<RB>, Err> for HttpRetryPolicy {
         fn clone_request(&self, request: &Request<B>) -> Option<Request<B>> {
-            let mut copy = Request::new(request.body().clone());
-            *copy.method_mut() = request.method().clone();
-            *copy.uri_mut() = request.uri().clone();
-            *copy.version_mut() = request.version();
-            *copy.headers_mut() = request.headers().clone();
-            if request.extensions().get::<Idempotent>().is_some() {
-                copy.extensions_mut().insert(Idempotent);
-            }
-            Some(copy)
+            Some(copy_request(request, request.body().clone()))
         }
 
         fn may_retry(&self, request: &Request<B>) -> bool {
-            matches!(
-                *request.method(),
-                Method::GET
-                    | Method::HEAD
-                    | Method::PUT
-                    | Method::DELETE
-                    | Method::OPTIONS
-                    | Method::TRACE
-            ) || request.extensions().get::<Idempotent>().is_some()
-                || request.headers().contains_key("idempotency-key")
+            is_idempotent(request)
         }
 
         fn server_delay(&self, result: Result<&Response<RB>, &Err>) -> Option<Duration> {
-            let headers = result.ok()?.headers();
-            grpc_pushback(headers).or_else(|| {
-                let value = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?;
-                parse_retry_after(value, SystemTime::now())
-            })
+            server_delay(result.ok()?)
+        }
+    }
+
+    /// Bodies buffered by [`BufferBodyLayer`](crate::retry::BufferBodyLayer):
+    /// copied when held in memory; a streaming one is sent once.
+    impl<B, RB, Err> RetryPolicy<Request<RetryBody<B>>, Response<RB>, Err> for HttpRetryPolicy {
+        fn clone_request(&self, request: &Request<RetryBody<B>>) -> Option<Request<RetryBody<B>>> {
+            Some(copy_request(request, request.body().try_clone()?))
+        }
+
+        fn may_retry(&self, request: &Request<RetryBody<B>>) -> bool {
+            is_idempotent(request)
+        }
+
+        fn server_delay(&self, result: Result<&Response<RB>, &Err>) -> Option<Duration> {
+            server_delay(result.ok()?)
         }
     }
 
