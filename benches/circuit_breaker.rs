@@ -20,8 +20,7 @@
 //! dev-dependency), so `tokio::time::Instant::now()` first looks for a
 //! runtime's paused clock; `clock-read` shows what that adds.
 
-use std::convert::Infallible;
-use std::future::{Future, Ready, ready};
+use std::future::Future;
 use std::hint::black_box;
 use std::pin::pin;
 use std::sync::Barrier;
@@ -38,40 +37,9 @@ use palisade::clock::CallClock;
 use tower::{Layer, Service};
 use tower_resilience_circuitbreaker::CircuitBreakerLayer as PeerLayer;
 
-/// The cheapest service there is: always ready, answers with its request.
-#[derive(Debug, Clone, Copy)]
-struct Echo;
-
-impl Service<u64> for Echo {
-    type Response = u64;
-    type Error = Infallible;
-    type Future = Ready<Result<u64, Infallible>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: u64) -> Self::Future {
-        ready(Ok(request))
-    }
-}
-
-/// Makes one call to a service that is always ready and answers on the
-/// first poll, as every service here does.
-#[inline]
-fn call_now<S: Service<u64>>(service: &mut S, request: u64) -> Result<S::Response, S::Error> {
-    let mut cx = Context::from_waker(noop_waker_ref());
-    match service.poll_ready(&mut cx) {
-        Poll::Ready(Ok(())) => {}
-        Poll::Ready(Err(error)) => return Err(error),
-        Poll::Pending => panic!("a benchmarked service was not ready"),
-    }
-    let mut response = pin!(service.call(request));
-    match response.as_mut().poll(&mut cx) {
-        Poll::Ready(result) => result,
-        Poll::Pending => panic!("a benchmarked response did not complete on its first poll"),
-    }
-}
+#[path = "../tests/support/echo.rs"]
+mod echo;
+use echo::{Echo, call_now};
 
 /// Makes one call like [`call_now`], but polls again at once whenever the
 /// service or its response is not ready. With two threads, a peer's

@@ -6,50 +6,17 @@
 //! response future with a no-op waker, inside a tokio runtime context (the
 //! retry layer creates timers only when it must wait, and none here does).
 
-use std::convert::Infallible;
-use std::future::{Future, Ready, ready};
+use std::future::{Ready, ready};
 use std::hint::black_box;
-use std::pin::pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use futures::task::noop_waker_ref;
 use palisade::retry::{RetryConfig, RetryLayer};
-use tower::{Layer, Service};
+use tower::Layer;
 
-/// The cheapest service there is: always ready, answers with its request.
-#[derive(Debug, Clone, Copy)]
-struct Echo;
-
-impl Service<u64> for Echo {
-    type Response = u64;
-    type Error = Infallible;
-    type Future = Ready<Result<u64, Infallible>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: u64) -> Self::Future {
-        ready(Ok(request))
-    }
-}
-
-#[inline]
-fn call_now<S: Service<u64>>(service: &mut S, request: u64) -> Result<S::Response, S::Error> {
-    let mut cx = Context::from_waker(noop_waker_ref());
-    match service.poll_ready(&mut cx) {
-        Poll::Ready(Ok(())) => {}
-        Poll::Ready(Err(error)) => return Err(error),
-        Poll::Pending => panic!("a benchmarked service was not ready"),
-    }
-    let mut response = pin!(service.call(request));
-    match response.as_mut().poll(&mut cx) {
-        Poll::Ready(result) => result,
-        Poll::Pending => panic!("a benchmarked response did not complete on its first poll"),
-    }
-}
+#[path = "../tests/support/echo.rs"]
+mod echo;
+use echo::{Echo, call_now};
 
 /// tower's `Retry` needs a policy; this is the least one can write: retry
 /// every error up to twice, no backoff.

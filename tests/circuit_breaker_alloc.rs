@@ -6,57 +6,29 @@
 //! sections are serialized, so tests running in parallel do not add to
 //! each other's counts.
 
-use std::convert::Infallible;
-use std::future::{Future, Ready, ready};
 use std::hint::black_box;
-use std::pin::pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::task::noop_waker_ref;
 use palisade::circuit_breaker::{
     CircuitBreaker, CircuitBreakerConfig, CircuitState, SlidingWindow,
 };
 use palisade::classify::Outcome;
 use palisade::clock::CallClock;
-use tower::{Layer, Service};
+use tower::Layer;
 
 /// The system allocator, counting the allocations of threads that ask for it.
 #[path = "support/counting_alloc.rs"]
 mod counting_alloc;
 use counting_alloc::allocations_during;
 
-/// Always ready; answers with its request.
-#[derive(Debug, Clone, Copy)]
-struct Echo;
-
-impl Service<u64> for Echo {
-    type Response = u64;
-    type Error = Infallible;
-    type Future = Ready<Result<u64, Infallible>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: u64) -> Self::Future {
-        ready(Ok(request))
-    }
-}
+#[path = "support/echo.rs"]
+mod echo;
+use echo::Echo;
 
 /// Makes one call with a no-op waker and no runtime, and returns the
-/// response (`None` if the service failed or the call did not complete).
-fn call_now<S: Service<u64>>(service: &mut S, request: u64) -> Option<S::Response> {
-    let mut cx = Context::from_waker(noop_waker_ref());
-    match service.poll_ready(&mut cx) {
-        Poll::Ready(Ok(())) => {}
-        _ => return None,
-    }
-    let mut response = pin!(service.call(request));
-    match response.as_mut().poll(&mut cx) {
-        Poll::Ready(Ok(answer)) => Some(answer),
-        _ => None,
-    }
+/// response (`None` if the service failed).
+fn call_now<S: tower::Service<u64>>(service: &mut S, request: u64) -> Option<S::Response> {
+    echo::call_now(service, request).ok()
 }
 
 const WARM_UP_CALLS: u64 = 10;

@@ -4,46 +4,22 @@
 #[path = "support/counting_alloc.rs"]
 mod counting_alloc;
 
-use std::convert::Infallible;
-use std::future::{Future, Ready, ready};
 use std::hint::black_box;
-use std::pin::pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use counting_alloc::allocations_during;
-use futures::task::noop_waker_ref;
 use palisade::retry::{RetryConfig, RetryLayer};
 use tower::{Layer, Service};
 
-#[derive(Debug, Clone, Copy)]
-struct Echo;
-
-impl Service<u64> for Echo {
-    type Response = u64;
-    type Error = Infallible;
-    type Future = Ready<Result<u64, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: u64) -> Self::Future {
-        ready(Ok(request))
-    }
-}
+#[path = "support/echo.rs"]
+mod echo;
+use echo::Echo;
 
 fn call_now<S: Service<u64, Response = u64>>(service: &mut S, request: u64) -> u64
 where
     S::Error: std::fmt::Debug,
 {
-    let mut cx = Context::from_waker(noop_waker_ref());
-    assert!(service.poll_ready(&mut cx).is_ready());
-    let mut response = pin!(service.call(request));
-    match response.as_mut().poll(&mut cx) {
-        Poll::Ready(result) => result.expect("success"),
-        Poll::Pending => panic!("Echo answers at once"),
-    }
+    echo::call_now(service, request).expect("Echo succeeds")
 }
 
 fn assert_success_path_allocates_nothing(config: RetryConfig) {
