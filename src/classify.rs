@@ -172,9 +172,55 @@ pub trait ClassifyExt: Sized {
             retryable,
         }
     }
+
+    /// Errors that are a palisade layer's rejection (a
+    /// [`BreakerOpen`](crate::circuit_breaker::BreakerOpen), found anywhere
+    /// in the error's source chain) become [`Outcome::Ignored`]: a retry
+    /// layer outside a circuit breaker returns the rejection at once instead
+    /// of retrying into an open breaker. For services whose error is
+    /// [`BoxError`](crate::BoxError), as every palisade service's is.
+    ///
+    /// ```
+    /// use palisade::classify::{Classify, ClassifyExt, DefaultClassifier, Outcome};
+    /// use palisade::circuit_breaker::CircuitBreaker;
+    /// use palisade::BoxError;
+    ///
+    /// let breaker = CircuitBreaker::with_defaults("payments");
+    /// breaker.transition_to_forced_open();
+    /// let rejection: BoxError = breaker.try_acquire().unwrap_err().into();
+    /// let other: BoxError = "connection reset".into();
+    ///
+    /// let classifier = DefaultClassifier.pass_rejections();
+    /// assert_eq!(classifier.classify(Err::<&(), _>(&rejection)), Outcome::Ignored);
+    /// assert_eq!(classifier.classify(Err::<&(), _>(&other)), Outcome::Failure { retryable: true });
+    /// ```
+    fn pass_rejections(self) -> PassRejections<Self> {
+        PassRejections { inner: self }
+    }
 }
 
 impl<C> ClassifyExt for C {}
+
+/// See [`ClassifyExt::pass_rejections`].
+#[derive(Debug, Clone, Copy)]
+pub struct PassRejections<C> {
+    inner: C,
+}
+
+impl<Res, C> Classify<Res, crate::BoxError> for PassRejections<C>
+where
+    C: Classify<Res, crate::BoxError>,
+{
+    #[inline]
+    fn classify(&self, result: Result<&Res, &crate::BoxError>) -> Outcome {
+        match result {
+            Err(error) if crate::is_caused_by::<crate::circuit_breaker::BreakerOpen>(&**error) => {
+                Outcome::Ignored
+            }
+            other => self.inner.classify(other),
+        }
+    }
+}
 
 /// See [`ClassifyExt::ignore_errors`].
 #[derive(Clone, Copy)]

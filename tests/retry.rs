@@ -789,9 +789,8 @@ async fn a_retry_around_a_breaker_goes_through_it_again_and_stops_at_its_rejecti
             .expect("valid"),
     );
     let backend = Scripted::new(&[Step::Fail]);
-    let retry = layer(config().max_attempts(5)).with_classifier(
-        DefaultClassifier.ignore_errors(|e: &BoxError| is_caused_by::<BreakerOpen>(&**e)),
-    );
+    let retry =
+        layer(config().max_attempts(5)).with_classifier(DefaultClassifier.pass_rejections());
     let mut service = tower::ServiceBuilder::new()
         .layer(retry.clone())
         .layer(breaker.layer())

@@ -14,12 +14,12 @@ mod payments;
 
 use std::time::Duration;
 
+use palisade::BoxError;
 use palisade::circuit_breaker::{
     BreakerOpen, CircuitBreakerConfig, CircuitBreakerRegistry, EventKind, SlidingWindow,
 };
 use palisade::classify::{ClassifyExt, DefaultClassifier};
 use palisade::retry::{Backoff, RetryConfig, RetryLayer};
-use palisade::{BoxError, is_caused_by};
 use payments::{Charge, Payments};
 use tower::{Service, ServiceBuilder, ServiceExt};
 
@@ -66,9 +66,7 @@ async fn main() -> Result<(), BoxError> {
             .attempt_timeout(Duration::from_millis(200))
             .build()?,
     )
-    .with_classifier(
-        DefaultClassifier.ignore_errors(|e: &BoxError| is_caused_by::<BreakerOpen>(&**e)),
-    );
+    .with_classifier(DefaultClassifier.pass_rejections());
 
     let provider = Payments::default();
     let mut payments = ServiceBuilder::new()
