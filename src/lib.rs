@@ -6,6 +6,7 @@
 //!
 //! | module | pattern |
 //! |---|---|
+//! | [`bulkhead`] | Bound the calls in flight to each dependency. |
 //! | [`circuit_breaker`] | Stop calling a failing dependency; try again after a wait. |
 //! | [`classify`] | Decide which outcomes are failures (shared by every layer). |
 //! | [`clock`] | Choose how calls are timed: exact or coarse and cheap. |
@@ -66,6 +67,7 @@
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod bulkhead;
 pub mod circuit_breaker;
 pub mod classify;
 pub mod clock;

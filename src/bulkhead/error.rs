@@ -1,0 +1,59 @@
+//! The error a call rejected by a bulkhead fails with.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A call was rejected by a bulkhead without reaching the service: every
+/// permit was taken and the caller could not (or could no longer) wait.
+///
+/// Distinct from the circuit breaker's [`BreakerOpen`](crate::circuit_breaker::BreakerOpen);
+/// find it with `downcast_ref` or [`crate::find_cause`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BulkheadFull {
+    pub(crate) bulkhead: Arc<str>,
+    pub(crate) max_concurrent_calls: usize,
+    pub(crate) waited: Duration,
+    pub(crate) queue_full: bool,
+}
+
+impl BulkheadFull {
+    /// The name of the bulkhead that rejected the call.
+    pub fn bulkhead(&self) -> &str {
+        &self.bulkhead
+    }
+
+    /// Its limit when it rejected the call.
+    pub fn max_concurrent_calls(&self) -> usize {
+        self.max_concurrent_calls
+    }
+
+    /// How long the caller waited for a permit before giving up.
+    pub fn waited(&self) -> Duration {
+        self.waited
+    }
+
+    /// Whether the caller was rejected because too many were already waiting.
+    pub fn queue_full(&self) -> bool {
+        self.queue_full
+    }
+}
+
+impl fmt::Display for BulkheadFull {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "bulkhead '{}' is full: all {} permits are in use",
+            self.bulkhead, self.max_concurrent_calls
+        )?;
+        if self.queue_full {
+            f.write_str(" and the waiting queue is full")
+        } else if self.waited.is_zero() {
+            Ok(())
+        } else {
+            write!(f, " (waited {:?})", self.waited)
+        }
+    }
+}
+
+impl std::error::Error for BulkheadFull {}

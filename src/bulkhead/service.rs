@@ -1,0 +1,136 @@
+//! [`BulkheadService`]: the tower adapter over the bulkhead.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use tower_service::Service;
+
+use crate::error::BoxError;
+
+use super::error::BulkheadFull;
+use super::future::ResponseFuture;
+use super::state::{Bulkhead, BulkheadPermit};
+
+type Acquiring = Pin<Box<dyn Future<Output = Result<BulkheadPermit, BulkheadFull>> + Send>>;
+
+enum Admission {
+    Idle,
+    Waiting(Acquiring),
+    Permitted(BulkheadPermit),
+    Rejected(BulkheadFull),
+}
+
+/// A service whose calls hold a permit of a [`Bulkhead`]; built by
+/// [`BulkheadLayer`](super::BulkheadLayer).
+///
+/// `poll_ready` first waits for the inner service to be ready, so a service
+/// that is not ready takes no permit; then it takes a permit, waiting for
+/// one (in FIFO order) if the bulkhead allows it. The permit is held by the
+/// response future and given back when it completes or is dropped; a permit
+/// taken by `poll_ready` and never used is given back when the service is
+/// dropped. A rejected call makes `poll_ready` return `Ready(Ok)` and `call`
+/// fail at once with [`BulkheadFull`], without reaching the inner service.
+pub struct BulkheadService<S> {
+    inner: S,
+    bulkhead: Bulkhead,
+    admission: Admission,
+}
+
+impl<S> BulkheadService<S> {
+    /// Wraps `inner` with `bulkhead`.
+    pub fn new(inner: S, bulkhead: Bulkhead) -> Self {
+        Self {
+            inner,
+            bulkhead,
+            admission: Admission::Idle,
+        }
+    }
+
+    /// The bulkhead guarding this service.
+    pub fn bulkhead(&self) -> &Bulkhead {
+        &self.bulkhead
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// Unwraps the inner service (giving back any permit held).
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, Req> Service<Req> for BulkheadService<S>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        loop {
+            match &mut self.admission {
+                Admission::Permitted(_) | Admission::Rejected(_) => return Poll::Ready(Ok(())),
+                Admission::Idle => {
+                    // Not ready: no permit taken.
+                    ready!(self.inner.poll_ready(cx)).map_err(Into::into)?;
+                    self.admission = if self.bulkhead.config().max_wait_duration.is_zero() {
+                        match self.bulkhead.try_acquire() {
+                            Ok(permit) => Admission::Permitted(permit),
+                            Err(full) => Admission::Rejected(full),
+                        }
+                    } else {
+                        // Waiting needs a future to keep; free permits do not.
+                        match self.bulkhead.try_acquire_quietly() {
+                            Some(permit) => Admission::Permitted(permit),
+                            None => {
+                                Admission::Waiting(Box::pin(self.bulkhead.clone().acquire_owned()))
+                            }
+                        }
+                    };
+                }
+                Admission::Waiting(acquiring) => {
+                    self.admission = match ready!(acquiring.as_mut().poll(cx)) {
+                        Ok(permit) => Admission::Permitted(permit),
+                        Err(full) => Admission::Rejected(full),
+                    };
+                }
+            }
+        }
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        match std::mem::replace(&mut self.admission, Admission::Idle) {
+            Admission::Permitted(permit) => {
+                ResponseFuture::admitted(self.inner.call(request), permit)
+            }
+            Admission::Rejected(full) => ResponseFuture::rejected(full),
+            Admission::Idle | Admission::Waiting(_) => {
+                panic!("BulkheadService: poll_ready must return Ready(Ok) before call")
+            }
+        }
+    }
+}
+
+impl<S: Clone> Clone for BulkheadService<S> {
+    /// Clones without the permit the original may hold: a permit is for one
+    /// call, and a clone takes its own in `poll_ready`.
+    fn clone(&self) -> Self {
+        Self::new(self.inner.clone(), self.bulkhead.clone())
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for BulkheadService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BulkheadService")
+            .field("inner", &self.inner)
+            .field("bulkhead", &self.bulkhead.name())
+            .finish_non_exhaustive()
+    }
+}
