@@ -73,6 +73,7 @@ where
     type Error = BoxError;
     type Future = ResponseFuture<S::Future>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         loop {
             match &mut self.admission {
@@ -105,6 +106,7 @@ where
         }
     }
 
+    #[inline]
     fn call(&mut self, request: Req) -> Self::Future {
         match std::mem::replace(&mut self.admission, Admission::Idle) {
             Admission::Permitted(permit) => {

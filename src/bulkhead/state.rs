@@ -105,7 +105,6 @@ struct Shared {
     /// permits pay this off before they go back to the semaphore.
     debt: AtomicUsize,
     waiting: AtomicUsize,
-    in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
     rejected: StripedCounter,
     resize: Mutex<()>,
@@ -121,7 +120,6 @@ impl Bulkhead {
             limit: AtomicUsize::new(config.max_concurrent_calls),
             debt: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
-            in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
             rejected: StripedCounter::new(),
             resize: Mutex::new(()),
@@ -159,6 +157,7 @@ impl Bulkhead {
     }
 
     /// A permit if one is free now; never waits.
+    #[inline]
     pub fn try_acquire(&self) -> Result<BulkheadPermit, BulkheadFull> {
         match self.shared.semaphore.try_acquire() {
             Ok(permit) => {
@@ -214,9 +213,12 @@ impl Bulkhead {
         self.acquire().await
     }
 
+    #[inline]
     fn permitted(&self, waited: Duration) -> BulkheadPermit {
         let s = &*self.shared;
-        let in_flight = s.in_flight.fetch_add(1, AcqRel) + 1;
+        // Derived from the permits rather than counted, so a call costs no
+        // extra read-modify-write; exact when no call races this one.
+        let in_flight = s.in_flight();
         if in_flight > s.max_in_flight.load(Relaxed) {
             s.max_in_flight.fetch_max(in_flight, Relaxed);
         }
@@ -245,9 +247,9 @@ impl Bulkhead {
         }
     }
 
+    #[inline]
     fn release(&self) {
         let s = &*self.shared;
-        s.in_flight.fetch_sub(1, AcqRel);
         let paid_debt = s
             .debt
             .fetch_update(AcqRel, Acquire, |debt| debt.checked_sub(1))
@@ -302,11 +304,20 @@ impl Bulkhead {
         BulkheadMetrics {
             max_concurrent_calls: s.limit.load(Acquire),
             available_permits: s.semaphore.available_permits(),
-            in_flight: s.in_flight.load(Acquire),
+            in_flight: s.in_flight(),
             waiting: s.waiting.load(Acquire),
             max_in_flight_observed: s.max_in_flight.load(Acquire),
             rejected: s.rejected.sum(),
         }
+    }
+}
+
+impl Shared {
+    /// Permits held: those in circulation (the limit, plus those a shrink
+    /// still waits to take back) less those free.
+    fn in_flight(&self) -> usize {
+        (self.limit.load(Acquire) + self.debt.load(Acquire))
+            .saturating_sub(self.semaphore.available_permits())
     }
 }
 
@@ -348,6 +359,7 @@ pub struct BulkheadPermit {
 }
 
 impl Drop for BulkheadPermit {
+    #[inline]
     fn drop(&mut self) {
         self.bulkhead.release();
     }
