@@ -174,10 +174,11 @@ pub trait ClassifyExt: Sized {
     }
 
     /// Errors that are a palisade layer's rejection (a
-    /// [`BreakerOpen`](crate::circuit_breaker::BreakerOpen), found anywhere
-    /// in the error's source chain) become [`Outcome::Ignored`]: a retry
-    /// layer outside a circuit breaker returns the rejection at once instead
-    /// of retrying into an open breaker. For services whose error is
+    /// [`BreakerOpen`](crate::circuit_breaker::BreakerOpen) or a
+    /// [`BulkheadFull`](crate::bulkhead::BulkheadFull), found anywhere in the
+    /// error's source chain) become [`Outcome::Ignored`]: a retry layer
+    /// outside a circuit breaker or a bulkhead returns the rejection at once
+    /// instead of retrying into it. For services whose error is
     /// [`BoxError`](crate::BoxError), as every palisade service's is.
     ///
     /// ```
@@ -201,6 +202,12 @@ pub trait ClassifyExt: Sized {
 
 impl<C> ClassifyExt for C {}
 
+/// Whether `error` is, or was caused by, a palisade layer's rejection.
+fn is_rejection(error: &(dyn std::error::Error + 'static)) -> bool {
+    crate::is_caused_by::<crate::circuit_breaker::BreakerOpen>(error)
+        || crate::is_caused_by::<crate::bulkhead::BulkheadFull>(error)
+}
+
 /// See [`ClassifyExt::pass_rejections`].
 #[derive(Debug, Clone, Copy)]
 pub struct PassRejections<C> {
@@ -214,9 +221,7 @@ where
     #[inline]
     fn classify(&self, result: Result<&Res, &crate::BoxError>) -> Outcome {
         match result {
-            Err(error) if crate::is_caused_by::<crate::circuit_breaker::BreakerOpen>(&**error) => {
-                Outcome::Ignored
-            }
+            Err(error) if is_rejection(&**error) => Outcome::Ignored,
             other => self.inner.classify(other),
         }
     }

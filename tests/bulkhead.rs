@@ -349,3 +349,40 @@ fn config_rejects_invalid_values_naming_the_field() {
     let err = config(1).event_capacity(0).build().unwrap_err();
     assert_eq!(err.field(), "event_capacity");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_outside_the_bulkhead_does_not_retry_its_rejection() {
+    use palisade::classify::{ClassifyExt, DefaultClassifier};
+    use palisade::retry::{Backoff, RetryConfig, RetryLayer};
+    let b = bulkhead(config(1));
+    let retry = RetryLayer::new(
+        "backend",
+        RetryConfig::builder()
+            .no_budget()
+            .backoff(Backoff::constant(SECOND).build().expect("valid"))
+            .build()
+            .expect("valid"),
+    )
+    .with_classifier(DefaultClassifier.pass_rejections());
+    let service = tower::ServiceBuilder::new()
+        .layer(retry.clone())
+        .layer(b.layer())
+        .service(Backend::default());
+    let _holder = spawn_call(&service, (1, 10 * SECOND)).await;
+    let mut service = service.clone();
+    let started = tokio::time::Instant::now();
+    full(
+        service
+            .ready()
+            .await
+            .expect("ready")
+            .call((2, Duration::ZERO))
+            .await,
+    );
+    assert_eq!(
+        started.elapsed(),
+        Duration::ZERO,
+        "returned at once, not retried"
+    );
+    assert_eq!(retry.metrics().retries, 0);
+}
