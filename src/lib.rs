@@ -13,8 +13,8 @@
 //! | [`events`] | Subscribe to what a layer does. |
 //! | [`retry`] | Retry failed calls with backoff, jitter and a retry budget. |
 //!
-//! Retry with backoff and budgets, bulkheads, service discovery with load
-//! balancing and a durable saga executor follow the same conventions.
+//! An ordered resilience pipeline, service discovery with load balancing
+//! and a durable saga executor are next; they follow the same conventions.
 //!
 //! ## Conventions
 //!
@@ -61,7 +61,9 @@
 //! ## Features
 //!
 //! * `http` (default): classifiers for `http::Response` status codes and
-//!   gRPC `grpc-status`, built on tower-http's `classify` module.
+//!   gRPC `grpc-status`, built on tower-http's `classify` module; the HTTP
+//!   retry policy (`Retry-After`, idempotency guard) and request-body
+//!   buffering for retries.
 
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
