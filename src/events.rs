@@ -14,6 +14,27 @@ use tokio::sync::broadcast;
 
 pub use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
+use crate::error::ConfigError;
+
+/// The largest number of events a layer may buffer per subscriber.
+pub const MAX_EVENT_CAPACITY: usize = 1 << 20;
+
+/// Checks a builder's `event_capacity`: 1 to [`MAX_EVENT_CAPACITY`].
+pub(crate) fn check_event_capacity(
+    component: &'static str,
+    capacity: usize,
+) -> Result<(), ConfigError> {
+    if (1..=MAX_EVENT_CAPACITY).contains(&capacity) {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            component,
+            "event_capacity",
+            format!("must be 1 to {MAX_EVENT_CAPACITY}, got {capacity}"),
+        ))
+    }
+}
+
 /// The publishing side, owned by a layer's shared state.
 #[derive(Debug)]
 pub(crate) struct EventHub<E> {

@@ -102,17 +102,7 @@ impl BulkheadConfigBuilder {
                 ),
             ));
         }
-        if !(1..=crate::circuit_breaker::MAX_EVENT_CAPACITY).contains(&c.event_capacity) {
-            return Err(ConfigError::new(
-                COMPONENT,
-                "event_capacity",
-                format!(
-                    "must be 1 to {}, got {}",
-                    crate::circuit_breaker::MAX_EVENT_CAPACITY,
-                    c.event_capacity
-                ),
-            ));
-        }
+        crate::events::check_event_capacity(COMPONENT, c.event_capacity)?;
         Ok(self.config)
     }
 }

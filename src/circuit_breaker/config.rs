@@ -13,8 +13,7 @@ const COMPONENT: &str = "circuit breaker";
 pub const MAX_COUNT_WINDOW: u32 = (1 << 21) - 1;
 /// The longest time-based window, in seconds (one day).
 pub const MAX_TIME_WINDOW_SECONDS: u32 = 86_400;
-/// The largest event buffer per subscriber.
-pub const MAX_EVENT_CAPACITY: usize = 1 << 20;
+pub use crate::events::MAX_EVENT_CAPACITY;
 
 /// How the breaker decides, in the CLOSED state, that the dependency is failing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -421,16 +420,7 @@ impl CircuitBreakerConfigBuilder {
                 ));
             }
         }
-        if !(1..=MAX_EVENT_CAPACITY).contains(&c.event_capacity) {
-            return Err(ConfigError::new(
-                COMPONENT,
-                "event_capacity",
-                format!(
-                    "must be 1 to {MAX_EVENT_CAPACITY}, got {}",
-                    c.event_capacity
-                ),
-            ));
-        }
+        crate::events::check_event_capacity(COMPONENT, c.event_capacity)?;
         Ok(self.config)
     }
 }

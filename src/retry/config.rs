@@ -202,17 +202,7 @@ impl RetryConfigBuilder {
                 ));
             }
         }
-        if !(1..=crate::circuit_breaker::MAX_EVENT_CAPACITY).contains(&c.event_capacity) {
-            return Err(ConfigError::new(
-                COMPONENT,
-                "event_capacity",
-                format!(
-                    "must be 1 to {}, got {}",
-                    crate::circuit_breaker::MAX_EVENT_CAPACITY,
-                    c.event_capacity
-                ),
-            ));
-        }
+        crate::events::check_event_capacity(COMPONENT, c.event_capacity)?;
         Ok(self.config)
     }
 }
