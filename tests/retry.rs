@@ -144,6 +144,7 @@ async fn full_jitter_waits_stay_within_the_exponential_envelope() {
     let mut service = layer(config().backoff(backoff).max_attempts(6)).layer(backend.clone());
     let _ = call(&mut service, 1).await;
     let caps = [100 * MS, 200 * MS, 400 * MS, 800 * MS, SECOND];
+    assert_eq!(backend.gaps().len(), caps.len(), "five retries");
     for (gap, cap) in backend.gaps().into_iter().zip(caps) {
         assert!(gap <= cap, "{gap:?} > {cap:?}");
     }
