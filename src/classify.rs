@@ -174,10 +174,11 @@ pub trait ClassifyExt: Sized {
     }
 
     /// Errors that are a palisade layer's rejection (a
-    /// [`BreakerOpen`](crate::circuit_breaker::BreakerOpen) or a
-    /// [`BulkheadFull`](crate::bulkhead::BulkheadFull), found anywhere in the
+    /// [`BreakerOpen`](crate::circuit_breaker::BreakerOpen), a
+    /// [`BulkheadFull`](crate::bulkhead::BulkheadFull) or a
+    /// [`RateLimited`](crate::rate_limit::RateLimited), found anywhere in the
     /// error's source chain) become [`Outcome::Ignored`]: a retry layer
-    /// outside a circuit breaker or a bulkhead returns the rejection at once
+    /// outside a circuit breaker, a bulkhead or a rate limiter returns the rejection at once
     /// instead of retrying into it. For services whose error is
     /// [`BoxError`](crate::BoxError), as every palisade service's is.
     ///
@@ -203,9 +204,10 @@ pub trait ClassifyExt: Sized {
 impl<C> ClassifyExt for C {}
 
 /// Whether `error` is, or was caused by, a palisade layer's rejection.
-fn is_rejection(error: &(dyn std::error::Error + 'static)) -> bool {
+pub(crate) fn is_rejection(error: &(dyn std::error::Error + 'static)) -> bool {
     crate::is_caused_by::<crate::circuit_breaker::BreakerOpen>(error)
         || crate::is_caused_by::<crate::bulkhead::BulkheadFull>(error)
+        || crate::is_caused_by::<crate::rate_limit::RateLimited>(error)
 }
 
 /// See [`ClassifyExt::pass_rejections`].

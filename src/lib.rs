@@ -11,10 +11,12 @@
 //! | [`classify`] | Decide which outcomes are failures (shared by every layer). |
 //! | [`clock`] | Choose how calls are timed: exact or coarse and cheap. |
 //! | [`events`] | Subscribe to what a layer does. |
+//! | [`pipeline`] | Stack retry, breaker, rate limiter, timeout and bulkhead in the right order. |
+//! | [`rate_limit`] | Bound how many calls start per period (governor's GCRA). |
 //! | [`retry`] | Retry failed calls with backoff, jitter and a retry budget. |
 //!
-//! An ordered resilience pipeline, service discovery with load balancing
-//! and a durable saga executor are next; they follow the same conventions.
+//! Service discovery with load balancing and a durable saga executor are
+//! next; they follow the same conventions.
 //!
 //! ## Conventions
 //!
@@ -75,6 +77,8 @@ pub mod classify;
 pub mod clock;
 pub mod error;
 pub mod events;
+pub mod pipeline;
+pub mod rate_limit;
 pub mod retry;
 mod sync;
 

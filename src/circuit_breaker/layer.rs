@@ -53,6 +53,11 @@ impl<C> CircuitBreakerLayer<C> {
     pub fn breaker(&self) -> &CircuitBreaker {
         &self.breaker
     }
+
+    /// The classifier that decides what counts as a failure.
+    pub fn classifier(&self) -> &C {
+        &self.classifier
+    }
 }
 
 impl<S, C: Clone> Layer<S> for CircuitBreakerLayer<C> {
@@ -60,5 +65,11 @@ impl<S, C: Clone> Layer<S> for CircuitBreakerLayer<C> {
 
     fn layer(&self, inner: S) -> Self::Service {
         CircuitBreakerService::new(inner, self.breaker.clone(), self.classifier.clone())
+    }
+}
+
+impl From<CircuitBreaker> for CircuitBreakerLayer {
+    fn from(breaker: CircuitBreaker) -> Self {
+        Self::new(breaker)
     }
 }

@@ -96,6 +96,12 @@ where
             policy,
         }
     }
+
+    /// The attempt in flight (1 for the first call), or once the future
+    /// has resolved, the number of attempts it made.
+    pub fn attempts(&self) -> u32 {
+        self.attempt
+    }
 }
 
 fn finish(shared: &Shared, attempts: u32, failed: bool, reason: Option<GiveUpReason>) {

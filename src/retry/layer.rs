@@ -104,6 +104,11 @@ impl<C, P> RetryLayer<C, P> {
         }
     }
 
+    /// The classifier that decides which failures are retried.
+    pub fn classifier(&self) -> &C {
+        &self.classifier
+    }
+
     /// The layer's name.
     pub fn name(&self) -> &str {
         &self.shared.name

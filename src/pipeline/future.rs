@@ -1,0 +1,107 @@
+//! [`ResponseFuture`]: runs the stages inside the call's span.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use pin_project_lite::pin_project;
+use tower_service::Service;
+
+use crate::classify::Classify;
+use crate::error::BoxError;
+use crate::retry::RetryPolicy;
+
+use super::error::PipelineError;
+use super::layer::{BreakerStage, Shared};
+use super::stage::{OptionalFuture, StageClassifier};
+
+type RetryFuture<S, Req, RC, RP, BC> =
+    crate::retry::ResponseFuture<BreakerStage<S, BC>, Req, StageClassifier<RC>, RP>;
+
+/// The retry stage's future, or the breaker stage's when there is no retry.
+type StagesFuture<S, Req, RC, RP, BC> =
+    OptionalFuture<RetryFuture<S, Req, RC, RP, BC>, <BreakerStage<S, BC> as Service<Req>>::Future>;
+
+pin_project! {
+    /// The response future of a [`PipelineService`](super::PipelineService):
+    /// polls the stages inside the call's `pipeline` span and records on it
+    /// the attempts made, the outcome and the stage it came from.
+    pub struct ResponseFuture<S, Req, RC, RP, BC>
+    where
+        BreakerStage<S, BC>: Service<Req>,
+    {
+        #[pin]
+        inner: StagesFuture<S, Req, RC, RP, BC>,
+        span: tracing::Span,
+        shared: Arc<Shared>,
+    }
+}
+
+impl<S, Req, RC, RP, BC> ResponseFuture<S, Req, RC, RP, BC>
+where
+    BreakerStage<S, BC>: Service<Req>,
+{
+    pub(crate) fn new(
+        inner: StagesFuture<S, Req, RC, RP, BC>,
+        span: tracing::Span,
+        shared: Arc<Shared>,
+    ) -> Self {
+        Self {
+            inner,
+            span,
+            shared,
+        }
+    }
+}
+
+impl<S, Req, RC, RP, BC> Future for ResponseFuture<S, Req, RC, RP, BC>
+where
+    S: Service<Req> + Clone,
+    S::Error: Into<BoxError>,
+    RC: Classify<S::Response, BoxError> + Clone,
+    RP: RetryPolicy<Req, S::Response, BoxError> + Clone,
+    BC: Classify<S::Response, BoxError> + Clone,
+{
+    type Output = Result<S::Response, PipelineError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let _entered = this.span.enter();
+        let result = ready!(this.inner.as_mut().poll(cx));
+        let result = result.map_err(|error| PipelineError::from_stages(error, this.shared.timeout));
+        if !this.span.is_disabled() {
+            let attempts = this
+                .inner
+                .as_ref()
+                .get_ref()
+                .stage()
+                .map_or(1, |retry| retry.attempts());
+            this.span.record("attempts", attempts);
+            let (outcome, stage) = match &result {
+                Ok(_) => ("ok", "service"),
+                Err(error) if error.is_rejection() => ("rejected", error.stage().as_str()),
+                Err(PipelineError::TimedOut(timed_out)) => {
+                    ("timed_out", timed_out.stage().as_str())
+                }
+                Err(error) => ("failed", error.stage().as_str()),
+            };
+            this.span.record("outcome", outcome);
+            this.span.record("stage", stage);
+            tracing::debug!(attempts, outcome, stage, "pipeline call finished");
+        }
+        Poll::Ready(result)
+    }
+}
+
+impl<S, Req, RC, RP, BC> fmt::Debug for ResponseFuture<S, Req, RC, RP, BC>
+where
+    BreakerStage<S, BC>: Service<Req>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("pipeline", &self.shared.name)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,311 @@
+//! [`Pipeline`] and its builder: the stages, in resilience4j's order.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower::timeout::Timeout;
+use tower_layer::Layer;
+
+use crate::bulkhead::{Bulkhead, BulkheadService};
+use crate::circuit_breaker::{CircuitBreakerLayer, CircuitBreakerService};
+use crate::classify::DefaultClassifier;
+use crate::error::ConfigError;
+use crate::rate_limit::{RateLimiter, RateLimiterService};
+use crate::retry::{CloneRequests, RetryLayer, RetryService};
+
+use super::service::PipelineService;
+use super::stage::{Optional, StageClassifier};
+
+const COMPONENT: &str = "pipeline";
+
+pub(crate) struct Shared {
+    pub(crate) name: Arc<str>,
+    pub(crate) timeout: Option<Duration>,
+}
+
+/// The resilience stages around a service, in the order resilience4j
+/// documents for its decorators: retry (outermost), circuit breaker, rate
+/// limiter, timeout, bulkhead (innermost). Every stage is optional. Built by
+/// [`Pipeline::builder`]; see the [module docs](super).
+///
+/// A `Pipeline` is a `tower::Layer`: every service it wraps shares its
+/// stages' state (one breaker, one bulkhead, one budget).
+pub struct Pipeline<RC = DefaultClassifier, RP = CloneRequests, BC = DefaultClassifier> {
+    pub(crate) shared: Arc<Shared>,
+    retry: Option<RetryLayer<StageClassifier<RC>, RP>>,
+    circuit_breaker: Option<CircuitBreakerLayer<StageClassifier<BC>>>,
+    rate_limiter: Option<RateLimiter>,
+    bulkhead: Option<Bulkhead>,
+}
+
+impl Pipeline {
+    /// Starts a pipeline named `name` (used in its tracing span) with no
+    /// stage; add the ones you need.
+    pub fn builder(name: impl Into<Arc<str>>) -> PipelineBuilder {
+        PipelineBuilder {
+            name: name.into(),
+            retry: None,
+            retry_rejections: false,
+            circuit_breaker: None,
+            rate_limiter: None,
+            timeout: None,
+            bulkhead: None,
+        }
+    }
+}
+
+impl<RC, RP, BC> Pipeline<RC, RP, BC> {
+    /// The pipeline's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The retry stage, if any (for its metrics and events).
+    pub fn retry(&self) -> Option<&RetryLayer<StageClassifier<RC>, RP>> {
+        self.retry.as_ref()
+    }
+
+    /// The circuit breaker stage, if any.
+    pub fn circuit_breaker(&self) -> Option<&crate::circuit_breaker::CircuitBreaker> {
+        self.circuit_breaker
+            .as_ref()
+            .map(CircuitBreakerLayer::breaker)
+    }
+
+    /// The rate limiter stage, if any.
+    pub fn rate_limiter(&self) -> Option<&RateLimiter> {
+        self.rate_limiter.as_ref()
+    }
+
+    /// The timeout stage's limit, if any.
+    pub fn timeout(&self) -> Option<Duration> {
+        self.shared.timeout
+    }
+
+    /// The bulkhead stage, if any.
+    pub fn bulkhead(&self) -> Option<&Bulkhead> {
+        self.bulkhead.as_ref()
+    }
+}
+
+pub(crate) type BulkheadStage<S> = Optional<BulkheadService<S>, S>;
+pub(crate) type TimeoutStage<S> = Optional<Timeout<BulkheadStage<S>>, BulkheadStage<S>>;
+pub(crate) type RateLimitStage<S> = Optional<RateLimiterService<TimeoutStage<S>>, TimeoutStage<S>>;
+pub(crate) type BreakerStage<S, BC> =
+    Optional<CircuitBreakerService<RateLimitStage<S>, StageClassifier<BC>>, RateLimitStage<S>>;
+pub(crate) type RetryStage<S, RC, RP, BC> =
+    Optional<RetryService<BreakerStage<S, BC>, StageClassifier<RC>, RP>, BreakerStage<S, BC>>;
+
+impl<S, RC: Clone, RP: Clone, BC: Clone> Layer<S> for Pipeline<RC, RP, BC> {
+    type Service = PipelineService<S, RC, RP, BC>;
+
+    fn layer(&self, service: S) -> Self::Service {
+        let service = match &self.bulkhead {
+            Some(bulkhead) => Optional::On(BulkheadService::new(service, bulkhead.clone())),
+            None => Optional::Off(service),
+        };
+        let service = match self.shared.timeout {
+            Some(timeout) => Optional::On(Timeout::new(service, timeout)),
+            None => Optional::Off(service),
+        };
+        let service = match &self.rate_limiter {
+            Some(limiter) => Optional::On(RateLimiterService::new(service, limiter.clone())),
+            None => Optional::Off(service),
+        };
+        let service = match &self.circuit_breaker {
+            Some(layer) => Optional::On(layer.layer(service)),
+            None => Optional::Off(service),
+        };
+        let service = match &self.retry {
+            Some(layer) => Optional::On(layer.layer(service)),
+            None => Optional::Off(service),
+        };
+        PipelineService::new(service, Arc::clone(&self.shared))
+    }
+}
+
+impl<RC: Clone, RP: Clone, BC: Clone> Clone for Pipeline<RC, RP, BC> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+            retry: self.retry.clone(),
+            circuit_breaker: self.circuit_breaker.clone(),
+            rate_limiter: self.rate_limiter.clone(),
+            bulkhead: self.bulkhead.clone(),
+        }
+    }
+}
+
+impl<RC, RP, BC> fmt::Debug for Pipeline<RC, RP, BC> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("name", &self.shared.name)
+            .field("retry", &self.retry.as_ref().map(RetryLayer::name))
+            .field("circuit_breaker", &self.circuit_breaker().map(|b| b.name()))
+            .field(
+                "rate_limiter",
+                &self.rate_limiter.as_ref().map(RateLimiter::name),
+            )
+            .field("timeout", &self.shared.timeout)
+            .field("bulkhead", &self.bulkhead.as_ref().map(Bulkhead::name))
+            .finish()
+    }
+}
+
+/// Builds a [`Pipeline`]; the order in which stages are added does not
+/// matter, the pipeline always stacks them in resilience4j's order.
+///
+/// ```
+/// use std::time::Duration;
+/// use palisade::bulkhead::{Bulkhead, BulkheadConfig};
+/// use palisade::circuit_breaker::CircuitBreaker;
+/// use palisade::pipeline::Pipeline;
+/// use palisade::retry::{RetryConfig, RetryLayer};
+///
+/// let pipeline = Pipeline::builder("payments")
+///     .bulkhead(Bulkhead::new("payments", BulkheadConfig::builder().max_concurrent_calls(5).build()?))
+///     .timeout(Duration::from_secs(2))
+///     .circuit_breaker(CircuitBreaker::with_defaults("payments"))
+///     .retry(RetryLayer::new("payments", RetryConfig::builder().max_attempts(3).build()?))
+///     .build()?;
+/// assert_eq!(pipeline.timeout(), Some(Duration::from_secs(2)));
+/// # Ok::<(), palisade::ConfigError>(())
+/// ```
+#[must_use = "call .build() to get a pipeline"]
+pub struct PipelineBuilder<RC = DefaultClassifier, RP = CloneRequests, BC = DefaultClassifier> {
+    name: Arc<str>,
+    retry: Option<RetryLayer<RC, RP>>,
+    retry_rejections: bool,
+    circuit_breaker: Option<CircuitBreakerLayer<BC>>,
+    rate_limiter: Option<RateLimiter>,
+    timeout: Option<Duration>,
+    bulkhead: Option<Bulkhead>,
+}
+
+impl<RC, RP, BC> PipelineBuilder<RC, RP, BC> {
+    /// The retry stage (outermost): every retry goes through the breaker,
+    /// the rate limiter, the timeout and the bulkhead again.
+    ///
+    /// Another stage's rejection is returned at once, not retried, unless
+    /// [`retry_rejections`](Self::retry_rejections) is set.
+    pub fn retry<RC2, RP2>(self, retry: RetryLayer<RC2, RP2>) -> PipelineBuilder<RC2, RP2, BC> {
+        PipelineBuilder {
+            name: self.name,
+            retry: Some(retry),
+            retry_rejections: self.retry_rejections,
+            circuit_breaker: self.circuit_breaker,
+            rate_limiter: self.rate_limiter,
+            timeout: self.timeout,
+            bulkhead: self.bulkhead,
+        }
+    }
+
+    /// Whether the retry stage retries the rejections of the stages inside
+    /// it (an open breaker, a full bulkhead, an exhausted rate limiter) as
+    /// it retries the service's failures. Default `false`: a rejection is
+    /// returned at once, since retrying into an open breaker only delays
+    /// the caller.
+    pub fn retry_rejections(mut self, retry: bool) -> Self {
+        self.retry_rejections = retry;
+        self
+    }
+
+    /// The circuit breaker stage: a [`CircuitBreaker`](crate::circuit_breaker::CircuitBreaker),
+    /// or a [`CircuitBreakerLayer`] with its own classifier. The bulkhead's
+    /// and the rate limiter's rejections are never counted as failures;
+    /// the timeout stage's are.
+    pub fn circuit_breaker<BC2>(
+        self,
+        breaker: impl Into<CircuitBreakerLayer<BC2>>,
+    ) -> PipelineBuilder<RC, RP, BC2> {
+        PipelineBuilder {
+            name: self.name,
+            retry: self.retry,
+            retry_rejections: self.retry_rejections,
+            circuit_breaker: Some(breaker.into()),
+            rate_limiter: self.rate_limiter,
+            timeout: self.timeout,
+            bulkhead: self.bulkhead,
+        }
+    }
+
+    /// The rate limiter stage, inside the breaker: a call the limiter
+    /// rejects is not the dependency's failure.
+    pub fn rate_limiter(mut self, limiter: RateLimiter) -> Self {
+        self.rate_limiter = Some(limiter);
+        self
+    }
+
+    /// The timeout stage (tower's `Timeout`): each attempt that runs
+    /// longer fails with [`PipelineError::TimedOut`](super::PipelineError::TimedOut),
+    /// which the breaker counts as a failure and the retry may retry. It
+    /// bounds the call, not the wait for a bulkhead permit (the bulkhead's
+    /// `max_wait_duration` bounds that). Must be more than zero.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// The bulkhead stage (innermost): a permit is held only while the
+    /// service runs, and each retry takes a new one.
+    pub fn bulkhead(mut self, bulkhead: Bulkhead) -> Self {
+        self.bulkhead = Some(bulkhead);
+        self
+    }
+
+    /// Checks the stages and returns the pipeline.
+    pub fn build(self) -> Result<Pipeline<RC, RP, BC>, ConfigError>
+    where
+        RC: Clone,
+        BC: Clone,
+    {
+        if self.name.is_empty() {
+            return Err(ConfigError::new(COMPONENT, "name", "must not be empty"));
+        }
+        if self.timeout.is_some_and(|t| t.is_zero()) {
+            return Err(ConfigError::new(
+                COMPONENT,
+                "timeout",
+                "must be more than zero (leave the stage out for no timeout)",
+            ));
+        }
+        let retry_rejections = self.retry_rejections;
+        Ok(Pipeline {
+            shared: Arc::new(Shared {
+                name: self.name,
+                timeout: self.timeout,
+            }),
+            retry: self.retry.map(|layer| {
+                let classifier = StageClassifier::new(layer.classifier().clone(), retry_rejections);
+                layer.with_classifier(classifier)
+            }),
+            circuit_breaker: self.circuit_breaker.map(|layer| {
+                let classifier = StageClassifier::new(layer.classifier().clone(), false);
+                layer.with_classifier(classifier)
+            }),
+            rate_limiter: self.rate_limiter,
+            bulkhead: self.bulkhead,
+        })
+    }
+}
+
+impl<RC, RP, BC> fmt::Debug for PipelineBuilder<RC, RP, BC> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PipelineBuilder")
+            .field("name", &self.name)
+            .field("retry", &self.retry.as_ref().map(RetryLayer::name))
+            .field("retry_rejections", &self.retry_rejections)
+            .field(
+                "circuit_breaker",
+                &self.circuit_breaker.as_ref().map(|l| l.breaker().name()),
+            )
+            .field(
+                "rate_limiter",
+                &self.rate_limiter.as_ref().map(RateLimiter::name),
+            )
+            .field("timeout", &self.timeout)
+            .field("bulkhead", &self.bulkhead.as_ref().map(Bulkhead::name))
+            .finish()
+    }
+}

@@ -1,0 +1,85 @@
+//! An ordered resilience pipeline: every stage, in the right order.
+//!
+//! The order of resilience layers changes what they do, and it is easy to
+//! get wrong: a retry inside a circuit breaker hides failures from it, a
+//! bulkhead outside a retry holds its permit through every backoff wait. A
+//! [`Pipeline`] stacks the stages in the order resilience4j documents for
+//! its decorators, whatever order they were added in:
+//!
+//! ```text
+//! retry → circuit breaker → rate limiter → timeout → bulkhead → service
+//! (outermost)                                      (innermost)
+//! ```
+//!
+//! * Each **retry** goes through the breaker, the rate limiter, the timeout
+//!   and the bulkhead again: the breaker records every attempt and each
+//!   attempt takes its own bulkhead permit.
+//! * The **breaker** sees timeouts as failures, but not the rate limiter's
+//!   or the bulkhead's rejections: those say nothing about the dependency.
+//! * A stage's **rejection** (breaker open, rate limited, bulkhead full) is
+//!   returned at once rather than retried, unless
+//!   [`retry_rejections`](PipelineBuilder::retry_rejections) says otherwise.
+//! * Every error is a [`PipelineError`] whose variant names the stage.
+//! * Each call runs in one `pipeline` tracing span (at `debug` level) that
+//!   records the attempts made, the outcome (`ok`, `failed`, `rejected`,
+//!   `timed_out`) and the stage it came from; the stages' own traces
+//!   (retries, rejections, breaker transitions) are emitted inside it.
+//!
+//! Every stage is optional. The rate limiter is [`governor`]'s and the
+//! timeout is tower's own [`Timeout`](tower::timeout::Timeout).
+//!
+//! ```
+//! use std::time::Duration;
+//! use palisade::bulkhead::{Bulkhead, BulkheadConfig};
+//! use palisade::circuit_breaker::CircuitBreaker;
+//! use palisade::pipeline::Pipeline;
+//! use palisade::retry::{Backoff, RetryConfig, RetryLayer};
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), palisade::BoxError> {
+//! let pipeline = Pipeline::builder("inventory")
+//!     .retry(RetryLayer::new(
+//!         "inventory",
+//!         RetryConfig::builder()
+//!             .max_attempts(3)
+//!             .backoff(Backoff::exponential(Duration::from_millis(20), 2.0).build()?)
+//!             .build()?,
+//!     ))
+//!     .circuit_breaker(CircuitBreaker::with_defaults("inventory"))
+//!     .timeout(Duration::from_millis(500))
+//!     .bulkhead(Bulkhead::new("inventory", BulkheadConfig::builder().max_concurrent_calls(10).build()?))
+//!     .build()?;
+//!
+//! let mut inventory = ServiceBuilder::new()
+//!     .layer(pipeline)
+//!     .service_fn(|sku: u32| async move { Ok::<_, std::io::Error>(sku * 2) });
+//! assert_eq!(inventory.ready().await?.call(21).await?, 42);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Options
+//!
+//! | stage | builder method | default |
+//! |---|---|---|
+//! | retry | [`retry`](PipelineBuilder::retry) | none |
+//! | retry of rejections | [`retry_rejections`](PipelineBuilder::retry_rejections) | `false` |
+//! | circuit breaker | [`circuit_breaker`](PipelineBuilder::circuit_breaker) | none |
+//! | rate limiter | [`rate_limiter`](PipelineBuilder::rate_limiter) | none |
+//! | timeout | [`timeout`](PipelineBuilder::timeout) | none (must be > 0 when set) |
+//! | bulkhead | [`bulkhead`](PipelineBuilder::bulkhead) | none |
+//!
+//! Each stage keeps its own options, documented in its module.
+
+mod error;
+mod future;
+mod layer;
+mod service;
+mod stage;
+
+pub use self::error::{PipelineError, Stage, TimedOut};
+pub use self::future::ResponseFuture;
+pub use self::layer::{Pipeline, PipelineBuilder};
+pub use self::service::PipelineService;
+pub use self::stage::{Optional, OptionalFuture, StageClassifier};

@@ -1,0 +1,152 @@
+//! The building blocks the pipeline stacks: a stage that may be left out,
+//! and the classifier each stage sees.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use pin_project_lite::pin_project;
+use tower_service::Service;
+
+use crate::classify::{Classify, Outcome};
+use crate::error::BoxError;
+
+/// A stage that is either in the pipeline (`On`) or left out (`Off`, the
+/// inner service as it is). Unlike `tower::util::Either`, the two sides may
+/// have different error types: both become [`BoxError`].
+#[derive(Debug, Clone)]
+pub enum Optional<On, Off> {
+    /// The stage wraps the inner service.
+    On(On),
+    /// The stage is left out.
+    Off(Off),
+}
+
+impl<On, Off, Req> Service<Req> for Optional<On, Off>
+where
+    On: Service<Req>,
+    On::Error: Into<BoxError>,
+    Off: Service<Req, Response = On::Response>,
+    Off::Error: Into<BoxError>,
+{
+    type Response = On::Response;
+    type Error = BoxError;
+    type Future = OptionalFuture<On::Future, Off::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        match self {
+            Optional::On(service) => service.poll_ready(cx).map_err(Into::into),
+            Optional::Off(service) => service.poll_ready(cx).map_err(Into::into),
+        }
+    }
+
+    #[inline]
+    fn call(&mut self, request: Req) -> Self::Future {
+        match self {
+            Optional::On(service) => OptionalFuture::on(service.call(request)),
+            Optional::Off(service) => OptionalFuture::off(service.call(request)),
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of an [`Optional`] stage.
+    #[derive(Debug)]
+    pub struct OptionalFuture<On, Off> {
+        #[pin]
+        kind: Kind<On, Off>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    #[derive(Debug)]
+    enum Kind<On, Off> {
+        On { #[pin] future: On },
+        Off { #[pin] future: Off },
+    }
+}
+
+impl<On, Off> OptionalFuture<On, Off> {
+    fn on(future: On) -> Self {
+        Self {
+            kind: Kind::On { future },
+        }
+    }
+
+    fn off(future: Off) -> Self {
+        Self {
+            kind: Kind::Off { future },
+        }
+    }
+
+    /// The stage's future, if the stage is in the pipeline.
+    pub(crate) fn stage(&self) -> Option<&On> {
+        match &self.kind {
+            Kind::On { future } => Some(future),
+            Kind::Off { .. } => None,
+        }
+    }
+}
+
+impl<On, Off, T, E1, E2> Future for OptionalFuture<On, Off>
+where
+    On: Future<Output = Result<T, E1>>,
+    E1: Into<BoxError>,
+    Off: Future<Output = Result<T, E2>>,
+    E2: Into<BoxError>,
+{
+    type Output = Result<T, BoxError>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Poll::Ready(match self.project().kind.project() {
+            KindProj::On { future } => ready!(future.poll(cx)).map_err(Into::into),
+            KindProj::Off { future } => ready!(future.poll(cx)).map_err(Into::into),
+        })
+    }
+}
+
+/// The classifier a pipeline gives its retry and circuit breaker stages:
+/// the user's classifier, except that another stage's rejection
+/// ([`BreakerOpen`](crate::circuit_breaker::BreakerOpen),
+/// [`RateLimited`](crate::rate_limit::RateLimited),
+/// [`BulkheadFull`](crate::bulkhead::BulkheadFull)) is
+/// [`Outcome::Ignored`] unless the stage was told to treat it as a failure.
+///
+/// The breaker thus never counts the bulkhead's or the rate limiter's
+/// rejections as the dependency's failures, and the retry does not retry
+/// into an open breaker unless
+/// [`retry_rejections`](super::PipelineBuilder::retry_rejections) is set.
+#[derive(Debug, Clone, Copy)]
+pub struct StageClassifier<C> {
+    inner: C,
+    rejections_are_failures: bool,
+}
+
+impl<C> StageClassifier<C> {
+    pub(crate) fn new(inner: C, rejections_are_failures: bool) -> Self {
+        Self {
+            inner,
+            rejections_are_failures,
+        }
+    }
+}
+
+impl<Res, C> Classify<Res, BoxError> for StageClassifier<C>
+where
+    C: Classify<Res, BoxError>,
+{
+    #[inline]
+    fn classify(&self, result: Result<&Res, &BoxError>) -> Outcome {
+        match result {
+            Err(error)
+                if !self.rejections_are_failures && crate::classify::is_rejection(&**error) =>
+            {
+                Outcome::Ignored
+            }
+            other => self.inner.classify(other),
+        }
+    }
+}

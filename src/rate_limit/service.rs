@@ -1,0 +1,134 @@
+//! [`RateLimiterService`]: the tower adapter over the limiter.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use tower_service::Service;
+
+use crate::error::BoxError;
+
+use super::error::RateLimited;
+use super::future::ResponseFuture;
+use super::state::{RateLimiter, Waiting};
+
+enum Admission {
+    Idle,
+    Waiting(Waiting, Pin<Box<tokio::time::Sleep>>),
+    Permitted,
+    Rejected(RateLimited),
+}
+
+/// A service whose calls each take a permit of a [`RateLimiter`]; built by
+/// [`RateLimiterLayer`](super::RateLimiterLayer).
+///
+/// `poll_ready` first waits for the inner service, so a service that is not
+/// ready takes no permit; then it takes a permit, waiting for it if the
+/// limiter's `max_wait_duration` allows. A rejected call makes `poll_ready`
+/// return `Ready(Ok)` and `call` fail at once with [`RateLimited`], without
+/// reaching the inner service (so a rejection never poisons a `Buffer`).
+/// Permits are not given back: one taken by `poll_ready` and never used by
+/// a `call` is spent.
+pub struct RateLimiterService<S> {
+    inner: S,
+    limiter: RateLimiter,
+    admission: Admission,
+}
+
+impl<S> RateLimiterService<S> {
+    /// Wraps `inner` with `limiter`.
+    pub fn new(inner: S, limiter: RateLimiter) -> Self {
+        Self {
+            inner,
+            limiter,
+            admission: Admission::Idle,
+        }
+    }
+
+    /// The limiter guarding this service.
+    pub fn limiter(&self) -> &RateLimiter {
+        &self.limiter
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, Req> Service<Req> for RateLimiterService<S>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        loop {
+            match &mut self.admission {
+                Admission::Permitted | Admission::Rejected(_) => return Poll::Ready(Ok(())),
+                Admission::Idle => {
+                    ready!(self.inner.poll_ready(cx)).map_err(Into::into)?;
+                    self.admission = match self.limiter.check() {
+                        Ok(()) => {
+                            self.limiter.on_permitted(std::time::Duration::ZERO);
+                            Admission::Permitted
+                        }
+                        Err(retry_after) => match self.limiter.start_waiting(retry_after) {
+                            Ok(waiting) => {
+                                let sleep = Box::pin(tokio::time::sleep_until(waiting.due()));
+                                Admission::Waiting(waiting, sleep)
+                            }
+                            Err(rejected) => Admission::Rejected(rejected),
+                        },
+                    };
+                }
+                Admission::Waiting(waiting, sleep) => {
+                    ready!(sleep.as_mut().poll(cx));
+                    match waiting.poll_permit() {
+                        None => sleep.as_mut().reset(waiting.due()),
+                        Some(Ok(())) => self.admission = Admission::Permitted,
+                        Some(Err(rejected)) => self.admission = Admission::Rejected(rejected),
+                    }
+                }
+            }
+        }
+    }
+
+    #[inline]
+    fn call(&mut self, request: Req) -> Self::Future {
+        match std::mem::replace(&mut self.admission, Admission::Idle) {
+            Admission::Permitted => ResponseFuture::admitted(self.inner.call(request)),
+            Admission::Rejected(rejected) => ResponseFuture::rejected(rejected),
+            Admission::Idle | Admission::Waiting(..) => {
+                panic!("RateLimiterService: poll_ready must return Ready(Ok) before call")
+            }
+        }
+    }
+}
+
+impl<S: Clone> Clone for RateLimiterService<S> {
+    /// Clones without the permit the original may hold: a clone takes its
+    /// own in `poll_ready`.
+    fn clone(&self) -> Self {
+        Self::new(self.inner.clone(), self.limiter.clone())
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for RateLimiterService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimiterService")
+            .field("inner", &self.inner)
+            .field("limiter", &self.limiter.name())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,473 @@
+//! The ordered pipeline: retry → circuit breaker → rate limiter → timeout →
+//! bulkhead, each stage optional, one error type, one span per call.
+
+mod support;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use palisade::BoxError;
+use palisade::bulkhead::{Bulkhead, BulkheadConfig};
+use palisade::circuit_breaker::{
+    BreakerOpen, CircuitBreaker, CircuitBreakerConfig, CircuitState, SlidingWindow,
+};
+use palisade::pipeline::{Pipeline, PipelineError, Stage};
+use palisade::rate_limit::{RateLimiter, RateLimiterConfig};
+use palisade::retry::{Backoff, RetryConfig, RetryLayer};
+use support::{Backend, Gate, Reply};
+use tower::{Layer, Service, ServiceExt};
+
+fn retry(max_attempts: u32, backoff: Duration) -> RetryLayer {
+    RetryLayer::new(
+        "test",
+        RetryConfig::builder()
+            .max_attempts(max_attempts)
+            .backoff(Backoff::constant(backoff).build().unwrap())
+            .build()
+            .unwrap(),
+    )
+}
+
+/// A breaker that never opens on its own (the tests force its state).
+fn patient_breaker() -> CircuitBreaker {
+    CircuitBreaker::new(
+        "test",
+        CircuitBreakerConfig::builder()
+            .sliding_window(SlidingWindow::count(100))
+            .minimum_number_of_calls(100)
+            .build()
+            .unwrap(),
+    )
+}
+
+fn bulkhead(limit: usize) -> Bulkhead {
+    Bulkhead::new(
+        "test",
+        BulkheadConfig::builder()
+            .max_concurrent_calls(limit)
+            .build()
+            .unwrap(),
+    )
+}
+
+/// Fails its first `failures` calls after `latency`, then succeeds; records
+/// how many bulkhead permits were in use while each call ran.
+#[derive(Clone)]
+struct Flaky {
+    calls: Arc<AtomicUsize>,
+    failures: usize,
+    latency: Duration,
+    bulkhead: Bulkhead,
+    in_flight_seen: Arc<Mutex<Vec<usize>>>,
+}
+
+impl Flaky {
+    fn new(failures: usize, latency: Duration, bulkhead: &Bulkhead) -> Self {
+        Self {
+            calls: Arc::default(),
+            failures,
+            latency,
+            bulkhead: bulkhead.clone(),
+            in_flight_seen: Arc::default(),
+        }
+    }
+}
+
+impl Service<u32> for Flaky {
+    type Response = u32;
+    type Error = &'static str;
+    type Future = Pin<Box<dyn Future<Output = Result<u32, &'static str>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: u32) -> Self::Future {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst);
+        self.in_flight_seen
+            .lock()
+            .unwrap()
+            .push(self.bulkhead.metrics().in_flight);
+        let fail = n < self.failures;
+        let latency = self.latency;
+        Box::pin(async move {
+            tokio::time::sleep(latency).await;
+            if fail {
+                Err("flaky failure")
+            } else {
+                Ok(request)
+            }
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_re_enters_the_breaker_and_the_bulkhead() {
+    let breaker = patient_breaker();
+    let bulkhead = bulkhead(1);
+    let flaky = Flaky::new(2, Duration::from_millis(10), &bulkhead);
+    let pipeline = Pipeline::builder("orders")
+        .bulkhead(bulkhead.clone())
+        .circuit_breaker(breaker.clone())
+        .retry(retry(3, Duration::from_secs(1)))
+        .build()
+        .unwrap();
+    let retry_layer = pipeline.retry().unwrap().clone();
+    let mut service = pipeline.layer(flaky.clone());
+
+    let call = tokio::spawn(service.ready().await.unwrap().call(7));
+    // First attempt runs and fails; the retry waits its backoff. (With
+    // paused time, sleeping lets every timer due before it fire first.)
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(flaky.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        bulkhead.metrics().in_flight,
+        0,
+        "the bulkhead permit is given back during the backoff wait"
+    );
+    let response = call.await.unwrap().unwrap();
+    assert_eq!(response, 7);
+
+    assert_eq!(flaky.calls.load(Ordering::SeqCst), 3);
+    assert_eq!(
+        *flaky.in_flight_seen.lock().unwrap(),
+        vec![1, 1, 1],
+        "every attempt held its own bulkhead permit"
+    );
+    let metrics = breaker.metrics();
+    assert_eq!(
+        metrics.failed_calls, 2,
+        "the breaker saw each failed attempt"
+    );
+    assert_eq!(metrics.successful_calls, 1);
+    assert_eq!(retry_layer.metrics().retries, 2);
+    assert_eq!(bulkhead.metrics().in_flight, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_breaker_rejection_is_not_retried() {
+    let breaker = patient_breaker();
+    breaker.transition_to_forced_open();
+    let backend = Backend::default();
+    let pipeline = Pipeline::builder("orders")
+        .retry(retry(5, Duration::from_millis(100)))
+        .circuit_breaker(breaker.clone())
+        .build()
+        .unwrap();
+    let retry_layer = pipeline.retry().unwrap().clone();
+    let mut service = pipeline.layer(backend.clone());
+
+    let started = tokio::time::Instant::now();
+    let error = service
+        .ready()
+        .await
+        .unwrap()
+        .call(Reply::Ok)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, PipelineError::CircuitOpen(_)), "{error:?}");
+    assert_eq!(error.stage(), Stage::CircuitBreaker);
+    assert!(error.is_rejection());
+    assert_eq!(
+        started.elapsed(),
+        Duration::ZERO,
+        "returned at once, no backoff"
+    );
+    assert_eq!(retry_layer.metrics().retries, 0);
+    assert_eq!(backend.calls(), 0);
+    assert_eq!(breaker.metrics().not_permitted_calls, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn rejections_are_retried_when_configured() {
+    let breaker = patient_breaker();
+    breaker.transition_to_forced_open();
+    let backend = Backend::default();
+    let pipeline = Pipeline::builder("orders")
+        .retry(retry(4, Duration::from_millis(100)))
+        .retry_rejections(true)
+        .circuit_breaker(breaker.clone())
+        .build()
+        .unwrap();
+    let retry_layer = pipeline.retry().unwrap().clone();
+    let mut service = pipeline.layer(backend.clone());
+
+    let call = tokio::spawn(service.ready().await.unwrap().call(Reply::Ok));
+    // Close the breaker during the second backoff wait: the third attempt passes.
+    // (With paused time, sleeping lets every timer due before it fire first.)
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(breaker.metrics().not_permitted_calls, 2);
+    breaker.transition_to_closed();
+    assert_eq!(call.await.unwrap().unwrap(), "ok");
+    assert_eq!(retry_layer.metrics().retries, 2);
+    assert_eq!(backend.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_breaker_does_not_count_bulkhead_or_rate_limiter_rejections() {
+    let breaker = CircuitBreaker::new(
+        "orders",
+        CircuitBreakerConfig::builder()
+            .sliding_window(SlidingWindow::count(4))
+            .minimum_number_of_calls(2)
+            .failure_rate_threshold(50.0)
+            .build()
+            .unwrap(),
+    );
+    let bulkhead = bulkhead(1);
+    let limiter = RateLimiter::new(
+        "orders",
+        RateLimiterConfig::builder()
+            .limit_for_period(3)
+            .limit_refresh_period(Duration::from_secs(60))
+            .build()
+            .unwrap(),
+    );
+    let backend = Backend::default();
+    let mut service = Pipeline::builder("orders")
+        .circuit_breaker(breaker.clone())
+        .rate_limiter(limiter.clone())
+        .bulkhead(bulkhead.clone())
+        .build()
+        .unwrap()
+        .layer(backend.clone());
+
+    // One call holds the only bulkhead permit.
+    let gate = Gate::new();
+    let held = tokio::spawn(
+        service
+            .ready()
+            .await
+            .unwrap()
+            .call(Reply::OkWhen(gate.clone())),
+    );
+    tokio::task::yield_now().await;
+    assert_eq!(bulkhead.metrics().in_flight, 1);
+    // Two more are turned away by the bulkhead, then the limiter runs dry.
+    for _ in 0..2 {
+        let error = service
+            .ready()
+            .await
+            .unwrap()
+            .call(Reply::Ok)
+            .await
+            .unwrap_err();
+        assert!(matches!(error, PipelineError::BulkheadFull(_)), "{error:?}");
+        assert_eq!(error.stage(), Stage::Bulkhead);
+    }
+    for _ in 0..3 {
+        let error = service
+            .ready()
+            .await
+            .unwrap()
+            .call(Reply::Ok)
+            .await
+            .unwrap_err();
+        assert!(matches!(error, PipelineError::RateLimited(_)), "{error:?}");
+        assert_eq!(error.stage(), Stage::RateLimiter);
+    }
+    gate.open();
+    assert_eq!(held.await.unwrap().unwrap(), "ok");
+
+    let metrics = breaker.metrics();
+    assert_eq!(metrics.state, CircuitState::Closed);
+    assert_eq!(
+        metrics.failed_calls, 0,
+        "rejections are not the dependency's failures"
+    );
+    assert_eq!(metrics.successful_calls, 1);
+    assert_eq!(backend.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_breaker_counts_timeouts_as_failures_and_opens() {
+    let breaker = CircuitBreaker::new(
+        "orders",
+        CircuitBreakerConfig::builder()
+            .sliding_window(SlidingWindow::count(2))
+            .minimum_number_of_calls(2)
+            .failure_rate_threshold(50.0)
+            .build()
+            .unwrap(),
+    );
+    let backend = Backend::default();
+    let mut service = Pipeline::builder("orders")
+        .timeout(Duration::from_secs(1))
+        .circuit_breaker(breaker.clone())
+        .build()
+        .unwrap()
+        .layer(backend.clone());
+
+    for _ in 0..2 {
+        let started = tokio::time::Instant::now();
+        let error = service
+            .ready()
+            .await
+            .unwrap()
+            .call(Reply::OkAfter(Duration::from_secs(5)))
+            .await
+            .unwrap_err();
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
+        match &error {
+            PipelineError::TimedOut(timed_out) => {
+                assert_eq!(timed_out.stage(), Stage::Timeout);
+                assert_eq!(timed_out.after(), Duration::from_secs(1));
+            }
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+    }
+    assert_eq!(breaker.state(), CircuitState::Open);
+    let error = service
+        .ready()
+        .await
+        .unwrap()
+        .call(Reply::Ok)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, PipelineError::CircuitOpen(_)));
+    assert_eq!(backend.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_timed_out_attempt_is_retried() {
+    let bulkhead = bulkhead(1);
+    let flaky = Flaky::new(0, Duration::from_secs(5), &bulkhead);
+    let mut service = Pipeline::builder("orders")
+        .retry(retry(2, Duration::from_millis(10)))
+        .timeout(Duration::from_secs(1))
+        .build()
+        .unwrap()
+        .layer(flaky.clone());
+    let started = tokio::time::Instant::now();
+    let error = service.ready().await.unwrap().call(1).await.unwrap_err();
+    assert!(matches!(error, PipelineError::TimedOut(_)), "{error:?}");
+    assert_eq!(flaky.calls.load(Ordering::SeqCst), 2);
+    assert_eq!(started.elapsed(), Duration::from_millis(2010));
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_stage_is_optional() {
+    type Build = fn(palisade::pipeline::PipelineBuilder) -> palisade::pipeline::PipelineBuilder;
+    let stages: Vec<(&str, Build)> = vec![
+        ("none", |b| b),
+        ("circuit breaker", |b| {
+            b.circuit_breaker(CircuitBreaker::with_defaults("s"))
+        }),
+        ("rate limiter", |b| {
+            b.rate_limiter(RateLimiter::new("s", RateLimiterConfig::default()))
+        }),
+        ("timeout", |b| b.timeout(Duration::from_secs(1))),
+        ("bulkhead", |b| {
+            b.bulkhead(Bulkhead::new("s", BulkheadConfig::default()))
+        }),
+    ];
+    for (name, add) in stages {
+        let backend = Backend::default();
+        let mut service = add(Pipeline::builder("s"))
+            .build()
+            .unwrap()
+            .layer(backend.clone());
+        let ok = service.ready().await.unwrap().call(Reply::Ok).await;
+        assert_eq!(ok.unwrap(), "ok", "stage {name}");
+        let error = service
+            .ready()
+            .await
+            .unwrap()
+            .call(Reply::Err)
+            .await
+            .unwrap_err();
+        match &error {
+            PipelineError::Service(inner) => assert_eq!(inner.to_string(), "backend failed"),
+            other => panic!("stage {name}: expected the service's error, got {other:?}"),
+        }
+        assert_eq!(backend.calls(), 2, "stage {name}");
+    }
+
+    // The retry stage alone (it changes the builder's type).
+    let backend = Backend::default();
+    let mut service = Pipeline::builder("s")
+        .retry(retry(3, Duration::from_millis(1)))
+        .build()
+        .unwrap()
+        .layer(backend.clone());
+    let error = service
+        .ready()
+        .await
+        .unwrap()
+        .call(Reply::Err)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, PipelineError::Service(_)));
+    assert_eq!(backend.calls(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn pipeline_errors_are_downcastable_and_keep_their_cause() {
+    let breaker = CircuitBreaker::with_defaults("users");
+    breaker.transition_to_forced_open();
+    let mut service = Pipeline::builder("users")
+        .circuit_breaker(breaker)
+        .build()
+        .unwrap()
+        .layer(Backend::default());
+    let error = service
+        .ready()
+        .await
+        .unwrap()
+        .call(Reply::Ok)
+        .await
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .starts_with("rejected by the circuit breaker: "),
+        "{error}"
+    );
+    let boxed: BoxError = error.into();
+    let pipeline_error = boxed
+        .downcast_ref::<PipelineError>()
+        .expect("a PipelineError");
+    assert_eq!(pipeline_error.stage(), Stage::CircuitBreaker);
+    let open =
+        palisade::find_cause::<BreakerOpen>(&*boxed).expect("the breaker's error is the source");
+    assert_eq!(open.breaker(), "users");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_call_releases_its_bulkhead_permit() {
+    let bulkhead = bulkhead(2);
+    let backend = Backend::default();
+    let mut service = Pipeline::builder("s")
+        .retry(retry(3, Duration::from_millis(1)))
+        .circuit_breaker(patient_breaker())
+        .timeout(Duration::from_secs(10))
+        .bulkhead(bulkhead.clone())
+        .build()
+        .unwrap()
+        .layer(backend.clone());
+    let gate = Gate::new();
+    let call = service.ready().await.unwrap().call(Reply::OkWhen(gate));
+    let task = tokio::spawn(call);
+    tokio::task::yield_now().await;
+    assert_eq!(bulkhead.metrics().in_flight, 1);
+    task.abort();
+    let _ = task.await;
+    assert_eq!(bulkhead.metrics().in_flight, 0);
+    assert_eq!(bulkhead.metrics().available_permits, 2);
+}
+
+#[test]
+fn config_rejects_a_zero_timeout_and_an_empty_name() {
+    let error = Pipeline::builder("s")
+        .timeout(Duration::ZERO)
+        .build()
+        .unwrap_err();
+    assert_eq!(error.component(), "pipeline");
+    assert_eq!(error.field(), "timeout");
+    let error = Pipeline::builder("").build().unwrap_err();
+    assert_eq!(error.field(), "name");
+}
