@@ -1,9 +1,11 @@
 //! The palisade e-commerce example.
 //!
-//! Today it shows a retry layer and a circuit breaker guarding the payments
-//! service of the order flow: payments go down, each charge is tried twice,
-//! the breaker trips and fails orders fast without calling payments (and
-//! without retrying), then lets trial calls through and closes once payments
+//! Today it shows a resilience pipeline guarding the payments service of the
+//! order flow: a retry, a circuit breaker, a timeout and a bulkhead of five
+//! calls (the seed's separate pool for payments), stacked in the right order
+//! by `Pipeline`. Payments go down, each charge is tried twice, the breaker
+//! trips and fails orders fast without calling payments (and without
+//! retrying), then lets trial calls through and closes once payments
 //! recover. The gateway, users (gRPC), products, orders, inventory
 //! and notifications services join as their layers are built.
 //!
@@ -15,10 +17,11 @@ mod payments;
 use std::time::Duration;
 
 use palisade::BoxError;
+use palisade::bulkhead::{BulkheadConfig, BulkheadRegistry};
 use palisade::circuit_breaker::{
-    BreakerOpen, CircuitBreakerConfig, CircuitBreakerRegistry, EventKind, SlidingWindow,
+    CircuitBreakerConfig, CircuitBreakerRegistry, EventKind, SlidingWindow,
 };
-use palisade::classify::{ClassifyExt, DefaultClassifier};
+use palisade::pipeline::{Pipeline, PipelineError};
 use palisade::retry::{Backoff, RetryConfig, RetryLayer};
 use payments::{Charge, Payments};
 use tower::{Service, ServiceBuilder, ServiceExt};
@@ -55,23 +58,33 @@ async fn main() -> Result<(), BoxError> {
         }
     });
 
-    // Retry outside the breaker: each retry goes through the breaker again,
-    // and a breaker's rejection is returned at once instead of retried.
-    // (Charges are keyed by order id, so the provider de-duplicates them.)
+    // One bulkhead per downstream service: payments get five calls at once.
+    let bulkheads =
+        BulkheadRegistry::new(BulkheadConfig::builder().max_concurrent_calls(10).build()?);
+    let payments_pool = BulkheadConfig::builder().max_concurrent_calls(5).build()?;
+    let bulkhead = bulkheads.bulkhead_with("payments", || payments_pool);
+
+    // The pipeline puts the retry outside the breaker (each retry goes
+    // through the breaker and takes a bulkhead permit again) and returns a
+    // breaker's rejection at once instead of retrying it. (Charges are keyed
+    // by order id, so the provider de-duplicates them.)
     let retry = RetryLayer::new(
         "payments",
         RetryConfig::builder()
             .max_attempts(2)
             .backoff(Backoff::constant(Duration::from_millis(5)).build()?)
-            .attempt_timeout(Duration::from_millis(200))
             .build()?,
-    )
-    .with_classifier(DefaultClassifier.pass_rejections());
+    );
+    let pipeline = Pipeline::builder("payments")
+        .retry(retry.clone())
+        .circuit_breaker(breaker.clone())
+        .timeout(Duration::from_millis(200))
+        .bulkhead(bulkhead.clone())
+        .build()?;
 
     let provider = Payments::default();
     let mut payments = ServiceBuilder::new()
-        .layer(retry.clone())
-        .layer(breaker.layer())
+        .layer(pipeline)
         .service(provider.clone());
 
     println!("1. payments healthy");
@@ -95,6 +108,7 @@ async fn main() -> Result<(), BoxError> {
     place_orders(&mut payments, 16..=20).await;
 
     println!("4. retries: {:?}", retry.metrics());
+    println!("   payments bulkhead: {:?}", bulkhead.metrics());
     println!("5. all breakers:");
     for (name, metrics) in breakers.metrics() {
         println!(
@@ -108,7 +122,7 @@ async fn main() -> Result<(), BoxError> {
 
 async fn place_orders<S>(payments: &mut S, orders: std::ops::RangeInclusive<u64>)
 where
-    S: Service<Charge, Response = payments::Receipt, Error = BoxError>,
+    S: Service<Charge, Response = payments::Receipt, Error = PipelineError>,
 {
     for order_id in orders {
         let charge = Charge {
@@ -127,10 +141,11 @@ where
                 "   order {}: paid (payment {}) in {took:.1?}",
                 receipt.order_id, receipt.payment_id
             ),
-            Err(err) => match err.downcast_ref::<BreakerOpen>() {
-                Some(open) => println!("   order {order_id}: rejected fast in {took:.1?}: {open}"),
-                None => println!("   order {order_id}: failed in {took:.1?}: {err}"),
-            },
+            Err(err) if err.is_rejection() => println!(
+                "   order {order_id}: rejected fast by the {} in {took:.1?}: {err}",
+                err.stage()
+            ),
+            Err(err) => println!("   order {order_id}: failed in {took:.1?}: {err}"),
         }
     }
 }

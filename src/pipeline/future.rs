@@ -3,8 +3,8 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use tower_service::Service;
@@ -14,7 +14,7 @@ use crate::error::BoxError;
 use crate::retry::RetryPolicy;
 
 use super::error::PipelineError;
-use super::layer::{BreakerStage, Shared};
+use super::layer::BreakerStage;
 use super::stage::{OptionalFuture, StageClassifier};
 
 type RetryFuture<S, Req, RC, RP, BC> =
@@ -35,7 +35,7 @@ pin_project! {
         #[pin]
         inner: StagesFuture<S, Req, RC, RP, BC>,
         span: tracing::Span,
-        shared: Arc<Shared>,
+        timeout: Option<Duration>,
     }
 }
 
@@ -46,12 +46,12 @@ where
     pub(crate) fn new(
         inner: StagesFuture<S, Req, RC, RP, BC>,
         span: tracing::Span,
-        shared: Arc<Shared>,
+        timeout: Option<Duration>,
     ) -> Self {
         Self {
             inner,
             span,
-            shared,
+            timeout,
         }
     }
 }
@@ -70,7 +70,7 @@ where
         let mut this = self.project();
         let _entered = this.span.enter();
         let result = ready!(this.inner.as_mut().poll(cx));
-        let result = result.map_err(|error| PipelineError::from_stages(error, this.shared.timeout));
+        let result = result.map_err(|error| PipelineError::from_stages(error, *this.timeout));
         if !this.span.is_disabled() {
             let attempts = this
                 .inner
@@ -101,7 +101,7 @@ where
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture")
-            .field("pipeline", &self.shared.name)
+            .field("span", &self.span)
             .finish_non_exhaustive()
     }
 }

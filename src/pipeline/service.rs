@@ -62,7 +62,7 @@ where
         );
         // The first attempt's stages run their `call` inside the span too.
         let future = span.in_scope(|| self.inner.call(request));
-        ResponseFuture::new(future, span, Arc::clone(&self.shared))
+        ResponseFuture::new(future, span, self.shared.timeout)
     }
 }
 

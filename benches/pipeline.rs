@@ -1,0 +1,105 @@
+//! What the pipeline costs per call: empty, with every stage, and next to
+//! the same layers stacked by hand; and the rate limiter alone. One run.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use palisade::bulkhead::{Bulkhead, BulkheadConfig};
+use palisade::circuit_breaker::CircuitBreaker;
+use palisade::pipeline::Pipeline;
+use palisade::rate_limit::{RateLimiter, RateLimiterConfig};
+use palisade::retry::{RetryConfig, RetryLayer};
+use tower::{Layer, ServiceBuilder};
+
+#[path = "../tests/support/echo.rs"]
+mod echo;
+use echo::{Echo, call_now};
+
+fn limiter() -> RateLimiter {
+    RateLimiter::new(
+        "bench",
+        RateLimiterConfig::builder()
+            .limit_for_period(1_000_000_000)
+            .limit_refresh_period(Duration::from_secs(1))
+            .build()
+            .expect("valid config"),
+    )
+}
+
+fn bulkhead() -> Bulkhead {
+    Bulkhead::new(
+        "bench",
+        BulkheadConfig::builder()
+            .max_concurrent_calls(64)
+            .build()
+            .expect("valid config"),
+    )
+}
+
+fn retry() -> RetryLayer {
+    RetryLayer::new(
+        "bench",
+        RetryConfig::builder()
+            .max_attempts(3)
+            .build()
+            .expect("valid config"),
+    )
+}
+
+fn pipeline(c: &mut Criterion) {
+    // tower's Timeout and the rate limiter read tokio's clock.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a runtime");
+    let _entered = runtime.enter();
+
+    let mut group = c.benchmark_group("pipeline");
+    group.warm_up_time(Duration::from_secs(1));
+    group.measurement_time(Duration::from_secs(2));
+
+    let mut bare = Echo;
+    group.bench_function("bare", |b| b.iter(|| call_now(&mut bare, black_box(7))));
+
+    let mut limited = limiter().layer().layer(Echo);
+    group.bench_function("rate-limiter", |b| {
+        b.iter(|| call_now(&mut limited, black_box(7)))
+    });
+
+    let mut empty = Pipeline::builder("bench")
+        .build()
+        .expect("valid pipeline")
+        .layer(Echo);
+    group.bench_function("pipeline/empty", |b| {
+        b.iter(|| call_now(&mut empty, black_box(7)))
+    });
+
+    let mut full = Pipeline::builder("bench")
+        .retry(retry())
+        .circuit_breaker(CircuitBreaker::with_defaults("bench"))
+        .rate_limiter(limiter())
+        .timeout(Duration::from_secs(5))
+        .bulkhead(bulkhead())
+        .build()
+        .expect("valid pipeline")
+        .layer(Echo);
+    group.bench_function("pipeline/all-stages", |b| {
+        b.iter(|| call_now(&mut full, black_box(7)))
+    });
+
+    let mut by_hand = ServiceBuilder::new()
+        .layer(retry())
+        .layer(CircuitBreaker::with_defaults("bench").layer())
+        .layer(limiter().layer())
+        .timeout(Duration::from_secs(5))
+        .layer(bulkhead().layer())
+        .service(Echo);
+    group.bench_function("by-hand/all-stages", |b| {
+        b.iter(|| call_now(&mut by_hand, black_box(7)))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, pipeline);
+criterion_main!(benches);
