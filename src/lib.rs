@@ -10,6 +10,7 @@
 //! | [`circuit_breaker`] | Stop calling a failing dependency; try again after a wait. |
 //! | [`classify`] | Decide which outcomes are failures (shared by every layer). |
 //! | [`clock`] | Choose how calls are timed: exact or coarse and cheap. |
+//! | [`discovery`] | Find the healthy instances of a service and balance calls over them. |
 //! | [`events`] | Subscribe to what a layer does. |
 //! | [`retry`] | Retry failed calls with backoff, jitter and a retry budget. |
 //!
@@ -73,6 +74,7 @@ pub mod bulkhead;
 pub mod circuit_breaker;
 pub mod classify;
 pub mod clock;
+pub mod discovery;
 pub mod error;
 pub mod events;
 pub mod retry;
