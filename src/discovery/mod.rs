@@ -10,8 +10,13 @@
 mod diff;
 mod error;
 mod health;
+#[cfg(feature = "http")]
+mod http_check;
 mod instance;
+mod memory;
 mod registry;
+mod static_list;
+mod watch;
 
 pub use self::diff::{InstanceChange, SnapshotDiff};
 pub use self::error::{DiscoveryError, NoHealthyInstance};
@@ -20,4 +25,8 @@ pub use self::instance::{
     Instance, InstanceAddress, InstanceBuilder, InstanceId, IntoAddress, MAX_NAME_LEN, MAX_WEIGHT,
     ServiceName, WEIGHT_METADATA_KEY,
 };
+pub use self::memory::{
+    InMemoryRegistry, InstanceStatus, RegistryEvent, RegistryEventKind, RegistryMetrics,
+};
 pub use self::registry::{BoxFuture, Registration, RegistrationGuard, Registry, WatchStream};
+pub use self::static_list::StaticRegistry;

@@ -225,6 +225,11 @@ impl Drop for RegistrationGuard {
             Ok(()) => {
                 tracing::debug!(backend, %service, %id, "dropped registration guard deregistered the instance")
             }
+            // Already gone (a lapsed TTL, an explicit deregistration) or the
+            // registry is closed: nothing is left registered.
+            Err(error @ (DiscoveryError::NotRegistered { .. } | DiscoveryError::Closed { .. })) => {
+                tracing::debug!(backend, %service, %id, %error, "dropped registration guard: the instance was already gone")
+            }
             Err(error) => {
                 tracing::warn!(backend, %service, %id, %error, "dropped registration guard failed to deregister the instance")
             }
