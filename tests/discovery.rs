@@ -480,3 +480,502 @@ fn invalid_instances_and_checks_are_rejected_naming_the_field() {
     assert_eq!(HealthCheck::ttl(Duration::ZERO).unwrap_err().field(), "ttl");
     assert!(InMemoryRegistry::with_event_capacity(0).is_err());
 }
+
+// ------------------------------------------------------------------ balancer
+
+mod balancer {
+    use super::*;
+    use palisade::BoxError;
+    use palisade::discovery::{
+        Balance, BalanceConfig, BalanceEventKind, NoHealthyInstance, OutlierDetection, Picker,
+        make_fn,
+    };
+    use palisade::events::EventStream;
+    use std::collections::HashMap;
+    use tower::{Service, ServiceExt, service_fn};
+
+    /// Each instance's client answers its instance id.
+    fn echo_make() -> impl Service<
+        Instance,
+        Response = impl Service<(), Response = String, Error = BoxError, Future = impl Send>
+                   + Clone
+                   + Send
+                   + Sync
+                   + 'static,
+        Error = BoxError,
+        Future = impl Send,
+    > + Send
+    + 'static {
+        make_fn(|instance: &Instance| {
+            let id = instance.id().to_string();
+            Ok::<_, BoxError>(service_fn(move |()| {
+                let id = id.clone();
+                async move { Ok::<_, BoxError>(id) }
+            }))
+        })
+    }
+
+    fn config(picker: Picker) -> BalanceConfig {
+        BalanceConfig::builder().picker(picker).build().unwrap()
+    }
+
+    async fn call<S>(balance: &mut S) -> Result<String, BoxError>
+    where
+        S: Service<(), Response = String, Error = BoxError>,
+    {
+        balance.ready().await?.call(()).await
+    }
+
+    async fn next_kind(
+        events: &mut EventStream<palisade::discovery::BalanceEvent>,
+    ) -> (String, BalanceEventKind) {
+        let event = tokio::time::timeout(Duration::from_secs(30), events.recv())
+            .await
+            .expect("an event within the deadline")
+            .expect("open event stream");
+        (event.id.to_string(), event.kind)
+    }
+
+    /// The next event that is not an instance being added at start-up.
+    async fn next_non_added(
+        events: &mut EventStream<palisade::discovery::BalanceEvent>,
+    ) -> (String, BalanceEventKind) {
+        loop {
+            let event = next_kind(events).await;
+            if !matches!(event.1, BalanceEventKind::Added { .. }) {
+                return event;
+            }
+        }
+    }
+
+    fn three(service: &str) -> StaticRegistry {
+        StaticRegistry::new([
+            instance(service, "a", "10.0.0.1:80"),
+            instance(service, "b", "10.0.0.2:80"),
+            instance(service, "c", "10.0.0.3:80"),
+        ])
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_healthy_instance_is_a_typed_error_naming_the_service() {
+        let registry = StaticRegistry::new([]);
+        let mut balance =
+            Balance::new("users", &registry, echo_make(), BalanceConfig::default()).unwrap();
+        let err = call(&mut balance).await.unwrap_err();
+        let no_instance = err
+            .downcast_ref::<NoHealthyInstance>()
+            .expect("NoHealthyInstance");
+        assert_eq!(no_instance.service().as_str(), "users");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn instances_join_and_leave_the_balancer_as_they_register_deregister_and_miss_ttl() {
+        let registry = InMemoryRegistry::new();
+        let mut balance =
+            Balance::new("users", &registry, echo_make(), config(Picker::RoundRobin)).unwrap();
+        let mut events = balance.subscribe();
+        assert!(call(&mut balance).await.is_err(), "nothing registered yet");
+
+        let a = registry
+            .register(Registration::new(
+                instance("users", "a", "10.0.0.1:80"),
+                HealthCheck::None,
+            ))
+            .await
+            .unwrap();
+        assert!(
+            matches!(next_kind(&mut events).await, (id, BalanceEventKind::Added { .. }) if id == "a")
+        );
+        assert_eq!(call(&mut balance).await.unwrap(), "a");
+
+        let _b = registry
+            .register(Registration::new(
+                instance("users", "b", "10.0.0.2:80"),
+                ttl(10),
+            ))
+            .await
+            .unwrap();
+        assert!(
+            matches!(next_kind(&mut events).await, (id, BalanceEventKind::Added { .. }) if id == "b")
+        );
+        let mut seen: Vec<String> = Vec::new();
+        for _ in 0..4 {
+            seen.push(call(&mut balance).await.unwrap());
+        }
+        seen.sort();
+        assert_eq!(seen, ["a", "a", "b", "b"]);
+
+        drop(a); // the guard deregisters
+        assert_eq!(
+            next_kind(&mut events).await,
+            ("a".into(), BalanceEventKind::Removed)
+        );
+        assert_eq!(call(&mut balance).await.unwrap(), "b");
+
+        tokio::time::advance(Duration::from_secs(11)).await; // b misses its TTL
+        assert_eq!(
+            next_kind(&mut events).await,
+            ("b".into(), BalanceEventKind::Removed)
+        );
+        assert!(
+            call(&mut balance)
+                .await
+                .unwrap_err()
+                .is::<NoHealthyInstance>()
+        );
+        assert_eq!(balance.metrics().instances, 0);
+    }
+
+    #[tokio::test]
+    async fn instances_leave_the_balancer_when_their_http_check_fails_and_return_when_it_passes() {
+        let server = HealthServer::start().await;
+        let registry = InMemoryRegistry::new();
+        let mut balance =
+            Balance::new("users", &registry, echo_make(), BalanceConfig::default()).unwrap();
+        let mut events = balance.subscribe();
+        let _guard = registry
+            .register(Registration::new(
+                Instance::builder("users", "a", server.addr)
+                    .build()
+                    .unwrap(),
+                HealthCheck::Http(http_check(20)),
+            ))
+            .await
+            .unwrap();
+        assert!(matches!(
+            next_kind(&mut events).await,
+            (_, BalanceEventKind::Added { .. })
+        ));
+        assert_eq!(call(&mut balance).await.unwrap(), "a");
+
+        server.status.store(500, Ordering::SeqCst);
+        assert_eq!(next_kind(&mut events).await.1, BalanceEventKind::Removed);
+        assert!(
+            call(&mut balance)
+                .await
+                .unwrap_err()
+                .is::<NoHealthyInstance>()
+        );
+
+        server.status.store(200, Ordering::SeqCst);
+        assert!(matches!(
+            next_kind(&mut events).await,
+            (_, BalanceEventKind::Added { .. })
+        ));
+        assert_eq!(call(&mut balance).await.unwrap(), "a");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn round_robin_spreads_calls_exactly_evenly() {
+        let registry = three("users");
+        let mut balance =
+            Balance::new("users", &registry, echo_make(), config(Picker::RoundRobin)).unwrap();
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for _ in 0..3_000 {
+            *counts.entry(call(&mut balance).await.unwrap()).or_default() += 1;
+        }
+        assert_eq!(counts.len(), 3);
+        assert!(counts.values().all(|&n| n == 1_000), "{counts:?}");
+        let metrics = balance.metrics();
+        assert!(
+            metrics
+                .endpoints
+                .iter()
+                .all(|e| e.picks == 1_000 && e.in_flight == 0)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn weighted_picks_follow_the_instance_weights() {
+        let registry = StaticRegistry::new([
+            Instance::builder("users", "light", "10.0.0.1:80")
+                .build()
+                .unwrap(),
+            Instance::builder("users", "heavy", "10.0.0.2:80")
+                .metadata("weight", "3")
+                .build()
+                .unwrap(),
+        ]);
+        let mut balance =
+            Balance::new("users", &registry, echo_make(), config(Picker::Weighted)).unwrap();
+        let mut heavy = 0;
+        for _ in 0..10_000 {
+            if call(&mut balance).await.unwrap() == "heavy" {
+                heavy += 1;
+            }
+        }
+        // Expected 7,500; the binomial standard deviation is about 43.
+        assert!((7_200..=7_800).contains(&heavy), "heavy got {heavy}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn random_picks_every_instance() {
+        let registry = three("users");
+        let mut balance =
+            Balance::new("users", &registry, echo_make(), config(Picker::Random)).unwrap();
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for _ in 0..3_000 {
+            *counts.entry(call(&mut balance).await.unwrap()).or_default() += 1;
+        }
+        // Expected 1,000 each; the standard deviation is about 26.
+        assert!(
+            counts.values().all(|&n| (850..=1_150).contains(&n)),
+            "{counts:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn peak_ewma_prefers_the_fast_instance_over_10_000_calls() {
+        let registry = StaticRegistry::new([
+            instance("users", "slow", "10.0.0.1:80"),
+            instance("users", "fast", "10.0.0.2:80"),
+        ]);
+        let make = make_fn(|instance: &Instance| {
+            let id = instance.id().to_string();
+            let delay = if id == "slow" { 50 } else { 1 };
+            Ok::<_, BoxError>(service_fn(move |()| {
+                let id = id.clone();
+                async move {
+                    tokio::time::sleep(Duration::from_millis(delay)).await;
+                    Ok::<_, BoxError>(id)
+                }
+            }))
+        });
+        let mut balance =
+            Balance::new("users", &registry, make, config(Picker::peak_ewma())).unwrap();
+        let mut fast = 0;
+        for _ in 0..10_000 {
+            if call(&mut balance).await.unwrap() == "fast" {
+                fast += 1;
+            }
+        }
+        assert!(fast >= 9_900, "fast got {fast} of 10,000");
+        let metrics = balance.metrics();
+        let slow = metrics
+            .endpoints
+            .iter()
+            .find(|e| e.id.as_str() == "slow")
+            .unwrap();
+        assert_eq!(slow.picks, 10_000 - fast);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn least_loaded_never_picks_the_busy_instance_while_another_is_idle() {
+        let registry = three("users");
+        let gate = Arc::new(tokio::sync::Semaphore::new(0)); // never opens
+        let make = make_fn(move |instance: &Instance| {
+            let id = instance.id().to_string();
+            let gate = Arc::clone(&gate);
+            Ok::<_, BoxError>(service_fn(move |()| {
+                let (id, gate) = (id.clone(), Arc::clone(&gate));
+                async move {
+                    if id == "b" {
+                        let _ = gate.acquire().await; // "b" never answers
+                    }
+                    Ok::<_, BoxError>(id)
+                }
+            }))
+        });
+        let mut balance =
+            Balance::new("users", &registry, make, config(Picker::LeastLoaded)).unwrap();
+        let picks_of_b = |balance: &Balance<_>| {
+            balance
+                .metrics()
+                .endpoints
+                .iter()
+                .find(|e| e.id.as_str() == "b")
+                .map_or(0, |e| e.picks)
+        };
+        // Call until "b" holds a call in flight.
+        let mut stuck = Vec::new();
+        while picks_of_b(&balance) == 0 {
+            let mut future = Box::pin(balance.ready().await.unwrap().call(()));
+            if futures::poll!(&mut future).is_pending() {
+                stuck.push(future);
+            }
+        }
+        assert_eq!(stuck.len(), 1);
+        for _ in 0..1_000 {
+            assert_ne!(call(&mut balance).await.unwrap(), "b");
+        }
+        assert_eq!(picks_of_b(&balance), 1);
+        // Dropping the stuck call releases its in-flight count.
+        drop(stuck);
+        assert!(balance.metrics().endpoints.iter().all(|e| e.in_flight == 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejection_follows_consecutive_failures_ends_after_the_base_time_and_grows() {
+        let registry = three("users");
+        let make = make_fn(|instance: &Instance| {
+            let id = instance.id().to_string();
+            Ok::<_, BoxError>(service_fn(move |()| {
+                let id = id.clone();
+                async move {
+                    if id == "b" {
+                        Err::<String, BoxError>("b is broken".into())
+                    } else {
+                        Ok(id)
+                    }
+                }
+            }))
+        });
+        let outliers = OutlierDetection::builder()
+            .consecutive_failures(3)
+            .base_ejection_time(Duration::from_secs(10))
+            .max_ejection_percent(50)
+            .build()
+            .unwrap();
+        let config = BalanceConfig::builder()
+            .picker(Picker::RoundRobin)
+            .outlier_detection(outliers)
+            .build()
+            .unwrap();
+        let mut balance = Balance::new("users", &registry, make, config).unwrap();
+        let mut events = balance.subscribe();
+
+        // Round robin: b fails every third call; the third failure ejects it.
+        let mut failures = 0;
+        for _ in 0..9 {
+            if call(&mut balance).await.is_err() {
+                failures += 1;
+            }
+        }
+        assert_eq!(failures, 3);
+        assert_eq!(
+            next_non_added(&mut events).await,
+            (
+                "b".into(),
+                BalanceEventKind::Ejected {
+                    duration: Duration::from_secs(10),
+                    ejections: 1
+                }
+            )
+        );
+        for _ in 0..100 {
+            assert!(call(&mut balance).await.is_ok(), "b is ejected");
+        }
+        let metrics = balance.metrics();
+        assert_eq!(
+            (metrics.instances, metrics.available, metrics.ejected),
+            (3, 2, 1)
+        );
+
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(
+            next_kind(&mut events).await,
+            ("b".into(), BalanceEventKind::Returned)
+        );
+        let mut failures = 0;
+        for _ in 0..9 {
+            if call(&mut balance).await.is_err() {
+                failures += 1;
+            }
+        }
+        assert_eq!(failures, 3, "b is picked again");
+        assert_eq!(
+            next_kind(&mut events).await,
+            (
+                "b".into(),
+                BalanceEventKind::Ejected {
+                    duration: Duration::from_secs(20),
+                    ejections: 2
+                }
+            )
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn max_ejection_percent_holds_when_every_instance_fails() {
+        let registry = three("users");
+        let make = make_fn(|_: &Instance| {
+            Ok::<_, BoxError>(service_fn(|()| async {
+                Err::<String, BoxError>("down".into())
+            }))
+        });
+        let outliers = OutlierDetection::builder()
+            .consecutive_failures(2)
+            .max_ejection_percent(34) // 3 instances: at most 1 ejected
+            .build()
+            .unwrap();
+        let config = BalanceConfig::builder()
+            .picker(Picker::RoundRobin)
+            .outlier_detection(outliers)
+            .build()
+            .unwrap();
+        let mut balance = Balance::new("users", &registry, make, config).unwrap();
+        let mut events = balance.subscribe();
+        for _ in 0..300 {
+            assert!(call(&mut balance).await.is_err());
+        }
+        let metrics = balance.metrics();
+        assert_eq!((metrics.ejected, metrics.available), (1, 2));
+        let kinds: Vec<_> = events.drain().into_iter().map(|e| e.kind).collect();
+        assert_eq!(
+            kinds
+                .iter()
+                .filter(|k| matches!(k, BalanceEventKind::Ejected { .. }))
+                .count(),
+            1
+        );
+        assert!(kinds.iter().any(|k| matches!(
+            k,
+            BalanceEventKind::EjectionSkipped {
+                ejected: 1,
+                instances: 3
+            }
+        )));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_changed_instance_gets_a_new_client_and_clones_share_the_instances() {
+        let registry = StaticRegistry::new([instance("users", "a", "10.0.0.1:80")]);
+        let make = make_fn(|instance: &Instance| {
+            let address = instance.address().to_string();
+            Ok::<_, BoxError>(service_fn(move |()| {
+                let address = address.clone();
+                async move { Ok::<_, BoxError>(address) }
+            }))
+        });
+        let mut balance =
+            Balance::new("users", &registry, make, config(Picker::RoundRobin)).unwrap();
+        let mut events = balance.subscribe();
+        let mut clone = balance.clone();
+        assert_eq!(call(&mut clone).await.unwrap(), "10.0.0.1:80");
+        registry.replace([instance("users", "a", "10.0.0.9:80")]);
+        assert!(matches!(
+            next_non_added(&mut events).await.1,
+            BalanceEventKind::Updated { .. }
+        ));
+        assert_eq!(call(&mut balance).await.unwrap(), "10.0.0.9:80");
+        assert_eq!(call(&mut clone).await.unwrap(), "10.0.0.9:80");
+    }
+
+    #[test]
+    fn invalid_balancer_configuration_is_rejected_naming_the_field() {
+        let err = BalanceConfig::builder()
+            .picker(Picker::PeakEwma {
+                default_rtt: Duration::ZERO,
+                decay: Duration::from_secs(1),
+            })
+            .build()
+            .unwrap_err();
+        assert_eq!(err.field(), "picker");
+        let err = BalanceConfig::builder()
+            .event_capacity(0)
+            .build()
+            .unwrap_err();
+        assert_eq!(err.field(), "event_capacity");
+        let err = OutlierDetection::builder()
+            .max_ejection_percent(0)
+            .build()
+            .unwrap_err();
+        assert_eq!(err.field(), "max_ejection_percent");
+        let err = OutlierDetection::builder()
+            .base_ejection_time(Duration::from_secs(60))
+            .max_ejection_time(Duration::from_secs(30))
+            .build()
+            .unwrap_err();
+        assert_eq!(err.field(), "max_ejection_time");
+    }
+}

@@ -7,6 +7,7 @@
 //! ([`Registry::watch`]). Registering returns a [`RegistrationGuard`] that
 //! deregisters the instance when dropped.
 
+mod balance;
 mod diff;
 mod error;
 mod health;
@@ -18,6 +19,11 @@ mod registry;
 mod static_list;
 mod watch;
 
+pub use self::balance::{
+    Balance, BalanceConfig, BalanceConfigBuilder, BalanceEvent, BalanceEventKind, BalanceLayer,
+    BalanceMetrics, EndpointMetrics, MakeFn, OutlierDetection, OutlierDetectionBuilder, Picker,
+    ResponseFuture, make_fn,
+};
 pub use self::diff::{InstanceChange, SnapshotDiff};
 pub use self::error::{DiscoveryError, NoHealthyInstance};
 pub use self::health::{HealthCheck, HttpCheck, HttpCheckBuilder, MIN_CHECK_PERIOD};
