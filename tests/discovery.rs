@@ -979,3 +979,95 @@ mod balancer {
         assert_eq!(err.field(), "max_ejection_time");
     }
 }
+
+// ------------------------------------------------------- tower Discover adapter
+
+mod tower_discover {
+    use super::*;
+    use palisade::BoxError;
+    use palisade::discovery::{RegistryDiscover, make_fn};
+    use std::collections::HashMap;
+    use tower::balance::p2c::Balance;
+    use tower::discover::Change;
+    use tower::load::{CompleteOnResponse, PendingRequestsDiscover};
+    use tower::{Service, ServiceExt, service_fn};
+
+    fn make() -> impl Service<
+        Instance,
+        Response = impl Service<
+            (),
+            Response = String,
+            Error = BoxError,
+            Future = impl std::future::Future<Output = Result<String, BoxError>> + Send,
+        > + Send,
+        Error = BoxError,
+        Future = impl Send,
+    > + Send {
+        make_fn(|instance: &Instance| {
+            let id = instance.id().to_string();
+            Ok::<_, BoxError>(service_fn(move |()| {
+                let id = id.clone();
+                async move { Ok::<_, BoxError>(id) }
+            }))
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_adapter_inserts_and_removes_as_the_registry_changes() {
+        let registry = InMemoryRegistry::new();
+        let a = registry
+            .register(Registration::new(
+                instance("users", "a", "10.0.0.1:80"),
+                HealthCheck::None,
+            ))
+            .await
+            .unwrap();
+        let mut discover = RegistryDiscover::new(&registry, "users", make()).unwrap();
+        assert!(
+            matches!(discover.next().await, Some(Ok(Change::Insert(id, _))) if id.as_str() == "a")
+        );
+        let _b = registry
+            .register(Registration::new(
+                instance("users", "b", "10.0.0.2:80"),
+                HealthCheck::None,
+            ))
+            .await
+            .unwrap();
+        assert!(
+            matches!(discover.next().await, Some(Ok(Change::Insert(id, _))) if id.as_str() == "b")
+        );
+        drop(a);
+        assert!(
+            matches!(discover.next().await, Some(Ok(Change::Remove(id))) if id.as_str() == "a")
+        );
+        drop(registry);
+        assert!(discover.next().await.is_none(), "ends with the registry");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tower_p2c_balances_over_the_adapter() {
+        let registry = StaticRegistry::new([
+            instance("users", "a", "10.0.0.1:80"),
+            instance("users", "b", "10.0.0.2:80"),
+        ]);
+        let discover = RegistryDiscover::new(&registry, "users", make()).unwrap();
+        let mut balance = Balance::new(PendingRequestsDiscover::new(
+            discover,
+            CompleteOnResponse::default(),
+        ));
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for _ in 0..1_000 {
+            let id = balance.ready().await.unwrap().call(()).await.unwrap();
+            *counts.entry(id).or_default() += 1;
+        }
+        assert_eq!(counts.len(), 2, "{counts:?}");
+        assert!(counts.values().all(|&n| n >= 300), "{counts:?}");
+
+        registry.replace([instance("users", "b", "10.0.0.2:80")]);
+        tokio::task::yield_now().await;
+        for _ in 0..100 {
+            let id = balance.ready().await.unwrap().call(()).await.unwrap();
+            assert_eq!(id, "b");
+        }
+    }
+}

@@ -9,6 +9,7 @@
 
 mod balance;
 mod diff;
+mod discover;
 mod error;
 mod health;
 #[cfg(feature = "http")]
@@ -25,6 +26,7 @@ pub use self::balance::{
     ResponseFuture, make_fn,
 };
 pub use self::diff::{InstanceChange, SnapshotDiff};
+pub use self::discover::RegistryDiscover;
 pub use self::error::{DiscoveryError, NoHealthyInstance};
 pub use self::health::{HealthCheck, HttpCheck, HttpCheckBuilder, MIN_CHECK_PERIOD};
 pub use self::instance::{
