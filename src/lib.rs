@@ -65,6 +65,8 @@
 //!   gRPC `grpc-status`, built on tower-http's `classify` module; the HTTP
 //!   retry policy (`Retry-After`, idempotency guard) and request-body
 //!   buffering for retries.
+//!   With it, the in-memory discovery registry runs HTTP health checks
+//!   (a hyper client); without it, registering an HTTP check is refused.
 
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]

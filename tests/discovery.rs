@@ -1,9 +1,9 @@
 //! Service discovery: registries, health checks, the balancer, the
 //! `Discover` adapter and outlier ejection.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+#[cfg(feature = "http")]
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -26,6 +26,7 @@ fn ids(instances: &[Instance]) -> Vec<String> {
     instances.iter().map(|i| i.id().to_string()).collect()
 }
 
+#[cfg(feature = "http")]
 /// Polls `condition` every few milliseconds until it holds, failing after
 /// `deadline` (for tests against real servers, in real time).
 async fn eventually(what: &str, deadline: Duration, mut condition: impl FnMut() -> bool) {
@@ -39,6 +40,7 @@ async fn eventually(what: &str, deadline: Duration, mut condition: impl FnMut() 
     }
 }
 
+#[cfg(feature = "http")]
 mod health_server {
     use super::*;
     use http_body_util::Full;
@@ -46,6 +48,8 @@ mod health_server {
     use hyper::server::conn::http1;
     use hyper::service::service_fn;
     use hyper_util::rt::TokioIo;
+    use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicU16, AtomicUsize};
     use tokio::net::TcpSocket;
     use tokio::task::{JoinHandle, JoinSet};
 
@@ -131,8 +135,10 @@ mod health_server {
     }
 }
 
+#[cfg(feature = "http")]
 use health_server::HealthServer;
 
+#[cfg(feature = "http")]
 fn http_check(interval_ms: u64) -> HttpCheck {
     HttpCheck::builder()
         .interval(Duration::from_millis(interval_ms))
@@ -295,6 +301,7 @@ async fn watch_ends_when_the_registry_is_dropped_and_guards_report_closed() {
     ));
 }
 
+#[cfg(feature = "http")]
 #[tokio::test]
 async fn http_checked_instance_is_critical_until_its_check_passes_and_follows_the_server() {
     let mut server = HealthServer::start().await;
@@ -357,6 +364,7 @@ async fn http_checked_instance_is_critical_until_its_check_passes_and_follows_th
     );
 }
 
+#[cfg(feature = "http")]
 #[tokio::test]
 async fn http_checked_instance_critical_past_deregister_critical_after_is_removed() {
     let mut server = HealthServer::start().await;
@@ -390,6 +398,7 @@ async fn http_checked_instance_critical_past_deregister_critical_after_is_remove
     assert_eq!(registry.metrics().critical_removals, 1);
 }
 
+#[cfg(feature = "http")]
 #[tokio::test]
 async fn http_checks_stop_when_the_instance_is_deregistered() {
     let server = HealthServer::start().await;
@@ -413,6 +422,20 @@ async fn http_checks_stop_when_the_instance_is_deregistered() {
     let hits = server.hits.load(Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(server.hits.load(Ordering::SeqCst) <= hits + 1);
+}
+
+#[cfg(not(feature = "http"))]
+#[tokio::test]
+async fn without_the_http_feature_http_checks_are_refused() {
+    let registry = InMemoryRegistry::new();
+    let err = registry
+        .register(Registration::new(
+            instance("users", "a", "127.0.0.1:1"),
+            HealthCheck::http(),
+        ))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DiscoveryError::Unsupported { .. }));
 }
 
 #[tokio::test]
@@ -626,6 +649,7 @@ mod balancer {
         assert_eq!(balance.metrics().instances, 0);
     }
 
+    #[cfg(feature = "http")]
     #[tokio::test]
     async fn instances_leave_the_balancer_when_their_http_check_fails_and_return_when_it_passes() {
         let server = HealthServer::start().await;

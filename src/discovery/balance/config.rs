@@ -215,7 +215,7 @@ impl OutlierDetectionBuilder {
 }
 
 /// A balancer's configuration, built by [`BalanceConfig::builder`]; see
-/// the [module docs](super) for every option.
+/// the [module docs](crate::discovery) for every option.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BalanceConfig {
     pub(crate) picker: Picker,

@@ -10,13 +10,15 @@ use super::config::Picker;
 use super::endpoint::{Endpoint, EndpointSet};
 
 /// Picks an endpoint of `set`, or `None` when it is empty. `next` is the
-/// round-robin position shared by every clone of the balancer.
+/// round-robin position shared by every clone of the balancer; `now` is
+/// read by the caller when the picker is [`Picker::PeakEwma`].
 #[inline]
 pub(crate) fn pick<'a, S>(
     picker: Picker,
     set: &'a EndpointSet<S>,
     next: &AtomicUsize,
     rng: &mut SmallRng,
+    now: Option<Instant>,
 ) -> Option<&'a Endpoint<S>> {
     let endpoints = &set.available;
     let n = endpoints.len();
@@ -40,7 +42,7 @@ pub(crate) fn pick<'a, S>(
         }
         Picker::PeakEwma { .. } => {
             let (a, b) = two_distinct(n, rng);
-            let now = Instant::now();
+            let now = now.unwrap_or_else(Instant::now);
             if endpoints[b].stats.ewma_cost(now) < endpoints[a].stats.ewma_cost(now) {
                 b
             } else {

@@ -53,7 +53,10 @@ pub struct Balance<S, C = DefaultClassifier> {
 }
 
 enum Reserved<S> {
-    Endpoint(Endpoint<S>),
+    /// The picked endpoint, and the time of the pick when latency is
+    /// tracked and the endpoint was ready at once (the call's start time,
+    /// saving a clock read).
+    Endpoint(Endpoint<S>, Option<Instant>),
     NoInstance,
 }
 
@@ -161,30 +164,31 @@ where
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        if !matches!(self.reserved, Some(Reserved::Endpoint(_))) {
+        if !matches!(self.reserved, Some(Reserved::Endpoint(..))) {
             if !self.shared.poll_initialized(cx) {
                 return Poll::Pending;
             }
+            let now = self.track_latency.then(Instant::now);
             let set = self.shared.set.load();
+            let picker = self.shared.config.picker;
             self.reserved = Some(
-                match pick(
-                    self.shared.config.picker,
-                    &set,
-                    &self.shared.next,
-                    &mut self.rng,
-                ) {
-                    Some(endpoint) => Reserved::Endpoint(endpoint.clone()),
+                match pick(picker, &set, &self.shared.next, &mut self.rng, now) {
+                    Some(endpoint) => Reserved::Endpoint(endpoint.clone(), now),
                     None => Reserved::NoInstance,
                 },
             );
         }
-        let Some(Reserved::Endpoint(endpoint)) = &mut self.reserved else {
+        let Some(Reserved::Endpoint(endpoint, picked_at)) = &mut self.reserved else {
             // `call` fails at once with `NoHealthyInstance`.
             return Poll::Ready(Ok(()));
         };
         match endpoint.service.poll_ready(cx) {
             Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                // The call will start later than the pick: time it in `call`.
+                *picked_at = None;
+                Poll::Pending
+            }
             Poll::Ready(Err(error)) => {
                 endpoint
                     .stats
@@ -200,8 +204,11 @@ where
         match self.reserved.take().expect(
             "Balance::call without a successful poll_ready: poll_ready must be called first",
         ) {
-            Reserved::Endpoint(mut endpoint) => {
-                let started = self.track_latency.then(Instant::now);
+            Reserved::Endpoint(mut endpoint, picked_at) => {
+                let started = match picked_at {
+                    Some(at) => Some(at),
+                    None => self.track_latency.then(Instant::now),
+                };
                 let call = InFlight::start(endpoint.stats, started, self.classifier.clone());
                 ResponseFuture::called(endpoint.service.call(request), call)
             }
