@@ -438,6 +438,32 @@ async fn without_the_http_feature_http_checks_are_refused() {
     assert!(matches!(err, DiscoveryError::Unsupported { .. }));
 }
 
+#[cfg(feature = "http")]
+#[tokio::test]
+async fn http_checks_stop_when_the_registry_is_dropped() {
+    let server = HealthServer::start().await;
+    let registry = InMemoryRegistry::new();
+    let guard = registry
+        .register(Registration::new(
+            Instance::builder("users", "a", server.addr)
+                .build()
+                .unwrap(),
+            HealthCheck::Http(http_check(10)),
+        ))
+        .await
+        .unwrap();
+    let _ = guard.keep();
+    eventually("checked three times", Duration::from_secs(10), || {
+        server.hits.load(Ordering::SeqCst) >= 3
+    })
+    .await;
+    drop(registry);
+    tokio::task::yield_now().await;
+    let hits = server.hits.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(server.hits.load(Ordering::SeqCst) <= hits + 1);
+}
+
 #[tokio::test]
 async fn static_registry_lists_by_service_replaces_and_refuses_registration() {
     let registry = StaticRegistry::new([
@@ -973,6 +999,98 @@ mod balancer {
         ));
         assert_eq!(call(&mut balance).await.unwrap(), "10.0.0.9:80");
         assert_eq!(call(&mut clone).await.unwrap(), "10.0.0.9:80");
+    }
+
+    /// A static registry whose watch streams report when they are dropped.
+    #[derive(Debug)]
+    struct WatchDropRegistry {
+        inner: StaticRegistry,
+        watch_dropped: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    struct SetOnDrop(Arc<std::sync::atomic::AtomicBool>);
+    impl Drop for SetOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    impl Registry for WatchDropRegistry {
+        fn backend(&self) -> &'static str {
+            "watch-drop"
+        }
+        fn register(
+            &self,
+            registration: Registration,
+        ) -> palisade::discovery::BoxFuture<
+            '_,
+            Result<palisade::discovery::RegistrationGuard, DiscoveryError>,
+        > {
+            self.inner.register(registration)
+        }
+        fn deregister<'a>(
+            &'a self,
+            service: &'a str,
+            id: &'a str,
+        ) -> palisade::discovery::BoxFuture<'a, Result<(), DiscoveryError>> {
+            self.inner.deregister(service, id)
+        }
+        fn pass_ttl<'a>(
+            &'a self,
+            service: &'a str,
+            id: &'a str,
+        ) -> palisade::discovery::BoxFuture<'a, Result<(), DiscoveryError>> {
+            self.inner.pass_ttl(service, id)
+        }
+        fn healthy<'a>(
+            &'a self,
+            service: &'a str,
+        ) -> palisade::discovery::BoxFuture<'a, Result<Vec<Instance>, DiscoveryError>> {
+            self.inner.healthy(service)
+        }
+        fn watch(&self, service: &str) -> palisade::discovery::WatchStream {
+            let flag = SetOnDrop(Arc::clone(&self.watch_dropped));
+            Box::pin(self.inner.watch(service).map(move |snapshot| {
+                let _ = &flag;
+                snapshot
+            }))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn balance_layer_wraps_a_make_service_and_a_dropped_balancer_stops_watching() {
+        use palisade::discovery::BalanceLayer;
+        let watch_dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let registry = Arc::new(WatchDropRegistry {
+            inner: three("users"),
+            watch_dropped: Arc::clone(&watch_dropped),
+        });
+        // The balancer keeps no registry handle (the layer is dropped): keep one here,
+        // or the registry closes and the watch ends on its own.
+        let layer =
+            BalanceLayer::new(Arc::clone(&registry), "users", config(Picker::RoundRobin)).unwrap();
+        let mut balance = tower::ServiceBuilder::new()
+            .layer(layer)
+            .service(echo_make());
+        let mut seen: Vec<String> = Vec::new();
+        for _ in 0..3 {
+            seen.push(call(&mut balance).await.unwrap());
+        }
+        seen.sort();
+        assert_eq!(seen, ["a", "b", "c"]);
+        let clone = balance.clone();
+        drop(balance);
+        tokio::task::yield_now().await;
+        assert!(
+            !watch_dropped.load(std::sync::atomic::Ordering::SeqCst),
+            "a clone still watches"
+        );
+        drop(clone);
+        tokio::task::yield_now().await;
+        assert!(
+            watch_dropped.load(std::sync::atomic::Ordering::SeqCst),
+            "the last clone stopped the watch"
+        );
     }
 
     #[test]
