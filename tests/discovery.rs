@@ -1093,6 +1093,80 @@ mod balancer {
         );
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_calls_during_membership_churn_all_finish_and_release_their_counts() {
+        let registry = InMemoryRegistry::new();
+        let mut guards = Vec::new();
+        for id in ["a", "b", "c"] {
+            guards.push(
+                registry
+                    .register(Registration::new(
+                        instance("users", id, "10.0.0.1:80"),
+                        HealthCheck::None,
+                    ))
+                    .await
+                    .unwrap(),
+            );
+        }
+        let make = make_fn(|instance: &Instance| {
+            let id = instance.id().to_string();
+            Ok::<_, BoxError>(service_fn(move |()| {
+                let id = id.clone();
+                async move {
+                    tokio::task::yield_now().await;
+                    Ok::<_, BoxError>(id)
+                }
+            }))
+        });
+        let balance = Balance::new("users", &registry, make, config(Picker::LeastLoaded)).unwrap();
+        let callers: Vec<_> = (0..8)
+            .map(|_| {
+                let mut balance = balance.clone();
+                tokio::spawn(async move {
+                    let (mut ok, mut none) = (0, 0);
+                    for _ in 0..2_000 {
+                        let result: Result<String, BoxError> = match balance.ready().await {
+                            Ok(ready) => ready.call(()).await,
+                            Err(e) => Err(e),
+                        };
+                        match result {
+                            Ok(_) => ok += 1,
+                            Err(e) if e.is::<NoHealthyInstance>() => none += 1,
+                            Err(e) => panic!("unexpected error {e}"),
+                        }
+                    }
+                    (ok, none)
+                })
+            })
+            .collect();
+        // Churn: instances churn-0..churn-7 come and go while the calls run.
+        for round in 0..50 {
+            let id = format!("churn-{}", round % 8);
+            let guard = registry
+                .register(Registration::new(
+                    instance("users", &id, "10.0.0.2:80"),
+                    HealthCheck::None,
+                ))
+                .await
+                .unwrap();
+            tokio::task::yield_now().await;
+            drop(guard);
+        }
+        let mut total = 0;
+        for caller in callers {
+            let (ok, none) = caller.await.unwrap();
+            assert_eq!(none, 0, "a, b and c stayed registered");
+            total += ok;
+        }
+        assert_eq!(total, 16_000);
+        let metrics = balance.metrics();
+        assert!(
+            metrics.endpoints.iter().all(|e| e.in_flight == 0),
+            "{metrics:?}"
+        );
+        drop(guards);
+    }
+
     #[test]
     fn invalid_balancer_configuration_is_rejected_naming_the_field() {
         let err = BalanceConfig::builder()
