@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::{Arc, Weak};
 
+use futures_util::StreamExt;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
@@ -437,24 +438,23 @@ impl Registry for InMemoryRegistry {
     }
 
     fn watch(&self, service: &str) -> WatchStream {
-        let receiver = match ServiceName::new(service) {
-            Ok(name) => {
-                let mut state = self.inner.state.lock();
-                state
-                    .services
-                    .entry(name)
-                    .or_insert_with(ServiceState::new)
-                    .healthy
-                    .subscribe()
-            }
+        let Ok(name) = ServiceName::new(service) else {
             // No instance can ever be registered under an invalid name:
-            // an empty set, and a stream that ends with the registry.
-            Err(_) => {
-                let (sender, receiver) = watch::channel(Arc::from(Vec::new()));
-                std::mem::forget(sender);
-                receiver
-            }
+            // an empty set, then nothing.
+            return Box::pin(
+                futures_util::stream::once(std::future::ready(Ok(Vec::new())))
+                    .chain(futures_util::stream::pending()),
+            );
         };
+        let receiver = self
+            .inner
+            .state
+            .lock()
+            .services
+            .entry(name)
+            .or_insert_with(ServiceState::new)
+            .healthy
+            .subscribe();
         snapshot_stream(receiver, |healthy: &Arc<[Instance]>| healthy.to_vec())
     }
 }
