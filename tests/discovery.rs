@@ -1167,6 +1167,69 @@ mod balancer {
         drop(guards);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_per_instance_circuit_breaker_opens_for_its_instance_only() {
+        use palisade::circuit_breaker::{
+            BreakerOpen, CircuitBreaker, CircuitBreakerConfig, SlidingWindow,
+        };
+        use palisade::classify::{ClassifyExt, DefaultClassifier};
+        use tower::Layer;
+
+        let registry = StaticRegistry::new([
+            instance("users", "a", "10.0.0.1:80"),
+            instance("users", "b", "10.0.0.2:80"),
+        ]);
+        let breaker_config = CircuitBreakerConfig::builder()
+            .sliding_window(SlidingWindow::consecutive_failures(2))
+            .build()
+            .unwrap();
+        let make = make_fn(move |instance: &Instance| {
+            let id = instance.id().to_string();
+            let breaker = CircuitBreaker::new(format!("users/{id}"), breaker_config.clone());
+            let client = service_fn(move |()| {
+                let id = id.clone();
+                async move {
+                    if id == "b" {
+                        Err::<String, BoxError>("b is broken".into())
+                    } else {
+                        Ok(id)
+                    }
+                }
+            });
+            Ok::<_, BoxError>(breaker.layer().layer(client))
+        });
+        let outliers = OutlierDetection::builder()
+            .consecutive_failures(3)
+            .build()
+            .unwrap();
+        let config = BalanceConfig::builder()
+            .picker(Picker::RoundRobin)
+            .outlier_detection(outliers)
+            .build()
+            .unwrap();
+        // A breaker's rejection says nothing new about the instance: it does
+        // not count towards ejection.
+        let mut balance = Balance::new("users", &registry, make, config)
+            .unwrap()
+            .with_classifier(DefaultClassifier.pass_rejections());
+        let mut rejected = 0;
+        let mut failed = 0;
+        for _ in 0..20 {
+            match call(&mut balance).await {
+                Ok(id) => assert_eq!(id, "a"),
+                Err(e) if palisade::is_caused_by::<BreakerOpen>(&*e) => rejected += 1,
+                Err(_) => failed += 1,
+            }
+        }
+        assert_eq!(failed, 2, "b's breaker opens after 2 failures");
+        assert_eq!(rejected, 8, "then rejects b's calls at once");
+        let metrics = balance.metrics();
+        assert_eq!(
+            metrics.ejected, 0,
+            "rejections are not failures for ejection"
+        );
+    }
+
     #[test]
     fn invalid_balancer_configuration_is_rejected_naming_the_field() {
         let err = BalanceConfig::builder()
