@@ -1230,6 +1230,41 @@ mod balancer {
         );
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_fails_to_build_is_built_again_after_a_backoff() {
+        let registry = StaticRegistry::new([instance("users", "a", "10.0.0.1:80")]);
+        let attempts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = Arc::clone(&attempts);
+        let make = make_fn(move |instance: &Instance| {
+            if counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 2 {
+                return Err::<_, BoxError>("connection refused".into());
+            }
+            let id = instance.id().to_string();
+            Ok(service_fn(move |()| {
+                let id = id.clone();
+                async move { Ok::<_, BoxError>(id) }
+            }))
+        });
+        let mut balance = Balance::new("users", &registry, make, BalanceConfig::default()).unwrap();
+        let mut events = balance.subscribe();
+        assert!(
+            call(&mut balance)
+                .await
+                .unwrap_err()
+                .is::<NoHealthyInstance>()
+        );
+        // The registry reports nothing new; the balancer retries by itself.
+        loop {
+            match next_kind(&mut events).await.1 {
+                BalanceEventKind::MakeFailed { error } => assert_eq!(error, "connection refused"),
+                BalanceEventKind::Added { .. } => break,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(call(&mut balance).await.unwrap(), "a");
+        assert_eq!(attempts.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
     #[test]
     fn invalid_balancer_configuration_is_rejected_naming_the_field() {
         let err = BalanceConfig::builder()

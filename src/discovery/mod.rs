@@ -103,6 +103,11 @@
 //!   [`NoHealthyInstance`] until instances appear), never longer.
 //! * Registry errors never reach callers: the balancer keeps the last
 //!   instances it saw and logs the error.
+//! * An instance whose client cannot be built (the `MakeService` failed)
+//!   is left out and built again after a backoff (100 ms doubling to 30 s,
+//!   full jitter, from [`Backoff`](crate::retry::backoff::Backoff)).
+//! * Dropping the last clone of a balancer stops its watch and its
+//!   ejection timers.
 //!
 //! # Observability
 //!

@@ -33,8 +33,9 @@ pub enum BalanceEventKind {
     },
     /// An instance left (deregistered or unhealthy); its client was dropped.
     Removed,
-    /// Building the client of a new instance failed; it is left out until
-    /// the registry reports it again.
+    /// Building the client of a new instance failed; it is left out and
+    /// built again after a backoff (100 ms doubling to 30 s, full jitter)
+    /// or when the registry next reports it.
     MakeFailed {
         /// Why.
         error: String,

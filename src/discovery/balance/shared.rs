@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use futures_util::StreamExt;
+use futures_util::future::Either;
 use parking_lot::Mutex;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
@@ -20,6 +21,7 @@ use crate::discovery::instance::{Instance, InstanceId, ServiceName};
 use crate::discovery::registry::Registry;
 use crate::error::BoxError;
 use crate::events::EventHub;
+use crate::retry::backoff::{Backoff, Jitter};
 use crate::sync::CachePadded;
 
 use super::config::{BalanceConfig, Picker};
@@ -41,6 +43,8 @@ pub(crate) struct Shared<S> {
     initialized: AtomicBool,
     startup_wakers: Mutex<Vec<Waker>>,
     task: Mutex<Option<AbortHandle>>,
+    /// The timers that end ejections, aborted with the balancer.
+    ejection_timers: Mutex<Vec<AbortHandle>>,
     epoch: Instant,
     this: Weak<Shared<S>>,
 }
@@ -65,6 +69,7 @@ where
             initialized: AtomicBool::new(false),
             startup_wakers: Mutex::new(Vec::new()),
             task: Mutex::new(None),
+            ejection_timers: Mutex::new(Vec::new()),
             epoch: Instant::now(),
             this: this.clone(),
         })
@@ -291,12 +296,15 @@ where
             },
         );
         let this = self.this.clone();
-        runtime.spawn(async move {
+        let timer = runtime.spawn(async move {
             tokio::time::sleep(duration).await;
             if let Some(shared) = this.upgrade() {
                 shared.return_ejected(&endpoint);
             }
         });
+        let mut timers = self.ejection_timers.lock();
+        timers.retain(|t| !t.is_finished());
+        timers.push(timer.abort_handle());
     }
 }
 
@@ -304,6 +312,9 @@ impl<S> Drop for Shared<S> {
     fn drop(&mut self) {
         if let Some(task) = self.task.get_mut().take() {
             task.abort();
+        }
+        for timer in self.ejection_timers.get_mut().drain(..) {
+            timer.abort();
         }
     }
 }
@@ -329,7 +340,25 @@ async fn watch<S, M>(
     M::Error: Into<BoxError>,
 {
     let mut diff = SnapshotDiff::new();
-    while let Some(item) = stream.next().await {
+    // The last snapshot, replayed after a backoff when a client could not
+    // be built, so that an instance the registry keeps reporting unchanged
+    // is tried again.
+    let mut last: Vec<Instance> = Vec::new();
+    let backoff = make_retry_backoff();
+    let mut delays = backoff.as_ref().map(|b| b.delays());
+    let mut retry_at: Option<Instant> = None;
+    loop {
+        let item = match retry_at {
+            None => stream.next().await,
+            Some(at) => {
+                let sleep = std::pin::pin!(tokio::time::sleep_until(at));
+                match futures_util::future::select(stream.next(), sleep).await {
+                    Either::Left((item, _)) => item,
+                    Either::Right(((), _)) => Some(Ok(last.clone())),
+                }
+            }
+        };
+        let Some(item) = item else { break };
         let snapshot = match item {
             Ok(snapshot) => snapshot,
             Err(error) => {
@@ -341,7 +370,9 @@ async fn watch<S, M>(
                 continue;
             }
         };
+        last.clone_from(&snapshot);
         let mut changes = Vec::new();
+        let mut make_failed = false;
         for change in diff.apply(snapshot) {
             let updated = matches!(change, InstanceChange::Updated(_));
             match change {
@@ -349,8 +380,9 @@ async fn watch<S, M>(
                     match make_client(&mut make, instance.clone()).await {
                         Ok(client) => changes.push(Membership::Upsert(instance, client, updated)),
                         Err(error) => {
+                            make_failed = true;
                             if let Some(shared) = shared.upgrade() {
-                                tracing::warn!(service = %shared.service, id = %instance.id(), %error, "balancer: building the instance's client failed");
+                                tracing::warn!(service = %shared.service, id = %instance.id(), %error, "balancer: building the instance's client failed; will retry");
                                 shared.publish(
                                     instance.id(),
                                     BalanceEventKind::MakeFailed {
@@ -358,7 +390,7 @@ async fn watch<S, M>(
                                     },
                                 );
                             }
-                            // Forget it, so that the next snapshot adds it again.
+                            // Forget it, so that a replayed or new snapshot adds it again.
                             diff.apply_change(InstanceChange::Removed(instance.clone()));
                             changes.push(Membership::Remove(instance));
                         }
@@ -367,6 +399,15 @@ async fn watch<S, M>(
                 InstanceChange::Removed(instance) => changes.push(Membership::Remove(instance)),
             }
         }
+        retry_at = if make_failed {
+            delays
+                .as_mut()
+                .and_then(Iterator::next)
+                .map(|delay| Instant::now() + delay)
+        } else {
+            delays = backoff.as_ref().map(|b| b.delays());
+            None
+        };
         let Some(shared) = shared.upgrade() else {
             return;
         };
@@ -377,6 +418,16 @@ async fn watch<S, M>(
         tracing::warn!(service = %shared.service, "balancer: registry closed; keeping the last instances");
         shared.mark_initialized();
     }
+}
+
+/// How long to wait before building a failed instance's client again:
+/// 100 ms doubling to 30 s, full jitter.
+fn make_retry_backoff() -> Option<Backoff> {
+    Backoff::exponential(Duration::from_millis(100), 2.0)
+        .max_interval(Duration::from_secs(30))
+        .jitter(Jitter::Full)
+        .build()
+        .ok()
 }
 
 async fn make_client<M>(make: &mut M, instance: Instance) -> Result<M::Response, BoxError>
