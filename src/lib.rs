@@ -10,13 +10,13 @@
 //! | [`circuit_breaker`] | Stop calling a failing dependency; try again after a wait. |
 //! | [`classify`] | Decide which outcomes are failures (shared by every layer). |
 //! | [`clock`] | Choose how calls are timed: exact or coarse and cheap. |
+//! | [`discovery`] | Find the healthy instances of a service and balance calls over them. |
 //! | [`events`] | Subscribe to what a layer does. |
 //! | [`pipeline`] | Stack retry, breaker, rate limiter, timeout and bulkhead in the right order. |
 //! | [`rate_limit`] | Bound how many calls start per period (governor's GCRA). |
 //! | [`retry`] | Retry failed calls with backoff, jitter and a retry budget. |
 //!
-//! Service discovery with load balancing and a durable saga executor are
-//! next; they follow the same conventions.
+//! A durable saga executor is next; it follows the same conventions.
 //!
 //! ## Conventions
 //!
@@ -66,6 +66,8 @@
 //!   gRPC `grpc-status`, built on tower-http's `classify` module; the HTTP
 //!   retry policy (`Retry-After`, idempotency guard) and request-body
 //!   buffering for retries.
+//!   With it, the in-memory discovery registry runs HTTP health checks
+//!   (a hyper client); without it, registering an HTTP check is refused.
 
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
@@ -75,6 +77,7 @@ pub mod bulkhead;
 pub mod circuit_breaker;
 pub mod classify;
 pub mod clock;
+pub mod discovery;
 pub mod error;
 pub mod events;
 pub mod pipeline;

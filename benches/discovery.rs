@@ -1,0 +1,97 @@
+//! What the balancer's pick adds to a call, for 3, 30 and 300 instances and
+//! every picker, next to a bare service and to tower's p2c `Balance` (with
+//! pending-requests and peak-EWMA load), in one run.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use palisade::discovery::{Balance, BalanceConfig, Instance, Picker, StaticRegistry, make_fn};
+use tower::balance::p2c;
+use tower::discover::ServiceList;
+use tower::load::{CompleteOnResponse, PeakEwmaDiscover, PendingRequestsDiscover};
+
+#[path = "../tests/support/echo.rs"]
+mod echo;
+use echo::{Echo, call_now};
+
+fn registry(instances: usize) -> StaticRegistry {
+    StaticRegistry::new((0..instances).map(|i| {
+        Instance::builder(
+            "bench",
+            format!("i{i}"),
+            format!("10.0.{}.{}:80", i / 250, i % 250),
+        )
+        .weight(1 + (i % 3) as u32)
+        .build()
+        .expect("valid instance")
+    }))
+}
+
+fn pick(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let _entered = runtime.enter();
+    let pickers = [
+        ("round-robin", Picker::RoundRobin),
+        ("random", Picker::Random),
+        ("weighted", Picker::Weighted),
+        ("least-loaded", Picker::LeastLoaded),
+        ("peak-ewma", Picker::peak_ewma()),
+    ];
+    for instances in [3usize, 30, 300] {
+        let mut group = c.benchmark_group(format!("discovery/{instances}"));
+        group.warm_up_time(Duration::from_millis(500));
+        group.measurement_time(Duration::from_secs(1));
+
+        let mut bare = Echo;
+        group.bench_function("bare", |b| b.iter(|| call_now(&mut bare, black_box(7))));
+
+        let registry = registry(instances);
+        for (name, picker) in pickers {
+            let config = BalanceConfig::builder()
+                .picker(picker)
+                .build()
+                .expect("valid config");
+            let mut balance = Balance::new(
+                "bench",
+                &registry,
+                make_fn(|_: &Instance| Ok::<_, std::convert::Infallible>(Echo)),
+                config,
+            )
+            .expect("valid name");
+            // Let the watch task deliver the instances.
+            runtime.block_on(async {
+                use tower::ServiceExt;
+                let _ = ServiceExt::<u64>::ready(&mut balance).await;
+            });
+            assert_eq!(balance.metrics().instances, instances);
+            group.bench_function(format!("palisade/{name}"), |b| {
+                b.iter(|| call_now(&mut balance, black_box(7)))
+            });
+        }
+
+        let mut tower_pending = p2c::Balance::new(PendingRequestsDiscover::new(
+            ServiceList::new(vec![Echo; instances]),
+            CompleteOnResponse::default(),
+        ));
+        group.bench_function("tower-p2c/pending-requests", |b| {
+            b.iter(|| call_now(&mut tower_pending, black_box(7)))
+        });
+        let mut tower_ewma = p2c::Balance::new(PeakEwmaDiscover::new(
+            ServiceList::new(vec![Echo; instances]),
+            Duration::from_millis(30),
+            Duration::from_secs(10),
+            CompleteOnResponse::default(),
+        ));
+        group.bench_function("tower-p2c/peak-ewma", |b| {
+            b.iter(|| call_now(&mut tower_ewma, black_box(7)))
+        });
+        group.finish();
+    }
+}
+
+criterion_group!(benches, pick);
+criterion_main!(benches);

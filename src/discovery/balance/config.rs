@@ -1,0 +1,305 @@
+//! The validated configuration of a balancer: the picker and outlier
+//! detection.
+
+use std::time::Duration;
+
+use crate::error::ConfigError;
+use crate::events::check_event_capacity;
+
+const COMPONENT: &str = "balancer";
+const OUTLIER: &str = "outlier detection";
+
+/// How a balancer picks the instance for each call.
+///
+/// | picker | picks | cost per pick |
+/// |---|---|---|
+/// | [`RoundRobin`](Picker::RoundRobin) | each instance in turn (shared by every clone of the balancer) | one shared atomic increment |
+/// | [`Random`](Picker::Random) | uniformly at random | one random number |
+/// | [`Weighted`](Picker::Weighted) | at random, in proportion to [`Instance::weight`](crate::discovery::Instance::weight) | one random number, a binary search |
+/// | [`LeastLoaded`](Picker::LeastLoaded) | the one with fewer calls in flight of two picked at random (P2C) | two random numbers, two atomic loads |
+/// | [`PeakEwma`](Picker::PeakEwma) | the cheaper of two picked at random, cost = peak-EWMA latency × (calls in flight + 1) (P2C, as linkerd and Finagle) | as above, a clock read and two `exp` |
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub enum Picker {
+    /// Each instance in turn.
+    RoundRobin,
+    /// Uniformly at random.
+    Random,
+    /// At random, in proportion to the instances' weights.
+    Weighted,
+    /// Power of two choices by calls in flight.
+    LeastLoaded,
+    /// Power of two choices by peak-EWMA latency times calls in flight.
+    PeakEwma {
+        /// The latency assumed for an instance not yet measured. Default 30 ms.
+        default_rtt: Duration,
+        /// How fast old latencies are forgotten: an observation's weight
+        /// falls by `e` every `decay`. Default 10 s.
+        decay: Duration,
+    },
+}
+
+impl Picker {
+    /// [`Picker::PeakEwma`] with the defaults (30 ms, 10 s).
+    pub const fn peak_ewma() -> Self {
+        Picker::PeakEwma {
+            default_rtt: Duration::from_millis(30),
+            decay: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for Picker {
+    /// [`Picker::peak_ewma`].
+    fn default() -> Self {
+        Picker::peak_ewma()
+    }
+}
+
+/// Passive health checking, as Envoy's outlier detection: an instance
+/// whose calls fail `consecutive_failures` times in a row (as the
+/// balancer's [`Classify`](crate::classify::Classify) decides) is ejected,
+/// taken out of the picks, for `base_ejection_time × n` (`n`: how many
+/// times it has been ejected, the time capped at `max_ejection_time`), then
+/// returns. An ejection that would leave more than `max_ejection_percent`
+/// of the instances ejected does not happen.
+///
+/// | option | default | meaning |
+/// |---|---|---|
+/// | `consecutive_failures` | 5 | Failures in a row that eject an instance (Envoy's `consecutive_5xx`). |
+/// | `base_ejection_time` | 30 s | Ejection time of a first ejection; the `n`th lasts `n` times as long. |
+/// | `max_ejection_time` | 300 s | The longest an ejection lasts. |
+/// | `max_ejection_percent` | 50 | The most instances ejected at once, in percent of the instances (rounded down); strict, unlike Envoy's "at least one". |
+///
+/// ```
+/// use std::time::Duration;
+/// use palisade::discovery::OutlierDetection;
+///
+/// let outliers = OutlierDetection::builder()
+///     .consecutive_failures(3)
+///     .base_ejection_time(Duration::from_secs(10))
+///     .build()?;
+/// assert_eq!(outliers.max_ejection_percent(), 50);
+/// assert_eq!(
+///     OutlierDetection::builder().consecutive_failures(0).build().unwrap_err().field(),
+///     "consecutive_failures"
+/// );
+/// # Ok::<(), palisade::ConfigError>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutlierDetection {
+    pub(crate) consecutive_failures: u32,
+    pub(crate) base_ejection_time: Duration,
+    pub(crate) max_ejection_time: Duration,
+    pub(crate) max_ejection_percent: u8,
+}
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 5,
+            base_ejection_time: Duration::from_secs(30),
+            max_ejection_time: Duration::from_secs(300),
+            max_ejection_percent: 50,
+        }
+    }
+}
+
+impl OutlierDetection {
+    /// Starts from the defaults.
+    pub fn builder() -> OutlierDetectionBuilder {
+        OutlierDetectionBuilder {
+            config: Self::default(),
+        }
+    }
+
+    /// Failures in a row that eject an instance.
+    pub fn consecutive_failures(&self) -> u32 {
+        self.consecutive_failures
+    }
+
+    /// Ejection time of a first ejection.
+    pub fn base_ejection_time(&self) -> Duration {
+        self.base_ejection_time
+    }
+
+    /// The longest an ejection lasts.
+    pub fn max_ejection_time(&self) -> Duration {
+        self.max_ejection_time
+    }
+
+    /// The most instances ejected at once, in percent.
+    pub fn max_ejection_percent(&self) -> u8 {
+        self.max_ejection_percent
+    }
+
+    /// How long the `ejections`th ejection of an instance lasts.
+    pub fn ejection_time(&self, ejections: u32) -> Duration {
+        self.base_ejection_time
+            .checked_mul(ejections.max(1))
+            .map_or(self.max_ejection_time, |t| t.min(self.max_ejection_time))
+    }
+}
+
+/// Builds an [`OutlierDetection`]; every setter is checked in
+/// [`build`](Self::build).
+#[derive(Debug, Clone)]
+#[must_use = "call .build() to get a configuration"]
+pub struct OutlierDetectionBuilder {
+    config: OutlierDetection,
+}
+
+impl OutlierDetectionBuilder {
+    /// Failures in a row that eject an instance, at least 1. Default 5.
+    pub fn consecutive_failures(mut self, failures: u32) -> Self {
+        self.config.consecutive_failures = failures;
+        self
+    }
+
+    /// Ejection time of a first ejection, at least 1 ms. Default 30 s.
+    pub fn base_ejection_time(mut self, time: Duration) -> Self {
+        self.config.base_ejection_time = time;
+        self
+    }
+
+    /// The longest an ejection lasts, at least `base_ejection_time`.
+    /// Default 300 s.
+    pub fn max_ejection_time(mut self, time: Duration) -> Self {
+        self.config.max_ejection_time = time;
+        self
+    }
+
+    /// The most instances ejected at once, 1 to 100 percent. Default 50.
+    pub fn max_ejection_percent(mut self, percent: u8) -> Self {
+        self.config.max_ejection_percent = percent;
+        self
+    }
+
+    /// Checks every field and returns the configuration, or the first
+    /// field that breaks its rule.
+    pub fn build(self) -> Result<OutlierDetection, ConfigError> {
+        let c = &self.config;
+        if c.consecutive_failures == 0 {
+            return Err(ConfigError::new(
+                OUTLIER,
+                "consecutive_failures",
+                "must be at least 1, got 0",
+            ));
+        }
+        if c.base_ejection_time < Duration::from_millis(1) {
+            return Err(ConfigError::new(
+                OUTLIER,
+                "base_ejection_time",
+                format!("must be at least 1ms, got {:?}", c.base_ejection_time),
+            ));
+        }
+        if c.max_ejection_time < c.base_ejection_time {
+            return Err(ConfigError::new(
+                OUTLIER,
+                "max_ejection_time",
+                format!(
+                    "must be at least base_ejection_time ({:?}), got {:?}",
+                    c.base_ejection_time, c.max_ejection_time
+                ),
+            ));
+        }
+        if !(1..=100).contains(&c.max_ejection_percent) {
+            return Err(ConfigError::new(
+                OUTLIER,
+                "max_ejection_percent",
+                format!("must be 1 to 100, got {}", c.max_ejection_percent),
+            ));
+        }
+        Ok(self.config)
+    }
+}
+
+/// A balancer's configuration, built by [`BalanceConfig::builder`]; see
+/// the [module docs](crate::discovery) for every option.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BalanceConfig {
+    pub(crate) picker: Picker,
+    pub(crate) outlier_detection: Option<OutlierDetection>,
+    pub(crate) event_capacity: usize,
+}
+
+impl Default for BalanceConfig {
+    fn default() -> Self {
+        Self {
+            picker: Picker::default(),
+            outlier_detection: None,
+            event_capacity: 256,
+        }
+    }
+}
+
+impl BalanceConfig {
+    /// Starts from the defaults: [`Picker::peak_ewma`], no outlier
+    /// detection, 256 events per subscriber.
+    pub fn builder() -> BalanceConfigBuilder {
+        BalanceConfigBuilder {
+            config: Self::default(),
+        }
+    }
+
+    /// The picker.
+    pub fn picker(&self) -> Picker {
+        self.picker
+    }
+
+    /// The outlier detection, if any.
+    pub fn outlier_detection(&self) -> Option<&OutlierDetection> {
+        self.outlier_detection.as_ref()
+    }
+}
+
+/// Builds a [`BalanceConfig`]; every setter is checked in
+/// [`build`](Self::build).
+#[derive(Debug, Clone)]
+#[must_use = "call .build() to get a configuration"]
+pub struct BalanceConfigBuilder {
+    config: BalanceConfig,
+}
+
+impl BalanceConfigBuilder {
+    /// How each call's instance is picked. Default [`Picker::peak_ewma`].
+    pub fn picker(mut self, picker: Picker) -> Self {
+        self.config.picker = picker;
+        self
+    }
+
+    /// Ejects instances whose calls keep failing. Default: off.
+    pub fn outlier_detection(mut self, outliers: OutlierDetection) -> Self {
+        self.config.outlier_detection = Some(outliers);
+        self
+    }
+
+    /// Events buffered per subscriber, 1 to 1,048,576. Default 256.
+    pub fn event_capacity(mut self, capacity: usize) -> Self {
+        self.config.event_capacity = capacity;
+        self
+    }
+
+    /// Checks every field and returns the configuration, or the first
+    /// field that breaks its rule.
+    pub fn build(self) -> Result<BalanceConfig, ConfigError> {
+        if let Picker::PeakEwma { default_rtt, decay } = self.config.picker {
+            if default_rtt.is_zero() {
+                return Err(ConfigError::new(
+                    COMPONENT,
+                    "picker",
+                    "PeakEwma default_rtt must be greater than zero",
+                ));
+            }
+            if decay < Duration::from_millis(1) {
+                return Err(ConfigError::new(
+                    COMPONENT,
+                    "picker",
+                    format!("PeakEwma decay must be at least 1ms, got {decay:?}"),
+                ));
+            }
+        }
+        check_event_capacity(COMPONENT, self.config.event_capacity)?;
+        Ok(self.config)
+    }
+}

@@ -1,0 +1,200 @@
+//! One balanced instance: its client, its load and latency, its outlier
+//! state; and the set of instances a pick reads.
+
+use std::fmt;
+use std::sync::Weak;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::classify::Outcome;
+use crate::discovery::instance::Instance;
+use crate::sync::CachePadded;
+
+/// Where an endpoint reports that its calls keep failing (the balancer's
+/// shared state, without its client type).
+pub(crate) trait OutlierSink: Send + Sync {
+    fn consecutive_failures(&self, stats: &EndpointStats);
+}
+
+/// The per-instance numbers every call updates, without the client.
+pub(crate) struct EndpointStats {
+    pub(crate) instance: Instance,
+    /// Calls in flight: picked, not yet completed or dropped. Its own cache
+    /// line: every call writes it twice.
+    pub(crate) in_flight: CachePadded<AtomicUsize>,
+    pub(crate) picks: AtomicU64,
+    /// Peak-EWMA latency in nanoseconds (`f64` bits) and when it was last
+    /// updated (nanoseconds since `epoch`).
+    ewma_ns: AtomicU64,
+    ewma_at_ns: AtomicU64,
+    epoch: Instant,
+    decay_ns: f64,
+    pub(crate) consecutive_failures: AtomicU32,
+    /// 0: outlier detection off.
+    failure_threshold: u32,
+    pub(crate) ejected: AtomicBool,
+    pub(crate) ejections: AtomicU32,
+    outliers: Weak<dyn OutlierSink>,
+}
+
+impl EndpointStats {
+    pub(crate) fn new(
+        instance: Instance,
+        epoch: Instant,
+        default_rtt: Duration,
+        decay: Duration,
+        failure_threshold: u32,
+        outliers: Weak<dyn OutlierSink>,
+    ) -> Self {
+        Self {
+            instance,
+            in_flight: CachePadded(AtomicUsize::new(0)),
+            picks: AtomicU64::new(0),
+            ewma_ns: AtomicU64::new((default_rtt.as_nanos() as f64).to_bits()),
+            ewma_at_ns: AtomicU64::new(nanos_since(epoch, Instant::now())),
+            epoch,
+            decay_ns: (decay.as_nanos() as f64).max(1.0),
+            consecutive_failures: AtomicU32::new(0),
+            failure_threshold,
+            ejected: AtomicBool::new(false),
+            ejections: AtomicU32::new(0),
+            outliers,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// The peak-EWMA latency now, decayed towards zero for the time since
+    /// the last observation (so an instance that was slow a while ago gets
+    /// tried again), in nanoseconds.
+    #[inline]
+    pub(crate) fn ewma_ns(&self, now: Instant) -> f64 {
+        let estimate = f64::from_bits(self.ewma_ns.load(Ordering::Relaxed));
+        let at = self.ewma_at_ns.load(Ordering::Relaxed);
+        let elapsed = nanos_since(self.epoch, now).saturating_sub(at) as f64;
+        estimate * (-elapsed / self.decay_ns).exp()
+    }
+
+    /// The peak-EWMA cost: latency × (calls in flight + 1).
+    #[inline]
+    pub(crate) fn ewma_cost(&self, now: Instant) -> f64 {
+        self.ewma_ns(now) * (self.in_flight() as f64 + 1.0)
+    }
+
+    /// Folds one observed latency into the peak EWMA: a latency above the
+    /// estimate replaces it at once (the "peak"), a lower one is averaged
+    /// in with weight `1 - e^(-elapsed/decay)`. Concurrent updates may lose
+    /// one of two observations; the estimate stays a valid one.
+    pub(crate) fn observe_latency(&self, rtt: Duration, now: Instant) {
+        let rtt = rtt.as_nanos() as f64;
+        let now_ns = nanos_since(self.epoch, now);
+        let estimate = f64::from_bits(self.ewma_ns.load(Ordering::Relaxed));
+        let at = self.ewma_at_ns.load(Ordering::Relaxed);
+        let next = if rtt > estimate {
+            rtt
+        } else {
+            let elapsed = now_ns.saturating_sub(at) as f64;
+            let keep = (-elapsed / self.decay_ns).exp();
+            estimate * keep + rtt * (1.0 - keep)
+        };
+        self.ewma_ns.store(next.to_bits(), Ordering::Relaxed);
+        self.ewma_at_ns.store(now_ns, Ordering::Relaxed);
+    }
+
+    /// Records a finished call's outcome for outlier detection.
+    #[inline]
+    pub(crate) fn record(&self, outcome: Outcome) {
+        if self.failure_threshold == 0 {
+            return;
+        }
+        match outcome {
+            Outcome::Success => {
+                if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+                    self.consecutive_failures.store(0, Ordering::Relaxed);
+                }
+            }
+            Outcome::Failure { .. } => {
+                let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                if failures >= self.failure_threshold && !self.ejected.load(Ordering::Relaxed) {
+                    if let Some(outliers) = self.outliers.upgrade() {
+                        outliers.consecutive_failures(self);
+                    }
+                }
+            }
+            Outcome::Ignored => {}
+        }
+    }
+}
+
+impl fmt::Debug for EndpointStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EndpointStats")
+            .field("id", self.instance.id())
+            .field("in_flight", &self.in_flight())
+            .finish_non_exhaustive()
+    }
+}
+
+fn nanos_since(epoch: Instant, now: Instant) -> u64 {
+    now.saturating_duration_since(epoch)
+        .as_nanos()
+        .try_into()
+        .unwrap_or(u64::MAX)
+}
+
+/// An instance's client and numbers.
+pub(crate) struct Endpoint<S> {
+    pub(crate) stats: std::sync::Arc<EndpointStats>,
+    pub(crate) service: S,
+}
+
+impl<S: Clone> Clone for Endpoint<S> {
+    fn clone(&self) -> Self {
+        Self {
+            stats: std::sync::Arc::clone(&self.stats),
+            service: self.service.clone(),
+        }
+    }
+}
+
+/// The instances a pick chooses from (healthy and not ejected), with the
+/// prefix sums of their weights for the weighted picker. Immutable: the
+/// balancer swaps in a new set when membership or ejections change.
+pub(crate) struct EndpointSet<S> {
+    pub(crate) available: Vec<Endpoint<S>>,
+    /// `cumulative_weights[i]`: the weights of `available[..=i]`.
+    pub(crate) cumulative_weights: Vec<u64>,
+}
+
+impl<S> EndpointSet<S> {
+    pub(crate) fn empty() -> Self {
+        Self {
+            available: Vec::new(),
+            cumulative_weights: Vec::new(),
+        }
+    }
+
+    pub(crate) fn new(available: Vec<Endpoint<S>>) -> Self {
+        let mut total = 0u64;
+        let cumulative_weights = available
+            .iter()
+            .map(|e| {
+                total += u64::from(e.stats.instance.weight());
+                total
+            })
+            .collect();
+        Self {
+            available,
+            cumulative_weights,
+        }
+    }
+
+    pub(crate) fn total_weight(&self) -> u64 {
+        self.cumulative_weights.last().copied().unwrap_or(0)
+    }
+}

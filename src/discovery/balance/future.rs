@@ -1,0 +1,122 @@
+//! [`ResponseFuture`]: counts the call in flight on its instance until it
+//! completes or is dropped, then records its latency and outcome.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, ready};
+
+use pin_project_lite::pin_project;
+use tokio::time::Instant;
+
+use crate::classify::Classify;
+use crate::discovery::error::NoHealthyInstance;
+use crate::error::BoxError;
+
+use super::endpoint::EndpointStats;
+
+pin_project! {
+    /// The response future of a [`Balance`](super::Balance): the picked
+    /// instance's response, or [`NoHealthyInstance`] at once.
+    pub struct ResponseFuture<F, C> {
+        #[pin]
+        kind: Kind<F, C>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F, C> {
+        Called { #[pin] future: F, call: Option<InFlight<C>> },
+        NoInstance { error: Option<NoHealthyInstance> },
+    }
+}
+
+/// A call in flight on one instance; dropping it ends the call's count.
+pub(crate) struct InFlight<C> {
+    stats: Arc<EndpointStats>,
+    started: Option<Instant>,
+    classifier: C,
+}
+
+impl<C> InFlight<C> {
+    /// Counts a call on `stats`; `started` when latency is tracked.
+    #[inline]
+    pub(crate) fn start(
+        stats: Arc<EndpointStats>,
+        started: Option<Instant>,
+        classifier: C,
+    ) -> Self {
+        stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        stats.picks.fetch_add(1, Ordering::Relaxed);
+        Self {
+            stats,
+            started,
+            classifier,
+        }
+    }
+}
+
+impl<C> Drop for InFlight<C> {
+    #[inline]
+    fn drop(&mut self) {
+        self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl<F, C> ResponseFuture<F, C> {
+    #[inline]
+    pub(crate) fn called(future: F, call: InFlight<C>) -> Self {
+        Self {
+            kind: Kind::Called {
+                future,
+                call: Some(call),
+            },
+        }
+    }
+
+    pub(crate) fn no_instance(error: NoHealthyInstance) -> Self {
+        Self {
+            kind: Kind::NoInstance { error: Some(error) },
+        }
+    }
+}
+
+impl<F, C, T, E> Future for ResponseFuture<F, C>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+    C: Classify<T, E>,
+{
+    type Output = Result<T, BoxError>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Called { future, call } => {
+                let result = ready!(future.poll(cx));
+                if let Some(call) = call.take() {
+                    if let Some(started) = call.started {
+                        let now = Instant::now();
+                        call.stats
+                            .observe_latency(now.saturating_duration_since(started), now);
+                    }
+                    call.stats.record(call.classifier.classify(result.as_ref()));
+                }
+                Poll::Ready(result.map_err(Into::into))
+            }
+            KindProj::NoInstance { error } => match error.take() {
+                Some(error) => Poll::Ready(Err(error.into())),
+                None => panic!("balance ResponseFuture polled after completion"),
+            },
+        }
+    }
+}
+
+impl<F, C> fmt::Debug for ResponseFuture<F, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,100 @@
+//! What a balancer reports: events and a metrics snapshot.
+
+use std::time::Duration;
+
+use crate::discovery::instance::{InstanceAddress, InstanceId, ServiceName};
+
+/// One thing that happened to a balancer's instances; delivered by
+/// [`Balance::subscribe`](super::Balance::subscribe).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BalanceEvent {
+    /// The balanced service.
+    pub service: ServiceName,
+    /// The instance concerned.
+    pub id: InstanceId,
+    /// What happened.
+    pub kind: BalanceEventKind,
+}
+
+/// The kinds of [`BalanceEvent`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BalanceEventKind {
+    /// A healthy instance appeared and got a client.
+    Added {
+        /// Its address.
+        address: InstanceAddress,
+    },
+    /// An instance changed (address, tags, metadata or weight) and got a
+    /// new client.
+    Updated {
+        /// Its address now.
+        address: InstanceAddress,
+    },
+    /// An instance left (deregistered or unhealthy); its client was dropped.
+    Removed,
+    /// Building the client of a new instance failed; it is left out and
+    /// built again after a backoff (100 ms doubling to 30 s, full jitter)
+    /// or when the registry next reports it.
+    MakeFailed {
+        /// Why.
+        error: String,
+    },
+    /// Its calls failed `consecutive_failures` times in a row: it is out of
+    /// the picks for `duration`.
+    Ejected {
+        /// How long the ejection lasts.
+        duration: Duration,
+        /// How many times the instance has been ejected, this one included.
+        ejections: u32,
+    },
+    /// It failed `consecutive_failures` times in a row but was not ejected:
+    /// that would have ejected more than `max_ejection_percent`.
+    EjectionSkipped {
+        /// Instances ejected at the time.
+        ejected: usize,
+        /// Instances known at the time.
+        instances: usize,
+    },
+    /// Its ejection ended: it is picked again.
+    Returned,
+}
+
+/// A snapshot of a balancer, from [`Balance::metrics`](super::Balance::metrics).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct BalanceMetrics {
+    /// The balanced service.
+    pub service: ServiceName,
+    /// Healthy instances known to the balancer.
+    pub instances: usize,
+    /// Instances that calls may be sent to (healthy and not ejected).
+    pub available: usize,
+    /// Instances ejected now.
+    pub ejected: usize,
+    /// Per instance, in id order.
+    pub endpoints: Vec<EndpointMetrics>,
+}
+
+/// One instance in [`BalanceMetrics`].
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct EndpointMetrics {
+    /// The instance's id.
+    pub id: InstanceId,
+    /// Its address.
+    pub address: InstanceAddress,
+    /// Calls picked for it and not yet completed or dropped.
+    pub in_flight: usize,
+    /// Calls picked for it since it was added.
+    pub picks: u64,
+    /// Its peak-EWMA latency now (decayed; the picker's default RTT until
+    /// measured). Only kept up to date by [`Picker::PeakEwma`](super::Picker::PeakEwma).
+    pub ewma_latency: Duration,
+    /// Failures in a row (with outlier detection).
+    pub consecutive_failures: u32,
+    /// Whether it is ejected now.
+    pub ejected: bool,
+    /// How many times it was ejected.
+    pub ejections: u32,
+}

@@ -1,0 +1,442 @@
+//! The state every clone of a balancer shares: the instances, the set a
+//! pick reads, the watch task that keeps them current, and ejections.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::task::{Context, Waker};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use futures_util::StreamExt;
+use futures_util::future::Either;
+use parking_lot::Mutex;
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+use tower_service::Service;
+
+use crate::discovery::diff::{InstanceChange, SnapshotDiff};
+use crate::discovery::instance::{Instance, InstanceId, ServiceName};
+use crate::discovery::registry::Registry;
+use crate::error::BoxError;
+use crate::events::EventHub;
+use crate::retry::backoff::{Backoff, Jitter};
+use crate::sync::CachePadded;
+
+use super::config::{BalanceConfig, Picker};
+use super::endpoint::{Endpoint, EndpointSet, EndpointStats, OutlierSink};
+use super::metrics::{BalanceEvent, BalanceEventKind, BalanceMetrics, EndpointMetrics};
+
+pub(crate) struct Shared<S> {
+    pub(crate) service: ServiceName,
+    pub(crate) config: BalanceConfig,
+    /// What picks read: swapped whole when membership or ejections change.
+    pub(crate) set: ArcSwap<EndpointSet<S>>,
+    /// The round-robin position.
+    pub(crate) next: CachePadded<AtomicUsize>,
+    /// Every healthy instance, ejected or not; written by the watch task
+    /// and by ejections, under this lock.
+    membership: Mutex<BTreeMap<InstanceId, Endpoint<S>>>,
+    pub(crate) events: EventHub<BalanceEvent>,
+    /// Set once the registry's first answer arrived.
+    initialized: AtomicBool,
+    startup_wakers: Mutex<Vec<Waker>>,
+    task: Mutex<Option<AbortHandle>>,
+    /// The timers that end ejections, aborted with the balancer.
+    ejection_timers: Mutex<Vec<AbortHandle>>,
+    epoch: Instant,
+    this: Weak<Shared<S>>,
+}
+
+enum Membership<S> {
+    Upsert(Instance, S, bool),
+    Remove(Instance),
+}
+
+impl<S> Shared<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    pub(crate) fn new(service: ServiceName, config: BalanceConfig) -> Arc<Self> {
+        Arc::new_cyclic(|this| Self {
+            events: EventHub::new(config.event_capacity),
+            service,
+            config,
+            set: ArcSwap::from_pointee(EndpointSet::empty()),
+            next: CachePadded(AtomicUsize::new(0)),
+            membership: Mutex::new(BTreeMap::new()),
+            initialized: AtomicBool::new(false),
+            startup_wakers: Mutex::new(Vec::new()),
+            task: Mutex::new(None),
+            ejection_timers: Mutex::new(Vec::new()),
+            epoch: Instant::now(),
+            this: this.clone(),
+        })
+    }
+
+    /// Starts watching `registry`, building clients with `make`. Needs a
+    /// tokio runtime.
+    pub(crate) fn start<R, M>(self: &Arc<Self>, registry: &R, make: M)
+    where
+        R: Registry + ?Sized,
+        M: Service<Instance, Response = S> + Send + 'static,
+        M::Error: Into<BoxError>,
+        M::Future: Send,
+    {
+        let stream = registry.watch(self.service.as_str());
+        let task = tokio::spawn(watch(Arc::downgrade(self), stream, make));
+        *self.task.lock() = Some(task.abort_handle());
+    }
+
+    /// Whether the registry answered; registers `cx` to be woken when it
+    /// does.
+    #[inline]
+    pub(crate) fn poll_initialized(&self, cx: &mut Context<'_>) -> bool {
+        if self.initialized.load(Ordering::Acquire) {
+            return true;
+        }
+        let mut wakers = self.startup_wakers.lock();
+        if self.initialized.load(Ordering::Acquire) {
+            return true;
+        }
+        if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
+            wakers.push(cx.waker().clone());
+        }
+        false
+    }
+
+    fn mark_initialized(&self) {
+        if self.initialized.load(Ordering::Acquire) {
+            return;
+        }
+        let wakers = {
+            let mut wakers = self.startup_wakers.lock();
+            self.initialized.store(true, Ordering::Release);
+            std::mem::take(&mut *wakers)
+        };
+        wakers.into_iter().for_each(Waker::wake);
+    }
+
+    fn new_stats(&self, instance: Instance) -> Arc<EndpointStats> {
+        let (default_rtt, decay) = match self.config.picker {
+            Picker::PeakEwma { default_rtt, decay } => (default_rtt, decay),
+            _ => (Duration::from_millis(30), Duration::from_secs(10)),
+        };
+        let threshold = self
+            .config
+            .outlier_detection
+            .map_or(0, |o| o.consecutive_failures);
+        let outliers: Weak<dyn OutlierSink> = self.this.clone();
+        Arc::new(EndpointStats::new(
+            instance,
+            self.epoch,
+            default_rtt,
+            decay,
+            threshold,
+            outliers,
+        ))
+    }
+
+    fn apply(&self, changes: Vec<Membership<S>>) {
+        if changes.is_empty() {
+            return;
+        }
+        let mut membership = self.membership.lock();
+        for change in changes {
+            match change {
+                Membership::Upsert(instance, service, updated) => {
+                    let id = instance.id().clone();
+                    let address = instance.address().clone();
+                    let stats = self.new_stats(instance);
+                    membership.insert(id.clone(), Endpoint { stats, service });
+                    let kind = if updated {
+                        tracing::info!(service = %self.service, %id, %address, "balancer: instance updated");
+                        BalanceEventKind::Updated { address }
+                    } else {
+                        tracing::info!(service = %self.service, %id, %address, "balancer: instance added");
+                        BalanceEventKind::Added { address }
+                    };
+                    self.publish(&id, kind);
+                }
+                Membership::Remove(instance) => {
+                    if membership.remove(instance.id()).is_some() {
+                        tracing::info!(service = %self.service, id = %instance.id(), "balancer: instance removed");
+                        self.publish(instance.id(), BalanceEventKind::Removed);
+                    }
+                }
+            }
+        }
+        self.rebuild(&membership);
+    }
+
+    fn rebuild(&self, membership: &BTreeMap<InstanceId, Endpoint<S>>) {
+        let available = membership
+            .values()
+            .filter(|e| !e.stats.ejected.load(Ordering::Relaxed))
+            .cloned()
+            .collect();
+        self.set.store(Arc::new(EndpointSet::new(available)));
+    }
+
+    fn publish(&self, id: &InstanceId, kind: BalanceEventKind) {
+        self.events.publish_with(|| BalanceEvent {
+            service: self.service.clone(),
+            id: id.clone(),
+            kind,
+        });
+    }
+
+    /// Ends an ejection, if the instance is still the one ejected.
+    fn return_ejected(&self, stats: &Arc<EndpointStats>) {
+        let membership = self.membership.lock();
+        stats.consecutive_failures.store(0, Ordering::Relaxed);
+        stats.ejected.store(false, Ordering::Relaxed);
+        let id = stats.instance.id();
+        if membership
+            .get(id)
+            .is_some_and(|e| Arc::ptr_eq(&e.stats, stats))
+        {
+            self.rebuild(&membership);
+            drop(membership);
+            tracing::info!(service = %self.service, %id, "balancer: ejection over, instance returned");
+            self.publish(id, BalanceEventKind::Returned);
+        }
+    }
+
+    pub(crate) fn metrics(&self) -> BalanceMetrics {
+        let membership = self.membership.lock();
+        let now = Instant::now();
+        let endpoints: Vec<EndpointMetrics> = membership
+            .values()
+            .map(|e| {
+                let s = &e.stats;
+                EndpointMetrics {
+                    id: s.instance.id().clone(),
+                    address: s.instance.address().clone(),
+                    in_flight: s.in_flight(),
+                    picks: s.picks.load(Ordering::Relaxed),
+                    ewma_latency: Duration::from_nanos(s.ewma_ns(now) as u64),
+                    consecutive_failures: s.consecutive_failures.load(Ordering::Relaxed),
+                    ejected: s.ejected.load(Ordering::Relaxed),
+                    ejections: s.ejections.load(Ordering::Relaxed),
+                }
+            })
+            .collect();
+        let ejected = endpoints.iter().filter(|e| e.ejected).count();
+        BalanceMetrics {
+            service: self.service.clone(),
+            instances: endpoints.len(),
+            available: endpoints.len() - ejected,
+            ejected,
+            endpoints,
+        }
+    }
+}
+
+impl<S> OutlierSink for Shared<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    fn consecutive_failures(&self, stats: &EndpointStats) {
+        let Some(outliers) = self.config.outlier_detection else {
+            return;
+        };
+        let membership = self.membership.lock();
+        let id = stats.instance.id();
+        let Some(endpoint) = membership.get(id) else {
+            return;
+        };
+        if !std::ptr::eq(Arc::as_ptr(&endpoint.stats), stats)
+            || stats.ejected.load(Ordering::Relaxed)
+        {
+            return;
+        }
+        let endpoint = endpoint.stats.clone();
+        let instances = membership.len();
+        let ejected = membership
+            .values()
+            .filter(|e| e.stats.ejected.load(Ordering::Relaxed))
+            .count();
+        if (ejected + 1) * 100 > usize::from(outliers.max_ejection_percent) * instances {
+            // Count a fresh run of failures before trying again.
+            stats.consecutive_failures.store(0, Ordering::Relaxed);
+            drop(membership);
+            tracing::debug!(
+                service = %self.service,
+                %id,
+                ejected,
+                instances,
+                "balancer: ejection skipped, max_ejection_percent reached"
+            );
+            self.publish(id, BalanceEventKind::EjectionSkipped { ejected, instances });
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(service = %self.service, %id, "balancer: cannot eject outside a tokio runtime");
+            return;
+        };
+        let ejections = stats.ejections.fetch_add(1, Ordering::Relaxed) + 1;
+        let duration = outliers.ejection_time(ejections);
+        stats.ejected.store(true, Ordering::Relaxed);
+        self.rebuild(&membership);
+        drop(membership);
+        tracing::warn!(
+            service = %self.service,
+            %id,
+            ejections,
+            ejection_ms = duration.as_millis() as u64,
+            "balancer: instance ejected after consecutive failures"
+        );
+        self.publish(
+            id,
+            BalanceEventKind::Ejected {
+                duration,
+                ejections,
+            },
+        );
+        let this = self.this.clone();
+        let timer = runtime.spawn(async move {
+            tokio::time::sleep(duration).await;
+            if let Some(shared) = this.upgrade() {
+                shared.return_ejected(&endpoint);
+            }
+        });
+        let mut timers = self.ejection_timers.lock();
+        timers.retain(|t| !t.is_finished());
+        timers.push(timer.abort_handle());
+    }
+}
+
+impl<S> Drop for Shared<S> {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.get_mut().take() {
+            task.abort();
+        }
+        for timer in self.ejection_timers.get_mut().drain(..) {
+            timer.abort();
+        }
+    }
+}
+
+impl<S> fmt::Debug for Shared<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("service", &self.service)
+            .field("available", &self.set.load().available.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Keeps the balancer's instances in step with the registry until the
+/// balancer is dropped (which aborts this task) or the registry closes.
+async fn watch<S, M>(
+    shared: Weak<Shared<S>>,
+    mut stream: crate::discovery::WatchStream,
+    mut make: M,
+) where
+    S: Clone + Send + Sync + 'static,
+    M: Service<Instance, Response = S>,
+    M::Error: Into<BoxError>,
+{
+    let mut diff = SnapshotDiff::new();
+    // The last snapshot, replayed after a backoff when a client could not
+    // be built, so that an instance the registry keeps reporting unchanged
+    // is tried again.
+    let mut last: Vec<Instance> = Vec::new();
+    let backoff = make_retry_backoff();
+    let mut delays = backoff.as_ref().map(|b| b.delays());
+    let mut retry_at: Option<Instant> = None;
+    loop {
+        let item = match retry_at {
+            None => stream.next().await,
+            Some(at) => {
+                let sleep = std::pin::pin!(tokio::time::sleep_until(at));
+                match futures_util::future::select(stream.next(), sleep).await {
+                    Either::Left((item, _)) => item,
+                    Either::Right(((), _)) => Some(Ok(last.clone())),
+                }
+            }
+        };
+        let Some(item) = item else { break };
+        let snapshot = match item {
+            Ok(snapshot) => snapshot,
+            Err(error) => {
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
+                tracing::warn!(service = %shared.service, %error, "balancer: registry watch error; keeping the last instances");
+                shared.mark_initialized();
+                continue;
+            }
+        };
+        last.clone_from(&snapshot);
+        let mut changes = Vec::new();
+        let mut make_failed = false;
+        for change in diff.apply(snapshot) {
+            let updated = matches!(change, InstanceChange::Updated(_));
+            match change {
+                InstanceChange::Added(instance) | InstanceChange::Updated(instance) => {
+                    match make_client(&mut make, instance.clone()).await {
+                        Ok(client) => changes.push(Membership::Upsert(instance, client, updated)),
+                        Err(error) => {
+                            make_failed = true;
+                            if let Some(shared) = shared.upgrade() {
+                                tracing::warn!(service = %shared.service, id = %instance.id(), %error, "balancer: building the instance's client failed; will retry");
+                                shared.publish(
+                                    instance.id(),
+                                    BalanceEventKind::MakeFailed {
+                                        error: error.to_string(),
+                                    },
+                                );
+                            }
+                            // Forget it, so that a replayed or new snapshot adds it again.
+                            diff.apply_change(InstanceChange::Removed(instance.clone()));
+                            changes.push(Membership::Remove(instance));
+                        }
+                    }
+                }
+                InstanceChange::Removed(instance) => changes.push(Membership::Remove(instance)),
+            }
+        }
+        retry_at = if make_failed {
+            delays
+                .as_mut()
+                .and_then(Iterator::next)
+                .map(|delay| Instant::now() + delay)
+        } else {
+            delays = backoff.as_ref().map(|b| b.delays());
+            None
+        };
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        shared.apply(changes);
+        shared.mark_initialized();
+    }
+    if let Some(shared) = shared.upgrade() {
+        tracing::warn!(service = %shared.service, "balancer: registry closed; keeping the last instances");
+        shared.mark_initialized();
+    }
+}
+
+/// How long to wait before building a failed instance's client again:
+/// 100 ms doubling to 30 s, full jitter.
+fn make_retry_backoff() -> Option<Backoff> {
+    Backoff::exponential(Duration::from_millis(100), 2.0)
+        .max_interval(Duration::from_secs(30))
+        .jitter(Jitter::Full)
+        .build()
+        .ok()
+}
+
+async fn make_client<M>(make: &mut M, instance: Instance) -> Result<M::Response, BoxError>
+where
+    M: Service<Instance>,
+    M::Error: Into<BoxError>,
+{
+    futures_util::future::poll_fn(|cx| make.poll_ready(cx))
+        .await
+        .map_err(Into::into)?;
+    make.call(instance).await.map_err(Into::into)
+}
