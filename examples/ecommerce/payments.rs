@@ -1,7 +1,5 @@
-//! A stand-in payments service that can be made to fail, as a `tower::Service`.
-//!
-//! The full e-commerce system replaces this with a real service with its own
-//! database; for now it lets the example show a breaker tripping and recovering.
+//! A stand-in payments service instance that can be made to fail, as a
+//! `tower::Service`; the example runs two of them behind a balancer.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -24,6 +22,8 @@ pub struct Charge {
 pub struct Receipt {
     pub payment_id: u64,
     pub order_id: u64,
+    /// The instance that took the payment.
+    pub instance: Arc<str>,
 }
 
 /// Why a charge failed.
@@ -33,22 +33,27 @@ pub enum PaymentError {
     Unavailable,
 }
 
-/// Shared switches of the simulated provider.
-#[derive(Clone, Default)]
+/// One instance of the simulated provider, with its switches.
+#[derive(Clone)]
 pub struct Payments {
+    instance: Arc<str>,
     down: Arc<AtomicBool>,
     next_id: Arc<AtomicU64>,
-    pub calls_received: Arc<AtomicU64>,
 }
 
 impl Payments {
+    /// An instance named `instance` (its id in the registry).
+    pub fn new(instance: &str) -> Self {
+        Self {
+            instance: instance.into(),
+            down: Arc::default(),
+            next_id: Arc::default(),
+        }
+    }
+
     /// Makes every following call fail (or succeed again).
     pub fn set_down(&self, down: bool) {
         self.down.store(down, Ordering::SeqCst);
-    }
-
-    pub fn calls_received(&self) -> u64 {
-        self.calls_received.load(Ordering::SeqCst)
     }
 }
 
@@ -62,7 +67,6 @@ impl Service<Charge> for Payments {
     }
 
     fn call(&mut self, charge: Charge) -> Self::Future {
-        self.calls_received.fetch_add(1, Ordering::SeqCst);
         tracing::debug!(
             order = charge.order_id,
             amount_cents = charge.amount_cents,
@@ -70,6 +74,7 @@ impl Service<Charge> for Payments {
         );
         let down = self.down.load(Ordering::SeqCst);
         let payment_id = self.next_id.fetch_add(1, Ordering::SeqCst) + 1;
+        let instance = Arc::clone(&self.instance);
         Box::pin(async move {
             // A provider that is down makes callers wait before failing.
             tokio::time::sleep(Duration::from_millis(if down { 20 } else { 2 })).await;
@@ -79,6 +84,7 @@ impl Service<Charge> for Payments {
                 Ok(Receipt {
                     payment_id,
                     order_id: charge.order_id,
+                    instance,
                 })
             }
         })
