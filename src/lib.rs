@@ -12,6 +12,7 @@
 //! | [`clock`] | Choose how calls are timed: exact or coarse and cheap. |
 //! | [`events`] | Subscribe to what a layer does. |
 //! | [`retry`] | Retry failed calls with backoff, jitter and a retry budget. |
+//! | [`saga`] | Run multi-service transactions as sagas that survive crashes. |
 //!
 //! An ordered resilience pipeline, service discovery with load balancing
 //! and a durable saga executor are next; they follow the same conventions.
@@ -64,6 +65,8 @@
 //!   gRPC `grpc-status`, built on tower-http's `classify` module; the HTTP
 //!   retry policy (`Retry-After`, idempotency guard) and request-body
 //!   buffering for retries.
+//! * `sqlite` (default): the SQLite saga log (`saga::SqliteLog`), with a
+//!   bundled SQLite.
 
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
@@ -76,6 +79,7 @@ pub mod clock;
 pub mod error;
 pub mod events;
 pub mod retry;
+pub mod saga;
 mod sync;
 
 pub use crate::error::{BoxError, ConfigError, find_cause, is_caused_by};
