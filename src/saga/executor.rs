@@ -1,0 +1,1107 @@
+//! Runs sagas: forward through their steps, backward through their
+//! compensations, recording each move in the log first.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::oneshot;
+use tokio::task::{AbortHandle, JoinSet};
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::codec::{Codec, CodecError, JsonCodec};
+use super::context::{CallKind, StepContext};
+use super::definition::{Attempts, SagaDefinition, Step, StepError, StepTimedOut};
+use super::error::SagaError;
+use super::event::{Counters, SagaEvent, SagaEventKind, SagaMetrics, bump};
+use super::id::{OwnerId, SagaId};
+use super::log::{ClaimedSaga, Lease, LogError, NewSaga, SagaLog, SagaSummary};
+use super::progress::Progress;
+use super::record::{FinishedOutcome, LoggedRecord, RecordKind, SagaState, StepEffect};
+use crate::error::{BoxError, ConfigError};
+use crate::events::{EventHub, EventStream, check_event_capacity};
+
+const COMPONENT: &str = "saga executor";
+
+/// How a saga ended.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum SagaOutcome<C = JsonCodec> {
+    /// Every step completed; their outputs.
+    Completed(SagaOutput<C>),
+    /// A step failed and every step that may have had an effect was
+    /// compensated.
+    Compensated(SagaFailure),
+    /// A compensation ran out of attempts; an operator must
+    /// [`retry_stuck`](SagaExecutor::retry_stuck) or
+    /// [`abandon`](SagaExecutor::abandon) the saga.
+    Stuck(SagaFailure),
+}
+
+impl<C> SagaOutcome<C> {
+    /// The saga's state for this outcome.
+    pub fn state(&self) -> SagaState {
+        match self {
+            SagaOutcome::Completed(_) => SagaState::Completed,
+            SagaOutcome::Compensated(_) => SagaState::Compensated,
+            SagaOutcome::Stuck(_) => SagaState::Stuck,
+        }
+    }
+}
+
+/// The step and error behind a compensated or stuck saga.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SagaFailure {
+    /// The step whose action (compensated) or compensation (stuck) failed.
+    pub step: String,
+    /// Its error, as text.
+    pub error: String,
+}
+
+/// The outputs of a completed saga's steps.
+pub struct SagaOutput<C = JsonCodec> {
+    outputs: HashMap<String, Vec<u8>>,
+    codec: Arc<C>,
+}
+
+impl<C> fmt::Debug for SagaOutput<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut steps: Vec<&String> = self.outputs.keys().collect();
+        steps.sort();
+        f.debug_struct("SagaOutput").field("steps", &steps).finish()
+    }
+}
+
+impl<C: Codec> SagaOutput<C> {
+    /// The output of `step`, decoded.
+    pub fn get<T: serde::de::DeserializeOwned>(&self, step: &str) -> Result<T, CodecError> {
+        match self.outputs.get(step) {
+            Some(bytes) => self.codec.decode(bytes),
+            None => Err(CodecError::msg(format!("step `{step}` has no output"))),
+        }
+    }
+
+    /// The encoded output of `step`.
+    pub fn raw(&self, step: &str) -> Option<&[u8]> {
+        self.outputs.get(step).map(Vec::as_slice)
+    }
+}
+
+/// A running saga; await its outcome with [`outcome`](Self::outcome).
+///
+/// Dropping the handle does not stop the saga.
+pub struct SagaHandle<C = JsonCodec> {
+    id: SagaId,
+    result: oneshot::Receiver<Result<SagaOutcome<C>, SagaError>>,
+}
+
+impl<C> fmt::Debug for SagaHandle<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SagaHandle").field("id", &self.id).finish()
+    }
+}
+
+impl<C> SagaHandle<C> {
+    /// The saga's id.
+    pub fn id(&self) -> SagaId {
+        self.id
+    }
+
+    /// Waits for the saga to end. [`SagaError::Interrupted`] if the
+    /// executor was shut down first, [`SagaError::LeaseLost`] if another
+    /// executor took it over, [`SagaError::Log`] if the log failed (the
+    /// saga is resumed by the next recovery).
+    pub async fn outcome(self) -> Result<SagaOutcome<C>, SagaError> {
+        let id = self.id;
+        self.result
+            .await
+            .unwrap_or(Err(SagaError::Interrupted { saga: id }))
+    }
+}
+
+/// What [`SagaExecutor::recover`] found.
+#[derive(Debug)]
+pub struct Recovery<C = JsonCodec> {
+    /// The sagas taken over and being driven again.
+    pub resumed: Vec<SagaHandle<C>>,
+    /// The sagas that could not be resumed, with why (a corrupt record, a
+    /// version mismatch, an unknown definition). They stay in the log.
+    pub failed: Vec<(SagaId, SagaError)>,
+}
+
+/// Builds a [`SagaExecutor`].
+pub struct SagaExecutorBuilder<Ctx, C = JsonCodec> {
+    ctx: Arc<Ctx>,
+    log: Arc<dyn SagaLog>,
+    codec: C,
+    owner: Option<String>,
+    lease_ttl: Duration,
+    event_capacity: usize,
+}
+
+impl<Ctx, C: fmt::Debug> fmt::Debug for SagaExecutorBuilder<Ctx, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SagaExecutorBuilder")
+            .field("log", &self.log)
+            .field("codec", &self.codec)
+            .field("owner", &self.owner)
+            .field("lease_ttl", &self.lease_ttl)
+            .field("event_capacity", &self.event_capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<Ctx, C> SagaExecutorBuilder<Ctx, C> {
+    /// The name this executor holds leases under (default: `"palisade"`
+    /// and the process id). Restarted under the same name, it takes back
+    /// its sagas at once; concurrent executors need different names.
+    pub fn owner(mut self, owner: impl Into<String>) -> Self {
+        self.owner = Some(owner.into());
+        self
+    }
+
+    /// How long a lease lasts without renewal (default 30 s, at least
+    /// 10 ms). Leases are renewed every third of it while a saga runs.
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = ttl;
+        self
+    }
+
+    /// Events buffered per subscriber (default 1024).
+    pub fn event_capacity(mut self, capacity: usize) -> Self {
+        self.event_capacity = capacity;
+        self
+    }
+
+    /// Encodes inputs and outputs with `codec` instead of JSON.
+    pub fn codec<C2: Codec>(self, codec: C2) -> SagaExecutorBuilder<Ctx, C2> {
+        SagaExecutorBuilder {
+            ctx: self.ctx,
+            log: self.log,
+            codec,
+            owner: self.owner,
+            lease_ttl: self.lease_ttl,
+            event_capacity: self.event_capacity,
+        }
+    }
+
+    /// Validates the settings and builds the executor. Call
+    /// [`register`](SagaExecutor::register) and
+    /// [`recover`](SagaExecutor::recover) next.
+    pub fn build(self) -> Result<SagaExecutor<Ctx, C>, ConfigError> {
+        let owner = match self.owner {
+            Some(owner) => OwnerId::new(owner)?,
+            None => OwnerId::new(format!("palisade-{}", std::process::id()))?,
+        };
+        if self.lease_ttl < Duration::from_millis(10) {
+            return Err(ConfigError::new(
+                COMPONENT,
+                "lease_ttl",
+                format!("must be at least 10ms, got {:?}", self.lease_ttl),
+            ));
+        }
+        check_event_capacity(COMPONENT, self.event_capacity)?;
+        Ok(SagaExecutor {
+            shared: Arc::new(Shared {
+                ctx: self.ctx,
+                codec: Arc::new(self.codec),
+                log: self.log,
+                owner,
+                lease_ttl: self.lease_ttl,
+                definitions: RwLock::new(HashMap::new()),
+                events: EventHub::new(self.event_capacity),
+                counters: Counters::default(),
+            }),
+            tasks: Arc::new(Tasks::default()),
+        })
+    }
+}
+
+struct Shared<Ctx, C> {
+    ctx: Arc<Ctx>,
+    codec: Arc<C>,
+    log: Arc<dyn SagaLog>,
+    owner: OwnerId,
+    lease_ttl: Duration,
+    definitions: RwLock<HashMap<String, SagaDefinition<Ctx, C>>>,
+    events: EventHub<SagaEvent>,
+    counters: Counters,
+}
+
+/// The drivers of the sagas in flight; aborted when the last executor
+/// clone is dropped.
+#[derive(Debug, Default)]
+struct Tasks {
+    running: Mutex<HashMap<SagaId, (AbortHandle, Lease)>>,
+}
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for (abort, _) in self.running.get_mut().values() {
+            abort.abort();
+        }
+    }
+}
+
+/// Runs sagas and recovers them from a [`SagaLog`] after a crash.
+///
+/// Cheap to clone; clones share one executor. When the last clone is
+/// dropped, the sagas in flight stop where they are (as in a crash) and are
+/// resumed by the next executor that [recovers](Self::recover) the log.
+///
+/// ```
+/// use std::sync::Arc;
+/// use palisade::saga::{MemoryLog, SagaDefinition, SagaExecutor, SagaOutcome, Step, StepContext, StepError};
+///
+/// struct Services;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), palisade::BoxError> {
+/// let definition = SagaDefinition::<Services>::builder("greet", 1)
+///     .step(Step::without_compensation("hello", |_svc, cx: StepContext| async move {
+///         let name: String = cx.input()?;
+///         Ok::<_, StepError>(format!("hello {name}"))
+///     }))
+///     .build()?;
+/// let executor = SagaExecutor::builder(Services, MemoryLog::new()).build()?;
+/// let handle = executor.start(&definition, "ada").await?;
+/// match handle.outcome().await? {
+///     SagaOutcome::Completed(output) => assert_eq!(output.get::<String>("hello")?, "hello ada"),
+///     other => panic!("{other:?}"),
+/// }
+/// # Ok(())
+/// # }
+/// ```
+pub struct SagaExecutor<Ctx, C = JsonCodec> {
+    shared: Arc<Shared<Ctx, C>>,
+    tasks: Arc<Tasks>,
+}
+
+impl<Ctx, C> Clone for SagaExecutor<Ctx, C> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+            tasks: Arc::clone(&self.tasks),
+        }
+    }
+}
+
+impl<Ctx, C: fmt::Debug> fmt::Debug for SagaExecutor<Ctx, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SagaExecutor")
+            .field("owner", &self.shared.owner)
+            .field("log", &self.shared.log)
+            .field("codec", &self.shared.codec)
+            .field("in_flight", &self.tasks.running.lock().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<Ctx: Send + Sync + 'static> SagaExecutor<Ctx, JsonCodec> {
+    /// Starts building an executor over your services (`ctx`, shared by
+    /// every step) and a log.
+    pub fn builder(ctx: impl Into<Arc<Ctx>>, log: impl SagaLog) -> SagaExecutorBuilder<Ctx> {
+        SagaExecutorBuilder {
+            ctx: ctx.into(),
+            log: Arc::new(log),
+            codec: JsonCodec,
+            owner: None,
+            lease_ttl: Duration::from_secs(30),
+            event_capacity: 1024,
+        }
+    }
+}
+
+impl<Ctx, C> SagaExecutor<Ctx, C>
+where
+    Ctx: Send + Sync + 'static,
+    C: Codec,
+{
+    /// Makes `definition` known for [`recover`](Self::recover),
+    /// replacing one of the same name. ([`start`](Self::start) registers
+    /// its definition too.)
+    pub fn register(&self, definition: &SagaDefinition<Ctx, C>) {
+        self.shared
+            .definitions
+            .write()
+            .insert(definition.name().to_owned(), definition.clone());
+    }
+
+    /// Starts a saga with a new random id; see [`start_with_id`](Self::start_with_id).
+    pub async fn start<I: serde::Serialize + ?Sized>(
+        &self,
+        definition: &SagaDefinition<Ctx, C>,
+        input: &I,
+    ) -> Result<SagaHandle<C>, SagaError> {
+        self.start_with_id(SagaId::random(), definition, input)
+            .await
+    }
+
+    /// Starts saga `id`: encodes the input, records the saga's creation
+    /// (durably, for a durable log), then drives it in a task on the
+    /// current tokio runtime. [`LogError::AlreadyExists`] if the id is
+    /// used, which makes starts idempotent when the id is derived from the
+    /// request. Registers the definition.
+    pub async fn start_with_id<I: serde::Serialize + ?Sized>(
+        &self,
+        id: SagaId,
+        definition: &SagaDefinition<Ctx, C>,
+        input: &I,
+    ) -> Result<SagaHandle<C>, SagaError> {
+        let input = self.shared.codec.encode(input)?;
+        self.register(definition);
+        let new = NewSaga {
+            id,
+            definition: definition.name().to_owned(),
+            version: definition.version(),
+            input,
+        };
+        let progress = Progress::new(Arc::from(&new.input[..]));
+        let lease = self
+            .shared
+            .log
+            .create(new, &self.shared.owner, self.shared.lease_ttl)
+            .await?;
+        bump(&self.shared.counters.started);
+        tracing::info!(saga = %id, definition = %definition.name(), "saga started");
+        self.publish(id, definition, SagaEventKind::Started);
+        Ok(self.spawn(definition.clone(), lease, progress))
+    }
+
+    /// Takes over every unfinished saga in the log whose lease is free,
+    /// expired or this executor's own (after a restart), and resumes it: a
+    /// step that was started but not completed is run again (with the same
+    /// idempotency key); a saga that was compensating goes on compensating.
+    /// Register every definition first.
+    pub async fn recover(&self) -> Result<Recovery<C>, SagaError> {
+        let claimed = self
+            .shared
+            .log
+            .claim_unfinished(&self.shared.owner, self.shared.lease_ttl, usize::MAX)
+            .await?;
+        let mut recovery = Recovery {
+            resumed: Vec::new(),
+            failed: Vec::new(),
+        };
+        for claim in claimed {
+            let saga = claim.lease.saga;
+            match self.resume(claim, false).await {
+                Ok(handle) => recovery.resumed.push(handle),
+                Err(error) => {
+                    tracing::error!(saga = %saga, %error, "saga cannot be recovered");
+                    recovery.failed.push((saga, error));
+                }
+            }
+        }
+        tracing::info!(
+            resumed = recovery.resumed.len(),
+            failed = recovery.failed.len(),
+            "saga recovery done"
+        );
+        Ok(recovery)
+    }
+
+    /// Tries a stuck saga's compensation again, with a fresh set of
+    /// attempts. [`SagaError::NotStuck`] if it is not stuck.
+    pub async fn retry_stuck(&self, saga: SagaId) -> Result<SagaHandle<C>, SagaError> {
+        let claim = self
+            .shared
+            .log
+            .claim(saga, &self.shared.owner, self.shared.lease_ttl)
+            .await?;
+        self.resume(claim, true).await
+    }
+
+    /// Gives up on a stuck saga: records it as abandoned, leaving its
+    /// remaining compensations undone. [`SagaError::NotStuck`] if it is
+    /// not stuck.
+    pub async fn abandon(&self, saga: SagaId) -> Result<(), SagaError> {
+        let claim = self
+            .shared
+            .log
+            .claim(saga, &self.shared.owner, self.shared.lease_ttl)
+            .await?;
+        if claim.state != SagaState::Stuck {
+            let _ = self.shared.log.release(&claim.lease).await;
+            return Err(SagaError::NotStuck {
+                saga,
+                state: claim.state,
+            });
+        }
+        self.shared
+            .log
+            .append(
+                &claim.lease,
+                RecordKind::SagaFinished {
+                    outcome: FinishedOutcome::Abandoned,
+                },
+            )
+            .await?;
+        bump(&self.shared.counters.abandoned);
+        tracing::warn!(saga = %saga, "stuck saga abandoned by an operator");
+        let definition: Arc<str> = self.definition_name_of(&claim);
+        self.shared.events.publish_with(|| SagaEvent {
+            saga,
+            definition,
+            kind: SagaEventKind::Abandoned,
+        });
+        Ok(())
+    }
+
+    /// The saga's summary (state, owner, epoch, record count) from the log.
+    pub async fn status(&self, saga: SagaId) -> Result<SagaSummary, SagaError> {
+        Ok(self.shared.log.summary(saga).await?)
+    }
+
+    /// Every record of the saga, in order.
+    pub async fn history(&self, saga: SagaId) -> Result<Vec<LoggedRecord>, SagaError> {
+        Ok(self.shared.log.history(saga).await?)
+    }
+
+    /// The sagas in `state`, oldest first.
+    pub async fn list(&self, state: SagaState) -> Result<Vec<SagaSummary>, SagaError> {
+        Ok(self.shared.log.list(Some(state), usize::MAX).await?)
+    }
+
+    /// Subscribes to what happens to this executor's sagas.
+    pub fn subscribe(&self) -> EventStream<SagaEvent> {
+        self.shared.events.subscribe()
+    }
+
+    /// A snapshot of this executor's counters.
+    pub fn metrics(&self) -> SagaMetrics {
+        self.shared.counters.snapshot()
+    }
+
+    /// This executor's lease owner id.
+    pub fn owner(&self) -> &OwnerId {
+        &self.shared.owner
+    }
+
+    /// Stops driving every saga in flight and releases their leases, so
+    /// another executor can take them over at once. Their handles return
+    /// [`SagaError::Interrupted`].
+    pub async fn shutdown(&self) {
+        let running: Vec<(AbortHandle, Lease)> =
+            self.tasks.running.lock().drain().map(|(_, v)| v).collect();
+        for (abort, _) in &running {
+            abort.abort();
+        }
+        for (_, lease) in &running {
+            if let Err(error) = self.shared.log.release(lease).await {
+                tracing::debug!(saga = %lease.saga, %error, "lease not released at shutdown");
+            }
+        }
+    }
+
+    fn definition_name_of(&self, claim: &ClaimedSaga) -> Arc<str> {
+        match &claim.records {
+            Ok(records) => match records.first().map(|r| &r.kind) {
+                Some(RecordKind::SagaCreated { definition, .. }) => Arc::from(definition.as_str()),
+                _ => Arc::from(""),
+            },
+            Err(_) => Arc::from(""),
+        }
+    }
+
+    async fn resume(
+        &self,
+        claim: ClaimedSaga,
+        retry_stuck: bool,
+    ) -> Result<SagaHandle<C>, SagaError> {
+        let lease = claim.lease.clone();
+        let result = self.prepare_resume(claim, retry_stuck).await;
+        match result {
+            Ok((definition, progress)) => {
+                bump(&self.shared.counters.resumed);
+                tracing::info!(saga = %lease.saga, state = %progress.state, epoch = lease.epoch, "saga resumed");
+                self.publish(
+                    lease.saga,
+                    &definition,
+                    SagaEventKind::Resumed {
+                        state: progress.state,
+                    },
+                );
+                Ok(self.spawn(definition, lease, progress))
+            }
+            Err(error) => {
+                if let Err(release) = self.shared.log.release(&lease).await {
+                    tracing::debug!(saga = %lease.saga, %release, "lease not released");
+                }
+                Err(error)
+            }
+        }
+    }
+
+    async fn prepare_resume(
+        &self,
+        claim: ClaimedSaga,
+        retry_stuck: bool,
+    ) -> Result<(SagaDefinition<Ctx, C>, Progress), SagaError> {
+        let saga = claim.lease.saga;
+        let records = claim.records?;
+        let (name, logged) = match records.first().map(|r| &r.kind) {
+            Some(RecordKind::SagaCreated {
+                definition,
+                version,
+                ..
+            }) => (definition.clone(), *version),
+            _ => {
+                return Err(SagaError::Log(LogError::Corrupt {
+                    saga,
+                    seq: Some(0),
+                    detail: "first record is not `saga_created`".into(),
+                }));
+            }
+        };
+        let definition = self
+            .shared
+            .definitions
+            .read()
+            .get(&name)
+            .cloned()
+            .ok_or_else(|| SagaError::UnknownDefinition {
+                saga,
+                definition: name.clone(),
+            })?;
+        if definition.version() != logged {
+            return Err(SagaError::VersionMismatch {
+                saga,
+                definition: name,
+                logged,
+                registered: definition.version(),
+            });
+        }
+        let mut progress =
+            Progress::replay(saga, &records, |step| definition.step(step).is_some())?;
+        if retry_stuck {
+            if progress.state != SagaState::Stuck {
+                return Err(SagaError::NotStuck {
+                    saga,
+                    state: progress.state,
+                });
+            }
+            self.shared
+                .log
+                .append(&claim.lease, RecordKind::StuckRetried)
+                .await?;
+            progress.apply(&RecordKind::StuckRetried);
+        } else if !progress.state.is_active() {
+            return Err(SagaError::InconsistentLog {
+                saga,
+                detail: format!("claimed for recovery while {}", progress.state),
+            });
+        }
+        Ok((definition, progress))
+    }
+
+    fn publish(&self, saga: SagaId, definition: &SagaDefinition<Ctx, C>, kind: SagaEventKind) {
+        self.shared.events.publish_with(|| SagaEvent {
+            saga,
+            definition: Arc::clone(&definition.inner.name),
+            kind,
+        });
+    }
+
+    fn spawn(
+        &self,
+        definition: SagaDefinition<Ctx, C>,
+        lease: Lease,
+        progress: Progress,
+    ) -> SagaHandle<C> {
+        let id = lease.saga;
+        let (tx, rx) = oneshot::channel();
+        let span = tracing::info_span!("saga", saga = %id, definition = %definition.name());
+        let run = Arc::new(Run {
+            shared: Arc::clone(&self.shared),
+            definition,
+            lease: lease.clone(),
+        });
+        let tasks = Arc::downgrade(&self.tasks);
+        // Held across the spawn so the task cannot remove its entry before
+        // it is inserted.
+        let mut running = self.tasks.running.lock();
+        let task = tokio::spawn(
+            async move {
+                let shared = Arc::clone(&run.shared);
+                let in_flight = InFlight::new(&shared.counters);
+                let result = run.drive_with_lease(progress).await;
+                drop(in_flight);
+                if let Some(tasks) = tasks.upgrade() {
+                    tasks.running.lock().remove(&id);
+                }
+                let _ = tx.send(result);
+            }
+            .instrument(span),
+        );
+        running.insert(id, (task.abort_handle(), lease));
+        SagaHandle { id, result: rx }
+    }
+}
+
+struct InFlight<'a>(&'a Counters);
+
+impl<'a> InFlight<'a> {
+    fn new(counters: &'a Counters) -> Self {
+        counters.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(counters)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One saga being driven.
+struct Run<Ctx, C> {
+    shared: Arc<Shared<Ctx, C>>,
+    definition: SagaDefinition<Ctx, C>,
+    lease: Lease,
+}
+
+/// How one step's action ended, after its retries.
+enum ActionEnd {
+    Completed(Vec<u8>),
+    Failed(String),
+}
+
+impl<Ctx, C> Run<Ctx, C>
+where
+    Ctx: Send + Sync + 'static,
+    C: Codec,
+{
+    fn saga(&self) -> SagaId {
+        self.lease.saga
+    }
+
+    fn publish(&self, kind: SagaEventKind) {
+        self.shared.events.publish_with(|| SagaEvent {
+            saga: self.lease.saga,
+            definition: Arc::clone(&self.definition.inner.name),
+            kind,
+        });
+    }
+
+    async fn append(&self, record: RecordKind) -> Result<u64, SagaError> {
+        match self.shared.log.append(&self.lease, record).await {
+            Ok(seq) => Ok(seq),
+            Err(error @ LogError::Fenced { .. }) => Err(self.lease_lost(error)),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    fn lease_lost(&self, error: LogError) -> SagaError {
+        SagaError::LeaseLost {
+            saga: self.saga(),
+            source: error,
+        }
+    }
+
+    /// Drives the saga while renewing its lease every third of its TTL.
+    async fn drive_with_lease(
+        self: Arc<Self>,
+        progress: Progress,
+    ) -> Result<SagaOutcome<C>, SagaError> {
+        let period = self.shared.lease_ttl / 3;
+        let work = Arc::clone(&self).drive(progress);
+        tokio::pin!(work);
+        let mut next_renewal = Instant::now() + period;
+        let result = loop {
+            tokio::select! {
+                result = &mut work => break result,
+                () = tokio::time::sleep_until(next_renewal) => {
+                    next_renewal = Instant::now() + period;
+                    match self.shared.log.renew(&self.lease, self.shared.lease_ttl).await {
+                        Ok(()) => {}
+                        Err(error @ (LogError::Fenced { .. } | LogError::Finished { .. })) => {
+                            break Err(self.lease_lost(error));
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "saga lease not renewed; will try again");
+                        }
+                    }
+                }
+            }
+        };
+        if let Err(SagaError::LeaseLost { .. }) = &result {
+            bump(&self.shared.counters.lease_lost);
+            tracing::warn!(
+                epoch = self.lease.epoch,
+                "saga lease lost; another executor drives it now"
+            );
+            self.publish(SagaEventKind::LeaseLost);
+        }
+        result
+    }
+
+    async fn drive(self: Arc<Self>, mut progress: Progress) -> Result<SagaOutcome<C>, SagaError> {
+        if progress.state == SagaState::Running {
+            self.run_forward(&mut progress).await?;
+        }
+        if progress.state == SagaState::Running {
+            self.append(RecordKind::SagaFinished {
+                outcome: FinishedOutcome::Completed,
+            })
+            .await?;
+            bump(&self.shared.counters.completed);
+            tracing::info!("saga completed");
+            self.publish(SagaEventKind::Completed);
+            return Ok(SagaOutcome::Completed(SagaOutput {
+                outputs: progress.outputs,
+                codec: Arc::clone(&self.shared.codec),
+            }));
+        }
+        self.run_backward(&mut progress).await
+    }
+
+    /// Runs the stages not yet completed. Returns with `progress.state`
+    /// still `Running` when every step completed, `Compensating` when one
+    /// failed for good.
+    async fn run_forward(self: &Arc<Self>, progress: &mut Progress) -> Result<(), SagaError> {
+        let mut past_pivot = false;
+        for stage in &self.definition.inner.stages {
+            let pending: Vec<&Step<Ctx, C>> = stage
+                .steps
+                .iter()
+                .filter(|s| !progress.step(&s.name).completed)
+                .collect();
+            if !pending.is_empty() {
+                let outputs = Arc::new(progress.outputs.clone());
+                let mut members = JoinSet::new();
+                for (index, step) in pending.iter().enumerate() {
+                    let run = Arc::clone(self);
+                    let step = (*step).clone();
+                    let state = progress.step(&step.name);
+                    let input = Arc::clone(&progress.input);
+                    let outputs = Arc::clone(&outputs);
+                    let span = tracing::info_span!("saga_step", step = %step.name);
+                    members.spawn(
+                        async move {
+                            let end = run
+                                .run_action(
+                                    &step,
+                                    state.next_attempt(),
+                                    state.failures,
+                                    past_pivot,
+                                    input,
+                                    outputs,
+                                )
+                                .await;
+                            (index, end)
+                        }
+                        .instrument(span),
+                    );
+                }
+                let mut ends: Vec<Option<ActionEnd>> = pending.iter().map(|_| None).collect();
+                let mut first_error = None;
+                while let Some(joined) = members.join_next().await {
+                    match joined {
+                        Ok((index, Ok(end))) => ends[index] = Some(end),
+                        Ok((_, Err(error))) => {
+                            first_error.get_or_insert(error);
+                        }
+                        Err(join) => {
+                            first_error.get_or_insert(SagaError::InconsistentLog {
+                                saga: self.saga(),
+                                detail: format!("a step task failed: {join}"),
+                            });
+                        }
+                    }
+                }
+                if let Some(error) = first_error {
+                    return Err(error);
+                }
+                for (step, end) in pending.iter().zip(ends) {
+                    let name = &*step.name;
+                    match end {
+                        Some(ActionEnd::Completed(output)) => {
+                            let s = progress.step_mut(name);
+                            s.completed = true;
+                            s.in_flight = false;
+                            progress.outputs.insert(name.to_owned(), output);
+                        }
+                        Some(ActionEnd::Failed(error)) => {
+                            progress.state = SagaState::Compensating;
+                            if progress.failure.is_none() {
+                                progress.failure = Some((name.to_owned(), error));
+                            }
+                        }
+                        None => {}
+                    }
+                }
+                // Which attempts ended unknown is in the log; reload the
+                // effect flags from it so compensation sees them.
+                if progress.state == SagaState::Compensating {
+                    let records = self.shared.log.history(self.saga()).await?;
+                    let failure = progress.failure.clone();
+                    *progress = Progress::replay(self.saga(), &records, |s| {
+                        self.definition.step(s).is_some()
+                    })?;
+                    progress.failure = failure.or(progress.failure.take());
+                    return Ok(());
+                }
+            }
+            if stage.pivot {
+                past_pivot = true;
+            }
+        }
+        Ok(())
+    }
+
+    async fn run_action(
+        &self,
+        step: &Step<Ctx, C>,
+        first_attempt: u32,
+        failures_so_far: u32,
+        past_pivot: bool,
+        input: Arc<[u8]>,
+        outputs: Arc<HashMap<String, Vec<u8>>>,
+    ) -> Result<ActionEnd, SagaError> {
+        let Attempts {
+            backoff,
+            max_attempts,
+            timeout,
+        } = &step.action_attempts;
+        let mut delays = backoff.delays();
+        let mut attempt = first_attempt;
+        let mut failures = failures_so_far;
+        loop {
+            self.append(RecordKind::StepStarted {
+                step: step.name.to_string(),
+                attempt,
+            })
+            .await?;
+            tracing::debug!(step = %step.name, attempt, "step started");
+            self.publish(SagaEventKind::StepStarted {
+                step: Arc::clone(&step.name),
+                attempt,
+            });
+            let call = StepContext {
+                saga: self.saga(),
+                step: Arc::clone(&step.name),
+                kind: CallKind::Action,
+                attempt,
+                input: Arc::clone(&input),
+                outputs: Arc::clone(&outputs),
+                codec: Arc::clone(&self.shared.codec),
+            };
+            let started = Instant::now();
+            let action = (step.action)(Arc::clone(&self.shared.ctx), call);
+            let result = match timeout {
+                Some(limit) => match tokio::time::timeout(*limit, action).await {
+                    Ok(result) => result,
+                    Err(_) => Err(StepError::unknown(StepTimedOut {
+                        step: step.name.to_string(),
+                        timeout: *limit,
+                    })),
+                },
+                None => action.await,
+            };
+            let elapsed = started.elapsed();
+            match result {
+                Ok(output) => {
+                    self.append(RecordKind::StepCompleted {
+                        step: step.name.to_string(),
+                        output: output.clone(),
+                    })
+                    .await?;
+                    bump(&self.shared.counters.steps_completed);
+                    self.shared.counters.record_latency(&step.name, elapsed);
+                    tracing::debug!(step = %step.name, attempt, ?elapsed, "step completed");
+                    self.publish(SagaEventKind::StepCompleted {
+                        step: Arc::clone(&step.name),
+                        elapsed,
+                    });
+                    return Ok(ActionEnd::Completed(output));
+                }
+                Err(error) => {
+                    failures += 1;
+                    let effect = match error {
+                        StepError::NoEffect(_) => StepEffect::NoEffect,
+                        StepError::Unknown(_) => StepEffect::Unknown,
+                    };
+                    let delay = delays.next();
+                    let will_retry = past_pivot || (failures < *max_attempts && delay.is_some());
+                    let text = error.to_string();
+                    self.append(RecordKind::StepFailed {
+                        step: step.name.to_string(),
+                        attempt,
+                        effect,
+                        error: text.clone(),
+                        will_retry,
+                    })
+                    .await?;
+                    bump(&self.shared.counters.step_failures);
+                    tracing::warn!(step = %step.name, attempt, ?effect, will_retry, error = %text, "step failed");
+                    self.publish(SagaEventKind::StepFailed {
+                        step: Arc::clone(&step.name),
+                        attempt,
+                        effect,
+                        will_retry,
+                    });
+                    if !will_retry {
+                        return Ok(ActionEnd::Failed(text));
+                    }
+                    tokio::time::sleep(delay.unwrap_or_else(|| backoff.max_interval())).await;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    /// Compensates, in reverse order, every step that may have had an
+    /// effect and is not compensated yet.
+    async fn run_backward(&self, progress: &mut Progress) -> Result<SagaOutcome<C>, SagaError> {
+        let steps: Vec<&Step<Ctx, C>> = self
+            .definition
+            .inner
+            .stages
+            .iter()
+            .flat_map(|stage| stage.steps.iter())
+            .collect();
+        for step in steps.into_iter().rev() {
+            let state = progress.step(&step.name);
+            if !state.may_have_effect() || state.compensated {
+                continue;
+            }
+            let Some(compensation) = &step.compensation else {
+                continue;
+            };
+            let span = tracing::info_span!("saga_compensation", step = %step.name);
+            let result = self
+                .run_compensation(step, compensation, progress, &state)
+                .instrument(span)
+                .await?;
+            if let Err(error) = result {
+                self.append(RecordKind::SagaStuck {
+                    step: step.name.to_string(),
+                    error: error.clone(),
+                })
+                .await?;
+                bump(&self.shared.counters.stuck);
+                tracing::error!(step = %step.name, %error, "saga stuck: compensation failed");
+                self.publish(SagaEventKind::Stuck {
+                    step: Arc::clone(&step.name),
+                });
+                if let Err(release) = self.shared.log.release(&self.lease).await {
+                    tracing::debug!(%release, "lease of stuck saga not released");
+                }
+                return Ok(SagaOutcome::Stuck(SagaFailure {
+                    step: step.name.to_string(),
+                    error,
+                }));
+            }
+            progress.step_mut(&step.name).compensated = true;
+        }
+        let (step, error) = progress.failure.clone().unwrap_or_default();
+        self.append(RecordKind::SagaFinished {
+            outcome: FinishedOutcome::Compensated {
+                error: error.clone(),
+            },
+        })
+        .await?;
+        bump(&self.shared.counters.compensated);
+        tracing::info!(failed_step = %step, %error, "saga compensated");
+        self.publish(SagaEventKind::Compensated);
+        Ok(SagaOutcome::Compensated(SagaFailure { step, error }))
+    }
+
+    /// Runs one compensation with its retries: `Ok(Err(last error))` when
+    /// it ran out of attempts.
+    async fn run_compensation(
+        &self,
+        step: &Step<Ctx, C>,
+        compensation: &super::definition::UndoFn<Ctx, C>,
+        progress: &Progress,
+        state: &super::progress::StepProgress,
+    ) -> Result<Result<(), String>, SagaError> {
+        let Attempts {
+            backoff,
+            max_attempts,
+            timeout,
+        } = &step.undo_attempts;
+        let mut delays = backoff.delays();
+        let mut attempt = state.next_undo_attempt();
+        let mut failures = state.undo_failures;
+        let outputs = Arc::new(progress.outputs.clone());
+        loop {
+            self.append(RecordKind::CompensationStarted {
+                step: step.name.to_string(),
+                attempt,
+            })
+            .await?;
+            self.publish(SagaEventKind::CompensationStarted {
+                step: Arc::clone(&step.name),
+                attempt,
+            });
+            let call = StepContext {
+                saga: self.saga(),
+                step: Arc::clone(&step.name),
+                kind: CallKind::Compensation,
+                attempt,
+                input: Arc::clone(&progress.input),
+                outputs: Arc::clone(&outputs),
+                codec: Arc::clone(&self.shared.codec),
+            };
+            let started = Instant::now();
+            let undo = compensation(Arc::clone(&self.shared.ctx), call);
+            let result: Result<(), BoxError> = match timeout {
+                Some(limit) => match tokio::time::timeout(*limit, undo).await {
+                    Ok(result) => result,
+                    Err(_) => Err(Box::new(StepTimedOut {
+                        step: step.name.to_string(),
+                        timeout: *limit,
+                    })),
+                },
+                None => undo.await,
+            };
+            match result {
+                Ok(()) => {
+                    self.append(RecordKind::CompensationCompleted {
+                        step: step.name.to_string(),
+                    })
+                    .await?;
+                    bump(&self.shared.counters.compensations_completed);
+                    let elapsed = started.elapsed();
+                    tracing::info!(step = %step.name, attempt, ?elapsed, "step compensated");
+                    self.publish(SagaEventKind::CompensationCompleted {
+                        step: Arc::clone(&step.name),
+                        elapsed,
+                    });
+                    return Ok(Ok(()));
+                }
+                Err(error) => {
+                    failures += 1;
+                    let delay = delays.next();
+                    let will_retry = failures < *max_attempts && delay.is_some();
+                    let text = error.to_string();
+                    self.append(RecordKind::CompensationFailed {
+                        step: step.name.to_string(),
+                        attempt,
+                        error: text.clone(),
+                        will_retry,
+                    })
+                    .await?;
+                    bump(&self.shared.counters.compensation_failures);
+                    tracing::warn!(step = %step.name, attempt, will_retry, error = %text, "compensation failed");
+                    self.publish(SagaEventKind::CompensationFailed {
+                        step: Arc::clone(&step.name),
+                        attempt,
+                        will_retry,
+                    });
+                    if !will_retry {
+                        return Ok(Err(text));
+                    }
+                    tokio::time::sleep(delay.unwrap_or_else(|| backoff.max_interval())).await;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+}
