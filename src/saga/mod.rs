@@ -25,6 +25,11 @@ pub use self::id::{InvalidSagaId, OwnerId, SagaId};
 pub use self::log::{
     BoxFuture, ClaimedSaga, Lease, LogError, MemoryLog, NewSaga, SagaLog, SagaSummary,
 };
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+pub use self::log::{
+    MAX_SQLITE_BATCH, SqliteLog, SqliteLogConfig, SqliteLogConfigBuilder, SqliteSync,
+};
 pub use self::record::{
     FinishedOutcome, LoggedRecord, RecordKind, RecordParts, SagaState, StepEffect,
 };

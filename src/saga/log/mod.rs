@@ -43,8 +43,15 @@ use super::id::{OwnerId, SagaId};
 use super::record::{LoggedRecord, RecordKind, SagaState};
 
 mod memory;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 
 pub use self::memory::MemoryLog;
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+pub use self::sqlite::{
+    MAX_SQLITE_BATCH, SqliteLog, SqliteLogConfig, SqliteLogConfigBuilder, SqliteSync,
+};
 
 /// A boxed, sendable future, as returned by [`SagaLog`] methods.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
