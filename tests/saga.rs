@@ -783,3 +783,64 @@ async fn a_partitioned_executor_is_fenced_off_after_another_takes_its_saga_over(
     assert_eq!(a.metrics().lease_lost, 1);
     assert_eq!(shop.calls().iter().filter(|c| *c == "do:c").count(), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_takeover_loop_adopts_sagas_whose_lease_expired_and_leaves_live_ones_alone() {
+    let shop = Arc::new(Shop::default());
+    let memory = MemoryLog::new();
+    let log = Partitionable {
+        inner: memory.clone(),
+        cut: Arc::default(),
+    };
+    shop.plan("do:b", [Act::Block]);
+    let def = saga(&["a", "b", "c"]);
+    let a = SagaExecutor::builder(Arc::clone(&shop), log.clone())
+        .owner("a")
+        .lease_ttl(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let handle = a.start(&def, &()).await.unwrap();
+    let id = handle.id();
+    while shop.calls().len() < 2 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let b = SagaExecutor::builder(Arc::clone(&shop), memory.clone())
+        .owner("b")
+        .takeover_interval(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    b.register(&def);
+    let mut events = b.subscribe();
+    assert!(b.recover().await.unwrap().resumed.is_empty());
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert_eq!(b.metrics().resumed, 0, "a's lease is renewed");
+
+    *log.cut.lock() = true;
+    let event = tokio::time::timeout(Duration::from_secs(120), async {
+        loop {
+            let event = events.recv().await.unwrap();
+            if event.kind == SagaEventKind::Completed {
+                return event;
+            }
+        }
+    })
+    .await
+    .expect("b finishes the saga");
+    assert_eq!(event.saga, id);
+    assert_eq!(b.metrics().resumed, 1);
+    assert_eq!(b.status(id).await.unwrap().state, SagaState::Completed);
+    shop.release.notify_waiters();
+    assert!(matches!(
+        handle.outcome().await,
+        Err(SagaError::LeaseLost { .. })
+    ));
+}
+
+#[test]
+fn a_too_short_takeover_interval_is_rejected() {
+    let err = SagaExecutor::<Shop>::builder(Shop::default(), MemoryLog::new())
+        .takeover_interval(Duration::from_millis(1))
+        .build()
+        .unwrap_err();
+    assert_eq!(err.field(), "takeover_interval");
+}

@@ -141,6 +141,7 @@ pub struct SagaExecutorBuilder<Ctx, C = JsonCodec> {
     owner: Option<String>,
     lease_ttl: Duration,
     event_capacity: usize,
+    takeover_interval: Option<Duration>,
 }
 
 impl<Ctx, C: fmt::Debug> fmt::Debug for SagaExecutorBuilder<Ctx, C> {
@@ -151,11 +152,21 @@ impl<Ctx, C: fmt::Debug> fmt::Debug for SagaExecutorBuilder<Ctx, C> {
             .field("owner", &self.owner)
             .field("lease_ttl", &self.lease_ttl)
             .field("event_capacity", &self.event_capacity)
+            .field("takeover_interval", &self.takeover_interval)
             .finish_non_exhaustive()
     }
 }
 
 impl<Ctx, C> SagaExecutorBuilder<Ctx, C> {
+    /// After [`recover`](SagaExecutor::recover), look for unfinished sagas
+    /// whose lease expired (their executor died or was cut off) every
+    /// `interval`, and take them over (default: off; at least 10 ms). Turn
+    /// it on when several executors share a log.
+    pub fn takeover_interval(mut self, interval: Duration) -> Self {
+        self.takeover_interval = Some(interval);
+        self
+    }
+
     /// The name this executor holds leases under (default: `"palisade"`
     /// and the process id). Restarted under the same name, it takes back
     /// its sagas at once; concurrent executors need different names.
@@ -186,6 +197,7 @@ impl<Ctx, C> SagaExecutorBuilder<Ctx, C> {
             owner: self.owner,
             lease_ttl: self.lease_ttl,
             event_capacity: self.event_capacity,
+            takeover_interval: self.takeover_interval,
         }
     }
 
@@ -205,6 +217,15 @@ impl<Ctx, C> SagaExecutorBuilder<Ctx, C> {
             ));
         }
         check_event_capacity(COMPONENT, self.event_capacity)?;
+        if let Some(interval) = self.takeover_interval {
+            if interval < Duration::from_millis(10) {
+                return Err(ConfigError::new(
+                    COMPONENT,
+                    "takeover_interval",
+                    format!("must be at least 10ms, got {interval:?}"),
+                ));
+            }
+        }
         Ok(SagaExecutor {
             shared: Arc::new(Shared {
                 ctx: self.ctx,
@@ -212,6 +233,7 @@ impl<Ctx, C> SagaExecutorBuilder<Ctx, C> {
                 log: self.log,
                 owner,
                 lease_ttl: self.lease_ttl,
+                takeover_interval: self.takeover_interval,
                 definitions: RwLock::new(HashMap::new()),
                 events: EventHub::new(self.event_capacity),
                 counters: Counters::default(),
@@ -227,6 +249,7 @@ struct Shared<Ctx, C> {
     log: Arc<dyn SagaLog>,
     owner: OwnerId,
     lease_ttl: Duration,
+    takeover_interval: Option<Duration>,
     definitions: RwLock<HashMap<String, SagaDefinition<Ctx, C>>>,
     events: EventHub<SagaEvent>,
     counters: Counters,
@@ -237,12 +260,16 @@ struct Shared<Ctx, C> {
 #[derive(Debug, Default)]
 struct Tasks {
     running: Mutex<HashMap<SagaId, (AbortHandle, Lease)>>,
+    takeover: Mutex<Option<AbortHandle>>,
 }
 
 impl Drop for Tasks {
     fn drop(&mut self) {
         for (abort, _) in self.running.get_mut().values() {
             abort.abort();
+        }
+        if let Some(takeover) = self.takeover.get_mut() {
+            takeover.abort();
         }
     }
 }
@@ -312,6 +339,7 @@ impl<Ctx: Send + Sync + 'static> SagaExecutor<Ctx, JsonCodec> {
             owner: None,
             lease_ttl: Duration::from_secs(30),
             event_capacity: 1024,
+            takeover_interval: None,
         }
     }
 }
@@ -402,7 +430,81 @@ where
             failed = recovery.failed.len(),
             "saga recovery done"
         );
+        self.start_takeover();
         Ok(recovery)
+    }
+
+    /// How many unfinished sagas one takeover round looks at.
+    const TAKEOVER_BATCH: usize = 1000;
+
+    /// Takes over the unfinished sagas whose lease expired or was released
+    /// and that this executor is not driving; returns their handles.
+    /// Sagas that cannot be resumed are logged and left in the log. Runs
+    /// every [`takeover_interval`](SagaExecutorBuilder::takeover_interval)
+    /// once recovery has run; call it yourself to take over at a time of
+    /// your choosing.
+    pub async fn take_over_expired(&self) -> Result<Vec<SagaHandle<C>>, SagaError> {
+        let mut handles = Vec::new();
+        for state in [SagaState::Running, SagaState::Compensating] {
+            let sagas = self
+                .shared
+                .log
+                .list(Some(state), Self::TAKEOVER_BATCH)
+                .await?;
+            for summary in sagas {
+                if summary.owner.is_some() || self.tasks.running.lock().contains_key(&summary.id) {
+                    continue;
+                }
+                let claim = match self
+                    .shared
+                    .log
+                    .claim(summary.id, &self.shared.owner, self.shared.lease_ttl)
+                    .await
+                {
+                    Ok(claim) => claim,
+                    // Taken or finished meanwhile.
+                    Err(LogError::LeaseHeld { .. } | LogError::Finished { .. }) => continue,
+                    Err(error) => return Err(error.into()),
+                };
+                match self.resume(claim, false).await {
+                    Ok(handle) => handles.push(handle),
+                    Err(error) => {
+                        tracing::error!(saga = %summary.id, %error, "saga cannot be taken over");
+                    }
+                }
+            }
+        }
+        Ok(handles)
+    }
+
+    fn start_takeover(&self) {
+        let Some(interval) = self.shared.takeover_interval else {
+            return;
+        };
+        let mut takeover = self.tasks.takeover.lock();
+        if takeover.is_some() {
+            return;
+        }
+        let shared = Arc::clone(&self.shared);
+        let tasks = Arc::downgrade(&self.tasks);
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                let Some(tasks) = tasks.upgrade() else { return };
+                let executor = SagaExecutor {
+                    shared: Arc::clone(&shared),
+                    tasks,
+                };
+                match executor.take_over_expired().await {
+                    Ok(handles) if !handles.is_empty() => {
+                        tracing::info!(sagas = handles.len(), "sagas taken over");
+                    }
+                    Ok(_) => {}
+                    Err(error) => tracing::warn!(%error, "saga takeover round failed"),
+                }
+            }
+        });
+        *takeover = Some(task.abort_handle());
     }
 
     /// Tries a stuck saga's compensation again, with a fresh set of
