@@ -659,6 +659,8 @@ async fn recovery_reruns_the_interrupted_step_with_the_same_key_and_finishes() {
 struct Partitionable {
     inner: MemoryLog,
     cut: Arc<Mutex<bool>>,
+    /// Appends to refuse with `Unavailable` (without writing), counted down.
+    failing_appends: Arc<Mutex<u32>>,
 }
 
 impl SagaLog for Partitionable {
@@ -678,6 +680,11 @@ impl SagaLog for Partitionable {
         lease: &'a Lease,
         record: RecordKind,
     ) -> BoxFuture<'a, Result<u64, LogError>> {
+        let mut failing = self.failing_appends.lock();
+        if *failing > 0 {
+            *failing -= 1;
+            return Box::pin(async { Err(LogError::unavailable("partitionable", "disk full")) });
+        }
         self.inner.append(lease, record)
     }
     fn renew<'a>(&'a self, lease: &'a Lease, ttl: Duration) -> BoxFuture<'a, Result<(), LogError>> {
@@ -727,6 +734,7 @@ async fn a_partitioned_executor_is_fenced_off_after_another_takes_its_saga_over(
     let log = Partitionable {
         inner: memory.clone(),
         cut: Arc::default(),
+        failing_appends: Arc::default(),
     };
     shop.plan("do:b", [Act::Block]);
     let def = saga(&["a", "b", "c"]);
@@ -791,6 +799,7 @@ async fn a_takeover_loop_adopts_sagas_whose_lease_expired_and_leaves_live_ones_a
     let log = Partitionable {
         inner: memory.clone(),
         cut: Arc::default(),
+        failing_appends: Arc::default(),
     };
     shop.plan("do:b", [Act::Block]);
     let def = saga(&["a", "b", "c"]);
@@ -843,4 +852,68 @@ fn a_too_short_takeover_interval_is_rejected() {
         .build()
         .unwrap_err();
     assert_eq!(err.field(), "takeover_interval");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_saga_stopped_by_a_log_failure_releases_its_lease_and_is_taken_over() {
+    let shop = Arc::new(Shop::default());
+    let log = Partitionable {
+        inner: MemoryLog::new(),
+        cut: Arc::default(),
+        failing_appends: Arc::default(),
+    };
+    let exec = SagaExecutor::builder(Arc::clone(&shop), log.clone())
+        .owner("a")
+        .takeover_interval(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let def = saga(&["a", "b"]);
+    exec.register(&def);
+    exec.recover().await.unwrap();
+    let mut events = exec.subscribe();
+    *log.failing_appends.lock() = 1;
+    let handle = exec.start(&def, &()).await.unwrap();
+    let id = handle.id();
+    assert!(matches!(
+        handle.outcome().await,
+        Err(SagaError::Log(LogError::Unavailable { .. }))
+    ));
+    assert_eq!(exec.status(id).await.unwrap().owner, None, "lease released");
+    let completed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let event = events.recv().await.unwrap();
+            if event.kind == SagaEventKind::Completed {
+                return event.saga;
+            }
+        }
+    })
+    .await
+    .expect("taken over within a few rounds");
+    assert_eq!(completed, id);
+    assert_eq!(shop.calls(), ["do:a", "do:b"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn recovering_a_saga_this_executor_drives_restarts_its_driver() {
+    let shop = Arc::new(Shop::default());
+    shop.plan("do:b", [Act::Block]);
+    let exec = executor(&shop, &MemoryLog::new());
+    let def = saga(&["a", "b"]);
+    let old = exec.start(&def, &()).await.unwrap();
+    while shop.calls().len() < 2 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let mut recovery = exec.recover().await.unwrap();
+    let new = recovery.resumed.pop().expect("taken back");
+    assert_eq!(new.id(), old.id());
+    assert!(matches!(
+        old.outcome().await,
+        Err(SagaError::Interrupted { .. })
+    ));
+    assert!(matches!(
+        new.outcome().await.unwrap(),
+        SagaOutcome::Completed(_)
+    ));
+    assert_eq!(shop.calls(), ["do:a", "do:b", "do:b"]);
+    assert_eq!(exec.metrics().in_flight, 0);
 }

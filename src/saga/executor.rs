@@ -405,6 +405,10 @@ where
     /// step that was started but not completed is run again (with the same
     /// idempotency key); a saga that was compensating goes on compensating.
     /// Register every definition first.
+    ///
+    /// Meant for start-up: a saga this executor is driving is taken back
+    /// too, its driver stopped (its handle returns
+    /// [`SagaError::Interrupted`]) and a new one resumes it from the log.
     pub async fn recover(&self) -> Result<Recovery<C>, SagaError> {
         let claimed = self
             .shared
@@ -724,6 +728,7 @@ where
             lease: lease.clone(),
         });
         let tasks = Arc::downgrade(&self.tasks);
+        let epoch = lease.epoch;
         // Held across the spawn so the task cannot remove its entry before
         // it is inserted.
         let mut running = self.tasks.running.lock();
@@ -734,13 +739,22 @@ where
                 let result = run.drive_with_lease(progress).await;
                 drop(in_flight);
                 if let Some(tasks) = tasks.upgrade() {
-                    tasks.running.lock().remove(&id);
+                    let mut running = tasks.running.lock();
+                    // Only our own entry: a newer driver of the same saga
+                    // (after `recover`) has a higher epoch.
+                    if running.get(&id).is_some_and(|(_, l)| l.epoch == epoch) {
+                        running.remove(&id);
+                    }
                 }
                 let _ = tx.send(result);
             }
             .instrument(span),
         );
-        running.insert(id, (task.abort_handle(), lease));
+        if let Some((older, _)) = running.insert(id, (task.abort_handle(), lease)) {
+            // `recover` took back a saga this executor was driving: the old
+            // driver is fenced off anyway; stop it now.
+            older.abort();
+        }
         SagaHandle { id, result: rx }
     }
 }
@@ -831,6 +845,14 @@ where
                 }
             }
         };
+        if let Err(SagaError::Log(error)) = &result {
+            // Give the lease up so that a takeover (here or elsewhere) can
+            // resume the saga without waiting for the lease to expire.
+            tracing::warn!(%error, "saga stopped by a log failure; releasing its lease");
+            if let Err(release) = self.shared.log.release(&self.lease).await {
+                tracing::debug!(%release, "lease not released");
+            }
+        }
         if let Err(SagaError::LeaseLost { .. }) = &result {
             bump(&self.shared.counters.lease_lost);
             tracing::warn!(
