@@ -784,7 +784,11 @@ struct Run<Ctx, C> {
 /// How one step's action ended, after its retries.
 enum ActionEnd {
     Completed(Vec<u8>),
-    Failed(String),
+    Failed {
+        error: String,
+        /// Whether any attempt ended with an unknown outcome.
+        unknown: bool,
+    },
 }
 
 impl<Ctx, C> Run<Ctx, C>
@@ -950,7 +954,10 @@ where
                             s.in_flight = false;
                             progress.outputs.insert(name.to_owned(), output);
                         }
-                        Some(ActionEnd::Failed(error)) => {
+                        Some(ActionEnd::Failed { error, unknown }) => {
+                            let s = progress.step_mut(name);
+                            s.in_flight = false;
+                            s.unknown |= unknown;
                             progress.state = SagaState::Compensating;
                             if progress.failure.is_none() {
                                 progress.failure = Some((name.to_owned(), error));
@@ -959,15 +966,7 @@ where
                         None => {}
                     }
                 }
-                // Which attempts ended unknown is in the log; reload the
-                // effect flags from it so compensation sees them.
                 if progress.state == SagaState::Compensating {
-                    let records = self.shared.log.history(self.saga()).await?;
-                    let failure = progress.failure.clone();
-                    *progress = Progress::replay(self.saga(), &records, |s| {
-                        self.definition.step(s).is_some()
-                    })?;
-                    progress.failure = failure.or(progress.failure.take());
                     return Ok(());
                 }
             }
@@ -995,6 +994,7 @@ where
         let mut delays = backoff.delays();
         let mut attempt = first_attempt;
         let mut failures = failures_so_far;
+        let mut unknown = false;
         loop {
             self.append(RecordKind::StepStarted {
                 step: step.name.to_string(),
@@ -1050,6 +1050,7 @@ where
                         StepError::NoEffect(_) => StepEffect::NoEffect,
                         StepError::Unknown(_) => StepEffect::Unknown,
                     };
+                    unknown |= effect == StepEffect::Unknown;
                     let delay = delays.next();
                     let will_retry = past_pivot || (failures < *max_attempts && delay.is_some());
                     let text = error.to_string();
@@ -1070,7 +1071,10 @@ where
                         will_retry,
                     });
                     if !will_retry {
-                        return Ok(ActionEnd::Failed(text));
+                        return Ok(ActionEnd::Failed {
+                            error: text,
+                            unknown,
+                        });
                     }
                     tokio::time::sleep(delay.unwrap_or_else(|| backoff.max_interval())).await;
                     attempt += 1;
