@@ -917,3 +917,44 @@ async fn recovering_a_saga_this_executor_drives_restarts_its_driver() {
     assert_eq!(shop.calls(), ["do:a", "do:b", "do:b"]);
     assert_eq!(exec.metrics().in_flight, 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_stage_member_stops_retrying_once_another_member_failed_for_good() {
+    let shop = Arc::new(Shop::default());
+    let exec = executor(&shop, &MemoryLog::new());
+    shop.plan("do:slow-retry", [Act::Fail(StepEffect::Unknown); 5]);
+    shop.plan("do:refused", [Act::Fail(StepEffect::NoEffect); 2]);
+    let hourly = Backoff::constant(Duration::from_secs(3600))
+        .max_interval(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let def = SagaDefinition::builder("par", 1)
+        .parallel([
+            step("slow-retry").retry(hourly.clone(), 5),
+            // Fails for good after 10 ms: during slow-retry's hour of waiting.
+            step("refused").retry(fast_backoff(), 2),
+        ])
+        .build()
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let handle = exec.start(&def, &()).await.unwrap();
+    let SagaOutcome::Compensated(failure) = handle.outcome().await.unwrap() else {
+        panic!("not compensated")
+    };
+    assert_eq!(failure.step, "refused");
+    assert!(
+        started.elapsed() < Duration::from_secs(7200),
+        "{:?}",
+        started.elapsed()
+    );
+    // slow-retry tried once (unknown outcome) and is compensated.
+    assert_eq!(
+        shop.calls(),
+        [
+            "do:slow-retry",
+            "do:refused",
+            "do:refused",
+            "undo:slow-retry"
+        ]
+    );
+}

@@ -422,8 +422,9 @@ impl<Ctx, C> SagaDefinitionBuilder<Ctx, C> {
     }
 
     /// Adds a stage whose steps run concurrently. If any of them fails
-    /// (after its retries), the others are awaited and the saga compensates,
-    /// including the stage's completed members.
+    /// (after its retries), the others finish the attempt they are in but
+    /// are not tried again, and the saga compensates, including the
+    /// stage's completed members and those whose outcome is unknown.
     pub fn parallel(mut self, steps: impl IntoIterator<Item = Step<Ctx, C>>) -> Self {
         self.stages.push(Stage {
             steps: steps.into_iter().collect(),

@@ -789,6 +789,11 @@ enum ActionEnd {
         /// Whether any attempt ended with an unknown outcome.
         unknown: bool,
     },
+    /// Stopped retrying because another step of its stage failed for good.
+    Stopped {
+        /// Whether any attempt ended with an unknown outcome.
+        unknown: bool,
+    },
 }
 
 impl<Ctx, C> Run<Ctx, C>
@@ -901,6 +906,8 @@ where
                 .collect();
             if !pending.is_empty() {
                 let outputs = Arc::new(progress.outputs.clone());
+                let (stage_failed, _) = tokio::sync::watch::channel(false);
+                let stage_failed = Arc::new(stage_failed);
                 let mut members = JoinSet::new();
                 for (index, step) in pending.iter().enumerate() {
                     let run = Arc::clone(self);
@@ -908,6 +915,7 @@ where
                     let state = progress.step(&step.name);
                     let input = Arc::clone(&progress.input);
                     let outputs = Arc::clone(&outputs);
+                    let stage_failed = Arc::clone(&stage_failed);
                     let span = tracing::info_span!("saga_step", step = %step.name);
                     members.spawn(
                         async move {
@@ -919,6 +927,7 @@ where
                                     past_pivot,
                                     input,
                                     outputs,
+                                    &stage_failed,
                                 )
                                 .await;
                             (index, end)
@@ -954,6 +963,11 @@ where
                             s.in_flight = false;
                             progress.outputs.insert(name.to_owned(), output);
                         }
+                        Some(ActionEnd::Stopped { unknown }) => {
+                            let s = progress.step_mut(name);
+                            s.in_flight = false;
+                            s.unknown |= unknown;
+                        }
                         Some(ActionEnd::Failed { error, unknown }) => {
                             let s = progress.step_mut(name);
                             s.in_flight = false;
@@ -985,6 +999,7 @@ where
         past_pivot: bool,
         input: Arc<[u8]>,
         outputs: Arc<HashMap<String, Vec<u8>>>,
+        stage_failed: &tokio::sync::watch::Sender<bool>,
     ) -> Result<ActionEnd, SagaError> {
         let Attempts {
             backoff,
@@ -1052,7 +1067,8 @@ where
                     };
                     unknown |= effect == StepEffect::Unknown;
                     let delay = delays.next();
-                    let will_retry = past_pivot || (failures < *max_attempts && delay.is_some());
+                    let will_retry = past_pivot
+                        || (failures < *max_attempts && delay.is_some() && !*stage_failed.borrow());
                     let text = error.to_string();
                     self.append(RecordKind::StepFailed {
                         step: step.name.to_string(),
@@ -1071,12 +1087,24 @@ where
                         will_retry,
                     });
                     if !will_retry {
+                        stage_failed.send_replace(true);
                         return Ok(ActionEnd::Failed {
                             error: text,
                             unknown,
                         });
                     }
-                    tokio::time::sleep(delay.unwrap_or_else(|| backoff.max_interval())).await;
+                    // Wait before the next attempt, unless another step of
+                    // the stage fails for good meanwhile: then the saga
+                    // compensates and this step stops here.
+                    let mut failed = stage_failed.subscribe();
+                    let pause = delay.unwrap_or_else(|| backoff.max_interval());
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => {}
+                        Ok(_) = failed.wait_for(|failed| *failed), if !past_pivot => {
+                            tracing::debug!(step = %step.name, attempt, "retry dropped: another step of the stage failed");
+                            return Ok(ActionEnd::Stopped { unknown });
+                        }
+                    }
                     attempt += 1;
                 }
             }
