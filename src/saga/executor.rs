@@ -922,8 +922,7 @@ where
                             let end = run
                                 .run_action(
                                     &step,
-                                    state.next_attempt(),
-                                    state.failures,
+                                    &state,
                                     past_pivot,
                                     input,
                                     outputs,
@@ -994,8 +993,7 @@ where
     async fn run_action(
         &self,
         step: &Step<Ctx, C>,
-        first_attempt: u32,
-        failures_so_far: u32,
+        so_far: &super::progress::StepProgress,
         past_pivot: bool,
         input: Arc<[u8]>,
         outputs: Arc<HashMap<String, Vec<u8>>>,
@@ -1007,8 +1005,8 @@ where
             timeout,
         } = &step.action_attempts;
         let mut delays = backoff.delays();
-        let mut attempt = first_attempt;
-        let mut failures = failures_so_far;
+        let mut attempt = so_far.next_attempt();
+        let mut failures = so_far.failures;
         let mut unknown = false;
         loop {
             self.append(RecordKind::StepStarted {
