@@ -145,11 +145,13 @@
 mod codec;
 mod context;
 mod definition;
+mod driver;
 mod error;
 mod event;
 mod executor;
 mod id;
 pub mod log;
+mod outcome;
 mod progress;
 mod record;
 
@@ -160,9 +162,7 @@ pub use self::definition::{
 };
 pub use self::error::SagaError;
 pub use self::event::{SagaEvent, SagaEventKind, SagaMetrics, StepLatency};
-pub use self::executor::{
-    Recovery, SagaExecutor, SagaExecutorBuilder, SagaFailure, SagaHandle, SagaOutcome, SagaOutput,
-};
+pub use self::executor::{SagaExecutor, SagaExecutorBuilder};
 pub use self::id::{InvalidSagaId, OwnerId, SagaId};
 pub use self::log::{
     BoxFuture, ClaimedSaga, Lease, LogError, MemoryLog, NewSaga, SagaLog, SagaSummary,
@@ -172,6 +172,7 @@ pub use self::log::{
 pub use self::log::{
     MAX_SQLITE_BATCH, SqliteLog, SqliteLogConfig, SqliteLogConfigBuilder, SqliteSync,
 };
+pub use self::outcome::{Recovery, SagaFailure, SagaHandle, SagaOutcome, SagaOutput};
 pub use self::record::{
     FinishedOutcome, LoggedRecord, RecordKind, RecordParts, SagaState, StepEffect,
 };
