@@ -203,3 +203,98 @@ impl Progress {
         Ok(progress)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+
+    fn record(seq: u64, kind: RecordKind) -> LoggedRecord {
+        LoggedRecord {
+            seq,
+            epoch: 1,
+            at: SystemTime::UNIX_EPOCH,
+            kind,
+        }
+    }
+
+    fn created() -> RecordKind {
+        RecordKind::SagaCreated {
+            definition: "d".into(),
+            version: 1,
+            input: b"7".to_vec(),
+        }
+    }
+
+    fn started(step: &str, attempt: u32) -> RecordKind {
+        RecordKind::StepStarted {
+            step: step.into(),
+            attempt,
+        }
+    }
+
+    fn replay(records: &[LoggedRecord]) -> Result<Progress, SagaError> {
+        Progress::replay(SagaId::from_u128(1), records, |s| s != "unknown")
+    }
+
+    #[test]
+    fn a_missing_record_is_corrupt_not_skipped() {
+        let records = [record(0, created()), record(2, started("a", 1))];
+        let err = replay(&records).unwrap_err();
+        assert!(
+            matches!(err, SagaError::Log(LogError::Corrupt { seq: Some(1), .. })),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn a_log_must_start_with_its_creation_exactly_once() {
+        assert!(matches!(
+            replay(&[record(0, started("a", 1))]),
+            Err(SagaError::Log(LogError::Corrupt { seq: Some(0), .. }))
+        ));
+        assert!(matches!(
+            replay(&[record(0, created()), record(1, created())]),
+            Err(SagaError::Log(LogError::Corrupt { seq: Some(1), .. }))
+        ));
+        assert!(matches!(
+            replay(&[]),
+            Err(SagaError::Log(LogError::Corrupt { seq: None, .. }))
+        ));
+    }
+
+    #[test]
+    fn a_step_the_definition_lacks_is_an_inconsistent_log() {
+        let records = [record(0, created()), record(1, started("unknown", 1))];
+        assert!(matches!(
+            replay(&records),
+            Err(SagaError::InconsistentLog { .. })
+        ));
+    }
+
+    #[test]
+    fn an_interrupted_attempt_is_rerun_under_its_own_number_and_may_have_had_an_effect() {
+        let records = [
+            record(0, created()),
+            record(1, started("a", 1)),
+            record(
+                2,
+                RecordKind::StepFailed {
+                    step: "a".into(),
+                    attempt: 1,
+                    effect: StepEffect::NoEffect,
+                    error: "no".into(),
+                    will_retry: true,
+                },
+            ),
+            record(3, started("a", 2)),
+        ];
+        let progress = replay(&records).unwrap();
+        let a = progress.step("a");
+        assert_eq!((a.next_attempt(), a.failures), (2, 1));
+        assert!(a.may_have_effect());
+        assert_eq!(progress.state, SagaState::Running);
+        assert_eq!(&*progress.input, b"7");
+    }
+}
