@@ -958,3 +958,55 @@ async fn a_stage_member_stops_retrying_once_another_member_failed_for_good() {
         ]
     );
 }
+
+/// JSON behind a one-byte tag: a codec of the user's own.
+#[derive(Debug, Clone, Copy, Default)]
+struct TaggedJson;
+
+impl palisade::saga::Codec for TaggedJson {
+    fn encode<T: serde::Serialize + ?Sized>(
+        &self,
+        value: &T,
+    ) -> Result<Vec<u8>, palisade::saga::CodecError> {
+        let mut bytes = vec![b'T'];
+        bytes.extend(palisade::saga::JsonCodec.encode(value)?);
+        Ok(bytes)
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(
+        &self,
+        bytes: &[u8],
+    ) -> Result<T, palisade::saga::CodecError> {
+        match bytes.split_first() {
+            Some((b'T', rest)) => palisade::saga::JsonCodec.decode(rest),
+            _ => Err(palisade::saga::CodecError::msg("untagged value")),
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn inputs_and_outputs_go_through_the_executors_codec() {
+    let log = MemoryLog::new();
+    let def = SagaDefinition::<Shop, TaggedJson>::builder_with_codec("tagged", 1)
+        .step(Step::without_compensation(
+            "double",
+            |_shop: Arc<Shop>, cx: StepContext<TaggedJson>| async move {
+                Ok::<_, StepError>(cx.input::<u32>()? * 2)
+            },
+        ))
+        .build()
+        .unwrap();
+    let exec = SagaExecutor::builder(Arc::new(Shop::default()), log.clone())
+        .codec(TaggedJson)
+        .build()
+        .unwrap();
+    let handle = exec.start(&def, &21u32).await.unwrap();
+    let id = handle.id();
+    let SagaOutcome::Completed(output) = handle.outcome().await.unwrap() else {
+        panic!("not completed")
+    };
+    assert_eq!(output.get::<u32>("double").unwrap(), 42);
+    assert_eq!(output.raw("double"), Some(&b"T42"[..]));
+    let history = exec.history(id).await.unwrap();
+    assert!(matches!(&history[0].kind, RecordKind::SagaCreated { input, .. } if input == b"T21"));
+}
