@@ -1010,3 +1010,39 @@ async fn inputs_and_outputs_go_through_the_executors_codec() {
     let history = exec.history(id).await.unwrap();
     assert!(matches!(&history[0].kind, RecordKind::SagaCreated { input, .. } if input == b"T21"));
 }
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_releases_leases_so_another_executor_takes_over_at_once() {
+    let shop = Arc::new(Shop::default());
+    let log = MemoryLog::new();
+    shop.plan("do:b", [Act::Block]);
+    let def = saga(&["a", "b"]);
+    let first = SagaExecutor::builder(Arc::clone(&shop), log.clone())
+        .owner("first")
+        .build()
+        .unwrap();
+    let handle = first.start(&def, &()).await.unwrap();
+    let id = handle.id();
+    while shop.calls().len() < 2 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    first.shutdown().await;
+    assert!(matches!(
+        handle.outcome().await,
+        Err(SagaError::Interrupted { .. })
+    ));
+    assert_eq!(first.metrics().in_flight, 0);
+    assert_eq!(first.status(id).await.unwrap().owner, None);
+
+    let second = SagaExecutor::builder(Arc::clone(&shop), log.clone())
+        .owner("second")
+        .build()
+        .unwrap();
+    second.register(&def);
+    let mut recovery = second.recover().await.unwrap();
+    let resumed = recovery.resumed.pop().expect("no wait for lease expiry");
+    assert!(matches!(
+        resumed.outcome().await.unwrap(),
+        SagaOutcome::Completed(_)
+    ));
+}
