@@ -15,8 +15,8 @@
 //! | [`pipeline`] | Stack retry, breaker, rate limiter, timeout and bulkhead in the right order. |
 //! | [`rate_limit`] | Bound how many calls start per period (governor's GCRA). |
 //! | [`retry`] | Retry failed calls with backoff, jitter and a retry budget. |
+//! | [`saga`] | Run multi-service transactions as sagas that survive crashes. |
 //!
-//! A durable saga executor is next; it follows the same conventions.
 //!
 //! ## Conventions
 //!
@@ -68,6 +68,8 @@
 //!   buffering for retries.
 //!   With it, the in-memory discovery registry runs HTTP health checks
 //!   (a hyper client); without it, registering an HTTP check is refused.
+//! * `sqlite` (default): the SQLite saga log (`saga::SqliteLog`), with a
+//!   bundled SQLite.
 
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
@@ -83,6 +85,7 @@ pub mod events;
 pub mod pipeline;
 pub mod rate_limit;
 pub mod retry;
+pub mod saga;
 mod sync;
 
 pub use crate::error::{BoxError, ConfigError, find_cause, is_caused_by};
