@@ -471,3 +471,25 @@ fn config_rejects_a_zero_timeout_and_an_empty_name() {
     let error = Pipeline::builder("").build().unwrap_err();
     assert_eq!(error.field(), "name");
 }
+
+#[test]
+fn pipeline_services_and_futures_are_send_and_sync() {
+    fn send_sync<T: Send + Sync>(_: &T) {}
+    fn future_is_send<S: Service<Reply>>(_: &S)
+    where
+        S::Future: Send,
+    {
+    }
+    let service = Pipeline::builder("s")
+        .retry(retry(2, Duration::from_millis(1)))
+        .circuit_breaker(patient_breaker())
+        .rate_limiter(RateLimiter::new("s", RateLimiterConfig::default()))
+        .timeout(Duration::from_secs(1))
+        .bulkhead(bulkhead(1))
+        .build()
+        .unwrap()
+        .layer(Backend::default());
+    // Shareable as axum state or behind an Arc.
+    send_sync(&service);
+    future_is_send(&service);
+}

@@ -11,12 +11,19 @@
 //!   bounds each attempt with a timeout and caps concurrent charges with a
 //!   bulkhead of five (the seed's separate pool for payments).
 //!
-//! The gateway, users (gRPC), products, inventory and notifications services
-//! and the order saga join as their layers are built.
+//! Then the order saga (create order → payment → reserve inventory →
+//! confirm) runs on the saga executor with its log in an embedded SQLite
+//! file: an order completes, an out-of-stock order is compensated (the
+//! payment refunded, the order cancelled), and an executor that crashes
+//! mid-saga is replaced by one that finishes the saga from the log.
+//!
+//! The gateway, users (gRPC), products and notifications services join as
+//! their layers are built.
 //!
 //! Run it with `cargo run --example ecommerce`. It needs no external server
 //! and finishes in about three seconds.
 
+mod order_saga;
 mod payments;
 
 use std::collections::HashMap;
@@ -183,6 +190,9 @@ async fn main() -> Result<(), BoxError> {
             metrics.state, metrics.failure_rate, metrics.not_permitted_calls
         );
     }
+
+    // The order saga pays through the same pipeline and balancer.
+    order_saga::run(order_saga::PaymentsClient::new(payments)).await?;
     tokio::time::sleep(Duration::from_millis(10)).await; // let the event printers catch up
     Ok(())
 }

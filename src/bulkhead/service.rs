@@ -13,7 +13,7 @@ use super::error::BulkheadFull;
 use super::future::ResponseFuture;
 use super::state::{Bulkhead, BulkheadPermit};
 
-type Acquiring = Pin<Box<dyn Future<Output = Result<BulkheadPermit, BulkheadFull>> + Send>>;
+type Acquiring = Pin<Box<dyn Future<Output = Result<BulkheadPermit, BulkheadFull>> + Send + Sync>>;
 
 enum Admission {
     Idle,
