@@ -43,8 +43,16 @@ use super::id::{OwnerId, SagaId};
 use super::record::{LoggedRecord, RecordKind, SagaState};
 
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
 
 pub use self::memory::MemoryLog;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use self::postgres::{
+    POSTGRES_SCHEMA_VERSION, PostgresConnectError, PostgresLog, PostgresLogConfig,
+    PostgresLogConfigBuilder, PostgresPoolStatus,
+};
 
 /// A boxed, sendable future, as returned by [`SagaLog`] methods.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
