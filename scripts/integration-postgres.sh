@@ -7,6 +7,7 @@
 # PALISADE_POSTGRES_URL, runs the tests and stops the server on exit.
 #
 # Idempotent: nothing outlives the run but the installed package.
+# PALISADE_PG_BENCH=1 also runs the append bench (benches/saga_postgres.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -128,3 +129,6 @@ echo "integration-postgres: server ready at $PALISADE_POSTGRES_URL"
 
 cargo test --features postgres --lib saga::log::postgres
 cargo test --features postgres --test saga_postgres -- --include-ignored
+if [[ "${PALISADE_PG_BENCH:-}" == 1 ]]; then
+    cargo bench --features postgres --bench saga_postgres
+fi
