@@ -55,9 +55,14 @@ fi
 workdir="$(mktemp -d /tmp/palisade-pg.XXXXXX)"
 data="$workdir/data"
 started=""
+# Server commands run from the work directory: the server's user may not
+# be allowed into the current one (a checkout under /root, say).
+as_pg() {
+    (cd "$workdir" && "${run_as[@]}" "$@")
+}
 cleanup() {
     if [[ -n "$started" ]]; then
-        "${run_as[@]}" "$bindir/pg_ctl" -D "$data" -m fast -w -t 30 stop >/dev/null 2>&1 || true
+        as_pg "$bindir/pg_ctl" -D "$data" -m fast -w -t 30 stop >/dev/null 2>&1 || true
     fi
     rm -rf "$workdir"
 }
@@ -67,7 +72,7 @@ if [[ "$(id -u)" == 0 ]]; then
     chown "$pg_user" "$workdir"
 fi
 
-"${run_as[@]}" "$bindir/initdb" -D "$data" --username=palisade --auth=trust \
+as_pg "$bindir/initdb" -D "$data" --username=palisade --auth=trust \
     --encoding=UTF8 --no-locale >"$workdir/initdb.log" 2>&1 \
     || { cat "$workdir/initdb.log"; exit 1; }
 
@@ -81,7 +86,7 @@ port=""
 for _ in $(seq 1 10); do
     candidate=$((20000 + RANDOM % 20000))
     port_in_use "$candidate" && continue
-    if "${run_as[@]}" "$bindir/pg_ctl" -D "$data" -l "$workdir/server.log" -w -t 60 \
+    if as_pg "$bindir/pg_ctl" -D "$data" -l "$workdir/server.log" -w -t 60 \
         -o "-c listen_addresses=127.0.0.1 -p $candidate -c unix_socket_directories=$workdir -c max_connections=200" \
         start >/dev/null; then
         port="$candidate"
