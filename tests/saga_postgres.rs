@@ -882,3 +882,43 @@ async fn killed_connections_fail_as_unavailable_and_the_log_recovers() {
     assert_eq!(appended, Some(1));
     assert_eq!(log.history(id).await.unwrap().len(), 2);
 }
+
+#[tokio::test]
+#[ignore = "needs postgres: scripts/integration-postgres.sh"]
+async fn claim_unfinished_skips_a_saga_locked_by_another_transaction_instead_of_waiting() {
+    let log = fresh().await;
+    let (busy, free) = (SagaId::random(), SagaId::random());
+    for id in [busy, free] {
+        log.create(new_saga(id), &owner("crashed"), Duration::ZERO)
+            .await
+            .unwrap();
+    }
+    // Another executor is in the middle of a transaction on `busy`.
+    let mut other = raw().await;
+    let tx = other.transaction().await.unwrap();
+    tx.execute(
+        &format!(
+            r#"SELECT 1 FROM "{}".sagas WHERE id = $1 FOR UPDATE"#,
+            log.schema()
+        ),
+        &[&busy.to_string()],
+    )
+    .await
+    .unwrap();
+    let claimed = tokio::time::timeout(
+        Duration::from_secs(10),
+        log.claim_unfinished(&owner("b"), LONG, 10),
+    )
+    .await
+    .expect("claim_unfinished waited for a locked row")
+    .unwrap();
+    assert_eq!(
+        claimed.iter().map(|c| c.lease.saga).collect::<Vec<_>>(),
+        [free]
+    );
+    tx.rollback().await.unwrap();
+    let later = log.claim_unfinished(&owner("b"), LONG, 10).await.unwrap();
+    let later: HashSet<SagaId> = later.iter().map(|c| c.lease.saga).collect();
+    // Now unlocked; `free` comes again because b holds its lease.
+    assert_eq!(later, HashSet::from([busy, free]));
+}
