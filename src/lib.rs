@@ -70,6 +70,9 @@
 //!   (a hyper client); without it, registering an HTTP check is refused.
 //! * `sqlite` (default): the SQLite saga log (`saga::SqliteLog`), with a
 //!   bundled SQLite.
+//! * `postgres`: the PostgreSQL saga log (`saga::log::PostgresLog`) that
+//!   several executor processes share, with leases and fencing
+//!   (tokio-postgres and a deadpool connection pool).
 
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]

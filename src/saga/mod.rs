@@ -134,7 +134,9 @@
 //! [`MemoryLog`] keeps records in memory (tests, nothing durable);
 //! `SqliteLog` (feature `sqlite`, on by default) keeps them in a SQLite
 //! file in WAL mode, grouping concurrent appends into one transaction and
-//! acknowledging each only after its commit. Each saga is owned through a
+//! acknowledging each only after its commit; `PostgresLog` (feature
+//! `postgres`) keeps them in PostgreSQL, where several executor processes
+//! share them and take over each other's sagas when a lease expires. Each saga is owned through a
 //! lease whose epoch every append carries, so an executor whose saga was
 //! taken over can no longer write to it ([`LogError::Fenced`]). A log
 //! written by another version of a definition
@@ -171,6 +173,12 @@ pub use self::log::{
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use self::log::{
     MAX_SQLITE_BATCH, SqliteLog, SqliteLogConfig, SqliteLogConfigBuilder, SqliteSync,
+};
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use self::log::{
+    POSTGRES_SCHEMA_VERSION, PostgresConnectError, PostgresLog, PostgresLogConfig,
+    PostgresLogConfigBuilder, PostgresPoolStatus,
 };
 pub use self::outcome::{Recovery, SagaFailure, SagaHandle, SagaOutcome, SagaOutput};
 pub use self::record::{

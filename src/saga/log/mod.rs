@@ -43,10 +43,18 @@ use super::id::{OwnerId, SagaId};
 use super::record::{LoggedRecord, RecordKind, SagaState};
 
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
 pub use self::memory::MemoryLog;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use self::postgres::{
+    POSTGRES_SCHEMA_VERSION, PostgresConnectError, PostgresLog, PostgresLogConfig,
+    PostgresLogConfigBuilder, PostgresPoolStatus,
+};
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use self::sqlite::{

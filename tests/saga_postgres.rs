@@ -1,0 +1,932 @@
+//! The PostgreSQL saga log against a real server.
+//!
+//! Tests that need a server are ignored by default; run them with
+//! `scripts/integration-postgres.sh`, which starts a throwaway server and
+//! sets `PALISADE_POSTGRES_URL`. Each test works in its own fresh schema, so
+//! they run in parallel and may share one database.
+#![cfg(feature = "postgres")]
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use palisade::saga::log::{PostgresConnectError, PostgresLog, PostgresLogConfig};
+use palisade::saga::{
+    FinishedOutcome, Lease, LogError, NewSaga, OwnerId, RecordKind, SagaId, SagaLog, SagaState,
+    StepEffect,
+};
+
+const LONG: Duration = Duration::from_secs(600);
+
+fn url() -> String {
+    std::env::var("PALISADE_POSTGRES_URL")
+        .expect("PALISADE_POSTGRES_URL must name a test database (scripts/integration-postgres.sh)")
+}
+
+fn fresh_schema() -> String {
+    format!("t_{:016x}", rand_u64())
+}
+
+fn rand_u64() -> u64 {
+    SagaId::random().as_u128() as u64
+}
+
+async fn connect(schema: &str) -> PostgresLog {
+    let config = PostgresLogConfig::builder(url())
+        .schema(schema)
+        .max_connections(4)
+        .build()
+        .unwrap();
+    PostgresLog::connect(config).await.unwrap()
+}
+
+/// A log in a new schema.
+async fn fresh() -> PostgresLog {
+    connect(&fresh_schema()).await
+}
+
+/// A plain connection for looking at and damaging the tables.
+async fn raw() -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+fn owner(name: &str) -> OwnerId {
+    OwnerId::new(name).unwrap()
+}
+
+fn new_saga(id: SagaId) -> NewSaga {
+    NewSaga {
+        id,
+        definition: "order".into(),
+        version: 3,
+        input: br#"{"sku":"a-1","qty":2}"#.to_vec(),
+    }
+}
+
+fn started(step: &str) -> RecordKind {
+    RecordKind::StepStarted {
+        step: step.into(),
+        attempt: 1,
+    }
+}
+
+fn failed_for_good(step: &str) -> RecordKind {
+    RecordKind::StepFailed {
+        step: step.into(),
+        attempt: 2,
+        effect: StepEffect::Unknown,
+        error: "timed out".into(),
+        will_retry: false,
+    }
+}
+
+fn finished(outcome: FinishedOutcome) -> RecordKind {
+    RecordKind::SagaFinished { outcome }
+}
+
+// ---------------------------------------------------------------------------
+// Without a server.
+
+#[test]
+fn invalid_settings_are_rejected_naming_the_field() {
+    let field = |b: palisade::saga::log::PostgresLogConfigBuilder| b.build().unwrap_err().field();
+    let url = "postgres://u@127.0.0.1:5432/db";
+    assert_eq!(field(PostgresLogConfig::builder("postgres://[")), "url");
+    assert_eq!(field(PostgresLogConfig::builder("dbname=x")), "url");
+    assert_eq!(field(PostgresLogConfig::builder(url).schema("")), "schema");
+    assert_eq!(
+        field(PostgresLogConfig::builder(url).schema("Bad-Name")),
+        "schema"
+    );
+    assert_eq!(
+        field(PostgresLogConfig::builder(url).schema("pg_catalog")),
+        "schema"
+    );
+    assert_eq!(
+        field(PostgresLogConfig::builder(url).max_connections(0)),
+        "max_connections"
+    );
+    assert_eq!(
+        field(PostgresLogConfig::builder(url).max_connections(1025)),
+        "max_connections"
+    );
+    assert_eq!(
+        field(PostgresLogConfig::builder(url).connect_timeout(Duration::ZERO)),
+        "connect_timeout"
+    );
+    assert_eq!(
+        field(PostgresLogConfig::builder(url).acquire_timeout(Duration::from_secs(7200))),
+        "acquire_timeout"
+    );
+    let config = PostgresLogConfig::builder(url)
+        .schema("orders")
+        .build()
+        .unwrap();
+    assert_eq!((config.schema(), config.max_connections()), ("orders", 8));
+}
+
+#[tokio::test]
+async fn an_unreachable_server_is_reported_as_unavailable() {
+    // Port 1 on the loopback: nothing listens there.
+    let config = PostgresLogConfig::builder("postgres://u@127.0.0.1:1/db")
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let error = PostgresLog::connect(config).await.unwrap_err();
+    assert!(
+        matches!(
+            &error,
+            PostgresConnectError::Unavailable(LogError::Unavailable {
+                backend: "postgres",
+                ..
+            })
+        ),
+        "{error:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// The SagaLog contract.
+
+#[tokio::test]
+#[ignore = "needs postgres: scripts/integration-postgres.sh"]
+async fn records_are_numbered_from_zero_without_gaps_and_the_state_follows_them() {
+    let log = fresh().await;
+    let a = owner("a");
+    let id = SagaId::random();
+    let lease = log.create(new_saga(id), &a, LONG).await.unwrap();
+    assert_eq!(lease.epoch, 1);
+    assert_eq!(log.append(&lease, started("pay")).await.unwrap(), 1);
+    let output = RecordKind::StepCompleted {
+        step: "pay".into(),
+        output: vec![0, 159, 255],
+    };
+    assert_eq!(log.append(&lease, output.clone()).await.unwrap(), 2);
+    assert_eq!(log.summary(id).await.unwrap().state, SagaState::Running);
+    assert_eq!(
+        log.append(&lease, failed_for_good("ship")).await.unwrap(),
+        3
+    );
+    let history = log.history(id).await.unwrap();
+    assert_eq!(
+        history.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        [0, 1, 2, 3]
+    );
+    assert_eq!(history[0].kind, new_saga(id).created_record());
+    assert_eq!(history[2].kind, output);
+    assert_eq!(history[3].kind, failed_for_good("ship"));
+    assert!(history.iter().all(|r| r.epoch == 1));
+    assert!(history.windows(2).all(|w| w[0].at <= w[1].at));
+    let summary = log.summary(id).await.unwrap();
+    assert_eq!(summary.state, SagaState::Compensating);
+    assert_eq!((summary.definition.as_str(), summary.version), ("order", 3));
+    assert_eq!((summary.records, summary.epoch), (4, 1));
+    assert_eq!(summary.owner, Some(a));
+    assert_eq!(summary.updated_at, history[3].at);
+    assert!(summary.created_at <= summary.updated_at);
+}
+
+#[tokio::test]
+#[ignore = "needs postgres: scripts/integration-postgres.sh"]
+async fn creating_a_saga_twice_is_refused_and_leaves_the_first_intact() {
+    let log = fresh().await;
+    let id = SagaId::random();
+    log.create(new_saga(id), &owner("a"), LONG).await.unwrap();
+    let mut other = new_saga(id);
+    other.definition = "refund".into();
+    let again = log.create(other, &owner("b"), LONG).await;
+    assert!(
+        matches!(again, Err(LogError::AlreadyExists { saga }) if saga == id),
+        "{again:?}"
+    );
+    let summary = log.summary(id).await.unwrap();
+    assert_eq!((summary.definition.as_str(), summary.records), ("order", 1));
+    assert_eq!(summary.owner, Some(owner("a")));
+}
+
+#[tokio::test]
+#[ignore = "needs postgres: scripts/integration-postgres.sh"]
+async fn an_append_with_a_stale_epoch_after_a_takeover_is_fenced() {
+    // Two "processes": two logs with their own connection pools.
+    let schema = fresh_schema();
+    let (first, second) = (connect(&schema).await, connect(&schema).await);
+    let (a, b) = (owner("process-a"), owner("process-b"));
+    let id = SagaId::random();
+    let old = first
+        .create(new_saga(id), &a, Duration::ZERO)
+        .await
+        .unwrap();
+    // Expired but nobody claimed it: a may still write.
+    assert_eq!(first.append(&old, started("pay")).await.unwrap(), 1);
+    let claimed = second.claim(id, &b, LONG).await.unwrap();
+    assert_eq!(claimed.lease.epoch, 2);
+    assert_eq!(claimed.state, SagaState::Running);
+    assert_eq!(claimed.records.as_ref().unwrap().len(), 2);
+
+    let late = first.append(&old, started("ship")).await;
+    assert!(
+        matches!(&late, Err(LogError::Fenced { epoch: 1, current: 2, owner, saga }) if *owner == a && *saga == id),
+        "{late:?}"
+    );
+    assert!(matches!(
+        first.renew(&old, LONG).await,
+        Err(LogError::Fenced { .. })
+    ));
+    assert!(matches!(
+        first.release(&old).await,
+        Err(LogError::Fenced { .. })
+    ));
+    // A forged lease with the current epoch but the wrong owner is fenced too.
+    let forged = Lease {
+        saga: id,
+        owner: a.clone(),
+        epoch: 2,
+    };
+    assert!(matches!(
+        first.append(&forged, started("x")).await,
+        Err(LogError::Fenced { .. })
+    ));
+
+    assert_eq!(
+        second
+            .append(&claimed.lease, started("ship"))
+            .await
+            .unwrap(),
+        2
+    );
+    let history = first.history(id).await.unwrap();
+    assert_eq!(
+        history.iter().map(|r| r.epoch).collect::<Vec<_>>(),
+        [1, 1, 2]
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs postgres: scripts/integration-postgres.sh"]
+async fn a_live_lease_of_another_owner_cannot_be_claimed_but_its_owner_takes_it_back() {
+    let log = fresh().await;
+    let (a, b) = (owner("a"), owner("b"));
+    let id = SagaId::random();
+    let lease = log.create(new_saga(id), &a, LONG).await.unwrap();
+    let refused = log.claim(id, &b, LONG).await;
+    assert!(
+        matches!(&refused, Err(LogError::LeaseHeld { owner, .. }) if *owner == a),
+        "{refused:?}"
+    );
+    let again = log.claim(id, &a, LONG).await.unwrap();
+    assert_eq!(again.lease.epoch, lease.epoch + 1);
+    assert!(matches!(
+        log.append(&lease, started("x")).await,
+        Err(LogError::Fenced { .. })
+    ));
+    assert_eq!(log.summary(id).await.unwrap().epoch, 2);
+}
+
+#[tokio::test]
+#[ignore = "needs postgres: scripts/integration-postgres.sh"]
+async fn a_released_lease_is_claimable_and_renewing_needs_the_current_epoch() {
+    let log = fresh().await;
+    let (a, b) = (owner("a"), owner("b"));
+    let id = SagaId::random();
+    let lease = log.create(new_saga(id), &a, LONG).await.unwrap();
+    log.renew(&lease, LONG).await.unwrap();
+    log.release(&lease).await.unwrap();
+    let summary = log.summary(id).await.unwrap();
+    assert_eq!((summary.owner, summary.epoch), (None, 1));
+    let claimed = log.claim(id, &b, LONG).await.unwrap();
+    assert_eq!(claimed.lease.owner, b);
+    assert_eq!(log.summary(id).await.unwrap().owner, Some(b.clone()));
+    log.renew(&claimed.lease, LONG).await.unwrap();
+    assert!(matches!(
+        log.renew(&lease, LONG).await,
+        Err(LogError::Fenced { .. })
+    ));
+}
+
+#[tokio::test]
+#[ignore = "needs postgres: scripts/integration-postgres.sh"]
+async fn a_finished_saga_takes_no_appends_and_no_claims() {
+    let log = fresh().await;
+    let id = SagaId::random();
+    let lease = log
+        .create(new_saga(id), &owner("a"), Duration::ZERO)
+        .await
+        .unwrap();
+    let outcome = FinishedOutcome::Compensated {
+        error: "no stock".into(),
+    };
+    assert_eq!(
+        log.append(&lease, finished(outcome.clone())).await.unwrap(),
+        1
+    );
+    assert_eq!(log.summary(id).await.unwrap().state, SagaState::Compensated);
+    let after = log.append(&lease, RecordKind::StuckRetried).await;
+    assert!(
+        matches!(
+            after,
+            Err(LogError::Finished {
+                state: SagaState::Compensated,
+                ..
+            })
+        ),
+        "{after:?}"
+    );
+    let claim = log.claim(id, &owner("b"), LONG).await;
+    assert!(matches!(claim, Err(LogError::Finished { .. })), "{claim:?}");
+    assert!(
+        log.claim_unfinished(&owner("b"), LONG, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(log.history(id).await.unwrap()[1].kind, finished(outcome));
+}
+
+#[tokio::test]
+#[ignore = "needs postgres: scripts/integration-postgres.sh"]
+async fn claim_unfinished_takes_only_active_sagas_whose_lease_is_released_expired_or_its_own() {
+    let log = fresh().await;
+    let (a, b, c) = (owner("a"), owner("b"), owner("c"));
+    let expired = SagaId::random();
+    log.create(new_saga(expired), &a, Duration::ZERO)
+        .await
+        .unwrap();
+    let compensating = SagaId::random();
+    let l = log
+        .create(new_saga(compensating), &a, Duration::ZERO)
+        .await
+        .unwrap();
+    log.append(&l, failed_for_good("pay")).await.unwrap();
+    let stuck = SagaId::random();
+    let l = log
+        .create(new_saga(stuck), &a, Duration::ZERO)
+        .await
+        .unwrap();
+    log.append(&l, failed_for_good("pay")).await.unwrap();
+    let stuck_record = RecordKind::SagaStuck {
+        step: "pay".into(),
+        error: "refund service down".into(),
+    };
+    log.append(&l, stuck_record).await.unwrap();
+    let done = SagaId::random();
+    let l = log
+        .create(new_saga(done), &a, Duration::ZERO)
+        .await
+        .unwrap();
+    log.append(&l, finished(FinishedOutcome::Completed))
+        .await
+        .unwrap();
+    let released = SagaId::random();
+    let l = log.create(new_saga(released), &a, LONG).await.unwrap();
+    log.release(&l).await.unwrap();
+    let live = SagaId::random();
+    log.create(new_saga(live), &a, LONG).await.unwrap();
+    let own = SagaId::random();
+    log.create(new_saga(own), &c, LONG).await.unwrap();
+
+    let claimed = log.claim_unfinished(&c, LONG, 100).await.unwrap();
+    // Oldest first.
+    let ids: Vec<SagaId> = claimed.iter().map(|c| c.lease.saga).collect();
+    assert_eq!(ids, [expired, compensating, released, own]);
+    for claim in &claimed {
+        assert_eq!(claim.lease.owner, c);
+        assert_eq!(
+            claim.records.as_ref().unwrap()[0].kind,
+            new_saga(claim.lease.saga).created_record()
+        );
+    }
+    assert_eq!(claimed[1].state, SagaState::Compensating);
+    assert_eq!(claimed[1].records.as_ref().unwrap().len(), 2);
+    assert_eq!(claimed[3].lease.epoch, 2);
+    // Leased to c now: b gets none.
+    assert!(
+        log.claim_unfinished(&b, LONG, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // The limit is honoured, oldest first.
+    let (x, y) = (SagaId::random(), SagaId::random());
+    log.create(new_saga(x), &a, Duration::ZERO).await.unwrap();
+    log.create(new_saga(y), &a, Duration::ZERO).await.unwrap();
+    let one = log.claim_unfinished(&b, LONG, 1).await.unwrap();
+    assert_eq!(one.iter().map(|c| c.lease.saga).collect::<Vec<_>>(), [x]);
+    assert!(log.claim_unfinished(&b, LONG, 0).await.unwrap().is_empty());
+    // The stuck saga is left to operators, who claim it by id.
+    assert_eq!(log.summary(stuck).await.unwrap().state, SagaState::Stuck);
+    let operator = log.claim(stuck, &b, LONG).await.unwrap();
+    assert_eq!(operator.state, SagaState::Stuck);
+}
+
+#[tokio::test]
+#[ignore = "needs postgres: scripts/integration-postgres.sh"]
+async fn unknown_sagas_are_not_found() {
+    let log = fresh().await;
+    let id = SagaId::random();
+    assert!(matches!(log.history(id).await, Err(LogError::NotFound { saga }) if saga == id));
+    assert!(matches!(
+        log.summary(id).await,
+        Err(LogError::NotFound { .. })
+    ));
+    assert!(matches!(
+        log.claim(id, &owner("a"), LONG).await,
+        Err(LogError::NotFound { .. })
+    ));
+    let lease = Lease {
+        saga: id,
+        owner: owner("a"),
+        epoch: 1,
+    };
+    assert!(matches!(
+        log.append(&lease, started("x")).await,
+        Err(LogError::NotFound { .. })
+    ));
+    assert!(matches!(
+        log.renew(&lease, LONG).await,
+        Err(LogError::NotFound { .. })
+    ));
+    assert!(matches!(
+        log.release(&lease).await,
+        Err(LogError::NotFound { .. })
+    ));
+}
+
+#[tokio::test]
+#[ignore = "needs postgres: scripts/integration-postgres.sh"]
+async fn list_filters_by_state_oldest_first_and_shows_no_owner_for_expired_leases() {
+    let log = fresh().await;
+    let a = owner("a");
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let id = SagaId::random();
+        let ttl = if i % 2 == 0 { LONG } else { Duration::ZERO };
+        let lease = log.create(new_saga(id), &a, ttl).await.unwrap();
+        if i == 4 {
+            log.append(&lease, failed_for_good("pay")).await.unwrap();
+        }
+        ids.push(id);
+    }
+    let all = log.list(None, 100).await.unwrap();
+    assert_eq!(all.iter().map(|s| s.id).collect::<Vec<_>>(), ids);
+    let owners: Vec<Option<OwnerId>> = all.iter().map(|s| s.owner.clone()).collect();
+    assert_eq!(
+        owners,
+        [
+            Some(a.clone()),
+            None,
+            Some(a.clone()),
+            None,
+            Some(a.clone())
+        ]
+    );
+    let running = log.list(Some(SagaState::Running), 100).await.unwrap();
+    assert_eq!(running.iter().map(|s| s.id).collect::<Vec<_>>(), ids[..4]);
+    let compensating = log.list(Some(SagaState::Compensating), 100).await.unwrap();
+    assert_eq!(
+        compensating.iter().map(|s| s.id).collect::<Vec<_>>(),
+        [ids[4]]
+    );
+    assert_eq!(log.list(None, 2).await.unwrap().len(), 2);
+    assert!(
+        log.list(Some(SagaState::Stuck), 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(log.summary(ids[1]).await.unwrap(), all[1]);
+}
+
+// ---------------------------------------------------------------------------
+// Corrupt records.
+
+async fn damage(log: &PostgresLog, sql: &str, saga: SagaId) {
+    let sql = sql.replace("{schema}", log.schema());
+    let changed = raw()
+        .await
+        .execute(&sql, &[&saga.to_string()])
+        .await
+        .unwrap();
+    assert!(changed > 0, "{sql} changed nothing");
+}
+
+#[tokio::test]
+#[ignore = "needs postgres: scripts/integration-postgres.sh"]
+async fn a_corrupt_record_is_reported_with_its_saga_and_seq_and_never_skipped() {
+    let log = fresh().await;
+    let a = owner("a");
+    let (bad, good) = (SagaId::random(), SagaId::random());
+    for id in [bad, good] {
+        let lease = log.create(new_saga(id), &a, Duration::ZERO).await.unwrap();
+        log.append(&lease, started("pay")).await.unwrap();
+        log.append(&lease, started("ship")).await.unwrap();
+    }
+    // The step's name becomes a number: the body no longer reads back.
+    damage(
+        &log,
+        r#"UPDATE "{schema}".saga_records SET body = '{"step": 5, "attempt": 1}' WHERE saga_id = $1 AND seq = 1"#,
+        bad,
+    )
+    .await;
+    let history = log.history(bad).await;
+    assert!(
+        matches!(&history, Err(LogError::Corrupt { saga, seq: Some(1), .. }) if *saga == bad),
+        "{history:?}"
+    );
+    // One corrupt saga does not keep the others from being claimed.
+    let claimed = log.claim_unfinished(&owner("b"), LONG, 10).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    let of = |id| claimed.iter().find(|c| c.lease.saga == id).unwrap();
+    assert!(
+        matches!(&of(bad).records, Err(LogError::Corrupt { saga, seq: Some(1), .. }) if *saga == bad),
+        "{:?}",
+        of(bad).records
+    );
+    assert_eq!(of(good).records.as_ref().unwrap().len(), 3);
+    // An unknown kind, found by a single claim.
+    damage(
+        &log,
+        r#"UPDATE "{schema}".saga_records SET kind = 'teleported' WHERE saga_id = $1 AND seq = 2"#,
+        good,
+    )
+    .await;
+    let claimed = log.claim(good, &owner("b"), LONG).await.unwrap();
+    let error = claimed.records.unwrap_err();
+    assert!(
+        matches!(&error, LogError::Corrupt { seq: Some(2), detail, .. } if detail.contains("teleported")),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs postgres: scripts/integration-postgres.sh"]
+async fn a_missing_record_is_reported_as_corrupt() {
+    let log = fresh().await;
+    let id = SagaId::random();
+    let lease = log.create(new_saga(id), &owner("a"), LONG).await.unwrap();
+    for step in ["a", "b", "c"] {
+        log.append(&lease, started(step)).await.unwrap();
+    }
+    damage(
+        &log,
+        r#"DELETE FROM "{schema}".saga_records WHERE saga_id = $1 AND seq = 2"#,
+        id,
+    )
+    .await;
+    let gap = log.history(id).await;
+    assert!(
+        matches!(gap, Err(LogError::Corrupt { seq: Some(2), .. })),
+        "{gap:?}"
+    );
+    damage(
+        &log,
+        r#"DELETE FROM "{schema}".saga_records WHERE saga_id = $1 AND seq = 3"#,
+        id,
+    )
+    .await;
+    let short = log.history(id).await;
+    assert!(
+        matches!(short, Err(LogError::Corrupt { seq: Some(2), .. })),
+        "{short:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Several processes.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs postgres: scripts/integration-postgres.sh"]
+async fn two_processes_racing_claim_unfinished_over_200_sagas_never_claim_the_same_saga() {
+    const SAGAS: usize = 200;
+    const WORKERS: usize = 3;
+    let schema = fresh_schema();
+    let setup = connect(&schema).await;
+    let crashed = owner("crashed");
+    let mut all = HashSet::new();
+    for _ in 0..SAGAS {
+        let id = SagaId::random();
+        setup
+            .create(new_saga(id), &crashed, Duration::ZERO)
+            .await
+            .unwrap();
+        all.insert(id);
+    }
+    // Two processes, each with its own pool and several executors.
+    let processes = [
+        Arc::new(connect(&schema).await),
+        Arc::new(connect(&schema).await),
+    ];
+    let mut tasks = Vec::new();
+    for (p, log) in processes.iter().enumerate() {
+        for w in 0..WORKERS {
+            let log = Arc::clone(log);
+            let me = owner(&format!("process-{p}-executor-{w}"));
+            tasks.push(tokio::spawn(async move {
+                let mut mine = Vec::new();
+                loop {
+                    let batch = log.claim_unfinished(&me, LONG, 5).await?;
+                    if batch.is_empty() {
+                        return Ok::<_, LogError>(mine);
+                    }
+                    for claimed in batch {
+                        // Driving the saga to its end: the appends succeed
+                        // only if nobody else claimed it meanwhile.
+                        log.append(&claimed.lease, started("pay")).await?;
+                        log.append(&claimed.lease, finished(FinishedOutcome::Completed))
+                            .await?;
+                        mine.push(claimed.lease);
+                    }
+                }
+            }));
+        }
+    }
+    let mut claims: HashMap<SagaId, Vec<OwnerId>> = HashMap::new();
+    let mut per_executor = Vec::new();
+    for task in tasks {
+        let leases = task.await.unwrap().unwrap();
+        per_executor.push(leases.len());
+        for lease in leases {
+            assert_eq!(lease.epoch, 2);
+            claims.entry(lease.saga).or_default().push(lease.owner);
+        }
+    }
+    let twice: Vec<_> = claims
+        .iter()
+        .filter(|(_, owners)| owners.len() > 1)
+        .collect();
+    assert!(twice.is_empty(), "claimed more than once: {twice:?}");
+    assert_eq!(claims.keys().copied().collect::<HashSet<_>>(), all);
+    let completed = setup.list(Some(SagaState::Completed), 1000).await.unwrap();
+    assert_eq!(completed.len(), SAGAS);
+    for summary in completed {
+        assert_eq!((summary.epoch, summary.records), (2, 3));
+    }
+    eprintln!("sagas claimed per executor: {per_executor:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs postgres: scripts/integration-postgres.sh"]
+async fn processes_racing_to_claim_one_expired_saga_get_it_exactly_once() {
+    let schema = fresh_schema();
+    let setup = connect(&schema).await;
+    for _ in 0..20 {
+        let id = SagaId::random();
+        setup
+            .create(new_saga(id), &owner("crashed"), Duration::ZERO)
+            .await
+            .unwrap();
+        let mut tasks = Vec::new();
+        for p in 0..4 {
+            let log = setup.clone();
+            tasks.push(tokio::spawn(async move {
+                log.claim(id, &owner(&format!("p{p}")), LONG).await
+            }));
+        }
+        let mut won = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(claimed) => {
+                    won += 1;
+                    assert_eq!(claimed.lease.epoch, 2);
+                }
+                Err(LogError::LeaseHeld { .. }) => {}
+                Err(other) => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(won, 1);
+        assert_eq!(setup.summary(id).await.unwrap().epoch, 2);
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs postgres: scripts/integration-postgres.sh"]
+async fn records_survive_reconnecting_and_processes_share_one_new_schema() {
+    let schema = fresh_schema();
+    // Several processes creating the same new schema at once all succeed.
+    let (one, two, three) = tokio::join!(connect(&schema), connect(&schema), connect(&schema));
+    let id = SagaId::random();
+    let lease = one.create(new_saga(id), &owner("a"), LONG).await.unwrap();
+    two.append(&lease, started("pay")).await.unwrap();
+    assert_eq!(three.history(id).await.unwrap().len(), 2);
+    drop((one, two, three));
+    let later = connect(&schema).await;
+    let history = later.history(id).await.unwrap();
+    assert_eq!(history[1].kind, started("pay"));
+}
+
+// ---------------------------------------------------------------------------
+// Clock, schema and connections.
+
+#[tokio::test]
+#[ignore = "needs postgres: scripts/integration-postgres.sh"]
+async fn lease_expiry_is_computed_and_compared_with_the_server_clock() {
+    let log = fresh().await;
+    let a = owner("a");
+    let id = SagaId::random();
+    let lease = log
+        .create(new_saga(id), &a, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let client = raw().await;
+    let left = format!(
+        r#"SELECT extract(epoch FROM lease_expires_at - now())::float8 FROM "{}".sagas WHERE id = $1"#,
+        log.schema()
+    );
+    let seconds: f64 = client
+        .query_one(&left, &[&id.to_string()])
+        .await
+        .unwrap()
+        .get(0);
+    assert!((3590.0..=3600.0).contains(&seconds), "{seconds}");
+    // Move the expiry around the server's now(): the log follows it.
+    let set = format!(
+        r#"UPDATE "{}".sagas SET lease_expires_at = now() + $2::float8 * interval '1 second' WHERE id = $1"#,
+        log.schema()
+    );
+    client
+        .execute(&set, &[&id.to_string(), &-1.0_f64])
+        .await
+        .unwrap();
+    assert_eq!(log.summary(id).await.unwrap().owner, None);
+    client
+        .execute(&set, &[&id.to_string(), &60.0_f64])
+        .await
+        .unwrap();
+    assert_eq!(log.summary(id).await.unwrap().owner, Some(a.clone()));
+    assert!(matches!(
+        log.claim(id, &owner("b"), LONG).await,
+        Err(LogError::LeaseHeld { .. })
+    ));
+    log.renew(&lease, Duration::from_secs(5)).await.unwrap();
+    let seconds: f64 = client
+        .query_one(&left, &[&id.to_string()])
+        .await
+        .unwrap()
+        .get(0);
+    assert!((0.0..=5.0).contains(&seconds), "{seconds}");
+}
+
+#[tokio::test]
+#[ignore = "needs postgres: scripts/integration-postgres.sh"]
+async fn a_schema_of_another_layout_version_is_refused() {
+    let schema = fresh_schema();
+    drop(connect(&schema).await);
+    raw()
+        .await
+        .execute(
+            &format!(r#"UPDATE "{schema}".saga_schema SET version = 99"#),
+            &[],
+        )
+        .await
+        .unwrap();
+    let config = PostgresLogConfig::builder(url())
+        .schema(&schema)
+        .build()
+        .unwrap();
+    let error = PostgresLog::connect(config).await.unwrap_err();
+    assert!(
+        matches!(
+            &error,
+            PostgresConnectError::SchemaVersion {
+                found: 99,
+                supported: 1,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs postgres: scripts/integration-postgres.sh"]
+async fn a_schema_with_foreign_saga_tables_is_refused() {
+    let schema = fresh_schema();
+    raw()
+        .await
+        .batch_execute(&format!(
+            r#"CREATE SCHEMA "{schema}"; CREATE TABLE "{schema}".sagas (id int)"#
+        ))
+        .await
+        .unwrap();
+    let config = PostgresLogConfig::builder(url())
+        .schema(&schema)
+        .build()
+        .unwrap();
+    let error = PostgresLog::connect(config).await.unwrap_err();
+    assert!(
+        matches!(&error, PostgresConnectError::UnknownSchema { .. }),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs postgres: scripts/integration-postgres.sh"]
+async fn a_closed_log_fails_with_closed() {
+    let log = fresh().await;
+    log.close();
+    let result = log.summary(SagaId::random()).await;
+    assert!(
+        matches!(
+            result,
+            Err(LogError::Closed {
+                backend: "postgres"
+            })
+        ),
+        "{result:?}"
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs postgres: scripts/integration-postgres.sh"]
+async fn killed_connections_fail_as_unavailable_and_the_log_recovers() {
+    let app = format!("palisade-test-{:x}", rand_u64());
+    let mut pg: tokio_postgres::Config = url().parse().unwrap();
+    pg.application_name(&app);
+    let config = PostgresLogConfig::builder_from(pg)
+        .schema(fresh_schema())
+        .max_connections(2)
+        .build()
+        .unwrap();
+    let log = PostgresLog::connect(config).await.unwrap();
+    let id = SagaId::random();
+    let lease = log.create(new_saga(id), &owner("a"), LONG).await.unwrap();
+    assert!(log.pool_status().open >= 1);
+    let killed: Vec<tokio_postgres::Row> = raw()
+        .await
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+            &[&app],
+        )
+        .await
+        .unwrap();
+    assert!(!killed.is_empty());
+    // The next operations either fail as unavailable (the dead connection
+    // was used) or succeed on a new one; within a few tries they succeed.
+    let mut appended = None;
+    for _ in 0..10 {
+        match log.append(&lease, started("pay")).await {
+            Ok(seq) => {
+                appended = Some(seq);
+                break;
+            }
+            Err(LogError::Unavailable {
+                backend: "postgres",
+                ..
+            }) => {}
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(appended, Some(1));
+    assert_eq!(log.history(id).await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+#[ignore = "needs postgres: scripts/integration-postgres.sh"]
+async fn claim_unfinished_skips_a_saga_locked_by_another_transaction_instead_of_waiting() {
+    let log = fresh().await;
+    let (busy, free) = (SagaId::random(), SagaId::random());
+    for id in [busy, free] {
+        log.create(new_saga(id), &owner("crashed"), Duration::ZERO)
+            .await
+            .unwrap();
+    }
+    // Another executor is in the middle of a transaction on `busy`.
+    let mut other = raw().await;
+    let tx = other.transaction().await.unwrap();
+    tx.execute(
+        &format!(
+            r#"SELECT 1 FROM "{}".sagas WHERE id = $1 FOR UPDATE"#,
+            log.schema()
+        ),
+        &[&busy.to_string()],
+    )
+    .await
+    .unwrap();
+    let claimed = tokio::time::timeout(
+        Duration::from_secs(10),
+        log.claim_unfinished(&owner("b"), LONG, 10),
+    )
+    .await
+    .expect("claim_unfinished waited for a locked row")
+    .unwrap();
+    assert_eq!(
+        claimed.iter().map(|c| c.lease.saga).collect::<Vec<_>>(),
+        [free]
+    );
+    tx.rollback().await.unwrap();
+    let later = log.claim_unfinished(&owner("b"), LONG, 10).await.unwrap();
+    let later: HashSet<SagaId> = later.iter().map(|c| c.lease.saga).collect();
+    // Now unlocked; `free` comes again because b holds its lease.
+    assert_eq!(later, HashSet::from([busy, free]));
+}
+
+mod saga_log_contract;
+
+#[tokio::test]
+#[ignore = "needs postgres: scripts/integration-postgres.sh"]
+async fn postgres_log_keeps_the_saga_log_contract() {
+    saga_log_contract::all(&fresh().await).await;
+}
