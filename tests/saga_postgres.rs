@@ -930,3 +930,122 @@ mod saga_log_contract;
 async fn postgres_log_keeps_the_saga_log_contract() {
     saga_log_contract::all(&fresh().await).await;
 }
+
+/// Executor-level takeover through PostgreSQL: two executors, each with its
+/// own connection pool (two processes). The first dies in the middle of a
+/// saga (its pool is closed: no renewal, no release); once its lease has
+/// expired on the server's clock, the second one's takeover loop adopts the
+/// saga and finishes it, and every step's action ran exactly as often as the
+/// idempotency keys allow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs postgres: scripts/integration-postgres.sh"]
+async fn a_second_executor_takes_over_the_saga_of_one_that_died() {
+    use palisade::saga::{
+        SagaDefinition, SagaEventKind, SagaExecutor, Step, StepContext, StepError,
+    };
+    use tokio::sync::Notify;
+
+    #[derive(Default)]
+    struct Shop {
+        calls: parking_lot::Mutex<Vec<(String, String)>>,
+        block_first_b: std::sync::atomic::AtomicBool,
+        release: Notify,
+    }
+
+    fn step(name: &'static str) -> Step<Shop> {
+        Step::new(
+            name,
+            move |shop: Arc<Shop>, cx: StepContext| async move {
+                shop.calls
+                    .lock()
+                    .push((format!("do:{name}"), cx.idempotency_key()));
+                if name == "b"
+                    && shop
+                        .block_first_b
+                        .swap(false, std::sync::atomic::Ordering::SeqCst)
+                {
+                    shop.release.notified().await; // hangs as the process dies
+                }
+                Ok::<_, StepError>(name.to_owned())
+            },
+            move |shop: Arc<Shop>, _cx: StepContext| async move {
+                shop.calls
+                    .lock()
+                    .push((format!("undo:{name}"), String::new()));
+                Ok::<_, palisade::BoxError>(())
+            },
+        )
+    }
+
+    let schema = fresh_schema();
+    let shop = Arc::new(Shop::default());
+    shop.block_first_b
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let definition = SagaDefinition::builder("takeover", 1)
+        .step(step("a"))
+        .step(step("b"))
+        .step(step("c"))
+        .build()
+        .unwrap();
+
+    let log_a = connect(&schema).await;
+    let a = SagaExecutor::builder(Arc::clone(&shop), log_a.clone())
+        .owner("process-a")
+        .lease_ttl(Duration::from_millis(600))
+        .build()
+        .unwrap();
+    a.register(&definition);
+    let handle = a.start(&definition, &()).await.unwrap();
+    let id = handle.id();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while shop.calls.lock().len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "step b never started"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    let b = SagaExecutor::builder(Arc::clone(&shop), connect(&schema).await)
+        .owner("process-b")
+        .lease_ttl(Duration::from_millis(600))
+        .takeover_interval(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    b.register(&definition);
+    let mut events = b.subscribe();
+    assert!(
+        b.recover().await.unwrap().resumed.is_empty(),
+        "a's lease is live"
+    );
+
+    // Process a dies: its connections go away, its lease is never renewed.
+    log_a.close();
+    let completed = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let event = events.recv().await.unwrap();
+            if event.saga == id && event.kind == SagaEventKind::Completed {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(completed.is_ok(), "b finished the saga");
+    let summary = b.status(id).await.unwrap();
+    assert_eq!(summary.state, SagaState::Completed);
+    assert_eq!(summary.epoch, 2, "one takeover");
+
+    let calls = shop.calls.lock().clone();
+    let names: Vec<&str> = calls.iter().map(|(call, _)| call.as_str()).collect();
+    assert_eq!(
+        names,
+        ["do:a", "do:b", "do:b", "do:c"],
+        "b re-ran the interrupted step only"
+    );
+    assert_eq!(calls[1].1, calls[2].1, "with the same idempotency key");
+    shop.release.notify_waiters();
+    assert!(
+        handle.outcome().await.is_err(),
+        "a can no longer finish the saga"
+    );
+}
