@@ -65,6 +65,9 @@
 //!   gRPC `grpc-status`, built on tower-http's `classify` module; the HTTP
 //!   retry policy (`Retry-After`, idempotency guard) and request-body
 //!   buffering for retries.
+//! * `consul`, `etcd`, `dns`: discovery backends ([`discovery`]) for
+//!   Consul's HTTP API, etcd v3 (building needs `protoc`) and DNS A/AAAA
+//!   and SRV records.
 
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]

@@ -7,6 +7,8 @@
 //! ([`Registry::watch`]). Registering returns a [`RegistrationGuard`] that
 //! deregisters the instance when dropped.
 
+#[cfg(feature = "consul")]
+mod consul;
 mod diff;
 mod error;
 mod health;
@@ -18,6 +20,12 @@ mod registry;
 mod static_list;
 mod watch;
 
+#[cfg(feature = "consul")]
+#[cfg_attr(docsrs, doc(cfg(feature = "consul")))]
+pub use self::consul::{
+    ConsulEvent, ConsulMetrics, ConsulRegistry, ConsulRegistryBuilder, ConsulStatusError,
+    MAX_CONSUL_WAIT,
+};
 pub use self::diff::{InstanceChange, SnapshotDiff};
 pub use self::error::{DiscoveryError, NoHealthyInstance};
 pub use self::health::{HealthCheck, HttpCheck, HttpCheckBuilder, MIN_CHECK_PERIOD};
