@@ -11,6 +11,8 @@
 mod consul;
 mod diff;
 mod error;
+#[cfg(feature = "etcd")]
+mod etcd;
 mod health;
 #[cfg(feature = "http")]
 mod http_check;
@@ -28,6 +30,9 @@ pub use self::consul::{
 };
 pub use self::diff::{InstanceChange, SnapshotDiff};
 pub use self::error::{DiscoveryError, NoHealthyInstance};
+#[cfg(feature = "etcd")]
+#[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
+pub use self::etcd::{EtcdEvent, EtcdMetrics, EtcdRegistry, EtcdRegistryBuilder};
 pub use self::health::{HealthCheck, HttpCheck, HttpCheckBuilder, MIN_CHECK_PERIOD};
 pub use self::instance::{
     Instance, InstanceAddress, InstanceBuilder, InstanceId, IntoAddress, MAX_NAME_LEN, MAX_WEIGHT,

@@ -1,0 +1,414 @@
+//! The etcd backend against a real etcd: run `scripts/integration-etcd.sh`,
+//! which starts etcd on 127.0.0.1 and sets `PALISADE_ETCD` (default
+//! `http://127.0.0.1:2379`). Real sockets and real time, bounded deadlines.
+
+#![cfg(feature = "etcd")]
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use palisade::discovery::{
+    DiscoveryError, EtcdEvent, EtcdRegistry, HealthCheck, Instance, Registration, Registry,
+    WatchStream,
+};
+use palisade::retry::backoff::Backoff;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const DEADLINE: Duration = Duration::from_secs(15);
+
+fn endpoint() -> String {
+    std::env::var("PALISADE_ETCD").unwrap_or_else(|_| "http://127.0.0.1:2379".to_owned())
+}
+
+/// A key prefix no other test (or earlier run) uses.
+fn unique_prefix(test: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("/palisade-test/{test}-{}-{nanos}", std::process::id())
+}
+
+async fn registry(prefix: &str) -> EtcdRegistry {
+    EtcdRegistry::builder()
+        .endpoint(endpoint())
+        .prefix(prefix)
+        .backoff(
+            Backoff::constant(Duration::from_millis(50))
+                .build()
+                .expect("valid backoff"),
+        )
+        .connect()
+        .await
+        .expect("etcd client")
+}
+
+async fn raw_client() -> etcd_client::Client {
+    etcd_client::Client::connect([endpoint()], None)
+        .await
+        .expect("etcd client")
+}
+
+fn instance(service: &str, id: &str, port: u16) -> Instance {
+    Instance::builder(service, id, format!("127.0.0.1:{port}"))
+        .build()
+        .expect("valid instance")
+}
+
+fn ttl(secs: u64) -> HealthCheck {
+    HealthCheck::ttl(Duration::from_secs(secs)).expect("valid ttl")
+}
+
+fn ids(instances: &[Instance]) -> Vec<String> {
+    instances.iter().map(|i| i.id().to_string()).collect()
+}
+
+async fn next_set(watch: &mut WatchStream) -> Vec<Instance> {
+    match tokio::time::timeout(DEADLINE, watch.next()).await {
+        Ok(Some(Ok(set))) => set,
+        Ok(Some(Err(e))) => panic!("watch failed: {e}"),
+        Ok(None) => panic!("watch ended"),
+        Err(_) => panic!("no watch item within {DEADLINE:?}"),
+    }
+}
+
+/// Reads the watch until a set satisfies `condition`; returns it.
+async fn watch_until(
+    watch: &mut WatchStream,
+    what: &str,
+    mut condition: impl FnMut(&[Instance]) -> bool,
+) -> Vec<Instance> {
+    let give_up = Instant::now() + DEADLINE;
+    loop {
+        let left = give_up.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, watch.next()).await {
+            Ok(Some(Ok(set))) if condition(&set) => return set,
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("watch ended waiting until {what}"),
+            Err(_) => panic!("timed out waiting until {what}"),
+        }
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs etcd: scripts/integration-etcd.sh"]
+async fn register_lists_the_instance_and_dropping_the_guard_deregisters_it() {
+    let prefix = unique_prefix("register");
+    let etcd = registry(&prefix).await;
+    let me = Instance::builder("payments", "payments-1", "10.0.0.7:8080")
+        .tag("v2")
+        .metadata("zone", "eu-west-1a")
+        .weight(3)
+        .build()
+        .expect("valid instance");
+    let guard = etcd
+        .register(Registration::new(me.clone(), ttl(5)))
+        .await
+        .expect("registered");
+    assert_eq!(etcd.healthy("payments").await.expect("list"), vec![me]);
+    assert!(etcd.healthy("orders").await.expect("list").is_empty());
+
+    // The key holds the instance under a lease.
+    let mut raw = raw_client().await;
+    let key = format!("{prefix}/payments/payments-1");
+    let stored = raw.get(key.clone(), None).await.expect("get");
+    let kv = &stored.kvs()[0];
+    assert_eq!(Some(kv.lease()), etcd.lease_of("payments", "payments-1"));
+    let granted = raw
+        .lease_time_to_live(kv.lease(), None)
+        .await
+        .expect("ttl")
+        .granted_ttl();
+    assert!(granted >= 5, "the TTL check sets the lease TTL: {granted}");
+
+    drop(guard);
+    let give_up = Instant::now() + DEADLINE;
+    while !etcd.healthy("payments").await.expect("list").is_empty() {
+        assert!(
+            Instant::now() < give_up,
+            "the dropped guard did not deregister"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let revoked = raw
+        .lease_time_to_live(kv.lease(), None)
+        .await
+        .expect("ttl")
+        .ttl();
+    assert_eq!(revoked, -1, "the guard revoked the lease");
+    assert_eq!(etcd.metrics().registrations, 1);
+    assert_eq!(etcd.metrics().deregistrations, 1);
+    assert_eq!(etcd.metrics().registered, 0);
+}
+
+#[tokio::test]
+#[ignore = "needs etcd: scripts/integration-etcd.sh"]
+async fn deregister_by_id_pass_ttl_and_unsupported_checks() {
+    let etcd = registry(&unique_prefix("deregister")).await;
+    let _guard = etcd
+        .register(Registration::new(instance("api", "api-1", 1), ttl(5)))
+        .await
+        .expect("registered");
+    etcd.pass_ttl("api", "api-1").await.expect("renewed");
+    let err = etcd.pass_ttl("api", "nobody").await.unwrap_err();
+    assert!(matches!(err, DiscoveryError::NotRegistered { .. }), "{err}");
+
+    etcd.deregister("api", "api-1").await.expect("deregistered");
+    assert!(etcd.healthy("api").await.expect("list").is_empty());
+    let err = etcd.deregister("api", "api-1").await.unwrap_err();
+    assert!(matches!(err, DiscoveryError::NotRegistered { .. }), "{err}");
+    assert_eq!(etcd.metrics().registered, 0, "the keep-alive stopped");
+
+    let err = etcd
+        .register(Registration::new(
+            instance("api", "api-2", 2),
+            HealthCheck::http(),
+        ))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DiscoveryError::Unsupported { .. }), "{err}");
+}
+
+#[tokio::test]
+#[ignore = "needs etcd: scripts/integration-etcd.sh"]
+async fn watch_sees_instances_added_and_removed() {
+    let etcd = registry(&unique_prefix("watch")).await;
+    let mut watch = etcd.watch("api");
+    assert!(
+        next_set(&mut watch).await.is_empty(),
+        "first item: the current set"
+    );
+    let a = etcd
+        .register(Registration::new(instance("api", "api-a", 1), ttl(5)))
+        .await
+        .expect("registered");
+    assert_eq!(ids(&next_set(&mut watch).await), ["api-a"]);
+    let _b = etcd
+        .register(Registration::new(instance("api", "api-b", 2), ttl(5)))
+        .await
+        .expect("registered");
+    assert_eq!(ids(&next_set(&mut watch).await), ["api-a", "api-b"]);
+    // Another service's instances are not in this watch.
+    let _other = etcd
+        .register(Registration::new(instance("apix", "x", 3), ttl(5)))
+        .await
+        .expect("registered");
+    a.deregister().await.expect("deregistered");
+    assert_eq!(ids(&next_set(&mut watch).await), ["api-b"]);
+}
+
+#[tokio::test]
+#[ignore = "needs etcd: scripts/integration-etcd.sh"]
+async fn watch_starts_from_the_listed_revision_and_relists_after_compaction() {
+    let etcd = registry(&unique_prefix("compaction")).await;
+    let mut events = etcd.subscribe();
+    let mut raw = raw_client().await;
+
+    // Listed, but not yet watching (the watch starts on the next poll):
+    // a change made now is still seen, because the watch starts at the
+    // listed revision + 1, not at "now".
+    let mut watch = etcd.watch("api");
+    assert!(next_set(&mut watch).await.is_empty());
+    let _a = etcd
+        .register(Registration::new(instance("api", "api-a", 1), ttl(5)))
+        .await
+        .expect("registered");
+    assert_eq!(ids(&next_set(&mut watch).await), ["api-a"]);
+
+    // A second watch lists, then falls behind a compaction.
+    let mut behind = etcd.watch("api");
+    assert_eq!(ids(&next_set(&mut behind).await), ["api-a"]);
+    let c = etcd
+        .register(Registration::new(instance("api", "api-c", 3), ttl(5)))
+        .await
+        .expect("registered");
+    c.deregister().await.expect("deregistered");
+    let _d = etcd
+        .register(Registration::new(instance("api", "api-d", 4), ttl(5)))
+        .await
+        .expect("registered");
+    let revision = raw
+        .get("/", None)
+        .await
+        .expect("get")
+        .header()
+        .expect("header")
+        .revision();
+    raw.compact(revision, None).await.expect("compacted");
+
+    assert_eq!(
+        ids(&next_set(&mut behind).await),
+        ["api-a", "api-d"],
+        "the watch read the prefix again"
+    );
+    assert_eq!(etcd.metrics().watch_relists, 1);
+    assert!(
+        events
+            .drain()
+            .iter()
+            .any(|e| matches!(e, EtcdEvent::WatchCompacted { compact_revision, .. } if *compact_revision == revision))
+    );
+    // And it goes on watching.
+    let _e = etcd
+        .register(Registration::new(instance("api", "api-e", 5), ttl(5)))
+        .await
+        .expect("registered");
+    assert_eq!(
+        ids(&next_set(&mut behind).await),
+        ["api-a", "api-d", "api-e"]
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs etcd: scripts/integration-etcd.sh"]
+async fn a_lease_revoked_behind_its_back_is_granted_again_and_the_instance_returns() {
+    let etcd = registry(&unique_prefix("regrant")).await;
+    let mut events = etcd.subscribe();
+    let _guard = etcd
+        .register(Registration::new(instance("api", "api-1", 1), ttl(3)))
+        .await
+        .expect("registered");
+    let mut watch = etcd.watch("api");
+    assert_eq!(ids(&next_set(&mut watch).await), ["api-1"]);
+    let old_lease = etcd.lease_of("api", "api-1").expect("local registration");
+
+    let mut raw = raw_client().await;
+    raw.lease_revoke(old_lease).await.expect("revoked");
+    watch_until(&mut watch, "the revoked instance vanished", |set| {
+        set.is_empty()
+    })
+    .await;
+    watch_until(&mut watch, "the instance came back", |set| {
+        ids(set) == ["api-1"]
+    })
+    .await;
+    // The task records the new lease just after writing the key.
+    let give_up = Instant::now() + DEADLINE;
+    while etcd.metrics().lease_regrants == 0 {
+        assert!(Instant::now() < give_up, "the re-grant was not recorded");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let new_lease = etcd.lease_of("api", "api-1").expect("local registration");
+    assert_ne!(new_lease, old_lease, "a new lease was granted");
+    assert_eq!(etcd.metrics().lease_regrants, 1);
+    let events = events.drain();
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, EtcdEvent::LeaseLost { lease, .. } if *lease == old_lease))
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, EtcdEvent::LeaseRegranted { lease, .. } if *lease == new_lease))
+    );
+}
+
+const CHILD_ENV: &str = "PALISADE_ETCD_CHILD_PREFIX";
+const CHILD_TTL_SECS: u64 = 2;
+
+/// Run as a child process by
+/// `a_killed_instance_vanishes_once_its_lease_expires` (and does nothing
+/// otherwise): registers an instance and waits to be killed.
+#[tokio::test]
+#[ignore = "needs etcd: scripts/integration-etcd.sh (child process of another test)"]
+async fn child_process_registers_and_waits_to_be_killed() {
+    let Ok(prefix) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let etcd = registry(&prefix).await;
+    let guard = etcd
+        .register(Registration::new(
+            instance("api", "doomed", 7),
+            ttl(CHILD_TTL_SECS),
+        ))
+        .await
+        .expect("registered");
+    println!("REGISTERED");
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    drop(guard);
+}
+
+#[tokio::test]
+#[ignore = "needs etcd: scripts/integration-etcd.sh"]
+async fn a_killed_instance_vanishes_once_its_lease_expires() {
+    let prefix = unique_prefix("killed");
+    let etcd = registry(&prefix).await;
+    let mut child = tokio::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "child_process_registers_and_waits_to_be_killed",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env(CHILD_ENV, &prefix)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn the child");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let registered = tokio::time::timeout(DEADLINE, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("REGISTERED") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(registered, Ok(true), "the child registered");
+
+    let mut watch = etcd.watch("api");
+    assert_eq!(ids(&next_set(&mut watch).await), ["doomed"]);
+    // Outlive a few keep-alives: the child keeps its lease alive.
+    tokio::time::sleep(Duration::from_secs(CHILD_TTL_SECS + 1)).await;
+    assert_eq!(ids(&etcd.healthy("api").await.expect("list")), ["doomed"]);
+
+    child.start_kill().expect("kill the child");
+    child.wait().await.expect("child reaped");
+    let killed = Instant::now();
+    watch_until(&mut watch, "the killed instance vanished", |set| {
+        set.is_empty()
+    })
+    .await;
+    let gone_after = killed.elapsed();
+    // Nobody revoked the lease: it expired. etcd checks expiry every
+    // 500 ms and may extend a lease by its minimum TTL after a leader change.
+    assert!(
+        gone_after >= Duration::from_millis(500),
+        "vanished after {gone_after:?}: too soon for a lease expiry"
+    );
+    assert!(
+        gone_after <= Duration::from_secs(CHILD_TTL_SECS + 5),
+        "vanished only after {gone_after:?}"
+    );
+}
+
+#[tokio::test]
+async fn invalid_configuration_is_rejected_before_connecting() {
+    let field = |result: Result<EtcdRegistry, DiscoveryError>| match result {
+        Err(DiscoveryError::Config(e)) => e.field(),
+        other => panic!("expected a configuration error, got {other:?}"),
+    };
+    assert_eq!(
+        field(EtcdRegistry::builder().prefix("services").connect().await),
+        "prefix"
+    );
+    assert_eq!(
+        field(EtcdRegistry::builder().prefix("/services/").connect().await),
+        "prefix"
+    );
+    assert_eq!(
+        field(
+            EtcdRegistry::builder()
+                .default_lease_ttl(Duration::from_millis(500))
+                .connect()
+                .await
+        ),
+        "default_lease_ttl"
+    );
+    assert_eq!(
+        field(EtcdRegistry::builder().event_capacity(0).connect().await),
+        "event_capacity"
+    );
+}
