@@ -10,6 +10,8 @@
 #[cfg(feature = "consul")]
 mod consul;
 mod diff;
+#[cfg(feature = "dns")]
+mod dns;
 mod error;
 #[cfg(feature = "etcd")]
 mod etcd;
@@ -29,6 +31,12 @@ pub use self::consul::{
     MAX_CONSUL_WAIT,
 };
 pub use self::diff::{InstanceChange, SnapshotDiff};
+#[cfg(feature = "dns")]
+#[cfg_attr(docsrs, doc(cfg(feature = "dns")))]
+pub use self::dns::{
+    DnsEvent, DnsMetrics, DnsQuery, DnsRegistry, DnsRegistryBuilder, SRV_PRIORITY_METADATA_KEY,
+    SRV_TARGET_METADATA_KEY,
+};
 pub use self::error::{DiscoveryError, NoHealthyInstance};
 #[cfg(feature = "etcd")]
 #[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
