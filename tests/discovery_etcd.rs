@@ -4,6 +4,9 @@
 
 #![cfg(feature = "etcd")]
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
@@ -12,7 +15,10 @@ use palisade::discovery::{
     WatchStream,
 };
 use palisade::retry::backoff::Backoff;
+use parking_lot::Mutex;
 use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::AbortHandle;
 
 const DEADLINE: Duration = Duration::from_secs(15);
 
@@ -30,8 +36,12 @@ fn unique_prefix(test: &str) -> String {
 }
 
 async fn registry(prefix: &str) -> EtcdRegistry {
+    registry_at(prefix, &endpoint()).await
+}
+
+async fn registry_at(prefix: &str, endpoint: &str) -> EtcdRegistry {
     EtcdRegistry::builder()
-        .endpoint(endpoint())
+        .endpoint(endpoint)
         .prefix(prefix)
         .backoff(
             Backoff::constant(Duration::from_millis(50))
@@ -410,5 +420,154 @@ async fn invalid_configuration_is_rejected_before_connecting() {
     assert_eq!(
         field(EtcdRegistry::builder().event_capacity(0).connect().await),
         "event_capacity"
+    );
+}
+
+/// A TCP proxy in front of etcd that a test can cut: every connection is
+/// dropped and new ones are refused until it is resumed.
+struct Proxy {
+    addr: SocketAddr,
+    open: Arc<AtomicBool>,
+    connections: Arc<Mutex<Vec<AbortHandle>>>,
+}
+
+impl Proxy {
+    async fn start() -> Self {
+        let target: SocketAddr = endpoint()
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .parse()
+            .expect("PALISADE_ETCD is http://<ip>:<port>");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let open = Arc::new(AtomicBool::new(true));
+        let connections: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
+        let (open_, connections_) = (Arc::clone(&open), Arc::clone(&connections));
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !open_.load(Ordering::SeqCst) {
+                    continue; // dropped: refused
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                connections_.lock().push(task.abort_handle());
+            }
+        });
+        Self {
+            addr,
+            open,
+            connections,
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn cut(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        for connection in self.connections.lock().drain(..) {
+            connection.abort();
+        }
+    }
+
+    fn resume(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+}
+
+async fn eventually(what: &str, mut condition: impl AsyncFnMut() -> bool) {
+    let give_up = Instant::now() + DEADLINE;
+    while !condition().await {
+        assert!(Instant::now() < give_up, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs etcd: scripts/integration-etcd.sh"]
+async fn a_watch_cut_off_from_etcd_resumes_from_its_last_revision() {
+    let prefix = unique_prefix("resume");
+    let proxy = Proxy::start().await;
+    let behind_proxy = registry_at(&prefix, &proxy.endpoint()).await;
+    let direct = registry(&prefix).await;
+    let mut watch = behind_proxy.watch("api");
+    assert!(next_set(&mut watch).await.is_empty());
+    let _a = direct
+        .register(Registration::new(instance("api", "api-a", 1), ttl(5)))
+        .await
+        .expect("registered");
+    assert_eq!(ids(&next_set(&mut watch).await), ["api-a"]);
+
+    proxy.cut();
+    let item = tokio::time::timeout(DEADLINE, watch.next())
+        .await
+        .expect("an item")
+        .expect("not ended");
+    let err = item.unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    // Changed while the watch cannot see etcd.
+    let _b = direct
+        .register(Registration::new(instance("api", "api-b", 2), ttl(5)))
+        .await
+        .expect("registered");
+    proxy.resume();
+
+    let set = watch_until(&mut watch, "the watch caught up", |set| set.len() == 2).await;
+    assert_eq!(ids(&set), ["api-a", "api-b"]);
+    let metrics = behind_proxy.metrics();
+    assert!(metrics.watch_failures >= 1);
+    assert_eq!(
+        metrics.watch_relists, 0,
+        "resumed from its revision, no re-read"
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs etcd: scripts/integration-etcd.sh"]
+async fn keep_alive_rides_out_a_short_outage_and_re_registers_after_a_long_one() {
+    let prefix = unique_prefix("outage");
+    let proxy = Proxy::start().await;
+    let behind_proxy = registry_at(&prefix, &proxy.endpoint()).await;
+    let direct = registry(&prefix).await;
+    let _guard = behind_proxy
+        .register(Registration::new(instance("api", "api-1", 1), ttl(3)))
+        .await
+        .expect("registered");
+    let lease = behind_proxy.lease_of("api", "api-1").expect("lease");
+
+    // Short: a keep-alive fails, the lease outlives the outage.
+    proxy.cut();
+    eventually("a keep-alive failed", async || {
+        behind_proxy.metrics().keep_alive_failures >= 1
+    })
+    .await;
+    proxy.resume();
+    assert_eq!(ids(&direct.healthy("api").await.expect("list")), ["api-1"]);
+    assert_eq!(
+        behind_proxy.lease_of("api", "api-1"),
+        Some(lease),
+        "same lease"
+    );
+
+    // Long: the lease expires while etcd is unreachable.
+    proxy.cut();
+    eventually("the lease expired", async || {
+        direct.healthy("api").await.expect("list").is_empty()
+    })
+    .await;
+    proxy.resume();
+    eventually("the instance was registered again", async || {
+        behind_proxy.metrics().lease_regrants == 1
+    })
+    .await;
+    assert_eq!(ids(&direct.healthy("api").await.expect("list")), ["api-1"]);
+    assert_ne!(
+        behind_proxy.lease_of("api", "api-1"),
+        Some(lease),
+        "a new lease"
     );
 }
