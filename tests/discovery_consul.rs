@@ -207,15 +207,10 @@ impl FakeConsul {
                         .and_then(|s| s.check.as_ref().map(|c| c.get("TTL").is_some()))
                 };
                 match ttl {
-                    None => reply(
-                        StatusCode::NOT_FOUND,
-                        &format!(
-                            "Unknown check ID {check_id:?}. Ensure that the check ID is passed, not the check name."
-                        ),
-                    ),
-                    Some(false) => reply(
+                    // Consul's agent answers both alike.
+                    None | Some(false) => reply(
                         StatusCode::INTERNAL_SERVER_ERROR,
-                        &format!("Check {check_id:?} is not a TTL check"),
+                        &format!("CheckID {check_id:?} does not have associated TTL"),
                     ),
                     Some(true) => {
                         self.set_status(&id, "passing");
@@ -533,6 +528,17 @@ async fn http_registration_sends_the_documented_check_fields_and_starts_critical
 
     let err = consul.pass_ttl("web", "web-1").await.unwrap_err();
     assert!(matches!(err, DiscoveryError::Unsupported { .. }), "{err}");
+    assert!(
+        !fake
+            .requests()
+            .iter()
+            .any(|r| r.path.contains("/check/pass/")),
+        "known locally: Consul was not asked"
+    );
+    // Another client cannot tell: Consul answers as for an unknown check.
+    let other = registry(addr).build().expect("valid config");
+    let err = other.pass_ttl("web", "web-1").await.unwrap_err();
+    assert!(matches!(err, DiscoveryError::NotRegistered { .. }), "{err}");
 }
 
 #[tokio::test]

@@ -12,7 +12,7 @@
 //! endpoints as Consul documents them (no Consul server can be installed
 //! where this crate is built); the requests follow Consul's API docs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +25,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use parking_lot::Mutex;
 use rand::rngs::SmallRng;
 use serde::Deserialize;
 use serde_json::json;
@@ -71,6 +72,11 @@ const INDEX_HEADER: &str = "x-consul-index";
 ///   `DeregisterCriticalServiceAfter`; Consul's agent runs it, and the
 ///   instance is critical until it first passes. The check's id is
 ///   `service:<id>`, which [`pass_ttl`](Registry::pass_ttl) renews.
+///   Consul answers a pass of an unknown check and of a check that is not
+///   a TTL check alike (`CheckID ... does not have associated TTL`): both
+///   are [`DiscoveryError::NotRegistered`], except for instances this
+///   registry registered without a TTL check, which are
+///   [`DiscoveryError::Unsupported`] without asking Consul.
 /// * Consul's service ids are unique per agent, not per service: use
 ///   instance ids that are unique across the services of one agent.
 /// * [`watch`](Registry::watch) runs blocking queries on
@@ -139,6 +145,10 @@ struct Inner {
     client: Client<HttpConnector, Full<Bytes>>,
     counters: Counters,
     events: EventHub<ConsulEvent>,
+    /// Whether each instance registered through this registry (by id) has
+    /// a TTL check: Consul answers a pass of a check that is not a TTL
+    /// check exactly as one of an unknown check.
+    ttl_checks: Mutex<HashMap<String, bool>>,
 }
 
 #[derive(Default)]
@@ -467,6 +477,7 @@ impl ConsulRegistryBuilder {
                 client,
                 counters: Counters::default(),
                 events: EventHub::new(self.event_capacity),
+                ttl_checks: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -552,6 +563,10 @@ impl Inner {
         .await
         .map_err(RequestError::into_discovery)?;
         let instance = &registration.instance;
+        self.ttl_checks.lock().insert(
+            instance.id().to_string(),
+            matches!(registration.check, HealthCheck::Ttl { .. }),
+        );
         self.counters.registrations.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
             backend = BACKEND,
@@ -593,6 +608,7 @@ impl Inner {
             Err(RequestError::Status(e))
                 if e.status == StatusCode::NOT_FOUND || e.body.contains("Unknown service") =>
             {
+                self.ttl_checks.lock().remove(id);
                 Err(DiscoveryError::not_registered(service, id))
             }
             Err(e) => Err(e.into_discovery()),
@@ -600,6 +616,12 @@ impl Inner {
     }
 
     async fn pass_ttl(&self, service: &str, id: &str) -> Result<(), DiscoveryError> {
+        if self.ttl_checks.lock().get(id) == Some(&false) {
+            return Err(DiscoveryError::Unsupported {
+                backend: BACKEND,
+                operation: "pass_ttl for an instance without a TTL check",
+            });
+        }
         let path = format!("/v1/agent/check/pass/service:{}", encode(id));
         match self
             .send(Method::PUT, path, None, self.request_timeout)
@@ -610,15 +632,11 @@ impl Inner {
                 tracing::trace!(backend = BACKEND, service, id, "TTL check passed");
                 Ok(())
             }
-            Err(RequestError::Status(e)) if e.body.contains("not a TTL check") => {
-                Err(DiscoveryError::Unsupported {
-                    backend: BACKEND,
-                    operation: "pass_ttl for an instance without a TTL check",
-                })
-            }
-            // Consul answers 404 "Unknown check ID" (older versions: 500).
+            // Consul: `CheckID "service:<id>" does not have associated TTL`
+            // for an unknown check (500; 404 in newer versions).
             Err(RequestError::Status(e))
-                if e.status == StatusCode::NOT_FOUND || e.body.contains("Unknown check") =>
+                if e.status == StatusCode::NOT_FOUND
+                    || e.body.contains("does not have associated TTL") =>
             {
                 Err(DiscoveryError::not_registered(service, id))
             }
