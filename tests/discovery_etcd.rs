@@ -181,6 +181,45 @@ async fn deregister_by_id_pass_ttl_and_unsupported_checks() {
 
 #[tokio::test]
 #[ignore = "needs etcd: scripts/integration-etcd.sh"]
+async fn registering_again_replaces_and_the_old_guard_leaves_the_new_registration() {
+    let etcd = registry(&unique_prefix("replace")).await;
+    let old = etcd
+        .register(Registration::new(instance("api", "api-1", 1), ttl(5)))
+        .await
+        .expect("registered");
+    let old_lease = etcd.lease_of("api", "api-1").expect("lease");
+    let _new = etcd
+        .register(Registration::new(instance("api", "api-1", 2), ttl(5)))
+        .await
+        .expect("registered again");
+    let new_lease = etcd.lease_of("api", "api-1").expect("lease");
+    assert_ne!(new_lease, old_lease);
+    let listed = etcd.healthy("api").await.expect("list");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].address().port(), 2, "the new registration");
+
+    let err = old.deregister().await.unwrap_err();
+    assert!(matches!(err, DiscoveryError::NotRegistered { .. }), "{err}");
+    // The old lease is revoked in the background; the key stays with the new one.
+    let mut raw = raw_client().await;
+    let give_up = Instant::now() + DEADLINE;
+    while raw
+        .lease_time_to_live(old_lease, None)
+        .await
+        .expect("ttl")
+        .ttl()
+        != -1
+    {
+        assert!(Instant::now() < give_up, "the old lease was not revoked");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let listed = etcd.healthy("api").await.expect("list");
+    assert_eq!(listed.len(), 1, "still registered");
+    assert_eq!(etcd.lease_of("api", "api-1"), Some(new_lease));
+}
+
+#[tokio::test]
+#[ignore = "needs etcd: scripts/integration-etcd.sh"]
 async fn watch_sees_instances_added_and_removed() {
     let etcd = registry(&unique_prefix("watch")).await;
     let mut watch = etcd.watch("api");
