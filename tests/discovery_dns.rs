@@ -25,6 +25,7 @@ use parking_lot::Mutex;
 use tokio::net::UdpSocket;
 
 const DEADLINE: Duration = Duration::from_secs(10);
+/// The TTL of records the tests set, unless a test sets `Zone::ttl`.
 const TTL: u32 = 1;
 
 /// Records by (lower-case fully qualified name, type).
@@ -34,6 +35,8 @@ type RecordSets = HashMap<(String, RecordType), Vec<Record>>;
 #[derive(Clone, Default)]
 struct Zone {
     records: Arc<Mutex<RecordSets>>,
+    /// The TTL of records set from now on; `None`: [`TTL`].
+    ttl: Arc<Mutex<Option<u32>>>,
     queries: Arc<Mutex<Vec<(String, RecordType)>>>,
 }
 
@@ -44,9 +47,10 @@ fn fqdn(name: &str) -> Name {
 impl Zone {
     fn set(&self, name: &str, rtype: RecordType, data: Vec<RData>) {
         let owner = fqdn(name);
+        let ttl = self.ttl.lock().unwrap_or(TTL);
         let records = data
             .into_iter()
-            .map(|d| Record::from_rdata(owner.clone(), TTL, d))
+            .map(|d| Record::from_rdata(owner.clone(), ttl, d))
             .collect();
         self.records
             .lock()
@@ -313,6 +317,58 @@ async fn watch_re_resolves_on_the_interval_without_yielding_unchanged_sets() {
     assert!(
         asked <= 2 * 5,
         "re-resolved too often: {asked} queries in {elapsed:?}"
+    );
+}
+
+#[tokio::test]
+async fn records_are_re_resolved_after_their_ttl_when_it_is_shorter_than_the_interval() {
+    let (zone, server) = start().await;
+    zone.set_a("api.test", &[Ipv4Addr::new(127, 0, 0, 2)]);
+    let dns = builder(server)
+        .interval(Duration::from_secs(30))
+        .service("api", DnsQuery::host("api.test", 80))
+        .build()
+        .expect("valid config");
+    let mut watch = dns.watch("api");
+    assert_eq!(ids(&next_set(&mut watch).await), ["127.0.0.2:80"]);
+    let resolved = Instant::now();
+    zone.set_a("api.test", &[Ipv4Addr::new(127, 0, 0, 3)]);
+    assert_eq!(ids(&next_set(&mut watch).await), ["127.0.0.3:80"]);
+    let after = resolved.elapsed();
+    // TTL 1 s, interval 30 s: resolved again after about 1 s.
+    assert!(
+        after >= Duration::from_millis(900),
+        "re-resolved after {after:?}, before the TTL"
+    );
+    assert!(
+        after < Duration::from_secs(5),
+        "re-resolved only after {after:?}"
+    );
+}
+
+#[tokio::test]
+async fn records_with_ttl_zero_are_re_resolved_no_more_often_than_min_ttl() {
+    let (zone, server) = start().await;
+    *zone.ttl.lock() = Some(0);
+    zone.set_a("api.test", &[Ipv4Addr::new(127, 0, 0, 2)]);
+    let min_ttl = Duration::from_millis(100);
+    let dns = builder(server)
+        .min_ttl(min_ttl)
+        .interval(Duration::from_secs(30))
+        .service("api", DnsQuery::host("api.test", 80))
+        .build()
+        .expect("valid config");
+    let mut watch = dns.watch("api");
+    assert_eq!(ids(&next_set(&mut watch).await), ["127.0.0.2:80"]);
+    let before = zone.query_count();
+    let started = Instant::now();
+    let item = tokio::time::timeout(Duration::from_millis(550), watch.next()).await;
+    assert!(item.is_err(), "an unchanged set is not yielded again");
+    let resolutions = (zone.query_count() - before) / 2; // A and AAAA each time
+    let elapsed = started.elapsed();
+    assert!(
+        (3..=6).contains(&resolutions),
+        "{resolutions} resolutions in {elapsed:?} with min_ttl {min_ttl:?}"
     );
 }
 
