@@ -1143,6 +1143,22 @@ mod tests {
     }
 
     #[test]
+    fn http_checks_of_ipv6_instances_bracket_the_address() {
+        let instance = Instance::builder("api", "api-6", "[::1]:8080")
+            .build()
+            .expect("valid");
+        let body = registration_body(&Registration::new(instance, HealthCheck::http()));
+        assert_eq!(body["Address"], "::1");
+        assert_eq!(body["Check"]["HTTP"], "http://[::1]:8080/health");
+        assert_eq!(body["Check"]["Interval"], "10s");
+        assert!(
+            body["Check"]
+                .get("DeregisterCriticalServiceAfter")
+                .is_none()
+        );
+    }
+
+    #[test]
     fn durations_use_go_syntax() {
         assert_eq!(go_duration(Duration::from_secs(10)), "10s");
         assert_eq!(go_duration(Duration::from_millis(1500)), "1500ms");
