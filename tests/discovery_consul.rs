@@ -587,6 +587,45 @@ async fn dropping_the_guard_deregisters_and_deregistering_twice_is_not_registere
 }
 
 #[tokio::test]
+async fn registering_again_replaces_and_the_old_guard_leaves_the_new_registration() {
+    let (fake, addr) = FakeConsul::start().await;
+    let consul = registry(addr).build().expect("valid config");
+    let old = consul
+        .register(Registration::new(
+            instance("api", "api-1", 1),
+            HealthCheck::None,
+        ))
+        .await
+        .expect("registered");
+    let _new = consul
+        .register(Registration::new(
+            instance("api", "api-1", 2),
+            HealthCheck::None,
+        ))
+        .await
+        .expect("registered again");
+    let (definition, _, _) = fake.service("api-1").expect("stored");
+    assert_eq!(
+        definition["Port"], 2,
+        "the agent holds the new registration"
+    );
+
+    let err = old.deregister().await.unwrap_err();
+    assert!(matches!(err, DiscoveryError::NotRegistered { .. }), "{err}");
+    assert!(
+        fake.service("api-1").is_some(),
+        "the new registration stays"
+    );
+    assert!(
+        !fake
+            .requests()
+            .iter()
+            .any(|r| r.path.contains("deregister")),
+        "no deregistration was sent"
+    );
+}
+
+#[tokio::test]
 async fn token_and_datacenter_are_sent_and_ids_are_escaped() {
     let (fake, addr) = FakeConsul::start().await;
     let consul = registry(addr)

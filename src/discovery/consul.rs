@@ -145,10 +145,18 @@ struct Inner {
     client: Client<HttpConnector, Full<Bytes>>,
     counters: Counters,
     events: EventHub<ConsulEvent>,
-    /// Whether each instance registered through this registry (by id) has
-    /// a TTL check: Consul answers a pass of a check that is not a TTL
-    /// check exactly as one of an unknown check.
-    ttl_checks: Mutex<HashMap<String, bool>>,
+    /// The instances registered through this registry, by id.
+    local: Mutex<HashMap<String, LocalRegistration>>,
+    next_generation: AtomicU64,
+}
+
+/// What this registry remembers of an instance it registered.
+struct LocalRegistration {
+    /// Tells the registration's guard from an earlier one's.
+    generation: u64,
+    /// Whether it has a TTL check: Consul answers a pass of a check that is
+    /// not a TTL check exactly as one of an unknown check.
+    ttl: bool,
 }
 
 #[derive(Default)]
@@ -477,7 +485,8 @@ impl ConsulRegistryBuilder {
                 client,
                 counters: Counters::default(),
                 events: EventHub::new(self.event_capacity),
-                ttl_checks: Mutex::new(HashMap::new()),
+                local: Mutex::new(HashMap::new()),
+                next_generation: AtomicU64::new(0),
             }),
         })
     }
@@ -548,7 +557,8 @@ impl Inner {
         }
     }
 
-    async fn register(&self, registration: Registration) -> Result<(), DiscoveryError> {
+    /// Registers and returns the registration's generation.
+    async fn register(&self, registration: Registration) -> Result<u64, DiscoveryError> {
         let body = registration_body(&registration);
         let body = serde_json::to_vec(&body).map_err(|e| DiscoveryError::InvalidData {
             backend: BACKEND,
@@ -563,9 +573,13 @@ impl Inner {
         .await
         .map_err(RequestError::into_discovery)?;
         let instance = &registration.instance;
-        self.ttl_checks.lock().insert(
+        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        self.local.lock().insert(
             instance.id().to_string(),
-            matches!(registration.check, HealthCheck::Ttl { .. }),
+            LocalRegistration {
+                generation,
+                ttl: matches!(registration.check, HealthCheck::Ttl { .. }),
+            },
         );
         self.counters.registrations.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
@@ -579,7 +593,7 @@ impl Inner {
             service: instance.service().to_string(),
             id: instance.id().to_string(),
         });
-        Ok(())
+        Ok(generation)
     }
 
     async fn deregister(&self, service: &str, id: &str) -> Result<(), DiscoveryError> {
@@ -608,7 +622,7 @@ impl Inner {
             Err(RequestError::Status(e))
                 if e.status == StatusCode::NOT_FOUND || e.body.contains("Unknown service") =>
             {
-                self.ttl_checks.lock().remove(id);
+                self.local.lock().remove(id);
                 Err(DiscoveryError::not_registered(service, id))
             }
             Err(e) => Err(e.into_discovery()),
@@ -616,7 +630,7 @@ impl Inner {
     }
 
     async fn pass_ttl(&self, service: &str, id: &str) -> Result<(), DiscoveryError> {
-        if self.ttl_checks.lock().get(id) == Some(&false) {
+        if self.local.lock().get(id).is_some_and(|r| !r.ttl) {
             return Err(DiscoveryError::Unsupported {
                 backend: BACKEND,
                 operation: "pass_ttl for an instance without a TTL check",
@@ -1063,11 +1077,26 @@ impl Registry for ConsulRegistry {
     ) -> BoxFuture<'_, Result<RegistrationGuard, DiscoveryError>> {
         Box::pin(async move {
             let instance = registration.instance.clone();
-            self.inner.register(registration).await?;
+            let generation = self.inner.register(registration).await?;
             let inner = Arc::clone(&self.inner);
             let (service, id) = (instance.service().clone(), instance.id().clone());
             Ok(RegistrationGuard::new(BACKEND, &instance, move || {
-                Box::pin(async move { inner.deregister(service.as_str(), id.as_str()).await })
+                // A later registration of the same id replaced this one:
+                // leave it alone.
+                let current = inner
+                    .local
+                    .lock()
+                    .get(id.as_str())
+                    .is_some_and(|r| r.generation == generation);
+                Box::pin(async move {
+                    if !current {
+                        return Err(DiscoveryError::not_registered(
+                            service.as_str(),
+                            id.as_str(),
+                        ));
+                    }
+                    inner.deregister(service.as_str(), id.as_str()).await
+                })
             }))
         })
     }
