@@ -73,6 +73,9 @@
 //! * `postgres`: the PostgreSQL saga log (`saga::log::PostgresLog`) that
 //!   several executor processes share, with leases and fencing
 //!   (tokio-postgres and a deadpool connection pool).
+//! * `consul`, `etcd`, `dns`: discovery backends ([`discovery`]) for
+//!   Consul's HTTP API, etcd v3 (building needs `protoc`) and DNS A/AAAA
+//!   and SRV records.
 
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]

@@ -128,9 +128,15 @@
 //! does not count towards ejection.
 
 mod balance;
+#[cfg(feature = "consul")]
+mod consul;
 mod diff;
 mod discover;
+#[cfg(feature = "dns")]
+mod dns;
 mod error;
+#[cfg(feature = "etcd")]
+mod etcd;
 mod health;
 #[cfg(feature = "http")]
 mod http_check;
@@ -145,9 +151,24 @@ pub use self::balance::{
     BalanceMetrics, EndpointMetrics, MakeFn, OutlierDetection, OutlierDetectionBuilder, Picker,
     ResponseFuture, make_fn,
 };
+#[cfg(feature = "consul")]
+#[cfg_attr(docsrs, doc(cfg(feature = "consul")))]
+pub use self::consul::{
+    ConsulEvent, ConsulMetrics, ConsulRegistry, ConsulRegistryBuilder, ConsulStatusError,
+    MAX_CONSUL_WAIT,
+};
 pub use self::diff::{InstanceChange, SnapshotDiff};
 pub use self::discover::RegistryDiscover;
+#[cfg(feature = "dns")]
+#[cfg_attr(docsrs, doc(cfg(feature = "dns")))]
+pub use self::dns::{
+    DnsEvent, DnsMetrics, DnsQuery, DnsRegistry, DnsRegistryBuilder, SRV_PRIORITY_METADATA_KEY,
+    SRV_TARGET_METADATA_KEY,
+};
 pub use self::error::{DiscoveryError, NoHealthyInstance};
+#[cfg(feature = "etcd")]
+#[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
+pub use self::etcd::{EtcdEvent, EtcdMetrics, EtcdRegistry, EtcdRegistryBuilder};
 pub use self::health::{HealthCheck, HttpCheck, HttpCheckBuilder, MIN_CHECK_PERIOD};
 pub use self::instance::{
     Instance, InstanceAddress, InstanceBuilder, InstanceId, IntoAddress, MAX_NAME_LEN, MAX_WEIGHT,
