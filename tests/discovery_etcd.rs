@@ -357,7 +357,7 @@ const CHILD_ENV: &str = "PALISADE_ETCD_CHILD_PREFIX";
 const CHILD_TTL_SECS: u64 = 2;
 
 /// Run as a child process by
-/// `a_killed_instance_vanishes_once_its_lease_expires` (and does nothing
+/// `a_killed_instance_vanishes_once_its_lease_expires_and_leaves_the_balancer` (and does nothing
 /// otherwise): registers an instance and waits to be killed.
 #[tokio::test]
 #[ignore = "needs etcd: scripts/integration-etcd.sh (child process of another test)"]
@@ -380,7 +380,7 @@ async fn child_process_registers_and_waits_to_be_killed() {
 
 #[tokio::test]
 #[ignore = "needs etcd: scripts/integration-etcd.sh"]
-async fn a_killed_instance_vanishes_once_its_lease_expires() {
+async fn a_killed_instance_vanishes_once_its_lease_expires_and_leaves_the_balancer() {
     let prefix = unique_prefix("killed");
     let etcd = registry(&prefix).await;
     let mut child = tokio::process::Command::new(std::env::current_exe().expect("test binary"))
@@ -409,6 +409,25 @@ async fn a_killed_instance_vanishes_once_its_lease_expires() {
 
     let mut watch = etcd.watch("api");
     assert_eq!(ids(&next_set(&mut watch).await), ["doomed"]);
+    // A balancer over the same registry: each instance's "client" answers
+    // with the instance's id.
+    let make = palisade::discovery::make_fn(|instance: &Instance| {
+        let id = instance.id().to_string();
+        Ok::<_, palisade::BoxError>(tower::service_fn(move |_: ()| {
+            let id = id.clone();
+            async move { Ok::<_, palisade::BoxError>(id) }
+        }))
+    });
+    let mut balance = palisade::discovery::Balance::new(
+        "api",
+        &etcd,
+        make,
+        palisade::discovery::BalanceConfig::default(),
+    )
+    .expect("a valid balancer");
+    use tower::{Service, ServiceExt};
+    let answer = balance.ready().await.expect("ready").call(()).await;
+    assert_eq!(answer.expect("the doomed instance answers"), "doomed");
     // Outlive a few keep-alives: the child keeps its lease alive.
     tokio::time::sleep(Duration::from_secs(CHILD_TTL_SECS + 1)).await;
     assert_eq!(ids(&etcd.healthy("api").await.expect("list")), ["doomed"]);
@@ -421,6 +440,21 @@ async fn a_killed_instance_vanishes_once_its_lease_expires() {
     })
     .await;
     let gone_after = killed.elapsed();
+    eventually("the balancer dropped the killed instance", async || {
+        balance.metrics().instances == 0
+    })
+    .await;
+    let error = balance
+        .ready()
+        .await
+        .expect("ready")
+        .call(())
+        .await
+        .expect_err("no instance is left");
+    let none = error
+        .downcast_ref::<palisade::discovery::NoHealthyInstance>()
+        .unwrap_or_else(|| panic!("expected NoHealthyInstance, got {error}"));
+    assert_eq!(none.service().as_ref(), "api");
     // Nobody revoked the lease: it expired. etcd checks expiry every
     // 500 ms and may extend a lease by its minimum TTL after a leader change.
     assert!(
