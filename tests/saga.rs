@@ -659,8 +659,10 @@ async fn recovery_reruns_the_interrupted_step_with_the_same_key_and_finishes() {
 struct Partitionable {
     inner: MemoryLog,
     cut: Arc<Mutex<bool>>,
-    /// Appends to refuse with `Unavailable` (without writing), counted down.
+    /// Appends to refuse with `Unavailable` (without writing), counted down,
+    /// once `appends_before_failing` more appends have been let through.
     failing_appends: Arc<Mutex<u32>>,
+    appends_before_failing: Arc<Mutex<u32>>,
 }
 
 impl SagaLog for Partitionable {
@@ -681,7 +683,10 @@ impl SagaLog for Partitionable {
         record: RecordKind,
     ) -> BoxFuture<'a, Result<u64, LogError>> {
         let mut failing = self.failing_appends.lock();
-        if *failing > 0 {
+        let mut before = self.appends_before_failing.lock();
+        if *failing > 0 && *before > 0 {
+            *before -= 1;
+        } else if *failing > 0 {
             *failing -= 1;
             return Box::pin(async { Err(LogError::unavailable("partitionable", "disk full")) });
         }
@@ -702,6 +707,9 @@ impl SagaLog for Partitionable {
         owner: &'a OwnerId,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<ClaimedSaga, LogError>> {
+        if *self.cut.lock() {
+            return Box::pin(async { Err(LogError::unavailable("partitionable", "partitioned")) });
+        }
         self.inner.claim(saga, owner, ttl)
     }
     fn claim_unfinished<'a>(
@@ -735,6 +743,7 @@ async fn a_partitioned_executor_is_fenced_off_after_another_takes_its_saga_over(
         inner: memory.clone(),
         cut: Arc::default(),
         failing_appends: Arc::default(),
+        appends_before_failing: Arc::default(),
     };
     shop.plan("do:b", [Act::Block]);
     let def = saga(&["a", "b", "c"]);
@@ -800,6 +809,7 @@ async fn a_takeover_loop_adopts_sagas_whose_lease_expired_and_leaves_live_ones_a
         inner: memory.clone(),
         cut: Arc::default(),
         failing_appends: Arc::default(),
+        appends_before_failing: Arc::default(),
     };
     shop.plan("do:b", [Act::Block]);
     let def = saga(&["a", "b", "c"]);
@@ -854,31 +864,100 @@ fn a_too_short_takeover_interval_is_rejected() {
     assert_eq!(err.field(), "takeover_interval");
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_saga_stopped_by_a_log_failure_releases_its_lease_and_is_taken_over() {
-    let shop = Arc::new(Shop::default());
-    let log = Partitionable {
+fn failing_log() -> Partitionable {
+    Partitionable {
         inner: MemoryLog::new(),
         cut: Arc::default(),
         failing_appends: Arc::default(),
-    };
+        appends_before_failing: Arc::default(),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_saga_whose_log_is_unavailable_for_a_while_is_resumed_by_its_driver() {
+    let shop = Arc::new(Shop::default());
+    let log = failing_log();
     let exec = SagaExecutor::builder(Arc::clone(&shop), log.clone())
         .owner("a")
-        .takeover_interval(Duration::from_secs(1))
         .build()
         .unwrap();
     let def = saga(&["a", "b"]);
     exec.register(&def);
-    exec.recover().await.unwrap();
     let mut events = exec.subscribe();
-    *log.failing_appends.lock() = 1;
+    // The first three appends (each `step_started` of `a`) fail.
+    *log.failing_appends.lock() = 3;
     let handle = exec.start(&def, &()).await.unwrap();
     let id = handle.id();
     assert!(matches!(
         handle.outcome().await,
-        Err(SagaError::Log(LogError::Unavailable { .. }))
+        Ok(SagaOutcome::Completed(_))
     ));
-    assert_eq!(exec.status(id).await.unwrap().owner, None, "lease released");
+    assert_eq!(
+        shop.calls(),
+        ["do:a", "do:b"],
+        "no action ran before its record"
+    );
+    assert_eq!(exec.metrics().resumed, 3, "taken back after each failure");
+    let resumed = events
+        .drain()
+        .into_iter()
+        .filter(|e| e.saga == id && matches!(e.kind, SagaEventKind::Resumed { .. }))
+        .count();
+    assert_eq!(resumed, 3);
+    assert_eq!(exec.status(id).await.unwrap().state, SagaState::Completed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_action_whose_completion_was_not_logged_runs_again_with_the_same_key() {
+    let shop = Arc::new(Shop::default());
+    let log = failing_log();
+    let exec = SagaExecutor::builder(Arc::clone(&shop), log.clone())
+        .owner("a")
+        .build()
+        .unwrap();
+    let def = saga(&["a", "b"]);
+    exec.register(&def);
+    // `step_started` of `a` is written; its `step_completed` fails.
+    *log.appends_before_failing.lock() = 1;
+    *log.failing_appends.lock() = 1;
+    let handle = exec.start(&def, &()).await.unwrap();
+    assert!(matches!(
+        handle.outcome().await,
+        Ok(SagaOutcome::Completed(_))
+    ));
+    assert_eq!(shop.calls(), ["do:a", "do:a", "do:b"]);
+    let keys = shop.keys.lock().clone();
+    assert_eq!(
+        keys[0], keys[1],
+        "the re-run carries the same idempotency key"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_saga_stopped_by_a_log_failure_can_be_taken_over_by_another_executor() {
+    let shop = Arc::new(Shop::default());
+    let log = failing_log();
+    let a = SagaExecutor::builder(Arc::clone(&shop), log.clone())
+        .owner("a")
+        .build()
+        .unwrap();
+    let b = SagaExecutor::builder(Arc::clone(&shop), log.inner.clone())
+        .owner("b")
+        .takeover_interval(Duration::from_millis(10))
+        .build()
+        .unwrap();
+    let def = saga(&["a", "b"]);
+    a.register(&def);
+    b.register(&def);
+    b.recover().await.unwrap();
+    let mut events = b.subscribe();
+    *log.failing_appends.lock() = 1;
+    let handle = a.start(&def, &()).await.unwrap();
+    let id = handle.id();
+    // a's first append fails and a's driver gives the lease back; a is then
+    // cut off from the log, so its attempts to take the saga back fail, and
+    // b's takeover loop (every 10 ms) takes the saga and finishes it.
+    *log.cut.lock() = true;
     let completed = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             let event = events.recv().await.unwrap();
@@ -890,6 +969,12 @@ async fn a_saga_stopped_by_a_log_failure_releases_its_lease_and_is_taken_over() 
     .await
     .expect("taken over within a few rounds");
     assert_eq!(completed, id);
+    *log.cut.lock() = false;
+    let outcome = handle.outcome().await;
+    assert!(
+        matches!(outcome, Err(SagaError::LeaseLost { .. })),
+        "a learns that b drives the saga now: {outcome:?}"
+    );
     assert_eq!(shop.calls(), ["do:a", "do:b"]);
 }
 

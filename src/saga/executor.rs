@@ -23,6 +23,7 @@ use super::progress::Progress;
 use super::record::{FinishedOutcome, LoggedRecord, RecordKind, SagaState};
 use crate::error::ConfigError;
 use crate::events::{EventHub, EventStream, check_event_capacity};
+use crate::retry::Backoff;
 
 const COMPONENT: &str = "saga executor";
 
@@ -146,6 +147,18 @@ pub(crate) struct Shared<Ctx, C> {
     pub(crate) definitions: RwLock<HashMap<String, SagaDefinition<Ctx, C>>>,
     pub(crate) events: EventHub<SagaEvent>,
     pub(crate) counters: Counters,
+}
+
+/// What became of an attempt to take back a saga after a log failure.
+enum Resumption<Ctx, C> {
+    /// Taken back: drive it on.
+    Resumed(Arc<Run<Ctx, C>>, Progress),
+    /// The log is still unavailable.
+    Unavailable,
+    /// Another driver (after `recover` or a takeover) drives it now.
+    Superseded,
+    /// It cannot be resumed.
+    Failed(SagaError),
 }
 
 /// The drivers of the sagas in flight; aborted when the last executor
@@ -598,6 +611,77 @@ where
         Ok((definition, progress))
     }
 
+    /// Takes back a saga whose driver (holding the lease of `epoch`) was
+    /// stopped by an unavailable log, and prepares to drive it again from
+    /// its records.
+    async fn resume_after_log_failure(&self, saga: SagaId, epoch: u64) -> Resumption<Ctx, C> {
+        let still_ours = |running: &HashMap<SagaId, (AbortHandle, Lease)>| {
+            running
+                .get(&saga)
+                .is_some_and(|(_, held)| held.epoch == epoch)
+        };
+        if !still_ours(&self.tasks.running.lock()) {
+            // `recover` or a takeover started another driver: leave it be.
+            return Resumption::Superseded;
+        }
+        let claim = match self
+            .shared
+            .log
+            .claim(saga, &self.shared.owner, self.shared.lease_ttl)
+            .await
+        {
+            Ok(claim) => claim,
+            Err(LogError::Unavailable { .. }) => return Resumption::Unavailable,
+            // Another executor took the released lease meanwhile (and
+            // may have finished the saga).
+            Err(error @ (LogError::LeaseHeld { .. } | LogError::Finished { .. })) => {
+                return Resumption::Failed(SagaError::LeaseLost {
+                    saga,
+                    source: error,
+                });
+            }
+            Err(error) => return Resumption::Failed(error.into()),
+        };
+        let lease = claim.lease.clone();
+        match self.prepare_resume(claim, false).await {
+            Ok((definition, progress)) => {
+                {
+                    let mut running = self.tasks.running.lock();
+                    if !still_ours(&running) {
+                        return Resumption::Superseded;
+                    }
+                    if let Some((_, held)) = running.get_mut(&saga) {
+                        *held = lease.clone();
+                    }
+                }
+                bump(&self.shared.counters.resumed);
+                tracing::info!(saga = %saga, state = %progress.state, epoch = lease.epoch, "saga resumed after a log failure");
+                self.publish(
+                    saga,
+                    &definition,
+                    SagaEventKind::Resumed {
+                        state: progress.state,
+                    },
+                );
+                let run = Arc::new(Run {
+                    shared: Arc::clone(&self.shared),
+                    definition,
+                    lease,
+                });
+                Resumption::Resumed(run, progress)
+            }
+            Err(error) => {
+                if let Err(release) = self.shared.log.release(&lease).await {
+                    tracing::debug!(saga = %saga, %release, "lease not released");
+                }
+                match error {
+                    SagaError::Log(LogError::Unavailable { .. }) => Resumption::Unavailable,
+                    error => Resumption::Failed(error),
+                }
+            }
+        }
+    }
+
     fn publish(&self, saga: SagaId, definition: &SagaDefinition<Ctx, C>, kind: SagaEventKind) {
         self.shared.events.publish_with(|| SagaEvent {
             saga,
@@ -629,7 +713,32 @@ where
             async move {
                 let shared = Arc::clone(&run.shared);
                 let in_flight = InFlight::new(&shared.counters);
-                let result = run.drive_with_lease(progress).await;
+                let mut epoch = epoch;
+                let mut result = run.drive_with_lease(progress).await;
+                // A log that is unavailable for a while (a database restart,
+                // a lost connection) does not strand the saga: take it back
+                // and go on from what the log says, until the log answers.
+                let mut delays = Backoff::default().delays();
+                while let Err(SagaError::Log(LogError::Unavailable { .. })) = &result {
+                    let delay = delays.next().unwrap_or(Duration::from_secs(10));
+                    tokio::time::sleep(delay).await;
+                    let Some(tasks) = tasks.upgrade() else { break };
+                    let executor = SagaExecutor {
+                        shared: Arc::clone(&shared),
+                        tasks,
+                    };
+                    match executor.resume_after_log_failure(id, epoch).await {
+                        Resumption::Resumed(run, progress) => {
+                            epoch = run.lease.epoch;
+                            drop(executor);
+                            result = run.drive_with_lease(progress).await;
+                        }
+                        // Still unavailable: try again after a longer wait.
+                        Resumption::Unavailable => {}
+                        Resumption::Superseded => break,
+                        Resumption::Failed(error) => result = Err(error),
+                    }
+                }
                 drop(in_flight);
                 if let Some(tasks) = tasks.upgrade() {
                     let mut running = tasks.running.lock();

@@ -123,6 +123,15 @@
 //! | [`event_capacity`](SagaExecutorBuilder::event_capacity) | 1024 | events buffered per subscriber |
 //! | [`codec`](SagaExecutorBuilder::codec) | [`JsonCodec`] | how inputs and outputs are stored |
 //!
+//! When the log is unavailable (a database restart, a lost connection), the
+//! saga's driver stops, gives its lease back, and takes the saga back after
+//! a backoff (100 ms doubling to 10 s, with jitter), replaying what the log
+//! recorded: an action whose completion was not recorded runs again, with
+//! the same idempotency key. It keeps trying while the executor lives, so a
+//! saga is never stranded by a transient failure; another executor may
+//! take the saga over meanwhile, and the first then learns so
+//! ([`SagaError::LeaseLost`]).
+//!
 //! Operators use [`SagaExecutor::status`], [`history`](SagaExecutor::history),
 //! [`list`](SagaExecutor::list), [`retry_stuck`](SagaExecutor::retry_stuck)
 //! and [`abandon`](SagaExecutor::abandon). Every state change is a
