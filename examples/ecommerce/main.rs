@@ -13,7 +13,8 @@
 //!
 //! Then the order saga (create order → payment → reserve inventory →
 //! confirm) runs on the saga executor with its log in an embedded SQLite
-//! file: an order completes, an out-of-stock order is compensated (the
+//! file; the orders and inventory services each keep their own (embedded
+//! SQLite) database: an order completes, an out-of-stock order is compensated (the
 //! payment refunded, the order cancelled), and an executor that crashes
 //! mid-saga is replaced by one that finishes the saga from the log.
 //!

@@ -9,7 +9,6 @@
 //! inventory call hangs, and a new executor on the same file finishes the
 //! saga.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,60 +37,144 @@ pub struct PlaceOrder {
     pub amount_cents: u64,
 }
 
-/// The orders service: orders by id, each pending, confirmed or cancelled.
-#[derive(Default)]
+/// The orders service, with its own database (an embedded SQLite one):
+/// orders by idempotency key, each pending, confirmed or cancelled.
 pub struct Orders {
-    orders: Mutex<HashMap<String, (u64, &'static str)>>,
+    db: Mutex<rusqlite::Connection>,
 }
 
 impl Orders {
+    fn open() -> Result<Self, BoxError> {
+        let db = rusqlite::Connection::open_in_memory()?;
+        db.execute_batch(
+            "CREATE TABLE orders (
+                 id INTEGER PRIMARY KEY AUTOINCREMENT,
+                 key TEXT NOT NULL UNIQUE,
+                 state TEXT NOT NULL
+             );",
+        )?;
+        Ok(Self { db: Mutex::new(db) })
+    }
+
     /// Creates a pending order under an idempotency key (a repeat returns
     /// the same order).
-    fn create(&self, key: &str) -> u64 {
-        let mut orders = self.orders.lock();
-        let next = orders.len() as u64 + 1;
-        orders.entry(key.to_owned()).or_insert((next, "pending")).0
+    fn create(&self, key: &str) -> Result<u64, rusqlite::Error> {
+        let db = self.db.lock();
+        db.execute(
+            "INSERT INTO orders (key, state) VALUES (?1, 'pending') ON CONFLICT (key) DO NOTHING",
+            [key],
+        )?;
+        db.query_row("SELECT id FROM orders WHERE key = ?1", [key], |row| {
+            row.get(0)
+        })
     }
-    fn set(&self, key: &str, state: &'static str) {
-        if let Some(order) = self.orders.lock().get_mut(key) {
-            order.1 = state;
-        }
+
+    fn set(&self, key: &str, state: &str) -> Result<(), rusqlite::Error> {
+        self.db
+            .lock()
+            .execute("UPDATE orders SET state = ?2 WHERE key = ?1", [key, state])?;
+        Ok(())
+    }
+
+    fn state_by_key(&self, key: &str) -> Result<String, rusqlite::Error> {
+        self.db
+            .lock()
+            .query_row("SELECT state FROM orders WHERE key = ?1", [key], |row| {
+                row.get(0)
+            })
+    }
+
+    fn state(&self, id: u64) -> Result<String, rusqlite::Error> {
+        self.db
+            .lock()
+            .query_row("SELECT state FROM orders WHERE id = ?1", [id], |row| {
+                row.get(0)
+            })
     }
 }
 
-/// The inventory service: stock per item, reservations by key.
+/// The inventory service, with its own database: stock per item and
+/// reservations by idempotency key.
 pub struct Inventory {
-    stock: Mutex<HashMap<String, u32>>,
-    reserved: Mutex<HashSet<String>>,
+    db: Mutex<rusqlite::Connection>,
     hang: Mutex<bool>,
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("{0} is out of stock")]
-pub struct OutOfStock(String);
+pub enum InventoryError {
+    #[error("{0} is out of stock")]
+    OutOfStock(String),
+    #[error("inventory database: {0}")]
+    Database(#[from] rusqlite::Error),
+}
 
 impl Inventory {
-    async fn reserve(&self, key: &str, item: &str) -> Result<(), OutOfStock> {
+    fn open(stock: &[(&str, u32)]) -> Result<Self, BoxError> {
+        let db = rusqlite::Connection::open_in_memory()?;
+        db.execute_batch(
+            "CREATE TABLE stock (item TEXT PRIMARY KEY, available INTEGER NOT NULL);
+             CREATE TABLE reservations (key TEXT PRIMARY KEY, item TEXT NOT NULL);",
+        )?;
+        for (item, available) in stock {
+            db.execute(
+                "INSERT INTO stock (item, available) VALUES (?1, ?2)",
+                rusqlite::params![item, available],
+            )?;
+        }
+        Ok(Self {
+            db: Mutex::new(db),
+            hang: Mutex::new(false),
+        })
+    }
+
+    /// Reserves one `item` under an idempotency key, in one transaction.
+    async fn reserve(&self, key: &str, item: &str) -> Result<(), InventoryError> {
         if *self.hang.lock() {
             std::future::pending::<()>().await; // a call that never returns
         }
-        if self.reserved.lock().contains(key) {
+        let mut db = self.db.lock();
+        let tx = db.transaction()?;
+        let already: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM reservations WHERE key = ?1)",
+            [key],
+            |row| row.get(0),
+        )?;
+        if already {
             return Ok(());
         }
-        let mut stock = self.stock.lock();
-        match stock.get_mut(item) {
-            Some(n) if *n > 0 => {
-                *n -= 1;
-                self.reserved.lock().insert(key.to_owned());
-                Ok(())
-            }
-            _ => Err(OutOfStock(item.to_owned())),
+        let taken = tx.execute(
+            "UPDATE stock SET available = available - 1 WHERE item = ?1 AND available > 0",
+            [item],
+        )?;
+        if taken == 0 {
+            return Err(InventoryError::OutOfStock(item.to_owned()));
         }
+        tx.execute(
+            "INSERT INTO reservations (key, item) VALUES (?1, ?2)",
+            [key, item],
+        )?;
+        tx.commit()?;
+        Ok(())
     }
-    fn release(&self, key: &str, item: &str) {
-        if self.reserved.lock().remove(key) {
-            *self.stock.lock().entry(item.to_owned()).or_default() += 1;
+
+    /// Releases the reservation made under `key`, if there is one.
+    fn release(&self, key: &str) -> Result<(), rusqlite::Error> {
+        let mut db = self.db.lock();
+        let tx = db.transaction()?;
+        let item: Option<String> = tx
+            .query_row(
+                "DELETE FROM reservations WHERE key = ?1 RETURNING item",
+                [key],
+                |row| row.get(0),
+            )
+            .ok();
+        if let Some(item) = item {
+            tx.execute(
+                "UPDATE stock SET available = available + 1 WHERE item = ?1",
+                [item],
+            )?;
         }
+        tx.commit()
     }
 }
 
@@ -111,10 +194,13 @@ pub fn definition() -> Result<SagaDefinition<Services>, BoxError> {
         .step(Step::new(
             "create-order",
             |svc: Arc<Services>, cx: StepContext| async move {
-                Ok::<_, StepError>(svc.orders.create(&cx.idempotency_key()))
+                // A database error may or may not have created the order.
+                svc.orders
+                    .create(&cx.idempotency_key())
+                    .map_err(StepError::unknown)
             },
             move |svc: Arc<Services>, cx: StepContext| async move {
-                svc.orders.set(&order_key(&cx), "cancelled");
+                svc.orders.set(&order_key(&cx), "cancelled")?;
                 Ok::<_, BoxError>(())
             },
         ))
@@ -161,23 +247,29 @@ pub fn definition() -> Result<SagaDefinition<Services>, BoxError> {
                 svc.inventory
                     .reserve(&cx.idempotency_key(), &input.item)
                     .await
-                    .map_err(StepError::no_effect) // out of stock changed nothing
+                    .map_err(|error| match error {
+                        // Out of stock changed nothing; the transaction
+                        // rolled back on any other error too.
+                        InventoryError::OutOfStock(_) | InventoryError::Database(_) => {
+                            StepError::no_effect(error)
+                        }
+                    })
             },
             |svc: Arc<Services>, cx: StepContext| async move {
-                let input: PlaceOrder = cx.input()?;
                 let key = format!("{}:reserve-inventory:action", cx.saga_id());
-                svc.inventory.release(&key, &input.item);
+                svc.inventory.release(&key)?;
                 Ok::<_, BoxError>(())
             },
         ))
         .pivot(Step::without_compensation(
             "confirm",
             move |svc: Arc<Services>, cx: StepContext| async move {
-                svc.orders.set(
-                    &format!("{}:create-order:action", cx.saga_id()),
-                    "confirmed",
-                );
-                Ok::<_, StepError>(())
+                svc.orders
+                    .set(
+                        &format!("{}:create-order:action", cx.saga_id()),
+                        "confirmed",
+                    )
+                    .map_err(StepError::unknown)
             },
         ))
         .build()?)
@@ -188,13 +280,9 @@ pub async fn run(payments: PaymentsClient) -> Result<(), BoxError> {
     let dir = tempfile::tempdir()?; // the embedded log; a real service keeps it
     let db = dir.path().join("sagas.db");
     let services = Arc::new(Services {
-        orders: Orders::default(),
+        orders: Orders::open()?,
         payments,
-        inventory: Inventory {
-            stock: Mutex::new(HashMap::from([("book".to_owned(), 2)])),
-            reserved: Mutex::default(),
-            hang: Mutex::new(false),
-        },
+        inventory: Inventory::open(&[("book", 2), ("lamp", 0)])?,
         refunds: Mutex::default(),
     });
     let order_saga = definition()?;
@@ -212,16 +300,23 @@ pub async fn run(payments: PaymentsClient) -> Result<(), BoxError> {
             amount_cents: 1999,
         };
         let handle = executor.start(&order_saga, &order).await?;
+        let saga = handle.id();
         match handle.outcome().await? {
-            SagaOutcome::Completed(out) => println!(
-                "   user {user_id}: order {} confirmed, payment {}",
-                out.get::<u64>("create-order")?,
-                out.get::<u64>("payment")?
-            ),
+            SagaOutcome::Completed(out) => {
+                let order_id = out.get::<u64>("create-order")?;
+                println!(
+                    "   user {user_id}: order {order_id} {} (orders database), payment {}",
+                    services.orders.state(order_id)?,
+                    out.get::<u64>("payment")?
+                )
+            }
             SagaOutcome::Compensated(failure) => println!(
-                "   user {user_id}: rolled back ({} failed: {}); refunds so far {:?}",
+                "   user {user_id}: rolled back ({} failed: {}); order {}; refunds so far {:?}",
                 failure.step,
                 failure.error,
+                services
+                    .orders
+                    .state_by_key(&format!("{saga}:create-order:action"))?,
                 services.refunds.lock()
             ),
             other => println!("   user {user_id}: {other:?}"),
