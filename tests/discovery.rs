@@ -1230,6 +1230,256 @@ mod balancer {
         );
     }
 
+    /// Clients of `a` and `b`; an instance fails while its flag is set.
+    /// Counts the calls that reached each instance.
+    #[allow(clippy::type_complexity)]
+    fn switchable_make(
+        broken: Arc<std::sync::Mutex<HashMap<String, bool>>>,
+        reached: Arc<std::sync::Mutex<HashMap<String, usize>>>,
+    ) -> impl Service<
+        Instance,
+        Response = impl Service<(), Response = String, Error = BoxError, Future = impl Send>
+                   + Clone
+                   + Send
+                   + Sync
+                   + 'static,
+        Error = BoxError,
+        Future = impl Send,
+    > + Send
+    + 'static {
+        make_fn(move |instance: &Instance| {
+            let id = instance.id().to_string();
+            let broken = broken.clone();
+            let reached = reached.clone();
+            Ok::<_, BoxError>(service_fn(move |()| {
+                let id = id.clone();
+                *reached.lock().unwrap().entry(id.clone()).or_default() += 1;
+                let fails = broken.lock().unwrap().get(&id).copied().unwrap_or(false);
+                async move {
+                    if fails {
+                        Err::<String, BoxError>(format!("{id} is broken").into())
+                    } else {
+                        Ok(id)
+                    }
+                }
+            }))
+        })
+    }
+
+    fn breaker_config() -> palisade::circuit_breaker::CircuitBreakerConfig {
+        palisade::circuit_breaker::CircuitBreakerConfig::builder()
+            .sliding_window(palisade::circuit_breaker::SlidingWindow::consecutive_failures(2))
+            .wait_duration_in_open_state(Duration::from_secs(10))
+            .permitted_number_of_calls_in_half_open_state(1)
+            .build()
+            .unwrap()
+    }
+
+    fn breaker_of(
+        metrics: &palisade::discovery::BalanceMetrics,
+        id: &str,
+    ) -> Option<palisade::circuit_breaker::CircuitState> {
+        metrics
+            .endpoints
+            .iter()
+            .find(|e| e.id.as_str() == id)
+            .expect("instance in the metrics")
+            .breaker
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn built_in_breaker_keeps_calls_off_its_failing_instance_then_lets_a_trial_call_through()
+    {
+        use palisade::circuit_breaker::CircuitState;
+
+        assert!(BalanceConfig::default().circuit_breaker().is_none());
+        let registry = StaticRegistry::new([
+            instance("users", "a", "10.0.0.1:80"),
+            instance("users", "b", "10.0.0.2:80"),
+        ]);
+        let broken = Arc::new(std::sync::Mutex::new(HashMap::from([(
+            "b".to_string(),
+            true,
+        )])));
+        let reached = Arc::new(std::sync::Mutex::new(HashMap::new()));
+        let config = BalanceConfig::builder()
+            .picker(Picker::RoundRobin)
+            .circuit_breaker(breaker_config())
+            .build()
+            .unwrap();
+        let make = switchable_make(broken.clone(), reached.clone());
+        let mut balance = Balance::new("users", &registry, make, config).unwrap();
+
+        let mut answers = Vec::new();
+        let mut failed = 0;
+        for _ in 0..20 {
+            match call(&mut balance).await {
+                Ok(id) => answers.push(id),
+                Err(e) => {
+                    assert_eq!(
+                        e.to_string(),
+                        "b is broken",
+                        "no rejection reaches the caller"
+                    );
+                    failed += 1;
+                }
+            }
+        }
+        assert_eq!(failed, 2, "b's breaker opens after 2 failures in a row");
+        assert_eq!(answers.len(), 18, "every other call is answered");
+        assert!(answers.iter().all(|id| id == "a"));
+        assert_eq!(
+            reached.lock().unwrap()["b"],
+            2,
+            "no call reaches b once open"
+        );
+        let metrics = balance.metrics();
+        assert_eq!(breaker_of(&metrics, "b"), Some(CircuitState::Open));
+        assert_eq!(breaker_of(&metrics, "a"), Some(CircuitState::Closed));
+        assert_eq!(
+            (
+                metrics.instances,
+                metrics.available,
+                metrics.breakers_open,
+                metrics.ejected
+            ),
+            (2, 1, 1, 0)
+        );
+        let b_breaker = balance.circuit_breaker("b").expect("b has a breaker");
+        assert_eq!(b_breaker.name(), "users/b");
+        assert_eq!(
+            b_breaker.metrics().not_permitted_calls,
+            0,
+            "skipped quietly"
+        );
+
+        // b recovers; after the open wait it gets a trial call, which closes
+        // its breaker, and round robin includes it again.
+        broken.lock().unwrap().insert("b".into(), false);
+        tokio::time::advance(Duration::from_secs(9)).await;
+        for _ in 0..4 {
+            assert_eq!(call(&mut balance).await.unwrap(), "a", "still open");
+        }
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let mut answers = Vec::new();
+        for _ in 0..10 {
+            answers.push(call(&mut balance).await.unwrap());
+        }
+        assert_eq!(b_breaker.state(), CircuitState::Closed);
+        assert_eq!(
+            answers.iter().filter(|id| *id == "b").count(),
+            5,
+            "{answers:?}"
+        );
+        let metrics = balance.metrics();
+        assert_eq!((metrics.available, metrics.breakers_open), (2, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn when_every_instances_breaker_is_open_calls_fail_fast_with_breaker_open() {
+        use palisade::circuit_breaker::BreakerOpen;
+
+        let registry = StaticRegistry::new([
+            instance("users", "a", "10.0.0.1:80"),
+            instance("users", "b", "10.0.0.2:80"),
+        ]);
+        let broken = Arc::new(std::sync::Mutex::new(HashMap::from([
+            ("a".to_string(), true),
+            ("b".to_string(), true),
+        ])));
+        let reached = Arc::new(std::sync::Mutex::new(HashMap::new()));
+        let config = BalanceConfig::builder()
+            .picker(Picker::PeakEwma {
+                default_rtt: Duration::from_millis(30),
+                decay: Duration::from_secs(10),
+            })
+            .circuit_breaker(breaker_config())
+            .build()
+            .unwrap();
+        let make = switchable_make(broken.clone(), reached.clone());
+        let mut balance = Balance::new("users", &registry, make, config).unwrap();
+        for _ in 0..4 {
+            let err = call(&mut balance).await.unwrap_err();
+            assert!(err.to_string().ends_with("is broken"), "{err}");
+        }
+        let metrics = balance.metrics();
+        assert_eq!((metrics.available, metrics.breakers_open), (0, 2));
+
+        tokio::time::advance(Duration::from_secs(3)).await;
+        let err = call(&mut balance).await.unwrap_err();
+        let open = err.downcast_ref::<BreakerOpen>().expect("BreakerOpen");
+        assert!(["users/a", "users/b"].contains(&open.breaker()), "{open}");
+        assert_eq!(open.retry_in(), Some(Duration::from_secs(7)));
+        assert!(err.downcast_ref::<NoHealthyInstance>().is_none());
+        let reached_total: usize = reached.lock().unwrap().values().sum();
+        assert_eq!(reached_total, 4, "the rejected call reached no instance");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_instances_breaker_is_dropped_when_it_leaves_and_a_new_one_comes_with_it_back() {
+        use palisade::circuit_breaker::CircuitState;
+        use palisade::events::TryRecvError;
+
+        let registry = InMemoryRegistry::new();
+        let broken = Arc::new(std::sync::Mutex::new(HashMap::from([(
+            "a".to_string(),
+            true,
+        )])));
+        let reached = Arc::new(std::sync::Mutex::new(HashMap::new()));
+        let config = BalanceConfig::builder()
+            .circuit_breaker(breaker_config())
+            .build()
+            .unwrap();
+        let make = switchable_make(broken.clone(), reached);
+        let mut balance = Balance::new("users", &registry, make, config).unwrap();
+        let mut events = balance.subscribe();
+        let register = || {
+            registry.register(Registration::new(
+                instance("users", "a", "10.0.0.1:80"),
+                HealthCheck::None,
+            ))
+        };
+        let guard = register().await.unwrap();
+        assert!(matches!(
+            next_kind(&mut events).await.1,
+            BalanceEventKind::Added { .. }
+        ));
+        for _ in 0..2 {
+            assert!(call(&mut balance).await.is_err());
+        }
+        let breaker = balance.circuit_breaker("a").expect("a has a breaker");
+        assert_eq!(breaker.state(), CircuitState::Open);
+        let mut breaker_events = breaker.subscribe();
+        drop(breaker);
+
+        guard.deregister().await.unwrap();
+        assert_eq!(
+            next_kind(&mut events).await,
+            ("a".into(), BalanceEventKind::Removed)
+        );
+        assert!(balance.circuit_breaker("a").is_none());
+        assert!(balance.metrics().endpoints.is_empty());
+        loop {
+            match breaker_events.try_recv() {
+                Ok(_) => continue,
+                Err(error) => {
+                    assert_eq!(error, TryRecvError::Closed, "the breaker was dropped");
+                    break;
+                }
+            }
+        }
+
+        broken.lock().unwrap().insert("a".into(), false);
+        let _guard = register().await.unwrap();
+        assert!(matches!(
+            next_kind(&mut events).await.1,
+            BalanceEventKind::Added { .. }
+        ));
+        let breaker = balance.circuit_breaker("a").expect("a new breaker");
+        assert_eq!(breaker.state(), CircuitState::Closed);
+        assert_eq!(call(&mut balance).await.unwrap(), "a");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_client_that_fails_to_build_is_built_again_after_a_backoff() {
         let registry = StaticRegistry::new([instance("users", "a", "10.0.0.1:80")]);

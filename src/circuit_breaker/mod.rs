@@ -171,5 +171,6 @@ pub use self::layer::CircuitBreakerLayer;
 pub use self::metrics::CircuitBreakerMetrics;
 pub use self::registry::CircuitBreakerRegistry;
 pub use self::service::CircuitBreakerService;
+pub(crate) use self::state::Admission;
 pub use self::state::{CallError, CallPermit, CircuitBreaker, CircuitState};
 pub use self::window::TripReason;

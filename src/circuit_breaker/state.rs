@@ -412,6 +412,30 @@ impl CircuitBreaker {
         }
     }
 
+    /// Whether [`admit`](Self::admit) would let a call through now, without
+    /// asking: nothing is counted, no transition is made, no trial slot is
+    /// taken. An OPEN breaker whose wait is over answers `true` (the call
+    /// that follows moves it to HALF_OPEN). For a balancer choosing among
+    /// several breakers; `admit` may still reject if the state moves between.
+    #[inline]
+    pub(crate) fn would_admit(&self) -> bool {
+        let s = &*self.shared;
+        let word = s.word.load(Acquire);
+        if admits_every_call(word) {
+            return true;
+        }
+        match state_of(word) {
+            CircuitState::Open => s.state_clock.now_nanos() >= s.open_until.load(Acquire),
+            CircuitState::HalfOpen => {
+                let permits = s.trial_permits.load(Acquire);
+                // Another epoch's trial: let `admit` decide.
+                permits & !0xFFFF_FFFF != trial_tag(word) || permits & 0xFFFF_FFFF != 0
+            }
+            CircuitState::ForcedOpen => false,
+            CircuitState::Closed | CircuitState::MetricsOnly | CircuitState::Disabled => true,
+        }
+    }
+
     /// The permit of an [`Admission::Granted`] call, its timer started.
     #[inline]
     pub(crate) fn permit_for(&self, word: u64) -> CallPermit {

@@ -89,6 +89,7 @@
 //! | `base_ejection_time` | 30 s | First ejection; the `n`th lasts `n` times as long. |
 //! | `max_ejection_time` | 300 s | Cap on an ejection. |
 //! | `max_ejection_percent` | 50 | The most instances ejected at once (strict). |
+//! | `circuit_breaker` | none | A [`CircuitBreakerConfig`](crate::circuit_breaker::CircuitBreakerConfig): each instance gets its own breaker, named `<service>/<instance id>`; instances whose breaker rejects are not picked. |
 //! | `event_capacity` | 256 | Events buffered per subscriber. |
 //!
 //! # Guarantees
@@ -120,12 +121,32 @@
 //!
 //! # Per-instance circuit breakers
 //!
-//! Wrap each instance's client in its own breaker in the `MakeService`,
-//! e.g. `ServiceBuilder::new().layer(CircuitBreaker::new(format!("users/{}",
-//! instance.id()), config).layer()).service(client)`; combine with
-//! [`ClassifyExt::pass_rejections`](crate::classify::ClassifyExt::pass_rejections)
-//! (through [`Balance::with_classifier`]) so that a breaker's rejection
-//! does not count towards ejection.
+//! [`BalanceConfigBuilder::circuit_breaker`] gives each instance its own
+//! [`CircuitBreaker`](crate::circuit_breaker::CircuitBreaker), named
+//! `<service>/<instance id>`, created when the instance is added (or
+//! updated) and dropped when it leaves:
+//!
+//! * An instance whose breaker rejects calls (OPEN before its wait is
+//!   over, HALF_OPEN with its trial calls taken, FORCED_OPEN) is not picked,
+//!   like an ejected one; the call goes to another instance. An OPEN
+//!   breaker whose wait is over admits the next call picked for it as its
+//!   HALF_OPEN trial, so an instance that recovered gets calls again.
+//! * Each call's outcome, as the balancer's classifier decides (the one
+//!   outlier detection uses), is recorded on its instance's breaker; a
+//!   response future dropped before it completes records nothing.
+//! * When every instance's breaker rejects, the call fails at once with
+//!   [`BreakerOpen`](crate::circuit_breaker::BreakerOpen) (of the picked
+//!   instance: its `retry_in` says when it takes a trial call), not
+//!   [`NoHealthyInstance`]: instances are there, their breakers refuse.
+//! * [`EndpointMetrics::breaker`] and [`BalanceMetrics::breakers_open`]
+//!   show the breakers' states; [`Balance::circuit_breaker`] gives one
+//!   instance's breaker for its own metrics and events. Transitions are
+//!   traced by the breaker under its name.
+//! * Without the option the call path has no breaker: no extra atomic
+//!   operation or allocation per call.
+//!
+//! Wrapping each client in a breaker inside the `MakeService` still works,
+//! but the balancer then cannot avoid an instance whose breaker is open.
 
 mod balance;
 #[cfg(feature = "consul")]

@@ -1,8 +1,10 @@
-//! The validated configuration of a balancer: the picker and outlier
-//! detection.
+//! The validated configuration of a balancer: the picker, outlier
+//! detection and per-instance circuit breakers.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::circuit_breaker::CircuitBreakerConfig;
 use crate::error::ConfigError;
 use crate::events::check_event_capacity;
 
@@ -216,11 +218,31 @@ impl OutlierDetectionBuilder {
 
 /// A balancer's configuration, built by [`BalanceConfig::builder`]; see
 /// the [module docs](crate::discovery) for every option.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// Two configurations are equal when every option is; a configuration
+/// with a [`circuit_breaker`](BalanceConfigBuilder::circuit_breaker) is
+/// equal only to its clones (a breaker configuration may hold a function,
+/// which cannot be compared).
+#[derive(Debug, Clone)]
 pub struct BalanceConfig {
     pub(crate) picker: Picker,
     pub(crate) outlier_detection: Option<OutlierDetection>,
+    pub(crate) circuit_breaker: Option<Arc<CircuitBreakerConfig>>,
     pub(crate) event_capacity: usize,
+}
+
+impl PartialEq for BalanceConfig {
+    fn eq(&self, other: &Self) -> bool {
+        let breakers = match (&self.circuit_breaker, &other.circuit_breaker) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        breakers
+            && self.picker == other.picker
+            && self.outlier_detection == other.outlier_detection
+            && self.event_capacity == other.event_capacity
+    }
 }
 
 impl Default for BalanceConfig {
@@ -228,6 +250,7 @@ impl Default for BalanceConfig {
         Self {
             picker: Picker::default(),
             outlier_detection: None,
+            circuit_breaker: None,
             event_capacity: 256,
         }
     }
@@ -235,7 +258,7 @@ impl Default for BalanceConfig {
 
 impl BalanceConfig {
     /// Starts from the defaults: [`Picker::peak_ewma`], no outlier
-    /// detection, 256 events per subscriber.
+    /// detection, no circuit breakers, 256 events per subscriber.
     pub fn builder() -> BalanceConfigBuilder {
         BalanceConfigBuilder {
             config: Self::default(),
@@ -250,6 +273,11 @@ impl BalanceConfig {
     /// The outlier detection, if any.
     pub fn outlier_detection(&self) -> Option<&OutlierDetection> {
         self.outlier_detection.as_ref()
+    }
+
+    /// The configuration of each instance's circuit breaker, if any.
+    pub fn circuit_breaker(&self) -> Option<&CircuitBreakerConfig> {
+        self.circuit_breaker.as_deref()
     }
 }
 
@@ -271,6 +299,21 @@ impl BalanceConfigBuilder {
     /// Ejects instances whose calls keep failing. Default: off.
     pub fn outlier_detection(mut self, outliers: OutlierDetection) -> Self {
         self.config.outlier_detection = Some(outliers);
+        self
+    }
+
+    /// Gives each instance its own [`CircuitBreaker`](crate::circuit_breaker::CircuitBreaker)
+    /// with this configuration, named `"<service>/<instance id>"`: created
+    /// when the instance is added (or updated: a new client gets a new
+    /// breaker) and dropped when it leaves. An instance whose breaker
+    /// rejects calls is not picked; each call's outcome, as the balancer's
+    /// classifier decides, is recorded on its instance's breaker. When every
+    /// instance's breaker rejects, calls fail at once with
+    /// [`BreakerOpen`](crate::circuit_breaker::BreakerOpen). Default: none.
+    ///
+    /// The configuration was validated by its own builder.
+    pub fn circuit_breaker(mut self, config: CircuitBreakerConfig) -> Self {
+        self.config.circuit_breaker = Some(Arc::new(config));
         self
     }
 

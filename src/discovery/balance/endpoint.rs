@@ -1,5 +1,5 @@
 //! One balanced instance: its client, its load and latency, its outlier
-//! state; and the set of instances a pick reads.
+//! state, its circuit breaker; and the set of instances a pick reads.
 
 use std::fmt;
 use std::sync::Weak;
@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::circuit_breaker::CircuitBreaker;
 use crate::classify::Outcome;
 use crate::discovery::instance::Instance;
 use crate::sync::CachePadded;
@@ -37,6 +38,9 @@ pub(crate) struct EndpointStats {
     pub(crate) ejected: AtomicBool,
     pub(crate) ejections: AtomicU32,
     outliers: Weak<dyn OutlierSink>,
+    /// The instance's own breaker, with the balancer's `circuit_breaker`
+    /// option; dropped with the instance.
+    pub(crate) breaker: Option<CircuitBreaker>,
 }
 
 impl EndpointStats {
@@ -47,6 +51,7 @@ impl EndpointStats {
         decay: Duration,
         failure_threshold: u32,
         outliers: Weak<dyn OutlierSink>,
+        breaker: Option<CircuitBreaker>,
     ) -> Self {
         Self {
             instance,
@@ -61,6 +66,7 @@ impl EndpointStats {
             ejected: AtomicBool::new(false),
             ejections: AtomicU32::new(0),
             outliers,
+            breaker,
         }
     }
 

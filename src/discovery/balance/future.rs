@@ -1,5 +1,6 @@
 //! [`ResponseFuture`]: counts the call in flight on its instance until it
-//! completes or is dropped, then records its latency and outcome.
+//! completes or is dropped, then records its latency and outcome (on the
+//! instance's circuit breaker too, if it has one).
 
 use std::fmt;
 use std::future::Future;
@@ -11,6 +12,7 @@ use std::task::{Context, Poll, ready};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
+use crate::circuit_breaker::{BreakerOpen, CallPermit};
 use crate::classify::Classify;
 use crate::discovery::error::NoHealthyInstance;
 use crate::error::BoxError;
@@ -19,7 +21,9 @@ use super::endpoint::EndpointStats;
 
 pin_project! {
     /// The response future of a [`Balance`](super::Balance): the picked
-    /// instance's response, or [`NoHealthyInstance`] at once.
+    /// instance's response, or at once [`NoHealthyInstance`] (no instance)
+    /// or [`BreakerOpen`] (every instance's circuit breaker rejected the
+    /// call).
     pub struct ResponseFuture<F, C> {
         #[pin]
         kind: Kind<F, C>,
@@ -31,14 +35,18 @@ pin_project! {
     enum Kind<F, C> {
         Called { #[pin] future: F, call: Option<InFlight<C>> },
         NoInstance { error: Option<NoHealthyInstance> },
+        Rejected { error: Option<BreakerOpen> },
     }
 }
 
-/// A call in flight on one instance; dropping it ends the call's count.
+/// A call in flight on one instance; dropping it ends the call's count
+/// (and drops its breaker permit unrecorded).
 pub(crate) struct InFlight<C> {
     stats: Arc<EndpointStats>,
     started: Option<Instant>,
     classifier: C,
+    /// The permit of the instance's circuit breaker, if it has one.
+    permit: Option<CallPermit>,
 }
 
 impl<C> InFlight<C> {
@@ -48,6 +56,7 @@ impl<C> InFlight<C> {
         stats: Arc<EndpointStats>,
         started: Option<Instant>,
         classifier: C,
+        permit: Option<CallPermit>,
     ) -> Self {
         stats.in_flight.fetch_add(1, Ordering::Relaxed);
         stats.picks.fetch_add(1, Ordering::Relaxed);
@@ -55,6 +64,7 @@ impl<C> InFlight<C> {
             stats,
             started,
             classifier,
+            permit,
         }
     }
 }
@@ -82,6 +92,12 @@ impl<F, C> ResponseFuture<F, C> {
             kind: Kind::NoInstance { error: Some(error) },
         }
     }
+
+    pub(crate) fn rejected(error: BreakerOpen) -> Self {
+        Self {
+            kind: Kind::Rejected { error: Some(error) },
+        }
+    }
 }
 
 impl<F, C, T, E> Future for ResponseFuture<F, C>
@@ -97,17 +113,25 @@ where
         match self.project().kind.project() {
             KindProj::Called { future, call } => {
                 let result = ready!(future.poll(cx));
-                if let Some(call) = call.take() {
+                if let Some(mut call) = call.take() {
                     if let Some(started) = call.started {
                         let now = Instant::now();
                         call.stats
                             .observe_latency(now.saturating_duration_since(started), now);
                     }
-                    call.stats.record(call.classifier.classify(result.as_ref()));
+                    let outcome = call.classifier.classify(result.as_ref());
+                    call.stats.record(outcome);
+                    if let Some(permit) = call.permit.take() {
+                        permit.record(outcome);
+                    }
                 }
                 Poll::Ready(result.map_err(Into::into))
             }
             KindProj::NoInstance { error } => match error.take() {
+                Some(error) => Poll::Ready(Err(error.into())),
+                None => panic!("balance ResponseFuture polled after completion"),
+            },
+            KindProj::Rejected { error } => match error.take() {
                 Some(error) => Poll::Ready(Err(error.into())),
                 None => panic!("balance ResponseFuture polled after completion"),
             },

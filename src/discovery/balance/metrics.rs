@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::circuit_breaker::CircuitState;
 use crate::discovery::instance::{InstanceAddress, InstanceId, ServiceName};
 
 /// One thing that happened to a balancer's instances; delivered by
@@ -68,10 +69,15 @@ pub struct BalanceMetrics {
     pub service: ServiceName,
     /// Healthy instances known to the balancer.
     pub instances: usize,
-    /// Instances that calls may be sent to (healthy and not ejected).
+    /// Instances that calls may be sent to: healthy, not ejected, and
+    /// their circuit breaker (if any) not OPEN or FORCED_OPEN.
     pub available: usize,
     /// Instances ejected now.
     pub ejected: usize,
+    /// Instances whose circuit breaker is OPEN or FORCED_OPEN now (an OPEN
+    /// breaker whose wait is over counts until a call moves it to
+    /// HALF_OPEN). Always 0 without the `circuit_breaker` option.
+    pub breakers_open: usize,
     /// Per instance, in id order.
     pub endpoints: Vec<EndpointMetrics>,
 }
@@ -97,4 +103,8 @@ pub struct EndpointMetrics {
     pub ejected: bool,
     /// How many times it was ejected.
     pub ejections: u32,
+    /// The state of its circuit breaker, with the balancer's
+    /// `circuit_breaker` option (the breaker's own metrics and events:
+    /// [`Balance::circuit_breaker`](super::Balance::circuit_breaker)).
+    pub breaker: Option<CircuitState>,
 }

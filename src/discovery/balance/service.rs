@@ -4,12 +4,13 @@ use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use rand::SeedableRng;
 use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 use tower_service::Service;
 
-use crate::classify::{Classify, DefaultClassifier};
+use crate::circuit_breaker::{Admission, BreakerOpen, CallPermit, CircuitBreaker};
+use crate::classify::{Classify, DefaultClassifier, Outcome};
 use crate::discovery::error::NoHealthyInstance;
 use crate::discovery::instance::{Instance, ServiceName};
 use crate::discovery::registry::Registry;
@@ -17,7 +18,7 @@ use crate::error::{BoxError, ConfigError};
 use crate::events::EventStream;
 
 use super::config::{BalanceConfig, Picker};
-use super::endpoint::Endpoint;
+use super::endpoint::{Endpoint, EndpointSet};
 use super::future::{InFlight, ResponseFuture};
 use super::metrics::{BalanceEvent, BalanceMetrics};
 use super::picker::pick;
@@ -40,7 +41,16 @@ use super::shared::Shared;
 /// * A call counts as in flight on its instance until its response future
 ///   completes or is dropped.
 /// * An error from the picked client's `poll_ready` is returned (and counts
-///   as a failure for outlier detection); the next `poll_ready` picks again.
+///   as a failure for outlier detection and the instance's circuit
+///   breaker); the next `poll_ready` picks again.
+/// * With the [`circuit_breaker`](super::BalanceConfigBuilder::circuit_breaker)
+///   option, `poll_ready` asks the picked instance's breaker for the call.
+///   If it rejects, the picker picks once more, then every other instance
+///   is tried from a random one on, and the first whose breaker admits the
+///   call gets it (an OPEN breaker whose wait is over admits it as its
+///   HALF_OPEN trial). Breakers are asked without counting a rejection
+///   unless every one rejects: then `poll_ready` is ready and the call
+///   fails at once with the picked instance's [`BreakerOpen`].
 ///
 /// Clones share the instances, their load and the round-robin position.
 /// The background watch stops when the last clone is dropped.
@@ -53,11 +63,99 @@ pub struct Balance<S, C = DefaultClassifier> {
 }
 
 enum Reserved<S> {
-    /// The picked endpoint, and the time of the pick when latency is
-    /// tracked and the endpoint was ready at once (the call's start time,
-    /// saving a clock read).
-    Endpoint(Endpoint<S>, Option<Instant>),
+    /// The picked endpoint, the time of the pick when latency is tracked
+    /// and the endpoint was ready at once (the call's start time, saving a
+    /// clock read), and its breaker's admission if it has a breaker.
+    Endpoint(Endpoint<S>, Option<Instant>, Option<Admitted>),
     NoInstance,
+    /// Every instance's breaker rejected the call.
+    Rejected(BreakerOpen),
+}
+
+/// A breaker's yes, held from `poll_ready` to `call`.
+enum Admitted {
+    /// The breaker lets every call through: the permit is built in `call`.
+    Granted(u64),
+    /// A permit taken in `poll_ready` (a HALF_OPEN trial slot).
+    Permit(CallPermit),
+}
+
+impl Admitted {
+    /// The call's permit, its timer started.
+    #[inline]
+    fn into_permit(self, breaker: &CircuitBreaker) -> CallPermit {
+        match self {
+            Admitted::Granted(word) => breaker.permit_for(word),
+            Admitted::Permit(mut permit) => {
+                permit.start_timer();
+                permit
+            }
+        }
+    }
+}
+
+/// Reserves `endpoint` if its breaker admits a call now (asked quietly
+/// first, so that a breaker about to reject counts no rejection).
+#[inline]
+fn admit<S: Clone>(endpoint: &Endpoint<S>, now: Option<Instant>) -> Option<Reserved<S>> {
+    let Some(breaker) = &endpoint.stats.breaker else {
+        return Some(Reserved::Endpoint(endpoint.clone(), now, None));
+    };
+    if !breaker.would_admit() {
+        return None;
+    }
+    let admitted = match breaker.admit() {
+        Admission::Granted(word) => Admitted::Granted(word),
+        Admission::Permit(permit) => Admitted::Permit(permit),
+        Admission::Rejected(_) => return None,
+    };
+    Some(Reserved::Endpoint(endpoint.clone(), now, Some(admitted)))
+}
+
+/// With circuit breakers: `picked` if its breaker admits the call, else
+/// another pick, else the first other instance (from a random one on)
+/// whose breaker admits it, else the picked instance's rejection.
+fn admit_any<S: Clone>(
+    picked: &Endpoint<S>,
+    set: &EndpointSet<S>,
+    picker: Picker,
+    next: &std::sync::atomic::AtomicUsize,
+    rng: &mut SmallRng,
+    now: Option<Instant>,
+) -> Reserved<S> {
+    if let Some(reserved) = admit(picked, now) {
+        return reserved;
+    }
+    let same = |e: &Endpoint<S>| Arc::ptr_eq(&e.stats, &picked.stats);
+    if let Some(again) = pick(picker, set, next, rng, now) {
+        if !same(again) {
+            if let Some(reserved) = admit(again, now) {
+                return reserved;
+            }
+        }
+    }
+    let n = set.available.len();
+    let start = rng.random_range(0..n);
+    for i in 0..n {
+        let endpoint = &set.available[(start + i) % n];
+        if !same(endpoint) {
+            if let Some(reserved) = admit(endpoint, now) {
+                return reserved;
+            }
+        }
+    }
+    // Every breaker rejects: ask the picked one for real, for its rejection
+    // (counted and announced by the breaker) or, if it just changed its
+    // mind, its permit.
+    let Some(breaker) = &picked.stats.breaker else {
+        return Reserved::Endpoint(picked.clone(), now, None);
+    };
+    let admitted = match breaker.admit() {
+        Admission::Granted(word) => Admitted::Granted(word),
+        Admission::Permit(permit) => Admitted::Permit(permit),
+        Admission::Rejected(open) => return Reserved::Rejected(open),
+    };
+    Reserved::Endpoint(picked.clone(), now, Some(admitted))
 }
 
 impl<S> Balance<S, DefaultClassifier>
@@ -146,6 +244,14 @@ where
         self.shared.metrics()
     }
 
+    /// The circuit breaker of instance `id`, with the
+    /// [`circuit_breaker`](super::BalanceConfigBuilder::circuit_breaker)
+    /// option: for its metrics and events (transitions, rejections). The
+    /// balancer drops its own handle when the instance leaves.
+    pub fn circuit_breaker(&self, id: &str) -> Option<CircuitBreaker> {
+        self.shared.circuit_breaker(id)
+    }
+
     /// Subscribes to instances added, removed, ejected and returned.
     pub fn subscribe(&self) -> EventStream<BalanceEvent> {
         self.shared.events.subscribe()
@@ -171,15 +277,17 @@ where
             let now = self.track_latency.then(Instant::now);
             let set = self.shared.set.load();
             let picker = self.shared.config.picker;
-            self.reserved = Some(
-                match pick(picker, &set, &self.shared.next, &mut self.rng, now) {
-                    Some(endpoint) => Reserved::Endpoint(endpoint.clone(), now),
-                    None => Reserved::NoInstance,
-                },
-            );
+            let next = &self.shared.next;
+            self.reserved = Some(match pick(picker, &set, next, &mut self.rng, now) {
+                Some(endpoint) if endpoint.stats.breaker.is_none() => {
+                    Reserved::Endpoint(endpoint.clone(), now, None)
+                }
+                Some(endpoint) => admit_any(endpoint, &set, picker, next, &mut self.rng, now),
+                None => Reserved::NoInstance,
+            });
         }
-        let Some(Reserved::Endpoint(endpoint, picked_at)) = &mut self.reserved else {
-            // `call` fails at once with `NoHealthyInstance`.
+        let Some(Reserved::Endpoint(endpoint, picked_at, admitted)) = &mut self.reserved else {
+            // `call` fails at once with `NoHealthyInstance` or `BreakerOpen`.
             return Poll::Ready(Ok(()));
         };
         match endpoint.service.poll_ready(cx) {
@@ -190,9 +298,12 @@ where
                 Poll::Pending
             }
             Poll::Ready(Err(error)) => {
-                endpoint
-                    .stats
-                    .record(crate::classify::Outcome::Failure { retryable: true });
+                let failure = Outcome::Failure { retryable: true };
+                endpoint.stats.record(failure);
+                if let (Some(admitted), Some(breaker)) = (admitted.take(), &endpoint.stats.breaker)
+                {
+                    admitted.into_permit(breaker).record(failure);
+                }
                 self.reserved = None;
                 Poll::Ready(Err(error.into()))
             }
@@ -204,17 +315,26 @@ where
         match self.reserved.take().expect(
             "Balance::call without a successful poll_ready: poll_ready must be called first",
         ) {
-            Reserved::Endpoint(mut endpoint, picked_at) => {
+            Reserved::Endpoint(mut endpoint, picked_at, admitted) => {
                 let started = match picked_at {
                     Some(at) => Some(at),
                     None => self.track_latency.then(Instant::now),
                 };
-                let call = InFlight::start(endpoint.stats, started, self.classifier.clone());
+                let permit = match (admitted, &endpoint.stats.breaker) {
+                    (Some(admitted), Some(breaker)) => Some(admitted.into_permit(breaker)),
+                    _ => None,
+                };
+                let call =
+                    InFlight::start(endpoint.stats, started, self.classifier.clone(), permit);
                 ResponseFuture::called(endpoint.service.call(request), call)
             }
             Reserved::NoInstance => {
                 tracing::debug!(service = %self.shared.service, "balancer: no healthy instance");
                 ResponseFuture::no_instance(NoHealthyInstance::new(self.shared.service.clone()))
+            }
+            Reserved::Rejected(open) => {
+                tracing::debug!(service = %self.shared.service, breaker = open.breaker(), "balancer: every instance's circuit breaker rejected the call");
+                ResponseFuture::rejected(open)
             }
         }
     }

@@ -16,6 +16,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tower_service::Service;
 
+use crate::circuit_breaker::{CircuitBreaker, CircuitBreakerConfig};
 use crate::discovery::diff::{InstanceChange, SnapshotDiff};
 use crate::discovery::instance::{Instance, InstanceId, ServiceName};
 use crate::discovery::registry::Registry;
@@ -128,6 +129,10 @@ where
             .outlier_detection
             .map_or(0, |o| o.consecutive_failures);
         let outliers: Weak<dyn OutlierSink> = self.this.clone();
+        let breaker = self.config.circuit_breaker.as_ref().map(|config| {
+            let name = format!("{}/{}", self.service, instance.id());
+            CircuitBreaker::new(name, CircuitBreakerConfig::clone(config))
+        });
         Arc::new(EndpointStats::new(
             instance,
             self.epoch,
@@ -135,6 +140,7 @@ where
             decay,
             threshold,
             outliers,
+            breaker,
         ))
     }
 
@@ -179,6 +185,16 @@ where
         self.set.store(Arc::new(EndpointSet::new(available)));
     }
 
+    /// The circuit breaker of instance `id`, with the `circuit_breaker`
+    /// option.
+    pub(crate) fn circuit_breaker(&self, id: &str) -> Option<CircuitBreaker> {
+        let membership = self.membership.lock();
+        membership
+            .iter()
+            .find(|(key, _)| key.as_str() == id)
+            .and_then(|(_, e)| e.stats.breaker.clone())
+    }
+
     fn publish(&self, id: &InstanceId, kind: BalanceEventKind) {
         self.events.publish_with(|| BalanceEvent {
             service: self.service.clone(),
@@ -220,15 +236,23 @@ where
                     consecutive_failures: s.consecutive_failures.load(Ordering::Relaxed),
                     ejected: s.ejected.load(Ordering::Relaxed),
                     ejections: s.ejections.load(Ordering::Relaxed),
+                    breaker: s.breaker.as_ref().map(CircuitBreaker::state),
                 }
             })
             .collect();
         let ejected = endpoints.iter().filter(|e| e.ejected).count();
+        let breaker_open = |e: &EndpointMetrics| e.breaker.is_some_and(|s| !s.admits_calls());
+        let breakers_open = endpoints.iter().filter(|e| breaker_open(e)).count();
+        let available = endpoints
+            .iter()
+            .filter(|e| !e.ejected && !breaker_open(e))
+            .count();
         BalanceMetrics {
             service: self.service.clone(),
             instances: endpoints.len(),
-            available: endpoints.len() - ejected,
+            available,
             ejected,
+            breakers_open,
             endpoints,
         }
     }
