@@ -1481,6 +1481,45 @@ mod balancer {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_dropped_trial_call_records_nothing_and_gives_its_half_open_slot_back() {
+        use palisade::circuit_breaker::{BreakerOpen, CircuitState};
+
+        let registry = StaticRegistry::new([instance("users", "a", "10.0.0.1:80")]);
+        let broken = Arc::new(std::sync::Mutex::new(HashMap::from([(
+            "a".to_string(),
+            true,
+        )])));
+        let reached = Arc::new(std::sync::Mutex::new(HashMap::new()));
+        let config = BalanceConfig::builder()
+            .circuit_breaker(breaker_config())
+            .build()
+            .unwrap();
+        let make = switchable_make(broken.clone(), reached);
+        let mut balance = Balance::new("users", &registry, make, config).unwrap();
+        for _ in 0..2 {
+            assert!(call(&mut balance).await.is_err());
+        }
+        broken.lock().unwrap().insert("a".into(), false);
+        tokio::time::advance(Duration::from_secs(10)).await;
+
+        // The trial call takes HALF_OPEN's only slot: another call is
+        // rejected while it is in flight.
+        let trial = balance.ready().await.unwrap().call(());
+        let breaker = balance.circuit_breaker("a").unwrap();
+        assert_eq!(breaker.state(), CircuitState::HalfOpen);
+        let err = call(&mut balance).await.unwrap_err();
+        assert_eq!(
+            err.downcast_ref::<BreakerOpen>().map(BreakerOpen::state),
+            Some(CircuitState::HalfOpen)
+        );
+        // Dropped before it completes: nothing recorded, the slot is free.
+        drop(trial);
+        assert_eq!(breaker.state(), CircuitState::HalfOpen);
+        assert_eq!(call(&mut balance).await.unwrap(), "a");
+        assert_eq!(breaker.state(), CircuitState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_client_that_fails_to_build_is_built_again_after_a_backoff() {
         let registry = StaticRegistry::new([instance("users", "a", "10.0.0.1:80")]);
         let attempts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
