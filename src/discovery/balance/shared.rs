@@ -302,6 +302,9 @@ where
         };
         let ejections = stats.ejections.fetch_add(1, Ordering::Relaxed) + 1;
         let duration = outliers.ejection_time(ejections);
+        // The ejection lasts from now, not from when its timer task first
+        // runs (which may be later: after the current task yields).
+        let until = Instant::now() + duration;
         stats.ejected.store(true, Ordering::Relaxed);
         self.rebuild(&membership);
         drop(membership);
@@ -321,7 +324,7 @@ where
         );
         let this = self.this.clone();
         let timer = runtime.spawn(async move {
-            tokio::time::sleep(duration).await;
+            tokio::time::sleep_until(until).await;
             if let Some(shared) = this.upgrade() {
                 shared.return_ejected(&endpoint);
             }
