@@ -370,15 +370,6 @@ impl DnsRegistry {
             changes: c.changes.load(Ordering::Relaxed),
         }
     }
-
-    fn unsupported<T: Send + 'static>(
-        operation: &'static str,
-    ) -> BoxFuture<'static, Result<T, DiscoveryError>> {
-        Box::pin(std::future::ready(Err(DiscoveryError::Unsupported {
-            backend: BACKEND,
-            operation,
-        })))
-    }
 }
 
 const UNKNOWN_SERVICE: DiscoveryError = DiscoveryError::Unsupported {
@@ -600,7 +591,7 @@ impl Registry for DnsRegistry {
         &self,
         _registration: Registration,
     ) -> BoxFuture<'_, Result<RegistrationGuard, DiscoveryError>> {
-        Self::unsupported("register")
+        DiscoveryError::unsupported_future(BACKEND, "register")
     }
 
     fn deregister<'a>(
@@ -608,7 +599,7 @@ impl Registry for DnsRegistry {
         _service: &'a str,
         _id: &'a str,
     ) -> BoxFuture<'a, Result<(), DiscoveryError>> {
-        Self::unsupported("deregister")
+        DiscoveryError::unsupported_future(BACKEND, "deregister")
     }
 
     fn pass_ttl<'a>(
@@ -616,7 +607,7 @@ impl Registry for DnsRegistry {
         _service: &'a str,
         _id: &'a str,
     ) -> BoxFuture<'a, Result<(), DiscoveryError>> {
-        Self::unsupported("pass_ttl")
+        DiscoveryError::unsupported_future(BACKEND, "pass_ttl")
     }
 
     fn healthy<'a>(

@@ -63,6 +63,18 @@ pub enum DiscoveryError {
 }
 
 impl DiscoveryError {
+    /// A ready future failing with [`DiscoveryError::Unsupported`]: what a
+    /// read-only backend answers to `register`, `deregister` and `pass_ttl`.
+    pub(crate) fn unsupported_future<T: Send + 'static>(
+        backend: &'static str,
+        operation: &'static str,
+    ) -> super::registry::BoxFuture<'static, Result<T, DiscoveryError>> {
+        Box::pin(std::future::ready(Err(DiscoveryError::Unsupported {
+            backend,
+            operation,
+        })))
+    }
+
     /// An [`Unavailable`](Self::Unavailable) error from `backend` caused by `source`.
     pub fn unavailable(backend: &'static str, source: impl Into<BoxError>) -> Self {
         DiscoveryError::Unavailable {

@@ -66,15 +66,6 @@ impl StaticRegistry {
         instances.dedup_by(|a, b| a.service() == b.service() && a.id() == b.id());
         Arc::from(instances)
     }
-
-    fn unsupported<T: Send + 'static>(
-        operation: &'static str,
-    ) -> BoxFuture<'static, Result<T, DiscoveryError>> {
-        Box::pin(std::future::ready(Err(DiscoveryError::Unsupported {
-            backend: BACKEND,
-            operation,
-        })))
-    }
 }
 
 fn of_service(instances: &[Instance], service: &str) -> Vec<Instance> {
@@ -94,7 +85,7 @@ impl Registry for StaticRegistry {
         &self,
         _registration: Registration,
     ) -> BoxFuture<'_, Result<RegistrationGuard, DiscoveryError>> {
-        Self::unsupported("register")
+        DiscoveryError::unsupported_future(BACKEND, "register")
     }
 
     fn deregister<'a>(
@@ -102,7 +93,7 @@ impl Registry for StaticRegistry {
         _service: &'a str,
         _id: &'a str,
     ) -> BoxFuture<'a, Result<(), DiscoveryError>> {
-        Self::unsupported("deregister")
+        DiscoveryError::unsupported_future(BACKEND, "deregister")
     }
 
     fn pass_ttl<'a>(
@@ -110,7 +101,7 @@ impl Registry for StaticRegistry {
         _service: &'a str,
         _id: &'a str,
     ) -> BoxFuture<'a, Result<(), DiscoveryError>> {
-        Self::unsupported("pass_ttl")
+        DiscoveryError::unsupported_future(BACKEND, "pass_ttl")
     }
 
     fn healthy<'a>(
