@@ -161,13 +161,16 @@ impl Inventory {
     fn release(&self, key: &str) -> Result<(), rusqlite::Error> {
         let mut db = self.db.lock();
         let tx = db.transaction()?;
-        let item: Option<String> = tx
-            .query_row(
-                "DELETE FROM reservations WHERE key = ?1 RETURNING item",
-                [key],
-                |row| row.get(0),
-            )
-            .ok();
+        let item: Option<String> = match tx.query_row(
+            "DELETE FROM reservations WHERE key = ?1 RETURNING item",
+            [key],
+            |row| row.get(0),
+        ) {
+            Ok(item) => Some(item),
+            // Nothing was reserved under this key (the action never ran).
+            Err(rusqlite::Error::QueryReturnedNoRows) => None,
+            Err(error) => return Err(error),
+        };
         if let Some(item) = item {
             tx.execute(
                 "UPDATE stock SET available = available + 1 WHERE item = ?1",
