@@ -6,6 +6,7 @@
 //!
 //! | module | pattern |
 //! |---|---|
+//! | [`backoff`] | How long to wait before each retry: exponential, jitter, schedules. |
 //! | [`bulkhead`] | Bound the calls in flight to each dependency. |
 //! | [`circuit_breaker`] | Stop calling a failing dependency; try again after a wait. |
 //! | [`classify`] | Decide which outcomes are failures (shared by every layer). |
@@ -81,6 +82,7 @@
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod backoff;
 pub mod bulkhead;
 pub mod circuit_breaker;
 pub mod classify;

@@ -352,8 +352,9 @@ fn config_rejects_invalid_values_naming_the_field() {
 
 #[tokio::test(start_paused = true)]
 async fn a_retry_outside_the_bulkhead_does_not_retry_its_rejection() {
+    use palisade::backoff::Backoff;
     use palisade::classify::{ClassifyExt, DefaultClassifier};
-    use palisade::retry::{Backoff, RetryConfig, RetryLayer};
+    use palisade::retry::{RetryConfig, RetryLayer};
     let b = bulkhead(config(1));
     let retry = RetryLayer::new(
         "backend",

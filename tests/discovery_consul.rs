@@ -22,11 +22,11 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use palisade::backoff::Backoff;
 use palisade::discovery::{
     ConsulEvent, ConsulRegistry, DiscoveryError, HealthCheck, HttpCheck, Instance, Registration,
     Registry, WatchStream,
 };
-use palisade::retry::backoff::Backoff;
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;

@@ -16,11 +16,11 @@ use hickory_server::proto::op::{Header, ResponseCode};
 use hickory_server::proto::rr::rdata::{A, AAAA, SRV};
 use hickory_server::proto::rr::{Name, RData, Record, RecordType};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use palisade::backoff::Backoff;
 use palisade::discovery::{
     DiscoveryError, DnsEvent, DnsQuery, DnsRegistry, DnsRegistryBuilder, HealthCheck, Instance,
     Registration, Registry, SRV_PRIORITY_METADATA_KEY, SRV_TARGET_METADATA_KEY, WatchStream,
 };
-use palisade::retry::backoff::Backoff;
 use parking_lot::Mutex;
 use tokio::net::UdpSocket;
 

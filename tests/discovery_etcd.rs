@@ -10,11 +10,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
+use palisade::backoff::Backoff;
 use palisade::discovery::{
     DiscoveryError, EtcdEvent, EtcdRegistry, HealthCheck, Instance, Registration, Registry,
     WatchStream,
 };
-use palisade::retry::backoff::Backoff;
 use parking_lot::Mutex;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};

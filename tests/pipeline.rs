@@ -11,13 +11,14 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use palisade::BoxError;
+use palisade::backoff::Backoff;
 use palisade::bulkhead::{Bulkhead, BulkheadConfig};
 use palisade::circuit_breaker::{
     BreakerOpen, CircuitBreaker, CircuitBreakerConfig, CircuitState, SlidingWindow,
 };
 use palisade::pipeline::{Pipeline, PipelineError, Stage};
 use palisade::rate_limit::{RateLimiter, RateLimiterConfig};
-use palisade::retry::{Backoff, RetryConfig, RetryLayer};
+use palisade::retry::{RetryConfig, RetryLayer};
 use support::{Backend, Gate, Reply};
 use tower::{Layer, Service, ServiceExt};
 

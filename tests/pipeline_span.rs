@@ -5,10 +5,11 @@
 
 use std::time::Duration;
 
+use palisade::backoff::Backoff;
 use palisade::bulkhead::{Bulkhead, BulkheadConfig};
 use palisade::circuit_breaker::{CircuitBreaker, CircuitBreakerConfig, SlidingWindow};
 use palisade::pipeline::Pipeline;
-use palisade::retry::{Backoff, RetryConfig, RetryLayer};
+use palisade::retry::{RetryConfig, RetryLayer};
 use tower::{Layer, Service, ServiceExt};
 
 mod span {

@@ -4,10 +4,11 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use palisade::backoff::{Backoff, Jitter};
 use palisade::classify::{ClassifyExt, DefaultClassifier, Outcome, classify_fn};
 use palisade::retry::{
-    AttemptTimedOut, Backoff, GiveUpReason, Jitter, RetryBudget, RetryConfig, RetryConfigBuilder,
-    RetryEventKind, RetryLayer, RetryPolicy, RetryTimedOut,
+    AttemptTimedOut, GiveUpReason, RetryBudget, RetryConfig, RetryConfigBuilder, RetryEventKind,
+    RetryLayer, RetryPolicy, RetryTimedOut,
 };
 use palisade::{BoxError, find_cause};
 use tokio::time::Instant;

@@ -5,7 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use palisade::retry::Backoff;
+use palisade::backoff::Backoff;
 use palisade::saga::{
     BoxFuture, ClaimedSaga, FinishedOutcome, Lease, LogError, LoggedRecord, MemoryLog, NewSaga,
     OwnerId, RecordKind, SagaDefinition, SagaError, SagaEventKind, SagaExecutor, SagaId, SagaLog,

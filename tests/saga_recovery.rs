@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use palisade::retry::Backoff;
+use palisade::backoff::Backoff;
 use palisade::saga::{
     BoxFuture, ClaimedSaga, Lease, LogError, LoggedRecord, NewSaga, OwnerId, RecordKind,
     SagaDefinition, SagaError, SagaExecutor, SagaId, SagaLog, SagaOutcome, SagaState, SagaSummary,

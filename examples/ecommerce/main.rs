@@ -32,6 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use palisade::BoxError;
+use palisade::backoff::Backoff;
 use palisade::bulkhead::{BulkheadConfig, BulkheadRegistry};
 use palisade::circuit_breaker::{
     CircuitBreakerConfig, CircuitBreakerRegistry, EventKind, SlidingWindow,
@@ -41,7 +42,7 @@ use palisade::discovery::{
     OutlierDetection, Picker, Registration, Registry, make_fn,
 };
 use palisade::pipeline::{Pipeline, PipelineError};
-use palisade::retry::{Backoff, RetryConfig, RetryLayer};
+use palisade::retry::{RetryConfig, RetryLayer};
 use payments::{Charge, Payments};
 use tower::{Service, ServiceBuilder, ServiceExt};
 

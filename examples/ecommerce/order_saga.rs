@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use palisade::BoxError;
-use palisade::retry::Backoff;
+use palisade::backoff::Backoff;
 use palisade::saga::{
     SagaDefinition, SagaExecutor, SagaOutcome, SagaState, SqliteLog, Step, StepContext, StepError,
 };

@@ -31,9 +31,9 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::time::Instant;
 
+use crate::backoff::{Backoff, Delays};
 use crate::error::ConfigError;
 use crate::events::{EventHub, EventStream, check_event_capacity};
-use crate::retry::backoff::{Backoff, Delays};
 
 use super::error::DiscoveryError;
 use super::health::HealthCheck;

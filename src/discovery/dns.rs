@@ -18,9 +18,9 @@ use hickory_resolver::proto::xfer::Protocol;
 use hickory_resolver::{Name, ResolveError, TokioResolver};
 use rand::rngs::SmallRng;
 
+use crate::backoff::{Backoff, Delays};
 use crate::error::ConfigError;
 use crate::events::{EventHub, EventStream, check_event_capacity};
-use crate::retry::backoff::{Backoff, Delays};
 
 use super::error::DiscoveryError;
 use super::instance::{Instance, MAX_WEIGHT, ServiceName};

@@ -16,9 +16,9 @@ use rand::rngs::SmallRng;
 use serde::{Deserialize, Serialize};
 use tokio::task::AbortHandle;
 
+use crate::backoff::{Backoff, Delays};
 use crate::error::ConfigError;
 use crate::events::{EventHub, EventStream, check_event_capacity};
-use crate::retry::backoff::{Backoff, Delays};
 
 use super::error::DiscoveryError;
 use super::health::HealthCheck;

@@ -106,7 +106,7 @@
 //!   instances it saw and logs the error.
 //! * An instance whose client cannot be built (the `MakeService` failed)
 //!   is left out and built again after a backoff (100 ms doubling to 30 s,
-//!   full jitter, from [`Backoff`](crate::retry::backoff::Backoff)).
+//!   full jitter, from [`Backoff`](crate::backoff::Backoff)).
 //! * Dropping the last clone of a balancer stops its watch and its
 //!   ejection timers.
 //!

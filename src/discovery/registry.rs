@@ -58,7 +58,7 @@ impl Registration {
 ///   an unchanged set is allowed; consumers diff with
 ///   [`SnapshotDiff`](super::SnapshotDiff). An `Err` item reports a
 ///   transient problem: the stream goes on, the backend retries (with
-///   [`Backoff`](crate::retry::backoff::Backoff)), and consumers keep the
+///   [`Backoff`](crate::backoff::Backoff)), and consumers keep the
 ///   last set they saw. The stream ends only when the registry is closed.
 ///   Dropping the stream stops the watch's background work.
 /// * Every method is cancel-safe: dropping a returned future leaves the

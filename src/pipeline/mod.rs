@@ -33,7 +33,8 @@
 //! use palisade::bulkhead::{Bulkhead, BulkheadConfig};
 //! use palisade::circuit_breaker::CircuitBreaker;
 //! use palisade::pipeline::Pipeline;
-//! use palisade::retry::{Backoff, RetryConfig, RetryLayer};
+//! use palisade::backoff::Backoff;
+//! use palisade::retry::{RetryConfig, RetryLayer};
 //! use tower::{Service, ServiceBuilder, ServiceExt};
 //!
 //! # #[tokio::main(flavor = "current_thread")]

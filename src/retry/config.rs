@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use crate::error::ConfigError;
 
-use super::backoff::Backoff;
 use super::budget::RetryBudget;
+use crate::backoff::Backoff;
 
 const COMPONENT: &str = "retry";
 

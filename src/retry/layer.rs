@@ -36,7 +36,8 @@ pub(crate) struct Shared {
 ///
 /// ```
 /// use std::time::Duration;
-/// use palisade::retry::{Backoff, RetryConfig, RetryLayer};
+/// use palisade::backoff::Backoff;
+/// use palisade::retry::{RetryConfig, RetryLayer};
 /// use tower::ServiceBuilder;
 ///
 /// let retry = RetryLayer::new(

@@ -30,7 +30,7 @@
 //! | option | default | meaning |
 //! |---|---|---|
 //! | `max_attempts` | 3 | Attempts in all, the first included (1 to 100). |
-//! | `backoff` | exponential from 100 ms, ×2, at most 10 s, full jitter | Delay before each retry; see [`backoff`]. |
+//! | `backoff` | exponential from 100 ms, ×2, at most 10 s, full jitter | Delay before each retry; see [`crate::backoff`]. |
 //! | `budget` | 20 % of first attempts + 10/s over 10 s | Every retry must draw from it; when it is empty the last failure is returned. `no_budget()` turns it off. |
 //! | `attempt_timeout` | none | An attempt that takes longer is cancelled and is a retryable failure ([`AttemptTimedOut`]). |
 //! | `max_elapsed` | none | No wait ends, and (with `attempt_timeout`) no attempt could end, after this long from the first attempt. |
@@ -67,7 +67,6 @@
 //! outcome; [`RetryLayer::subscribe`] delivers [`RetryEvent`]s and
 //! [`RetryLayer::metrics`] returns [`RetryMetrics`].
 
-pub mod backoff;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod body;
@@ -80,7 +79,6 @@ mod layer;
 mod policy;
 mod service;
 
-pub use self::backoff::{Backoff, BackoffBuilder, Jitter};
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub use self::body::{BufferBody, BufferBodyLayer, RetryBody, buffer_body};

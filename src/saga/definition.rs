@@ -11,8 +11,8 @@ use serde::Serialize;
 use super::codec::{Codec, CodecError, JsonCodec};
 use super::context::StepContext;
 use super::log::BoxFuture;
+use crate::backoff::Backoff;
 use crate::error::{BoxError, ConfigError};
-use crate::retry::Backoff;
 
 const COMPONENT: &str = "saga definition";
 

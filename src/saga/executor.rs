@@ -21,9 +21,9 @@ use super::log::{ClaimedSaga, Lease, LogError, NewSaga, SagaLog, SagaSummary};
 use super::outcome::{Recovery, SagaHandle};
 use super::progress::Progress;
 use super::record::{FinishedOutcome, LoggedRecord, RecordKind, SagaState};
+use crate::backoff::Backoff;
 use crate::error::ConfigError;
 use crate::events::{EventHub, EventStream, check_event_capacity};
-use crate::retry::Backoff;
 
 const COMPONENT: &str = "saga executor";
 

@@ -101,7 +101,7 @@
 //!
 //! | option | default | meaning |
 //! |---|---|---|
-//! | [`Step::retry`]`(backoff, n)` | 1 attempt | action attempts and the wait between them ([`Backoff`](crate::retry::Backoff)) |
+//! | [`Step::retry`]`(backoff, n)` | 1 attempt | action attempts and the wait between them ([`Backoff`](crate::backoff::Backoff)) |
 //! | [`Step::timeout`] | none | an attempt taking longer fails with an unknown outcome |
 //! | [`Step::compensation_retry`]`(backoff, n)` | 5 attempts, default backoff | then the saga is stuck |
 //! | [`Step::compensation_timeout`] | none | per compensation attempt |

@@ -16,13 +16,13 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tower_service::Service;
 
+use crate::backoff::{Backoff, Jitter};
 use crate::circuit_breaker::{CircuitBreaker, CircuitBreakerConfig};
 use crate::discovery::diff::{InstanceChange, SnapshotDiff};
 use crate::discovery::instance::{Instance, InstanceId, ServiceName};
 use crate::discovery::registry::Registry;
 use crate::error::BoxError;
 use crate::events::EventHub;
-use crate::retry::backoff::{Backoff, Jitter};
 use crate::sync::CachePadded;
 
 use super::config::{BalanceConfig, Picker};

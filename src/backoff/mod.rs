@@ -2,15 +2,18 @@
 //!
 //! A [`Backoff`] turns "retry number `n` is about to happen" into a delay.
 //! It knows nothing about tower, tokio or clocks: the retry layer, the saga
-//! executor and service discovery all ask it for delays and do the waiting
-//! themselves. Ask it one delay at a time with [`Backoff::delay`], or walk
-//! the delays as an iterator with [`Backoff::delays`] (random jitter seeded
-//! from the thread's generator) or [`Backoff::delays_with_rng`]
-//! (deterministic with a seeded generator).
+//! executor, service discovery's watch loops and the balancer's outlier
+//! ejection all ask it for delays and do the waiting themselves. Ask it one
+//! delay at a time with [`Backoff::delay`], walk the delays as an iterator
+//! with [`Backoff::delays`] (random jitter seeded from the thread's
+//! generator) or [`Backoff::delays_with_rng`] (deterministic with a seeded
+//! generator), or, for a loop that retries until it succeeds, take a
+//! never-ending [`BackoffSchedule`] with [`Backoff::schedule`] and
+//! [`reset`](BackoffSchedule::reset) it after each success.
 //!
 //! ```
 //! use std::time::Duration;
-//! use palisade::retry::backoff::{Backoff, Jitter};
+//! use palisade::backoff::{Backoff, Jitter};
 //!
 //! # fn main() -> Result<(), palisade::ConfigError> {
 //! // 100 ms, doubling, never more than one second apart.
@@ -96,7 +99,7 @@
 //! ```
 //! use std::time::Duration;
 //! use palisade::classify::Outcome;
-//! use palisade::retry::backoff::Backoff;
+//! use palisade::backoff::Backoff;
 //!
 //! # fn main() -> Result<(), palisade::ConfigError> {
 //! // 1 s, 5 s, 30 s (capped at 20 s), then give up.
@@ -125,7 +128,11 @@ use rand::{Rng, SeedableRng};
 use crate::classify::Outcome;
 use crate::error::ConfigError;
 
-const COMPONENT: &str = "retry backoff";
+mod schedule;
+
+pub use self::schedule::BackoffSchedule;
+
+const COMPONENT: &str = "backoff";
 
 /// The default cap on every delay.
 const DEFAULT_MAX_INTERVAL: Duration = Duration::from_secs(10);
@@ -357,6 +364,18 @@ impl Backoff {
             finished: false,
         }
     }
+
+    /// A never-ending, resettable schedule of this backoff's delays, for
+    /// loops that retry until they succeed; jitter is drawn from a small
+    /// generator seeded from the thread's generator.
+    pub fn schedule(&self) -> BackoffSchedule<SmallRng> {
+        self.schedule_with_rng(SmallRng::from_rng(&mut rand::rng()))
+    }
+
+    /// [`schedule`](Self::schedule) with jitter drawn from `rng`.
+    pub fn schedule_with_rng<R: Rng>(&self, rng: R) -> BackoffSchedule<R> {
+        BackoffSchedule::new(self, rng)
+    }
 }
 
 /// Builds a [`Backoff`]; every setting is checked in [`build`](Self::build).
@@ -479,6 +498,20 @@ impl<R> fmt::Debug for Delays<R> {
             .field("previous", &self.previous)
             .field("finished", &self.finished)
             .finish_non_exhaustive()
+    }
+}
+
+impl<R> Delays<R> {
+    /// The backoff these delays follow.
+    pub fn backoff(&self) -> &Backoff {
+        &self.backoff
+    }
+
+    /// Starts over from the delay before retry 1.
+    pub(crate) fn restart(&mut self) {
+        self.next_retry = 1;
+        self.previous = None;
+        self.finished = false;
     }
 }
 
@@ -896,7 +929,7 @@ mod tests {
 
     fn rejected_field(builder: BackoffBuilder) -> &'static str {
         let err = builder.build().expect_err("should be rejected");
-        assert_eq!(err.component(), "retry backoff");
+        assert_eq!(err.component(), "backoff");
         err.field()
     }
 
@@ -951,7 +984,7 @@ mod tests {
             assert_eq!(err.field(), "max_interval");
             assert_eq!(
                 err.to_string(),
-                "invalid retry backoff configuration: `max_interval` must be at least the first \
+                "invalid backoff configuration: `max_interval` must be at least the first \
                  delay (2s), got 1s"
             );
         }
