@@ -63,21 +63,30 @@
 //!
 //! ## Features
 //!
+//! The core layers ([`circuit_breaker`], [`retry`], [`bulkhead`],
+//! [`rate_limit`], [`pipeline`]) need no feature: with
+//! `default-features = false` they build on tokio, tower and their small
+//! helpers alone.
+//!
+//! * `saga` (default): the saga executor and its in-memory log.
+//! * `discovery` (default): service registries, the balancer and outlier
+//!   ejection.
 //! * `http` (default): classifiers for `http::Response` status codes and
 //!   gRPC `grpc-status`, built on tower-http's `classify` module; the HTTP
 //!   retry policy (`Retry-After`, idempotency guard) and request-body
 //!   buffering for retries.
-//!   With it, the in-memory discovery registry runs HTTP health checks
-//!   (a hyper client); without it, registering an HTTP check is refused.
-//! * `sqlite` (default): the SQLite saga log (`saga::SqliteLog`), with a
-//!   bundled SQLite.
-//! * `postgres`: the PostgreSQL saga log (`saga::log::PostgresLog`) that
-//!   several executor processes share, with leases and fencing
-//!   (tokio-postgres and a deadpool connection pool).
-//! * `consul`, `etcd`, `dns`: discovery backends ([`discovery`]) for
-//!   Consul's HTTP API, etcd v3 (building needs `protoc`) and DNS A/AAAA
-//!   and SRV records.
+//!   With `discovery`, the in-memory registry runs HTTP health checks
+//!   (a hyper client); without `http`, registering an HTTP check is refused.
+//! * `sqlite` (default, implies `saga`): the SQLite saga log
+//!   (`saga::SqliteLog`), with a bundled SQLite.
+//! * `postgres` (implies `saga`): the PostgreSQL saga log
+//!   (`saga::log::PostgresLog`) that several executor processes share, with
+//!   leases and fencing (tokio-postgres and a deadpool connection pool).
+//! * `consul`, `etcd`, `dns` (each implies `discovery`): discovery backends
+//!   for Consul's HTTP API, etcd v3 (building needs `protoc`) and DNS
+//!   A/AAAA and SRV records.
 
+#![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -87,12 +96,16 @@ pub mod bulkhead;
 pub mod circuit_breaker;
 pub mod classify;
 pub mod clock;
+#[cfg(feature = "discovery")]
+#[cfg_attr(docsrs, doc(cfg(feature = "discovery")))]
 pub mod discovery;
 pub mod error;
 pub mod events;
 pub mod pipeline;
 pub mod rate_limit;
 pub mod retry;
+#[cfg(feature = "saga")]
+#[cfg_attr(docsrs, doc(cfg(feature = "saga")))]
 pub mod saga;
 mod sync;
 
