@@ -239,12 +239,12 @@ impl Bulkhead {
             bulkhead: Arc::clone(&s.name),
             kind: BulkheadEventKind::Rejected { queue_full, waited },
         });
-        BulkheadFull {
-            bulkhead: Arc::clone(&s.name),
-            max_concurrent_calls: s.limit.load(Relaxed),
+        BulkheadFull::new(
+            Arc::clone(&s.name),
+            s.limit.load(Relaxed),
             waited,
             queue_full,
-        }
+        )
     }
 
     #[inline]

@@ -552,11 +552,7 @@ impl CircuitBreaker {
             breaker: Arc::clone(&s.name),
             kind: EventKind::Rejected { state, retry_in },
         });
-        BreakerOpen {
-            breaker: Arc::clone(&s.name),
-            state,
-            retry_in,
-        }
+        BreakerOpen::new(Arc::clone(&s.name), state, retry_in)
     }
 
     /// Records the outcome of a call admitted under `word`.

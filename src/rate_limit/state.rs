@@ -212,10 +212,7 @@ impl RateLimiter {
             limiter: Arc::clone(&i.name),
             kind: RateLimiterEventKind::Rejected { retry_after },
         });
-        RateLimited {
-            limiter: Arc::clone(&i.name),
-            retry_after,
-        }
+        RateLimited::new(Arc::clone(&i.name), retry_after)
     }
 
     /// Starts waiting for a permit due in `retry_after`, or rejects the call
