@@ -18,7 +18,7 @@ use palisade::circuit_breaker::{
 };
 use palisade::pipeline::{Pipeline, PipelineError, Stage};
 use palisade::rate_limit::{RateLimited, RateLimiter, RateLimiterConfig};
-use palisade::retry::{RetryConfig, RetryLayer};
+use palisade::retry::{Retry, RetryConfig};
 use support::{Backend, Gate, Reply};
 use tower::{Layer, Service, ServiceExt};
 
@@ -29,8 +29,8 @@ fn rejected_with<E: std::error::Error + 'static>(error: &PipelineError) -> bool 
         .is_some_and(|rejection| rejection.downcast_ref::<E>().is_some())
 }
 
-fn retry(max_attempts: u32, backoff: Duration) -> RetryLayer {
-    RetryLayer::new(
+fn retry(max_attempts: u32, backoff: Duration) -> Retry {
+    Retry::new(
         "test",
         RetryConfig::builder()
             .max_attempts(max_attempts)

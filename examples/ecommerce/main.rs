@@ -42,7 +42,7 @@ use palisade::discovery::{
     OutlierDetection, Picker, Registration, Registry, make_fn,
 };
 use palisade::pipeline::{Pipeline, PipelineError};
-use palisade::retry::{RetryConfig, RetryLayer};
+use palisade::retry::{Retry, RetryConfig};
 use payments::{Charge, Payments};
 use tower::{Service, ServiceBuilder, ServiceExt};
 
@@ -128,7 +128,7 @@ async fn main() -> Result<(), BoxError> {
     // through the breaker, takes a bulkhead permit and is balanced again)
     // and returns a breaker's rejection at once instead of retrying it.
     // (Charges are keyed by order id, so the provider de-duplicates them.)
-    let retry = RetryLayer::new(
+    let retry = Retry::new(
         "payments",
         RetryConfig::builder()
             .max_attempts(2)

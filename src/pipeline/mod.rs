@@ -37,13 +37,13 @@
 //! use palisade::circuit_breaker::CircuitBreaker;
 //! use palisade::pipeline::Pipeline;
 //! use palisade::backoff::Backoff;
-//! use palisade::retry::{RetryConfig, RetryLayer};
+//! use palisade::retry::{Retry, RetryConfig};
 //! use tower::{Service, ServiceBuilder, ServiceExt};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), palisade::BoxError> {
 //! let pipeline = Pipeline::builder("inventory")
-//!     .retry(RetryLayer::new(
+//!     .retry(Retry::new(
 //!         "inventory",
 //!         RetryConfig::builder()
 //!             .max_attempts(3)

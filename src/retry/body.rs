@@ -12,14 +12,15 @@
 //!
 //! ```
 //! use palisade::classify::HttpStatusClassifier;
-//! use palisade::retry::{BufferBodyLayer, HttpRetryPolicy, RetryBody, RetryConfig, RetryLayer};
+//! use palisade::retry::{BufferBodyLayer, HttpRetryPolicy, Retry, RetryBody, RetryConfig};
 //! use tower::ServiceBuilder;
 //!
 //! // Stands in for a client whose requests carry a `RetryBody`.
 //! let client = tower::service_fn(|_request: http::Request<RetryBody<String>>| async {
 //!     Ok::<_, std::io::Error>(http::Response::new(()))
 //! });
-//! let retry = RetryLayer::new("orders", RetryConfig::default())
+//! let retry = Retry::new("orders", RetryConfig::default())
+//!     .layer()
 //!     .with_classifier(HttpStatusClassifier::new())
 //!     .with_policy(HttpRetryPolicy);
 //! let orders = ServiceBuilder::new()
