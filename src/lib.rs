@@ -15,6 +15,7 @@
 //! | [`events`] | Subscribe to what a layer does. |
 //! | [`pipeline`] | Stack retry, breaker, rate limiter, timeout and bulkhead in the right order. |
 //! | [`rate_limit`] | Bound how many calls start per period (governor's GCRA). |
+//! | [`registry`] | Named breakers, bulkheads, limiters and retries, created on first use. |
 //! | [`retry`] | Retry failed calls with backoff, jitter and a retry budget. |
 //! | [`saga`] | Run multi-service transactions as sagas that survive crashes. |
 //!
@@ -92,6 +93,7 @@ pub mod error;
 pub mod events;
 pub mod pipeline;
 pub mod rate_limit;
+pub mod registry;
 pub mod retry;
 pub mod saga;
 mod sync;

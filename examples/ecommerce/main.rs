@@ -35,7 +35,7 @@ use palisade::BoxError;
 use palisade::backoff::Backoff;
 use palisade::bulkhead::{BulkheadConfig, BulkheadRegistry};
 use palisade::circuit_breaker::{
-    CircuitBreakerConfig, CircuitBreakerRegistry, EventKind, SlidingWindow,
+    CircuitBreakerConfig, CircuitBreakerEventKind, CircuitBreakerRegistry, SlidingWindow,
 };
 use palisade::discovery::{
     Balance, BalanceConfig, BalanceEventKind, HealthCheck, InMemoryRegistry, Instance,
@@ -239,7 +239,7 @@ fn print_breaker_transitions(breaker: &palisade::circuit_breaker::CircuitBreaker
     let mut events = breaker.subscribe();
     tokio::spawn(async move {
         while let Ok(event) = events.recv().await {
-            if let EventKind::StateTransition { from, to, reason } = event.kind {
+            if let CircuitBreakerEventKind::StateTransition { from, to, reason } = event.kind {
                 println!(
                     "  [event] breaker '{}': {from} -> {to} ({reason:?})",
                     event.breaker

@@ -15,8 +15,9 @@ use crate::sync::StripedCounter;
 
 use super::config::RateLimiterConfig;
 use super::error::RateLimited;
-use super::event::{RateLimiterEvent, RateLimiterEventKind, RateLimiterMetrics};
+use super::event::{RateLimiterEvent, RateLimiterEventKind};
 use super::layer::RateLimiterLayer;
+use super::metrics::RateLimiterMetrics;
 
 /// governor's clock, read from tokio's so that `tokio::time::pause()` and
 /// `advance()` drive the limiter in tests.

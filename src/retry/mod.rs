@@ -86,6 +86,7 @@ mod future;
 mod layer;
 mod metrics;
 mod policy;
+mod registry;
 mod service;
 mod state;
 
@@ -103,5 +104,6 @@ pub use self::policy::{CloneRequests, RetryPolicy};
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub use self::policy::{HttpRetryPolicy, Idempotent, parse_retry_after};
+pub use self::registry::RetryRegistry;
 pub use self::service::RetryService;
 pub use self::state::Retry;
