@@ -63,6 +63,31 @@ pub trait Registrable: Clone {
     fn metrics(&self) -> Self::Metrics;
 }
 
+/// Implements [`Registrable`] for a palisade component from its inherent
+/// `new(name, config)`, `name()` and `metrics()`.
+macro_rules! registrable {
+    ($component:ty, $config:ty, $metrics:ty, $kind:literal) => {
+        impl $crate::registry::Registrable for $component {
+            type Config = $config;
+            type Metrics = $metrics;
+            const KIND: &'static str = $kind;
+
+            fn create(name: std::sync::Arc<str>, config: $config) -> Self {
+                <$component>::new(name, config)
+            }
+
+            fn name(&self) -> &str {
+                <$component>::name(self)
+            }
+
+            fn metrics(&self) -> $metrics {
+                <$component>::metrics(self)
+            }
+        }
+    };
+}
+pub(crate) use registrable;
+
 /// A set of named `T`s, created on first use from a shared default
 /// configuration; see the [module docs](self).
 ///

@@ -1,8 +1,6 @@
 //! [`BulkheadRegistry`]: named bulkheads, one per dependency.
 
-use std::sync::Arc;
-
-use crate::registry::{NamedRegistry, Registrable};
+use crate::registry::NamedRegistry;
 
 use super::config::BulkheadConfig;
 use super::metrics::BulkheadMetrics;
@@ -24,23 +22,7 @@ use super::state::Bulkhead;
 /// ```
 pub type BulkheadRegistry = NamedRegistry<Bulkhead>;
 
-impl Registrable for Bulkhead {
-    type Config = BulkheadConfig;
-    type Metrics = BulkheadMetrics;
-    const KIND: &'static str = "bulkhead";
-
-    fn create(name: Arc<str>, config: BulkheadConfig) -> Self {
-        Bulkhead::new(name, config)
-    }
-
-    fn name(&self) -> &str {
-        Bulkhead::name(self)
-    }
-
-    fn metrics(&self) -> BulkheadMetrics {
-        Bulkhead::metrics(self)
-    }
-}
+crate::registry::registrable!(Bulkhead, BulkheadConfig, BulkheadMetrics, "bulkhead");
 
 impl NamedRegistry<Bulkhead> {
     /// The bulkhead named `name`, created with the default configuration if

@@ -1,8 +1,6 @@
 //! [`CircuitBreakerRegistry`]: named breakers created on first use.
 
-use std::sync::Arc;
-
-use crate::registry::{NamedRegistry, Registrable};
+use crate::registry::NamedRegistry;
 
 use super::config::CircuitBreakerConfig;
 use super::metrics::CircuitBreakerMetrics;
@@ -32,23 +30,12 @@ use super::state::CircuitBreaker;
 /// ```
 pub type CircuitBreakerRegistry = NamedRegistry<CircuitBreaker>;
 
-impl Registrable for CircuitBreaker {
-    type Config = CircuitBreakerConfig;
-    type Metrics = CircuitBreakerMetrics;
-    const KIND: &'static str = "circuit_breaker";
-
-    fn create(name: Arc<str>, config: CircuitBreakerConfig) -> Self {
-        CircuitBreaker::new(name, config)
-    }
-
-    fn name(&self) -> &str {
-        CircuitBreaker::name(self)
-    }
-
-    fn metrics(&self) -> CircuitBreakerMetrics {
-        CircuitBreaker::metrics(self)
-    }
-}
+crate::registry::registrable!(
+    CircuitBreaker,
+    CircuitBreakerConfig,
+    CircuitBreakerMetrics,
+    "circuit_breaker"
+);
 
 impl NamedRegistry<CircuitBreaker> {
     /// The breaker named `name`, created with the default configuration if

@@ -1,8 +1,6 @@
 //! [`RateLimiterRegistry`]: named rate limiters created on first use.
 
-use std::sync::Arc;
-
-use crate::registry::{NamedRegistry, Registrable};
+use crate::registry::NamedRegistry;
 
 use super::config::RateLimiterConfig;
 use super::metrics::RateLimiterMetrics;
@@ -12,20 +10,9 @@ use super::state::RateLimiter;
 /// palisade's generic [`NamedRegistry`] (see [`crate::registry`]).
 pub type RateLimiterRegistry = NamedRegistry<RateLimiter>;
 
-impl Registrable for RateLimiter {
-    type Config = RateLimiterConfig;
-    type Metrics = RateLimiterMetrics;
-    const KIND: &'static str = "rate_limiter";
-
-    fn create(name: Arc<str>, config: RateLimiterConfig) -> Self {
-        RateLimiter::new(name, config)
-    }
-
-    fn name(&self) -> &str {
-        RateLimiter::name(self)
-    }
-
-    fn metrics(&self) -> RateLimiterMetrics {
-        RateLimiter::metrics(self)
-    }
-}
+crate::registry::registrable!(
+    RateLimiter,
+    RateLimiterConfig,
+    RateLimiterMetrics,
+    "rate_limiter"
+);

@@ -1,8 +1,6 @@
 //! [`RetryRegistry`]: named retries created on first use.
 
-use std::sync::Arc;
-
-use crate::registry::{NamedRegistry, Registrable};
+use crate::registry::NamedRegistry;
 
 use super::config::RetryConfig;
 use super::metrics::RetryMetrics;
@@ -12,20 +10,4 @@ use super::state::Retry;
 /// palisade's generic [`NamedRegistry`] (see [`crate::registry`]).
 pub type RetryRegistry = NamedRegistry<Retry>;
 
-impl Registrable for Retry {
-    type Config = RetryConfig;
-    type Metrics = RetryMetrics;
-    const KIND: &'static str = "retry";
-
-    fn create(name: Arc<str>, config: RetryConfig) -> Self {
-        Retry::new(name, config)
-    }
-
-    fn name(&self) -> &str {
-        Retry::name(self)
-    }
-
-    fn metrics(&self) -> RetryMetrics {
-        Retry::metrics(self)
-    }
-}
+crate::registry::registrable!(Retry, RetryConfig, RetryMetrics, "retry");
