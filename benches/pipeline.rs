@@ -89,7 +89,7 @@ fn pipeline(c: &mut Criterion) {
     });
 
     let mut by_hand = ServiceBuilder::new()
-        .layer(retry())
+        .layer(retry().layer())
         .layer(CircuitBreaker::with_defaults("bench").layer())
         .layer(limiter().layer())
         .timeout(Duration::from_secs(5))
