@@ -9,7 +9,7 @@ use palisade::bulkhead::{Bulkhead, BulkheadConfig};
 use palisade::circuit_breaker::CircuitBreaker;
 use palisade::pipeline::Pipeline;
 use palisade::rate_limit::{RateLimiter, RateLimiterConfig};
-use palisade::retry::{RetryConfig, RetryLayer};
+use palisade::retry::{Retry, RetryConfig};
 use tower::{Layer, ServiceBuilder};
 
 #[path = "../tests/support/echo.rs"]
@@ -37,8 +37,8 @@ fn bulkhead() -> Bulkhead {
     )
 }
 
-fn retry() -> RetryLayer {
-    RetryLayer::new(
+fn retry() -> Retry {
+    Retry::new(
         "bench",
         RetryConfig::builder()
             .max_attempts(3)
@@ -89,7 +89,7 @@ fn pipeline(c: &mut Criterion) {
     });
 
     let mut by_hand = ServiceBuilder::new()
-        .layer(retry())
+        .layer(retry().layer())
         .layer(CircuitBreaker::with_defaults("bench").layer())
         .layer(limiter().layer())
         .timeout(Duration::from_secs(5))

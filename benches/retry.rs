@@ -11,7 +11,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use palisade::retry::{RetryConfig, RetryLayer};
+use palisade::retry::{Retry, RetryConfig};
 use tower::Layer;
 
 #[path = "../tests/support/echo.rs"]
@@ -54,32 +54,32 @@ fn success_path(c: &mut Criterion) {
     let mut bare = Echo;
     group.bench_function("bare", |b| b.iter(|| call_now(&mut bare, black_box(7))));
 
-    let budgeted = RetryLayer::new("bench", RetryConfig::default());
-    let mut service = budgeted.layer(Echo);
+    let budgeted = Retry::new("bench", RetryConfig::default());
+    let mut service = budgeted.layer().layer(Echo);
     group.bench_function("palisade/default (budget)", |b| {
         b.iter(|| call_now(&mut service, black_box(7)))
     });
 
-    let unbudgeted = RetryLayer::new(
+    let unbudgeted = Retry::new(
         "bench",
         RetryConfig::builder()
             .no_budget()
             .build()
             .expect("valid config"),
     );
-    let mut service = unbudgeted.layer(Echo);
+    let mut service = unbudgeted.layer().layer(Echo);
     group.bench_function("palisade/no budget", |b| {
         b.iter(|| call_now(&mut service, black_box(7)))
     });
 
-    let timed = RetryLayer::new(
+    let timed = Retry::new(
         "bench",
         RetryConfig::builder()
             .attempt_timeout(Duration::from_secs(5))
             .build()
             .expect("valid config"),
     );
-    let mut service = timed.layer(Echo);
+    let mut service = timed.layer().layer(Echo);
     group.bench_function("palisade/attempt timeout", |b| {
         b.iter(|| call_now(&mut service, black_box(7)))
     });

@@ -173,13 +173,16 @@ pub trait ClassifyExt: Sized {
         }
     }
 
-    /// Errors that are a palisade layer's rejection (a
-    /// [`BreakerOpen`](crate::circuit_breaker::BreakerOpen), a
-    /// [`BulkheadFull`](crate::bulkhead::BulkheadFull) or a
-    /// [`RateLimited`](crate::rate_limit::RateLimited), found anywhere in the
-    /// error's source chain) become [`Outcome::Ignored`]: a retry layer
-    /// outside a circuit breaker, a bulkhead or a rate limiter returns the rejection at once
-    /// instead of retrying into it. For services whose error is
+    /// Errors that are a layer's rejection become [`Outcome::Ignored`]: a
+    /// retry layer outside a circuit breaker, a bulkhead or a rate limiter
+    /// returns the rejection at once instead of retrying into it. A
+    /// rejection is any error that carries a
+    /// [`Rejected`](crate::error::Rejected) marker anywhere in its source
+    /// chain ([`crate::error::is_rejection`]): palisade's
+    /// [`BreakerOpen`](crate::circuit_breaker::BreakerOpen),
+    /// [`BulkheadFull`](crate::bulkhead::BulkheadFull) and
+    /// [`RateLimited`](crate::rate_limit::RateLimited), and any layer of
+    /// yours whose error carries the marker. For services whose error is
     /// [`BoxError`](crate::BoxError), as every palisade service's is.
     ///
     /// ```
@@ -203,13 +206,6 @@ pub trait ClassifyExt: Sized {
 
 impl<C> ClassifyExt for C {}
 
-/// Whether `error` is, or was caused by, a palisade layer's rejection.
-pub(crate) fn is_rejection(error: &(dyn std::error::Error + 'static)) -> bool {
-    crate::is_caused_by::<crate::circuit_breaker::BreakerOpen>(error)
-        || crate::is_caused_by::<crate::bulkhead::BulkheadFull>(error)
-        || crate::is_caused_by::<crate::rate_limit::RateLimited>(error)
-}
-
 /// See [`ClassifyExt::pass_rejections`].
 #[derive(Debug, Clone, Copy)]
 pub struct PassRejections<C> {
@@ -223,7 +219,7 @@ where
     #[inline]
     fn classify(&self, result: Result<&Res, &crate::BoxError>) -> Outcome {
         match result {
-            Err(error) if is_rejection(&**error) => Outcome::Ignored,
+            Err(error) if crate::error::is_rejection(&**error) => Outcome::Ignored,
             other => self.inner.classify(other),
         }
     }
@@ -317,6 +313,34 @@ mod tests {
         assert_eq!(c.classify(Err(&"ignore me")), Outcome::Ignored);
         assert_eq!(
             c.classify(Err(&"other")),
+            Outcome::Failure { retryable: true }
+        );
+    }
+
+    /// A layer palisade does not know, whose error carries the marker.
+    #[derive(Debug, thiserror::Error)]
+    #[error("load shedder '{}' is overloaded", .0.name())]
+    struct Shed(#[source] crate::error::Rejected);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("call failed")]
+    struct Wrapped(#[source] crate::BoxError);
+
+    #[test]
+    fn pass_rejections_ignores_any_error_carrying_the_rejected_marker() {
+        let classifier = DefaultClassifier.pass_rejections();
+        let shed: crate::BoxError =
+            Box::new(Shed(crate::error::Rejected::new("load_shed", "checkout")));
+        assert_eq!(classifier.classify(Err::<&(), _>(&shed)), Outcome::Ignored);
+        let wrapped: crate::BoxError = Box::new(Wrapped(shed));
+        assert_eq!(
+            classifier.classify(Err::<&(), _>(&wrapped)),
+            Outcome::Ignored,
+            "found anywhere in the source chain"
+        );
+        let other: crate::BoxError = "connection reset".into();
+        assert_eq!(
+            classifier.classify(Err::<&(), _>(&other)),
             Outcome::Failure { retryable: true }
         );
     }

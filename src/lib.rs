@@ -13,8 +13,10 @@
 //! | [`clock`] | Choose how calls are timed: exact or coarse and cheap. |
 //! | [`discovery`] | Find the healthy instances of a service and balance calls over them. |
 //! | [`events`] | Subscribe to what a layer does. |
+//! | [`future`] | The crate's one boxed-future type. |
 //! | [`pipeline`] | Stack retry, breaker, rate limiter, timeout and bulkhead in the right order. |
 //! | [`rate_limit`] | Bound how many calls start per period (governor's GCRA). |
+//! | [`registry`] | Named breakers, bulkheads, limiters and retries, created on first use. |
 //! | [`retry`] | Retry failed calls with backoff, jitter and a retry budget. |
 //! | [`saga`] | Run multi-service transactions as sagas that survive crashes. |
 //!
@@ -101,8 +103,10 @@ pub mod clock;
 pub mod discovery;
 pub mod error;
 pub mod events;
+pub mod future;
 pub mod pipeline;
 pub mod rate_limit;
+pub mod registry;
 pub mod retry;
 #[cfg(feature = "saga")]
 #[cfg_attr(docsrs, doc(cfg(feature = "saga")))]

@@ -354,9 +354,9 @@ fn config_rejects_invalid_values_naming_the_field() {
 async fn a_retry_outside_the_bulkhead_does_not_retry_its_rejection() {
     use palisade::backoff::Backoff;
     use palisade::classify::{ClassifyExt, DefaultClassifier};
-    use palisade::retry::{RetryConfig, RetryLayer};
+    use palisade::retry::{Retry, RetryConfig};
     let b = bulkhead(config(1));
-    let retry = RetryLayer::new(
+    let retry = Retry::new(
         "backend",
         RetryConfig::builder()
             .no_budget()
@@ -364,6 +364,7 @@ async fn a_retry_outside_the_bulkhead_does_not_retry_its_rejection() {
             .build()
             .expect("valid"),
     )
+    .layer()
     .with_classifier(DefaultClassifier.pass_rejections());
     let service = tower::ServiceBuilder::new()
         .layer(retry.clone())
@@ -385,5 +386,5 @@ async fn a_retry_outside_the_bulkhead_does_not_retry_its_rejection() {
         Duration::ZERO,
         "returned at once, not retried"
     );
-    assert_eq!(retry.metrics().retries, 0);
+    assert_eq!(retry.retry().metrics().retries, 0);
 }

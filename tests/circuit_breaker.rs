@@ -7,8 +7,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use palisade::circuit_breaker::{
-    BreakDuration, BreakerOpen, CircuitBreaker, CircuitBreakerConfig, CircuitBreakerLayer,
-    CircuitBreakerRegistry, CircuitState, EventKind, SlidingWindow, TransitionReason, TripReason,
+    BreakDuration, BreakerOpen, CircuitBreaker, CircuitBreakerConfig, CircuitBreakerEventKind,
+    CircuitBreakerLayer, CircuitBreakerRegistry, CircuitState, SlidingWindow, TransitionReason,
+    TripReason,
 };
 use palisade::classify::{ClassifyExt, DefaultClassifier, Outcome};
 use palisade::{BoxError, ConfigError, find_cause, is_caused_by};
@@ -456,7 +457,7 @@ async fn half_open_returns_to_open_after_max_wait() {
         .drain()
         .into_iter()
         .filter_map(|e| match e.kind {
-            EventKind::StateTransition { to, reason, .. } => Some((to, reason)),
+            CircuitBreakerEventKind::StateTransition { to, reason, .. } => Some((to, reason)),
             _ => None,
         })
         .collect();
@@ -591,7 +592,7 @@ async fn ignored_errors_are_neither_success_nor_failure() {
     let ignored = events
         .drain()
         .into_iter()
-        .filter(|e| e.kind == EventKind::Ignored)
+        .filter(|e| e.kind == CircuitBreakerEventKind::Ignored)
         .count();
     assert_eq!(ignored, 5);
 }
@@ -770,7 +771,7 @@ async fn events_report_transitions_calls_and_rejections() {
         &[Reply::OkAfter(2 * SECOND), Reply::Err, Reply::Ok],
     )
     .await;
-    let kinds: Vec<EventKind> = events
+    let kinds: Vec<CircuitBreakerEventKind> = events
         .drain()
         .into_iter()
         .map(|e| {
@@ -781,20 +782,20 @@ async fn events_report_transitions_calls_and_rejections() {
     assert_eq!(
         kinds,
         [
-            EventKind::Success {
+            CircuitBreakerEventKind::Success {
                 elapsed: Some(2 * SECOND),
                 slow: true
             },
-            EventKind::Failure {
+            CircuitBreakerEventKind::Failure {
                 elapsed: Some(Duration::ZERO),
                 slow: false
             },
-            EventKind::StateTransition {
+            CircuitBreakerEventKind::StateTransition {
                 from: CircuitState::Closed,
                 to: CircuitState::Open,
                 reason: TransitionReason::Tripped(TripReason::FailureRate(50.0)),
             },
-            EventKind::Rejected {
+            CircuitBreakerEventKind::Rejected {
                 state: CircuitState::Open,
                 retry_in: Some(10 * SECOND)
             },

@@ -9,7 +9,7 @@ use palisade::backoff::Backoff;
 use palisade::bulkhead::{Bulkhead, BulkheadConfig};
 use palisade::circuit_breaker::{CircuitBreaker, CircuitBreakerConfig, SlidingWindow};
 use palisade::pipeline::Pipeline;
-use palisade::retry::{RetryConfig, RetryLayer};
+use palisade::retry::{Retry, RetryConfig};
 use tower::{Layer, Service, ServiceExt};
 
 mod span {
@@ -82,7 +82,7 @@ async fn one_span_per_call_carries_the_stage_outcomes() {
             .unwrap(),
     );
     let bulkhead = Bulkhead::new("orders", BulkheadConfig::default());
-    let retry = RetryLayer::new(
+    let retry = Retry::new(
         "orders",
         RetryConfig::builder()
             .max_attempts(3)

@@ -7,8 +7,8 @@ use std::time::Duration;
 use palisade::backoff::{Backoff, Jitter};
 use palisade::classify::{ClassifyExt, DefaultClassifier, Outcome, classify_fn};
 use palisade::retry::{
-    AttemptTimedOut, GiveUpReason, RetryBudget, RetryConfig, RetryConfigBuilder, RetryEventKind,
-    RetryLayer, RetryPolicy, RetryTimedOut,
+    AttemptTimedOut, GiveUpReason, Retry, RetryBudget, RetryConfig, RetryConfigBuilder,
+    RetryEventKind, RetryLayer, RetryPolicy, RetryTimedOut,
 };
 use palisade::{BoxError, find_cause};
 use tokio::time::Instant;
@@ -95,7 +95,7 @@ fn config() -> RetryConfigBuilder {
 }
 
 fn layer(builder: RetryConfigBuilder) -> RetryLayer {
-    RetryLayer::new("backend", builder.build().expect("valid config"))
+    Retry::new("backend", builder.build().expect("valid config")).layer()
 }
 
 async fn call<S>(service: &mut S, request: u32) -> Result<u32, BoxError>
@@ -115,7 +115,7 @@ async fn transient_failures_are_retried_after_the_backoff() {
     assert_eq!(backend.calls(), 3);
     assert_eq!(backend.gaps(), [SECOND, SECOND]);
     assert_eq!(started.elapsed(), 2 * SECOND);
-    let m = retry.metrics();
+    let m = retry.retry().metrics();
     assert_eq!((m.succeeded_after_retry, m.retries), (1, 2));
 }
 
@@ -156,11 +156,11 @@ async fn gives_up_after_max_attempts_with_the_last_error() {
     let backend = Scripted::new(&[Step::Fail]);
     let retry = layer(config().max_attempts(4));
     let mut service = retry.layer(backend.clone());
-    let mut events = retry.subscribe();
+    let mut events = retry.retry().subscribe();
     let err = call(&mut service, 1).await.unwrap_err();
     assert_eq!(err.to_string(), "backend unavailable");
     assert_eq!(backend.calls(), 4);
-    assert_eq!(retry.metrics().failed_after_retries, 1);
+    assert_eq!(retry.retry().metrics().failed_after_retries, 1);
     let last = events.drain().pop().expect("events").kind;
     assert_eq!(
         last,
@@ -182,7 +182,7 @@ async fn a_failure_the_classifier_calls_permanent_is_not_retried() {
     let mut service = retry.layer(backend.clone());
     assert!(call(&mut service, 1).await.is_err());
     assert_eq!(backend.calls(), 1);
-    assert_eq!(retry.metrics().failed_without_retry, 1);
+    assert_eq!(retry.retry().metrics().failed_without_retry, 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -208,7 +208,7 @@ async fn a_timed_out_attempt_is_cancelled_and_retried() {
     let started = Instant::now();
     assert_eq!(call(&mut service, 5).await.expect("second attempt"), 5);
     assert_eq!(started.elapsed(), 3 * SECOND, "2 s timeout + 1 s backoff");
-    assert_eq!(retry.metrics().attempt_timeouts, 1);
+    assert_eq!(retry.retry().metrics().attempt_timeouts, 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -230,7 +230,7 @@ async fn no_attempt_starts_that_could_not_finish_before_max_elapsed() {
             .max_elapsed(5 * SECOND),
     );
     let mut service = retry.layer(backend.clone());
-    let mut events = retry.subscribe();
+    let mut events = retry.retry().subscribe();
     let started = Instant::now();
     assert!(call(&mut service, 1).await.is_err());
     // Attempts start at 0, 1, 2, 3 and 4 s; one at 5 s could end at 6 s.
@@ -289,7 +289,7 @@ async fn a_budget_stops_a_retry_storm() {
     // 1000 first attempts deposit 200 retries; without a budget it would be 3000.
     let retries = backend.calls() - 1000;
     assert!(retries <= 200, "{retries} retries");
-    assert!(retry.metrics().budget_exhaustions > 0);
+    assert!(retry.retry().metrics().budget_exhaustions > 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -322,7 +322,7 @@ async fn a_request_that_cannot_be_copied_is_sent_once() {
     let backend = Scripted::new(&[Step::Fail, Step::Ok]);
     let retry = layer(config()).with_policy(SendOnce);
     let mut service = retry.layer(backend.clone());
-    let mut events = retry.subscribe();
+    let mut events = retry.retry().subscribe();
     assert!(call(&mut service, 1).await.is_err());
     assert_eq!(backend.calls(), 1);
     assert!(matches!(
@@ -349,7 +349,7 @@ async fn a_custom_backoff_can_stop_retrying() {
 async fn events_report_each_retry_and_the_success() {
     let backend = Scripted::new(&[Step::Fail, Step::Ok]);
     let retry = layer(config());
-    let mut events = retry.subscribe();
+    let mut events = retry.retry().subscribe();
     let mut service = retry.layer(backend);
     call(&mut service, 1).await.expect("second attempt");
     let kinds: Vec<_> = events.drain().into_iter().map(|e| e.kind).collect();
@@ -802,9 +802,46 @@ async fn a_retry_around_a_breaker_goes_through_it_again_and_stops_at_its_rejecti
     // and a rejection is returned at once instead of being retried.
     assert!(is_caused_by::<BreakerOpen>(&*err), "{err}");
     assert_eq!(backend.calls(), 2);
-    let m = retry.metrics();
+    let m = retry.retry().metrics();
     assert_eq!(
         (m.retries, m.failed_after_retries, m.succeeded_after_retry),
         (2, 1, 0)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_layer_of_one_retry_handle_shares_its_metrics_and_events() {
+    let retry = Retry::new(
+        "shared",
+        config().max_attempts(2).build().expect("valid config"),
+    );
+    let mut events = retry.subscribe();
+    let backend = Scripted::new(&[Step::Fail, Step::Ok]);
+    let mut plain = retry.layer().layer(backend.clone());
+    let mut classified = RetryLayer::from(retry.clone())
+        .with_classifier(DefaultClassifier.pass_rejections())
+        .layer(backend.clone());
+    assert!(
+        retry.layer().retry().ptr_eq(&retry),
+        "a layer keeps the handle"
+    );
+
+    assert_eq!(call(&mut plain, 1).await.expect("retried"), 1);
+    assert_eq!(call(&mut classified, 2).await.expect("first attempt"), 2);
+
+    let m = retry.metrics();
+    assert_eq!((m.succeeded_after_retry, m.succeeded_without_retry), (1, 1));
+    assert_eq!(m.retries, 1);
+    let kinds: Vec<_> = events.drain().into_iter().map(|e| e.kind).collect();
+    assert!(
+        matches!(
+            kinds.as_slice(),
+            [
+                RetryEventKind::Retrying { attempt: 1, .. },
+                RetryEventKind::Succeeded { attempts: 2 },
+                RetryEventKind::Succeeded { attempts: 1 },
+            ]
+        ),
+        "{kinds:?}"
     );
 }

@@ -8,7 +8,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use counting_alloc::allocations_during;
-use palisade::retry::{RetryConfig, RetryLayer};
+use palisade::retry::{Retry, RetryConfig};
 use tower::{Layer, Service};
 
 #[path = "support/echo.rs"]
@@ -23,8 +23,8 @@ where
 }
 
 fn assert_success_path_allocates_nothing(config: RetryConfig) {
-    let retry = RetryLayer::new("alloc", config);
-    let mut service = retry.layer(Echo);
+    let retry = Retry::new("alloc", config);
+    let mut service = retry.layer().layer(Echo);
     for request in 0..10 {
         call_now(&mut service, request);
     }

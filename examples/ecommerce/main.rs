@@ -35,14 +35,14 @@ use palisade::BoxError;
 use palisade::backoff::Backoff;
 use palisade::bulkhead::{BulkheadConfig, BulkheadRegistry};
 use palisade::circuit_breaker::{
-    CircuitBreakerConfig, CircuitBreakerRegistry, EventKind, SlidingWindow,
+    CircuitBreakerConfig, CircuitBreakerEventKind, CircuitBreakerRegistry, SlidingWindow,
 };
 use palisade::discovery::{
     Balance, BalanceConfig, BalanceEventKind, HealthCheck, InMemoryRegistry, Instance,
     OutlierDetection, Picker, Registration, Registry, make_fn,
 };
 use palisade::pipeline::{Pipeline, PipelineError};
-use palisade::retry::{RetryConfig, RetryLayer};
+use palisade::retry::{Retry, RetryConfig};
 use payments::{Charge, Payments};
 use tower::{Service, ServiceBuilder, ServiceExt};
 
@@ -128,7 +128,7 @@ async fn main() -> Result<(), BoxError> {
     // through the breaker, takes a bulkhead permit and is balanced again)
     // and returns a breaker's rejection at once instead of retrying it.
     // (Charges are keyed by order id, so the provider de-duplicates them.)
-    let retry = RetryLayer::new(
+    let retry = Retry::new(
         "payments",
         RetryConfig::builder()
             .max_attempts(2)
@@ -239,7 +239,7 @@ fn print_breaker_transitions(breaker: &palisade::circuit_breaker::CircuitBreaker
     let mut events = breaker.subscribe();
     tokio::spawn(async move {
         while let Ok(event) = events.recv().await {
-            if let EventKind::StateTransition { from, to, reason } = event.kind {
+            if let CircuitBreakerEventKind::StateTransition { from, to, reason } = event.kind {
                 println!(
                     "  [event] breaker '{}': {from} -> {to} ({reason:?})",
                     event.breaker

@@ -4,23 +4,44 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::error::Rejected;
+
+/// The layer kind a bulkhead's [`Rejected`] marker names.
+pub(crate) const LAYER: &str = "bulkhead";
+
 /// A call was rejected by a bulkhead without reaching the service: every
 /// permit was taken and the caller could not (or could no longer) wait.
 ///
 /// Distinct from the circuit breaker's [`BreakerOpen`](crate::circuit_breaker::BreakerOpen);
-/// find it with `downcast_ref` or [`crate::find_cause`].
+/// find it with `downcast_ref` or [`crate::find_cause`]. Its
+/// [`source`](std::error::Error::source) is a [`Rejected`] marker (layer
+/// `"bulkhead"`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BulkheadFull {
-    pub(crate) bulkhead: Arc<str>,
-    pub(crate) max_concurrent_calls: usize,
-    pub(crate) waited: Duration,
-    pub(crate) queue_full: bool,
+    rejected: Rejected,
+    max_concurrent_calls: usize,
+    waited: Duration,
+    queue_full: bool,
 }
 
 impl BulkheadFull {
+    pub(crate) fn new(
+        bulkhead: Arc<str>,
+        max_concurrent_calls: usize,
+        waited: Duration,
+        queue_full: bool,
+    ) -> Self {
+        Self {
+            rejected: Rejected::new(LAYER, bulkhead),
+            max_concurrent_calls,
+            waited,
+            queue_full,
+        }
+    }
+
     /// The name of the bulkhead that rejected the call.
     pub fn bulkhead(&self) -> &str {
-        &self.bulkhead
+        self.rejected.name()
     }
 
     /// Its limit when it rejected the call.
@@ -44,7 +65,8 @@ impl fmt::Display for BulkheadFull {
         write!(
             f,
             "bulkhead '{}' is full: all {} permits are in use",
-            self.bulkhead, self.max_concurrent_calls
+            self.bulkhead(),
+            self.max_concurrent_calls
         )?;
         if self.queue_full {
             f.write_str(" and the waiting queue is full")
@@ -56,4 +78,8 @@ impl fmt::Display for BulkheadFull {
     }
 }
 
-impl std::error::Error for BulkheadFull {}
+impl std::error::Error for BulkheadFull {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.rejected)
+    }
+}

@@ -60,18 +60,20 @@
 
 mod config;
 mod error;
+mod event;
 mod future;
 mod layer;
+mod metrics;
 mod registry;
 mod service;
 mod state;
 
 pub use self::config::{BulkheadConfig, BulkheadConfigBuilder, MAX_CONCURRENT_CALLS};
 pub use self::error::BulkheadFull;
+pub use self::event::{BulkheadEvent, BulkheadEventKind};
 pub use self::future::ResponseFuture;
 pub use self::layer::BulkheadLayer;
+pub use self::metrics::BulkheadMetrics;
 pub use self::registry::BulkheadRegistry;
 pub use self::service::BulkheadService;
-pub use self::state::{
-    Bulkhead, BulkheadEvent, BulkheadEventKind, BulkheadMetrics, BulkheadPermit,
-};
+pub use self::state::{Bulkhead, BulkheadPermit};

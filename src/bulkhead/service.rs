@@ -15,12 +15,7 @@ use super::state::{Bulkhead, BulkheadPermit};
 
 type Acquiring = Pin<Box<dyn Future<Output = Result<BulkheadPermit, BulkheadFull>> + Send + Sync>>;
 
-enum Admission {
-    Idle,
-    Waiting(Acquiring),
-    Permitted(BulkheadPermit),
-    Rejected(BulkheadFull),
-}
+type Admission = crate::future::Admission<Acquiring, BulkheadPermit, BulkheadFull>;
 
 /// A service whose calls hold a permit of a [`Bulkhead`]; built by
 /// [`BulkheadLayer`](super::BulkheadLayer).
@@ -108,15 +103,9 @@ where
 
     #[inline]
     fn call(&mut self, request: Req) -> Self::Future {
-        match std::mem::replace(&mut self.admission, Admission::Idle) {
-            Admission::Permitted(permit) => {
-                ResponseFuture::admitted(self.inner.call(request), permit)
-            }
-            Admission::Rejected(full) => ResponseFuture::rejected(full),
-            Admission::Idle | Admission::Waiting(_) => {
-                panic!("BulkheadService: poll_ready must return Ready(Ok) before call")
-            }
-        }
+        let inner = &mut self.inner;
+        self.admission
+            .call("BulkheadService", || inner.call(request))
     }
 }
 

@@ -16,59 +16,9 @@ use crate::sync::StripedCounter;
 
 use super::config::{BulkheadConfig, MAX_CONCURRENT_CALLS};
 use super::error::BulkheadFull;
+use super::event::{BulkheadEvent, BulkheadEventKind};
 use super::layer::BulkheadLayer;
-
-/// What a bulkhead reports to its subscribers.
-#[derive(Debug, Clone)]
-pub struct BulkheadEvent {
-    /// The bulkhead's name.
-    pub bulkhead: Arc<str>,
-    /// What happened.
-    pub kind: BulkheadEventKind,
-}
-
-/// The kinds of [`BulkheadEvent`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum BulkheadEventKind {
-    /// A call got a permit after waiting this long (zero: at once).
-    Permitted {
-        /// Time spent waiting.
-        waited: Duration,
-    },
-    /// A call was rejected.
-    Rejected {
-        /// Whether the waiting queue was full.
-        queue_full: bool,
-        /// Time spent waiting.
-        waited: Duration,
-    },
-    /// The limit changed.
-    Resized {
-        /// Limit before.
-        from: usize,
-        /// Limit after.
-        to: usize,
-    },
-}
-
-/// A snapshot of a bulkhead, from [`Bulkhead::metrics`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct BulkheadMetrics {
-    /// The current limit.
-    pub max_concurrent_calls: usize,
-    /// Permits free now.
-    pub available_permits: usize,
-    /// Calls holding a permit now.
-    pub in_flight: usize,
-    /// Callers waiting for a permit now.
-    pub waiting: usize,
-    /// The most calls that held a permit at once, ever.
-    pub max_in_flight_observed: usize,
-    /// Calls rejected, ever.
-    pub rejected: u64,
-}
+use super::metrics::BulkheadMetrics;
 
 /// A bulkhead: at most `max_concurrent_calls` calls run at once; others wait
 /// in FIFO order for at most `max_wait_duration`, at most `max_waiting` of
@@ -239,12 +189,12 @@ impl Bulkhead {
             bulkhead: Arc::clone(&s.name),
             kind: BulkheadEventKind::Rejected { queue_full, waited },
         });
-        BulkheadFull {
-            bulkhead: Arc::clone(&s.name),
-            max_concurrent_calls: s.limit.load(Relaxed),
+        BulkheadFull::new(
+            Arc::clone(&s.name),
+            s.limit.load(Relaxed),
             waited,
             queue_full,
-        }
+        )
     }
 
     #[inline]

@@ -4,13 +4,21 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::error::Rejected;
+
 use super::state::CircuitState;
+
+/// The layer kind a breaker's [`Rejected`] marker names.
+pub(crate) const LAYER: &str = "circuit_breaker";
 
 /// A call was rejected by a circuit breaker without reaching the service.
 ///
 /// Returned (boxed in a `tower::BoxError`) when the breaker is OPEN or
 /// FORCED_OPEN, or HALF_OPEN with every trial call already in flight. Find it
-/// with `downcast_ref` or [`crate::find_cause`]:
+/// with `downcast_ref` or [`crate::find_cause`]. Its
+/// [`source`](std::error::Error::source) is a [`Rejected`] marker (layer
+/// `"circuit_breaker"`), so every rejection-aware part of palisade treats it
+/// as a rejection:
 ///
 /// ```
 /// use std::time::Duration;
@@ -25,18 +33,27 @@ use super::state::CircuitState;
 ///
 /// let boxed: palisade::BoxError = err.into();
 /// assert!(boxed.downcast_ref::<BreakerOpen>().is_some());
+/// assert!(palisade::error::is_rejection(&*boxed));
 /// ```
 #[derive(Debug, Clone)]
 pub struct BreakerOpen {
-    pub(crate) breaker: Arc<str>,
-    pub(crate) state: CircuitState,
-    pub(crate) retry_in: Option<Duration>,
+    rejected: Rejected,
+    state: CircuitState,
+    retry_in: Option<Duration>,
 }
 
 impl BreakerOpen {
+    pub(crate) fn new(breaker: Arc<str>, state: CircuitState, retry_in: Option<Duration>) -> Self {
+        Self {
+            rejected: Rejected::new(LAYER, breaker),
+            state,
+            retry_in,
+        }
+    }
+
     /// The name of the breaker that rejected the call.
     pub fn breaker(&self) -> &str {
-        &self.breaker
+        self.rejected.name()
     }
 
     /// The breaker's state when it rejected the call: `Open`, `ForcedOpen`
@@ -55,7 +72,7 @@ impl BreakerOpen {
 
 impl fmt::Display for BreakerOpen {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "circuit breaker '{}' is {}", self.breaker, self.state)?;
+        write!(f, "circuit breaker '{}' is {}", self.breaker(), self.state)?;
         match (self.state, self.retry_in) {
             (_, Some(wait)) => write!(
                 f,
@@ -73,4 +90,8 @@ impl fmt::Display for BreakerOpen {
     }
 }
 
-impl std::error::Error for BreakerOpen {}
+impl std::error::Error for BreakerOpen {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.rejected)
+    }
+}

@@ -13,13 +13,13 @@ pub struct CircuitBreakerEvent {
     /// The breaker's name.
     pub breaker: Arc<str>,
     /// What happened.
-    pub kind: EventKind,
+    pub kind: CircuitBreakerEventKind,
 }
 
 /// The kinds of [`CircuitBreakerEvent`].
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
-pub enum EventKind {
+pub enum CircuitBreakerEventKind {
     /// The breaker changed state.
     StateTransition {
         /// State before.

@@ -164,7 +164,7 @@ pub use self::config::{
     MAX_EVENT_CAPACITY, MAX_TIME_WINDOW_SECONDS, SlidingWindow,
 };
 pub use self::error::BreakerOpen;
-pub use self::event::{CircuitBreakerEvent, EventKind, TransitionReason};
+pub use self::event::{CircuitBreakerEvent, CircuitBreakerEventKind, TransitionReason};
 pub use self::future::ResponseFuture;
 pub use self::keyed::{KeyedCircuitBreakerLayer, KeyedCircuitBreakerService};
 pub use self::layer::CircuitBreakerLayer;

@@ -24,7 +24,7 @@ use crate::sync::{CachePadded, StripedCounter};
 
 use super::config::CircuitBreakerConfig;
 use super::error::BreakerOpen;
-use super::event::{CircuitBreakerEvent, EventKind, TransitionReason};
+use super::event::{CircuitBreakerEvent, CircuitBreakerEventKind as EventKind, TransitionReason};
 use super::layer::CircuitBreakerLayer;
 use super::metrics::CircuitBreakerMetrics;
 use super::window::{Counts, RateThresholds, Window, rate_percent};
@@ -552,11 +552,7 @@ impl CircuitBreaker {
             breaker: Arc::clone(&s.name),
             kind: EventKind::Rejected { state, retry_in },
         });
-        BreakerOpen {
-            breaker: Arc::clone(&s.name),
-            state,
-            retry_in,
-        }
+        BreakerOpen::new(Arc::clone(&s.name), state, retry_in)
     }
 
     /// Records the outcome of a call admitted under `word`.

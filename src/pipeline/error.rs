@@ -1,12 +1,10 @@
-//! [`PipelineError`]: one error type, whose variant names the stage.
+//! [`PipelineError`]: one error type that names the stage it comes from.
 
+use std::error::Error;
 use std::fmt;
 use std::time::Duration;
 
-use crate::bulkhead::BulkheadFull;
-use crate::circuit_breaker::BreakerOpen;
-use crate::error::BoxError;
-use crate::rate_limit::RateLimited;
+use crate::error::{BoxError, Rejected, own_rejection, write_layer_kind};
 use crate::retry::{AttemptTimedOut, RetryTimedOut};
 
 /// The stages of a [`Pipeline`](super::Pipeline), outermost first.
@@ -27,6 +25,21 @@ pub enum Stage {
 }
 
 impl Stage {
+    const ALL: [Stage; 6] = [
+        Stage::Retry,
+        Stage::CircuitBreaker,
+        Stage::RateLimiter,
+        Stage::Timeout,
+        Stage::Bulkhead,
+        Stage::Service,
+    ];
+
+    /// The stage whose [name](Self::as_str) is `name`, if any: the stage a
+    /// [`Rejected`] marker's [layer](Rejected::layer) kind stands for.
+    pub fn from_name(name: &str) -> Option<Stage> {
+        Self::ALL.into_iter().find(|stage| stage.as_str() == name)
+    }
+
     /// The stage's name in traces: `"retry"`, `"circuit_breaker"`,
     /// `"rate_limiter"`, `"timeout"`, `"bulkhead"` or `"service"`.
     pub fn as_str(self) -> &'static str {
@@ -76,15 +89,68 @@ impl fmt::Display for TimedOut {
 
 impl std::error::Error for TimedOut {}
 
-/// Why a call through a [`Pipeline`](super::Pipeline) failed: the stage
-/// that rejected it, or the service's own error.
+/// A call turned away without reaching the service, by a stage of the
+/// pipeline or by a layer inside the wrapped service: its error carried a
+/// [`Rejected`] marker (see [`crate::error`]).
+///
+/// The layer's own error is kept: [`downcast_ref`](Self::downcast_ref) it,
+/// or find it with [`crate::find_cause`] on the [`PipelineError`], whose
+/// [`source`](Error::source) it is.
+#[derive(Debug)]
+pub struct Rejection {
+    stage: Stage,
+    marker: Rejected,
+    error: BoxError,
+}
+
+impl Rejection {
+    /// The stage that rejected the call: the stage named by the marker's
+    /// [layer](Rejected::layer) kind, or [`Stage::Service`] for a layer the
+    /// pipeline does not have (one inside the wrapped service).
+    pub fn stage(&self) -> Stage {
+        self.stage
+    }
+
+    /// The marker the layer's error carried: the kind of layer and its name.
+    pub fn rejected(&self) -> &Rejected {
+        &self.marker
+    }
+
+    /// The layer's own error, e.g. a
+    /// [`BreakerOpen`](crate::circuit_breaker::BreakerOpen).
+    pub fn error(&self) -> &(dyn Error + Send + Sync + 'static) {
+        &*self.error
+    }
+
+    /// The layer's own error as an `E`, if it is one.
+    pub fn downcast_ref<E: Error + 'static>(&self) -> Option<&E> {
+        self.error.downcast_ref::<E>()
+    }
+
+    /// Unwraps the layer's own error.
+    pub fn into_error(self) -> BoxError {
+        self.error
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("rejected by the ")?;
+        write_layer_kind(f, self.marker.layer())?;
+        write!(f, ": {}", self.error)
+    }
+}
+
+/// Why a call through a [`Pipeline`](super::Pipeline) failed: a stage
+/// rejected it, a deadline passed, or the service failed.
 ///
 /// Each variant's [`source`](std::error::Error::source) is the stage's own
-/// error, so [`crate::find_cause`] finds a [`BreakerOpen`] inside a
+/// error, so [`crate::find_cause`] finds a
+/// [`BreakerOpen`](crate::circuit_breaker::BreakerOpen) inside a
 /// `PipelineError` as well as on its own.
 ///
 /// ```
-/// use palisade::circuit_breaker::CircuitBreaker;
+/// use palisade::circuit_breaker::{BreakerOpen, CircuitBreaker};
 /// use palisade::pipeline::{Pipeline, PipelineError, Stage};
 /// use tower::{Service, ServiceBuilder, ServiceExt};
 ///
@@ -97,7 +163,11 @@ impl std::error::Error for TimedOut {}
 ///     .service_fn(|id: u64| async move { Ok::<_, std::io::Error>(id) });
 ///
 /// match users.ready().await?.call(7).await {
-///     Err(PipelineError::CircuitOpen(open)) => assert_eq!(open.breaker(), "users"),
+///     Err(PipelineError::Rejected(rejection)) => {
+///         assert_eq!(rejection.stage(), Stage::CircuitBreaker);
+///         let open = rejection.downcast_ref::<BreakerOpen>().expect("the breaker's error");
+///         assert_eq!(open.breaker(), "users");
+///     }
 ///     other => panic!("expected the breaker's rejection, got {other:?}"),
 /// }
 /// # Ok(())
@@ -106,12 +176,9 @@ impl std::error::Error for TimedOut {}
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum PipelineError {
-    /// The circuit breaker rejected the call.
-    CircuitOpen(BreakerOpen),
-    /// The rate limiter had no permit for the call.
-    RateLimited(RateLimited),
-    /// The bulkhead had no room for the call.
-    BulkheadFull(BulkheadFull),
+    /// A stage turned the call away without it reaching the service (breaker
+    /// open, rate limited, bulkhead full), or a layer inside the service did.
+    Rejected(Rejection),
     /// A deadline passed: the timeout stage's, or the retry stage's.
     TimedOut(TimedOut),
     /// The service failed (after any retries); its error is inside.
@@ -122,9 +189,7 @@ impl PipelineError {
     /// The stage the error comes from.
     pub fn stage(&self) -> Stage {
         match self {
-            PipelineError::CircuitOpen(_) => Stage::CircuitBreaker,
-            PipelineError::RateLimited(_) => Stage::RateLimiter,
-            PipelineError::BulkheadFull(_) => Stage::Bulkhead,
+            PipelineError::Rejected(rejection) => rejection.stage,
             PipelineError::TimedOut(timed_out) => timed_out.stage,
             PipelineError::Service(_) => Stage::Service,
         }
@@ -133,28 +198,30 @@ impl PipelineError {
     /// Whether a stage turned the call away without it reaching the
     /// service (breaker open, rate limited, bulkhead full).
     pub fn is_rejection(&self) -> bool {
-        matches!(
-            self,
-            PipelineError::CircuitOpen(_)
-                | PipelineError::RateLimited(_)
-                | PipelineError::BulkheadFull(_)
-        )
+        matches!(self, PipelineError::Rejected(_))
+    }
+
+    /// The rejection, if a stage turned the call away.
+    pub fn rejection(&self) -> Option<&Rejection> {
+        match self {
+            PipelineError::Rejected(rejection) => Some(rejection),
+            _ => None,
+        }
     }
 
     /// Sorts an error that came out of the stages by the stage that made it.
+    ///
+    /// A rejection is recognised by the marker its error carries, not by
+    /// its type, so a new rejecting layer needs no change here.
     pub(crate) fn from_stages(error: BoxError, timeout: Option<Duration>) -> Self {
-        let error = match error.downcast::<BreakerOpen>() {
-            Ok(open) => return PipelineError::CircuitOpen(*open),
-            Err(error) => error,
-        };
-        let error = match error.downcast::<BulkheadFull>() {
-            Ok(full) => return PipelineError::BulkheadFull(*full),
-            Err(error) => error,
-        };
-        let error = match error.downcast::<RateLimited>() {
-            Ok(limited) => return PipelineError::RateLimited(*limited),
-            Err(error) => error,
-        };
+        if let Some(marker) = own_rejection(&*error) {
+            let marker = marker.clone();
+            return PipelineError::Rejected(Rejection {
+                stage: Stage::from_name(marker.layer()).unwrap_or(Stage::Service),
+                marker,
+                error,
+            });
+        }
         if error.is::<tower::timeout::error::Elapsed>() {
             return PipelineError::TimedOut(TimedOut {
                 stage: Stage::Timeout,
@@ -185,9 +252,7 @@ impl PipelineError {
 impl fmt::Display for PipelineError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            PipelineError::CircuitOpen(e) => write!(f, "rejected by the circuit breaker: {e}"),
-            PipelineError::RateLimited(e) => write!(f, "rejected by the rate limiter: {e}"),
-            PipelineError::BulkheadFull(e) => write!(f, "rejected by the bulkhead: {e}"),
+            PipelineError::Rejected(e) => e.fmt(f),
             PipelineError::TimedOut(e) => e.fmt(f),
             PipelineError::Service(e) => write!(f, "the service failed: {e}"),
         }
@@ -197,9 +262,7 @@ impl fmt::Display for PipelineError {
 impl std::error::Error for PipelineError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            PipelineError::CircuitOpen(e) => Some(e),
-            PipelineError::RateLimited(e) => Some(e),
-            PipelineError::BulkheadFull(e) => Some(e),
+            PipelineError::Rejected(e) => Some(&*e.error),
             PipelineError::TimedOut(e) => Some(e),
             PipelineError::Service(e) => Some(&**e),
         }

@@ -12,7 +12,7 @@ use crate::circuit_breaker::{CircuitBreakerLayer, CircuitBreakerService};
 use crate::classify::DefaultClassifier;
 use crate::error::ConfigError;
 use crate::rate_limit::{RateLimiter, RateLimiterService};
-use crate::retry::{CloneRequests, RetryLayer, RetryService};
+use crate::retry::{CloneRequests, Retry, RetryLayer, RetryService};
 
 use super::service::PipelineService;
 use super::stage::{Optional, StageClassifier};
@@ -62,8 +62,8 @@ impl<RC, RP, BC> Pipeline<RC, RP, BC> {
     }
 
     /// The retry stage, if any (for its metrics and events).
-    pub fn retry(&self) -> Option<&RetryLayer<StageClassifier<RC>, RP>> {
-        self.retry.as_ref()
+    pub fn retry(&self) -> Option<&Retry> {
+        self.retry.as_ref().map(RetryLayer::retry)
     }
 
     /// The circuit breaker stage, if any.
@@ -141,7 +141,7 @@ impl<RC, RP, BC> fmt::Debug for Pipeline<RC, RP, BC> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Pipeline")
             .field("name", &self.shared.name)
-            .field("retry", &self.retry.as_ref().map(RetryLayer::name))
+            .field("retry", &self.retry().map(Retry::name))
             .field("circuit_breaker", &self.circuit_breaker().map(|b| b.name()))
             .field(
                 "rate_limiter",
@@ -161,13 +161,13 @@ impl<RC, RP, BC> fmt::Debug for Pipeline<RC, RP, BC> {
 /// use palisade::bulkhead::{Bulkhead, BulkheadConfig};
 /// use palisade::circuit_breaker::CircuitBreaker;
 /// use palisade::pipeline::Pipeline;
-/// use palisade::retry::{RetryConfig, RetryLayer};
+/// use palisade::retry::{Retry, RetryConfig};
 ///
 /// let pipeline = Pipeline::builder("payments")
 ///     .bulkhead(Bulkhead::new("payments", BulkheadConfig::builder().max_concurrent_calls(5).build()?))
 ///     .timeout(Duration::from_secs(2))
 ///     .circuit_breaker(CircuitBreaker::with_defaults("payments"))
-///     .retry(RetryLayer::new("payments", RetryConfig::builder().max_attempts(3).build()?))
+///     .retry(Retry::new("payments", RetryConfig::builder().max_attempts(3).build()?))
 ///     .build()?;
 /// assert_eq!(pipeline.timeout(), Some(Duration::from_secs(2)));
 /// # Ok::<(), palisade::ConfigError>(())
@@ -184,15 +184,19 @@ pub struct PipelineBuilder<RC = DefaultClassifier, RP = CloneRequests, BC = Defa
 }
 
 impl<RC, RP, BC> PipelineBuilder<RC, RP, BC> {
-    /// The retry stage (outermost): every retry goes through the breaker,
+    /// The retry stage (outermost): a [`Retry`], or a [`RetryLayer`] with
+    /// its own classifier or policy. Every retry goes through the breaker,
     /// the rate limiter, the timeout and the bulkhead again.
     ///
     /// Another stage's rejection is returned at once, not retried, unless
     /// [`retry_rejections`](Self::retry_rejections) is set.
-    pub fn retry<RC2, RP2>(self, retry: RetryLayer<RC2, RP2>) -> PipelineBuilder<RC2, RP2, BC> {
+    pub fn retry<RC2, RP2>(
+        self,
+        retry: impl Into<RetryLayer<RC2, RP2>>,
+    ) -> PipelineBuilder<RC2, RP2, BC> {
         PipelineBuilder {
             name: self.name,
-            retry: Some(retry),
+            retry: Some(retry.into()),
             retry_rejections: self.retry_rejections,
             circuit_breaker: self.circuit_breaker,
             rate_limiter: self.rate_limiter,
@@ -294,7 +298,7 @@ impl<RC, RP, BC> fmt::Debug for PipelineBuilder<RC, RP, BC> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PipelineBuilder")
             .field("name", &self.name)
-            .field("retry", &self.retry.as_ref().map(RetryLayer::name))
+            .field("retry", &self.retry.as_ref().map(|l| l.retry().name()))
             .field("retry_rejections", &self.retry_rejections)
             .field(
                 "circuit_breaker",

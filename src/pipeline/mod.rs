@@ -19,7 +19,10 @@
 //! * A stage's **rejection** (breaker open, rate limited, bulkhead full) is
 //!   returned at once rather than retried, unless
 //!   [`retry_rejections`](PipelineBuilder::retry_rejections) says otherwise.
-//! * Every error is a [`PipelineError`] whose variant names the stage.
+//! * Every error is a [`PipelineError`] that names the stage it comes from.
+//!   Rejections are recognised by the [`Rejected`](crate::error::Rejected)
+//!   marker their errors carry, so a rejecting layer of your own inside the
+//!   service is reported as a [`Rejection`] too.
 //! * Each call runs in one `pipeline` tracing span (at `debug` level) that
 //!   records the attempts made, the outcome (`ok`, `failed`, `rejected`,
 //!   `timed_out`) and the stage it came from; the stages' own traces
@@ -34,13 +37,13 @@
 //! use palisade::circuit_breaker::CircuitBreaker;
 //! use palisade::pipeline::Pipeline;
 //! use palisade::backoff::Backoff;
-//! use palisade::retry::{RetryConfig, RetryLayer};
+//! use palisade::retry::{Retry, RetryConfig};
 //! use tower::{Service, ServiceBuilder, ServiceExt};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), palisade::BoxError> {
 //! let pipeline = Pipeline::builder("inventory")
-//!     .retry(RetryLayer::new(
+//!     .retry(Retry::new(
 //!         "inventory",
 //!         RetryConfig::builder()
 //!             .max_attempts(3)
@@ -79,7 +82,7 @@ mod layer;
 mod service;
 mod stage;
 
-pub use self::error::{PipelineError, Stage, TimedOut};
+pub use self::error::{PipelineError, Rejection, Stage, TimedOut};
 pub use self::future::ResponseFuture;
 pub use self::layer::{Pipeline, PipelineBuilder};
 pub use self::service::PipelineService;

@@ -109,11 +109,12 @@ where
 }
 
 /// The classifier a pipeline gives its retry and circuit breaker stages:
-/// the user's classifier, except that another stage's rejection
-/// ([`BreakerOpen`](crate::circuit_breaker::BreakerOpen),
+/// the user's classifier, except that another stage's rejection (any error
+/// carrying a [`Rejected`](crate::error::Rejected) marker:
+/// [`BreakerOpen`](crate::circuit_breaker::BreakerOpen),
 /// [`RateLimited`](crate::rate_limit::RateLimited),
-/// [`BulkheadFull`](crate::bulkhead::BulkheadFull)) is
-/// [`Outcome::Ignored`] unless the stage was told to treat it as a failure.
+/// [`BulkheadFull`](crate::bulkhead::BulkheadFull) or a layer of your own)
+/// is [`Outcome::Ignored`] unless the stage was told to treat it as a failure.
 ///
 /// The breaker thus never counts the bulkhead's or the rate limiter's
 /// rejections as the dependency's failures, and the retry does not retry
@@ -141,9 +142,7 @@ where
     #[inline]
     fn classify(&self, result: Result<&Res, &BoxError>) -> Outcome {
         match result {
-            Err(error)
-                if !self.rejections_are_failures && crate::classify::is_rejection(&**error) =>
-            {
+            Err(error) if !self.rejections_are_failures && crate::error::is_rejection(&**error) => {
                 Outcome::Ignored
             }
             other => self.inner.classify(other),

@@ -66,13 +66,17 @@ mod error;
 mod event;
 mod future;
 mod layer;
+mod metrics;
+mod registry;
 mod service;
 mod state;
 
 pub use self::config::{RateLimiterConfig, RateLimiterConfigBuilder};
 pub use self::error::RateLimited;
-pub use self::event::{RateLimiterEvent, RateLimiterEventKind, RateLimiterMetrics};
+pub use self::event::{RateLimiterEvent, RateLimiterEventKind};
 pub use self::future::ResponseFuture;
 pub use self::layer::RateLimiterLayer;
+pub use self::metrics::RateLimiterMetrics;
+pub use self::registry::RateLimiterRegistry;
 pub use self::service::RateLimiterService;
 pub use self::state::RateLimiter;

@@ -13,12 +13,7 @@ use super::error::RateLimited;
 use super::future::ResponseFuture;
 use super::state::{RateLimiter, Waiting};
 
-enum Admission {
-    Idle,
-    Waiting(Waiting, Pin<Box<tokio::time::Sleep>>),
-    Permitted,
-    Rejected(RateLimited),
-}
+type Admission = crate::future::Admission<(Waiting, Pin<Box<tokio::time::Sleep>>), (), RateLimited>;
 
 /// A service whose calls each take a permit of a [`RateLimiter`]; built by
 /// [`RateLimiterLayer`](super::RateLimiterLayer).
@@ -75,28 +70,28 @@ where
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         loop {
             match &mut self.admission {
-                Admission::Permitted | Admission::Rejected(_) => return Poll::Ready(Ok(())),
+                Admission::Permitted(_) | Admission::Rejected(_) => return Poll::Ready(Ok(())),
                 Admission::Idle => {
                     ready!(self.inner.poll_ready(cx)).map_err(Into::into)?;
                     self.admission = match self.limiter.check() {
                         Ok(()) => {
                             self.limiter.on_permitted(std::time::Duration::ZERO);
-                            Admission::Permitted
+                            Admission::Permitted(())
                         }
                         Err(retry_after) => match self.limiter.start_waiting(retry_after) {
                             Ok(waiting) => {
                                 let sleep = Box::pin(tokio::time::sleep_until(waiting.due()));
-                                Admission::Waiting(waiting, sleep)
+                                Admission::Waiting((waiting, sleep))
                             }
                             Err(rejected) => Admission::Rejected(rejected),
                         },
                     };
                 }
-                Admission::Waiting(waiting, sleep) => {
+                Admission::Waiting((waiting, sleep)) => {
                     ready!(sleep.as_mut().poll(cx));
                     match waiting.poll_permit() {
                         None => sleep.as_mut().reset(waiting.due()),
-                        Some(Ok(())) => self.admission = Admission::Permitted,
+                        Some(Ok(())) => self.admission = Admission::Permitted(()),
                         Some(Err(rejected)) => self.admission = Admission::Rejected(rejected),
                     }
                 }
@@ -106,13 +101,9 @@ where
 
     #[inline]
     fn call(&mut self, request: Req) -> Self::Future {
-        match std::mem::replace(&mut self.admission, Admission::Idle) {
-            Admission::Permitted => ResponseFuture::admitted(self.inner.call(request)),
-            Admission::Rejected(rejected) => ResponseFuture::rejected(rejected),
-            Admission::Idle | Admission::Waiting(..) => {
-                panic!("RateLimiterService: poll_ready must return Ready(Ok) before call")
-            }
-        }
+        let inner = &mut self.inner;
+        self.admission
+            .call("RateLimiterService", || inner.call(request))
     }
 }
 

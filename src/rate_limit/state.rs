@@ -15,8 +15,9 @@ use crate::sync::StripedCounter;
 
 use super::config::RateLimiterConfig;
 use super::error::RateLimited;
-use super::event::{RateLimiterEvent, RateLimiterEventKind, RateLimiterMetrics};
+use super::event::{RateLimiterEvent, RateLimiterEventKind};
 use super::layer::RateLimiterLayer;
+use super::metrics::RateLimiterMetrics;
 
 /// governor's clock, read from tokio's so that `tokio::time::pause()` and
 /// `advance()` drive the limiter in tests.
@@ -212,10 +213,7 @@ impl RateLimiter {
             limiter: Arc::clone(&i.name),
             kind: RateLimiterEventKind::Rejected { retry_after },
         });
-        RateLimited {
-            limiter: Arc::clone(&i.name),
-            retry_after,
-        }
+        RateLimited::new(Arc::clone(&i.name), retry_after)
     }
 
     /// Starts waiting for a permit due in `retry_after`, or rejects the call

@@ -12,14 +12,15 @@
 //!
 //! ```
 //! use palisade::classify::HttpStatusClassifier;
-//! use palisade::retry::{BufferBodyLayer, HttpRetryPolicy, RetryBody, RetryConfig, RetryLayer};
+//! use palisade::retry::{BufferBodyLayer, HttpRetryPolicy, Retry, RetryBody, RetryConfig};
 //! use tower::ServiceBuilder;
 //!
 //! // Stands in for a client whose requests carry a `RetryBody`.
 //! let client = tower::service_fn(|_request: http::Request<RetryBody<String>>| async {
 //!     Ok::<_, std::io::Error>(http::Response::new(()))
 //! });
-//! let retry = RetryLayer::new("orders", RetryConfig::default())
+//! let retry = Retry::new("orders", RetryConfig::default())
+//!     .layer()
 //!     .with_classifier(HttpStatusClassifier::new())
 //!     .with_policy(HttpRetryPolicy);
 //! let orders = ServiceBuilder::new()
@@ -30,7 +31,6 @@
 //! ```
 
 use std::fmt;
-use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -43,6 +43,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::error::BoxError;
+use crate::future::BoxFuture;
 
 pin_project! {
     /// A request body that is either held in memory, and so can be copied
@@ -254,7 +255,7 @@ where
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, BoxError>> + Send>>;
+    type Future = BoxFuture<'static, Result<S::Response, BoxError>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)

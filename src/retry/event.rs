@@ -1,14 +1,14 @@
-//! What a retry layer reports: events and a metrics snapshot.
+//! What a retry reports to its subscribers.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::classify::Outcome;
 
-/// One thing a retry layer did; from [`RetryLayer::subscribe`](super::RetryLayer::subscribe).
+/// One thing a retry did; from [`Retry::subscribe`](super::Retry::subscribe).
 #[derive(Debug, Clone)]
 pub struct RetryEvent {
-    /// The retry layer's name.
+    /// The retry's name.
     pub layer: Arc<str>,
     /// What happened.
     pub kind: RetryEventKind,
@@ -44,7 +44,7 @@ pub enum RetryEventKind {
     },
 }
 
-/// Why a retry layer returned a failure instead of trying again.
+/// Why a retry returned a failure instead of trying again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum GiveUpReason {
@@ -62,25 +62,4 @@ pub enum GiveUpReason {
     BackoffStopped,
     /// `overall_timeout` passed.
     TimedOut,
-}
-
-/// Counts of what a retry layer did, from
-/// [`RetryLayer::metrics`](super::RetryLayer::metrics).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct RetryMetrics {
-    /// Calls that succeeded at the first attempt.
-    pub succeeded_without_retry: u64,
-    /// Calls that succeeded after one or more retries.
-    pub succeeded_after_retry: u64,
-    /// Calls that failed at the first attempt and were not retried.
-    pub failed_without_retry: u64,
-    /// Calls that failed after one or more retries.
-    pub failed_after_retries: u64,
-    /// Retries made (attempts after the first).
-    pub retries: u64,
-    /// Retries refused because the budget was empty.
-    pub budget_exhaustions: u64,
-    /// Attempts cancelled by `attempt_timeout`.
-    pub attempt_timeouts: u64,
 }

@@ -16,8 +16,8 @@ use crate::error::BoxError;
 
 use super::error::{AttemptTimedOut, RetryTimedOut};
 use super::event::{GiveUpReason, RetryEvent, RetryEventKind};
-use super::layer::Shared;
 use super::policy::RetryPolicy;
+use super::state::Shared;
 
 pin_project! {
     /// The response future of a [`RetryService`](super::RetryService).

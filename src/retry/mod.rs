@@ -1,6 +1,6 @@
 //! Retrying failed calls: backoff with jitter, a retry budget, deadlines.
 //!
-//! A [`RetryLayer`] tries a failed call again when the shared
+//! A [`Retry`] tries a failed call again when the shared
 //! [`Classify`](crate::classify::Classify) classifier says the failure is
 //! retryable ([`Outcome::Failure`](crate::classify::Outcome::Failure) with
 //! `retryable: true`), waiting between attempts as its [`Backoff`] says (or
@@ -10,14 +10,14 @@
 //! your own classifier, [`RetryPolicy`] and custom backoff.
 //!
 //! ```
-//! use palisade::retry::{RetryConfig, RetryLayer};
+//! use palisade::retry::{Retry, RetryConfig};
 //! use tower::{Service, ServiceBuilder, ServiceExt};
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() -> Result<(), palisade::BoxError> {
-//! let retry = RetryLayer::new("prices", RetryConfig::default());
+//! let retry = Retry::new("prices", RetryConfig::default());
 //! let mut prices = ServiceBuilder::new()
-//!     .layer(retry.clone())
+//!     .layer(retry.layer())
 //!     .service_fn(|sku: u64| async move { Ok::<_, std::io::Error>(sku * 100) });
 //! assert_eq!(prices.ready().await?.call(7).await?, 700);
 //! assert_eq!(retry.metrics().succeeded_without_retry, 1);
@@ -64,8 +64,16 @@
 //! # Observability
 //!
 //! Each retry is a `debug` trace with the attempt, the delay and the
-//! outcome; [`RetryLayer::subscribe`] delivers [`RetryEvent`]s and
-//! [`RetryLayer::metrics`] returns [`RetryMetrics`].
+//! outcome; [`Retry::subscribe`] delivers [`RetryEvent`]s and
+//! [`Retry::metrics`] returns [`RetryMetrics`].
+//!
+//! # Layout
+//!
+//! As in every palisade layer: [`Retry`] (`state.rs`) is the shared state,
+//! [`RetryLayer`] (`layer.rs`) wraps services in a [`RetryService`]
+//! (`service.rs`) whose calls are a [`ResponseFuture`] (`future.rs`);
+//! `config.rs`, `event.rs`, `metrics.rs` and `error.rs` hold what their
+//! names say.
 
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
@@ -76,8 +84,11 @@ mod error;
 mod event;
 mod future;
 mod layer;
+mod metrics;
 mod policy;
+mod registry;
 mod service;
+mod state;
 
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
@@ -85,11 +96,14 @@ pub use self::body::{BufferBody, BufferBodyLayer, RetryBody, buffer_body};
 pub use self::budget::{RetryBudget, RetryBudgetBuilder};
 pub use self::config::{MAX_ATTEMPTS, RetryConfig, RetryConfigBuilder};
 pub use self::error::{AttemptTimedOut, RetryTimedOut};
-pub use self::event::{GiveUpReason, RetryEvent, RetryEventKind, RetryMetrics};
+pub use self::event::{GiveUpReason, RetryEvent, RetryEventKind};
 pub use self::future::ResponseFuture;
 pub use self::layer::RetryLayer;
+pub use self::metrics::RetryMetrics;
 pub use self::policy::{CloneRequests, RetryPolicy};
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub use self::policy::{HttpRetryPolicy, Idempotent, parse_retry_after};
+pub use self::registry::RetryRegistry;
 pub use self::service::RetryService;
+pub use self::state::Retry;

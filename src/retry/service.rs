@@ -11,11 +11,11 @@ use crate::error::BoxError;
 
 use super::event::GiveUpReason;
 use super::future::ResponseFuture;
-use super::layer::Shared;
 use super::policy::RetryPolicy;
+use super::state::Shared;
 
 /// A service whose failed calls are tried again; built by
-/// [`RetryLayer`](super::RetryLayer).
+/// [`RetryLayer`](super::RetryLayer) from a [`Retry`](super::Retry).
 ///
 /// `call` sends the request at once on the service made ready by
 /// `poll_ready`, keeping a copy of the request (from the policy) and a clone
