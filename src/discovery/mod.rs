@@ -173,22 +173,5 @@ pub use self::instance::{
     Instance, InstanceAddress, InstanceBuilder, InstanceId, IntoAddress, MAX_NAME_LEN, MAX_WEIGHT,
     ServiceName, WEIGHT_METADATA_KEY,
 };
-pub use self::registry::{
-    BoxFuture, InMemoryRegistry, InstanceStatus, Registrar, Registration, RegistrationGuard,
-    Registry, RegistryEvent, RegistryEventKind, RegistryMetrics, StaticRegistry, WatchStream,
-};
-#[cfg(feature = "consul")]
-#[cfg_attr(docsrs, doc(cfg(feature = "consul")))]
-pub use self::registry::{
-    ConsulEvent, ConsulMetrics, ConsulRegistry, ConsulRegistryBuilder, ConsulStatusError,
-    MAX_CONSUL_WAIT,
-};
-#[cfg(feature = "dns")]
-#[cfg_attr(docsrs, doc(cfg(feature = "dns")))]
-pub use self::registry::{
-    DnsEvent, DnsMetrics, DnsQuery, DnsRegistry, DnsRegistryBuilder, SRV_PRIORITY_METADATA_KEY,
-    SRV_TARGET_METADATA_KEY,
-};
-#[cfg(feature = "etcd")]
-#[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
-pub use self::registry::{EtcdEvent, EtcdMetrics, EtcdRegistry, EtcdRegistryBuilder};
+// Every registry type, also at its home in `registry`.
+pub use self::registry::*;

@@ -33,7 +33,8 @@
 //! use palisade::discovery::{Balance, BalanceConfig, Instance, make_fn};
 //! use tower::service_fn;
 //!
-//! # fn main() -> Result<(), palisade::BoxError> {
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), palisade::BoxError> {
 //! let read_only: Arc<dyn Registry> = Arc::new(StaticRegistry::new([
 //!     Instance::builder("users", "users-a", "10.0.0.1:80").build()?,
 //! ]));
@@ -53,7 +54,7 @@
 //! use palisade::discovery::registry::{Registrar, Registration, StaticRegistry};
 //! use palisade::discovery::{HealthCheck, Instance};
 //! # async fn f() -> Result<(), palisade::BoxError> {
-//! let registry = StaticRegistry::new([]);
+//! let registry = StaticRegistry::new(Vec::<Instance>::new());
 //! let instance = Instance::builder("users", "a", "10.0.0.1:80").build()?;
 //! registry.register(Registration::new(instance, HealthCheck::None)).await?;
 //! # Ok(())

@@ -49,11 +49,11 @@ const BACKEND: &str = "consul";
 ///
 /// * Registering sends the instance (`ID`, `Name`, `Tags`, `Address`,
 ///   `Port`, `Meta`, `Weights.Passing` = its weight) with one check:
-///   [`HealthCheck::Ttl`](crate::discovery::HealthCheck::Ttl) becomes `Check.TTL` with initial
+///   [`HealthCheck::Ttl`] becomes `Check.TTL` with initial
 ///   `Status: "passing"` (healthy at once, as the [`Registry`] contract
 ///   says) and `DeregisterCriticalServiceAfter` of the TTL, but at least
 ///   one minute (Consul's minimum): a lapsed TTL hides the instance at once
-///   and Consul removes it a little later. [`HealthCheck::Http`](crate::discovery::HealthCheck::Http) becomes
+///   and Consul removes it a little later. [`HealthCheck::Http`] becomes
 ///   `Check.HTTP` (`http://<address><path>`) with `Interval`, `Timeout` and
 ///   `DeregisterCriticalServiceAfter`; Consul's agent runs it, and the
 ///   instance is critical until it first passes. The check's id is
@@ -74,9 +74,9 @@ const BACKEND: &str = "consul";
 ///   are rate limited (governor's GCRA: `query_burst` at once, then one
 ///   more every `query_interval`) so a server that answers at once cannot
 ///   make the loop spin; errors are yielded as `Err` items and retried with
-///   the configured [`Backoff`] (reset after each answer). Only sets that differ from the last one
-///   yielded are yielded. The watch runs inside the stream: dropping the
-///   stream cancels its query.
+///   the configured [`Backoff`] (reset after each answer). Only sets that
+///   differ from the last one yielded are yielded. The watch runs inside
+///   the stream: dropping the stream cancels its query.
 ///
 /// Only plain `http://` agent addresses are supported (a local agent is
 /// the usual setup); there is no TLS connector.
@@ -94,6 +94,8 @@ const BACKEND: &str = "consul";
 /// | `event_capacity` | 256 | Events buffered per subscriber. |
 ///
 /// [blocking query docs]: https://developer.hashicorp.com/consul/api-docs/features/blocking
+/// [`HealthCheck::Ttl`]: crate::discovery::HealthCheck::Ttl
+/// [`HealthCheck::Http`]: crate::discovery::HealthCheck::Http
 ///
 /// ```no_run
 /// use std::time::Duration;

@@ -66,7 +66,7 @@ impl QueryRateLimit {
 /// `returned` to a query sent with `previous`, as Consul's blocking query
 /// docs ask: reset to 0 when the index went backwards, then never less
 /// than 1 (an index of 0 does not block).
-pub(crate) fn next_index(previous: u64, returned: u64) -> u64 {
+pub(super) fn next_index(previous: u64, returned: u64) -> u64 {
     let index = if returned < previous { 0 } else { returned };
     index.max(1)
 }

@@ -37,10 +37,10 @@ const BACKEND: &str = "etcd";
 ///   `weight`), attached to a lease. A background task keeps the lease
 ///   alive (a keep-alive every third of its TTL), so the instance vanishes
 ///   when its process dies: its lease expires after at most one TTL.
-///   [`HealthCheck::Ttl`](crate::discovery::HealthCheck::Ttl) sets the lease's TTL (etcd leases count whole
+///   [`HealthCheck::Ttl`] sets the lease's TTL (etcd leases count whole
 ///   seconds: the TTL is rounded up, and etcd may raise it to its minimum);
-///   [`HealthCheck::None`](crate::discovery::HealthCheck::None) uses `default_lease_ttl`. etcd cannot run HTTP
-///   checks: [`HealthCheck::Http`](crate::discovery::HealthCheck::Http) is [`DiscoveryError::Unsupported`].
+///   [`HealthCheck::None`] uses `default_lease_ttl`. etcd cannot run HTTP
+///   checks: [`HealthCheck::Http`] is [`DiscoveryError::Unsupported`].
 /// * A lost lease (revoked, or expired while this process could not reach
 ///   etcd) is noticed by the keep-alive task, which grants a new lease and
 ///   writes the instance again; connection failures are retried with the
@@ -64,6 +64,10 @@ const BACKEND: &str = "etcd";
 /// | `backoff` | [`Backoff::default()`] | Delays between retries of keep-alives, re-grants and watches. |
 /// | `connect_options` | etcd-client's defaults | Timeouts, credentials, TLS of the etcd client. |
 /// | `event_capacity` | 256 | Events buffered per subscriber. |
+///
+/// [`HealthCheck::Ttl`]: crate::discovery::HealthCheck::Ttl
+/// [`HealthCheck::None`]: crate::discovery::HealthCheck::None
+/// [`HealthCheck::Http`]: crate::discovery::HealthCheck::Http
 ///
 /// ```no_run
 /// use std::time::Duration;
