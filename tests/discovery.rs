@@ -1,6 +1,8 @@
 //! Service discovery: registries, health checks, the balancer, the
 //! `Discover` adapter and outlier ejection.
 
+mod discovery_registry_contract;
+
 use std::sync::Arc;
 #[cfg(feature = "http")]
 use std::sync::atomic::Ordering;
@@ -8,7 +10,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use palisade::discovery::{
-    DiscoveryError, HealthCheck, HttpCheck, InMemoryRegistry, Instance, InstanceStatus,
+    DiscoveryError, HealthCheck, HttpCheck, InMemoryRegistry, Instance, InstanceStatus, Registrar,
     Registration, Registry, RegistryEventKind, StaticRegistry,
 };
 
@@ -465,7 +467,7 @@ async fn http_checks_stop_when_the_registry_is_dropped() {
 }
 
 #[tokio::test]
-async fn static_registry_lists_by_service_replaces_and_refuses_registration() {
+async fn static_registry_lists_by_service_and_replaces_the_list() {
     let registry = StaticRegistry::new([
         instance("users", "b", "10.0.0.2:80"),
         instance("users", "a", "10.0.0.1:80"),
@@ -476,20 +478,8 @@ async fn static_registry_lists_by_service_replaces_and_refuses_registration() {
     assert_eq!(ids(&watch.next().await.unwrap().unwrap()), ["a", "b"]);
     registry.replace([instance("users", "c", "10.0.0.4:80")]);
     assert_eq!(ids(&watch.next().await.unwrap().unwrap()), ["c"]);
-    let err = registry
-        .register(Registration::new(
-            instance("users", "d", "10.0.0.5:80"),
-            HealthCheck::None,
-        ))
-        .await
-        .unwrap_err();
-    assert!(matches!(
-        err,
-        DiscoveryError::Unsupported {
-            backend: "static",
-            operation: "register"
-        }
-    ));
+    assert_eq!(ids(&registry.healthy("users").await.unwrap()), ["c"]);
+    assert!(registry.healthy("orders").await.unwrap().is_empty());
 }
 
 #[test]
@@ -1018,29 +1008,6 @@ mod balancer {
     impl Registry for WatchDropRegistry {
         fn backend(&self) -> &'static str {
             "watch-drop"
-        }
-        fn register(
-            &self,
-            registration: Registration,
-        ) -> palisade::discovery::BoxFuture<
-            '_,
-            Result<palisade::discovery::RegistrationGuard, DiscoveryError>,
-        > {
-            self.inner.register(registration)
-        }
-        fn deregister<'a>(
-            &'a self,
-            service: &'a str,
-            id: &'a str,
-        ) -> palisade::discovery::BoxFuture<'a, Result<(), DiscoveryError>> {
-            self.inner.deregister(service, id)
-        }
-        fn pass_ttl<'a>(
-            &'a self,
-            service: &'a str,
-            id: &'a str,
-        ) -> palisade::discovery::BoxFuture<'a, Result<(), DiscoveryError>> {
-            self.inner.pass_ttl(service, id)
         }
         fn healthy<'a>(
             &'a self,
@@ -1672,5 +1639,43 @@ mod tower_discover {
             let id = balance.ready().await.unwrap().call(()).await.unwrap();
             assert_eq!(id, "b");
         }
+    }
+}
+
+mod registry_contract {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn in_memory_registry_keeps_the_registry_contract() {
+        let registry = InMemoryRegistry::new();
+        discovery_registry_contract::write_side(&registry, "contract", 9000).await;
+        let expected = [
+            instance("users", "b", "10.0.0.2:80"),
+            instance("users", "a", "10.0.0.1:80"),
+        ];
+        let mut guards = Vec::new();
+        for instance in &expected {
+            guards.push(
+                registry
+                    .register(Registration::new(instance.clone(), HealthCheck::None))
+                    .await
+                    .unwrap(),
+            );
+        }
+        discovery_registry_contract::read_side(&registry, "users", &expected, "orders").await;
+    }
+
+    #[tokio::test]
+    async fn static_registry_keeps_the_read_side_of_the_registry_contract() {
+        let expected = [
+            instance("users", "b", "10.0.0.2:80"),
+            instance("users", "a", "10.0.0.1:80"),
+        ];
+        let registry = StaticRegistry::new(expected.iter().cloned().chain([instance(
+            "orders",
+            "o",
+            "10.0.0.3:80",
+        )]));
+        discovery_registry_contract::read_side(&registry, "users", &expected, "payments").await;
     }
 }

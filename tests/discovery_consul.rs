@@ -10,6 +10,8 @@
 
 #![cfg(feature = "consul")]
 
+mod discovery_registry_contract;
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -24,8 +26,8 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use palisade::backoff::Backoff;
 use palisade::discovery::{
-    ConsulEvent, ConsulRegistry, DiscoveryError, HealthCheck, HttpCheck, Instance, Registration,
-    Registry, WatchStream,
+    ConsulEvent, ConsulRegistry, DiscoveryError, HealthCheck, HttpCheck, Instance, Registrar,
+    Registration, Registry, WatchStream,
 };
 use parking_lot::Mutex;
 use serde_json::{Value, json};
@@ -935,4 +937,25 @@ fn invalid_configuration_is_rejected_naming_the_field() {
         ConsulRegistry::builder().build().is_ok(),
         "the defaults are valid"
     );
+}
+
+#[tokio::test]
+async fn consul_registry_keeps_the_registry_contract() {
+    let (_fake, addr) = FakeConsul::start().await;
+    let consul = registry(addr).build().expect("valid config");
+    discovery_registry_contract::write_side(&consul, "contract", 9000).await;
+    let expected = [
+        instance("users", "users-b", 2),
+        instance("users", "users-a", 1),
+    ];
+    let mut guards = Vec::new();
+    for instance in &expected {
+        guards.push(
+            consul
+                .register(Registration::new(instance.clone(), HealthCheck::None))
+                .await
+                .expect("registered"),
+        );
+    }
+    discovery_registry_contract::read_side(&consul, "users", &expected, "orders").await;
 }

@@ -4,6 +4,8 @@
 
 #![cfg(feature = "dns")]
 
+mod discovery_registry_contract;
+
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -18,8 +20,8 @@ use hickory_server::proto::rr::{Name, RData, Record, RecordType};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use palisade::backoff::Backoff;
 use palisade::discovery::{
-    DiscoveryError, DnsEvent, DnsQuery, DnsRegistry, DnsRegistryBuilder, HealthCheck, Instance,
-    Registration, Registry, SRV_PRIORITY_METADATA_KEY, SRV_TARGET_METADATA_KEY, WatchStream,
+    DiscoveryError, DnsEvent, DnsQuery, DnsRegistry, DnsRegistryBuilder, Instance, Registry,
+    SRV_PRIORITY_METADATA_KEY, SRV_TARGET_METADATA_KEY, WatchStream,
 };
 use parking_lot::Mutex;
 use tokio::net::UdpSocket;
@@ -406,23 +408,13 @@ async fn an_unreachable_server_is_a_transient_error_and_the_watch_recovers() {
 }
 
 #[tokio::test]
-async fn dns_is_read_only_and_unknown_services_are_unsupported() {
+async fn unknown_services_are_unsupported_and_their_watch_ends() {
     let (_zone, server) = start().await;
     let dns = builder(server)
         .service("api", DnsQuery::host("api.test", 80))
         .build()
         .expect("valid config");
-    let instance = Instance::builder("api", "a", "127.0.0.1:80")
-        .build()
-        .expect("valid instance");
     let unsupported = |e: DiscoveryError| matches!(e, DiscoveryError::Unsupported { .. });
-    assert!(unsupported(
-        dns.register(Registration::new(instance, HealthCheck::None))
-            .await
-            .unwrap_err()
-    ));
-    assert!(unsupported(dns.deregister("api", "a").await.unwrap_err()));
-    assert!(unsupported(dns.pass_ttl("api", "a").await.unwrap_err()));
     assert!(unsupported(dns.healthy("orders").await.unwrap_err()));
     let mut watch = dns.watch("orders");
     assert!(unsupported(
@@ -473,4 +465,24 @@ fn invalid_configuration_is_rejected_naming_the_field() {
     assert_eq!(field(with_service().timeout(Duration::ZERO)), "timeout");
     assert_eq!(field(with_service().event_capacity(0)), "event_capacity");
     assert!(with_service().build().is_ok());
+}
+
+#[tokio::test]
+async fn dns_registry_keeps_the_read_side_of_the_registry_contract() {
+    let (zone, server) = start().await;
+    zone.set_a(
+        "api.test",
+        &[Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::new(127, 0, 0, 1)],
+    );
+    let dns = builder(server)
+        .service("api", DnsQuery::host("api.test", 80))
+        .service("none", DnsQuery::host("none.test", 80))
+        .build()
+        .expect("valid config");
+    let expected = ["127.0.0.1:80", "127.0.0.2:80"].map(|address| {
+        Instance::builder("api", address, address)
+            .build()
+            .expect("valid instance")
+    });
+    discovery_registry_contract::read_side(&dns, "api", &expected, "none").await;
 }

@@ -4,6 +4,8 @@
 
 #![cfg(feature = "etcd")]
 
+mod discovery_registry_contract;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,8 +14,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures::StreamExt;
 use palisade::backoff::Backoff;
 use palisade::discovery::{
-    DiscoveryError, EtcdEvent, EtcdRegistry, HealthCheck, Instance, Registration, Registry,
-    WatchStream,
+    DiscoveryError, EtcdEvent, EtcdRegistry, HealthCheck, Instance, Registrar, Registration,
+    Registry, WatchStream,
 };
 use parking_lot::Mutex;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -643,4 +645,24 @@ async fn keep_alive_rides_out_a_short_outage_and_re_registers_after_a_long_one()
         Some(lease),
         "a new lease"
     );
+}
+
+#[tokio::test]
+#[ignore = "needs etcd: scripts/integration-etcd.sh"]
+async fn etcd_registry_keeps_the_registry_contract() {
+    let etcd = registry(&unique_prefix("contract")).await;
+    discovery_registry_contract::write_side(&etcd, "contract", 9000).await;
+    let expected = [
+        instance("users", "users-b", 2),
+        instance("users", "users-a", 1),
+    ];
+    let mut guards = Vec::new();
+    for instance in &expected {
+        guards.push(
+            etcd.register(Registration::new(instance.clone(), ttl(10)))
+                .await
+                .expect("registered"),
+        );
+    }
+    discovery_registry_contract::read_side(&etcd, "users", &expected, "orders").await;
 }

@@ -39,7 +39,7 @@ use palisade::circuit_breaker::{
 };
 use palisade::discovery::{
     Balance, BalanceConfig, BalanceEventKind, HealthCheck, InMemoryRegistry, Instance,
-    OutlierDetection, Picker, Registration, Registry, make_fn,
+    OutlierDetection, Picker, Registrar, Registration, make_fn,
 };
 use palisade::pipeline::{Pipeline, PipelineError};
 use palisade::retry::{Retry, RetryConfig};

@@ -24,8 +24,9 @@ pub enum DiscoveryError {
         /// The instance id named in the call.
         id: String,
     },
-    /// The registry cannot do this, e.g. registering with a static list or
-    /// DNS, or a TTL renewal for an instance registered without a TTL check.
+    /// The registry cannot do this, e.g. an HTTP check with etcd (which
+    /// runs no checks), a TTL renewal for an instance registered without a
+    /// TTL check, or a DNS service without a query.
     #[error("the {backend} registry does not support {operation}")]
     Unsupported {
         /// The backend, e.g. `"static"`.
@@ -63,18 +64,6 @@ pub enum DiscoveryError {
 }
 
 impl DiscoveryError {
-    /// A ready future failing with [`DiscoveryError::Unsupported`]: what a
-    /// read-only backend answers to `register`, `deregister` and `pass_ttl`.
-    pub(crate) fn unsupported_future<T: Send + 'static>(
-        backend: &'static str,
-        operation: &'static str,
-    ) -> super::registry::BoxFuture<'static, Result<T, DiscoveryError>> {
-        Box::pin(std::future::ready(Err(DiscoveryError::Unsupported {
-            backend,
-            operation,
-        })))
-    }
-
     /// An [`Unavailable`](Self::Unavailable) error from `backend` caused by `source`.
     pub fn unavailable(backend: &'static str, source: impl Into<BoxError>) -> Self {
         DiscoveryError::Unavailable {

@@ -15,7 +15,7 @@ pub const MIN_CHECK_PERIOD: Duration = Duration::from_millis(1);
 /// | check | healthy when | starts |
 /// |---|---|---|
 /// | [`HealthCheck::None`] | always, while registered | healthy |
-/// | [`HealthCheck::Ttl`] | the instance renewed its TTL ([`Registry::pass_ttl`](super::Registry::pass_ttl)) within `ttl` | healthy: registering counts as the first renewal |
+/// | [`HealthCheck::Ttl`] | the instance renewed its TTL ([`Registrar::pass_ttl`](super::Registrar::pass_ttl)) within `ttl` | healthy: registering counts as the first renewal |
 /// | [`HealthCheck::Http`] | the last `GET` of the check's path answered 2xx within its timeout | critical until the first check, run at once, passes |
 ///
 /// A TTL instance whose TTL lapses is removed from the registry (the process

@@ -3,14 +3,18 @@
 //!
 //! Three parts, each usable alone:
 //!
-//! * A [`Registry`] holds registrations ([`Registration`]: an [`Instance`]
-//!   and its [`HealthCheck`]) and answers which instances of a service are
-//!   healthy, now ([`Registry::healthy`]) or as a stream of snapshots
-//!   ([`Registry::watch`]). Registering returns a [`RegistrationGuard`]
-//!   that deregisters the instance when dropped. [`InMemoryRegistry`] (the
+//! * A [`Registry`] answers which instances of a service are healthy, now
+//!   ([`Registry::healthy`]) or as a stream of snapshots
+//!   ([`Registry::watch`]). A [`Registrar`] is a registry instances
+//!   register with ([`Registration`]: an [`Instance`] and its
+//!   [`HealthCheck`]); registering returns a [`RegistrationGuard`] that
+//!   deregisters the instance when dropped. The backends live in
+//!   [`registry`] (and are re-exported here): [`InMemoryRegistry`] (the
 //!   embedded default, which runs TTL and HTTP health checks itself, as
-//!   Consul's agent does) and [`StaticRegistry`] (a fixed list) are always
-//!   available; DNS, etcd and Consul backends implement the same trait.
+//!   Consul's agent does) and [`StaticRegistry`] (a fixed list, read-only)
+//!   are always available; the DNS (read-only), etcd and Consul backends
+//!   are behind their features. [`registry`] states the contract a backend
+//!   keeps.
 //! * [`Balance`] (or [`BalanceLayer`]) watches a service, builds one client
 //!   per instance with a `MakeService` (any `tower::Service<Instance>`, such
 //!   as [`make_fn`]), drops it when the instance goes away, and sends each
@@ -26,7 +30,7 @@
 //! use std::time::Duration;
 //! use palisade::discovery::{
 //!     make_fn, Balance, BalanceConfig, HealthCheck, InMemoryRegistry, Instance,
-//!     NoHealthyInstance, Picker, Registration, Registry,
+//!     NoHealthyInstance, Picker, Registrar, Registration,
 //! };
 //! use tower::{service_fn, Service, ServiceExt};
 //!
@@ -73,7 +77,7 @@
 //!
 //! | option | default | meaning |
 //! |---|---|---|
-//! | `HealthCheck::Ttl { ttl }` | — | Healthy at registration; removed unless renewed ([`Registry::pass_ttl`]) within each `ttl`. |
+//! | `HealthCheck::Ttl { ttl }` | — | Healthy at registration; removed unless renewed ([`Registrar::pass_ttl`]) within each `ttl`. |
 //! | `HttpCheck::path` | `/health` | `GET http://<address><path>`; 2xx passes. |
 //! | `HttpCheck::interval` | 10 s | Time between checks; the first runs at registration. |
 //! | `HttpCheck::timeout` | 5 s | At most `interval`. |
@@ -149,54 +153,25 @@
 //! but the balancer then cannot avoid an instance whose breaker is open.
 
 mod balance;
-#[cfg(feature = "consul")]
-mod consul;
 mod diff;
 mod discover;
-#[cfg(feature = "dns")]
-mod dns;
 mod error;
-#[cfg(feature = "etcd")]
-mod etcd;
 mod health;
-#[cfg(feature = "http")]
-mod http_check;
 mod instance;
-mod memory;
-mod registry;
-mod static_list;
-mod watch;
+pub mod registry;
 
 pub use self::balance::{
     Balance, BalanceConfig, BalanceConfigBuilder, BalanceEvent, BalanceEventKind, BalanceLayer,
     BalanceMetrics, EndpointMetrics, MakeFn, OutlierDetection, OutlierDetectionBuilder, Picker,
     ResponseFuture, make_fn,
 };
-#[cfg(feature = "consul")]
-#[cfg_attr(docsrs, doc(cfg(feature = "consul")))]
-pub use self::consul::{
-    ConsulEvent, ConsulMetrics, ConsulRegistry, ConsulRegistryBuilder, ConsulStatusError,
-    MAX_CONSUL_WAIT,
-};
 pub use self::diff::{InstanceChange, SnapshotDiff};
 pub use self::discover::RegistryDiscover;
-#[cfg(feature = "dns")]
-#[cfg_attr(docsrs, doc(cfg(feature = "dns")))]
-pub use self::dns::{
-    DnsEvent, DnsMetrics, DnsQuery, DnsRegistry, DnsRegistryBuilder, SRV_PRIORITY_METADATA_KEY,
-    SRV_TARGET_METADATA_KEY,
-};
 pub use self::error::{DiscoveryError, NoHealthyInstance};
-#[cfg(feature = "etcd")]
-#[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
-pub use self::etcd::{EtcdEvent, EtcdMetrics, EtcdRegistry, EtcdRegistryBuilder};
 pub use self::health::{HealthCheck, HttpCheck, HttpCheckBuilder, MIN_CHECK_PERIOD};
 pub use self::instance::{
     Instance, InstanceAddress, InstanceBuilder, InstanceId, IntoAddress, MAX_NAME_LEN, MAX_WEIGHT,
     ServiceName, WEIGHT_METADATA_KEY,
 };
-pub use self::memory::{
-    InMemoryRegistry, InstanceStatus, RegistryEvent, RegistryEventKind, RegistryMetrics,
-};
-pub use self::registry::{BoxFuture, Registration, RegistrationGuard, Registry, WatchStream};
-pub use self::static_list::StaticRegistry;
+// Every registry type, also at its home in `registry`.
+pub use self::registry::*;

@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use super::instance::Instance;
-use super::registry::WatchStream;
+use super::WatchStream;
+use crate::discovery::instance::Instance;
 
 /// The current snapshot first, then each new one; ends when the sender is
 /// dropped. `select` filters a snapshot (e.g. to one service).

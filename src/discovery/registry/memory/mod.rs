@@ -14,13 +14,16 @@ use tokio::time::Instant;
 use crate::error::ConfigError;
 use crate::events::{EventHub, EventStream, check_event_capacity};
 
-use super::error::DiscoveryError;
-use super::health::HealthCheck;
 #[cfg(feature = "http")]
-use super::http_check::HttpChecker;
-use super::instance::{Instance, InstanceId, ServiceName};
-use super::registry::{BoxFuture, Registration, RegistrationGuard, Registry, WatchStream};
-use super::watch::snapshot_stream;
+use self::http_check::HttpChecker;
+use super::watch_channel::snapshot_stream;
+use super::{BoxFuture, Registrar, Registration, RegistrationGuard, Registry, WatchStream};
+use crate::discovery::error::DiscoveryError;
+use crate::discovery::health::HealthCheck;
+use crate::discovery::instance::{Instance, InstanceId, ServiceName};
+
+#[cfg(feature = "http")]
+mod http_check;
 
 const BACKEND: &str = "in-memory";
 
@@ -30,7 +33,7 @@ const BACKEND: &str = "in-memory";
 /// It runs the health checks itself, as Consul's agent does:
 ///
 /// * [`HealthCheck::Ttl`]: the instance is healthy at registration and must
-///   call [`pass_ttl`](Registry::pass_ttl) within each `ttl`; when a TTL
+///   call [`pass_ttl`](Registrar::pass_ttl) within each `ttl`; when a TTL
 ///   lapses the instance is removed (its process is presumed dead).
 /// * [`HealthCheck::Http`] (feature `http`, on by default): a background
 ///   task sends `GET http://<address><path>` every `interval`, at once
@@ -45,7 +48,9 @@ const BACKEND: &str = "in-memory";
 ///
 /// ```
 /// use std::time::Duration;
-/// use palisade::discovery::{HealthCheck, InMemoryRegistry, Instance, Registration, Registry};
+/// use palisade::discovery::{
+///     HealthCheck, InMemoryRegistry, Instance, Registrar, Registration, Registry,
+/// };
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), palisade::BoxError> {
@@ -399,6 +404,36 @@ impl Registry for InMemoryRegistry {
         BACKEND
     }
 
+    fn healthy<'a>(
+        &'a self,
+        service: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<Instance>, DiscoveryError>> {
+        Box::pin(std::future::ready(Ok(self.healthy_now(service))))
+    }
+
+    fn watch(&self, service: &str) -> WatchStream {
+        let Ok(name) = ServiceName::new(service) else {
+            // No instance can ever be registered under an invalid name:
+            // an empty set, then nothing.
+            return Box::pin(
+                futures_util::stream::once(std::future::ready(Ok(Vec::new())))
+                    .chain(futures_util::stream::pending()),
+            );
+        };
+        let receiver = self
+            .inner
+            .state
+            .lock()
+            .services
+            .entry(name)
+            .or_insert_with(ServiceState::new)
+            .healthy
+            .subscribe();
+        snapshot_stream(receiver, |healthy: &Arc<[Instance]>| healthy.to_vec())
+    }
+}
+
+impl Registrar for InMemoryRegistry {
     fn register(
         &self,
         registration: Registration,
@@ -428,34 +463,6 @@ impl Registry for InMemoryRegistry {
         id: &'a str,
     ) -> BoxFuture<'a, Result<(), DiscoveryError>> {
         Box::pin(std::future::ready(self.pass_ttl_now(service, id)))
-    }
-
-    fn healthy<'a>(
-        &'a self,
-        service: &'a str,
-    ) -> BoxFuture<'a, Result<Vec<Instance>, DiscoveryError>> {
-        Box::pin(std::future::ready(Ok(self.healthy_now(service))))
-    }
-
-    fn watch(&self, service: &str) -> WatchStream {
-        let Ok(name) = ServiceName::new(service) else {
-            // No instance can ever be registered under an invalid name:
-            // an empty set, then nothing.
-            return Box::pin(
-                futures_util::stream::once(std::future::ready(Ok(Vec::new())))
-                    .chain(futures_util::stream::pending()),
-            );
-        };
-        let receiver = self
-            .inner
-            .state
-            .lock()
-            .services
-            .entry(name)
-            .or_insert_with(ServiceState::new)
-            .healthy
-            .subscribe();
-        snapshot_stream(receiver, |healthy: &Arc<[Instance]>| healthy.to_vec())
     }
 }
 
@@ -603,7 +610,7 @@ async fn run_http_check(
     weak: Weak<Inner>,
     checker: HttpChecker,
     instance: Instance,
-    check: super::health::HttpCheck,
+    check: crate::discovery::health::HttpCheck,
     generation: u64,
 ) {
     let (service, id) = (instance.service(), instance.id());

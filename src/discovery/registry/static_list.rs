@@ -5,17 +5,17 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use super::error::DiscoveryError;
-use super::instance::Instance;
-use super::registry::{BoxFuture, Registration, RegistrationGuard, Registry, WatchStream};
-use super::watch::snapshot_stream;
+use super::watch_channel::snapshot_stream;
+use super::{BoxFuture, Registry, WatchStream};
+use crate::discovery::error::DiscoveryError;
+use crate::discovery::instance::Instance;
 
 const BACKEND: &str = "static";
 
-/// A registry of instances given by configuration: every listed instance
-/// is healthy. Registering is not supported
-/// ([`DiscoveryError::Unsupported`]); [`replace`](Self::replace) swaps the
-/// whole list, and watches see the change.
+/// A read-only [`Registry`] of instances given by configuration: every
+/// listed instance is healthy. Instances do not register with it (it is
+/// no [`Registrar`](super::Registrar)); [`replace`](Self::replace) swaps
+/// the whole list, and watches see the change.
 ///
 /// ```
 /// use palisade::discovery::{Instance, Registry, StaticRegistry};
@@ -79,29 +79,6 @@ fn of_service(instances: &[Instance], service: &str) -> Vec<Instance> {
 impl Registry for StaticRegistry {
     fn backend(&self) -> &'static str {
         BACKEND
-    }
-
-    fn register(
-        &self,
-        _registration: Registration,
-    ) -> BoxFuture<'_, Result<RegistrationGuard, DiscoveryError>> {
-        DiscoveryError::unsupported_future(BACKEND, "register")
-    }
-
-    fn deregister<'a>(
-        &'a self,
-        _service: &'a str,
-        _id: &'a str,
-    ) -> BoxFuture<'a, Result<(), DiscoveryError>> {
-        DiscoveryError::unsupported_future(BACKEND, "deregister")
-    }
-
-    fn pass_ttl<'a>(
-        &'a self,
-        _service: &'a str,
-        _id: &'a str,
-    ) -> BoxFuture<'a, Result<(), DiscoveryError>> {
-        DiscoveryError::unsupported_future(BACKEND, "pass_ttl")
     }
 
     fn healthy<'a>(

@@ -16,15 +16,15 @@ use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::proto::rr::RData;
 use hickory_resolver::proto::xfer::Protocol;
 use hickory_resolver::{Name, ResolveError, TokioResolver};
-use rand::rngs::SmallRng;
 
-use crate::backoff::{Backoff, Delays};
+use crate::backoff::Backoff;
+use crate::discovery::error::DiscoveryError;
+use crate::discovery::instance::{Instance, MAX_WEIGHT, ServiceName};
 use crate::error::ConfigError;
 use crate::events::{EventHub, EventStream, check_event_capacity};
 
-use super::error::DiscoveryError;
-use super::instance::{Instance, MAX_WEIGHT, ServiceName};
-use super::registry::{BoxFuture, Registration, RegistrationGuard, Registry, WatchStream};
+use super::polling::{Fetched, SnapshotSource, polling_watch};
+use super::{BoxFuture, Registry, WatchStream};
 
 const BACKEND: &str = "dns";
 const COMPONENT: &str = "dns registry";
@@ -96,9 +96,9 @@ impl DnsQuery {
 /// error. [`watch`](Registry::watch) resolves again after the records'
 /// TTL, but at least every `interval` and at most every `min_ttl`; it
 /// yields a set only when it differs from the last one, and failures as
-/// `Err` items (retried with the [`Backoff`]). Registering, deregistering
-/// and TTL renewals return [`DiscoveryError::Unsupported`]. A service
-/// without a query is [`DiscoveryError::Unsupported`] too (its watch
+/// `Err` items (retried with the [`Backoff`]). It is read-only: instances
+/// do not register with it (it is no [`Registrar`](super::Registrar)). A
+/// service without a query is [`DiscoveryError::Unsupported`] (its watch
 /// yields that error and ends).
 ///
 /// | option | default | meaning |
@@ -523,91 +523,49 @@ impl Inner {
     }
 }
 
-struct WatchState {
+/// A watch's step: resolve the service, then wait for its records' TTL.
+struct DnsWatch {
     inner: Arc<Inner>,
     service: String,
-    last: Option<Vec<Instance>>,
-    wait: Option<Duration>,
-    delays: Option<Delays<SmallRng>>,
-    done: bool,
 }
 
-impl WatchState {
-    async fn next(mut self) -> Option<(Result<Vec<Instance>, DiscoveryError>, Self)> {
-        if self.done {
-            return None;
+impl SnapshotSource for DnsWatch {
+    async fn fetch(&mut self) -> Result<Fetched, DiscoveryError> {
+        let (instances, ttl) = self.inner.resolve(&self.service).await?;
+        Ok(Fetched {
+            instances,
+            refresh_after: Some(self.inner.refresh_after(ttl)),
+        })
+    }
+
+    fn changed(&mut self, instances: &[Instance], first: bool) {
+        if !first {
+            self.inner.counters.changes.fetch_add(1, Ordering::Relaxed);
         }
-        loop {
-            if let Some(wait) = self.wait.take() {
-                tokio::time::sleep(wait).await;
-            }
-            match self.inner.resolve(&self.service).await {
-                Ok((instances, ttl)) => {
-                    self.delays = None;
-                    self.wait = Some(self.inner.refresh_after(ttl));
-                    if self.last.as_ref() != Some(&instances) {
-                        if self.last.is_some() {
-                            self.inner.counters.changes.fetch_add(1, Ordering::Relaxed);
-                        }
-                        tracing::info!(backend = BACKEND, service = %self.service, instances = instances.len(), "resolved instances changed");
-                        self.inner.events.publish_with(|| DnsEvent::Changed {
-                            service: self.service.clone(),
-                            instances: instances.len(),
-                        });
-                        self.last = Some(instances.clone());
-                        return Some((Ok(instances), self));
-                    }
-                }
-                Err(error @ DiscoveryError::Unsupported { .. }) => {
-                    self.done = true;
-                    return Some((Err(error), self));
-                }
-                Err(error) => {
-                    let backoff = &self.inner.backoff;
-                    let delay = self
-                        .delays
-                        .get_or_insert_with(|| backoff.delays())
-                        .next()
-                        .unwrap_or(backoff.max_interval());
-                    self.wait = Some(delay);
-                    tracing::warn!(backend = BACKEND, service = %self.service, %error, retry_in_ms = delay.as_millis() as u64, "DNS resolution failed");
-                    self.inner.events.publish_with(|| DnsEvent::Failed {
-                        service: self.service.clone(),
-                        error: error.to_string(),
-                    });
-                    return Some((Err(error), self));
-                }
-            }
-        }
+        tracing::info!(backend = BACKEND, service = %self.service, instances = instances.len(), "resolved instances changed");
+        self.inner.events.publish_with(|| DnsEvent::Changed {
+            service: self.service.clone(),
+            instances: instances.len(),
+        });
+    }
+
+    fn failed(&mut self, error: &DiscoveryError, retry_in: Duration) {
+        tracing::warn!(backend = BACKEND, service = %self.service, %error, retry_in_ms = retry_in.as_millis() as u64, "DNS resolution failed");
+        self.inner.events.publish_with(|| DnsEvent::Failed {
+            service: self.service.clone(),
+            error: error.to_string(),
+        });
+    }
+
+    /// A service without a query never resolves.
+    fn is_final(&self, error: &DiscoveryError) -> bool {
+        matches!(error, DiscoveryError::Unsupported { .. })
     }
 }
 
 impl Registry for DnsRegistry {
     fn backend(&self) -> &'static str {
         BACKEND
-    }
-
-    fn register(
-        &self,
-        _registration: Registration,
-    ) -> BoxFuture<'_, Result<RegistrationGuard, DiscoveryError>> {
-        DiscoveryError::unsupported_future(BACKEND, "register")
-    }
-
-    fn deregister<'a>(
-        &'a self,
-        _service: &'a str,
-        _id: &'a str,
-    ) -> BoxFuture<'a, Result<(), DiscoveryError>> {
-        DiscoveryError::unsupported_future(BACKEND, "deregister")
-    }
-
-    fn pass_ttl<'a>(
-        &'a self,
-        _service: &'a str,
-        _id: &'a str,
-    ) -> BoxFuture<'a, Result<(), DiscoveryError>> {
-        DiscoveryError::unsupported_future(BACKEND, "pass_ttl")
     }
 
     fn healthy<'a>(
@@ -618,15 +576,11 @@ impl Registry for DnsRegistry {
     }
 
     fn watch(&self, service: &str) -> WatchStream {
-        let state = WatchState {
+        let source = DnsWatch {
             inner: Arc::clone(&self.inner),
             service: service.to_owned(),
-            last: None,
-            wait: None,
-            delays: None,
-            done: false,
         };
-        Box::pin(futures_util::stream::unfold(state, WatchState::next))
+        polling_watch(source, &self.inner.backoff)
     }
 }
 

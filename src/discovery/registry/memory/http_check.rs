@@ -8,8 +8,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use super::health::HttpCheck;
-use super::instance::InstanceAddress;
+use crate::discovery::health::HttpCheck;
+use crate::discovery::instance::InstanceAddress;
 
 /// The most body bytes a check reads before it stops (and passes or fails
 /// on the status alone).
