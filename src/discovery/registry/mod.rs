@@ -102,7 +102,6 @@
 //! passes; run it against a new one.
 
 use std::fmt;
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -145,9 +144,7 @@ pub use self::memory::{
 };
 pub use self::static_list::StaticRegistry;
 
-/// A boxed, `Send` future: what [`Registry`] and [`Registrar`] methods
-/// return, so the traits stay object-safe.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub use crate::future::BoxFuture;
 
 /// The stream returned by [`Registry::watch`]: full snapshots of a
 /// service's healthy instances.
