@@ -11,7 +11,8 @@ use super::state::CircuitBreaker;
 /// [`CircuitBreaker`]: every service this layer builds, and every clone of
 /// them, trips and recovers together.
 ///
-/// ```
+#[cfg_attr(feature = "http", doc = "```")]
+#[cfg_attr(not(feature = "http"), doc = "```ignore")]
 /// use palisade::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
 /// use palisade::classify::HttpStatusClassifier;
 /// use tower::ServiceBuilder;
