@@ -50,16 +50,21 @@ pub(crate) struct EndpointStats {
 }
 
 impl EndpointStats {
+    /// `ejection`, with outlier detection: the failures in a row that eject
+    /// the instance, and the schedule of its ejection times.
     pub(crate) fn new(
         instance: Instance,
         epoch: Instant,
         default_rtt: Duration,
         decay: Duration,
-        failure_threshold: u32,
-        ejection_schedule: Option<BackoffSchedule>,
+        ejection: Option<(u32, BackoffSchedule)>,
         outliers: Weak<dyn OutlierSink>,
         breaker: Option<CircuitBreaker>,
     ) -> Self {
+        let (failure_threshold, ejection_schedule) = match ejection {
+            Some((threshold, schedule)) => (threshold, Some(Mutex::new(schedule))),
+            None => (0, None),
+        };
         Self {
             instance,
             in_flight: CachePadded(AtomicUsize::new(0)),
@@ -72,7 +77,7 @@ impl EndpointStats {
             failure_threshold,
             ejected: AtomicBool::new(false),
             ejections: AtomicU32::new(0),
-            ejection_schedule: ejection_schedule.map(Mutex::new),
+            ejection_schedule,
             outliers,
             breaker,
         }

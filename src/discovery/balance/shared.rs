@@ -124,11 +124,11 @@ where
             Picker::PeakEwma { default_rtt, decay } => (default_rtt, decay),
             _ => (Duration::from_millis(30), Duration::from_secs(10)),
         };
-        let threshold = self
+        let ejection = self
             .config
             .outlier_detection
-            .map_or(0, |o| o.consecutive_failures);
-        let ejection_schedule = self.config.ejection_backoff.as_ref().map(Backoff::schedule);
+            .zip(self.config.ejection_backoff.as_ref())
+            .map(|(outliers, backoff)| (outliers.consecutive_failures, backoff.schedule()));
         let outliers: Weak<dyn OutlierSink> = self.this.clone();
         let breaker = self.config.circuit_breaker.as_ref().map(|config| {
             let name = format!("{}/{}", self.service, instance.id());
@@ -139,8 +139,7 @@ where
             self.epoch,
             default_rtt,
             decay,
-            threshold,
-            ejection_schedule,
+            ejection,
             outliers,
             breaker,
         ))
