@@ -10,8 +10,8 @@ use pin_project_lite::pin_project;
 use crate::classify::Classify;
 use crate::error::BoxError;
 
+use super::admission::CallPermit;
 use super::error::BreakerOpen;
-use super::state::CallPermit;
 
 pin_project! {
     /// The response future of a [`CircuitBreakerService`](super::CircuitBreakerService).

@@ -11,6 +11,7 @@ use tower_service::Service;
 use crate::classify::{Classify, DefaultClassifier};
 use crate::error::BoxError;
 
+use super::admission::Reservation;
 use super::future::ResponseFuture;
 use super::registry::CircuitBreakerRegistry;
 
@@ -158,11 +159,12 @@ where
 
     fn call(&mut self, request: Req) -> Self::Future {
         let breaker = self.registry.breaker(&(self.key)(&request));
-        match breaker.try_acquire_untimed() {
-            Ok(mut permit) => {
-                permit.start_timer();
-                ResponseFuture::admitted(self.inner.call(request), permit, self.classifier.clone())
-            }
+        match Reservation::take(&breaker) {
+            Ok(reservation) => ResponseFuture::admitted(
+                self.inner.call(request),
+                reservation.start(),
+                self.classifier.clone(),
+            ),
             Err(rejection) => ResponseFuture::rejected(rejection, self.classifier.clone()),
         }
     }

@@ -147,6 +147,7 @@
 //! [`KeyedCircuitBreakerLayer`] gives each request key (a host, say) its own
 //! breaker from a registry.
 
+mod admission;
 mod config;
 mod error;
 mod event;
@@ -157,8 +158,11 @@ mod metrics;
 mod registry;
 mod service;
 mod state;
+mod transition;
 mod window;
 
+pub use self::admission::CallPermit;
+pub(crate) use self::admission::Reservation;
 pub use self::config::{
     BreakDuration, CircuitBreakerConfig, CircuitBreakerConfigBuilder, MAX_COUNT_WINDOW,
     MAX_EVENT_CAPACITY, MAX_TIME_WINDOW_SECONDS, SlidingWindow,
@@ -171,6 +175,5 @@ pub use self::layer::CircuitBreakerLayer;
 pub use self::metrics::CircuitBreakerMetrics;
 pub use self::registry::CircuitBreakerRegistry;
 pub use self::service::CircuitBreakerService;
-pub(crate) use self::state::Admission;
-pub use self::state::{CallError, CallPermit, CircuitBreaker, CircuitState};
+pub use self::state::{CallError, CircuitBreaker, CircuitState};
 pub use self::window::TripReason;

@@ -8,8 +8,10 @@ use tower_service::Service;
 use crate::classify::Classify;
 use crate::error::BoxError;
 
+use super::admission::Reservation;
+use super::error::BreakerOpen;
 use super::future::ResponseFuture;
-use super::state::{Admission, CircuitBreaker};
+use super::state::CircuitBreaker;
 
 /// A service guarded by a [`CircuitBreaker`]; built by
 /// [`CircuitBreakerLayer`](super::CircuitBreakerLayer).
@@ -25,7 +27,8 @@ pub struct CircuitBreakerService<S, C> {
     inner: S,
     breaker: CircuitBreaker,
     classifier: C,
-    admission: Option<Admission>,
+    /// What `poll_ready` got from the breaker, for `call`.
+    admission: Option<Result<Reservation, BreakerOpen>>,
 }
 
 impl<S, C> CircuitBreakerService<S, C> {
@@ -72,8 +75,10 @@ where
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        let admission = self.admission.get_or_insert_with(|| self.breaker.admit());
-        if let Admission::Rejected(_) = admission {
+        let admission = self
+            .admission
+            .get_or_insert_with(|| Reservation::take(&self.breaker));
+        if admission.is_err() {
             // `call` fails fast without touching the inner service.
             return Poll::Ready(Ok(()));
         }
@@ -94,17 +99,14 @@ where
         let admission = self.admission.take().expect(
             "CircuitBreakerService: poll_ready must be called (and return Ready(Ok)) before call",
         );
-        let permit = match admission {
-            Admission::Granted(word) => self.breaker.permit_for(word),
-            Admission::Permit(mut permit) => {
-                permit.start_timer();
-                permit
-            }
-            Admission::Rejected(rejection) => {
-                return ResponseFuture::rejected(rejection, self.classifier.clone());
-            }
-        };
-        ResponseFuture::admitted(self.inner.call(request), permit, self.classifier.clone())
+        match admission {
+            Ok(reservation) => ResponseFuture::admitted(
+                self.inner.call(request),
+                reservation.start(),
+                self.classifier.clone(),
+            ),
+            Err(rejection) => ResponseFuture::rejected(rejection, self.classifier.clone()),
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::backoff::Backoff;
 use crate::circuit_breaker::CircuitBreakerConfig;
 use crate::error::ConfigError;
 use crate::events::check_event_capacity;
@@ -141,6 +142,16 @@ impl OutlierDetection {
             .checked_mul(ejections.max(1))
             .map_or(self.max_ejection_time, |t| t.min(self.max_ejection_time))
     }
+
+    /// The ejection times as a backoff: the `n`th delay is
+    /// [`ejection_time(n)`](Self::ejection_time). Each instance walks its
+    /// own [`BackoffSchedule`](crate::backoff::BackoffSchedule) of it, one
+    /// delay per ejection, never reset.
+    pub(crate) fn ejection_backoff(&self) -> Result<Backoff, ConfigError> {
+        Backoff::linear(self.base_ejection_time, self.base_ejection_time)
+            .max_interval(self.max_ejection_time)
+            .build()
+    }
 }
 
 /// Builds an [`OutlierDetection`]; every setter is checked in
@@ -212,6 +223,8 @@ impl OutlierDetectionBuilder {
                 format!("must be 1 to 100, got {}", c.max_ejection_percent),
             ));
         }
+        // The rules above are the backoff's own: this cannot fail.
+        c.ejection_backoff()?;
         Ok(self.config)
     }
 }
@@ -229,6 +242,8 @@ pub struct BalanceConfig {
     pub(crate) outlier_detection: Option<OutlierDetection>,
     pub(crate) circuit_breaker: Option<Arc<CircuitBreakerConfig>>,
     pub(crate) event_capacity: usize,
+    /// The ejection times of `outlier_detection`, made by `build`.
+    pub(crate) ejection_backoff: Option<Backoff>,
 }
 
 impl PartialEq for BalanceConfig {
@@ -252,6 +267,7 @@ impl Default for BalanceConfig {
             outlier_detection: None,
             circuit_breaker: None,
             event_capacity: 256,
+            ejection_backoff: None,
         }
     }
 }
@@ -325,7 +341,7 @@ impl BalanceConfigBuilder {
 
     /// Checks every field and returns the configuration, or the first
     /// field that breaks its rule.
-    pub fn build(self) -> Result<BalanceConfig, ConfigError> {
+    pub fn build(mut self) -> Result<BalanceConfig, ConfigError> {
         if let Picker::PeakEwma { default_rtt, decay } = self.config.picker {
             if default_rtt.is_zero() {
                 return Err(ConfigError::new(
@@ -343,6 +359,40 @@ impl BalanceConfigBuilder {
             }
         }
         check_event_capacity(COMPONENT, self.config.event_capacity)?;
+        self.config.ejection_backoff = self
+            .config
+            .outlier_detection
+            .map(|outliers| outliers.ejection_backoff())
+            .transpose()?;
         Ok(self.config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ejection_schedule_lasts_ejection_time_for_each_ejection() {
+        let outliers = OutlierDetection::builder()
+            .base_ejection_time(Duration::from_millis(30))
+            .max_ejection_time(Duration::from_millis(100))
+            .build()
+            .unwrap();
+        let config = BalanceConfig::builder()
+            .outlier_detection(outliers)
+            .build()
+            .unwrap();
+        let mut schedule = config.ejection_backoff.as_ref().unwrap().schedule();
+        for ejections in 1..=6 {
+            assert_eq!(schedule.next_delay(), outliers.ejection_time(ejections));
+        }
+        assert_eq!(outliers.ejection_time(6), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn a_config_without_outlier_detection_has_no_ejection_schedule() {
+        let config = BalanceConfig::builder().build().unwrap();
+        assert!(config.ejection_backoff.is_none());
     }
 }

@@ -6,8 +6,10 @@ use std::sync::Weak;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use tokio::time::Instant;
 
+use crate::backoff::BackoffSchedule;
 use crate::circuit_breaker::CircuitBreaker;
 use crate::classify::Outcome;
 use crate::discovery::instance::Instance;
@@ -36,7 +38,11 @@ pub(crate) struct EndpointStats {
     /// 0: outlier detection off.
     failure_threshold: u32,
     pub(crate) ejected: AtomicBool,
+    /// Ejections so far, for metrics: the count of `ejection_schedule`.
     pub(crate) ejections: AtomicU32,
+    /// How long each ejection lasts, with outlier detection: one delay per
+    /// ejection, never reset. Taken only by an ejection.
+    ejection_schedule: Option<Mutex<BackoffSchedule>>,
     outliers: Weak<dyn OutlierSink>,
     /// The instance's own breaker, with the balancer's `circuit_breaker`
     /// option; dropped with the instance.
@@ -44,15 +50,21 @@ pub(crate) struct EndpointStats {
 }
 
 impl EndpointStats {
+    /// `ejection`, with outlier detection: the failures in a row that eject
+    /// the instance, and the schedule of its ejection times.
     pub(crate) fn new(
         instance: Instance,
         epoch: Instant,
         default_rtt: Duration,
         decay: Duration,
-        failure_threshold: u32,
+        ejection: Option<(u32, BackoffSchedule)>,
         outliers: Weak<dyn OutlierSink>,
         breaker: Option<CircuitBreaker>,
     ) -> Self {
+        let (failure_threshold, ejection_schedule) = match ejection {
+            Some((threshold, schedule)) => (threshold, Some(Mutex::new(schedule))),
+            None => (0, None),
+        };
         Self {
             instance,
             in_flight: CachePadded(AtomicUsize::new(0)),
@@ -65,6 +77,7 @@ impl EndpointStats {
             failure_threshold,
             ejected: AtomicBool::new(false),
             ejections: AtomicU32::new(0),
+            ejection_schedule,
             outliers,
             breaker,
         }
@@ -110,6 +123,16 @@ impl EndpointStats {
         };
         self.ewma_ns.store(next.to_bits(), Ordering::Relaxed);
         self.ewma_at_ns.store(now_ns, Ordering::Relaxed);
+    }
+
+    /// Counts one more ejection of this instance and returns how long it
+    /// lasts and how many there have been; `None` without outlier detection.
+    pub(crate) fn next_ejection(&self) -> Option<(Duration, u32)> {
+        let mut schedule = self.ejection_schedule.as_ref()?.lock();
+        let duration = schedule.next_delay();
+        let ejections = schedule.failures();
+        self.ejections.store(ejections, Ordering::Relaxed);
+        Some((duration, ejections))
     }
 
     /// Records a finished call's outcome for outlier detection.

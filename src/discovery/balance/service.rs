@@ -9,7 +9,7 @@ use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 use tower_service::Service;
 
-use crate::circuit_breaker::{Admission, BreakerOpen, CallPermit, CircuitBreaker};
+use crate::circuit_breaker::{BreakerOpen, CircuitBreaker, Reservation};
 use crate::classify::{Classify, DefaultClassifier, Outcome};
 use crate::discovery::error::NoHealthyInstance;
 use crate::discovery::instance::{Instance, ServiceName};
@@ -65,57 +65,31 @@ pub struct Balance<S, C = DefaultClassifier> {
 enum Reserved<S> {
     /// The picked endpoint, the time of the pick when latency is tracked
     /// and the endpoint was ready at once (the call's start time, saving a
-    /// clock read), and its breaker's admission if it has a breaker.
-    Endpoint(Endpoint<S>, Option<Instant>, Option<Admitted>),
+    /// clock read), and its breaker's reservation if it has a breaker.
+    Endpoint(Endpoint<S>, Option<Instant>, Option<Reservation>),
     NoInstance,
     /// Every instance's breaker rejected the call.
     Rejected(BreakerOpen),
 }
 
-/// A breaker's yes, held from `poll_ready` to `call`.
-enum Admitted {
-    /// The breaker lets every call through: the permit is built in `call`.
-    Granted(u64),
-    /// A permit taken in `poll_ready` (a HALF_OPEN trial slot).
-    Permit(CallPermit),
-}
-
-impl Admitted {
-    /// The call's permit, its timer started.
-    #[inline]
-    fn into_permit(self, breaker: &CircuitBreaker) -> CallPermit {
-        match self {
-            Admitted::Granted(word) => breaker.permit_for(word),
-            Admitted::Permit(mut permit) => {
-                permit.start_timer();
-                permit
-            }
-        }
-    }
-}
-
 /// Reserves `endpoint` if its breaker admits a call now (asked quietly
 /// first, so that a breaker about to reject counts no rejection).
 #[inline]
-fn admit<S: Clone>(endpoint: &Endpoint<S>, now: Option<Instant>) -> Option<Reserved<S>> {
-    let Some(breaker) = &endpoint.stats.breaker else {
-        return Some(Reserved::Endpoint(endpoint.clone(), now, None));
+fn reserve_if_admitting<S: Clone>(
+    endpoint: &Endpoint<S>,
+    now: Option<Instant>,
+) -> Option<Reserved<S>> {
+    let reservation = match &endpoint.stats.breaker {
+        Some(breaker) => Some(Reservation::take_if_admitting(breaker)?),
+        None => None,
     };
-    if !breaker.would_admit() {
-        return None;
-    }
-    let admitted = match breaker.admit() {
-        Admission::Granted(word) => Admitted::Granted(word),
-        Admission::Permit(permit) => Admitted::Permit(permit),
-        Admission::Rejected(_) => return None,
-    };
-    Some(Reserved::Endpoint(endpoint.clone(), now, Some(admitted)))
+    Some(Reserved::Endpoint(endpoint.clone(), now, reservation))
 }
 
 /// With circuit breakers: `picked` if its breaker admits the call, else
 /// another pick, else the first other instance (from a random one on)
 /// whose breaker admits it, else the picked instance's rejection.
-fn admit_any<S: Clone>(
+fn reserve_any<S: Clone>(
     picked: &Endpoint<S>,
     set: &EndpointSet<S>,
     picker: Picker,
@@ -123,13 +97,13 @@ fn admit_any<S: Clone>(
     rng: &mut SmallRng,
     now: Option<Instant>,
 ) -> Reserved<S> {
-    if let Some(reserved) = admit(picked, now) {
+    if let Some(reserved) = reserve_if_admitting(picked, now) {
         return reserved;
     }
     let same = |e: &Endpoint<S>| Arc::ptr_eq(&e.stats, &picked.stats);
     if let Some(again) = pick(picker, set, next, rng, now) {
         if !same(again) {
-            if let Some(reserved) = admit(again, now) {
+            if let Some(reserved) = reserve_if_admitting(again, now) {
                 return reserved;
             }
         }
@@ -139,23 +113,21 @@ fn admit_any<S: Clone>(
     for i in 0..n {
         let endpoint = &set.available[(start + i) % n];
         if !same(endpoint) {
-            if let Some(reserved) = admit(endpoint, now) {
+            if let Some(reserved) = reserve_if_admitting(endpoint, now) {
                 return reserved;
             }
         }
     }
     // Every breaker rejects: ask the picked one for real, for its rejection
     // (counted and announced by the breaker) or, if it just changed its
-    // mind, its permit.
+    // mind, its reservation.
     let Some(breaker) = &picked.stats.breaker else {
         return Reserved::Endpoint(picked.clone(), now, None);
     };
-    let admitted = match breaker.admit() {
-        Admission::Granted(word) => Admitted::Granted(word),
-        Admission::Permit(permit) => Admitted::Permit(permit),
-        Admission::Rejected(open) => return Reserved::Rejected(open),
-    };
-    Reserved::Endpoint(picked.clone(), now, Some(admitted))
+    match Reservation::take(breaker) {
+        Ok(reservation) => Reserved::Endpoint(picked.clone(), now, Some(reservation)),
+        Err(open) => Reserved::Rejected(open),
+    }
 }
 
 impl<S> Balance<S, DefaultClassifier>
@@ -282,11 +254,11 @@ where
                 Some(endpoint) if endpoint.stats.breaker.is_none() => {
                     Reserved::Endpoint(endpoint.clone(), now, None)
                 }
-                Some(endpoint) => admit_any(endpoint, &set, picker, next, &mut self.rng, now),
+                Some(endpoint) => reserve_any(endpoint, &set, picker, next, &mut self.rng, now),
                 None => Reserved::NoInstance,
             });
         }
-        let Some(Reserved::Endpoint(endpoint, picked_at, admitted)) = &mut self.reserved else {
+        let Some(Reserved::Endpoint(endpoint, picked_at, reservation)) = &mut self.reserved else {
             // `call` fails at once with `NoHealthyInstance` or `BreakerOpen`.
             return Poll::Ready(Ok(()));
         };
@@ -300,9 +272,8 @@ where
             Poll::Ready(Err(error)) => {
                 let failure = Outcome::Failure { retryable: true };
                 endpoint.stats.record(failure);
-                if let (Some(admitted), Some(breaker)) = (admitted.take(), &endpoint.stats.breaker)
-                {
-                    admitted.into_permit(breaker).record(failure);
+                if let Some(reservation) = reservation.take() {
+                    reservation.start().record(failure);
                 }
                 self.reserved = None;
                 Poll::Ready(Err(error.into()))
@@ -315,15 +286,12 @@ where
         match self.reserved.take().expect(
             "Balance::call without a successful poll_ready: poll_ready must be called first",
         ) {
-            Reserved::Endpoint(mut endpoint, picked_at, admitted) => {
+            Reserved::Endpoint(mut endpoint, picked_at, reservation) => {
                 let started = match picked_at {
                     Some(at) => Some(at),
                     None => self.track_latency.then(Instant::now),
                 };
-                let permit = match (admitted, &endpoint.stats.breaker) {
-                    (Some(admitted), Some(breaker)) => Some(admitted.into_permit(breaker)),
-                    _ => None,
-                };
+                let permit = reservation.map(Reservation::start);
                 let call =
                     InFlight::start(endpoint.stats, started, self.classifier.clone(), permit);
                 ResponseFuture::called(endpoint.service.call(request), call)

@@ -124,10 +124,11 @@ where
             Picker::PeakEwma { default_rtt, decay } => (default_rtt, decay),
             _ => (Duration::from_millis(30), Duration::from_secs(10)),
         };
-        let threshold = self
+        let ejection = self
             .config
             .outlier_detection
-            .map_or(0, |o| o.consecutive_failures);
+            .zip(self.config.ejection_backoff.as_ref())
+            .map(|(outliers, backoff)| (outliers.consecutive_failures, backoff.schedule()));
         let outliers: Weak<dyn OutlierSink> = self.this.clone();
         let breaker = self.config.circuit_breaker.as_ref().map(|config| {
             let name = format!("{}/{}", self.service, instance.id());
@@ -138,7 +139,7 @@ where
             self.epoch,
             default_rtt,
             decay,
-            threshold,
+            ejection,
             outliers,
             breaker,
         ))
@@ -300,8 +301,9 @@ where
             tracing::warn!(service = %self.service, %id, "balancer: cannot eject outside a tokio runtime");
             return;
         };
-        let ejections = stats.ejections.fetch_add(1, Ordering::Relaxed) + 1;
-        let duration = outliers.ejection_time(ejections);
+        let Some((duration, ejections)) = stats.next_ejection() else {
+            return;
+        };
         // The ejection lasts from now, not from when its timer task first
         // runs (which may be later: after the current task yields).
         let until = Instant::now() + duration;
@@ -371,8 +373,7 @@ async fn watch<S, M>(
     // be built, so that an instance the registry keeps reporting unchanged
     // is tried again.
     let mut last: Vec<Instance> = Vec::new();
-    let backoff = make_retry_backoff();
-    let mut delays = backoff.as_ref().map(|b| b.delays());
+    let mut retry_delays = make_retry_backoff().schedule();
     let mut retry_at: Option<Instant> = None;
     loop {
         let item = match retry_at {
@@ -427,12 +428,9 @@ async fn watch<S, M>(
             }
         }
         retry_at = if make_failed {
-            delays
-                .as_mut()
-                .and_then(Iterator::next)
-                .map(|delay| Instant::now() + delay)
+            Some(Instant::now() + retry_delays.next_delay())
         } else {
-            delays = backoff.as_ref().map(|b| b.delays());
+            retry_delays.reset();
             None
         };
         let Some(shared) = shared.upgrade() else {
@@ -449,12 +447,13 @@ async fn watch<S, M>(
 
 /// How long to wait before building a failed instance's client again:
 /// 100 ms doubling to 30 s, full jitter.
-fn make_retry_backoff() -> Option<Backoff> {
+fn make_retry_backoff() -> Backoff {
     Backoff::exponential(Duration::from_millis(100), 2.0)
         .max_interval(Duration::from_secs(30))
         .jitter(Jitter::Full)
         .build()
-        .ok()
+        // Valid constants; the default is the same curve capped at 10 s.
+        .unwrap_or_default()
 }
 
 async fn make_client<M>(make: &mut M, instance: Instance) -> Result<M::Response, BoxError>

@@ -1,0 +1,467 @@
+//! A call's way through the breaker: admitted or rejected, then holding a
+//! permit until its outcome is recorded (or it is dropped).
+//!
+//! Direct users take a [`CallPermit`] with [`CircuitBreaker::try_acquire`]
+//! (or let [`CircuitBreaker::run`] do it). Tower services admit a call
+//! before they make it, in `poll_ready` or when picking an instance: they
+//! hold a [`Reservation`] and [`start`](Reservation::start) it into the
+//! call's permit in `call`. The plain service, the keyed service and the
+//! balancer all hold this one type, so none of them reaches the breaker's
+//! state word or trial slots.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::*;
+use std::time::Duration;
+
+use crate::classify::{Classify, Outcome};
+
+use super::error::BreakerOpen;
+use super::event::{CircuitBreakerEvent, CircuitBreakerEventKind as EventKind, TransitionReason};
+use super::state::{
+    CircuitBreaker, CircuitState, NO_DEADLINE, admits_every_call, epoch_of, state_of, trial_tag,
+};
+
+impl CircuitBreaker {
+    /// Asks to make a call. On success the returned permit must be given the
+    /// call's outcome ([`CallPermit::record`]); a permit dropped without an
+    /// outcome (a cancelled call) records nothing and gives its HALF_OPEN
+    /// trial slot back.
+    ///
+    /// Fails with [`BreakerOpen`] when the breaker rejects the call.
+    #[inline]
+    pub fn try_acquire(&self) -> Result<CallPermit, BreakerOpen> {
+        // What `Reservation::take(self)?.start()` does, written out: the
+        // direct path is measured to be two instructions shorter this way.
+        let mut permit = self.acquire_untimed()?;
+        permit.started = self.start_time();
+        Ok(permit)
+    }
+
+    /// A permit whose timer is not started. In the states that let every
+    /// call through this is one atomic load (and a clone of the handle).
+    #[inline]
+    fn acquire_untimed(&self) -> Result<CallPermit, BreakerOpen> {
+        let word = self.shared.word.load(Acquire);
+        if admits_every_call(word) {
+            Ok(self.permit(word, false))
+        } else {
+            self.acquire_slow(word)
+        }
+    }
+
+    /// Whether [`acquire_untimed`](Self::acquire_untimed) would let a call
+    /// through now, without asking: nothing is counted, no transition is
+    /// made, no trial slot is taken. An OPEN breaker whose wait is over
+    /// answers `true` (the call that follows moves it to HALF_OPEN).
+    #[inline]
+    fn would_admit(&self) -> bool {
+        let s = &*self.shared;
+        let word = s.word.load(Acquire);
+        if admits_every_call(word) {
+            return true;
+        }
+        match state_of(word) {
+            CircuitState::Open => s.state_clock.now_nanos() >= s.open_until.load(Acquire),
+            CircuitState::HalfOpen => {
+                let permits = s.trial_permits.load(Acquire);
+                // Another epoch's trial: let the acquisition decide.
+                permits & !0xFFFF_FFFF != trial_tag(word) || permits & 0xFFFF_FFFF != 0
+            }
+            CircuitState::ForcedOpen => false,
+            CircuitState::Closed | CircuitState::MetricsOnly | CircuitState::Disabled => true,
+        }
+    }
+
+    #[inline]
+    fn permit(&self, word: u64, trial: bool) -> CallPermit {
+        CallPermit {
+            breaker: self.clone(),
+            word,
+            started: 0,
+            trial,
+            settled: false,
+        }
+    }
+
+    #[inline]
+    fn start_time(&self) -> u64 {
+        match self.shared.slow_call_nanos {
+            Some(_) => self.shared.call_clock.now_nanos(),
+            None => 0,
+        }
+    }
+
+    #[cold]
+    fn acquire_slow(&self, mut word: u64) -> Result<CallPermit, BreakerOpen> {
+        let s = &*self.shared;
+        loop {
+            match state_of(word) {
+                CircuitState::Closed | CircuitState::MetricsOnly | CircuitState::Disabled => {
+                    return Ok(self.permit(word, false));
+                }
+                CircuitState::ForcedOpen => return Err(self.reject(CircuitState::ForcedOpen, None)),
+                CircuitState::Open => {
+                    let now = s.state_clock.now_nanos();
+                    let until = s.open_until.load(Acquire);
+                    if now < until {
+                        let retry_in = Duration::from_nanos(until - now);
+                        return Err(self.reject(CircuitState::Open, Some(retry_in)));
+                    }
+                    self.transition(
+                        word,
+                        CircuitState::HalfOpen,
+                        TransitionReason::WaitDurationElapsed,
+                    );
+                }
+                CircuitState::HalfOpen => {
+                    let deadline = s.half_open_deadline.load(Acquire);
+                    if deadline != NO_DEADLINE && s.state_clock.now_nanos() >= deadline {
+                        self.transition(
+                            word,
+                            CircuitState::Open,
+                            TransitionReason::MaxWaitInHalfOpenElapsed,
+                        );
+                    } else {
+                        match self.take_trial_permit(word) {
+                            Some(true) => return Ok(self.permit(word, true)),
+                            Some(false) => return Err(self.reject(CircuitState::HalfOpen, None)),
+                            None if s.word.load(Acquire) == word => {
+                                return Err(self.reject(CircuitState::HalfOpen, None));
+                            }
+                            None => {}
+                        }
+                    }
+                }
+            }
+            word = s.word.load(Acquire);
+        }
+    }
+
+    /// `Some(true)`: a permit was taken; `Some(false)`: none left;
+    /// `None`: the trial belongs to another epoch.
+    fn take_trial_permit(&self, word: u64) -> Option<bool> {
+        let tag = trial_tag(word);
+        let permits = &self.shared.trial_permits;
+        let mut current = permits.load(Acquire);
+        loop {
+            if current & !0xFFFF_FFFF != tag {
+                return None;
+            }
+            if current & 0xFFFF_FFFF == 0 {
+                return Some(false);
+            }
+            match permits.compare_exchange_weak(current, current - 1, AcqRel, Acquire) {
+                Ok(_) => return Some(true),
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    fn release_trial_permit(&self, word: u64) {
+        let tag = trial_tag(word);
+        let _ = self
+            .shared
+            .trial_permits
+            .fetch_update(AcqRel, Acquire, |current| {
+                (current & !0xFFFF_FFFF == tag).then_some(current + 1)
+            });
+    }
+
+    fn reject(&self, state: CircuitState, retry_in: Option<Duration>) -> BreakerOpen {
+        let s = &*self.shared;
+        s.not_permitted.add(1);
+        tracing::debug!(
+            breaker = %s.name,
+            state = %state,
+            retry_in_ms = retry_in.map(|d| d.as_millis() as u64),
+            "circuit breaker rejected a call"
+        );
+        s.events.publish_with(|| CircuitBreakerEvent {
+            breaker: Arc::clone(&s.name),
+            kind: EventKind::Rejected { state, retry_in },
+        });
+        BreakerOpen::new(Arc::clone(&s.name), state, retry_in)
+    }
+
+    /// Records the outcome of a call admitted under `word`.
+    #[inline(always)]
+    fn on_result(&self, word: u64, trial: bool, started: u64, outcome: Outcome) {
+        let s = &*self.shared;
+        // The steady state of a healthy dependency: an untimed, unobserved
+        // success that the window would not change. Recording it is a load.
+        if outcome == Outcome::Success
+            && !trial
+            && !s.needs_end_time
+            && !s.events.is_observed()
+            && s.window.success_changes_nothing()
+        {
+            return;
+        }
+        self.on_result_slow(word, trial, started, outcome);
+    }
+
+    #[inline(never)]
+    fn on_result_slow(&self, word: u64, trial: bool, started: u64, outcome: Outcome) {
+        let s = &*self.shared;
+        let state = state_of(word);
+        if state == CircuitState::Disabled {
+            return;
+        }
+        let failed = match outcome {
+            Outcome::Success => false,
+            Outcome::Failure { .. } => true,
+            Outcome::Ignored => {
+                s.events.publish_with(|| CircuitBreakerEvent {
+                    breaker: Arc::clone(&s.name),
+                    kind: EventKind::Ignored,
+                });
+                if trial {
+                    self.release_trial_permit(word);
+                }
+                return;
+            }
+        };
+        let now = if s.needs_end_time {
+            s.call_clock.now_nanos()
+        } else {
+            0
+        };
+        let elapsed = s.slow_call_nanos.map(|_| now.saturating_sub(started));
+        let slow = match (elapsed, s.slow_call_nanos) {
+            (Some(elapsed), Some(threshold)) => elapsed > threshold,
+            _ => false,
+        };
+        s.events.publish_with(|| {
+            let elapsed = elapsed.map(Duration::from_nanos);
+            CircuitBreakerEvent {
+                breaker: Arc::clone(&s.name),
+                kind: if failed {
+                    EventKind::Failure { elapsed, slow }
+                } else {
+                    EventKind::Success { elapsed, slow }
+                },
+            }
+        });
+        if s.word.load(Acquire) != word {
+            // The breaker changed state since this call was admitted: its
+            // outcome belongs to a state that no longer exists.
+            return;
+        }
+        if trial {
+            self.record_trial(word, failed, slow);
+        } else if let Some(reason) = s.window.record(failed, slow, now) {
+            if state == CircuitState::Closed {
+                self.transition(word, CircuitState::Open, TransitionReason::Tripped(reason));
+            }
+        }
+    }
+
+    fn record_trial(&self, word: u64, failed: bool, slow: bool) {
+        let s = &*self.shared;
+        let transition = {
+            let mut control = s.control.lock();
+            if s.word.load(Acquire) != word || control.trial_epoch != epoch_of(word) {
+                return;
+            }
+            control.trial.total += 1;
+            control.trial.failed += u64::from(failed);
+            control.trial.slow += u64::from(slow);
+            if control.trial.total < s.trial_thresholds.minimum_calls {
+                return;
+            }
+            match s.trial_thresholds.evaluate(control.trial) {
+                Some(reason) => self.transition_locked(
+                    &mut control,
+                    word,
+                    CircuitState::Open,
+                    TransitionReason::Tripped(reason),
+                ),
+                None => self.transition_locked(
+                    &mut control,
+                    word,
+                    CircuitState::Closed,
+                    TransitionReason::TrialCallsSucceeded,
+                ),
+            }
+        };
+        if let Some(transition) = transition {
+            self.announce(transition);
+        }
+    }
+}
+
+/// A breaker's yes to one call that has not started yet: what a service
+/// holds between admitting a call (in `poll_ready`, or when a balancer
+/// picks an instance) and making it (in `call`).
+///
+/// [`start`](Self::start) turns it into the call's [`CallPermit`] and starts
+/// the call's timer then, so the time spent waiting for the inner service to
+/// be ready does not count towards a slow call. Dropping a reservation
+/// records nothing and, in HALF_OPEN, gives its trial slot back, exactly as
+/// dropping a permit does.
+#[must_use = "a reservation admits one call: start it in `call`, or drop it to give the admission back"]
+#[derive(Debug)]
+pub(crate) struct Reservation {
+    /// The call's permit, its timer not started.
+    permit: CallPermit,
+}
+
+impl Reservation {
+    /// Asks `breaker` for a call. A rejection is counted, traced and
+    /// announced as [`CircuitBreakerEventKind::Rejected`](super::CircuitBreakerEventKind::Rejected): use it when the rejection is
+    /// the answer the caller gets.
+    #[inline]
+    pub(crate) fn take(breaker: &CircuitBreaker) -> Result<Self, BreakerOpen> {
+        breaker.acquire_untimed().map(|permit| Self { permit })
+    }
+
+    /// Asks `breaker` for a call only if it would admit one now, so that a
+    /// breaker that is rejecting calls is passed over without a rejection
+    /// counted or announced: for a balancer choosing among several
+    /// breakers. An OPEN breaker whose wait is over admits the call as its
+    /// first HALF_OPEN trial. `None` when the breaker rejects; a rejection
+    /// is counted only if the breaker's state moved between the check and
+    /// the ask.
+    #[inline]
+    pub(crate) fn take_if_admitting(breaker: &CircuitBreaker) -> Option<Self> {
+        if !breaker.would_admit() {
+            return None;
+        }
+        Self::take(breaker).ok()
+    }
+
+    /// The call starts now: its permit, with the call's timer started (a
+    /// clock read only when slow calls are detected).
+    #[inline]
+    pub(crate) fn start(self) -> CallPermit {
+        let mut permit = self.permit;
+        permit.started = permit.breaker.start_time();
+        permit
+    }
+}
+
+/// Permission to make one call, from [`CircuitBreaker::try_acquire`].
+///
+/// Give it the call's outcome with [`record`](Self::record). Dropping it
+/// without an outcome (the call was cancelled) records nothing and, in
+/// HALF_OPEN, returns the trial slot so another call can take it.
+#[must_use = "a permit records nothing unless given the call's outcome"]
+pub struct CallPermit {
+    breaker: CircuitBreaker,
+    word: u64,
+    started: u64,
+    trial: bool,
+    settled: bool,
+}
+
+impl CallPermit {
+    /// Records the outcome of the call.
+    #[inline(always)]
+    pub fn record(mut self, outcome: Outcome) {
+        self.settled = true;
+        self.breaker
+            .on_result(self.word, self.trial, self.started, outcome);
+    }
+
+    /// Classifies `result` with `classifier` and records the outcome.
+    #[inline(always)]
+    pub fn record_result<T, E, C: Classify<T, E>>(self, result: Result<&T, &E>, classifier: &C) {
+        self.record(classifier.classify(result));
+    }
+
+    /// The state the call was admitted in.
+    pub fn admitted_in(&self) -> CircuitState {
+        state_of(self.word)
+    }
+}
+
+impl Drop for CallPermit {
+    #[inline]
+    fn drop(&mut self) {
+        if !self.settled && self.trial {
+            self.breaker.release_trial_permit(self.word);
+        }
+    }
+}
+
+impl fmt::Debug for CallPermit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CallPermit")
+            .field("breaker", &self.breaker.name())
+            .field("admitted_in", &self.admitted_in())
+            .field("trial", &self.trial)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::circuit_breaker::{CircuitBreakerConfig, SlidingWindow};
+
+    const FAILURE: Outcome = Outcome::Failure { retryable: true };
+
+    /// Trips on one failure; two trial calls in HALF_OPEN.
+    fn breaker() -> CircuitBreaker {
+        let config = CircuitBreakerConfig::builder()
+            .sliding_window(SlidingWindow::count(1))
+            .minimum_number_of_calls(1)
+            .permitted_number_of_calls_in_half_open_state(2)
+            .build()
+            .unwrap();
+        CircuitBreaker::new("reservation", config)
+    }
+
+    #[test]
+    fn a_dropped_reservation_gives_its_half_open_trial_slot_back() {
+        let breaker = breaker();
+        breaker.transition_to_half_open();
+        let reservation = Reservation::take(&breaker).unwrap();
+        assert_eq!(breaker.metrics().trial_permits_available, Some(1));
+        drop(reservation);
+        assert_eq!(breaker.metrics().trial_permits_available, Some(2));
+        assert_eq!(breaker.state(), CircuitState::HalfOpen);
+    }
+
+    #[test]
+    fn a_started_reservation_records_its_outcome() {
+        let breaker = breaker();
+        Reservation::take(&breaker).unwrap().start().record(FAILURE);
+        assert_eq!(breaker.state(), CircuitState::Open);
+    }
+
+    #[test]
+    fn an_outcome_after_a_state_change_is_not_recorded() {
+        let breaker = breaker();
+        let reservation = Reservation::take(&breaker).unwrap();
+        breaker.transition_to_metrics_only();
+        breaker.transition_to_closed();
+        reservation.start().record(FAILURE);
+        assert_eq!(breaker.state(), CircuitState::Closed);
+        assert_eq!(breaker.metrics().buffered_calls, 0);
+    }
+
+    #[test]
+    fn take_if_admitting_passes_over_a_rejecting_breaker_without_counting() {
+        let breaker = breaker();
+        breaker.transition_to_forced_open();
+        assert!(Reservation::take_if_admitting(&breaker).is_none());
+        assert_eq!(breaker.metrics().not_permitted_calls, 0);
+        assert!(Reservation::take(&breaker).is_err());
+        assert_eq!(breaker.metrics().not_permitted_calls, 1);
+    }
+
+    #[test]
+    fn take_if_admitting_stops_at_an_exhausted_trial() {
+        let breaker = breaker();
+        breaker.transition_to_half_open();
+        let trials: Vec<_> = (0..2)
+            .map(|_| Reservation::take_if_admitting(&breaker).unwrap())
+            .collect();
+        assert!(Reservation::take_if_admitting(&breaker).is_none());
+        assert_eq!(breaker.metrics().not_permitted_calls, 0);
+        drop(trials);
+        assert!(Reservation::take_if_admitting(&breaker).is_some());
+    }
+}

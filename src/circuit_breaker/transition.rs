@@ -1,0 +1,234 @@
+//! Moving a circuit breaker between states: the transition itself (under
+//! the breaker's lock), its announcement (trace, event, and the timer of a
+//! timed state), and the manual transitions of the public API.
+
+use std::sync::atomic::Ordering::*;
+use std::sync::{Arc, Weak};
+
+use crate::clock::duration_nanos;
+
+use super::event::{CircuitBreakerEvent, CircuitBreakerEventKind as EventKind, TransitionReason};
+use super::state::{
+    CircuitBreaker, CircuitState, Control, NO_DEADLINE, Shared, SharedRef, encode, epoch_of,
+    state_of, trial_tag,
+};
+use super::window::Counts;
+
+/// What a timer task holds: it must not keep a counted breaker alive.
+enum TimerRef {
+    Counted(Weak<Shared>),
+    Static(&'static Shared),
+}
+
+impl TimerRef {
+    fn upgrade(&self) -> Option<CircuitBreaker> {
+        let shared = match self {
+            TimerRef::Counted(weak) => SharedRef::Counted(weak.upgrade()?),
+            TimerRef::Static(shared) => SharedRef::Static(shared),
+        };
+        Some(CircuitBreaker { shared })
+    }
+}
+
+/// A transition that happened, to announce once the lock is released.
+pub(super) struct Transition {
+    from: CircuitState,
+    to: CircuitState,
+    reason: TransitionReason,
+    word: u64,
+    /// State-clock deadline of the new state, if it has one.
+    deadline: Option<u64>,
+}
+
+impl CircuitBreaker {
+    /// Moves from the state in `from_word` to `to`, unless another thread
+    /// moved the breaker first. Returns whether this call made the move.
+    pub(super) fn transition(
+        &self,
+        from_word: u64,
+        to: CircuitState,
+        reason: TransitionReason,
+    ) -> bool {
+        let transition = {
+            let mut control = self.shared.control.lock();
+            self.transition_locked(&mut control, from_word, to, reason)
+        };
+        match transition {
+            Some(transition) => {
+                self.announce(transition);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub(super) fn transition_locked(
+        &self,
+        control: &mut Control,
+        from_word: u64,
+        to: CircuitState,
+        reason: TransitionReason,
+    ) -> Option<Transition> {
+        let s = &*self.shared;
+        let current = s.word.load(Acquire);
+        if current != from_word {
+            return None;
+        }
+        let new_word = encode(epoch_of(current) + 1, to);
+        let now = s.state_clock.now_nanos();
+        let mut deadline = None;
+        match to {
+            CircuitState::Closed | CircuitState::MetricsOnly => {
+                let call_now = if s.window.needs_time() {
+                    s.call_clock.now_nanos()
+                } else {
+                    0
+                };
+                s.window.reset(call_now);
+                if to == CircuitState::Closed {
+                    control.trips_in_a_row = 0;
+                }
+            }
+            CircuitState::Open => {
+                control.trips_in_a_row = control.trips_in_a_row.saturating_add(1);
+                let wait = s
+                    .config
+                    .break_duration
+                    .wait_after(control.trips_in_a_row, s.config.wait_duration_in_open_state);
+                let until = now.saturating_add(duration_nanos(wait));
+                s.open_until.store(until, Release);
+                deadline = Some(until);
+            }
+            CircuitState::HalfOpen => {
+                let permitted = u64::from(s.config.permitted_number_of_calls_in_half_open_state);
+                s.trial_permits
+                    .store(trial_tag(new_word) | permitted, Release);
+                control.trial_epoch = epoch_of(new_word);
+                control.trial = Counts::default();
+                let max_wait = s.config.max_wait_duration_in_half_open_state;
+                let until = max_wait.map_or(NO_DEADLINE, |d| now.saturating_add(duration_nanos(d)));
+                s.half_open_deadline.store(until, Release);
+                deadline = max_wait.map(|_| until);
+            }
+            CircuitState::Disabled | CircuitState::ForcedOpen => {}
+        }
+        s.word.store(new_word, Release);
+        Some(Transition {
+            from: state_of(current),
+            to,
+            reason,
+            word: new_word,
+            deadline,
+        })
+    }
+
+    pub(super) fn announce(&self, t: Transition) {
+        let s = &*self.shared;
+        let retry_in_ms = t
+            .deadline
+            .map(|d| d.saturating_sub(s.state_clock.now_nanos()) / 1_000_000);
+        if matches!(t.to, CircuitState::Open | CircuitState::ForcedOpen) {
+            tracing::warn!(breaker = %s.name, from = %t.from, to = %t.to, reason = ?t.reason, retry_in_ms, "circuit breaker state changed");
+        } else {
+            tracing::info!(breaker = %s.name, from = %t.from, to = %t.to, reason = ?t.reason, "circuit breaker state changed");
+        }
+        s.events.publish_with(|| CircuitBreakerEvent {
+            breaker: Arc::clone(&s.name),
+            kind: EventKind::StateTransition {
+                from: t.from,
+                to: t.to,
+                reason: t.reason,
+            },
+        });
+        let timer = match (t.to, t.deadline) {
+            (CircuitState::Open, Some(until))
+                if s.config.automatic_transition_from_open_to_half_open =>
+            {
+                Some((
+                    until,
+                    CircuitState::HalfOpen,
+                    TransitionReason::WaitDurationElapsed,
+                ))
+            }
+            (CircuitState::HalfOpen, Some(until)) => Some((
+                until,
+                CircuitState::Open,
+                TransitionReason::MaxWaitInHalfOpenElapsed,
+            )),
+            _ => None,
+        };
+        if let Some((until, to, reason)) = timer {
+            self.schedule(t.word, until, to, reason);
+        }
+    }
+
+    /// Moves `word` to `to` at state-clock time `until`, if a tokio runtime
+    /// is available; otherwise the next call makes the move lazily.
+    fn schedule(&self, word: u64, until: u64, to: CircuitState, reason: TransitionReason) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::debug!(breaker = %self.shared.name, "no tokio runtime: the timed transition happens on the next call");
+            return;
+        };
+        let at = self.shared.state_clock.instant_at(until);
+        let target = match &self.shared {
+            SharedRef::Counted(shared) => TimerRef::Counted(Arc::downgrade(shared)),
+            SharedRef::Static(shared) => TimerRef::Static(shared),
+        };
+        runtime.spawn(async move {
+            tokio::time::sleep_until(at).await;
+            if let Some(breaker) = target.upgrade() {
+                breaker.transition(word, to, reason);
+            }
+        });
+    }
+
+    fn force(&self, to: CircuitState, reason: TransitionReason) {
+        loop {
+            let word = self.shared.word.load(Acquire);
+            if state_of(word) == to && reason != TransitionReason::Reset {
+                return;
+            }
+            if self.transition(word, to, reason) {
+                return;
+            }
+        }
+    }
+
+    /// Empties the window and moves to CLOSED, from any state.
+    pub fn reset(&self) {
+        self.force(CircuitState::Closed, TransitionReason::Reset);
+    }
+
+    /// Moves to CLOSED with an empty window (no-op if already CLOSED).
+    pub fn transition_to_closed(&self) {
+        self.force(CircuitState::Closed, TransitionReason::Manual);
+    }
+
+    /// Moves to OPEN for the configured wait (no-op if already OPEN).
+    pub fn transition_to_open(&self) {
+        self.force(CircuitState::Open, TransitionReason::Manual);
+    }
+
+    /// Moves to HALF_OPEN with a fresh set of trial permits (no-op if
+    /// already HALF_OPEN).
+    pub fn transition_to_half_open(&self) {
+        self.force(CircuitState::HalfOpen, TransitionReason::Manual);
+    }
+
+    /// Moves to DISABLED: every call passes, nothing is recorded.
+    pub fn transition_to_disabled(&self) {
+        self.force(CircuitState::Disabled, TransitionReason::Manual);
+    }
+
+    /// Moves to FORCED_OPEN: every call is rejected until another manual
+    /// transition or [`reset`](Self::reset).
+    pub fn transition_to_forced_open(&self) {
+        self.force(CircuitState::ForcedOpen, TransitionReason::Manual);
+    }
+
+    /// Moves to METRICS_ONLY with an empty window: every call passes and is
+    /// recorded, and the breaker never trips.
+    pub fn transition_to_metrics_only(&self) {
+        self.force(CircuitState::MetricsOnly, TransitionReason::Manual);
+    }
+}
