@@ -5,11 +5,15 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+#[path = "support/faulty_log.rs"]
+mod faulty_log;
+
+use faulty_log::{Faults, FaultyLog};
 use palisade::backoff::{Backoff, Jitter};
 use palisade::saga::{
-    BoxFuture, ClaimedSaga, FinishedOutcome, Lease, LogError, LoggedRecord, MemoryLog, NewSaga,
-    OwnerId, RecordKind, SagaDefinition, SagaError, SagaEventKind, SagaExecutor, SagaId, SagaLog,
-    SagaOutcome, SagaState, SagaSummary, Step, StepContext, StepEffect, StepError,
+    BoxFuture, ClaimedSaga, FinishedOutcome, Lease, LogError, LoggedRecord, MemoryLog, OwnerId,
+    RecordKind, SagaDefinition, SagaError, SagaEventKind, SagaExecutor, SagaId, SagaLog,
+    SagaOutcome, SagaState, Step, StepContext, StepEffect, StepError,
 };
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -781,17 +785,14 @@ struct Partitionable {
     appends_before_failing: Arc<Mutex<u32>>,
 }
 
-impl SagaLog for Partitionable {
+impl Faults for Partitionable {
+    type Inner = MemoryLog;
+
+    fn inner(&self) -> &MemoryLog {
+        &self.inner
+    }
     fn backend(&self) -> &'static str {
         "partitionable"
-    }
-    fn create<'a>(
-        &'a self,
-        saga: NewSaga,
-        owner: &'a OwnerId,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<Lease, LogError>> {
-        self.inner.create(saga, owner, ttl)
     }
     fn append<'a>(
         &'a self,
@@ -814,9 +815,6 @@ impl SagaLog for Partitionable {
         }
         self.inner.renew(lease, ttl)
     }
-    fn release<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<(), LogError>> {
-        self.inner.release(lease)
-    }
     fn claim<'a>(
         &'a self,
         saga: SagaId,
@@ -828,39 +826,18 @@ impl SagaLog for Partitionable {
         }
         self.inner.claim(saga, owner, ttl)
     }
-    fn claim_unfinished<'a>(
-        &'a self,
-        owner: &'a OwnerId,
-        ttl: Duration,
-        limit: usize,
-    ) -> BoxFuture<'a, Result<Vec<ClaimedSaga>, LogError>> {
-        self.inner.claim_unfinished(owner, ttl, limit)
-    }
-    fn history(&self, saga: SagaId) -> BoxFuture<'_, Result<Vec<LoggedRecord>, LogError>> {
-        self.inner.history(saga)
-    }
-    fn summary(&self, saga: SagaId) -> BoxFuture<'_, Result<SagaSummary, LogError>> {
-        self.inner.summary(saga)
-    }
-    fn list(
-        &self,
-        state: Option<SagaState>,
-        limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<SagaSummary>, LogError>> {
-        self.inner.list(state, limit)
-    }
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_partitioned_executor_is_fenced_off_after_another_takes_its_saga_over() {
     let shop = Arc::new(Shop::default());
     let memory = MemoryLog::new();
-    let log = Partitionable {
+    let log = FaultyLog(Partitionable {
         inner: memory.clone(),
         cut: Arc::default(),
         failing_appends: Arc::default(),
         appends_before_failing: Arc::default(),
-    };
+    });
     shop.plan("do:b", [Act::Block]);
     let def = saga(&["a", "b", "c"]);
     let a = SagaExecutor::builder(Arc::clone(&shop), log.clone())
@@ -921,12 +898,12 @@ async fn a_partitioned_executor_is_fenced_off_after_another_takes_its_saga_over(
 async fn a_takeover_loop_adopts_sagas_whose_lease_expired_and_leaves_live_ones_alone() {
     let shop = Arc::new(Shop::default());
     let memory = MemoryLog::new();
-    let log = Partitionable {
+    let log = FaultyLog(Partitionable {
         inner: memory.clone(),
         cut: Arc::default(),
         failing_appends: Arc::default(),
         appends_before_failing: Arc::default(),
-    };
+    });
     shop.plan("do:b", [Act::Block]);
     let def = saga(&["a", "b", "c"]);
     let a = SagaExecutor::builder(Arc::clone(&shop), log.clone())
@@ -980,13 +957,13 @@ fn a_too_short_takeover_interval_is_rejected() {
     assert_eq!(err.field(), "takeover_interval");
 }
 
-fn failing_log() -> Partitionable {
-    Partitionable {
+fn failing_log() -> FaultyLog<Partitionable> {
+    FaultyLog(Partitionable {
         inner: MemoryLog::new(),
         cut: Arc::default(),
         failing_appends: Arc::default(),
         appends_before_failing: Arc::default(),
-    }
+    })
 }
 
 #[tokio::test(start_paused = true)]
