@@ -5,14 +5,19 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use palisade::backoff::Backoff;
+#[path = "support/faulty_log.rs"]
+mod faulty_log;
+
+use faulty_log::{Faults, FaultyLog};
+use palisade::backoff::{Backoff, Jitter};
 use palisade::saga::{
-    BoxFuture, ClaimedSaga, FinishedOutcome, Lease, LogError, LoggedRecord, MemoryLog, NewSaga,
-    OwnerId, RecordKind, SagaDefinition, SagaError, SagaEventKind, SagaExecutor, SagaId, SagaLog,
-    SagaOutcome, SagaState, SagaSummary, Step, StepContext, StepEffect, StepError,
+    BoxFuture, ClaimedSaga, FinishedOutcome, Lease, LogError, LoggedRecord, MemoryLog, OwnerId,
+    RecordKind, SagaDefinition, SagaError, SagaEventKind, SagaExecutor, SagaId, SagaLog,
+    SagaOutcome, SagaState, Step, StepContext, StepEffect, StepError,
 };
 use parking_lot::Mutex;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 /// What a fake service call does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -654,6 +659,121 @@ async fn recovery_reruns_the_interrupted_step_with_the_same_key_and_finishes() {
     assert_eq!(second.metrics().resumed, 1);
 }
 
+/// The attempts of one call (action or compensation) with when each began.
+type Attempts = Arc<Mutex<Vec<(u32, Instant)>>>;
+
+/// A call whose 1st, 2nd and 4th tries fail, whose 3rd hangs (the process
+/// dies during it) and whose 5th succeeds.
+fn fails_hangs_then_succeeds(
+    seen: &Attempts,
+    cx: &StepContext,
+) -> impl std::future::Future<Output = Result<(), &'static str>> + use<> {
+    let call = {
+        let mut seen = seen.lock();
+        seen.push((cx.attempt(), Instant::now()));
+        seen.len()
+    };
+    async move {
+        match call {
+            3 => std::future::pending().await,
+            5 => Ok(()),
+            _ => Err("declined"),
+        }
+    }
+}
+
+fn doubling_from_100ms() -> Backoff {
+    Backoff::exponential(Duration::from_millis(100), 2.0)
+        .jitter(Jitter::None)
+        .build()
+        .expect("valid")
+}
+
+/// Starts `definition`, lets it reach the hanging third try of `seen`,
+/// drops the executor as in a crash, recovers the log with a new one and
+/// returns the saga's outcome.
+async fn crash_during_third_try_and_recover(
+    definition: &SagaDefinition<Shop>,
+    seen: &Attempts,
+) -> SagaOutcome {
+    let shop = Arc::new(Shop::default());
+    let log = MemoryLog::new();
+    let first = executor(&shop, &log);
+    let _abandoned = first.start(definition, &()).await.unwrap();
+    while seen.lock().len() < 3 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    drop(first);
+    let second = executor(&shop, &log);
+    second.register(definition);
+    let mut recovery = second.recover().await.unwrap();
+    assert_eq!(recovery.resumed.len(), 1);
+    recovery.resumed.pop().unwrap().outcome().await.unwrap()
+}
+
+/// The waits before each retry, and the attempt numbers of the tries.
+fn waits_and_attempts(seen: &Attempts) -> (Vec<Duration>, Vec<u32>) {
+    let seen = seen.lock();
+    let waits = seen.windows(2).map(|w| w[1].1 - w[0].1).collect();
+    (waits, seen.iter().map(|(attempt, _)| *attempt).collect())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_resumed_action_waits_the_delay_of_its_next_retry_not_the_first_delay() {
+    let seen: Attempts = Arc::default();
+    let pay = {
+        let seen = Arc::clone(&seen);
+        Step::without_compensation("pay", move |_shop: Arc<Shop>, cx: StepContext| {
+            let attempt = fails_hangs_then_succeeds(&seen, &cx);
+            async move { attempt.await.map_err(StepError::no_effect) }
+        })
+        .retry(doubling_from_100ms(), 10)
+    };
+    let definition = SagaDefinition::builder("pay", 1).step(pay).build().unwrap();
+    let outcome = crash_during_third_try_and_recover(&definition, &seen).await;
+    assert!(matches!(outcome, SagaOutcome::Completed(_)), "{outcome:?}");
+    let (waits, attempts) = waits_and_attempts(&seen);
+    // Attempt 3 is run again after the crash; its failure is the third, so
+    // the wait before attempt 4 is the third retry's delay: 400 ms.
+    assert_eq!(attempts, [1, 2, 3, 3, 4]);
+    let ms = Duration::from_millis;
+    assert_eq!((waits[0], waits[1], waits[3]), (ms(100), ms(200), ms(400)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_resumed_compensation_waits_the_delay_of_its_next_retry_not_the_first_delay() {
+    let seen: Attempts = Arc::default();
+    let refund = {
+        let seen = Arc::clone(&seen);
+        Step::new(
+            "pay",
+            |_shop: Arc<Shop>, _cx: StepContext| async { Ok::<_, StepError>(()) },
+            move |_shop: Arc<Shop>, cx: StepContext| {
+                let attempt = fails_hangs_then_succeeds(&seen, &cx);
+                async move { attempt.await.map_err(palisade::BoxError::from) }
+            },
+        )
+        .compensation_retry(doubling_from_100ms(), 10)
+    };
+    let refused = Step::without_compensation("ship", |_shop: Arc<Shop>, _cx: StepContext| async {
+        Err::<(), _>(StepError::no_effect("no courier"))
+    });
+    let definition = SagaDefinition::builder("refund", 1)
+        .step(refund)
+        .step(refused)
+        .build()
+        .unwrap();
+    let outcome = crash_during_third_try_and_recover(&definition, &seen).await;
+    assert!(
+        matches!(outcome, SagaOutcome::Compensated(_)),
+        "{outcome:?}"
+    );
+    let (waits, attempts) = waits_and_attempts(&seen);
+    assert_eq!(attempts, [1, 2, 3, 3, 4]);
+    let ms = Duration::from_millis;
+    assert_eq!((waits[0], waits[1], waits[3]), (ms(100), ms(200), ms(400)));
+}
+
 /// A log whose lease renewals can be cut off, as for a partitioned executor.
 #[derive(Debug, Clone)]
 struct Partitionable {
@@ -665,17 +785,14 @@ struct Partitionable {
     appends_before_failing: Arc<Mutex<u32>>,
 }
 
-impl SagaLog for Partitionable {
+impl Faults for Partitionable {
+    type Inner = MemoryLog;
+
+    fn inner(&self) -> &MemoryLog {
+        &self.inner
+    }
     fn backend(&self) -> &'static str {
         "partitionable"
-    }
-    fn create<'a>(
-        &'a self,
-        saga: NewSaga,
-        owner: &'a OwnerId,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<Lease, LogError>> {
-        self.inner.create(saga, owner, ttl)
     }
     fn append<'a>(
         &'a self,
@@ -698,9 +815,6 @@ impl SagaLog for Partitionable {
         }
         self.inner.renew(lease, ttl)
     }
-    fn release<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<(), LogError>> {
-        self.inner.release(lease)
-    }
     fn claim<'a>(
         &'a self,
         saga: SagaId,
@@ -712,39 +826,18 @@ impl SagaLog for Partitionable {
         }
         self.inner.claim(saga, owner, ttl)
     }
-    fn claim_unfinished<'a>(
-        &'a self,
-        owner: &'a OwnerId,
-        ttl: Duration,
-        limit: usize,
-    ) -> BoxFuture<'a, Result<Vec<ClaimedSaga>, LogError>> {
-        self.inner.claim_unfinished(owner, ttl, limit)
-    }
-    fn history(&self, saga: SagaId) -> BoxFuture<'_, Result<Vec<LoggedRecord>, LogError>> {
-        self.inner.history(saga)
-    }
-    fn summary(&self, saga: SagaId) -> BoxFuture<'_, Result<SagaSummary, LogError>> {
-        self.inner.summary(saga)
-    }
-    fn list(
-        &self,
-        state: Option<SagaState>,
-        limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<SagaSummary>, LogError>> {
-        self.inner.list(state, limit)
-    }
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_partitioned_executor_is_fenced_off_after_another_takes_its_saga_over() {
     let shop = Arc::new(Shop::default());
     let memory = MemoryLog::new();
-    let log = Partitionable {
+    let log = FaultyLog(Partitionable {
         inner: memory.clone(),
         cut: Arc::default(),
         failing_appends: Arc::default(),
         appends_before_failing: Arc::default(),
-    };
+    });
     shop.plan("do:b", [Act::Block]);
     let def = saga(&["a", "b", "c"]);
     let a = SagaExecutor::builder(Arc::clone(&shop), log.clone())
@@ -805,12 +898,12 @@ async fn a_partitioned_executor_is_fenced_off_after_another_takes_its_saga_over(
 async fn a_takeover_loop_adopts_sagas_whose_lease_expired_and_leaves_live_ones_alone() {
     let shop = Arc::new(Shop::default());
     let memory = MemoryLog::new();
-    let log = Partitionable {
+    let log = FaultyLog(Partitionable {
         inner: memory.clone(),
         cut: Arc::default(),
         failing_appends: Arc::default(),
         appends_before_failing: Arc::default(),
-    };
+    });
     shop.plan("do:b", [Act::Block]);
     let def = saga(&["a", "b", "c"]);
     let a = SagaExecutor::builder(Arc::clone(&shop), log.clone())
@@ -864,13 +957,13 @@ fn a_too_short_takeover_interval_is_rejected() {
     assert_eq!(err.field(), "takeover_interval");
 }
 
-fn failing_log() -> Partitionable {
-    Partitionable {
+fn failing_log() -> FaultyLog<Partitionable> {
+    FaultyLog(Partitionable {
         inner: MemoryLog::new(),
         cut: Arc::default(),
         failing_appends: Arc::default(),
         appends_before_failing: Arc::default(),
-    }
+    })
 }
 
 #[tokio::test(start_paused = true)]

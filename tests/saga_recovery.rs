@@ -13,11 +13,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+#[path = "support/faulty_log.rs"]
+mod faulty_log;
+
+use faulty_log::{Faults, FaultyLog};
 use palisade::backoff::Backoff;
 use palisade::saga::{
-    BoxFuture, ClaimedSaga, Lease, LogError, LoggedRecord, NewSaga, OwnerId, RecordKind,
-    SagaDefinition, SagaError, SagaExecutor, SagaId, SagaLog, SagaOutcome, SagaState, SagaSummary,
-    SqliteLog, SqliteLogConfig, SqliteSync, Step, StepContext, StepError,
+    BoxFuture, Lease, LogError, RecordKind, SagaDefinition, SagaError, SagaExecutor, SagaId,
+    SagaLog, SagaOutcome, SagaState, SqliteLog, SqliteLogConfig, SqliteSync, Step, StepContext,
+    StepError,
 };
 use parking_lot::Mutex;
 use proptest::prelude::*;
@@ -149,17 +153,14 @@ struct CrashingLog {
     crashed: Arc<Notify>,
 }
 
-impl SagaLog for CrashingLog {
+impl Faults for CrashingLog {
+    type Inner = SqliteLog;
+
+    fn inner(&self) -> &SqliteLog {
+        &self.inner
+    }
     fn backend(&self) -> &'static str {
         "crashing"
-    }
-    fn create<'a>(
-        &'a self,
-        saga: NewSaga,
-        owner: &'a OwnerId,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<Lease, LogError>> {
-        self.inner.create(saga, owner, ttl)
     }
     fn append<'a>(
         &'a self,
@@ -181,41 +182,6 @@ impl SagaLog for CrashingLog {
             }
             std::future::pending().await
         })
-    }
-    fn renew<'a>(&'a self, lease: &'a Lease, ttl: Duration) -> BoxFuture<'a, Result<(), LogError>> {
-        self.inner.renew(lease, ttl)
-    }
-    fn release<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<(), LogError>> {
-        self.inner.release(lease)
-    }
-    fn claim<'a>(
-        &'a self,
-        saga: SagaId,
-        owner: &'a OwnerId,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<ClaimedSaga, LogError>> {
-        self.inner.claim(saga, owner, ttl)
-    }
-    fn claim_unfinished<'a>(
-        &'a self,
-        owner: &'a OwnerId,
-        ttl: Duration,
-        limit: usize,
-    ) -> BoxFuture<'a, Result<Vec<ClaimedSaga>, LogError>> {
-        self.inner.claim_unfinished(owner, ttl, limit)
-    }
-    fn history(&self, saga: SagaId) -> BoxFuture<'_, Result<Vec<LoggedRecord>, LogError>> {
-        self.inner.history(saga)
-    }
-    fn summary(&self, saga: SagaId) -> BoxFuture<'_, Result<SagaSummary, LogError>> {
-        self.inner.summary(saga)
-    }
-    fn list(
-        &self,
-        state: Option<SagaState>,
-        limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<SagaSummary>, LogError>> {
-        self.inner.list(state, limit)
     }
 }
 
@@ -249,13 +215,13 @@ async fn crash_and_recover(faults: &[Fault], crash_at: usize, mode: Crash) -> Ru
     let path = dir.path().join("sagas.db");
     let warehouse = Arc::new(Warehouse::default());
     let crashed = Arc::new(Notify::new());
-    let log = CrashingLog {
+    let log = FaultyLog(CrashingLog {
         inner: open(&path),
         appends: AtomicUsize::new(0),
         crash_at,
         mode,
         crashed: Arc::clone(&crashed),
-    };
+    });
     let def = definition();
     let first = executor(&warehouse, log);
     let mut ids = Vec::new();
@@ -411,13 +377,13 @@ async fn a_corrupt_record_is_reported_with_its_saga_id_and_not_skipped() {
     let def = definition();
     let first = executor(
         &warehouse,
-        CrashingLog {
+        FaultyLog(CrashingLog {
             inner: open(&path),
             appends: AtomicUsize::new(0),
             crash_at: 3,
             mode: Crash::BeforeCommit,
             crashed: Arc::clone(&crashed),
-        },
+        }),
     );
     let handle = first.start(&def, &"order").await.unwrap();
     let id = handle.id();

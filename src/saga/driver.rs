@@ -5,13 +5,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::codec::Codec;
 use super::context::{CallKind, StepContext};
-use super::definition::{Attempts, SagaDefinition, Step, StepError, StepTimedOut, UndoFn};
+use super::definition::{
+    ActionFn, Attempts, SagaDefinition, Step, StepError, StepTimedOut, UndoFn,
+};
 use super::error::SagaError;
 use super::event::{Counters, SagaEvent, SagaEventKind, bump};
 use super::executor::Shared;
@@ -20,7 +23,11 @@ use super::log::{Lease, LogError};
 use super::outcome::{SagaFailure, SagaOutcome, SagaOutput};
 use super::progress::{Progress, StepProgress};
 use super::record::{FinishedOutcome, RecordKind, SagaState, StepEffect};
-use crate::error::BoxError;
+use super::recording::Note;
+use crate::classify::Outcome;
+
+/// What the backoff is told about the attempt before each retry.
+const RETRYABLE_FAILURE: Outcome = Outcome::Failure { retryable: true };
 
 pub(crate) struct InFlight<'a>(&'a Counters);
 
@@ -44,8 +51,8 @@ pub(crate) struct Run<Ctx, C> {
     pub(crate) lease: Lease,
 }
 
-/// How one step's action ended, after its retries.
-enum ActionEnd {
+/// How a step's action or compensation ended, after its retries.
+enum CallEnd {
     Completed(Vec<u8>),
     Failed {
         error: String,
@@ -76,8 +83,14 @@ where
         });
     }
 
-    async fn append(&self, record: RecordKind) -> Result<u64, SagaError> {
-        match self.shared.log.append(&self.lease, record).await {
+    /// Records a move ([`Shared::record`]); a fenced lease is a lost one.
+    async fn record(&self, record: RecordKind, note: Note<'_>) -> Result<u64, SagaError> {
+        let definition = &self.definition.inner.name;
+        match self
+            .shared
+            .record(&self.lease, definition, record, note)
+            .await
+        {
             Ok(seq) => Ok(seq),
             Err(error @ LogError::Fenced { .. }) => Err(self.lease_lost(error)),
             Err(error) => Err(error.into()),
@@ -141,13 +154,10 @@ where
             self.run_forward(&mut progress).await?;
         }
         if progress.state == SagaState::Running {
-            self.append(RecordKind::SagaFinished {
+            let completed = RecordKind::SagaFinished {
                 outcome: FinishedOutcome::Completed,
-            })
-            .await?;
-            bump(&self.shared.counters.completed);
-            tracing::info!("saga completed");
-            self.publish(SagaEventKind::Completed);
+            };
+            self.record(completed, Note::default()).await?;
             return Ok(SagaOutcome::Completed(SagaOutput {
                 outputs: progress.outputs,
                 codec: Arc::clone(&self.shared.codec),
@@ -169,7 +179,7 @@ where
                 .collect();
             if !pending.is_empty() {
                 let outputs = Arc::new(progress.outputs.clone());
-                let (stage_failed, _) = tokio::sync::watch::channel(false);
+                let (stage_failed, _) = watch::channel(false);
                 let stage_failed = Arc::new(stage_failed);
                 let mut members = JoinSet::new();
                 for (index, step) in pending.iter().enumerate() {
@@ -197,7 +207,7 @@ where
                         .instrument(span),
                     );
                 }
-                let mut ends: Vec<Option<ActionEnd>> = pending.iter().map(|_| None).collect();
+                let mut ends: Vec<Option<CallEnd>> = pending.iter().map(|_| None).collect();
                 let mut first_error = None;
                 while let Some(joined) = members.join_next().await {
                     match joined {
@@ -219,18 +229,18 @@ where
                 for (step, end) in pending.iter().zip(ends) {
                     let name = &*step.name;
                     match end {
-                        Some(ActionEnd::Completed(output)) => {
+                        Some(CallEnd::Completed(output)) => {
                             let s = progress.step_mut(name);
                             s.completed = true;
                             s.in_flight = false;
                             progress.outputs.insert(name.to_owned(), output);
                         }
-                        Some(ActionEnd::Stopped { unknown }) => {
+                        Some(CallEnd::Stopped { unknown }) => {
                             let s = progress.step_mut(name);
                             s.in_flight = false;
                             s.unknown |= unknown;
                         }
-                        Some(ActionEnd::Failed { error, unknown }) => {
+                        Some(CallEnd::Failed { error, unknown }) => {
                             let s = progress.step_mut(name);
                             s.in_flight = false;
                             s.unknown |= unknown;
@@ -253,6 +263,8 @@ where
         Ok(())
     }
 
+    /// Runs a step's action until it completes, fails for good, or stops
+    /// because another member of its stage failed for good.
     async fn run_action(
         &self,
         step: &Step<Ctx, C>,
@@ -260,115 +272,131 @@ where
         past_pivot: bool,
         input: Arc<[u8]>,
         outputs: Arc<HashMap<String, Vec<u8>>>,
-        stage_failed: &tokio::sync::watch::Sender<bool>,
-    ) -> Result<ActionEnd, SagaError> {
+        stage_failed: &watch::Sender<bool>,
+    ) -> Result<CallEnd, SagaError> {
+        let call = Call::Action {
+            action: &step.action,
+            past_pivot,
+            stage_failed,
+        };
+        let resumed = Resumed {
+            next_attempt: so_far.next_attempt(),
+            failures: so_far.failures,
+        };
+        self.run_attempts(step, call, resumed, input, outputs).await
+    }
+
+    /// The attempt loop of both kinds of call: records each attempt's start
+    /// and end, and waits the backoff's delay for the retry that comes next.
+    ///
+    /// A resumed saga goes on where its records left off: with the attempt
+    /// number, the failure count and therefore the backoff delay that the
+    /// log says come next.
+    async fn run_attempts(
+        &self,
+        step: &Step<Ctx, C>,
+        call: Call<'_, Ctx, C>,
+        resumed: Resumed,
+        input: Arc<[u8]>,
+        outputs: Arc<HashMap<String, Vec<u8>>>,
+    ) -> Result<CallEnd, SagaError> {
         let Attempts {
             backoff,
             max_attempts,
             timeout,
-        } = &step.action_attempts;
-        let mut delays = backoff.delays();
-        let mut attempt = so_far.next_attempt();
-        let mut failures = so_far.failures;
+        } = call.attempts(step);
+        let name = &step.name;
+        let Resumed {
+            next_attempt: mut attempt,
+            mut failures,
+        } = resumed;
+        // Decorrelated jitter grows from the delay before; a resumed loop
+        // does not know it and starts that growth over.
+        let mut previous_delay = None;
         let mut unknown = false;
         loop {
-            self.append(RecordKind::StepStarted {
-                step: step.name.to_string(),
-                attempt,
-            })
-            .await?;
-            tracing::debug!(step = %step.name, attempt, "step started");
-            self.publish(SagaEventKind::StepStarted {
-                step: Arc::clone(&step.name),
-                attempt,
-            });
-            let call = StepContext {
+            self.record(call.started(name, attempt), Note::default())
+                .await?;
+            let cx = StepContext {
                 saga: self.saga(),
-                step: Arc::clone(&step.name),
-                kind: CallKind::Action,
+                step: Arc::clone(name),
+                kind: call.kind(),
                 attempt,
                 input: Arc::clone(&input),
                 outputs: Arc::clone(&outputs),
                 codec: Arc::clone(&self.shared.codec),
             };
             let started = Instant::now();
-            let action = (step.action)(Arc::clone(&self.shared.ctx), call);
+            let once = call.invoke(Arc::clone(&self.shared.ctx), cx);
             let result = match timeout {
-                Some(limit) => match tokio::time::timeout(*limit, action).await {
-                    Ok(result) => result,
-                    Err(_) => Err(StepError::unknown(StepTimedOut {
-                        step: step.name.to_string(),
-                        timeout: *limit,
-                    })),
-                },
-                None => action.await,
+                Some(limit) => tokio::time::timeout(*limit, once)
+                    .await
+                    .unwrap_or_else(|_| {
+                        let timed_out = StepTimedOut {
+                            step: name.to_string(),
+                            timeout: *limit,
+                        };
+                        Err((StepEffect::Unknown, timed_out.to_string()))
+                    }),
+                None => once.await,
             };
             let elapsed = started.elapsed();
-            match result {
+            let (effect, error) = match result {
                 Ok(output) => {
-                    self.append(RecordKind::StepCompleted {
-                        step: step.name.to_string(),
-                        output: output.clone(),
-                    })
-                    .await?;
-                    bump(&self.shared.counters.steps_completed);
-                    self.shared.counters.record_latency(&step.name, elapsed);
-                    tracing::debug!(step = %step.name, attempt, ?elapsed, "step completed");
-                    self.publish(SagaEventKind::StepCompleted {
-                        step: Arc::clone(&step.name),
+                    let note = Note {
+                        attempt,
                         elapsed,
-                    });
-                    return Ok(ActionEnd::Completed(output));
-                }
-                Err(error) => {
-                    failures += 1;
-                    let effect = match error {
-                        StepError::NoEffect(_) => StepEffect::NoEffect,
-                        StepError::Unknown(_) => StepEffect::Unknown,
+                        ..Note::default()
                     };
-                    unknown |= effect == StepEffect::Unknown;
-                    let delay = delays.next();
-                    let will_retry = past_pivot
-                        || (failures < *max_attempts && delay.is_some() && !*stage_failed.borrow());
-                    let text = error.to_string();
-                    self.append(RecordKind::StepFailed {
-                        step: step.name.to_string(),
-                        attempt,
-                        effect,
-                        error: text.clone(),
-                        will_retry,
-                    })
-                    .await?;
-                    bump(&self.shared.counters.step_failures);
-                    tracing::warn!(step = %step.name, attempt, ?effect, will_retry, error = %text, "step failed");
-                    self.publish(SagaEventKind::StepFailed {
-                        step: Arc::clone(&step.name),
-                        attempt,
-                        effect,
-                        will_retry,
-                    });
-                    if !will_retry {
-                        stage_failed.send_replace(true);
-                        return Ok(ActionEnd::Failed {
-                            error: text,
-                            unknown,
-                        });
-                    }
-                    // Wait before the next attempt, unless another step of
-                    // the stage fails for good meanwhile: then the saga
-                    // compensates and this step stops here.
+                    self.record(call.completed(name, &output), note).await?;
+                    return Ok(CallEnd::Completed(output));
+                }
+                Err(failure) => failure,
+            };
+            failures += 1;
+            unknown |= effect == StepEffect::Unknown;
+            let delay = backoff.delay(
+                failures,
+                &RETRYABLE_FAILURE,
+                previous_delay,
+                &mut rand::rng(),
+            );
+            let will_retry = call.past_pivot()
+                || (failures < *max_attempts && delay.is_some() && !call.stage_has_failed());
+            self.record(
+                call.failed(name, attempt, effect, error.clone(), will_retry),
+                Note::default(),
+            )
+            .await?;
+            if !will_retry {
+                if let Call::Action { stage_failed, .. } = &call {
+                    stage_failed.send_replace(true);
+                }
+                return Ok(CallEnd::Failed { error, unknown });
+            }
+            previous_delay = delay;
+            let pause = delay.unwrap_or_else(|| backoff.max_interval());
+            match &call {
+                // Wait before the next attempt, unless another step of the
+                // stage fails for good meanwhile: then the saga compensates
+                // and this step stops here.
+                Call::Action {
+                    stage_failed,
+                    past_pivot,
+                    ..
+                } => {
                     let mut failed = stage_failed.subscribe();
-                    let pause = delay.unwrap_or_else(|| backoff.max_interval());
                     tokio::select! {
                         () = tokio::time::sleep(pause) => {}
-                        Ok(_) = failed.wait_for(|failed| *failed), if !past_pivot => {
-                            tracing::debug!(step = %step.name, attempt, "retry dropped: another step of the stage failed");
-                            return Ok(ActionEnd::Stopped { unknown });
+                        Ok(_) = failed.wait_for(|failed| *failed), if !*past_pivot => {
+                            tracing::debug!(step = %name, attempt, "retry dropped: another step of the stage failed");
+                            return Ok(CallEnd::Stopped { unknown });
                         }
                     }
-                    attempt += 1;
                 }
+                Call::Compensation(_) => tokio::time::sleep(pause).await,
             }
+            attempt += 1;
         }
     }
 
@@ -396,16 +424,11 @@ where
                 .instrument(span)
                 .await?;
             if let Err(error) = result {
-                self.append(RecordKind::SagaStuck {
+                let stuck = RecordKind::SagaStuck {
                     step: step.name.to_string(),
                     error: error.clone(),
-                })
-                .await?;
-                bump(&self.shared.counters.stuck);
-                tracing::error!(step = %step.name, %error, "saga stuck: compensation failed");
-                self.publish(SagaEventKind::Stuck {
-                    step: Arc::clone(&step.name),
-                });
+                };
+                self.record(stuck, Note::default()).await?;
                 if let Err(release) = self.shared.log.release(&self.lease).await {
                     tracing::debug!(%release, "lease of stuck saga not released");
                 }
@@ -417,15 +440,16 @@ where
             progress.step_mut(&step.name).compensated = true;
         }
         let (step, error) = progress.failure.clone().unwrap_or_default();
-        self.append(RecordKind::SagaFinished {
+        let compensated = RecordKind::SagaFinished {
             outcome: FinishedOutcome::Compensated {
                 error: error.clone(),
             },
-        })
-        .await?;
-        bump(&self.shared.counters.compensated);
-        tracing::info!(failed_step = %step, %error, "saga compensated");
-        self.publish(SagaEventKind::Compensated);
+        };
+        let note = Note {
+            failed_step: &step,
+            ..Note::default()
+        };
+        self.record(compensated, note).await?;
         Ok(SagaOutcome::Compensated(SagaFailure { step, error }))
     }
 
@@ -438,87 +462,144 @@ where
         progress: &Progress,
         state: &StepProgress,
     ) -> Result<Result<(), String>, SagaError> {
-        let Attempts {
-            backoff,
-            max_attempts,
-            timeout,
-        } = &step.undo_attempts;
-        let mut delays = backoff.delays();
-        let mut attempt = state.next_undo_attempt();
-        let mut failures = state.undo_failures;
+        let resumed = Resumed {
+            next_attempt: state.next_undo_attempt(),
+            failures: state.undo_failures,
+        };
         let outputs = Arc::new(progress.outputs.clone());
-        loop {
-            self.append(RecordKind::CompensationStarted {
-                step: step.name.to_string(),
-                attempt,
-            })
+        let end = self
+            .run_attempts(
+                step,
+                Call::Compensation(compensation),
+                resumed,
+                Arc::clone(&progress.input),
+                outputs,
+            )
             .await?;
-            self.publish(SagaEventKind::CompensationStarted {
-                step: Arc::clone(&step.name),
-                attempt,
-            });
-            let call = StepContext {
-                saga: self.saga(),
-                step: Arc::clone(&step.name),
-                kind: CallKind::Compensation,
-                attempt,
-                input: Arc::clone(&progress.input),
-                outputs: Arc::clone(&outputs),
-                codec: Arc::clone(&self.shared.codec),
-            };
-            let started = Instant::now();
-            let undo = compensation(Arc::clone(&self.shared.ctx), call);
-            let result: Result<(), BoxError> = match timeout {
-                Some(limit) => match tokio::time::timeout(*limit, undo).await {
-                    Ok(result) => result,
-                    Err(_) => Err(Box::new(StepTimedOut {
-                        step: step.name.to_string(),
-                        timeout: *limit,
-                    })),
-                },
-                None => undo.await,
-            };
-            match result {
-                Ok(()) => {
-                    self.append(RecordKind::CompensationCompleted {
-                        step: step.name.to_string(),
-                    })
-                    .await?;
-                    bump(&self.shared.counters.compensations_completed);
-                    let elapsed = started.elapsed();
-                    tracing::info!(step = %step.name, attempt, ?elapsed, "step compensated");
-                    self.publish(SagaEventKind::CompensationCompleted {
-                        step: Arc::clone(&step.name),
-                        elapsed,
-                    });
-                    return Ok(Ok(()));
-                }
-                Err(error) => {
-                    failures += 1;
-                    let delay = delays.next();
-                    let will_retry = failures < *max_attempts && delay.is_some();
-                    let text = error.to_string();
-                    self.append(RecordKind::CompensationFailed {
-                        step: step.name.to_string(),
-                        attempt,
-                        error: text.clone(),
-                        will_retry,
-                    })
-                    .await?;
-                    bump(&self.shared.counters.compensation_failures);
-                    tracing::warn!(step = %step.name, attempt, will_retry, error = %text, "compensation failed");
-                    self.publish(SagaEventKind::CompensationFailed {
-                        step: Arc::clone(&step.name),
-                        attempt,
-                        will_retry,
-                    });
-                    if !will_retry {
-                        return Ok(Err(text));
-                    }
-                    tokio::time::sleep(delay.unwrap_or_else(|| backoff.max_interval())).await;
-                    attempt += 1;
-                }
+        Ok(match end {
+            CallEnd::Completed(_) => Ok(()),
+            CallEnd::Failed { error, .. } => Err(error),
+            // Only actions are stopped by their stage.
+            CallEnd::Stopped { .. } => Err(String::new()),
+        })
+    }
+}
+
+/// Where an attempt loop starts: what the log says so far.
+#[derive(Debug, Clone, Copy)]
+struct Resumed {
+    next_attempt: u32,
+    failures: u32,
+}
+
+/// The call an attempt loop makes: a step's action or its compensation.
+enum Call<'a, Ctx, C> {
+    Action {
+        action: &'a ActionFn<Ctx, C>,
+        /// Past the pivot, the action is retried until it completes.
+        past_pivot: bool,
+        /// Set when a member of the stage failed for good.
+        stage_failed: &'a watch::Sender<bool>,
+    },
+    Compensation(&'a UndoFn<Ctx, C>),
+}
+
+/// One attempt's failure: whether it may have had an effect, and the error
+/// as text.
+type AttemptFailure = (StepEffect, String);
+
+impl<Ctx, C> Call<'_, Ctx, C> {
+    fn kind(&self) -> CallKind {
+        match self {
+            Call::Action { .. } => CallKind::Action,
+            Call::Compensation(_) => CallKind::Compensation,
+        }
+    }
+
+    fn attempts<'s>(&self, step: &'s Step<Ctx, C>) -> &'s Attempts {
+        match self {
+            Call::Action { .. } => &step.action_attempts,
+            Call::Compensation(_) => &step.undo_attempts,
+        }
+    }
+
+    fn past_pivot(&self) -> bool {
+        matches!(
+            self,
+            Call::Action {
+                past_pivot: true,
+                ..
             }
+        )
+    }
+
+    fn stage_has_failed(&self) -> bool {
+        match self {
+            Call::Action { stage_failed, .. } => *stage_failed.borrow(),
+            Call::Compensation(_) => false,
+        }
+    }
+
+    /// Runs one attempt; a compensation's output is empty and its failures
+    /// are reported as unknown (they are not recorded with an effect).
+    async fn invoke(&self, ctx: Arc<Ctx>, cx: StepContext<C>) -> Result<Vec<u8>, AttemptFailure> {
+        match self {
+            Call::Action { action, .. } => action(ctx, cx).await.map_err(|error| {
+                let effect = match error {
+                    StepError::NoEffect(_) => StepEffect::NoEffect,
+                    StepError::Unknown(_) => StepEffect::Unknown,
+                };
+                (effect, error.to_string())
+            }),
+            Call::Compensation(undo) => undo(ctx, cx)
+                .await
+                .map(|()| Vec::new())
+                .map_err(|error| (StepEffect::Unknown, error.to_string())),
+        }
+    }
+
+    fn started(&self, step: &str, attempt: u32) -> RecordKind {
+        let step = step.to_owned();
+        match self {
+            Call::Action { .. } => RecordKind::StepStarted { step, attempt },
+            Call::Compensation(_) => RecordKind::CompensationStarted { step, attempt },
+        }
+    }
+
+    fn completed(&self, step: &str, output: &[u8]) -> RecordKind {
+        let step = step.to_owned();
+        match self {
+            Call::Action { .. } => RecordKind::StepCompleted {
+                step,
+                output: output.to_vec(),
+            },
+            Call::Compensation(_) => RecordKind::CompensationCompleted { step },
+        }
+    }
+
+    fn failed(
+        &self,
+        step: &str,
+        attempt: u32,
+        effect: StepEffect,
+        error: String,
+        will_retry: bool,
+    ) -> RecordKind {
+        let step = step.to_owned();
+        match self {
+            Call::Action { .. } => RecordKind::StepFailed {
+                step,
+                attempt,
+                effect,
+                error,
+                will_retry,
+            },
+            Call::Compensation(_) => RecordKind::CompensationFailed {
+                step,
+                attempt,
+                error,
+                will_retry,
+            },
         }
     }
 }

@@ -21,6 +21,7 @@ use super::log::{ClaimedSaga, Lease, LogError, NewSaga, SagaLog, SagaSummary};
 use super::outcome::{Recovery, SagaHandle};
 use super::progress::Progress;
 use super::record::{FinishedOutcome, LoggedRecord, RecordKind, SagaState};
+use super::recording::Note;
 use crate::backoff::Backoff;
 use crate::error::ConfigError;
 use crate::events::{EventHub, EventStream, check_event_capacity};
@@ -444,23 +445,13 @@ where
                 state: claim.state,
             });
         }
+        let abandoned = RecordKind::SagaFinished {
+            outcome: FinishedOutcome::Abandoned,
+        };
+        let definition = self.definition_name_of(&claim);
         self.shared
-            .log
-            .append(
-                &claim.lease,
-                RecordKind::SagaFinished {
-                    outcome: FinishedOutcome::Abandoned,
-                },
-            )
+            .record(&claim.lease, &definition, abandoned, Note::default())
             .await?;
-        bump(&self.shared.counters.abandoned);
-        tracing::warn!(saga = %saga, "stuck saga abandoned by an operator");
-        let definition: Arc<str> = self.definition_name_of(&claim);
-        self.shared.events.publish_with(|| SagaEvent {
-            saga,
-            definition,
-            kind: SagaEventKind::Abandoned,
-        });
         Ok(())
     }
 
@@ -597,9 +588,14 @@ where
                     state: progress.state,
                 });
             }
+            let definition = &definition.inner.name;
             self.shared
-                .log
-                .append(&claim.lease, RecordKind::StuckRetried)
+                .record(
+                    &claim.lease,
+                    definition,
+                    RecordKind::StuckRetried,
+                    Note::default(),
+                )
                 .await?;
             progress.apply(&RecordKind::StuckRetried);
         } else if !progress.state.is_active() {
@@ -718,10 +714,9 @@ where
                 // A log that is unavailable for a while (a database restart,
                 // a lost connection) does not strand the saga: take it back
                 // and go on from what the log says, until the log answers.
-                let mut delays = Backoff::default().delays();
+                let mut delays = Backoff::default().schedule();
                 while let Err(SagaError::Log(LogError::Unavailable { .. })) = &result {
-                    let delay = delays.next().unwrap_or(Duration::from_secs(10));
-                    tokio::time::sleep(delay).await;
+                    tokio::time::sleep(delays.next_delay()).await;
                     let Some(tasks) = tasks.upgrade() else { break };
                     let executor = SagaExecutor {
                         shared: Arc::clone(&shared),

@@ -165,6 +165,7 @@ pub mod log;
 mod outcome;
 mod progress;
 mod record;
+mod recording;
 
 pub use self::codec::{Codec, CodecError, JsonCodec};
 pub use self::context::{CallKind, StepContext};

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
+use super::decode::RecordDecoder;
 use super::{BoxFuture, ClaimedSaga, Lease, LogError, NewSaga, SagaLog, SagaSummary};
 use crate::saga::id::{OwnerId, SagaId};
 use crate::saga::record::{LoggedRecord, RecordKind, SagaState};
@@ -89,6 +90,16 @@ impl Entry {
         }
     }
 
+    /// The saga's records, read back through the decoder every backend
+    /// shares (which a record kept in memory always passes).
+    fn records(&self, id: SagaId) -> Result<Vec<LoggedRecord>, LogError> {
+        let mut decoder = RecordDecoder::new(id);
+        for record in &self.records {
+            decoder.push(record.clone())?;
+        }
+        Ok(decoder.finish())
+    }
+
     fn take(&mut self, id: SagaId, owner: &OwnerId, ttl: Duration, now: Instant) -> ClaimedSaga {
         self.epoch += 1;
         self.owner = owner.clone();
@@ -100,7 +111,7 @@ impl Entry {
                 epoch: self.epoch,
             },
             state: self.state,
-            records: Ok(self.records.clone()),
+            records: self.records(id),
         }
     }
 
@@ -281,8 +292,8 @@ impl SagaLog for MemoryLog {
         let result = self.with(|sagas| {
             sagas
                 .get(&saga)
-                .map(|e| e.records.clone())
-                .ok_or(LogError::NotFound { saga })
+                .ok_or(LogError::NotFound { saga })?
+                .records(saga)
         });
         Box::pin(async move { result })
     }

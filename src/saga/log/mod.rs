@@ -42,6 +42,7 @@ use std::time::{Duration, SystemTime};
 use super::id::{OwnerId, SagaId};
 use super::record::{LoggedRecord, RecordKind, SagaState};
 
+mod decode;
 mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;

@@ -1,0 +1,307 @@
+//! The PostgreSQL saga log, shared by several executor processes.
+//!
+//! Tables (in the configured schema, created if absent):
+//!
+//! * `sagas(id, definition, version, state, owner, epoch, lease_expires_at,
+//!   records, created_at, updated_at)`: one row per saga, holding its lease;
+//!   `lease_expires_at` is `NULL` once released.
+//! * `saga_records(saga_id, seq, epoch, at, kind, body jsonb, payload bytea)`,
+//!   primary key `(saga_id, seq)`: the records, split by
+//!   [`RecordKind::to_parts`].
+//! * `saga_schema(version)`: the layout's version, checked on connect.
+//!
+//! Every operation is one transaction. Writes lock the saga's row
+//! (`SELECT ... FOR UPDATE`) and check the lease in the same transaction;
+//! [`claim_unfinished`](SagaLog::claim_unfinished) locks its candidates
+//! with `FOR UPDATE SKIP LOCKED`, so executors racing for the same sagas
+//! each take different ones and never wait for each other. Lease expiry
+//! is computed with the database server's clock (`now()`), never the
+//! client's, so executors on hosts whose clocks disagree still agree on
+//! who owns a saga.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{
+    Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
+};
+use tokio_postgres::NoTls;
+
+use self::schema::Statements;
+use super::{BoxFuture, ClaimedSaga, Lease, LogError, NewSaga, SagaLog, SagaSummary};
+use crate::saga::id::{OwnerId, SagaId};
+use crate::saga::record::{LoggedRecord, RecordKind, SagaState};
+
+mod claim;
+mod config;
+mod read;
+mod schema;
+mod write;
+
+pub use self::config::{PostgresLogConfig, PostgresLogConfigBuilder};
+
+const BACKEND: &str = "postgres";
+const COMPONENT: &str = "postgres saga log";
+
+/// The version of the table layout written and read by this version of
+/// palisade; stored in the schema's `saga_schema` table.
+pub const POSTGRES_SCHEMA_VERSION: i32 = 1;
+
+/// The longest lease accepted by the log; longer TTLs (such as
+/// `Duration::MAX`) are stored as this, which no executor outlives.
+const LONGEST_LEASE: Duration = Duration::from_secs(86_400 * 365 * 100);
+
+/// [`PostgresLog::connect`] failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum PostgresConnectError {
+    /// The server could not be reached or refused the connection or the
+    /// schema creation (usually [`LogError::Unavailable`]).
+    #[error("cannot open the postgres saga log: {0}")]
+    Unavailable(#[source] LogError),
+    /// The schema was written by a different version of palisade.
+    #[error(
+        "postgres saga log schema {schema:?} has layout version {found}; \
+         this palisade reads version {supported}"
+    )]
+    SchemaVersion {
+        /// The schema.
+        schema: String,
+        /// The version stored in it.
+        found: i32,
+        /// [`POSTGRES_SCHEMA_VERSION`].
+        supported: i32,
+    },
+    /// The schema holds tables that are not a palisade saga log's.
+    #[error("postgres schema {schema:?} is not a palisade saga log: {detail}")]
+    UnknownSchema {
+        /// The schema.
+        schema: String,
+        /// What was found.
+        detail: String,
+    },
+}
+
+/// The log's connection pool, as seen by [`PostgresLog::pool_status`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PostgresPoolStatus {
+    /// [`max_connections`](PostgresLogConfigBuilder::max_connections).
+    pub max_connections: usize,
+    /// Connections open now.
+    pub open: usize,
+    /// Open connections not in use.
+    pub idle: usize,
+    /// Operations waiting for a connection.
+    pub waiting: usize,
+}
+
+/// A durable saga log in PostgreSQL that several executor processes share:
+/// each saga is owned through a lease, and an executor whose lease was
+/// taken over is fenced off (see [`SagaLog`]).
+///
+/// Clones share one connection pool. Connections are plain TCP or Unix
+/// sockets (no TLS). A lost connection or any database failure is
+/// reported as [`LogError::Unavailable`] and is transient: the pool opens
+/// a new connection for the next operation. An operation that failed with
+/// `Unavailable` while committing may still have been committed; the
+/// executor recovers from that by re-reading the log.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use palisade::saga::log::{PostgresLog, PostgresLogConfig};
+/// use palisade::saga::{NewSaga, OwnerId, SagaId, SagaLog};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let config = PostgresLogConfig::builder("postgres://palisade@127.0.0.1:5432/orders")
+///     .schema("sagas")
+///     .max_connections(16)
+///     .build()?;
+/// let log = PostgresLog::connect(config).await?;
+/// let owner = OwnerId::new("host-a:4711")?;
+/// let saga = NewSaga { id: SagaId::random(), definition: "order".into(), version: 1, input: b"{}".to_vec() };
+/// let lease = log.create(saga, &owner, Duration::from_secs(30)).await?;
+/// assert_eq!(lease.epoch, 1);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct PostgresLog {
+    pool: Pool,
+    sql: Arc<Statements>,
+}
+
+impl fmt::Debug for PostgresLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresLog")
+            .field("schema", &self.sql.schema)
+            .field("pool", &self.pool.status())
+            .finish()
+    }
+}
+
+fn unavailable(error: impl std::error::Error + Send + Sync + 'static) -> LogError {
+    LogError::unavailable(BACKEND, error)
+}
+
+fn pool_error(error: PoolError) -> LogError {
+    match error {
+        PoolError::Closed => LogError::Closed { backend: BACKEND },
+        PoolError::Backend(error) => unavailable(error),
+        other => unavailable(other),
+    }
+}
+
+impl PostgresLog {
+    /// Connects, creates the schema and its tables if absent, and checks
+    /// the layout version of an existing schema.
+    ///
+    /// Several processes may connect to a new schema at once: creation is
+    /// serialized with an advisory lock.
+    pub async fn connect(config: PostgresLogConfig) -> Result<Self, PostgresConnectError> {
+        let manager = Manager::from_config(
+            config.pg.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(config.max_connections)
+            .runtime(Runtime::Tokio1)
+            .create_timeout(Some(config.connect_timeout))
+            .wait_timeout(Some(config.acquire_timeout))
+            .build()
+            .map_err(|e| PostgresConnectError::Unavailable(unavailable(e)))?;
+        let log = Self {
+            pool,
+            sql: Arc::new(Statements::new(&config.schema)),
+        };
+        log.prepare_schema().await?;
+        tracing::info!(
+            schema = %config.schema,
+            max_connections = config.max_connections,
+            "postgres saga log connected"
+        );
+        Ok(log)
+    }
+
+    /// The schema holding the tables.
+    pub fn schema(&self) -> &str {
+        &self.sql.schema
+    }
+
+    /// The connection pool's state.
+    pub fn pool_status(&self) -> PostgresPoolStatus {
+        let status = self.pool.status();
+        PostgresPoolStatus {
+            max_connections: status.max_size,
+            open: status.size,
+            idle: status.available,
+            waiting: status.waiting,
+        }
+    }
+
+    /// Closes the pool: operations in progress finish, later ones fail
+    /// with [`LogError::Closed`]. Clones share the pool and are closed
+    /// too.
+    pub fn close(&self) {
+        self.pool.close();
+    }
+
+    async fn client(&self) -> Result<Object, LogError> {
+        self.pool.get().await.map_err(pool_error)
+    }
+}
+
+fn as_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// Logs a failed operation: unavailability at `warn`, refusals (fencing,
+/// held leases) at `debug`.
+fn traced<T>(operation: &'static str, result: Result<T, LogError>) -> Result<T, LogError> {
+    match &result {
+        Err(error @ (LogError::Unavailable { .. } | LogError::Corrupt { .. })) => {
+            tracing::warn!(operation, %error, "postgres saga log operation failed");
+        }
+        Err(error) => tracing::debug!(operation, %error, "postgres saga log refused"),
+        Ok(_) => {}
+    }
+    result
+}
+
+impl SagaLog for PostgresLog {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn create<'a>(
+        &'a self,
+        saga: NewSaga,
+        owner: &'a OwnerId,
+        lease_ttl: Duration,
+    ) -> BoxFuture<'a, Result<Lease, LogError>> {
+        Box::pin(async move { traced("create", self.create_saga(saga, owner, lease_ttl).await) })
+    }
+
+    fn append<'a>(
+        &'a self,
+        lease: &'a Lease,
+        record: RecordKind,
+    ) -> BoxFuture<'a, Result<u64, LogError>> {
+        Box::pin(async move { traced("append", self.append_record(lease, record).await) })
+    }
+
+    fn renew<'a>(
+        &'a self,
+        lease: &'a Lease,
+        lease_ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), LogError>> {
+        Box::pin(async move { traced("renew", self.set_lease(lease, Some(lease_ttl)).await) })
+    }
+
+    fn release<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<(), LogError>> {
+        Box::pin(async move { traced("release", self.set_lease(lease, None).await) })
+    }
+
+    fn claim<'a>(
+        &'a self,
+        saga: SagaId,
+        owner: &'a OwnerId,
+        lease_ttl: Duration,
+    ) -> BoxFuture<'a, Result<ClaimedSaga, LogError>> {
+        Box::pin(async move { traced("claim", self.claim_one(saga, owner, lease_ttl).await) })
+    }
+
+    fn claim_unfinished<'a>(
+        &'a self,
+        owner: &'a OwnerId,
+        lease_ttl: Duration,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<ClaimedSaga>, LogError>> {
+        Box::pin(async move {
+            traced(
+                "claim_unfinished",
+                self.claim_many(owner, lease_ttl, limit).await,
+            )
+        })
+    }
+
+    fn history(&self, saga: SagaId) -> BoxFuture<'_, Result<Vec<LoggedRecord>, LogError>> {
+        Box::pin(async move { traced("history", self.read_history(saga).await) })
+    }
+
+    fn summary(&self, saga: SagaId) -> BoxFuture<'_, Result<SagaSummary, LogError>> {
+        Box::pin(async move { traced("summary", self.read_summary(saga).await) })
+    }
+
+    fn list(
+        &self,
+        state: Option<SagaState>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<SagaSummary>, LogError>> {
+        Box::pin(async move { traced("list", self.read_list(state, limit).await) })
+    }
+}

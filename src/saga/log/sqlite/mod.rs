@@ -1,0 +1,203 @@
+//! The SQLite saga log, with group commit.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use rusqlite::Connection;
+use tokio::sync::oneshot;
+
+use self::writer::{Command, Reply, Writer};
+use super::{BoxFuture, ClaimedSaga, Lease, LogError, NewSaga, SagaLog, SagaSummary};
+use crate::saga::id::{OwnerId, SagaId};
+use crate::saga::record::{LoggedRecord, RecordKind, SagaState};
+
+mod config;
+mod operations;
+mod writer;
+
+pub use self::config::{MAX_SQLITE_BATCH, SqliteLogConfig, SqliteLogConfigBuilder, SqliteSync};
+
+const BACKEND: &str = "sqlite";
+
+/// A durable saga log in a SQLite file (WAL mode), for one process or a
+/// few on one host.
+///
+/// One writer thread owns the connection. Operations that arrive while a
+/// transaction commits are *group committed*: the next transaction applies
+/// all of them (up to [`max_batch`](SqliteLogConfigBuilder::max_batch)),
+/// and each is acknowledged only after the transaction that holds it has
+/// committed. Each operation's checks (fencing, state) run inside that
+/// transaction, in arrival order, so batching changes nothing but speed.
+///
+/// Lease expiry uses the system clock.
+///
+/// ```
+/// use palisade::saga::{SqliteLog, SagaLog};
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// let log = SqliteLog::open(dir.path().join("sagas.db")).unwrap();
+/// assert_eq!(log.backend(), "sqlite");
+/// ```
+#[derive(Debug, Clone)]
+pub struct SqliteLog {
+    commands: mpsc::Sender<Command>,
+    path: PathBuf,
+}
+
+pub(super) fn unavailable(error: impl std::error::Error + Send + Sync + 'static) -> LogError {
+    LogError::unavailable(BACKEND, error)
+}
+
+impl SqliteLog {
+    /// Opens (or creates) the log at `path` with the default settings.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, LogError> {
+        Self::open_with(path, SqliteLogConfig::default())
+    }
+
+    /// Opens (or creates) the log at `path`.
+    pub fn open_with(path: impl AsRef<Path>, config: SqliteLogConfig) -> Result<Self, LogError> {
+        let path = path.as_ref().to_path_buf();
+        let connection = Connection::open(&path).map_err(unavailable)?;
+        connection
+            .busy_timeout(config.busy_timeout)
+            .map_err(unavailable)?;
+        let mode: String = connection
+            .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+            .map_err(unavailable)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(LogError::unavailable(
+                BACKEND,
+                format!("cannot use WAL journal mode (got {mode})"),
+            ));
+        }
+        let sync = match config.synchronous {
+            SqliteSync::Full => "FULL",
+            SqliteSync::Normal => "NORMAL",
+        };
+        connection
+            .execute_batch(&format!(
+                "PRAGMA synchronous = {sync};
+                 CREATE TABLE IF NOT EXISTS saga (
+                     id TEXT PRIMARY KEY,
+                     definition TEXT NOT NULL,
+                     version INTEGER NOT NULL,
+                     state TEXT NOT NULL,
+                     owner TEXT NOT NULL,
+                     epoch INTEGER NOT NULL,
+                     lease_expires_ms INTEGER,
+                     records INTEGER NOT NULL,
+                     created_ms INTEGER NOT NULL,
+                     updated_ms INTEGER NOT NULL
+                 );
+                 CREATE INDEX IF NOT EXISTS saga_by_state ON saga (state, created_ms);
+                 CREATE TABLE IF NOT EXISTS saga_record (
+                     saga TEXT NOT NULL,
+                     seq INTEGER NOT NULL,
+                     epoch INTEGER NOT NULL,
+                     at_ms INTEGER NOT NULL,
+                     kind TEXT NOT NULL,
+                     body TEXT NOT NULL,
+                     payload BLOB,
+                     PRIMARY KEY (saga, seq)
+                 ) WITHOUT ROWID;"
+            ))
+            .map_err(unavailable)?;
+        let (commands, receiver) = mpsc::channel();
+        let max_batch = config.max_batch;
+        thread::Builder::new()
+            .name("palisade-saga-sqlite".into())
+            .spawn(move || Writer { connection }.run(receiver, max_batch))
+            .map_err(unavailable)?;
+        Ok(Self { commands, path })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn send<T: Send + 'static>(
+        &self,
+        command: impl FnOnce(Reply<T>) -> Command,
+    ) -> BoxFuture<'static, Result<T, LogError>> {
+        let (reply, result) = oneshot::channel();
+        let sent = self.commands.send(command(reply));
+        Box::pin(async move {
+            sent.map_err(|_| LogError::Closed { backend: BACKEND })?;
+            result
+                .await
+                .unwrap_or(Err(LogError::Closed { backend: BACKEND }))
+        })
+    }
+}
+
+impl SagaLog for SqliteLog {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn create<'a>(
+        &'a self,
+        saga: NewSaga,
+        owner: &'a OwnerId,
+        lease_ttl: Duration,
+    ) -> BoxFuture<'a, Result<Lease, LogError>> {
+        self.send(|r| Command::Create(saga, owner.clone(), lease_ttl, r))
+    }
+
+    fn append<'a>(
+        &'a self,
+        lease: &'a Lease,
+        record: RecordKind,
+    ) -> BoxFuture<'a, Result<u64, LogError>> {
+        self.send(|r| Command::Append(lease.clone(), record, r))
+    }
+
+    fn renew<'a>(
+        &'a self,
+        lease: &'a Lease,
+        lease_ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), LogError>> {
+        self.send(|r| Command::Renew(lease.clone(), lease_ttl, r))
+    }
+
+    fn release<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<(), LogError>> {
+        self.send(|r| Command::Release(lease.clone(), r))
+    }
+
+    fn claim<'a>(
+        &'a self,
+        saga: SagaId,
+        owner: &'a OwnerId,
+        lease_ttl: Duration,
+    ) -> BoxFuture<'a, Result<ClaimedSaga, LogError>> {
+        self.send(|r| Command::Claim(saga, owner.clone(), lease_ttl, r))
+    }
+
+    fn claim_unfinished<'a>(
+        &'a self,
+        owner: &'a OwnerId,
+        lease_ttl: Duration,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<ClaimedSaga>, LogError>> {
+        self.send(|r| Command::ClaimUnfinished(owner.clone(), lease_ttl, limit, r))
+    }
+
+    fn history(&self, saga: SagaId) -> BoxFuture<'_, Result<Vec<LoggedRecord>, LogError>> {
+        self.send(|r| Command::History(saga, r))
+    }
+
+    fn summary(&self, saga: SagaId) -> BoxFuture<'_, Result<SagaSummary, LogError>> {
+        self.send(|r| Command::Summary(saga, r))
+    }
+
+    fn list(
+        &self,
+        state: Option<SagaState>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<SagaSummary>, LogError>> {
+        self.send(|r| Command::List(state, limit, r))
+    }
+}

@@ -1,0 +1,190 @@
+//! The writer thread: group commit of the operations that queue up while a transaction commits.
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use rusqlite::{Connection, Transaction, TransactionBehavior};
+use tokio::sync::oneshot;
+
+use super::operations::{
+    Sql, append, claim, claim_unfinished, create, history, list, renew, summary,
+};
+use super::unavailable;
+use crate::saga::id::{OwnerId, SagaId};
+use crate::saga::log::{ClaimedSaga, Lease, LogError, NewSaga, SagaSummary};
+use crate::saga::record::{LoggedRecord, RecordKind, SagaState};
+
+pub(super) type Reply<T> = oneshot::Sender<Result<T, LogError>>;
+
+pub(super) enum Command {
+    Create(NewSaga, OwnerId, Duration, Reply<Lease>),
+    Append(Lease, RecordKind, Reply<u64>),
+    Renew(Lease, Duration, Reply<()>),
+    Release(Lease, Reply<()>),
+    Claim(SagaId, OwnerId, Duration, Reply<ClaimedSaga>),
+    ClaimUnfinished(OwnerId, Duration, usize, Reply<Vec<ClaimedSaga>>),
+    History(SagaId, Reply<Vec<LoggedRecord>>),
+    Summary(SagaId, Reply<SagaSummary>),
+    List(Option<SagaState>, usize, Reply<Vec<SagaSummary>>),
+}
+
+/// One operation's outcome, waiting for its transaction to commit.
+enum Done {
+    Lease(Reply<Lease>, Result<Lease, LogError>),
+    Seq(Reply<u64>, Result<u64, LogError>),
+    Unit(Reply<()>, Result<(), LogError>),
+    Claimed(Reply<ClaimedSaga>, Result<ClaimedSaga, LogError>),
+    ClaimedMany(Reply<Vec<ClaimedSaga>>, Result<Vec<ClaimedSaga>, LogError>),
+    History(
+        Reply<Vec<LoggedRecord>>,
+        Result<Vec<LoggedRecord>, LogError>,
+    ),
+    Summary(Reply<SagaSummary>, Result<SagaSummary, LogError>),
+    List(Reply<Vec<SagaSummary>>, Result<Vec<SagaSummary>, LogError>),
+}
+
+impl Done {
+    fn send(self) {
+        // A dropped receiver means the caller stopped waiting.
+        let _ = match self {
+            Done::Lease(r, v) => r.send(v).map_err(drop),
+            Done::Seq(r, v) => r.send(v).map_err(drop),
+            Done::Unit(r, v) => r.send(v).map_err(drop),
+            Done::Claimed(r, v) => r.send(v).map_err(drop),
+            Done::ClaimedMany(r, v) => r.send(v).map_err(drop),
+            Done::History(r, v) => r.send(v).map_err(drop),
+            Done::Summary(r, v) => r.send(v).map_err(drop),
+            Done::List(r, v) => r.send(v).map_err(drop),
+        };
+    }
+
+    /// Replaces the outcome with `error` (the transaction did not commit).
+    fn fail(self, error: LogError) {
+        match self {
+            Done::Lease(r, _) => Done::Lease(r, Err(error)),
+            Done::Seq(r, _) => Done::Seq(r, Err(error)),
+            Done::Unit(r, _) => Done::Unit(r, Err(error)),
+            Done::Claimed(r, _) => Done::Claimed(r, Err(error)),
+            Done::ClaimedMany(r, _) => Done::ClaimedMany(r, Err(error)),
+            Done::History(r, _) => Done::History(r, Err(error)),
+            Done::Summary(r, _) => Done::Summary(r, Err(error)),
+            Done::List(r, _) => Done::List(r, Err(error)),
+        }
+        .send();
+    }
+}
+
+pub(super) struct Writer {
+    pub(super) connection: Connection,
+}
+
+impl Writer {
+    pub(super) fn run(mut self, receiver: mpsc::Receiver<Command>, max_batch: usize) {
+        let mut batch = Vec::with_capacity(max_batch);
+        while let Ok(first) = receiver.recv() {
+            batch.push(first);
+            while batch.len() < max_batch {
+                match receiver.try_recv() {
+                    Ok(command) => batch.push(command),
+                    Err(_) => break,
+                }
+            }
+            self.commit_batch(&mut batch);
+        }
+    }
+
+    /// Applies a batch in one transaction and answers each operation only
+    /// after the commit. If any statement or the commit fails, nothing of
+    /// the batch happened and every operation in it fails with
+    /// [`LogError::Unavailable`].
+    fn commit_batch(&mut self, batch: &mut Vec<Command>) {
+        let tx = match self
+            .connection
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+        {
+            Ok(tx) => tx,
+            Err(error) => {
+                let error = unavailable(error);
+                for command in batch.drain(..) {
+                    fail_command(command, error.clone());
+                }
+                return;
+            }
+        };
+        let mut done = Vec::with_capacity(batch.len());
+        let mut failure: Option<LogError> = None;
+        for command in batch.drain(..) {
+            match &failure {
+                Some(error) => fail_command(command, error.clone()),
+                None => {
+                    let (d, error) = apply(&tx, command);
+                    done.push(d);
+                    failure = error;
+                }
+            }
+        }
+        if failure.is_none() {
+            if let Err(error) = tx.commit() {
+                failure = Some(unavailable(error));
+            }
+        } else {
+            drop(tx); // rolls back
+        }
+        match failure {
+            None => done.into_iter().for_each(Done::send),
+            Some(error) => {
+                tracing::warn!(%error, operations = done.len(), "sqlite saga log transaction failed");
+                for d in done {
+                    d.fail(error.clone());
+                }
+            }
+        }
+    }
+}
+
+fn fail_command(command: Command, error: LogError) {
+    match command {
+        Command::Create(.., r) => drop(r.send(Err(error))),
+        Command::Append(.., r) => drop(r.send(Err(error))),
+        Command::Renew(.., r) => drop(r.send(Err(error))),
+        Command::Release(.., r) => drop(r.send(Err(error))),
+        Command::Claim(.., r) => drop(r.send(Err(error))),
+        Command::ClaimUnfinished(.., r) => drop(r.send(Err(error))),
+        Command::History(.., r) => drop(r.send(Err(error))),
+        Command::Summary(.., r) => drop(r.send(Err(error))),
+        Command::List(.., r) => drop(r.send(Err(error))),
+    }
+}
+
+/// Runs one operation in `tx`. The second value is set when a statement
+/// failed, which dooms the transaction.
+fn apply(tx: &Transaction<'_>, command: Command) -> (Done, Option<LogError>) {
+    fn split<T>(result: Sql<T>) -> (Result<T, LogError>, Option<LogError>) {
+        match result {
+            Ok(result) => (result, None),
+            Err(error) => {
+                let error = unavailable(error);
+                (Err(error.clone()), Some(error))
+            }
+        }
+    }
+    macro_rules! run {
+        ($variant:ident, $reply:expr, $op:expr) => {{
+            let (result, failure) = split($op);
+            (Done::$variant($reply, result), failure)
+        }};
+    }
+    match command {
+        Command::Create(saga, owner, ttl, r) => run!(Lease, r, create(tx, saga, &owner, ttl)),
+        Command::Append(lease, record, r) => run!(Seq, r, append(tx, &lease, record)),
+        Command::Renew(lease, ttl, r) => run!(Unit, r, renew(tx, &lease, Some(ttl))),
+        Command::Release(lease, r) => run!(Unit, r, renew(tx, &lease, None)),
+        Command::Claim(saga, owner, ttl, r) => run!(Claimed, r, claim(tx, saga, &owner, ttl)),
+        Command::ClaimUnfinished(owner, ttl, limit, r) => {
+            run!(ClaimedMany, r, claim_unfinished(tx, &owner, ttl, limit))
+        }
+        Command::History(saga, r) => run!(History, r, history(tx, saga)),
+        Command::Summary(saga, r) => run!(Summary, r, summary(tx, saga)),
+        Command::List(state, limit, r) => run!(List, r, list(tx, state, limit)),
+    }
+}
