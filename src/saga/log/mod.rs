@@ -34,8 +34,6 @@
 
 use std::error::Error as StdError;
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -62,8 +60,7 @@ pub use self::sqlite::{
     MAX_SQLITE_BATCH, SqliteLog, SqliteLogConfig, SqliteLogConfigBuilder, SqliteSync,
 };
 
-/// A boxed, sendable future, as returned by [`SagaLog`] methods.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub use crate::future::BoxFuture;
 
 /// The right to write a saga's records, held by one executor.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
