@@ -198,19 +198,23 @@ async fn a_dropped_waiter_is_no_longer_counted() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_service_that_is_not_ready_takes_no_permit() {
+async fn the_permit_is_taken_before_the_inner_service_is_asked_to_be_ready() {
     let limiter = limiter(per_second(1));
     let readiness = NotReady::default();
     let mut service = limiter.layer().layer(readiness.clone());
     let ready = futures::FutureExt::now_or_never(service.ready());
     assert!(ready.is_none(), "the inner service is not ready");
-    assert_eq!(limiter.metrics().permitted, 0);
-    readiness.0.store(true, std::sync::atomic::Ordering::SeqCst);
-    service.ready().await.unwrap();
     assert_eq!(
         limiter.metrics().permitted,
         1,
-        "taken once the service is ready"
+        "the limiter decides first (tower's ConcurrencyLimit order)"
+    );
+    readiness.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    service.ready().await.unwrap().call(()).await.unwrap();
+    assert_eq!(
+        limiter.metrics().permitted,
+        1,
+        "one permit for the one call"
     );
     assert!(limiter.try_acquire().is_err());
 }

@@ -47,9 +47,12 @@
 //!
 //! # Guarantees
 //!
-//! * A service that is not ready takes no permit; a rejected call never
-//!   reaches the inner service and fails with [`RateLimited`], which says
-//!   when the next permit is due.
+//! * The limiter decides before the inner service is asked to be ready
+//!   (tower's `ConcurrencyLimit` order): a permit is taken first and spent
+//!   on that call, however long the inner service then takes to be ready.
+//!   A rejected call never polls the inner service, so it reserves nothing
+//!   in the layers inside (a bulkhead's permit), never reaches it, and
+//!   fails with [`RateLimited`], which says when the next permit is due.
 //! * A caller whose permit would come after its `max_wait_duration` is
 //!   rejected at once, not after waiting in vain.
 //! * Every clone of a limiter, and every service built from it, shares its
