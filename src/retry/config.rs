@@ -107,7 +107,13 @@ impl RetryConfigBuilder {
     /// A deadline over all attempts and the waits between them, counted
     /// from the first attempt. No wait ends after it and, when an
     /// `attempt_timeout` is set, no attempt starts that could not finish
-    /// before it. Non-zero. Default: none.
+    /// before it. That includes the wait for the inner service to be ready
+    /// for a retry (a bulkhead's or a rate limiter's wait inside the retry):
+    /// if it is not ready by the last moment an attempt could start, the
+    /// call gives up with the last failure
+    /// ([`GiveUpReason::DeadlineReached`](super::GiveUpReason::DeadlineReached)).
+    /// Without an `attempt_timeout`, the last attempt itself may run past
+    /// the deadline. Non-zero. Default: none.
     pub fn max_elapsed(mut self, deadline: Duration) -> Self {
         self.config.max_elapsed = Some(deadline);
         self
