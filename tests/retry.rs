@@ -514,6 +514,82 @@ mod http_requests {
         );
     }
 
+    /// The gap between the first two attempts when the first answers 503
+    /// with `Retry-After: value` (the backoff alone would wait 1 s).
+    async fn gap_after_retry_after(value: &'static str) -> Duration {
+        let (backend, arrivals) =
+            scripted(vec![(503, vec![("retry-after", value)]), (200, vec![])]);
+        let mut service = http_layer().layer(backend);
+        let request = http::Request::get("http://x/")
+            .body(String::new())
+            .expect("request");
+        assert_eq!(send(&mut service, request).await.status(), 200);
+        let arrivals = arrivals.lock().expect("arrivals");
+        arrivals[1] - arrivals[0]
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_signed_retry_after_is_ignored_and_the_backoff_used() {
+        assert_eq!(gap_after_retry_after("+5").await, SECOND, "+5");
+        assert_eq!(gap_after_retry_after("-5").await, SECOND, "-5");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_after_too_large_to_count_waits_the_max_interval() {
+        assert_eq!(
+            gap_after_retry_after("99999999999999999999999").await,
+            5 * SECOND,
+            "the backoff's max_interval, not its 1 s"
+        );
+    }
+
+    #[test]
+    fn retry_after_delay_seconds_is_digits_only_and_saturates() {
+        use palisade::retry::parse_retry_after;
+        use std::time::SystemTime;
+        let now = SystemTime::now();
+        assert_eq!(parse_retry_after("5", now), Some(5 * SECOND));
+        assert_eq!(parse_retry_after(" 5 ", now), Some(5 * SECOND));
+        for invalid in ["+5", "-5", "", " ", "5s", "0x5", "5.0", "\u{0665}"] {
+            assert_eq!(parse_retry_after(invalid, now), None, "{invalid:?}");
+        }
+        assert_eq!(
+            parse_retry_after("18446744073709551616", now),
+            Some(Duration::from_secs(u64::MAX)),
+            "u64::MAX + 1 seconds"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_delay_ending_past_max_elapsed_gives_up_at_once() {
+        let (backend, arrivals) = scripted(vec![(503, vec![("retry-after", "3")]), (200, vec![])]);
+        let backoff = Backoff::constant(SECOND)
+            .max_interval(5 * SECOND)
+            .build()
+            .expect("valid backoff");
+        let retry = layer(config().backoff(backoff).max_elapsed(2 * SECOND));
+        let mut events = retry.retry().subscribe();
+        let mut service = retry
+            .with_classifier(HttpStatusClassifier::new())
+            .with_policy(HttpRetryPolicy)
+            .layer(backend);
+        let started = Instant::now();
+        let request = http::Request::get("http://x/")
+            .body(String::new())
+            .expect("request");
+        let response = send(&mut service, request).await;
+        assert_eq!(response.status(), 503, "the server's answer, at once");
+        assert_eq!(started.elapsed(), Duration::ZERO, "no shortened wait");
+        assert_eq!(arrivals.lock().expect("arrivals").len(), 1);
+        assert!(matches!(
+            events.drain().pop().map(|e| e.kind),
+            Some(RetryEventKind::Failed {
+                reason: GiveUpReason::DeadlineReached,
+                ..
+            })
+        ));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_non_idempotent_post_is_not_retried() {
         let (backend, arrivals) = scripted(vec![(503, vec![]), (200, vec![])]);

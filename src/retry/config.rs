@@ -160,8 +160,12 @@ impl RetryConfigBuilder {
 
     /// Whether a delay asked for by the server (`Retry-After`,
     /// `grpc-retry-pushback-ms`, as the policy reads it) replaces the
-    /// backoff's delay, still bounded by the backoff's `max_interval` and by
-    /// `max_elapsed`. Default `true`.
+    /// backoff's delay. The delay is cut to the backoff's `max_interval`,
+    /// but never shortened to fit `max_elapsed`: when the retry after it
+    /// could not start (or, with an `attempt_timeout`, finish) before the
+    /// deadline, the call gives up at once with the server's answer
+    /// ([`GiveUpReason::DeadlineReached`](super::GiveUpReason::DeadlineReached)),
+    /// as it does for a backoff delay. Default `true`.
     pub fn honor_server_delay(mut self, honor: bool) -> Self {
         self.config.honor_server_delay = honor;
         self
