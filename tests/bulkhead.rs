@@ -421,3 +421,19 @@ async fn a_retry_outside_the_bulkhead_does_not_retry_its_rejection() {
     );
     assert_eq!(retry.retry().metrics().retries, 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_max_wait_of_duration_max_waits_until_a_permit_is_free() {
+    let b = bulkhead(config(1).max_wait_duration(Duration::MAX));
+    let held = b.try_acquire().expect("free");
+    let waiter = tokio::spawn({
+        let b = b.clone();
+        async move { b.acquire().await.map(drop) }
+    });
+    tokio::time::advance(Duration::from_secs(86_400 * 365)).await;
+    assert_eq!(b.metrics().waiting, 1, "still waiting a year later");
+    drop(held);
+    waiter.await.expect("no panic").expect("got the permit");
+    let mut service = b.layer().layer(Backend::default());
+    service.ready().await.expect("ready");
+}

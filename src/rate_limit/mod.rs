@@ -41,8 +41,8 @@
 //! | option | default | meaning |
 //! |---|---|---|
 //! | `limit_for_period` | 50 | Calls permitted per period; also the largest burst. |
-//! | `limit_refresh_period` | 1 s | The period. |
-//! | `max_wait_duration` | 0 | How long a caller may wait for a permit; zero fails fast. |
+//! | `limit_refresh_period` | 1 s | The period, at most [`MAX_LIMIT_REFRESH_PERIOD`] (100 years). |
+//! | `max_wait_duration` | 0 | How long a caller may wait for a permit; zero fails fast, and a wait whose end the clock cannot represent (`Duration::MAX`) has no end. |
 //! | `event_capacity` | 256 | Events buffered per subscriber. |
 //!
 //! # Guarantees
@@ -74,7 +74,7 @@ mod registry;
 mod service;
 mod state;
 
-pub use self::config::{RateLimiterConfig, RateLimiterConfigBuilder};
+pub use self::config::{MAX_LIMIT_REFRESH_PERIOD, RateLimiterConfig, RateLimiterConfigBuilder};
 pub use self::error::RateLimited;
 pub use self::event::{RateLimiterEvent, RateLimiterEventKind};
 pub use self::future::ResponseFuture;
