@@ -334,14 +334,15 @@ async fn an_admitted_call_holds_its_permit_while_the_inner_service_gets_ready() 
     }
     let b = bulkhead(config(1));
     let mut service = b.layer().layer(NeverReady);
-    let mut ready = std::pin::pin!(service.ready());
-    assert!(futures::poll!(&mut ready).is_pending());
-    assert_eq!(
-        b.metrics().available_permits,
-        0,
-        "the bulkhead decides before it asks the inner service (tower's ConcurrencyLimit order)"
-    );
-    drop(ready);
+    {
+        let mut ready = std::pin::pin!(service.ready());
+        assert!(futures::poll!(&mut ready).is_pending());
+        assert_eq!(
+            b.metrics().available_permits,
+            0,
+            "the bulkhead decides before it asks the inner service (tower's ConcurrencyLimit order)"
+        );
+    }
     drop(service);
     assert_eq!(
         b.metrics().available_permits,
