@@ -54,9 +54,10 @@ impl AnchoredClock {
         }
     }
 
-    /// The tokio instant `nanos` after the anchor (for timers).
+    /// The tokio instant `nanos` after the anchor (for timers), saturating
+    /// as [`saturating_add`] does.
     pub(crate) fn instant_at(&self, nanos: u64) -> tokio::time::Instant {
-        self.tokio_anchor + Duration::from_nanos(nanos)
+        saturating_add(self.tokio_anchor, Duration::from_nanos(nanos))
     }
 
     /// Nanoseconds since the anchor.
@@ -69,6 +70,26 @@ impl AnchoredClock {
             CallClock::Coarse => coarse_nanos().saturating_sub(self.coarse_anchor),
         }
     }
+}
+
+/// How far [`saturating_add`] looks ahead when the clock cannot represent
+/// the instant asked for: 30 years, tokio's own horizon for a timer that
+/// never fires.
+const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 86_400);
+
+/// `instant + duration` without the panic of `Instant + Duration`: when the
+/// clock cannot represent that instant (a `Duration::MAX` from a
+/// configuration, say), an instant 30 years ahead instead, which a timer
+/// treats as never. Should even that overflow (no platform tokio runs on
+/// does), `instant` itself.
+pub(crate) fn saturating_add(
+    instant: tokio::time::Instant,
+    duration: Duration,
+) -> tokio::time::Instant {
+    instant
+        .checked_add(duration)
+        .or_else(|| instant.checked_add(FAR_FUTURE))
+        .unwrap_or(instant)
 }
 
 /// Converts a duration to whole nanoseconds, saturating at `u64::MAX` (584 years).
@@ -118,6 +139,18 @@ pub(crate) fn coarse_nanos() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn instants_past_what_the_clock_can_represent_saturate_far_ahead() {
+        let now = tokio::time::Instant::now();
+        assert_eq!(
+            saturating_add(now, Duration::from_secs(5)),
+            now + Duration::from_secs(5)
+        );
+        assert_eq!(saturating_add(now, Duration::MAX), now + FAR_FUTURE);
+        let clock = AnchoredClock::new(CallClock::Tokio);
+        assert!(clock.instant_at(u64::MAX) > now + Duration::from_secs(86_400 * 365 * 29));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn tokio_clock_follows_paused_time() {

@@ -12,6 +12,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
+use tower_service::Service;
 
 use crate::error::BoxError;
 
@@ -69,6 +70,41 @@ pub(crate) enum Admission<W, P, E> {
 }
 
 impl<W, P, E> Admission<W, P, E> {
+    /// The end of `poll_ready` once the layer has decided, or `None` while
+    /// it has not (`Idle`, `Waiting`).
+    ///
+    /// The layer decides first and asks `inner` only once it has admitted
+    /// the call, as tower's `ConcurrencyLimit` does: a rejected call never
+    /// polls `inner`, so it reserves nothing downstream (a bulkhead permit,
+    /// a rate permit) that it would then hold without using, and leaves no
+    /// decision of `inner`'s behind for a later call. An admitted call
+    /// keeps its permit while `inner` is not ready; if `inner` fails, the
+    /// permit is dropped (given back, if the layer can) with the decision.
+    #[inline]
+    pub(crate) fn poll_decided<S, Req>(
+        &mut self,
+        inner: &mut S,
+        cx: &mut Context<'_>,
+    ) -> Option<Poll<Result<(), BoxError>>>
+    where
+        S: Service<Req>,
+        S::Error: Into<BoxError>,
+    {
+        match self {
+            Admission::Idle | Admission::Waiting(_) => None,
+            // `call` fails at once, without the inner service.
+            Admission::Rejected(_) => Some(Poll::Ready(Ok(()))),
+            Admission::Permitted(_) => Some(match inner.poll_ready(cx) {
+                Poll::Ready(Err(error)) => {
+                    *self = Admission::Idle;
+                    Poll::Ready(Err(error.into()))
+                }
+                Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
+                Poll::Pending => Poll::Pending,
+            }),
+        }
+    }
+
     /// Starts the call `poll_ready` admitted (with `call`), or returns its
     /// rejection; the next call needs a new `poll_ready`. Panics, as tower's
     /// contract allows, if `poll_ready` did not return `Ready(Ok)` first.

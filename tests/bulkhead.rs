@@ -319,7 +319,7 @@ async fn a_permit_taken_by_poll_ready_comes_back_when_the_service_is_dropped() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_service_that_is_not_ready_takes_no_permit() {
+async fn an_admitted_call_holds_its_permit_while_the_inner_service_gets_ready() {
     struct NeverReady;
     impl Service<Request> for NeverReady {
         type Response = u64;
@@ -334,9 +334,43 @@ async fn a_service_that_is_not_ready_takes_no_permit() {
     }
     let b = bulkhead(config(1));
     let mut service = b.layer().layer(NeverReady);
-    let mut ready = std::pin::pin!(service.ready());
-    assert!(futures::poll!(&mut ready).is_pending());
+    {
+        let mut ready = std::pin::pin!(service.ready());
+        assert!(futures::poll!(&mut ready).is_pending());
+        assert_eq!(
+            b.metrics().available_permits,
+            0,
+            "the bulkhead decides before it asks the inner service (tower's ConcurrencyLimit order)"
+        );
+    }
+    drop(service);
+    assert_eq!(
+        b.metrics().available_permits,
+        1,
+        "given back with the service"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_permit_comes_back_when_the_inner_service_fails_to_get_ready() {
+    struct Broken;
+    impl Service<Request> for Broken {
+        type Response = u64;
+        type Error = BoxError;
+        type Future = std::future::Ready<Result<u64, BoxError>>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+            Poll::Ready(Err("connection refused".into()))
+        }
+        fn call(&mut self, _: Request) -> Self::Future {
+            unreachable!("never ready")
+        }
+    }
+    let b = bulkhead(config(1));
+    let mut service = b.layer().layer(Broken);
+    let error = service.ready().await.map(|_| ()).unwrap_err();
+    assert_eq!(error.to_string(), "connection refused");
     assert_eq!(b.metrics().available_permits, 1);
+    assert_eq!(b.metrics().in_flight, 0);
 }
 
 #[test]
@@ -387,4 +421,20 @@ async fn a_retry_outside_the_bulkhead_does_not_retry_its_rejection() {
         "returned at once, not retried"
     );
     assert_eq!(retry.retry().metrics().retries, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_max_wait_of_duration_max_waits_until_a_permit_is_free() {
+    let b = bulkhead(config(1).max_wait_duration(Duration::MAX));
+    let held = b.try_acquire().expect("free");
+    let waiter = tokio::spawn({
+        let b = b.clone();
+        async move { b.acquire().await.map(drop) }
+    });
+    tokio::time::advance(Duration::from_secs(86_400 * 365)).await;
+    assert_eq!(b.metrics().waiting, 1, "still waiting a year later");
+    drop(held);
+    waiter.await.expect("no panic").expect("got the permit");
+    let mut service = b.layer().layer(Backend::default());
+    service.ready().await.expect("ready");
 }

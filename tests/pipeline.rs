@@ -570,3 +570,67 @@ async fn a_new_layers_marked_rejection_is_neither_retried_nor_counted_by_the_bre
     );
     assert_eq!(breaker.metrics().buffered_calls, 0, "ignored, not recorded");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_waiting_for_the_bulkhead_gives_up_at_max_elapsed() {
+    // The bulkhead lets a caller wait 5 s for its permit; the retry's
+    // deadline is 1 s. A retry that finds the bulkhead taken waits for it
+    // only until the deadline, then returns the failure it was retrying.
+    let bulkhead = Bulkhead::new(
+        "test",
+        BulkheadConfig::builder()
+            .max_concurrent_calls(1)
+            .max_wait_duration(Duration::from_secs(5))
+            .build()
+            .unwrap(),
+    );
+    let retry = Retry::new(
+        "test",
+        RetryConfig::builder()
+            .max_attempts(3)
+            .backoff(
+                Backoff::constant(Duration::from_millis(100))
+                    .build()
+                    .unwrap(),
+            )
+            .max_elapsed(Duration::from_secs(1))
+            .no_budget()
+            .build()
+            .unwrap(),
+    );
+    let backend = Backend::default();
+    let mut service = Pipeline::builder("s")
+        .retry(retry)
+        .bulkhead(bulkhead.clone())
+        .build()
+        .unwrap()
+        .layer(backend.clone());
+    let started = tokio::time::Instant::now();
+    let call = service
+        .ready()
+        .await
+        .unwrap()
+        .call(Reply::ErrAfter(Duration::from_millis(100)));
+    let task = tokio::spawn(call);
+    tokio::task::yield_now().await;
+    // The first attempt fails at 100 ms; during the backoff another caller
+    // takes the bulkhead's only permit and keeps it.
+    tokio::time::advance(Duration::from_millis(100)).await;
+    tokio::task::yield_now().await;
+    tokio::time::advance(Duration::from_millis(50)).await;
+    let occupant = bulkhead.try_acquire().expect("free during the backoff");
+    let error = task.await.unwrap().unwrap_err();
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed <= Duration::from_secs(1),
+        "the call ended {elapsed:?} after it started"
+    );
+    assert_eq!(
+        error.stage(),
+        Stage::Service,
+        "the failure retried: {error}"
+    );
+    assert_eq!(backend.calls(), 1);
+    assert_eq!(bulkhead.metrics().waiting, 0, "the wait was given up");
+    drop(occupant);
+}

@@ -198,19 +198,23 @@ async fn a_dropped_waiter_is_no_longer_counted() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_service_that_is_not_ready_takes_no_permit() {
+async fn the_permit_is_taken_before_the_inner_service_is_asked_to_be_ready() {
     let limiter = limiter(per_second(1));
     let readiness = NotReady::default();
     let mut service = limiter.layer().layer(readiness.clone());
     let ready = futures::FutureExt::now_or_never(service.ready());
     assert!(ready.is_none(), "the inner service is not ready");
-    assert_eq!(limiter.metrics().permitted, 0);
-    readiness.0.store(true, std::sync::atomic::Ordering::SeqCst);
-    service.ready().await.unwrap();
     assert_eq!(
         limiter.metrics().permitted,
         1,
-        "taken once the service is ready"
+        "the limiter decides first (tower's ConcurrencyLimit order)"
+    );
+    readiness.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    service.ready().await.unwrap().call(()).await.unwrap();
+    assert_eq!(
+        limiter.metrics().permitted,
+        1,
+        "one permit for the one call"
     );
     assert!(limiter.try_acquire().is_err());
 }
@@ -295,4 +299,60 @@ fn config_rejects_invalid_values_naming_the_field() {
         .build()
         .unwrap_err();
     assert_eq!(error.field(), "event_capacity");
+}
+
+#[test]
+fn a_refresh_period_governor_cannot_count_is_rejected_naming_the_field() {
+    use palisade::rate_limit::MAX_LIMIT_REFRESH_PERIOD;
+    for limit in [1, 50] {
+        let error = RateLimiterConfig::builder()
+            .limit_for_period(limit)
+            .limit_refresh_period(Duration::MAX)
+            .build()
+            .expect_err("Duration::MAX is too long");
+        assert_eq!(
+            (error.component(), error.field()),
+            ("rate_limiter", "limit_refresh_period")
+        );
+        let error = RateLimiterConfig::builder()
+            .limit_refresh_period(MAX_LIMIT_REFRESH_PERIOD + Duration::from_nanos(1))
+            .build()
+            .expect_err("just over the limit");
+        assert_eq!(error.field(), "limit_refresh_period");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_longest_refresh_period_builds_a_working_limiter() {
+    use palisade::rate_limit::MAX_LIMIT_REFRESH_PERIOD;
+    for limit in [1, u32::MAX] {
+        let limiter = limiter(
+            RateLimiterConfig::builder()
+                .limit_for_period(limit)
+                .limit_refresh_period(MAX_LIMIT_REFRESH_PERIOD)
+                .max_wait_duration(Duration::MAX),
+        );
+        assert!(limiter.try_acquire().is_ok());
+        if limit == 1 {
+            let rejected = limiter.try_acquire().expect_err("one permit per century");
+            assert!(rejected.retry_after() > Duration::from_secs(86_400 * 365 * 99));
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unbounded_max_wait_waits_as_long_as_the_permit_takes() {
+    let limiter = limiter(per_second(1).max_wait_duration(Duration::MAX));
+    let backend = Backend::default();
+    let mut service = limiter.layer().layer(backend.clone());
+    let started = tokio::time::Instant::now();
+    for _ in 0..3 {
+        let response = service.ready().await.expect("ready").call(Reply::Ok).await;
+        assert_eq!(response.expect("waited for its permit"), "ok");
+    }
+    assert_eq!(started.elapsed(), Duration::from_secs(2));
+    limiter.acquire().await.expect("acquire waits too");
+    assert_eq!(started.elapsed(), Duration::from_secs(3));
+    assert_eq!(limiter.metrics().permitted_after_waiting, 3);
+    assert_eq!(limiter.metrics().waiting, 0);
 }

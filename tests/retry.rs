@@ -514,6 +514,82 @@ mod http_requests {
         );
     }
 
+    /// The gap between the first two attempts when the first answers 503
+    /// with `Retry-After: value` (the backoff alone would wait 1 s).
+    async fn gap_after_retry_after(value: &'static str) -> Duration {
+        let (backend, arrivals) =
+            scripted(vec![(503, vec![("retry-after", value)]), (200, vec![])]);
+        let mut service = http_layer().layer(backend);
+        let request = http::Request::get("http://x/")
+            .body(String::new())
+            .expect("request");
+        assert_eq!(send(&mut service, request).await.status(), 200);
+        let arrivals = arrivals.lock().expect("arrivals");
+        arrivals[1] - arrivals[0]
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_signed_retry_after_is_ignored_and_the_backoff_used() {
+        assert_eq!(gap_after_retry_after("+5").await, SECOND, "+5");
+        assert_eq!(gap_after_retry_after("-5").await, SECOND, "-5");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_after_too_large_to_count_waits_the_max_interval() {
+        assert_eq!(
+            gap_after_retry_after("99999999999999999999999").await,
+            5 * SECOND,
+            "the backoff's max_interval, not its 1 s"
+        );
+    }
+
+    #[test]
+    fn retry_after_delay_seconds_is_digits_only_and_saturates() {
+        use palisade::retry::parse_retry_after;
+        use std::time::SystemTime;
+        let now = SystemTime::now();
+        assert_eq!(parse_retry_after("5", now), Some(5 * SECOND));
+        assert_eq!(parse_retry_after(" 5 ", now), Some(5 * SECOND));
+        for invalid in ["+5", "-5", "", " ", "5s", "0x5", "5.0", "\u{0665}"] {
+            assert_eq!(parse_retry_after(invalid, now), None, "{invalid:?}");
+        }
+        assert_eq!(
+            parse_retry_after("18446744073709551616", now),
+            Some(Duration::from_secs(u64::MAX)),
+            "u64::MAX + 1 seconds"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_delay_ending_past_max_elapsed_gives_up_at_once() {
+        let (backend, arrivals) = scripted(vec![(503, vec![("retry-after", "3")]), (200, vec![])]);
+        let backoff = Backoff::constant(SECOND)
+            .max_interval(5 * SECOND)
+            .build()
+            .expect("valid backoff");
+        let retry = layer(config().backoff(backoff).max_elapsed(2 * SECOND));
+        let mut events = retry.retry().subscribe();
+        let mut service = retry
+            .with_classifier(HttpStatusClassifier::new())
+            .with_policy(HttpRetryPolicy)
+            .layer(backend);
+        let started = Instant::now();
+        let request = http::Request::get("http://x/")
+            .body(String::new())
+            .expect("request");
+        let response = send(&mut service, request).await;
+        assert_eq!(response.status(), 503, "the server's answer, at once");
+        assert_eq!(started.elapsed(), Duration::ZERO, "no shortened wait");
+        assert_eq!(arrivals.lock().expect("arrivals").len(), 1);
+        assert!(matches!(
+            events.drain().pop().map(|e| e.kind),
+            Some(RetryEventKind::Failed {
+                reason: GiveUpReason::DeadlineReached,
+                ..
+            })
+        ));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_non_idempotent_post_is_not_retried() {
         let (backend, arrivals) = scripted(vec![(503, vec![]), (200, vec![])]);
@@ -767,6 +843,186 @@ mod deadline {
                 let mut service = retry.layer(backend.clone());
                 let started = Instant::now();
                 let result = call(&mut service, 1).await;
+                assert!(result.is_err());
+                started.elapsed()
+            });
+            prop_assert!(elapsed <= max_elapsed, "{elapsed:?} > {max_elapsed:?}");
+            let calls = *backend.calls.lock().expect("calls");
+            prop_assert!(calls >= 1 && calls <= max_attempts);
+        }
+    }
+
+    /// Takes the next readiness delay of its script (then repeats the last
+    /// one) to get ready for each call; each call fails after the next
+    /// latency of its script, or hangs when the script says `None`.
+    struct SlowToReady {
+        readiness: Arc<Mutex<VecDeque<Duration>>>,
+        latencies: Arc<Mutex<VecDeque<Option<Duration>>>>,
+        calls: Arc<Mutex<u32>>,
+        getting_ready: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+        ready: bool,
+    }
+
+    impl SlowToReady {
+        fn new(readiness_ms: Vec<u64>, latencies_ms: Vec<Option<u64>>) -> Self {
+            Self {
+                readiness: Arc::new(Mutex::new(
+                    readiness_ms
+                        .into_iter()
+                        .map(Duration::from_millis)
+                        .collect(),
+                )),
+                latencies: Arc::new(Mutex::new(
+                    latencies_ms
+                        .into_iter()
+                        .map(|ms| ms.map(Duration::from_millis))
+                        .collect(),
+                )),
+                calls: Arc::default(),
+                getting_ready: None,
+                ready: false,
+            }
+        }
+    }
+
+    /// Clones are not ready: each gets ready on its own.
+    impl Clone for SlowToReady {
+        fn clone(&self) -> Self {
+            Self {
+                readiness: self.readiness.clone(),
+                latencies: self.latencies.clone(),
+                calls: self.calls.clone(),
+                getting_ready: None,
+                ready: false,
+            }
+        }
+    }
+
+    fn next<T: Copy + Default>(script: &Mutex<VecDeque<T>>) -> T {
+        let mut script = script.lock().expect("script");
+        if script.len() > 1 {
+            script.pop_front()
+        } else {
+            script.front().copied()
+        }
+        .unwrap_or_default()
+    }
+
+    impl Service<u32> for SlowToReady {
+        type Response = u32;
+        type Error = BoxError;
+        type Future = std::pin::Pin<Box<dyn Future<Output = Result<u32, BoxError>> + Send>>;
+
+        fn poll_ready(
+            &mut self,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), BoxError>> {
+            if !self.ready {
+                let readiness = &self.readiness;
+                let getting_ready = self
+                    .getting_ready
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(next(readiness))));
+                std::task::ready!(getting_ready.as_mut().poll(cx));
+                self.getting_ready = None;
+                self.ready = true;
+            }
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: u32) -> Self::Future {
+            assert!(self.ready, "called before poll_ready");
+            self.ready = false;
+            *self.calls.lock().expect("calls") += 1;
+            let latency = next(&self.latencies);
+            Box::pin(async move {
+                match latency {
+                    Some(latency) => tokio::time::sleep(latency).await,
+                    None => std::future::pending().await,
+                }
+                Err("slow failure".into())
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_for_readiness_does_not_outlive_max_elapsed() {
+        // Attempts hang until their 300 ms timeout, the backoff is 100 ms,
+        // and the service takes 500 ms to get ready for each attempt: the
+        // second attempt could start at 900 ms and end at 1.2 s.
+        let backoff = Backoff::constant(100 * MS).build().expect("valid backoff");
+        let retry = layer(
+            config()
+                .backoff(backoff)
+                .max_attempts(5)
+                .attempt_timeout(300 * MS)
+                .max_elapsed(SECOND),
+        );
+        let mut events = retry.retry().subscribe();
+        let backend = SlowToReady::new(vec![500], vec![None]);
+        let mut service = retry.layer(backend.clone());
+        let ready = service.ready().await.expect("ready");
+        let started = Instant::now();
+        let error = ready.call(1).await.expect_err("every attempt hangs");
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed <= SECOND,
+            "the call ended {elapsed:?} after it started"
+        );
+        assert_eq!(
+            elapsed,
+            700 * MS,
+            "it gives up once an attempt could no longer finish in time"
+        );
+        let timed_out = find_cause::<AttemptTimedOut>(&*error).expect("the last failure");
+        assert_eq!(timed_out.attempt(), 1);
+        assert_eq!(*backend.calls.lock().expect("calls"), 1);
+        assert!(matches!(
+            events.drain().pop().map(|e| e.kind),
+            Some(RetryEventKind::Failed {
+                attempts: 1,
+                reason: GiveUpReason::DeadlineReached,
+            })
+        ));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+        /// However long the service takes to get ready for each attempt, no
+        /// attempt starts, and no wait lasts, past `max_elapsed`.
+        #[test]
+        fn a_call_never_outlives_max_elapsed_whatever_the_readiness_delays(
+            max_elapsed_ms in 100u64..5_000,
+            timeout_share in 1u64..=100,
+            backoff_ms in 0u64..1_000,
+            max_attempts in 1u32..20,
+            readiness_ms in prop::collection::vec(0u64..3_000, 1..20),
+            latencies_ms in prop::collection::vec(prop::option::of(0u64..6_000), 1..20),
+        ) {
+            let max_elapsed = Duration::from_millis(max_elapsed_ms);
+            let attempt_timeout = Duration::from_millis((max_elapsed_ms * timeout_share / 100).max(1));
+            let backoff = Backoff::constant(Duration::from_millis(backoff_ms))
+                .max_interval(Duration::from_millis(backoff_ms.max(1)))
+                .build()
+                .expect("valid backoff");
+            let retry = layer(
+                config()
+                    .backoff(backoff)
+                    .max_attempts(max_attempts)
+                    .attempt_timeout(attempt_timeout)
+                    .max_elapsed(max_elapsed),
+            );
+            let backend = SlowToReady::new(readiness_ms, latencies_ms);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .expect("runtime");
+            let elapsed = runtime.block_on(async {
+                let mut service = retry.layer(backend.clone());
+                let ready = service.ready().await.expect("ready");
+                let started = Instant::now();
+                let result = ready.call(1).await;
                 assert!(result.is_err());
                 started.elapsed()
             });

@@ -69,7 +69,9 @@ impl BulkheadConfigBuilder {
     }
 
     /// Longest a caller waits for a permit, in FIFO order; zero fails fast
-    /// when none is free. Default zero.
+    /// when none is free. Any duration is accepted: one too long for the
+    /// clock to represent its end (`Duration::MAX`) waits without limit.
+    /// Default zero.
     pub fn max_wait_duration(mut self, wait: Duration) -> Self {
         self.config.max_wait_duration = wait;
         self

@@ -45,7 +45,10 @@
 //! * A permit is held from `poll_ready` until the response future completes
 //!   or is dropped; a service dropped after `poll_ready` without `call`
 //!   gives its permit back; a caller that stops waiting takes nothing.
-//! * A service that is not ready takes no permit.
+//! * The bulkhead decides before the inner service is asked to be ready
+//!   (tower's `ConcurrencyLimit` order): an admitted call holds its permit
+//!   while the inner service gets ready; a rejected one never polls the
+//!   inner service, so it reserves nothing in the layers inside.
 //! * Rejections never reach the inner service and are [`BulkheadFull`], not
 //!   the circuit breaker's error.
 //! * Resizing never interrupts a call: a smaller limit takes effect as

@@ -20,13 +20,16 @@ type Admission = crate::future::Admission<Acquiring, BulkheadPermit, BulkheadFul
 /// A service whose calls hold a permit of a [`Bulkhead`]; built by
 /// [`BulkheadLayer`](super::BulkheadLayer).
 ///
-/// `poll_ready` first waits for the inner service to be ready, so a service
-/// that is not ready takes no permit; then it takes a permit, waiting for
-/// one (in FIFO order) if the bulkhead allows it. The permit is held by the
-/// response future and given back when it completes or is dropped; a permit
-/// taken by `poll_ready` and never used is given back when the service is
-/// dropped. A rejected call makes `poll_ready` return `Ready(Ok)` and `call`
-/// fail at once with [`BulkheadFull`], without reaching the inner service.
+/// `poll_ready` first takes a permit, waiting for one (in FIFO order) if
+/// the bulkhead allows it, and only then waits for the inner service to be
+/// ready, holding the permit meanwhile (tower's `ConcurrencyLimit` order).
+/// A rejected call makes `poll_ready` return `Ready(Ok)` without polling the
+/// inner service, and `call` fail at once with [`BulkheadFull`]: the
+/// rejection reserves nothing in the layers inside (a rate limiter's
+/// permit, another bulkhead's). The permit is held by the response future
+/// and given back when it completes or is dropped; a permit taken by
+/// `poll_ready` and never used is given back when the service is dropped,
+/// or when the inner service's `poll_ready` fails.
 pub struct BulkheadService<S> {
     inner: S,
     bulkhead: Bulkhead,
@@ -71,11 +74,11 @@ where
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         loop {
+            if let Some(ready) = self.admission.poll_decided(&mut self.inner, cx) {
+                return ready;
+            }
             match &mut self.admission {
-                Admission::Permitted(_) | Admission::Rejected(_) => return Poll::Ready(Ok(())),
                 Admission::Idle => {
-                    // Not ready: no permit taken.
-                    ready!(self.inner.poll_ready(cx)).map_err(Into::into)?;
                     self.admission = if self.bulkhead.config().max_wait_duration.is_zero() {
                         match self.bulkhead.try_acquire() {
                             Ok(permit) => Admission::Permitted(permit),
@@ -96,6 +99,9 @@ where
                         Ok(permit) => Admission::Permitted(permit),
                         Err(full) => Admission::Rejected(full),
                     };
+                }
+                Admission::Permitted(_) | Admission::Rejected(_) => {
+                    unreachable!("poll_decided answers once the bulkhead has decided")
                 }
             }
         }

@@ -7,6 +7,13 @@ use crate::error::ConfigError;
 
 const COMPONENT: &str = "rate_limiter";
 
+/// The longest `limit_refresh_period`: 100 years (of 365 days).
+///
+/// governor counts time in `u64` nanoseconds (about 584 years) and adds a
+/// period to the limiter's age, so a longer period would overflow it; 100
+/// years leaves centuries of headroom and is far beyond any useful period.
+pub const MAX_LIMIT_REFRESH_PERIOD: Duration = Duration::from_secs(100 * 365 * 86_400);
+
 /// A rate limiter's configuration, built and validated by
 /// [`RateLimiterConfig::builder`]. See the [module docs](super) for every option.
 #[derive(Debug, Clone)]
@@ -76,7 +83,8 @@ impl RateLimiterConfigBuilder {
     }
 
     /// The period over which `limit_for_period` calls are permitted; more
-    /// than zero, and at least one nanosecond per permit. Default 1 s.
+    /// than zero, at least one nanosecond per permit, and at most
+    /// [`MAX_LIMIT_REFRESH_PERIOD`] (100 years). Default 1 s.
     pub fn limit_refresh_period(mut self, period: Duration) -> Self {
         self.config.limit_refresh_period = period;
         self
@@ -84,7 +92,10 @@ impl RateLimiterConfigBuilder {
 
     /// Longest a caller waits for a permit; zero fails fast when none is
     /// available. A caller whose permit would come later than this is
-    /// rejected at once rather than after waiting. Default zero.
+    /// rejected at once rather than after waiting. Any duration is
+    /// accepted: a wait whose end the clock cannot represent (say
+    /// `Duration::MAX`) has no end, and the caller waits as long as its
+    /// permit takes. Default zero.
     pub fn max_wait_duration(mut self, wait: Duration) -> Self {
         self.config.max_wait_duration = wait;
         self
@@ -113,6 +124,16 @@ impl RateLimiterConfigBuilder {
                 COMPONENT,
                 "limit_refresh_period",
                 "must be more than zero",
+            ));
+        }
+        if c.limit_refresh_period > MAX_LIMIT_REFRESH_PERIOD {
+            return Err(ConfigError::new(
+                COMPONENT,
+                "limit_refresh_period",
+                format!(
+                    "must be at most {MAX_LIMIT_REFRESH_PERIOD:?} (100 years), got {:?}",
+                    c.limit_refresh_period
+                ),
             ));
         }
         if c.replenish_interval().is_zero() {

@@ -41,15 +41,18 @@
 //! | option | default | meaning |
 //! |---|---|---|
 //! | `limit_for_period` | 50 | Calls permitted per period; also the largest burst. |
-//! | `limit_refresh_period` | 1 s | The period. |
-//! | `max_wait_duration` | 0 | How long a caller may wait for a permit; zero fails fast. |
+//! | `limit_refresh_period` | 1 s | The period, at most [`MAX_LIMIT_REFRESH_PERIOD`] (100 years). |
+//! | `max_wait_duration` | 0 | How long a caller may wait for a permit; zero fails fast, and a wait whose end the clock cannot represent (`Duration::MAX`) has no end. |
 //! | `event_capacity` | 256 | Events buffered per subscriber. |
 //!
 //! # Guarantees
 //!
-//! * A service that is not ready takes no permit; a rejected call never
-//!   reaches the inner service and fails with [`RateLimited`], which says
-//!   when the next permit is due.
+//! * The limiter decides before the inner service is asked to be ready
+//!   (tower's `ConcurrencyLimit` order): a permit is taken first and spent
+//!   on that call, however long the inner service then takes to be ready.
+//!   A rejected call never polls the inner service, so it reserves nothing
+//!   in the layers inside (a bulkhead's permit), never reaches it, and
+//!   fails with [`RateLimited`], which says when the next permit is due.
 //! * A caller whose permit would come after its `max_wait_duration` is
 //!   rejected at once, not after waiting in vain.
 //! * Every clone of a limiter, and every service built from it, shares its
@@ -71,7 +74,7 @@ mod registry;
 mod service;
 mod state;
 
-pub use self::config::{RateLimiterConfig, RateLimiterConfigBuilder};
+pub use self::config::{MAX_LIMIT_REFRESH_PERIOD, RateLimiterConfig, RateLimiterConfigBuilder};
 pub use self::error::RateLimited;
 pub use self::event::{RateLimiterEvent, RateLimiterEventKind};
 pub use self::future::ResponseFuture;

@@ -18,13 +18,15 @@ type Admission = crate::future::Admission<(Waiting, Pin<Box<tokio::time::Sleep>>
 /// A service whose calls each take a permit of a [`RateLimiter`]; built by
 /// [`RateLimiterLayer`](super::RateLimiterLayer).
 ///
-/// `poll_ready` first waits for the inner service, so a service that is not
-/// ready takes no permit; then it takes a permit, waiting for it if the
-/// limiter's `max_wait_duration` allows. A rejected call makes `poll_ready`
-/// return `Ready(Ok)` and `call` fail at once with [`RateLimited`], without
-/// reaching the inner service (so a rejection never poisons a `Buffer`).
+/// `poll_ready` first takes a permit, waiting for it if the limiter's
+/// `max_wait_duration` allows, and only then waits for the inner service to
+/// be ready (tower's `ConcurrencyLimit` order). A rejected call makes
+/// `poll_ready` return `Ready(Ok)` without polling the inner service, and
+/// `call` fail at once with [`RateLimited`]: the rejection reserves nothing
+/// in the layers inside (a bulkhead's permit) and never poisons a `Buffer`.
 /// Permits are not given back: one taken by `poll_ready` and never used by
-/// a `call` is spent.
+/// a `call` (the service dropped, or its inner service failing in
+/// `poll_ready`) is spent.
 pub struct RateLimiterService<S> {
     inner: S,
     limiter: RateLimiter,
@@ -69,10 +71,11 @@ where
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         loop {
+            if let Some(ready) = self.admission.poll_decided(&mut self.inner, cx) {
+                return ready;
+            }
             match &mut self.admission {
-                Admission::Permitted(_) | Admission::Rejected(_) => return Poll::Ready(Ok(())),
                 Admission::Idle => {
-                    ready!(self.inner.poll_ready(cx)).map_err(Into::into)?;
                     self.admission = match self.limiter.check() {
                         Ok(()) => {
                             self.limiter.on_permitted(std::time::Duration::ZERO);
@@ -94,6 +97,9 @@ where
                         Some(Ok(())) => self.admission = Admission::Permitted(()),
                         Some(Err(rejected)) => self.admission = Admission::Rejected(rejected),
                     }
+                }
+                Admission::Permitted(_) | Admission::Rejected(_) => {
+                    unreachable!("poll_decided answers once the limiter has decided")
                 }
             }
         }

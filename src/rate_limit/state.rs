@@ -217,18 +217,22 @@ impl RateLimiter {
     }
 
     /// Starts waiting for a permit due in `retry_after`, or rejects the call
-    /// if that is later than `max_wait_duration`.
+    /// if that is later than `max_wait_duration` (or than the clock can
+    /// represent).
     pub(crate) fn start_waiting(&self, retry_after: Duration) -> Result<Waiting, RateLimited> {
-        if retry_after > self.inner.config.max_wait_duration {
-            return Err(self.on_rejected(retry_after));
-        }
+        let max_wait = self.inner.config.max_wait_duration;
         let now = tokio::time::Instant::now();
+        let due = match now.checked_add(retry_after) {
+            Some(due) if retry_after <= max_wait => due,
+            _ => return Err(self.on_rejected(retry_after)),
+        };
         self.inner.waiting.fetch_add(1, Ordering::Relaxed);
         Ok(Waiting {
             limiter: self.clone(),
             started: now,
-            deadline: now + self.inner.config.max_wait_duration,
-            due: now + retry_after,
+            // A wait too long for the clock to represent its end has none.
+            deadline: now.checked_add(max_wait),
+            due,
         })
     }
 }
@@ -238,7 +242,8 @@ impl RateLimiter {
 pub(crate) struct Waiting {
     limiter: RateLimiter,
     started: tokio::time::Instant,
-    deadline: tokio::time::Instant,
+    /// `None`: `max_wait_duration` is too long for the clock, so no end.
+    deadline: Option<tokio::time::Instant>,
     due: tokio::time::Instant,
 }
 
@@ -254,16 +259,17 @@ impl Waiting {
         let now = tokio::time::Instant::now();
         match self.limiter.check() {
             Ok(()) => {
-                self.limiter.on_permitted(now - self.started);
+                self.limiter
+                    .on_permitted(now.saturating_duration_since(self.started));
                 Some(Ok(()))
             }
-            Err(retry_after) if now + retry_after > self.deadline => {
-                Some(Err(self.limiter.on_rejected(retry_after)))
-            }
-            Err(retry_after) => {
-                self.due = now + retry_after;
-                None
-            }
+            Err(retry_after) => match now.checked_add(retry_after) {
+                Some(due) if self.deadline.is_none_or(|deadline| due <= deadline) => {
+                    self.due = due;
+                    None
+                }
+                _ => Some(Err(self.limiter.on_rejected(retry_after))),
+            },
         }
     }
 }

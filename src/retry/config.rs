@@ -107,7 +107,13 @@ impl RetryConfigBuilder {
     /// A deadline over all attempts and the waits between them, counted
     /// from the first attempt. No wait ends after it and, when an
     /// `attempt_timeout` is set, no attempt starts that could not finish
-    /// before it. Non-zero. Default: none.
+    /// before it. That includes the wait for the inner service to be ready
+    /// for a retry (a bulkhead's or a rate limiter's wait inside the retry):
+    /// if it is not ready by the last moment an attempt could start, the
+    /// call gives up with the last failure
+    /// ([`GiveUpReason::DeadlineReached`](super::GiveUpReason::DeadlineReached)).
+    /// Without an `attempt_timeout`, the last attempt itself may run past
+    /// the deadline. Non-zero. Default: none.
     pub fn max_elapsed(mut self, deadline: Duration) -> Self {
         self.config.max_elapsed = Some(deadline);
         self
@@ -154,8 +160,12 @@ impl RetryConfigBuilder {
 
     /// Whether a delay asked for by the server (`Retry-After`,
     /// `grpc-retry-pushback-ms`, as the policy reads it) replaces the
-    /// backoff's delay, still bounded by the backoff's `max_interval` and by
-    /// `max_elapsed`. Default `true`.
+    /// backoff's delay. The delay is cut to the backoff's `max_interval`,
+    /// but never shortened to fit `max_elapsed`: when the retry after it
+    /// could not start (or, with an `attempt_timeout`, finish) before the
+    /// deadline, the call gives up at once with the server's answer
+    /// ([`GiveUpReason::DeadlineReached`](super::GiveUpReason::DeadlineReached)),
+    /// as it does for a backoff delay. Default `true`.
     pub fn honor_server_delay(mut self, honor: bool) -> Self {
         self.config.honor_server_delay = honor;
         self

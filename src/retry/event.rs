@@ -54,7 +54,8 @@ pub enum GiveUpReason {
     RequestNotRetryable,
     /// `max_attempts` attempts were made.
     AttemptsExhausted,
-    /// The next attempt could not start (or finish) before `max_elapsed`.
+    /// The next attempt could not start (or finish) before `max_elapsed`:
+    /// the backoff, or the wait for the service to be ready, would end too late.
     DeadlineReached,
     /// The retry budget is empty.
     BudgetExhausted,

@@ -8,7 +8,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
-use tokio::time::{Instant, Sleep, sleep};
+use tokio::time::{Instant, Sleep, sleep, sleep_until};
 use tower_service::Service;
 
 use crate::classify::{Classify, Outcome};
@@ -25,6 +25,11 @@ pin_project! {
     /// Resolves to the first successful (or not retryable) outcome, or to
     /// the last failure once no further attempt may be made. Dropping it
     /// cancels the attempt in flight or the wait, and nothing more is sent.
+    ///
+    /// With `max_elapsed`, the wait for the inner service to be ready for a
+    /// retry is bounded too: if it is not ready by the last moment an
+    /// attempt could start (and, with `attempt_timeout`, finish), the call
+    /// gives up with the last failure.
     pub struct ResponseFuture<S, Req, C, P>
     where
         S: Service<Req>,
@@ -36,6 +41,9 @@ pin_project! {
         service: Option<S>,
         request: Option<Req>,
         blocked: Option<GiveUpReason>,
+        // The failure being retried, kept (with `max_elapsed` only) to be
+        // returned if the deadline passes before the next attempt starts.
+        last: Option<Attempt<S::Response, S::Error>>,
         attempt: u32,
         started: Option<Instant>,
         previous_delay: Option<Duration>,
@@ -50,7 +58,9 @@ pin_project! {
     enum State<F> {
         Calling { #[pin] future: F, #[pin] timeout: Option<Sleep> },
         Waiting { #[pin] sleep: Sleep },
-        Readying,
+        // `deadline`: the last moment the next attempt may start, set the
+        // first time the service is not ready at once.
+        Readying { #[pin] deadline: Option<Sleep> },
     }
 }
 
@@ -88,6 +98,7 @@ where
             service,
             request,
             blocked,
+            last: None,
             attempt: 1,
             started,
             previous_delay: None,
@@ -102,6 +113,31 @@ where
     pub fn attempts(&self) -> u32 {
         self.attempt
     }
+}
+
+impl<T, E: Into<BoxError>> Attempt<T, E> {
+    /// What the caller gets when this attempt is the last.
+    fn into_result(self, attempt: u32, config: &super::RetryConfig) -> Result<T, BoxError> {
+        match self {
+            Attempt::Done(result) => result.map_err(Into::into),
+            Attempt::TimedOut => Err(AttemptTimedOut {
+                attempt,
+                timeout: config.attempt_timeout.unwrap_or_default(),
+            }
+            .into()),
+        }
+    }
+}
+
+/// The last moment an attempt may start: `max_elapsed` after the first one,
+/// less the time the attempt may take (`attempt_timeout`). `None` without
+/// `max_elapsed`, or if the clock cannot represent that moment (a deadline
+/// centuries away: never reached).
+fn latest_start(config: &super::RetryConfig, started: Option<Instant>) -> Option<Instant> {
+    let budget = config
+        .max_elapsed?
+        .saturating_sub(config.attempt_timeout.unwrap_or_default());
+    started?.checked_add(budget)
 }
 
 fn finish(shared: &Shared, attempts: u32, failed: bool, reason: Option<GiveUpReason>) {
@@ -210,14 +246,7 @@ where
                                 (_, reason) => reason,
                             };
                             finish(shared, *this.attempt, failed, reason);
-                            return Poll::Ready(match attempt {
-                                Attempt::Done(result) => result.map_err(Into::into),
-                                Attempt::TimedOut => Err(AttemptTimedOut {
-                                    attempt: *this.attempt,
-                                    timeout: config.attempt_timeout.unwrap_or_default(),
-                                }
-                                .into()),
-                            });
+                            return Poll::Ready(attempt.into_result(*this.attempt, config));
                         }
                         Decision::Retry { delay, server } => {
                             shared.retries.add(1);
@@ -239,6 +268,11 @@ where
                                 },
                             });
                             *this.previous_delay = Some(delay);
+                            if this.started.is_some() {
+                                // Returned if the deadline passes while the
+                                // service gets ready for the next attempt.
+                                *this.last = Some(attempt);
+                            }
                             start_overall_timer(this.overall.as_mut(), config.overall_timeout, cx);
                             this.state.set(State::Waiting {
                                 sleep: sleep(delay),
@@ -248,16 +282,53 @@ where
                 }
                 StateProj::Waiting { sleep } => {
                     ready!(sleep.poll(cx));
-                    this.state.set(State::Readying);
+                    this.state.set(State::Readying { deadline: None });
                 }
-                StateProj::Readying => {
+                StateProj::Readying { mut deadline } => {
                     let Some(service) = this.service.as_mut() else {
                         unreachable!("a retry is only scheduled with a service to send it to")
                     };
-                    if let Err(error) = ready!(service.poll_ready(cx)) {
-                        finish(shared, *this.attempt, true, None);
-                        return Poll::Ready(Err(error.into()));
+                    let latest = latest_start(config, *this.started);
+                    let too_late = match service.poll_ready(cx) {
+                        Poll::Ready(Ok(())) => latest.is_some_and(|latest| Instant::now() > latest),
+                        Poll::Ready(Err(error)) => {
+                            finish(shared, *this.attempt, true, None);
+                            return Poll::Ready(Err(error.into()));
+                        }
+                        Poll::Pending => {
+                            // The wait for readiness (a bulkhead's, a rate
+                            // limiter's) may not outlast the deadline.
+                            let Some(latest) = latest else {
+                                return Poll::Pending;
+                            };
+                            if deadline.is_none() {
+                                deadline.set(Some(sleep_until(latest)));
+                            }
+                            let expired = deadline
+                                .as_pin_mut()
+                                .is_some_and(|deadline| deadline.poll(cx).is_ready());
+                            if !expired {
+                                return Poll::Pending;
+                            }
+                            true
+                        }
+                    };
+                    if too_late {
+                        // Drop the service now: it gives back whatever it
+                        // reserved (or is waiting for) downstream.
+                        *this.service = None;
+                        finish(
+                            shared,
+                            *this.attempt,
+                            true,
+                            Some(GiveUpReason::DeadlineReached),
+                        );
+                        let Some(last) = this.last.take() else {
+                            unreachable!("the failure is kept whenever there is a deadline")
+                        };
+                        return Poll::Ready(last.into_result(*this.attempt, config));
                     }
+                    *this.last = None;
                     *this.attempt += 1;
                     let copy = if *this.attempt < config.max_attempts {
                         this.request

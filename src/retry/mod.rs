@@ -33,9 +33,9 @@
 //! | `backoff` | exponential from 100 ms, ×2, at most 10 s, full jitter | Delay before each retry; see [`crate::backoff`]. |
 //! | `budget` | 20 % of first attempts + 10/s over 10 s | Every retry must draw from it; when it is empty the last failure is returned. `no_budget()` turns it off. |
 //! | `attempt_timeout` | none | An attempt that takes longer is cancelled and is a retryable failure ([`AttemptTimedOut`]). |
-//! | `max_elapsed` | none | No wait ends, and (with `attempt_timeout`) no attempt could end, after this long from the first attempt. |
+//! | `max_elapsed` | none | No wait ends (backoff, or the inner service getting ready for a retry), and (with `attempt_timeout`) no attempt could end, after this long from the first attempt; the call then fails with the last failure ([`GiveUpReason::DeadlineReached`]). |
 //! | `overall_timeout` | none | The whole call fails with [`RetryTimedOut`] after this long. |
-//! | `honor_server_delay` | `true` | A delay the server asked for replaces the backoff's, capped by `max_interval` and `max_elapsed`. |
+//! | `honor_server_delay` | `true` | A delay the server asked for (`Retry-After`, `grpc-retry-pushback-ms`) replaces the backoff's, cut to the backoff's `max_interval`. `max_elapsed` does not shorten it: if the retry after it could not start (or, with `attempt_timeout`, finish) by the deadline, the call gives up at once with the server's answer ([`GiveUpReason::DeadlineReached`]). |
 //! | `event_capacity` | 256 | Events buffered per subscriber. |
 //!
 //! Requests are re-sent by cloning them ([`CloneRequests`]). With the

@@ -156,6 +156,12 @@ mod http_policy {
     /// Parses a `Retry-After` value: delay-seconds or an HTTP date (a date
     /// in the past means "now"). `None` if it is neither.
     ///
+    /// delay-seconds is digits only (RFC 9110, section 10.2.3): a sign makes
+    /// the value invalid (`+5` is ignored like `-5`). A valid delay too large
+    /// to count in seconds saturates at `u64::MAX` seconds rather than being
+    /// ignored, so the retry waits its longest (the backoff's
+    /// `max_interval`) instead of falling back to a shorter backoff delay.
+    ///
     /// ```
     /// use std::time::{Duration, SystemTime};
     /// use palisade::retry::parse_retry_after;
@@ -167,10 +173,17 @@ mod http_policy {
     ///     Some(Duration::from_secs(30))
     /// );
     /// assert_eq!(parse_retry_after("soon", now), None);
+    /// assert_eq!(parse_retry_after("+5", now), None);
+    /// assert_eq!(
+    ///     parse_retry_after("99999999999999999999999", now),
+    ///     Some(Duration::from_secs(u64::MAX))
+    /// );
     /// ```
     pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
         let value = value.trim();
-        if let Ok(seconds) = value.parse::<u64>() {
+        if !value.is_empty() && value.bytes().all(|byte| byte.is_ascii_digit()) {
+            // Digits only, so parsing fails on overflow alone.
+            let seconds = value.parse::<u64>().unwrap_or(u64::MAX);
             return Some(Duration::from_secs(seconds));
         }
         let date = httpdate::parse_http_date(value).ok()?;
