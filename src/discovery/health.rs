@@ -10,6 +10,12 @@ const COMPONENT: &str = "discovery health check";
 /// The shortest TTL, interval or timeout a health check accepts.
 pub const MIN_CHECK_PERIOD: Duration = Duration::from_millis(1);
 
+/// The longest TTL, interval, timeout or `deregister_critical_after` a health
+/// check accepts: one year. A longer period is a mistake (a TTL of
+/// `Duration::MAX` would never lapse), so the builders reject it with a
+/// [`ConfigError`] naming the field instead of overflowing the clock later.
+pub const MAX_CHECK_PERIOD: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
 /// The health check of a registration, as Consul's agent runs them.
 ///
 /// | check | healthy when | starts |
@@ -35,7 +41,8 @@ pub enum HealthCheck {
 }
 
 impl HealthCheck {
-    /// A TTL check; `ttl` must be at least [`MIN_CHECK_PERIOD`].
+    /// A TTL check; `ttl` must be within [`MIN_CHECK_PERIOD`] and
+    /// [`MAX_CHECK_PERIOD`].
     ///
     /// ```
     /// use std::time::Duration;
@@ -43,6 +50,7 @@ impl HealthCheck {
     ///
     /// assert!(HealthCheck::ttl(Duration::from_secs(10)).is_ok());
     /// assert_eq!(HealthCheck::ttl(Duration::ZERO).unwrap_err().field(), "ttl");
+    /// assert_eq!(HealthCheck::ttl(Duration::MAX).unwrap_err().field(), "ttl");
     /// ```
     pub fn ttl(ttl: Duration) -> Result<Self, ConfigError> {
         check_period("ttl", ttl)?;
@@ -61,6 +69,13 @@ fn check_period(field: &'static str, period: Duration) -> Result<(), ConfigError
             COMPONENT,
             field,
             format!("must be at least 1ms, got {period:?}"),
+        ));
+    }
+    if period > MAX_CHECK_PERIOD {
+        return Err(ConfigError::new(
+            COMPONENT,
+            field,
+            format!("must be at most one year (MAX_CHECK_PERIOD), got {period:?}"),
         ));
     }
     Ok(())
@@ -217,5 +232,27 @@ impl HttpCheckBuilder {
             check_period("deregister_critical_after", after)?;
         }
         Ok(self.check)
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    #[test]
+    fn periods_past_one_year_are_rejected_naming_the_field() {
+        assert_eq!(HealthCheck::ttl(Duration::MAX).unwrap_err().field(), "ttl");
+        let err = HttpCheck::builder()
+            .interval(Duration::MAX)
+            .build()
+            .unwrap_err();
+        assert_eq!(err.field(), "interval");
+        assert!(err.to_string().contains("at most one year"), "{err}");
+        let err = HttpCheck::builder()
+            .deregister_critical_after(Duration::MAX)
+            .build()
+            .unwrap_err();
+        assert_eq!(err.field(), "deregister_critical_after");
+        assert!(HealthCheck::ttl(MAX_CHECK_PERIOD).is_ok());
     }
 }

@@ -12,6 +12,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use crate::error::ConfigError;
+use crate::clock::saturating_add;
 use crate::events::{EventHub, EventStream, check_event_capacity};
 
 #[cfg(feature = "http")]
@@ -290,7 +291,7 @@ impl InMemoryRegistry {
         state.counters.registrations += 1;
         let (health, ttl_deadline) = match &check {
             HealthCheck::None => (Health::Passing, None),
-            HealthCheck::Ttl { ttl } => (Health::Passing, Some(now + *ttl)),
+            HealthCheck::Ttl { ttl } => (Health::Passing, Some(saturating_add(now, *ttl))),
             HealthCheck::Http(_) => (Health::Critical { since: now }, None),
         };
         let weak = Arc::downgrade(&self.inner);
@@ -378,7 +379,7 @@ impl InMemoryRegistry {
             .ok_or_else(|| DiscoveryError::not_registered(service, id))?;
         match entry.check {
             HealthCheck::Ttl { ttl } => {
-                entry.ttl_deadline = Some(Instant::now() + ttl);
+                entry.ttl_deadline = Some(saturating_add(Instant::now(), ttl));
                 tracing::trace!(backend = BACKEND, service, id, "TTL renewed");
                 Ok(())
             }
@@ -673,7 +674,7 @@ async fn run_http_check(
                 }
             }
         }
-        next += check.interval();
+        next = saturating_add(next, check.interval());
         let now = Instant::now();
         if next < now {
             // A check (or the machine) was slow: do not run a burst of
@@ -681,5 +682,33 @@ async fn run_http_check(
             next = now;
         }
         tokio::time::sleep_until(next).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::discovery::{Registrar, Registration, Registry};
+
+    /// `HealthCheck::Ttl` is a public variant, so a TTL the builder would
+    /// refuse can still reach the registry: it must not overflow the clock.
+    #[tokio::test(start_paused = true)]
+    async fn a_ttl_too_long_for_the_clock_never_lapses_instead_of_panicking() {
+        let registry = InMemoryRegistry::new();
+        let instance = Instance::builder("users", "users-1", "127.0.0.1:1")
+            .build()
+            .unwrap();
+        let _guard = registry
+            .register(Registration::new(
+                instance,
+                HealthCheck::Ttl { ttl: Duration::MAX },
+            ))
+            .await
+            .unwrap();
+        registry.pass_ttl("users", "users-1").await.unwrap();
+        tokio::time::advance(Duration::from_secs(10 * 365 * 24 * 3600)).await;
+        assert_eq!(registry.healthy("users").await.unwrap().len(), 1);
     }
 }
