@@ -22,6 +22,7 @@ use bytes::Bytes;
 use governor::Quota;
 use http::header::HeaderValue;
 use http_body_util::Full;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use parking_lot::Mutex;
@@ -133,7 +134,7 @@ struct Inner {
     /// one per `query_interval`.
     query_quota: Quota,
     backoff: Backoff,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     counters: Counters,
     events: EventHub<ConsulEvent>,
     /// The instances registered through this registry, by id.
