@@ -84,7 +84,8 @@ impl EtcdRegistryBuilder {
         self
     }
 
-    /// The lease TTL of registrations with [`HealthCheck::None`], at least
+    /// The lease TTL of registrations with
+    /// [`HealthCheck::None`](crate::discovery::HealthCheck::None), at least
     /// 1 s. Default 10 s.
     pub fn default_lease_ttl(mut self, ttl: Duration) -> Self {
         self.default_lease_ttl = ttl;
