@@ -86,7 +86,8 @@
 //!   leases and fencing (tokio-postgres and a deadpool connection pool).
 //! * `consul`, `etcd`, `dns` (each implies `discovery`): discovery backends
 //!   for Consul's HTTP API, etcd v3 (building needs `protoc`) and DNS
-//!   A/AAAA and SRV records.
+//!   A/AAAA and SRV records. Consul and etcd speak TLS with rustls and the
+//!   `ring` provider (no cmake or aws-lc build).
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]

@@ -1,6 +1,8 @@
 //! The DNS backend against a real DNS server: hickory-server, in process,
 //! answering on a loopback UDP port from records the tests change. Real
-//! sockets and real time, bounded deadlines.
+//! sockets and real time, bounded deadlines. Run them with
+//! `cargo test --features dns --test discovery_dns` (`cargo test
+//! --all-features` runs them too).
 
 #![cfg(feature = "dns")]
 

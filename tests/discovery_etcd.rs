@@ -1,6 +1,11 @@
 //! The etcd backend against a real etcd: run `scripts/integration-etcd.sh`,
-//! which starts etcd on 127.0.0.1 and sets `PALISADE_ETCD` (default
-//! `http://127.0.0.1:2379`). Real sockets and real time, bounded deadlines.
+//! which starts a plain etcd on 127.0.0.1 and sets `PALISADE_ETCD` (default
+//! `http://127.0.0.1:2379`), and a secured one (TLS with client
+//! certificates, authentication on) for the TLS tests: `PALISADE_ETCD_TLS`,
+//! `PALISADE_ETCD_TLS_DIR`, `PALISADE_ETCD_USER`, `PALISADE_ETCD_PASSWORD`.
+//! The tests that need no server (configuration checks, `Debug`) run with
+//! `cargo test --features etcd --test discovery_etcd`. Real sockets and real
+//! time, bounded deadlines.
 
 #![cfg(feature = "etcd")]
 
@@ -665,4 +670,266 @@ async fn etcd_registry_keeps_the_registry_contract() {
         );
     }
     discovery_registry_contract::read_side(&etcd, "users", &expected, "orders").await;
+}
+
+// ---------------------------------------------------------------------------
+// The secured etcd: TLS, client certificates, user and password.
+
+/// Where the script put the secured etcd and its credentials.
+struct SecuredEtcd {
+    endpoint: String,
+    tls_dir: std::path::PathBuf,
+    user: String,
+    password: String,
+}
+
+impl SecuredEtcd {
+    fn from_env() -> Self {
+        let var = |name: &str| {
+            std::env::var(name)
+                .unwrap_or_else(|_| panic!("{name} is not set: run scripts/integration-etcd.sh"))
+        };
+        Self {
+            endpoint: var("PALISADE_ETCD_TLS"),
+            tls_dir: var("PALISADE_ETCD_TLS_DIR").into(),
+            user: var("PALISADE_ETCD_USER"),
+            password: var("PALISADE_ETCD_PASSWORD"),
+        }
+    }
+
+    fn pem(&self, file: &str) -> Vec<u8> {
+        let path = self.tls_dir.join(file);
+        std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+    }
+
+    /// A builder with the CA, the client certificate and the credentials.
+    fn builder(&self, prefix: &str) -> palisade::discovery::EtcdRegistryBuilder {
+        EtcdRegistry::builder()
+            .endpoint(&self.endpoint)
+            .prefix(prefix)
+            .backoff(
+                Backoff::constant(Duration::from_millis(50))
+                    .build()
+                    .expect("valid backoff"),
+            )
+            .ca_certificate_pem(self.pem("ca.pem"))
+            .client_identity_pem(self.pem("client.pem"), self.pem("client-key.pem"))
+            .credentials(&self.user, &self.password)
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs etcd: scripts/integration-etcd.sh"]
+async fn etcd_over_mutual_tls_with_a_password_keeps_the_registry_contract() {
+    let secured = SecuredEtcd::from_env();
+    let etcd = secured
+        .builder(&unique_prefix("tls-contract"))
+        .connect()
+        .await
+        .expect("TLS, client certificate and password accepted");
+    discovery_registry_contract::write_side(&etcd, "contract", 9000).await;
+    let expected = [
+        instance("users", "users-b", 2),
+        instance("users", "users-a", 1),
+    ];
+    let mut guards = Vec::new();
+    for instance in &expected {
+        guards.push(
+            etcd.register(Registration::new(instance.clone(), ttl(10)))
+                .await
+                .expect("registered"),
+        );
+    }
+    discovery_registry_contract::read_side(&etcd, "users", &expected, "orders").await;
+    let shown = format!("{etcd:?}");
+    assert!(!shown.contains(&secured.password), "{shown}");
+}
+
+/// The error's text with all its sources.
+fn error_text(error: &DiscoveryError) -> String {
+    let mut text = format!("{error} / {error:?}");
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(&format!(" / {cause} / {cause:?}"));
+        source = cause.source();
+    }
+    text
+}
+
+#[tokio::test]
+#[ignore = "needs etcd: scripts/integration-etcd.sh"]
+async fn a_wrong_password_is_refused_at_connect_without_showing_it() {
+    let secured = SecuredEtcd::from_env();
+    let wrong = format!("not-{}", secured.password);
+    let error = secured
+        .builder("/palisade-test/wrong-password")
+        .credentials(&secured.user, &wrong)
+        .connect()
+        .await
+        .expect_err("a wrong password is refused");
+    assert!(error.is_transient(), "{error}");
+    let text = error_text(&error);
+    assert!(text.contains("authentication failed"), "{text}");
+    assert!(!text.contains(&wrong), "the password shows: {text}");
+}
+
+#[tokio::test]
+#[ignore = "needs etcd: scripts/integration-etcd.sh"]
+async fn without_credentials_or_a_client_certificate_the_secured_etcd_refuses() {
+    let secured = SecuredEtcd::from_env();
+    let prefix = unique_prefix("refused");
+    // No password: the client certificate's name is no etcd user.
+    let anonymous = EtcdRegistry::builder()
+        .endpoint(&secured.endpoint)
+        .prefix(&prefix)
+        .ca_certificate_pem(secured.pem("ca.pem"))
+        .client_identity_pem(secured.pem("client.pem"), secured.pem("client-key.pem"))
+        .connect()
+        .await
+        .expect("the client connects lazily");
+    let error = anonymous
+        .healthy("users")
+        .await
+        .expect_err("no user, no access");
+    assert!(error.is_transient(), "{error}");
+    // No client certificate: the TLS handshake fails.
+    let error = EtcdRegistry::builder()
+        .endpoint(&secured.endpoint)
+        .prefix(&prefix)
+        .ca_certificate_pem(secured.pem("ca.pem"))
+        .credentials(&secured.user, &secured.password)
+        .connect()
+        .await
+        .expect_err("etcd asks for a client certificate");
+    assert!(!error_text(&error).contains(&secured.password), "{error}");
+}
+
+#[tokio::test]
+#[ignore = "needs etcd: scripts/integration-etcd.sh"]
+async fn an_etcd_whose_certificate_another_ca_signed_is_refused() {
+    let secured = SecuredEtcd::from_env();
+    let error = secured
+        .builder("/palisade-test/other-ca")
+        .ca_certificate_pem(secured.pem("other-ca.pem"))
+        .connect()
+        .await
+        .expect_err("the server's certificate is not trusted");
+    assert!(error.is_transient(), "{error}");
+    assert!(!error_text(&error).contains(&secured.password), "{error}");
+}
+
+/// A CA and a client certificate it signed, PEM, made by rcgen.
+fn test_pki() -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().expect("CA key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("CA certificate");
+    let client_key = rcgen::KeyPair::generate().expect("client key");
+    let client = rcgen::CertificateParams::new(Vec::<String>::new())
+        .expect("params")
+        .signed_by(&client_key, &ca)
+        .expect("client certificate");
+    (ca.pem(), client.pem(), client_key.serialize_pem())
+}
+
+#[tokio::test]
+async fn invalid_tls_options_and_credentials_are_rejected_naming_the_field() {
+    let field = |result: Result<EtcdRegistry, DiscoveryError>| match result {
+        Err(DiscoveryError::Config(e)) => e.field(),
+        other => panic!("expected a configuration error, got {other:?}"),
+    };
+    let (ca, client, client_key) = test_pki();
+    let https = || EtcdRegistry::builder().endpoint("https://127.0.0.1:2379");
+    assert_eq!(
+        field(
+            EtcdRegistry::builder()
+                .endpoint("http://127.0.0.1:2379")
+                .ca_certificate_pem(ca.clone())
+                .connect()
+                .await
+        ),
+        "endpoints",
+        "TLS options need https:// endpoints"
+    );
+    assert_eq!(
+        field(https().endpoint("http://127.0.0.1:2380").connect().await),
+        "endpoints",
+        "https:// and http:// endpoints do not mix"
+    );
+    assert_eq!(
+        field(https().ca_certificate_pem("no PEM here").connect().await),
+        "ca_certificate"
+    );
+    assert_eq!(
+        field(
+            https()
+                .client_identity_pem(client.clone(), "no key")
+                .connect()
+                .await
+        ),
+        "client_identity"
+    );
+    assert_eq!(
+        field(
+            https()
+                .client_identity_pem(ca.clone(), client_key.clone())
+                .connect()
+                .await
+        ),
+        "client_identity",
+        "a key that is not the certificate's"
+    );
+    assert_eq!(
+        field(https().tls_domain_name("not a name!").connect().await),
+        "tls_domain_name"
+    );
+    assert_eq!(
+        field(https().credentials("", "password").connect().await),
+        "credentials"
+    );
+    assert_eq!(
+        field(https().credentials("root", "").connect().await),
+        "credentials"
+    );
+}
+
+#[tokio::test]
+async fn the_password_and_client_key_never_show_in_debug_or_errors() {
+    const PASSWORD: &str = "etcd-pw-7c41e0-secret";
+    let (ca, client, client_key) = test_pki();
+    let key_body = client_key
+        .lines()
+        .nth(1)
+        .expect("a PEM body line")
+        .to_owned();
+    let leaks = |text: &str| text.contains(PASSWORD) || text.contains(&key_body);
+    // Nothing listens on this port.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind")
+        .local_addr()
+        .expect("local addr");
+    let builder = EtcdRegistry::builder()
+        .endpoint(format!("https://{closed}"))
+        .ca_certificate_pem(ca)
+        .client_identity_pem(client, client_key.clone())
+        .credentials("root", PASSWORD);
+    let shown = format!("{builder:?}");
+    assert!(!leaks(&shown), "builder Debug: {shown}");
+    assert!(shown.contains("root"), "the user is shown: {shown}");
+    // With credentials the client authenticates at connect, which fails.
+    let error = builder.connect().await.expect_err("nothing listens");
+    assert!(error.is_transient(), "{error}");
+    let text = error_text(&error);
+    assert!(!leaks(&text), "error: {text}");
+    // A configuration error on the same builder shows neither.
+    let error = EtcdRegistry::builder()
+        .endpoint("http://127.0.0.1:2379")
+        .client_identity_pem("not a certificate", client_key)
+        .credentials("root", PASSWORD)
+        .connect()
+        .await
+        .expect_err("TLS options with an http:// endpoint");
+    let text = error_text(&error);
+    assert!(!leaks(&text), "error: {text}");
 }

@@ -121,6 +121,8 @@ mod guard;
 mod memory;
 mod polling;
 mod static_list;
+#[cfg(any(feature = "consul", feature = "etcd"))]
+mod tls;
 mod watch_channel;
 
 #[cfg(feature = "consul")]

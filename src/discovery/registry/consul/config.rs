@@ -2,6 +2,7 @@
 //! rules they are checked against.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -10,15 +11,19 @@ use std::time::Duration;
 use governor::Quota;
 use http::Uri;
 use http::header::HeaderValue;
+use hyper_rustls::{FixedServerNameResolver, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use parking_lot::Mutex;
+use rustls::RootCertStore;
+use rustls::pki_types::ServerName;
 
 use crate::backoff::Backoff;
 use crate::error::ConfigError;
 use crate::events::{EventHub, check_event_capacity};
 
+use super::super::tls::TlsSettings;
 use super::{ConsulRegistry, Counters, Inner};
 
 const COMPONENT: &str = "consul registry";
@@ -28,11 +33,16 @@ pub const MAX_CONSUL_WAIT: Duration = Duration::from_secs(600);
 
 /// Builds a [`ConsulRegistry`]; every setter is checked in
 /// [`build`](Self::build). See [`ConsulRegistry`] for the defaults.
-#[derive(Debug, Clone)]
+///
+/// Its `Debug` shows whether a token and a client key are set, never
+/// their values.
+#[derive(Clone)]
 #[must_use = "call .build() to get a registry"]
 pub struct ConsulRegistryBuilder {
     address: String,
+    /// The ACL token: never shown.
     token: Option<String>,
+    tls: TlsSettings,
     datacenter: Option<String>,
     wait: Duration,
     request_timeout: Duration,
@@ -48,6 +58,7 @@ impl ConsulRegistryBuilder {
         Self {
             address: "http://127.0.0.1:8500".to_owned(),
             token: None,
+            tls: TlsSettings::default(),
             datacenter: None,
             wait: Duration::from_secs(300),
             request_timeout: Duration::from_secs(10),
@@ -58,16 +69,44 @@ impl ConsulRegistryBuilder {
         }
     }
 
-    /// The agent's base URL, `http://host:port` (optionally with a path
-    /// prefix). Default `http://127.0.0.1:8500`.
+    /// The agent's base URL, `http://host:port` or `https://host:port`
+    /// (optionally with a path prefix). Default `http://127.0.0.1:8500`.
     pub fn address(mut self, address: impl Into<String>) -> Self {
         self.address = address.into();
         self
     }
 
-    /// An ACL token, sent as `X-Consul-Token` on every request.
+    /// An ACL token, sent as `X-Consul-Token` on every request. It is never
+    /// shown by `Debug`, errors, events or traces. Default none.
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
+        self
+    }
+
+    /// Trusts the CA certificates in `pem` (one or more PEM
+    /// `CERTIFICATE` blocks) instead of the system's roots, for an
+    /// `https://` address. Default: the system's roots.
+    pub fn ca_certificate_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls.ca_certificate = Some(pem.into());
+        self
+    }
+
+    /// Presents a client certificate (mutual TLS, Consul's
+    /// `verify_incoming`): the PEM certificate chain and its PEM private
+    /// key. Default none.
+    pub fn client_identity_pem(
+        mut self,
+        certificate_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.tls.client_identity = Some((certificate_pem.into(), key_pem.into()));
+        self
+    }
+
+    /// The name the agent's certificate must hold, when it differs from
+    /// the address's host. Default the address's host.
+    pub fn tls_domain_name(mut self, name: impl Into<String>) -> Self {
+        self.tls.domain_name = Some(name.into());
         self
     }
 
@@ -125,6 +164,14 @@ impl ConsulRegistryBuilder {
     /// breaks its rule. Needs no runtime; requests need a tokio runtime.
     pub fn build(self) -> Result<ConsulRegistry, ConfigError> {
         let base = self.address.trim_end_matches('/').to_owned();
+        if userinfo_range(&base).is_some() {
+            // Not quoted: the part before '@' may be a password.
+            return Err(ConfigError::new(
+                COMPONENT,
+                "address",
+                "must not hold a user or password (user:password@host); use token",
+            ));
+        }
         let uri: Uri = base.parse().map_err(|e| {
             ConfigError::new(
                 COMPONENT,
@@ -132,28 +179,29 @@ impl ConsulRegistryBuilder {
                 format!("must be a URL like http://127.0.0.1:8500, got {base:?} ({e})"),
             )
         })?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
-                return Err(ConfigError::new(
-                    COMPONENT,
-                    "address",
-                    format!("must use http:// (https is not supported), got {base:?}"),
-                ));
-            }
+        let https = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
             _ => {
                 return Err(ConfigError::new(
                     COMPONENT,
                     "address",
-                    format!("must be an http:// URL with a host, got {base:?}"),
+                    format!("must be an http:// or https:// URL with a host, got {base:?}"),
                 ));
             }
-        }
+        };
         if uri.authority().is_none() || uri.query().is_some() {
             return Err(ConfigError::new(
                 COMPONENT,
                 "address",
-                format!("must be an http:// URL with a host and no query, got {base:?}"),
+                format!("must be a URL with a host and no query, got {base:?}"),
+            ));
+        }
+        if !https && self.tls.is_set() {
+            return Err(ConfigError::new(
+                COMPONENT,
+                "address",
+                format!("must be an https:// URL when TLS options are set, got {base:?}"),
             ));
         }
         let token = match self.token {
@@ -217,9 +265,33 @@ impl ConsulRegistryBuilder {
             })?
             .allow_burst(query_burst);
         check_event_capacity(COMPONENT, self.event_capacity)?;
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new()).build(connector);
+        let tls = self.tls.check(COMPONENT)?;
+        // The system's roots are read only for an https:// agent without a
+        // CA certificate of its own; an http:// agent never uses TLS.
+        let system_roots = if https && tls.ca_certificates.is_none() {
+            system_roots()?
+        } else {
+            RootCertStore::empty()
+        };
+        let tls_config = tls.client_config(COMPONENT, system_roots)?;
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        let connector = HttpsConnectorBuilder::new().with_tls_config(tls_config);
+        let connector = if https {
+            connector.https_only()
+        } else {
+            connector.https_or_http()
+        };
+        let connector = match tls.domain_name {
+            Some(name) => {
+                let name = ServerName::try_from(name)
+                    .map_err(|e| ConfigError::new(COMPONENT, "tls_domain_name", e.to_string()))?;
+                connector.with_server_name_resolver(FixedServerNameResolver::new(name))
+            }
+            None => connector,
+        };
+        let connector = connector.enable_http1().wrap_connector(http);
         Ok(ConsulRegistry {
             inner: Arc::new(Inner {
                 base,
@@ -229,12 +301,83 @@ impl ConsulRegistryBuilder {
                 request_timeout: self.request_timeout,
                 query_quota,
                 backoff: self.backoff,
-                client,
+                client: Client::builder(TokioExecutor::new()).build(connector),
                 counters: Counters::default(),
                 events: EventHub::new(self.event_capacity),
                 local: Mutex::new(HashMap::new()),
                 next_generation: AtomicU64::new(0),
             }),
         })
+    }
+}
+
+/// The certificates the system trusts (rustls-native-certs).
+fn system_roots() -> Result<RootCertStore, ConfigError> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = RootCertStore::empty();
+    let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        return Err(ConfigError::new(
+            COMPONENT,
+            "ca_certificate",
+            "must be set for an https:// address: the system has no CA certificates",
+        ));
+    }
+    Ok(roots)
+}
+
+impl fmt::Debug for ConsulRegistryBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConsulRegistryBuilder")
+            .field("address", &redact_userinfo(&self.address))
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls)
+            .field("datacenter", &self.datacenter)
+            .field("wait", &self.wait)
+            .field("request_timeout", &self.request_timeout)
+            .field("query_burst", &self.query_burst)
+            .field("query_interval", &self.query_interval)
+            .field("backoff", &self.backoff)
+            .field("event_capacity", &self.event_capacity)
+            .finish()
+    }
+}
+
+/// Where `user:password@` sits in `address`, if it has one.
+fn userinfo_range(address: &str) -> Option<std::ops::Range<usize>> {
+    let start = address.find("://").map_or(0, |i| i + 3);
+    let authority_len = address[start..]
+        .find(['/', '?', '#'])
+        .unwrap_or(address.len() - start);
+    let at = address[start..start + authority_len].rfind('@')?;
+    Some(start..start + at + 1)
+}
+
+/// `address` with any `user:password@` replaced, for `Debug`.
+fn redact_userinfo(address: &str) -> String {
+    match userinfo_range(address) {
+        None => address.to_owned(),
+        Some(range) => format!(
+            "{}<redacted>@{}",
+            &address[..range.start],
+            &address[range.end..]
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_hides_the_user_and_password_of_an_address() {
+        assert_eq!(
+            redact_userinfo("https://admin:s3cret@consul.local:8501/prefix"),
+            "https://<redacted>@consul.local:8501/prefix"
+        );
+        assert_eq!(
+            redact_userinfo("http://127.0.0.1:8500/a@b"),
+            "http://127.0.0.1:8500/a@b"
+        );
     }
 }

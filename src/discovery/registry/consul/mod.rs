@@ -10,7 +10,8 @@
 //!
 //! Tested against an in-process HTTP server that implements these
 //! endpoints as Consul documents them (no Consul server can be installed
-//! where this crate is built); the requests follow Consul's API docs.
+//! where this crate is built); the requests follow Consul's API docs. The
+//! same server behind rustls tests the `https://` path.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -22,6 +23,7 @@ use bytes::Bytes;
 use governor::Quota;
 use http::header::HeaderValue;
 use http_body_util::Full;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use parking_lot::Mutex;
@@ -78,13 +80,26 @@ const BACKEND: &str = "consul";
 ///   differ from the last one yielded are yielded. The watch runs inside
 ///   the stream: dropping the stream cancels its query.
 ///
-/// Only plain `http://` agent addresses are supported (a local agent is
-/// the usual setup); there is no TLS connector.
+/// `http://` and `https://` agent addresses are supported. `https://` uses
+/// rustls with the `ring` provider, trusting the system's roots, or only
+/// the CA certificates given with
+/// [`ca_certificate_pem`](ConsulRegistryBuilder::ca_certificate_pem);
+/// [`client_identity_pem`](ConsulRegistryBuilder::client_identity_pem)
+/// presents a client certificate (Consul's `verify_incoming`). TLS options
+/// with an `http://` address are a [`ConfigError`](crate::ConfigError), as
+/// is an address holding `user:password@`.
+///
+/// The ACL token and the client's private key never appear in `Debug`
+/// output (of the builder or the registry), errors, events or traces: the
+/// token is a sensitive header value, shown as `<redacted>`.
 ///
 /// | option | default | meaning |
 /// |---|---|---|
-/// | `address` | `http://127.0.0.1:8500` | The agent's base URL. |
-/// | `token` | none | ACL token, sent as `X-Consul-Token`. |
+/// | `address` | `http://127.0.0.1:8500` | The agent's base URL, `http://` or `https://`. |
+/// | `token` | none | ACL token, sent as `X-Consul-Token`; never shown. |
+/// | `ca_certificate_pem` | the system's roots | CA certificates (PEM) trusted for an `https://` agent, instead of the system's. |
+/// | `client_identity_pem` | none | Client certificate chain and private key (PEM) for mutual TLS; the key is never shown. |
+/// | `tls_domain_name` | the address's host | The name the agent's certificate must hold. |
 /// | `datacenter` | none (the agent's) | `dc` of health queries. |
 /// | `wait` | 5 min | A blocking query's `wait`, 1 ms to 10 min. |
 /// | `request_timeout` | 10 s | Limit on a non-blocking request; a blocking one may take `wait + wait/16 + request_timeout`. |
@@ -118,6 +133,21 @@ const BACKEND: &str = "consul";
 /// # Ok(())
 /// # }
 /// ```
+///
+/// An agent over TLS with its own CA:
+///
+/// ```no_run
+/// use palisade::discovery::ConsulRegistry;
+///
+/// # fn main() -> Result<(), palisade::BoxError> {
+/// let consul = ConsulRegistry::builder()
+///     .address("https://consul.internal:8501")
+///     .ca_certificate_pem(std::fs::read("/etc/consul/ca.pem")?)
+///     .token(std::env::var("CONSUL_HTTP_TOKEN")?)
+///     .build()?;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct ConsulRegistry {
     inner: Arc<Inner>,
@@ -133,7 +163,7 @@ struct Inner {
     /// one per `query_interval`.
     query_quota: Quota,
     backoff: Backoff,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     counters: Counters,
     events: EventHub<ConsulEvent>,
     /// The instances registered through this registry, by id.

@@ -27,7 +27,7 @@ const TOKEN_HEADER: &str = "x-consul-token";
 const INDEX_HEADER: &str = "x-consul-index";
 
 /// Consul answered with an unexpected HTTP status; the source of a
-/// [`DiscoveryError::Unavailable`] from a [`ConsulRegistry`].
+/// [`DiscoveryError::Unavailable`] from a [`ConsulRegistry`](super::ConsulRegistry).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("consul answered {method} {path} with {status}: {body}")]
 pub struct ConsulStatusError {

@@ -62,8 +62,22 @@ const BACKEND: &str = "etcd";
 /// | `prefix` | `/palisade/services` | Key prefix: instances live at `<prefix>/<service>/<id>`. |
 /// | `default_lease_ttl` | 10 s | Lease TTL of registrations without a TTL check. |
 /// | `backoff` | [`Backoff::default()`] | Delays between retries of keep-alives, re-grants and watches. |
-/// | `connect_options` | etcd-client's defaults | Timeouts, credentials, TLS of the etcd client. |
+/// | `connect_options` | etcd-client's defaults | Timeouts and keep-alive of the etcd client (the TLS options and credentials below replace its own). |
+/// | `ca_certificate_pem` | the system's roots | CA certificates (PEM) trusted for `https://` endpoints, instead of the system's. |
+/// | `client_identity_pem` | none | Client certificate chain and private key (PEM) for mutual TLS (etcd's `--client-cert-auth`); the key is never shown. |
+/// | `tls_domain_name` | the endpoint's host | The name etcd's certificate must hold. |
+/// | `credentials` | none | User and password (etcd's `auth enable`); the password is never shown. |
 /// | `event_capacity` | 256 | Events buffered per subscriber. |
+///
+/// TLS: `https://` endpoints use rustls with the `ring` provider (through
+/// etcd-client's `tls` feature), trusting the system's roots or only the
+/// given CA. Any TLS option, or any `https://` endpoint, turns TLS on for
+/// all endpoints: an `http://` endpoint beside it is a
+/// [`ConfigError`](crate::ConfigError) naming `endpoints`. With
+/// credentials the client authenticates at [`connect`](EtcdRegistryBuilder::connect)
+/// and sends its token with every request; credentials without TLS work
+/// but trace a warning. The password and the client's private key never
+/// appear in `Debug` output, errors, events or traces.
 ///
 /// [`HealthCheck::Ttl`]: crate::discovery::HealthCheck::Ttl
 /// [`HealthCheck::None`]: crate::discovery::HealthCheck::None
@@ -87,6 +101,27 @@ const BACKEND: &str = "etcd";
 ///     .register(Registration::new(me, HealthCheck::ttl(Duration::from_secs(5))?))
 ///     .await?;
 /// let healthy = etcd.healthy("payments").await?;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// A secured etcd (TLS with a client certificate, authentication on):
+///
+/// ```no_run
+/// use palisade::discovery::EtcdRegistry;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), palisade::BoxError> {
+/// let etcd = EtcdRegistry::builder()
+///     .endpoint("https://etcd-1.internal:2379")
+///     .ca_certificate_pem(std::fs::read("/etc/etcd/ca.pem")?)
+///     .client_identity_pem(
+///         std::fs::read("/etc/palisade/client.pem")?,
+///         std::fs::read("/etc/palisade/client-key.pem")?,
+///     )
+///     .credentials("payments", std::env::var("ETCD_PASSWORD")?)
+///     .connect()
+///     .await?;
 /// # Ok(())
 /// # }
 /// ```
