@@ -18,7 +18,8 @@ use super::state::Retry;
 /// Every service the layer builds (and every clone of them) shares the
 /// [`Retry`]: its configuration, retry budget, metrics and event stream.
 ///
-/// ```
+#[cfg_attr(feature = "http", doc = "```")]
+#[cfg_attr(not(feature = "http"), doc = "```ignore")]
 /// use std::time::Duration;
 /// use palisade::backoff::Backoff;
 /// use palisade::classify::HttpStatusClassifier;

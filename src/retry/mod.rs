@@ -3,7 +3,7 @@
 //! A [`Retry`] tries a failed call again when the shared
 //! [`Classify`](crate::classify::Classify) classifier says the failure is
 //! retryable ([`Outcome::Failure`](crate::classify::Outcome::Failure) with
-//! `retryable: true`), waiting between attempts as its [`Backoff`] says (or
+//! `retryable: true`), waiting between attempts as its [`Backoff`](crate::backoff::Backoff) says (or
 //! as the server asked with `Retry-After`), as long as attempts, deadlines
 //! and the shared [`RetryBudget`] allow. tower's own `Retry` asks every user
 //! to write a `Policy`; this one is ready in three lines and still takes
