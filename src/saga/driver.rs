@@ -24,6 +24,7 @@ use super::outcome::{SagaFailure, SagaOutcome, SagaOutput};
 use super::progress::{Progress, StepProgress};
 use super::record::{FinishedOutcome, RecordKind, SagaState, StepEffect};
 use super::recording::Note;
+use super::unwind::CatchPanic;
 use crate::classify::Outcome;
 
 /// What the backoff is told about the attempt before each retry.
@@ -215,6 +216,11 @@ where
                         Ok((_, Err(error))) => {
                             first_error.get_or_insert(error);
                         }
+                        // A panic in the executor's own code (steps' panics are
+                        // failed attempts): the driver's panic catch gives the saga back.
+                        Err(join) if join.is_panic() => {
+                            std::panic::resume_unwind(join.into_panic())
+                        }
                         Err(join) => {
                             first_error.get_or_insert(SagaError::InconsistentLog {
                                 saga: self.saga(),
@@ -327,7 +333,17 @@ where
                 codec: Arc::clone(&self.shared.codec),
             };
             let started = Instant::now();
-            let once = call.invoke(Arc::clone(&self.shared.ctx), cx);
+            // A panicking step is an attempt with an unknown outcome.
+            let once = async {
+                CatchPanic::new(call.invoke(Arc::clone(&self.shared.ctx), cx))
+                    .await
+                    .unwrap_or_else(|panic| {
+                        Err((
+                            StepEffect::Unknown,
+                            format!("{} panicked: {panic}", call.kind_name()),
+                        ))
+                    })
+            };
             let result = match timeout {
                 Some(limit) => tokio::time::timeout(*limit, once)
                     .await
@@ -513,6 +529,13 @@ impl<Ctx, C> Call<'_, Ctx, C> {
         match self {
             Call::Action { .. } => CallKind::Action,
             Call::Compensation(_) => CallKind::Compensation,
+        }
+    }
+
+    fn kind_name(&self) -> &'static str {
+        match self {
+            Call::Action { .. } => "action",
+            Call::Compensation(_) => "compensation",
         }
     }
 

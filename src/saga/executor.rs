@@ -2,8 +2,10 @@
 //! compensations, recording each move in the log first.
 
 use std::collections::HashMap;
+use std::collections::HashSet;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
@@ -18,10 +20,11 @@ use super::error::SagaError;
 use super::event::{Counters, SagaEvent, SagaEventKind, SagaMetrics, bump};
 use super::id::{OwnerId, SagaId};
 use super::log::{ClaimedSaga, Lease, LogError, NewSaga, SagaLog, SagaSummary};
-use super::outcome::{Recovery, SagaHandle};
+use super::outcome::{Recovery, SagaHandle, SagaOutcome};
 use super::progress::Progress;
 use super::record::{FinishedOutcome, LoggedRecord, RecordKind, SagaState};
 use super::recording::Note;
+use super::unwind::CatchPanic;
 use crate::backoff::Backoff;
 use crate::error::ConfigError;
 use crate::events::{EventHub, EventStream, check_event_capacity};
@@ -686,6 +689,45 @@ where
         });
     }
 
+    /// Drives a saga to its end. A log that is unavailable for a while (a
+    /// database restart, a lost connection) does not strand the saga: its
+    /// driver takes it back and goes on from what the log says, until the
+    /// log answers. `epoch` follows the lease the driver holds.
+    async fn drive_until_settled(
+        run: Arc<Run<Ctx, C>>,
+        progress: Progress,
+        tasks: Weak<Tasks>,
+        epoch: Arc<AtomicU64>,
+    ) -> Result<SagaOutcome<C>, SagaError> {
+        let id = run.lease.saga;
+        let shared = Arc::clone(&run.shared);
+        let mut result = run.drive_with_lease(progress).await;
+        let mut delays = Backoff::default().schedule();
+        while let Err(SagaError::Log(LogError::Unavailable { .. })) = &result {
+            tokio::time::sleep(delays.next_delay()).await;
+            let Some(tasks) = tasks.upgrade() else { break };
+            let executor = SagaExecutor {
+                shared: Arc::clone(&shared),
+                tasks,
+            };
+            match executor
+                .resume_after_log_failure(id, epoch.load(Ordering::Acquire))
+                .await
+            {
+                Resumption::Resumed(run, progress) => {
+                    epoch.store(run.lease.epoch, Ordering::Release);
+                    drop(executor);
+                    result = run.drive_with_lease(progress).await;
+                }
+                // Still unavailable: try again after a longer wait.
+                Resumption::Unavailable => {}
+                Resumption::Superseded => break,
+                Resumption::Failed(error) => result = Err(error),
+            }
+        }
+        result
+    }
+
     fn spawn(
         &self,
         definition: SagaDefinition<Ctx, C>,
@@ -709,38 +751,36 @@ where
             async move {
                 let shared = Arc::clone(&run.shared);
                 let in_flight = InFlight::new(&shared.counters);
-                let mut epoch = epoch;
-                let mut result = run.drive_with_lease(progress).await;
-                // A log that is unavailable for a while (a database restart,
-                // a lost connection) does not strand the saga: take it back
-                // and go on from what the log says, until the log answers.
-                let mut delays = Backoff::default().schedule();
-                while let Err(SagaError::Log(LogError::Unavailable { .. })) = &result {
-                    tokio::time::sleep(delays.next_delay()).await;
-                    let Some(tasks) = tasks.upgrade() else { break };
-                    let executor = SagaExecutor {
-                        shared: Arc::clone(&shared),
-                        tasks,
-                    };
-                    match executor.resume_after_log_failure(id, epoch).await {
-                        Resumption::Resumed(run, progress) => {
-                            epoch = run.lease.epoch;
-                            drop(executor);
-                            result = run.drive_with_lease(progress).await;
-                        }
-                        // Still unavailable: try again after a longer wait.
-                        Resumption::Unavailable => {}
-                        Resumption::Superseded => break,
-                        Resumption::Failed(error) => result = Err(error),
+                let epoch = Arc::new(AtomicU64::new(epoch));
+                let driving = Self::drive_until_settled(
+                    run,
+                    progress,
+                    Weak::clone(&tasks),
+                    Arc::clone(&epoch),
+                );
+                let result = match CatchPanic::new(driving).await {
+                    Ok(result) => result,
+                    // A bug, not a step (their panics are failed attempts):
+                    // give the saga back so that it is not stranded.
+                    Err(message) => {
+                        tracing::error!(%message, "saga driver panicked; releasing its lease");
+                        Err(SagaError::DriverPanicked { saga: id, message })
                     }
-                }
+                };
                 drop(in_flight);
-                if let Some(tasks) = tasks.upgrade() {
+                let epoch = epoch.load(Ordering::Acquire);
+                let ours = tasks.upgrade().and_then(|tasks| {
                     let mut running = tasks.running.lock();
                     // Only our own entry: a newer driver of the same saga
                     // (after `recover`) has a higher epoch.
-                    if running.get(&id).is_some_and(|(_, l)| l.epoch == epoch) {
-                        running.remove(&id);
+                    match running.get(&id) {
+                        Some((_, l)) if l.epoch == epoch => running.remove(&id).map(|(_, l)| l),
+                        _ => None,
+                    }
+                });
+                if let (Some(lease), Err(SagaError::DriverPanicked { .. })) = (ours, &result) {
+                    if let Err(error) = shared.log.release(&lease).await {
+                        tracing::debug!(%error, "lease of a panicked driver not released");
                     }
                 }
                 let _ = tx.send(result);

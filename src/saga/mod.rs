@@ -166,6 +166,7 @@ mod outcome;
 mod progress;
 mod record;
 mod recording;
+mod unwind;
 
 pub use self::codec::{Codec, CodecError, JsonCodec};
 pub use self::context::{CallKind, StepContext};

@@ -1,0 +1,210 @@
+//! Regression tests for the saga executor's reliability defects: panicking
+//! steps, operator calls on sagas they do not act on, and which failure a
+//! parallel stage reports. Paused time throughout.
+#![cfg(feature = "saga")]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use palisade::backoff::Backoff;
+use palisade::saga::{
+    FinishedOutcome, MemoryLog, RecordKind, SagaDefinition, SagaError, SagaExecutor, SagaOutcome,
+    SagaState, Step, StepContext, StepError,
+};
+use tokio::sync::Semaphore;
+
+/// The services of these tests: counts calls and holds a gate that
+/// blocking steps wait on.
+#[derive(Debug)]
+struct Services {
+    undo_calls: AtomicU32,
+    action_calls: AtomicU32,
+    gate: Semaphore,
+}
+
+impl Services {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            undo_calls: AtomicU32::new(0),
+            action_calls: AtomicU32::new(0),
+            gate: Semaphore::new(0),
+        })
+    }
+
+    async fn pass_gate(&self) {
+        self.gate.acquire().await.expect("gate open").forget();
+    }
+}
+
+fn fast_backoff() -> Backoff {
+    Backoff::constant(Duration::from_millis(10))
+        .build()
+        .expect("valid")
+}
+
+fn ok_step(name: &'static str) -> Step<Services> {
+    Step::new(
+        name,
+        |svc: Arc<Services>, _cx: StepContext| async move {
+            svc.action_calls.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, StepError>(())
+        },
+        |svc: Arc<Services>, _cx: StepContext| async move {
+            svc.undo_calls.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, std::io::Error>(())
+        },
+    )
+}
+
+fn refused_step(name: &'static str) -> Step<Services> {
+    Step::without_compensation(name, |_svc: Arc<Services>, _cx: StepContext| async move {
+        Err::<(), _>(StepError::no_effect("refused"))
+    })
+}
+
+/// A step whose action waits at the gate, then completes.
+fn gated_step(name: &'static str) -> Step<Services> {
+    Step::without_compensation(name, |svc: Arc<Services>, _cx: StepContext| async move {
+        svc.pass_gate().await;
+        Ok::<_, StepError>(())
+    })
+}
+
+fn executor(svc: &Arc<Services>, log: &MemoryLog, owner: &str) -> SagaExecutor<Services> {
+    SagaExecutor::builder(Arc::clone(svc), log.clone())
+        .owner(owner)
+        .build()
+        .expect("valid executor")
+}
+
+fn panic_message(error: &str) -> bool {
+    error.contains("panicked") && error.contains("boom")
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_compensation_is_a_failed_attempt_and_the_saga_ends_stuck() {
+    let svc = Services::new();
+    let log = MemoryLog::new();
+    let panicking_undo = Step::new(
+        "payment",
+        |_svc: Arc<Services>, _cx: StepContext| async move { Ok::<_, StepError>(()) },
+        |svc: Arc<Services>, _cx: StepContext| async move {
+            if svc.undo_calls.fetch_add(1, Ordering::SeqCst) < 100 {
+                panic!("boom");
+            }
+            Ok::<_, std::io::Error>(())
+        },
+    )
+    .compensation_retry(fast_backoff(), 3);
+    let definition = SagaDefinition::builder("panics", 1)
+        .step(panicking_undo)
+        .step(refused_step("inventory"))
+        .build()
+        .expect("valid");
+    let executor = executor(&svc, &log, "a");
+
+    let handle = executor.start(&definition, &()).await.expect("started");
+    let id = handle.id();
+    match handle
+        .outcome()
+        .await
+        .expect("the driver survives the panic")
+    {
+        SagaOutcome::Stuck(failure) => {
+            assert_eq!(failure.step, "payment");
+            assert!(panic_message(&failure.error), "{}", failure.error);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        svc.undo_calls.load(Ordering::SeqCst),
+        3,
+        "every attempt ran"
+    );
+    let status = executor.status(id).await.expect("status");
+    assert_eq!(status.state, SagaState::Stuck);
+    assert_eq!(status.owner, None, "the stuck saga's lease was given back");
+    assert_eq!(executor.metrics().in_flight, 0);
+    // The saga is not stranded: an operator can retry it.
+    svc.undo_calls.store(100, Ordering::SeqCst);
+    let retried = executor.retry_stuck(id).await.expect("retried");
+    assert!(matches!(
+        retried.outcome().await,
+        Ok(SagaOutcome::Compensated(_))
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_action_is_an_unknown_outcome_and_the_saga_compensates() {
+    let svc = Services::new();
+    let log = MemoryLog::new();
+    let panicking = Step::new(
+        "shipping",
+        |_svc: Arc<Services>, _cx: StepContext| async move {
+            if true {
+                panic!("boom");
+            }
+            Ok::<_, StepError>(())
+        },
+        |svc: Arc<Services>, _cx: StepContext| async move {
+            svc.undo_calls.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, std::io::Error>(())
+        },
+    );
+    let definition = SagaDefinition::builder("panics", 1)
+        .step(ok_step("payment"))
+        .step(panicking)
+        .build()
+        .expect("valid");
+    let executor = executor(&svc, &log, "a");
+
+    let handle = executor.start(&definition, &()).await.expect("started");
+    let id = handle.id();
+    match handle
+        .outcome()
+        .await
+        .expect("the driver survives the panic")
+    {
+        SagaOutcome::Compensated(failure) => {
+            assert_eq!(failure.step, "shipping");
+            assert!(panic_message(&failure.error), "{}", failure.error);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Both compensated: the panicking action's outcome is unknown.
+    assert_eq!(svc.undo_calls.load(Ordering::SeqCst), 2);
+    let status = executor.status(id).await.expect("status");
+    assert_eq!(status.state, SagaState::Compensated);
+    assert_eq!(executor.metrics().in_flight, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_action_is_retried_like_any_failed_attempt() {
+    let svc = Services::new();
+    let log = MemoryLog::new();
+    let flaky =
+        Step::without_compensation("flaky", |svc: Arc<Services>, _cx: StepContext| async move {
+            if svc.action_calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                panic!("boom");
+            }
+            Ok::<_, StepError>(7_u32)
+        })
+        .retry(fast_backoff(), 2);
+    let definition = SagaDefinition::builder("panics", 1)
+        .step(flaky)
+        .build()
+        .expect("valid");
+    let executor = executor(&svc, &log, "a");
+
+    let handle = executor.start(&definition, &()).await.expect("started");
+    match handle
+        .outcome()
+        .await
+        .expect("the driver survives the panic")
+    {
+        SagaOutcome::Completed(output) => assert_eq!(output.get::<u32>("flaky").unwrap(), 7),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(svc.action_calls.load(Ordering::SeqCst), 2);
+}
