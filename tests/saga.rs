@@ -369,10 +369,10 @@ async fn a_failing_compensation_is_retried_then_stuck_then_retry_stuck_finishes_
     assert!(undo_keys.iter().all(|k| *k == format!("{id}:b:undo")));
     assert!(matches!(
         exec.retry_stuck(id).await,
-        Err(SagaError::Log(LogError::Finished {
+        Err(SagaError::NotStuck {
             state: SagaState::Compensated,
             ..
-        }))
+        })
     ));
 }
 
@@ -404,10 +404,10 @@ async fn abandon_finishes_a_stuck_saga_and_refuses_others() {
     done.outcome().await.unwrap();
     assert!(matches!(
         exec.abandon(done_id).await,
-        Err(SagaError::Log(LogError::Finished {
+        Err(SagaError::NotStuck {
             state: SagaState::Completed,
             ..
-        }))
+        })
     ));
 }
 

@@ -208,3 +208,148 @@ async fn a_panicking_action_is_retried_like_any_failed_attempt() {
     }
     assert_eq!(svc.action_calls.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn abandon_and_retry_stuck_leave_a_saga_driven_by_this_executor_alone() {
+    let svc = Services::new();
+    let log = MemoryLog::new();
+    let definition = SagaDefinition::builder("gated", 1)
+        .step(gated_step("wait"))
+        .build()
+        .expect("valid");
+    let executor = executor(&svc, &log, "a");
+    let handle = executor.start(&definition, &()).await.expect("started");
+    let id = handle.id();
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let epoch = executor.status(id).await.expect("status").epoch;
+
+    for result in [
+        executor.abandon(id).await.map(drop),
+        executor.retry_stuck(id).await.map(drop),
+    ] {
+        assert!(
+            matches!(
+                result,
+                Err(SagaError::NotStuck {
+                    state: SagaState::Running,
+                    ..
+                })
+            ),
+            "{result:?}"
+        );
+    }
+    assert_eq!(
+        executor.status(id).await.expect("status").epoch,
+        epoch,
+        "the saga was not claimed"
+    );
+    svc.gate.add_permits(1);
+    assert!(matches!(
+        handle.outcome().await,
+        Ok(SagaOutcome::Completed(_))
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_second_retry_stuck_does_not_kill_the_first() {
+    let svc = Services::new();
+    let log = MemoryLog::new();
+    // The compensation fails once (stuck), then waits at the gate.
+    let undo_once_then_gated = Step::new(
+        "payment",
+        |_svc: Arc<Services>, _cx: StepContext| async move { Ok::<_, StepError>(()) },
+        |svc: Arc<Services>, _cx: StepContext| async move {
+            if svc.undo_calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                return Err(std::io::Error::other("refund service down"));
+            }
+            svc.pass_gate().await;
+            Ok(())
+        },
+    )
+    .compensation_retry(fast_backoff(), 1);
+    let definition = SagaDefinition::builder("stuck", 1)
+        .step(undo_once_then_gated)
+        .step(refused_step("inventory"))
+        .build()
+        .expect("valid");
+    let executor = executor(&svc, &log, "a");
+    let handle = executor.start(&definition, &()).await.expect("started");
+    let id = handle.id();
+    assert!(matches!(handle.outcome().await, Ok(SagaOutcome::Stuck(_))));
+
+    let first = executor.retry_stuck(id).await.expect("first retry");
+    let second = executor.retry_stuck(id).await.map(drop);
+    assert!(
+        matches!(second, Err(SagaError::NotStuck { .. })),
+        "{second:?}"
+    );
+    let abandoned = executor.abandon(id).await;
+    assert!(
+        matches!(abandoned, Err(SagaError::NotStuck { .. })),
+        "{abandoned:?}"
+    );
+    svc.gate.add_permits(1);
+    assert!(matches!(
+        first.outcome().await,
+        Ok(SagaOutcome::Compensated(_))
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn operator_calls_on_finished_or_foreign_sagas_answer_not_stuck() {
+    let svc = Services::new();
+    let log = MemoryLog::new();
+    let done = SagaDefinition::builder("done", 1)
+        .step(ok_step("payment"))
+        .build()
+        .expect("valid");
+    let gated = SagaDefinition::builder("gated", 1)
+        .step(gated_step("wait"))
+        .build()
+        .expect("valid");
+    let a = executor(&svc, &log, "a");
+    let b = executor(&svc, &log, "b");
+
+    let finished = a.start(&done, &()).await.expect("started");
+    let finished_id = finished.id();
+    finished.outcome().await.expect("completed");
+    for result in [
+        b.abandon(finished_id).await.map(drop),
+        b.retry_stuck(finished_id).await.map(drop),
+    ] {
+        assert!(
+            matches!(
+                result,
+                Err(SagaError::NotStuck {
+                    state: SagaState::Completed,
+                    ..
+                })
+            ),
+            "{result:?}"
+        );
+    }
+
+    let running = a.start(&gated, &()).await.expect("started");
+    let running_id = running.id();
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    for result in [
+        b.abandon(running_id).await.map(drop),
+        b.retry_stuck(running_id).await.map(drop),
+    ] {
+        assert!(
+            matches!(
+                result,
+                Err(SagaError::NotStuck {
+                    state: SagaState::Running,
+                    ..
+                })
+            ),
+            "{result:?}"
+        );
+    }
+    svc.gate.add_permits(1);
+    assert!(matches!(
+        running.outcome().await,
+        Ok(SagaOutcome::Completed(_))
+    ));
+}

@@ -170,6 +170,8 @@ enum Resumption<Ctx, C> {
 #[derive(Debug, Default)]
 struct Tasks {
     running: Mutex<HashMap<SagaId, (AbortHandle, Lease)>>,
+    /// Sagas an operator call (`retry_stuck`, `abandon`) is acting on.
+    operated: Mutex<HashSet<SagaId>>,
     takeover: Mutex<Option<AbortHandle>>,
 }
 
@@ -181,6 +183,30 @@ impl Drop for Tasks {
         if let Some(takeover) = self.takeover.get_mut() {
             takeover.abort();
         }
+    }
+}
+
+/// One operator call on a saga at a time per executor: the mark is
+/// removed when the call returns.
+struct OperatorCall<'a> {
+    tasks: &'a Tasks,
+    saga: SagaId,
+}
+
+impl<'a> OperatorCall<'a> {
+    /// Marks `saga` as operated on; `None` if it is already, or if this
+    /// executor drives it.
+    fn begin(tasks: &'a Tasks, saga: SagaId) -> Option<Self> {
+        if tasks.running.lock().contains_key(&saga) || !tasks.operated.lock().insert(saga) {
+            return None;
+        }
+        Some(Self { tasks, saga })
+    }
+}
+
+impl Drop for OperatorCall<'_> {
+    fn drop(&mut self) {
+        self.tasks.operated.lock().remove(&self.saga);
     }
 }
 
@@ -422,32 +448,27 @@ where
     }
 
     /// Tries a stuck saga's compensation again, with a fresh set of
-    /// attempts. [`SagaError::NotStuck`] if it is not stuck.
+    /// attempts. [`SagaError::NotStuck`] if it is not stuck (running,
+    /// compensating, finished, or being retried already); a saga it does
+    /// not act on is left alone.
     pub async fn retry_stuck(&self, saga: SagaId) -> Result<SagaHandle<C>, SagaError> {
-        let claim = self
-            .shared
-            .log
-            .claim(saga, &self.shared.owner, self.shared.lease_ttl)
-            .await?;
+        let Some(_operating) = OperatorCall::begin(&self.tasks, saga) else {
+            return Err(self.driven_here(saga).await);
+        };
+        let claim = self.claim_stuck(saga).await?;
+        // Still marked as operated on until its driver is in the running
+        // table, so that a second call cannot slip in between.
         self.resume(claim, true).await
     }
 
     /// Gives up on a stuck saga: records it as abandoned, leaving its
     /// remaining compensations undone. [`SagaError::NotStuck`] if it is
-    /// not stuck.
+    /// not stuck; a saga it does not act on is left alone.
     pub async fn abandon(&self, saga: SagaId) -> Result<(), SagaError> {
-        let claim = self
-            .shared
-            .log
-            .claim(saga, &self.shared.owner, self.shared.lease_ttl)
-            .await?;
-        if claim.state != SagaState::Stuck {
-            let _ = self.shared.log.release(&claim.lease).await;
-            return Err(SagaError::NotStuck {
-                saga,
-                state: claim.state,
-            });
-        }
+        let Some(_operating) = OperatorCall::begin(&self.tasks, saga) else {
+            return Err(self.driven_here(saga).await);
+        };
+        let claim = self.claim_stuck(saga).await?;
         let abandoned = RecordKind::SagaFinished {
             outcome: FinishedOutcome::Abandoned,
         };
@@ -456,6 +477,54 @@ where
             .record(&claim.lease, &definition, abandoned, Note::default())
             .await?;
         Ok(())
+    }
+
+    /// The answer to an operator call on a saga this executor drives (or
+    /// is operating on already): not stuck.
+    async fn driven_here(&self, saga: SagaId) -> SagaError {
+        match self.shared.log.summary(saga).await {
+            // Its driver is about to take it out of `stuck`.
+            Ok(summary) if summary.state == SagaState::Stuck => SagaError::NotStuck {
+                saga,
+                state: SagaState::Compensating,
+            },
+            Ok(summary) => SagaError::NotStuck {
+                saga,
+                state: summary.state,
+            },
+            Err(error) => error.into(),
+        }
+    }
+
+    /// Claims a saga for an operator call if, and only if, it is stuck:
+    /// its state is checked before the claim, which would otherwise fence
+    /// off the driver of a saga that is not.
+    async fn claim_stuck(&self, saga: SagaId) -> Result<ClaimedSaga, SagaError> {
+        let not_stuck = |state| SagaError::NotStuck { saga, state };
+        if self.tasks.running.lock().contains_key(&saga) {
+            return Err(self.driven_here(saga).await);
+        }
+        let summary = self.shared.log.summary(saga).await?;
+        if summary.state != SagaState::Stuck {
+            return Err(not_stuck(summary.state));
+        }
+        match self
+            .shared
+            .log
+            .claim(saga, &self.shared.owner, self.shared.lease_ttl)
+            .await
+        {
+            Ok(claim) if claim.state == SagaState::Stuck => Ok(claim),
+            // It left `stuck` between the check and the claim.
+            Ok(claim) => {
+                let _ = self.shared.log.release(&claim.lease).await;
+                Err(not_stuck(claim.state))
+            }
+            Err(LogError::Finished { state, .. }) => Err(not_stuck(state)),
+            // Another executor is retrying it.
+            Err(LogError::LeaseHeld { .. }) => Err(not_stuck(SagaState::Compensating)),
+            Err(error) => Err(error.into()),
+        }
     }
 
     /// The saga's summary (state, owner, epoch, record count) from the log.
