@@ -353,3 +353,49 @@ async fn operator_calls_on_finished_or_foreign_sagas_answer_not_stuck() {
         Ok(SagaOutcome::Completed(_))
     ));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_parallel_stage_reports_its_first_failure_in_time_live_and_in_the_log() {
+    let svc = Services::new();
+    let log = MemoryLog::new();
+    let late =
+        Step::without_compensation("late", |_svc: Arc<Services>, _cx: StepContext| async move {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            Err::<(), _>(StepError::no_effect("late failure"))
+        });
+    let early = Step::without_compensation(
+        "early",
+        |_svc: Arc<Services>, _cx: StepContext| async move {
+            Err::<(), _>(StepError::no_effect("early failure"))
+        },
+    );
+    let definition = SagaDefinition::builder("parallel", 1)
+        .step(ok_step("payment"))
+        .parallel([late, early])
+        .build()
+        .expect("valid");
+    let executor = executor(&svc, &log, "a");
+
+    let handle = executor.start(&definition, &()).await.expect("started");
+    let id = handle.id();
+    match handle.outcome().await.expect("finished") {
+        SagaOutcome::Compensated(failure) => {
+            assert_eq!(
+                (failure.step.as_str(), failure.error.as_str()),
+                ("early", "early failure")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let history = executor.history(id).await.expect("history");
+    let finished = history.last().map(|r| &r.kind);
+    assert!(
+        matches!(
+            finished,
+            Some(RecordKind::SagaFinished {
+                outcome: FinishedOutcome::Compensated { error }
+            }) if error == "early failure"
+        ),
+        "{finished:?}"
+    );
+}
