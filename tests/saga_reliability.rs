@@ -399,3 +399,53 @@ async fn a_parallel_stage_reports_its_first_failure_in_time_live_and_in_the_log(
         "{finished:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn prune_finished_deletes_finished_sagas_and_keeps_stuck_and_running_ones() {
+    let svc = Services::new();
+    let log = MemoryLog::new();
+    let done = SagaDefinition::builder("done", 1)
+        .step(ok_step("payment"))
+        .build()
+        .expect("valid");
+    let gated = SagaDefinition::builder("gated", 1)
+        .step(gated_step("wait"))
+        .build()
+        .expect("valid");
+    let executor = executor(&svc, &log, "a");
+    let finished = executor.start(&done, &()).await.expect("started");
+    let finished_id = finished.id();
+    finished.outcome().await.expect("completed");
+    let running = executor.start(&gated, &()).await.expect("started");
+    let running_id = running.id();
+
+    assert_eq!(
+        executor
+            .prune_finished(Duration::from_secs(3600))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(executor.prune_finished(Duration::ZERO).await.unwrap(), 1);
+    assert!(executor.status(finished_id).await.is_err());
+    assert_eq!(
+        executor.status(running_id).await.unwrap().state,
+        SagaState::Running
+    );
+    let page = executor
+        .list(SagaState::Running, None, 10)
+        .await
+        .expect("listed");
+    assert_eq!(page.len(), 1);
+    svc.gate.add_permits(1);
+    running.outcome().await.expect("completed");
+}
+
+#[test]
+fn a_too_short_retention_is_rejected_naming_the_field() {
+    let result = SagaExecutor::<Services>::builder(Services::new(), MemoryLog::new())
+        .retention(Duration::from_millis(10))
+        .build();
+    let error = result.expect_err("rejected");
+    assert!(error.to_string().contains("retention"), "{error}");
+}

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::oneshot;
@@ -19,7 +19,7 @@ use super::driver::{InFlight, Run};
 use super::error::SagaError;
 use super::event::{Counters, SagaEvent, SagaEventKind, SagaMetrics, bump};
 use super::id::{OwnerId, SagaId};
-use super::log::{ClaimedSaga, Lease, LogError, NewSaga, SagaLog, SagaSummary};
+use super::log::{ClaimedSaga, Lease, ListCursor, LogError, NewSaga, SagaLog, SagaSummary};
 use super::outcome::{Recovery, SagaHandle, SagaOutcome};
 use super::progress::Progress;
 use super::record::{FinishedOutcome, LoggedRecord, RecordKind, SagaState};
@@ -40,6 +40,7 @@ pub struct SagaExecutorBuilder<Ctx, C = JsonCodec> {
     lease_ttl: Duration,
     event_capacity: usize,
     takeover_interval: Option<Duration>,
+    retention: Option<Duration>,
 }
 
 impl<Ctx, C: fmt::Debug> fmt::Debug for SagaExecutorBuilder<Ctx, C> {
@@ -51,11 +52,23 @@ impl<Ctx, C: fmt::Debug> fmt::Debug for SagaExecutorBuilder<Ctx, C> {
             .field("lease_ttl", &self.lease_ttl)
             .field("event_capacity", &self.event_capacity)
             .field("takeover_interval", &self.takeover_interval)
+            .field("retention", &self.retention)
             .finish_non_exhaustive()
     }
 }
 
 impl<Ctx, C> SagaExecutorBuilder<Ctx, C> {
+    /// Keeps finished sagas (completed, compensated, abandoned) in the log
+    /// for `keep_finished_for` after their last record, then deletes them
+    /// (default: kept forever; at least 1 s). Once
+    /// [`recover`](SagaExecutor::recover) has run, the executor prunes
+    /// every quarter of it (at most hourly, at least every second). Stuck
+    /// and unfinished sagas are never pruned.
+    pub fn retention(mut self, keep_finished_for: Duration) -> Self {
+        self.retention = Some(keep_finished_for);
+        self
+    }
+
     /// After [`recover`](SagaExecutor::recover), look for unfinished sagas
     /// whose lease expired (their executor died or was cut off) every
     /// `interval`, and take them over (default: off; at least 10 ms). Turn
@@ -96,6 +109,7 @@ impl<Ctx, C> SagaExecutorBuilder<Ctx, C> {
             lease_ttl: self.lease_ttl,
             event_capacity: self.event_capacity,
             takeover_interval: self.takeover_interval,
+            retention: self.retention,
         }
     }
 
@@ -124,6 +138,15 @@ impl<Ctx, C> SagaExecutorBuilder<Ctx, C> {
                 ));
             }
         }
+        if let Some(retention) = self.retention {
+            if retention < Duration::from_secs(1) {
+                return Err(ConfigError::new(
+                    COMPONENT,
+                    "retention",
+                    format!("must be at least 1s, got {retention:?}"),
+                ));
+            }
+        }
         Ok(SagaExecutor {
             shared: Arc::new(Shared {
                 ctx: self.ctx,
@@ -132,6 +155,7 @@ impl<Ctx, C> SagaExecutorBuilder<Ctx, C> {
                 owner,
                 lease_ttl: self.lease_ttl,
                 takeover_interval: self.takeover_interval,
+                retention: self.retention,
                 definitions: RwLock::new(HashMap::new()),
                 events: EventHub::new(self.event_capacity),
                 counters: Counters::default(),
@@ -148,6 +172,7 @@ pub(crate) struct Shared<Ctx, C> {
     pub(crate) owner: OwnerId,
     pub(crate) lease_ttl: Duration,
     pub(crate) takeover_interval: Option<Duration>,
+    pub(crate) retention: Option<Duration>,
     pub(crate) definitions: RwLock<HashMap<String, SagaDefinition<Ctx, C>>>,
     pub(crate) events: EventHub<SagaEvent>,
     pub(crate) counters: Counters,
@@ -173,6 +198,7 @@ struct Tasks {
     /// Sagas an operator call (`retry_stuck`, `abandon`) is acting on.
     operated: Mutex<HashSet<SagaId>>,
     takeover: Mutex<Option<AbortHandle>>,
+    pruning: Mutex<Option<AbortHandle>>,
 }
 
 impl Drop for Tasks {
@@ -182,6 +208,9 @@ impl Drop for Tasks {
         }
         if let Some(takeover) = self.takeover.get_mut() {
             takeover.abort();
+        }
+        if let Some(pruning) = self.pruning.get_mut() {
+            pruning.abort();
         }
     }
 }
@@ -276,6 +305,7 @@ impl<Ctx: Send + Sync + 'static> SagaExecutor<Ctx, JsonCodec> {
             lease_ttl: Duration::from_secs(30),
             event_capacity: 1024,
             takeover_interval: None,
+            retention: None,
         }
     }
 }
@@ -371,10 +401,11 @@ where
             "saga recovery done"
         );
         self.start_takeover();
+        self.start_pruning();
         Ok(recovery)
     }
 
-    /// How many unfinished sagas one takeover round looks at.
+    /// How many unfinished sagas one page of a takeover round reads.
     const TAKEOVER_BATCH: usize = 1000;
 
     /// Takes over the unfinished sagas whose lease expired or was released
@@ -386,35 +417,72 @@ where
     pub async fn take_over_expired(&self) -> Result<Vec<SagaHandle<C>>, SagaError> {
         let mut handles = Vec::new();
         for state in [SagaState::Running, SagaState::Compensating] {
-            let sagas = self
-                .shared
-                .log
-                .list(Some(state), Self::TAKEOVER_BATCH)
-                .await?;
-            for summary in sagas {
-                if summary.owner.is_some() || self.tasks.running.lock().contains_key(&summary.id) {
-                    continue;
-                }
-                let claim = match self
+            let mut after = None;
+            loop {
+                let sagas = self
                     .shared
                     .log
-                    .claim(summary.id, &self.shared.owner, self.shared.lease_ttl)
-                    .await
-                {
-                    Ok(claim) => claim,
-                    // Taken or finished meanwhile.
-                    Err(LogError::LeaseHeld { .. } | LogError::Finished { .. }) => continue,
-                    Err(error) => return Err(error.into()),
-                };
-                match self.resume(claim, false).await {
-                    Ok(handle) => handles.push(handle),
-                    Err(error) => {
-                        tracing::error!(saga = %summary.id, %error, "saga cannot be taken over");
+                    .list(Some(state), after, Self::TAKEOVER_BATCH)
+                    .await?;
+                let full = sagas.len() == Self::TAKEOVER_BATCH;
+                after = sagas.last().map(ListCursor::after);
+                for summary in sagas {
+                    if summary.owner.is_some()
+                        || self.tasks.running.lock().contains_key(&summary.id)
+                    {
+                        continue;
                     }
+                    let claim = match self
+                        .shared
+                        .log
+                        .claim(summary.id, &self.shared.owner, self.shared.lease_ttl)
+                        .await
+                    {
+                        Ok(claim) => claim,
+                        // Taken or finished meanwhile.
+                        Err(LogError::LeaseHeld { .. } | LogError::Finished { .. }) => continue,
+                        Err(error) => return Err(error.into()),
+                    };
+                    match self.resume(claim, false).await {
+                        Ok(handle) => handles.push(handle),
+                        Err(error) => {
+                            tracing::error!(saga = %summary.id, %error, "saga cannot be taken over");
+                        }
+                    }
+                }
+                if !full {
+                    break;
                 }
             }
         }
         Ok(handles)
+    }
+
+    fn start_pruning(&self) {
+        let Some(retention) = self.shared.retention else {
+            return;
+        };
+        let mut pruning = self.tasks.pruning.lock();
+        if pruning.is_some() {
+            return;
+        }
+        let period = (retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+        let shared = Arc::clone(&self.shared);
+        let tasks = Arc::downgrade(&self.tasks);
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(period).await;
+                let Some(tasks) = tasks.upgrade() else { return };
+                let executor = SagaExecutor {
+                    shared: Arc::clone(&shared),
+                    tasks,
+                };
+                if let Err(error) = executor.prune_finished(retention).await {
+                    tracing::warn!(%error, "pruning finished sagas failed");
+                }
+            }
+        });
+        *pruning = Some(task.abort_handle());
     }
 
     fn start_takeover(&self) {
@@ -537,9 +605,40 @@ where
         Ok(self.shared.log.history(saga).await?)
     }
 
-    /// The sagas in `state`, oldest first.
-    pub async fn list(&self, state: SagaState) -> Result<Vec<SagaSummary>, SagaError> {
-        Ok(self.shared.log.list(Some(state), usize::MAX).await?)
+    /// Up to `limit` sagas in `state`, oldest first, starting after
+    /// `after` (`None` for the first page; [`ListCursor::after`] the last
+    /// saga of a page for the next).
+    pub async fn list(
+        &self,
+        state: SagaState,
+        after: Option<ListCursor>,
+        limit: usize,
+    ) -> Result<Vec<SagaSummary>, SagaError> {
+        Ok(self.shared.log.list(Some(state), after, limit).await?)
+    }
+
+    /// Deletes the finished sagas (completed, compensated, abandoned) whose
+    /// last record is older than `older_than`, with their records, in
+    /// batches; returns how many were deleted. Stuck and unfinished sagas
+    /// are kept. [`retention`](SagaExecutorBuilder::retention) calls it in
+    /// the background.
+    pub async fn prune_finished(&self, older_than: Duration) -> Result<u64, SagaError> {
+        const BATCH: usize = 1000;
+        let before = SystemTime::now()
+            .checked_sub(older_than)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let mut pruned = 0;
+        loop {
+            let deleted = self.shared.log.prune_finished(before, BATCH).await?;
+            pruned += deleted;
+            if deleted < BATCH as u64 {
+                break;
+            }
+        }
+        if pruned > 0 {
+            tracing::info!(pruned, "finished sagas pruned from the log");
+        }
+        Ok(pruned)
     }
 
     /// Subscribes to what happens to this executor's sagas.

@@ -178,7 +178,7 @@ pub use self::event::{SagaEvent, SagaEventKind, SagaMetrics, StepLatency};
 pub use self::executor::{SagaExecutor, SagaExecutorBuilder};
 pub use self::id::{InvalidSagaId, OwnerId, SagaId};
 pub use self::log::{
-    BoxFuture, ClaimedSaga, Lease, LogError, MemoryLog, NewSaga, SagaLog, SagaSummary,
+    BoxFuture, ClaimedSaga, Lease, ListCursor, LogError, MemoryLog, NewSaga, SagaLog, SagaSummary,
 };
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]

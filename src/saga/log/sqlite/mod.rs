@@ -1,15 +1,14 @@
 //! The SQLite saga log, with group commit.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rusqlite::Connection;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use self::writer::{Command, Reply, Writer};
-use super::{BoxFuture, ClaimedSaga, Lease, LogError, NewSaga, SagaLog, SagaSummary};
+use super::{BoxFuture, ClaimedSaga, Lease, ListCursor, LogError, NewSaga, SagaLog, SagaSummary};
 use crate::saga::id::{OwnerId, SagaId};
 use crate::saga::record::{LoggedRecord, RecordKind, SagaState};
 
@@ -54,7 +53,8 @@ fn check_schema_marker(connection: &Connection, path: &Path) -> Result<(), LogEr
 /// A durable saga log in a SQLite file (WAL mode), for one process or a
 /// few on one host.
 ///
-/// One writer thread owns the connection. Operations that arrive while a
+/// One writer thread owns the connection; operations wait in a bounded
+/// queue ([`queue_capacity`](SqliteLogConfigBuilder::queue_capacity)). Operations that arrive while a
 /// transaction commits are *group committed*: the next transaction applies
 /// all of them (up to [`max_batch`](SqliteLogConfigBuilder::max_batch)),
 /// and each is acknowledged only after the transaction that holds it has
@@ -155,7 +155,7 @@ impl SqliteLog {
                  ) WITHOUT ROWID;"
             ))
             .map_err(unavailable)?;
-        let (commands, receiver) = mpsc::channel();
+        let (commands, receiver) = mpsc::channel(config.queue_capacity);
         let max_batch = config.max_batch;
         thread::Builder::new()
             .name("palisade-saga-sqlite".into())
@@ -174,9 +174,14 @@ impl SqliteLog {
         command: impl FnOnce(Reply<T>) -> Command,
     ) -> BoxFuture<'static, Result<T, LogError>> {
         let (reply, result) = oneshot::channel();
-        let sent = self.commands.send(command(reply));
+        let command = command(reply);
+        let commands = self.commands.clone();
         Box::pin(async move {
-            sent.map_err(|_| LogError::Closed { backend: BACKEND })?;
+            // Waits for room when the writer is behind: the queue is bounded.
+            commands
+                .send(command)
+                .await
+                .map_err(|_| LogError::Closed { backend: BACKEND })?;
             result
                 .await
                 .unwrap_or(Err(LogError::Closed { backend: BACKEND }))
@@ -247,8 +252,17 @@ impl SagaLog for SqliteLog {
     fn list(
         &self,
         state: Option<SagaState>,
+        after: Option<ListCursor>,
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<SagaSummary>, LogError>> {
-        self.send(|r| Command::List(state, limit, r))
+        self.send(|r| Command::List(state, after, limit, r))
+    }
+
+    fn prune_finished(
+        &self,
+        finished_before: SystemTime,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<u64, LogError>> {
+        self.send(|r| Command::Prune(finished_before, limit, r))
     }
 }

@@ -9,7 +9,7 @@ use crate::saga::id::{OwnerId, SagaId};
 use crate::saga::log::decode::{
     RecordDecoder, StoredRecord, corrupt, stored_owner, stored_state, stored_u64,
 };
-use crate::saga::log::{ClaimedSaga, Lease, LogError, NewSaga, SagaSummary};
+use crate::saga::log::{ClaimedSaga, Lease, ListCursor, LogError, NewSaga, SagaSummary};
 use crate::saga::record::{LoggedRecord, RecordKind, SagaState};
 
 /// A database failure inside an operation: the transaction must roll back.
@@ -461,26 +461,61 @@ pub(super) fn summary(tx: &Transaction<'_>, saga: SagaId) -> Sql<SagaSummary> {
     })
 }
 
+fn time_ms(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 pub(super) fn list(
     tx: &Transaction<'_>,
     state: Option<SagaState>,
+    after: Option<ListCursor>,
     limit: usize,
 ) -> Sql<Vec<SagaSummary>> {
     let now = now_ms();
     let limit = as_i64(limit as u64);
-    let rows: Vec<SummaryRow> = match state {
-        Some(state) => tx
-            .prepare_cached(&format!(
-                "SELECT {SUMMARY_COLUMNS} FROM saga WHERE state = ?1 ORDER BY created_ms, id LIMIT ?2"
-            ))?
-            .query_map(params![state.as_str(), limit], summary_row)?
-            .collect::<Result<_, _>>()?,
-        None => tx
-            .prepare_cached(&format!(
-                "SELECT {SUMMARY_COLUMNS} FROM saga ORDER BY created_ms, id LIMIT ?1"
-            ))?
-            .query_map(params![limit], summary_row)?
-            .collect::<Result<_, _>>()?,
+    // The cursor's time came from a summary of this log, in whole
+    // milliseconds, so the comparison is exact.
+    let (after_ms, after_id) = match after {
+        Some(cursor) => (Some(time_ms(cursor.created_at)), cursor.id.to_string()),
+        None => (None, String::new()),
     };
+    let rows: Vec<SummaryRow> = tx
+        .prepare_cached(&format!(
+            "SELECT {SUMMARY_COLUMNS} FROM saga
+             WHERE (?1 IS NULL OR state = ?1)
+               AND (?2 IS NULL OR (created_ms, id) > (?2, ?3))
+             ORDER BY created_ms, id LIMIT ?4"
+        ))?
+        .query_map(
+            params![state.map(SagaState::as_str), after_ms, after_id, limit],
+            summary_row,
+        )?
+        .collect::<Result<_, _>>()?;
     Ok(rows.into_iter().map(|row| to_summary(row, now)).collect())
+}
+
+pub(super) fn prune_finished(
+    tx: &Transaction<'_>,
+    finished_before: SystemTime,
+    limit: usize,
+) -> Sql<u64> {
+    let ids: Vec<String> = tx
+        .prepare_cached(
+            "SELECT id FROM saga
+             WHERE state IN ('completed', 'compensated', 'abandoned') AND updated_ms < ?1
+             ORDER BY updated_ms, id LIMIT ?2",
+        )?
+        .query_map(
+            params![time_ms(finished_before), as_i64(limit as u64)],
+            |row| row.get(0),
+        )?
+        .collect::<Result<_, _>>()?;
+    for id in &ids {
+        tx.prepare_cached("DELETE FROM saga_record WHERE saga = ?1")?
+            .execute(params![id])?;
+        tx.prepare_cached("DELETE FROM saga WHERE id = ?1")?
+            .execute(params![id])?;
+    }
+    Ok(Ok(ids.len() as u64))
 }
