@@ -21,7 +21,7 @@ pub enum SqliteSync {
     Normal,
 }
 
-/// Settings of a [`SqliteLog`].
+/// Settings of a [`SqliteLog`](super::SqliteLog).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SqliteLogConfig {
     pub(super) max_batch: usize,
