@@ -170,7 +170,13 @@ async fn happy_path_runs_every_step_in_order_and_completes() {
         ]
     );
     assert_eq!(exec.status(id).await.unwrap().state, SagaState::Completed);
-    assert_eq!(exec.list(SagaState::Completed).await.unwrap().len(), 1);
+    assert_eq!(
+        exec.list(SagaState::Completed, None, 100)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     let metrics = exec.metrics();
     assert_eq!(
         (metrics.started, metrics.completed, metrics.steps_completed),
@@ -347,7 +353,10 @@ async fn a_failing_compensation_is_retried_then_stuck_then_retry_stuck_finishes_
     );
     assert_eq!(exec.status(id).await.unwrap().state, SagaState::Stuck);
     assert_eq!(exec.status(id).await.unwrap().owner, None, "lease released");
-    assert_eq!(exec.list(SagaState::Stuck).await.unwrap()[0].id, id);
+    assert_eq!(
+        exec.list(SagaState::Stuck, None, 100).await.unwrap()[0].id,
+        id
+    );
     assert_eq!(exec.metrics().stuck, 1);
     assert_eq!(exec.metrics().compensation_failures, 3);
 
@@ -369,10 +378,10 @@ async fn a_failing_compensation_is_retried_then_stuck_then_retry_stuck_finishes_
     assert!(undo_keys.iter().all(|k| *k == format!("{id}:b:undo")));
     assert!(matches!(
         exec.retry_stuck(id).await,
-        Err(SagaError::Log(LogError::Finished {
+        Err(SagaError::NotStuck {
             state: SagaState::Compensated,
             ..
-        }))
+        })
     ));
 }
 
@@ -404,10 +413,10 @@ async fn abandon_finishes_a_stuck_saga_and_refuses_others() {
     done.outcome().await.unwrap();
     assert!(matches!(
         exec.abandon(done_id).await,
-        Err(SagaError::Log(LogError::Finished {
+        Err(SagaError::NotStuck {
             state: SagaState::Completed,
             ..
-        }))
+        })
     ));
 }
 

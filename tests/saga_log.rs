@@ -90,6 +90,38 @@ mod sqlite {
         }
     }
 
+    #[tokio::test]
+    async fn a_one_slot_queue_applies_backpressure_without_losing_operations() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SqliteLogConfig::builder()
+            .queue_capacity(1)
+            .build()
+            .unwrap();
+        let log = SqliteLog::open_with(dir.path().join("sagas.db"), config).unwrap();
+        let owner = palisade::saga::OwnerId::new("queue").unwrap();
+        let creates = (0..50).map(|_| {
+            let new = palisade::saga::NewSaga {
+                id: palisade::saga::SagaId::random(),
+                definition: "d".into(),
+                version: 1,
+                input: Vec::new(),
+            };
+            log.create(new, &owner, std::time::Duration::from_secs(60))
+        });
+        let results = futures::future::join_all(creates).await;
+        assert!(results.iter().all(Result::is_ok));
+        assert_eq!(log.list(None, None, 100).await.unwrap().len(), 50);
+    }
+
+    #[test]
+    fn a_zero_queue_capacity_is_rejected() {
+        let error = SqliteLogConfig::builder()
+            .queue_capacity(0)
+            .build()
+            .unwrap_err();
+        assert!(error.to_string().contains("queue_capacity"), "{error}");
+    }
+
     #[test]
     fn invalid_sqlite_settings_are_rejected_naming_the_field() {
         let err = SqliteLogConfig::builder().max_batch(0).build().unwrap_err();

@@ -166,7 +166,7 @@ async fn list_filters_by_state_oldest_first_and_shows_no_owner_for_expired_lease
         }
         ids.push(id);
     }
-    let all = log.list(None, 100).await.unwrap();
+    let all = log.list(None, None, 100).await.unwrap();
     assert_eq!(all.iter().map(|s| s.id).collect::<Vec<_>>(), ids);
     let owners: Vec<Option<OwnerId>> = all.iter().map(|s| s.owner.clone()).collect();
     assert_eq!(
@@ -179,16 +179,19 @@ async fn list_filters_by_state_oldest_first_and_shows_no_owner_for_expired_lease
             Some(a.clone())
         ]
     );
-    let running = log.list(Some(SagaState::Running), 100).await.unwrap();
+    let running = log.list(Some(SagaState::Running), None, 100).await.unwrap();
     assert_eq!(running.iter().map(|s| s.id).collect::<Vec<_>>(), ids[..4]);
-    let compensating = log.list(Some(SagaState::Compensating), 100).await.unwrap();
+    let compensating = log
+        .list(Some(SagaState::Compensating), None, 100)
+        .await
+        .unwrap();
     assert_eq!(
         compensating.iter().map(|s| s.id).collect::<Vec<_>>(),
         [ids[4]]
     );
-    assert_eq!(log.list(None, 2).await.unwrap().len(), 2);
+    assert_eq!(log.list(None, None, 2).await.unwrap().len(), 2);
     assert!(
-        log.list(Some(SagaState::Stuck), 100)
+        log.list(Some(SagaState::Stuck), None, 100)
             .await
             .unwrap()
             .is_empty()
@@ -355,7 +358,10 @@ async fn two_processes_racing_claim_unfinished_over_200_sagas_never_claim_the_sa
         .collect();
     assert!(twice.is_empty(), "claimed more than once: {twice:?}");
     assert_eq!(claims.keys().copied().collect::<HashSet<_>>(), all);
-    let completed = setup.list(Some(SagaState::Completed), 1000).await.unwrap();
+    let completed = setup
+        .list(Some(SagaState::Completed), None, 1000)
+        .await
+        .unwrap();
     assert_eq!(completed.len(), SAGAS);
     for summary in completed {
         assert_eq!((summary.epoch, summary.records), (2, 3));

@@ -24,6 +24,7 @@ use super::outcome::{SagaFailure, SagaOutcome, SagaOutput};
 use super::progress::{Progress, StepProgress};
 use super::record::{FinishedOutcome, RecordKind, SagaState, StepEffect};
 use super::recording::Note;
+use super::unwind::CatchPanic;
 use crate::classify::Outcome;
 
 /// What the backoff is told about the attempt before each retry.
@@ -58,6 +59,9 @@ enum CallEnd {
         error: String,
         /// Whether any attempt ended with an unknown outcome.
         unknown: bool,
+        /// The sequence number of the record of the failure that ended
+        /// it: which member of a stage failed first.
+        seq: u64,
     },
     /// Stopped retrying because another step of its stage failed for good.
     Stopped {
@@ -215,6 +219,11 @@ where
                         Ok((_, Err(error))) => {
                             first_error.get_or_insert(error);
                         }
+                        // A panic in the executor's own code (steps' panics are
+                        // failed attempts): the driver's panic catch gives the saga back.
+                        Err(join) if join.is_panic() => {
+                            std::panic::resume_unwind(join.into_panic())
+                        }
                         Err(join) => {
                             first_error.get_or_insert(SagaError::InconsistentLog {
                                 saga: self.saga(),
@@ -226,6 +235,9 @@ where
                 if let Some(error) = first_error {
                     return Err(error);
                 }
+                // The failure reported is the first in time, as a replay of
+                // the log finds it: the lowest sequence number.
+                let mut first_failure: Option<(u64, &str, String)> = None;
                 for (step, end) in pending.iter().zip(ends) {
                     let name = &*step.name;
                     match end {
@@ -240,16 +252,28 @@ where
                             s.in_flight = false;
                             s.unknown |= unknown;
                         }
-                        Some(CallEnd::Failed { error, unknown }) => {
+                        Some(CallEnd::Failed {
+                            error,
+                            unknown,
+                            seq,
+                        }) => {
                             let s = progress.step_mut(name);
                             s.in_flight = false;
                             s.unknown |= unknown;
                             progress.state = SagaState::Compensating;
-                            if progress.failure.is_none() {
-                                progress.failure = Some((name.to_owned(), error));
+                            if first_failure
+                                .as_ref()
+                                .is_none_or(|(first, ..)| seq < *first)
+                            {
+                                first_failure = Some((seq, name, error));
                             }
                         }
                         None => {}
+                    }
+                }
+                if let Some((_, name, error)) = first_failure {
+                    if progress.failure.is_none() {
+                        progress.failure = Some((name.to_owned(), error));
                     }
                 }
                 if progress.state == SagaState::Compensating {
@@ -327,7 +351,17 @@ where
                 codec: Arc::clone(&self.shared.codec),
             };
             let started = Instant::now();
-            let once = call.invoke(Arc::clone(&self.shared.ctx), cx);
+            // A panicking step is an attempt with an unknown outcome.
+            let once = async {
+                CatchPanic::new(call.invoke(Arc::clone(&self.shared.ctx), cx))
+                    .await
+                    .unwrap_or_else(|panic| {
+                        Err((
+                            StepEffect::Unknown,
+                            format!("{} panicked: {panic}", call.kind_name()),
+                        ))
+                    })
+            };
             let result = match timeout {
                 Some(limit) => tokio::time::timeout(*limit, once)
                     .await
@@ -363,16 +397,21 @@ where
             );
             let will_retry = call.past_pivot()
                 || (failures < *max_attempts && delay.is_some() && !call.stage_has_failed());
-            self.record(
-                call.failed(name, attempt, effect, error.clone(), will_retry),
-                Note::default(),
-            )
-            .await?;
+            let seq = self
+                .record(
+                    call.failed(name, attempt, effect, error.clone(), will_retry),
+                    Note::default(),
+                )
+                .await?;
             if !will_retry {
                 if let Call::Action { stage_failed, .. } = &call {
                     stage_failed.send_replace(true);
                 }
-                return Ok(CallEnd::Failed { error, unknown });
+                return Ok(CallEnd::Failed {
+                    error,
+                    unknown,
+                    seq,
+                });
             }
             previous_delay = delay;
             let pause = delay.unwrap_or_else(|| backoff.max_interval());
@@ -513,6 +552,13 @@ impl<Ctx, C> Call<'_, Ctx, C> {
         match self {
             Call::Action { .. } => CallKind::Action,
             Call::Compensation(_) => CallKind::Compensation,
+        }
+    }
+
+    fn kind_name(&self) -> &'static str {
+        match self {
+            Call::Action { .. } => "action",
+            Call::Compensation(_) => "compensation",
         }
     }
 

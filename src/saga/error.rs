@@ -65,6 +65,17 @@ pub enum SagaError {
         #[source]
         source: LogError,
     },
+    /// The saga's driver panicked (a bug in the executor: a step's panic
+    /// is a failed attempt). Its lease was released, so a
+    /// [takeover](super::SagaExecutor::take_over_expired) or the next
+    /// [recovery](super::SagaExecutor::recover) resumes it from the log.
+    #[error("saga {saga}: its driver panicked: {message}")]
+    DriverPanicked {
+        /// The saga.
+        saga: SagaId,
+        /// The panic's message.
+        message: String,
+    },
     /// The executor was shut down (or dropped) before the saga finished;
     /// the saga resumes when an executor recovers it.
     #[error("saga {saga}: executor shut down before it finished")]

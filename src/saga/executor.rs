@@ -2,9 +2,11 @@
 //! compensations, recording each move in the log first.
 
 use std::collections::HashMap;
+use std::collections::HashSet;
 use std::fmt;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime};
 
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::oneshot;
@@ -17,11 +19,12 @@ use super::driver::{InFlight, Run};
 use super::error::SagaError;
 use super::event::{Counters, SagaEvent, SagaEventKind, SagaMetrics, bump};
 use super::id::{OwnerId, SagaId};
-use super::log::{ClaimedSaga, Lease, LogError, NewSaga, SagaLog, SagaSummary};
-use super::outcome::{Recovery, SagaHandle};
+use super::log::{ClaimedSaga, Lease, ListCursor, LogError, NewSaga, SagaLog, SagaSummary};
+use super::outcome::{Recovery, SagaHandle, SagaOutcome};
 use super::progress::Progress;
 use super::record::{FinishedOutcome, LoggedRecord, RecordKind, SagaState};
 use super::recording::Note;
+use super::unwind::CatchPanic;
 use crate::backoff::Backoff;
 use crate::error::ConfigError;
 use crate::events::{EventHub, EventStream, check_event_capacity};
@@ -37,6 +40,7 @@ pub struct SagaExecutorBuilder<Ctx, C = JsonCodec> {
     lease_ttl: Duration,
     event_capacity: usize,
     takeover_interval: Option<Duration>,
+    retention: Option<Duration>,
 }
 
 impl<Ctx, C: fmt::Debug> fmt::Debug for SagaExecutorBuilder<Ctx, C> {
@@ -48,11 +52,23 @@ impl<Ctx, C: fmt::Debug> fmt::Debug for SagaExecutorBuilder<Ctx, C> {
             .field("lease_ttl", &self.lease_ttl)
             .field("event_capacity", &self.event_capacity)
             .field("takeover_interval", &self.takeover_interval)
+            .field("retention", &self.retention)
             .finish_non_exhaustive()
     }
 }
 
 impl<Ctx, C> SagaExecutorBuilder<Ctx, C> {
+    /// Keeps finished sagas (completed, compensated, abandoned) in the log
+    /// for `keep_finished_for` after their last record, then deletes them
+    /// (default: kept forever; at least 1 s). Once
+    /// [`recover`](SagaExecutor::recover) has run, the executor prunes
+    /// every quarter of it (at most hourly, at least every second). Stuck
+    /// and unfinished sagas are never pruned.
+    pub fn retention(mut self, keep_finished_for: Duration) -> Self {
+        self.retention = Some(keep_finished_for);
+        self
+    }
+
     /// After [`recover`](SagaExecutor::recover), look for unfinished sagas
     /// whose lease expired (their executor died or was cut off) every
     /// `interval`, and take them over (default: off; at least 10 ms). Turn
@@ -93,6 +109,7 @@ impl<Ctx, C> SagaExecutorBuilder<Ctx, C> {
             lease_ttl: self.lease_ttl,
             event_capacity: self.event_capacity,
             takeover_interval: self.takeover_interval,
+            retention: self.retention,
         }
     }
 
@@ -121,6 +138,15 @@ impl<Ctx, C> SagaExecutorBuilder<Ctx, C> {
                 ));
             }
         }
+        if let Some(retention) = self.retention {
+            if retention < Duration::from_secs(1) {
+                return Err(ConfigError::new(
+                    COMPONENT,
+                    "retention",
+                    format!("must be at least 1s, got {retention:?}"),
+                ));
+            }
+        }
         Ok(SagaExecutor {
             shared: Arc::new(Shared {
                 ctx: self.ctx,
@@ -129,6 +155,7 @@ impl<Ctx, C> SagaExecutorBuilder<Ctx, C> {
                 owner,
                 lease_ttl: self.lease_ttl,
                 takeover_interval: self.takeover_interval,
+                retention: self.retention,
                 definitions: RwLock::new(HashMap::new()),
                 events: EventHub::new(self.event_capacity),
                 counters: Counters::default(),
@@ -145,6 +172,7 @@ pub(crate) struct Shared<Ctx, C> {
     pub(crate) owner: OwnerId,
     pub(crate) lease_ttl: Duration,
     pub(crate) takeover_interval: Option<Duration>,
+    pub(crate) retention: Option<Duration>,
     pub(crate) definitions: RwLock<HashMap<String, SagaDefinition<Ctx, C>>>,
     pub(crate) events: EventHub<SagaEvent>,
     pub(crate) counters: Counters,
@@ -167,7 +195,10 @@ enum Resumption<Ctx, C> {
 #[derive(Debug, Default)]
 struct Tasks {
     running: Mutex<HashMap<SagaId, (AbortHandle, Lease)>>,
+    /// Sagas an operator call (`retry_stuck`, `abandon`) is acting on.
+    operated: Mutex<HashSet<SagaId>>,
     takeover: Mutex<Option<AbortHandle>>,
+    pruning: Mutex<Option<AbortHandle>>,
 }
 
 impl Drop for Tasks {
@@ -178,6 +209,33 @@ impl Drop for Tasks {
         if let Some(takeover) = self.takeover.get_mut() {
             takeover.abort();
         }
+        if let Some(pruning) = self.pruning.get_mut() {
+            pruning.abort();
+        }
+    }
+}
+
+/// One operator call on a saga at a time per executor: the mark is
+/// removed when the call returns.
+struct OperatorCall<'a> {
+    tasks: &'a Tasks,
+    saga: SagaId,
+}
+
+impl<'a> OperatorCall<'a> {
+    /// Marks `saga` as operated on; `None` if it is already, or if this
+    /// executor drives it.
+    fn begin(tasks: &'a Tasks, saga: SagaId) -> Option<Self> {
+        if tasks.running.lock().contains_key(&saga) || !tasks.operated.lock().insert(saga) {
+            return None;
+        }
+        Some(Self { tasks, saga })
+    }
+}
+
+impl Drop for OperatorCall<'_> {
+    fn drop(&mut self) {
+        self.tasks.operated.lock().remove(&self.saga);
     }
 }
 
@@ -247,6 +305,7 @@ impl<Ctx: Send + Sync + 'static> SagaExecutor<Ctx, JsonCodec> {
             lease_ttl: Duration::from_secs(30),
             event_capacity: 1024,
             takeover_interval: None,
+            retention: None,
         }
     }
 }
@@ -342,10 +401,11 @@ where
             "saga recovery done"
         );
         self.start_takeover();
+        self.start_pruning();
         Ok(recovery)
     }
 
-    /// How many unfinished sagas one takeover round looks at.
+    /// How many unfinished sagas one page of a takeover round reads.
     const TAKEOVER_BATCH: usize = 1000;
 
     /// Takes over the unfinished sagas whose lease expired or was released
@@ -357,35 +417,72 @@ where
     pub async fn take_over_expired(&self) -> Result<Vec<SagaHandle<C>>, SagaError> {
         let mut handles = Vec::new();
         for state in [SagaState::Running, SagaState::Compensating] {
-            let sagas = self
-                .shared
-                .log
-                .list(Some(state), Self::TAKEOVER_BATCH)
-                .await?;
-            for summary in sagas {
-                if summary.owner.is_some() || self.tasks.running.lock().contains_key(&summary.id) {
-                    continue;
-                }
-                let claim = match self
+            let mut after = None;
+            loop {
+                let sagas = self
                     .shared
                     .log
-                    .claim(summary.id, &self.shared.owner, self.shared.lease_ttl)
-                    .await
-                {
-                    Ok(claim) => claim,
-                    // Taken or finished meanwhile.
-                    Err(LogError::LeaseHeld { .. } | LogError::Finished { .. }) => continue,
-                    Err(error) => return Err(error.into()),
-                };
-                match self.resume(claim, false).await {
-                    Ok(handle) => handles.push(handle),
-                    Err(error) => {
-                        tracing::error!(saga = %summary.id, %error, "saga cannot be taken over");
+                    .list(Some(state), after, Self::TAKEOVER_BATCH)
+                    .await?;
+                let full = sagas.len() == Self::TAKEOVER_BATCH;
+                after = sagas.last().map(ListCursor::after);
+                for summary in sagas {
+                    if summary.owner.is_some()
+                        || self.tasks.running.lock().contains_key(&summary.id)
+                    {
+                        continue;
                     }
+                    let claim = match self
+                        .shared
+                        .log
+                        .claim(summary.id, &self.shared.owner, self.shared.lease_ttl)
+                        .await
+                    {
+                        Ok(claim) => claim,
+                        // Taken or finished meanwhile.
+                        Err(LogError::LeaseHeld { .. } | LogError::Finished { .. }) => continue,
+                        Err(error) => return Err(error.into()),
+                    };
+                    match self.resume(claim, false).await {
+                        Ok(handle) => handles.push(handle),
+                        Err(error) => {
+                            tracing::error!(saga = %summary.id, %error, "saga cannot be taken over");
+                        }
+                    }
+                }
+                if !full {
+                    break;
                 }
             }
         }
         Ok(handles)
+    }
+
+    fn start_pruning(&self) {
+        let Some(retention) = self.shared.retention else {
+            return;
+        };
+        let mut pruning = self.tasks.pruning.lock();
+        if pruning.is_some() {
+            return;
+        }
+        let period = (retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+        let shared = Arc::clone(&self.shared);
+        let tasks = Arc::downgrade(&self.tasks);
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(period).await;
+                let Some(tasks) = tasks.upgrade() else { return };
+                let executor = SagaExecutor {
+                    shared: Arc::clone(&shared),
+                    tasks,
+                };
+                if let Err(error) = executor.prune_finished(retention).await {
+                    tracing::warn!(%error, "pruning finished sagas failed");
+                }
+            }
+        });
+        *pruning = Some(task.abort_handle());
     }
 
     fn start_takeover(&self) {
@@ -419,32 +516,27 @@ where
     }
 
     /// Tries a stuck saga's compensation again, with a fresh set of
-    /// attempts. [`SagaError::NotStuck`] if it is not stuck.
+    /// attempts. [`SagaError::NotStuck`] if it is not stuck (running,
+    /// compensating, finished, or being retried already); a saga it does
+    /// not act on is left alone.
     pub async fn retry_stuck(&self, saga: SagaId) -> Result<SagaHandle<C>, SagaError> {
-        let claim = self
-            .shared
-            .log
-            .claim(saga, &self.shared.owner, self.shared.lease_ttl)
-            .await?;
+        let Some(_operating) = OperatorCall::begin(&self.tasks, saga) else {
+            return Err(self.driven_here(saga).await);
+        };
+        let claim = self.claim_stuck(saga).await?;
+        // Still marked as operated on until its driver is in the running
+        // table, so that a second call cannot slip in between.
         self.resume(claim, true).await
     }
 
     /// Gives up on a stuck saga: records it as abandoned, leaving its
     /// remaining compensations undone. [`SagaError::NotStuck`] if it is
-    /// not stuck.
+    /// not stuck; a saga it does not act on is left alone.
     pub async fn abandon(&self, saga: SagaId) -> Result<(), SagaError> {
-        let claim = self
-            .shared
-            .log
-            .claim(saga, &self.shared.owner, self.shared.lease_ttl)
-            .await?;
-        if claim.state != SagaState::Stuck {
-            let _ = self.shared.log.release(&claim.lease).await;
-            return Err(SagaError::NotStuck {
-                saga,
-                state: claim.state,
-            });
-        }
+        let Some(_operating) = OperatorCall::begin(&self.tasks, saga) else {
+            return Err(self.driven_here(saga).await);
+        };
+        let claim = self.claim_stuck(saga).await?;
         let abandoned = RecordKind::SagaFinished {
             outcome: FinishedOutcome::Abandoned,
         };
@@ -453,6 +545,54 @@ where
             .record(&claim.lease, &definition, abandoned, Note::default())
             .await?;
         Ok(())
+    }
+
+    /// The answer to an operator call on a saga this executor drives (or
+    /// is operating on already): not stuck.
+    async fn driven_here(&self, saga: SagaId) -> SagaError {
+        match self.shared.log.summary(saga).await {
+            // Its driver is about to take it out of `stuck`.
+            Ok(summary) if summary.state == SagaState::Stuck => SagaError::NotStuck {
+                saga,
+                state: SagaState::Compensating,
+            },
+            Ok(summary) => SagaError::NotStuck {
+                saga,
+                state: summary.state,
+            },
+            Err(error) => error.into(),
+        }
+    }
+
+    /// Claims a saga for an operator call if, and only if, it is stuck:
+    /// its state is checked before the claim, which would otherwise fence
+    /// off the driver of a saga that is not.
+    async fn claim_stuck(&self, saga: SagaId) -> Result<ClaimedSaga, SagaError> {
+        let not_stuck = |state| SagaError::NotStuck { saga, state };
+        if self.tasks.running.lock().contains_key(&saga) {
+            return Err(self.driven_here(saga).await);
+        }
+        let summary = self.shared.log.summary(saga).await?;
+        if summary.state != SagaState::Stuck {
+            return Err(not_stuck(summary.state));
+        }
+        match self
+            .shared
+            .log
+            .claim(saga, &self.shared.owner, self.shared.lease_ttl)
+            .await
+        {
+            Ok(claim) if claim.state == SagaState::Stuck => Ok(claim),
+            // It left `stuck` between the check and the claim.
+            Ok(claim) => {
+                let _ = self.shared.log.release(&claim.lease).await;
+                Err(not_stuck(claim.state))
+            }
+            Err(LogError::Finished { state, .. }) => Err(not_stuck(state)),
+            // Another executor is retrying it.
+            Err(LogError::LeaseHeld { .. }) => Err(not_stuck(SagaState::Compensating)),
+            Err(error) => Err(error.into()),
+        }
     }
 
     /// The saga's summary (state, owner, epoch, record count) from the log.
@@ -465,9 +605,40 @@ where
         Ok(self.shared.log.history(saga).await?)
     }
 
-    /// The sagas in `state`, oldest first.
-    pub async fn list(&self, state: SagaState) -> Result<Vec<SagaSummary>, SagaError> {
-        Ok(self.shared.log.list(Some(state), usize::MAX).await?)
+    /// Up to `limit` sagas in `state`, oldest first, starting after
+    /// `after` (`None` for the first page; [`ListCursor::after`] the last
+    /// saga of a page for the next).
+    pub async fn list(
+        &self,
+        state: SagaState,
+        after: Option<ListCursor>,
+        limit: usize,
+    ) -> Result<Vec<SagaSummary>, SagaError> {
+        Ok(self.shared.log.list(Some(state), after, limit).await?)
+    }
+
+    /// Deletes the finished sagas (completed, compensated, abandoned) whose
+    /// last record is older than `older_than`, with their records, in
+    /// batches; returns how many were deleted. Stuck and unfinished sagas
+    /// are kept. [`retention`](SagaExecutorBuilder::retention) calls it in
+    /// the background.
+    pub async fn prune_finished(&self, older_than: Duration) -> Result<u64, SagaError> {
+        const BATCH: usize = 1000;
+        let before = SystemTime::now()
+            .checked_sub(older_than)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let mut pruned = 0;
+        loop {
+            let deleted = self.shared.log.prune_finished(before, BATCH).await?;
+            pruned += deleted;
+            if deleted < BATCH as u64 {
+                break;
+            }
+        }
+        if pruned > 0 {
+            tracing::info!(pruned, "finished sagas pruned from the log");
+        }
+        Ok(pruned)
     }
 
     /// Subscribes to what happens to this executor's sagas.
@@ -686,6 +857,45 @@ where
         });
     }
 
+    /// Drives a saga to its end. A log that is unavailable for a while (a
+    /// database restart, a lost connection) does not strand the saga: its
+    /// driver takes it back and goes on from what the log says, until the
+    /// log answers. `epoch` follows the lease the driver holds.
+    async fn drive_until_settled(
+        run: Arc<Run<Ctx, C>>,
+        progress: Progress,
+        tasks: Weak<Tasks>,
+        epoch: Arc<AtomicU64>,
+    ) -> Result<SagaOutcome<C>, SagaError> {
+        let id = run.lease.saga;
+        let shared = Arc::clone(&run.shared);
+        let mut result = run.drive_with_lease(progress).await;
+        let mut delays = Backoff::default().schedule();
+        while let Err(SagaError::Log(LogError::Unavailable { .. })) = &result {
+            tokio::time::sleep(delays.next_delay()).await;
+            let Some(tasks) = tasks.upgrade() else { break };
+            let executor = SagaExecutor {
+                shared: Arc::clone(&shared),
+                tasks,
+            };
+            match executor
+                .resume_after_log_failure(id, epoch.load(Ordering::Acquire))
+                .await
+            {
+                Resumption::Resumed(run, progress) => {
+                    epoch.store(run.lease.epoch, Ordering::Release);
+                    drop(executor);
+                    result = run.drive_with_lease(progress).await;
+                }
+                // Still unavailable: try again after a longer wait.
+                Resumption::Unavailable => {}
+                Resumption::Superseded => break,
+                Resumption::Failed(error) => result = Err(error),
+            }
+        }
+        result
+    }
+
     fn spawn(
         &self,
         definition: SagaDefinition<Ctx, C>,
@@ -709,38 +919,36 @@ where
             async move {
                 let shared = Arc::clone(&run.shared);
                 let in_flight = InFlight::new(&shared.counters);
-                let mut epoch = epoch;
-                let mut result = run.drive_with_lease(progress).await;
-                // A log that is unavailable for a while (a database restart,
-                // a lost connection) does not strand the saga: take it back
-                // and go on from what the log says, until the log answers.
-                let mut delays = Backoff::default().schedule();
-                while let Err(SagaError::Log(LogError::Unavailable { .. })) = &result {
-                    tokio::time::sleep(delays.next_delay()).await;
-                    let Some(tasks) = tasks.upgrade() else { break };
-                    let executor = SagaExecutor {
-                        shared: Arc::clone(&shared),
-                        tasks,
-                    };
-                    match executor.resume_after_log_failure(id, epoch).await {
-                        Resumption::Resumed(run, progress) => {
-                            epoch = run.lease.epoch;
-                            drop(executor);
-                            result = run.drive_with_lease(progress).await;
-                        }
-                        // Still unavailable: try again after a longer wait.
-                        Resumption::Unavailable => {}
-                        Resumption::Superseded => break,
-                        Resumption::Failed(error) => result = Err(error),
+                let epoch = Arc::new(AtomicU64::new(epoch));
+                let driving = Self::drive_until_settled(
+                    run,
+                    progress,
+                    Weak::clone(&tasks),
+                    Arc::clone(&epoch),
+                );
+                let result = match CatchPanic::new(driving).await {
+                    Ok(result) => result,
+                    // A bug, not a step (their panics are failed attempts):
+                    // give the saga back so that it is not stranded.
+                    Err(message) => {
+                        tracing::error!(%message, "saga driver panicked; releasing its lease");
+                        Err(SagaError::DriverPanicked { saga: id, message })
                     }
-                }
+                };
                 drop(in_flight);
-                if let Some(tasks) = tasks.upgrade() {
+                let epoch = epoch.load(Ordering::Acquire);
+                let ours = tasks.upgrade().and_then(|tasks| {
                     let mut running = tasks.running.lock();
                     // Only our own entry: a newer driver of the same saga
                     // (after `recover`) has a higher epoch.
-                    if running.get(&id).is_some_and(|(_, l)| l.epoch == epoch) {
-                        running.remove(&id);
+                    match running.get(&id) {
+                        Some((_, l)) if l.epoch == epoch => running.remove(&id).map(|(_, l)| l),
+                        _ => None,
+                    }
+                });
+                if let (Some(lease), Err(SagaError::DriverPanicked { .. })) = (ours, &result) {
+                    if let Err(error) = shared.log.release(&lease).await {
+                        tracing::debug!(%error, "lease of a panicked driver not released");
                     }
                 }
                 let _ = tx.send(result);

@@ -110,8 +110,15 @@
 //!
 //! An action fails with [`StepError::NoEffect`] when it is known to have
 //! changed nothing (not compensated) or [`StepError::Unknown`] when it may
-//! have (compensated; timeouts are unknown). Compensations must therefore
-//! tolerate undoing what never happened.
+//! have (compensated; timeouts and panics are unknown). Compensations must
+//! therefore tolerate undoing what never happened.
+//!
+//! A step that panics has failed that attempt with an unknown outcome, as
+//! a panicking activity does in Temporal: the attempt is retried per its
+//! policy, then the saga compensates (a panicking action) or becomes stuck
+//! (a panicking compensation). Should a driver itself die, it releases its
+//! saga's lease so that recovery or a takeover resumes it, and its handle
+//! returns [`SagaError::DriverPanicked`].
 //!
 //! # The executor
 //!
@@ -122,6 +129,7 @@
 //! | [`takeover_interval`](SagaExecutorBuilder::takeover_interval) | off | adopt sagas whose lease expired (shared logs) |
 //! | [`event_capacity`](SagaExecutorBuilder::event_capacity) | 1024 | events buffered per subscriber |
 //! | [`codec`](SagaExecutorBuilder::codec) | [`JsonCodec`] | how inputs and outputs are stored |
+//! | [`retention`](SagaExecutorBuilder::retention) | keep forever | delete finished sagas this long after they finished (checked every quarter of it, at most hourly) |
 //!
 //! When the log is unavailable (a database restart, a lost connection), the
 //! saga's driver stops, gives its lease back, and takes the saga back after
@@ -133,8 +141,13 @@
 //! ([`SagaError::LeaseLost`]).
 //!
 //! Operators use [`SagaExecutor::status`], [`history`](SagaExecutor::history),
-//! [`list`](SagaExecutor::list), [`retry_stuck`](SagaExecutor::retry_stuck)
-//! and [`abandon`](SagaExecutor::abandon). Every state change is a
+//! [`list`](SagaExecutor::list) (paged with a [`ListCursor`]),
+//! [`retry_stuck`](SagaExecutor::retry_stuck),
+//! [`abandon`](SagaExecutor::abandon) and
+//! [`prune_finished`](SagaExecutor::prune_finished). `retry_stuck` and
+//! `abandon` act on stuck sagas only: on any other (running here or
+//! elsewhere, finished, or already being retried) they return
+//! [`SagaError::NotStuck`] and leave it untouched. Every state change is a
 //! `tracing` event inside `saga` and `saga_step` spans, a [`SagaEvent`]
 //! ([`SagaExecutor::subscribe`]) and a counter in [`SagaMetrics`].
 //!
@@ -152,6 +165,45 @@
 //! ([`SagaError::VersionMismatch`]) and a corrupt record
 //! ([`LogError::Corrupt`], with the saga's id) are reported by
 //! [`recover`](SagaExecutor::recover), never skipped.
+//!
+//! # Where palisade differs from the saga literature
+//!
+//! * **After the pivot, steps retry forever.** A step after a
+//!   [pivot](SagaDefinitionBuilder::pivot) is retried until it completes,
+//!   with its backoff capped at its `max_interval`; it never fails for
+//!   good and the saga never becomes stuck there. A step that can never
+//!   succeed keeps the saga running: watch
+//!   [`SagaEventKind::StepFailed`] and [`SagaMetrics::step_failures`].
+//! * **A pivot with an unknown outcome and no compensation is skipped.**
+//!   When the pivot fails, the steps before it are compensated; the pivot
+//!   itself is compensated only if it has a compensation. If it failed
+//!   with [`StepError::Unknown`] (or timed out, or panicked) and has none,
+//!   whatever it may have done stays done while earlier steps are undone.
+//!   Give the pivot a compensation, or make its failures
+//!   [`StepError::NoEffect`] when it is known to have changed nothing.
+//! * **Parallel members are compensated one after another**, in reverse
+//!   order of their declaration, not concurrently.
+//! * **One version of a definition per name per executor.**
+//!   [`register`](SagaExecutor::register) replaces a definition of the
+//!   same name, so an executor cannot finish version 1 sagas while
+//!   starting version 2 ones: recovery reports the old ones as
+//!   [`SagaError::VersionMismatch`] and leaves them in the log. To
+//!   migrate, register the new version under a new name (for example
+//!   `create-order-v2`) next to the old one, start new sagas with it, and
+//!   drop the old definition once [`list`](SagaExecutor::list) shows none
+//!   of its sagas unfinished.
+//! * **Backoff after recovery.** A resumed saga continues each attempt
+//!   loop where its records left off: an attempt interrupted by the crash
+//!   runs again at once under its own number (and idempotency key); the
+//!   attempt count and failure count come from the log, so the delay
+//!   after its next failure is the one that failure count calls for, not
+//!   the first. A crash during the wait between two attempts skips the
+//!   rest of that wait: the next attempt starts at once. Decorrelated
+//!   jitter, which grows from the previous delay, starts its growth over.
+//!   Independently, a driver stopped by an unavailable log takes its saga
+//!   back after 100 ms, doubling to 10 s with full jitter
+//!   ([`Backoff::default`](crate::backoff::Backoff)); that schedule is not
+//!   reset while the driver lives.
 
 mod codec;
 mod context;
@@ -166,6 +218,7 @@ mod outcome;
 mod progress;
 mod record;
 mod recording;
+mod unwind;
 
 pub use self::codec::{Codec, CodecError, JsonCodec};
 pub use self::context::{CallKind, StepContext};
@@ -177,7 +230,7 @@ pub use self::event::{SagaEvent, SagaEventKind, SagaMetrics, StepLatency};
 pub use self::executor::{SagaExecutor, SagaExecutorBuilder};
 pub use self::id::{InvalidSagaId, OwnerId, SagaId};
 pub use self::log::{
-    BoxFuture, ClaimedSaga, Lease, LogError, MemoryLog, NewSaga, SagaLog, SagaSummary,
+    BoxFuture, ClaimedSaga, Lease, ListCursor, LogError, MemoryLog, NewSaga, SagaLog, SagaSummary,
 };
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]

@@ -6,10 +6,12 @@
 
 #![allow(dead_code)]
 
-use std::time::Duration;
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime};
 
 use palisade::saga::{
-    FinishedOutcome, LogError, NewSaga, OwnerId, RecordKind, SagaId, SagaLog, SagaState, StepEffect,
+    FinishedOutcome, ListCursor, LogError, NewSaga, OwnerId, RecordKind, SagaId, SagaLog,
+    SagaState, StepEffect,
 };
 
 const LONG: Duration = Duration::from_secs(600);
@@ -54,6 +56,124 @@ pub async fn all(log: &dyn SagaLog) {
     finished_sagas_take_no_appends_and_no_claims(log).await;
     claim_unfinished_takes_only_active_unowned_sagas(log).await;
     unknown_sagas_are_not_found(log).await;
+    list_is_paged_in_creation_order(log).await;
+    prune_deletes_only_finished_sagas_older_than_the_cutoff(log).await;
+}
+
+pub async fn list_is_paged_in_creation_order(log: &dyn SagaLog) {
+    let a = owner("pages");
+    let mut created = Vec::new();
+    for _ in 0..5 {
+        let id = SagaId::random();
+        log.create(new_saga(id), &a, LONG).await.unwrap();
+        created.push(id);
+    }
+    let everything = log.list(None, None, usize::MAX).await.unwrap();
+    let mut paged = Vec::new();
+    let mut after = None;
+    loop {
+        let page = log.list(None, after, 2).await.unwrap();
+        assert!(page.len() <= 2, "a page longer than its limit");
+        after = page.last().map(ListCursor::after);
+        let last_page = page.len() < 2;
+        paged.extend(page);
+        if last_page {
+            break;
+        }
+    }
+    let ids = |list: &[palisade::saga::SagaSummary]| list.iter().map(|s| s.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(&paged),
+        ids(&everything),
+        "pages concatenate to the whole list"
+    );
+    let unique: HashSet<SagaId> = paged.iter().map(|s| s.id).collect();
+    assert_eq!(unique.len(), paged.len(), "no saga is listed twice");
+    assert!(created.iter().all(|id| unique.contains(id)));
+    assert!(
+        paged
+            .windows(2)
+            .all(|w| (w[0].created_at, w[0].id) < (w[1].created_at, w[1].id)),
+        "oldest first, ties by id"
+    );
+    let running = log
+        .list(Some(SagaState::Running), None, usize::MAX)
+        .await
+        .unwrap();
+    assert!(running.iter().all(|s| s.state == SagaState::Running));
+}
+
+/// Deletes finished sagas: run it last, as it prunes other tests' too.
+pub async fn prune_deletes_only_finished_sagas_older_than_the_cutoff(log: &dyn SagaLog) {
+    let a = owner("prune");
+    let finish = |outcome| RecordKind::SagaFinished { outcome };
+    let completed = SagaId::random();
+    let lease = log.create(new_saga(completed), &a, LONG).await.unwrap();
+    log.append(&lease, finish(FinishedOutcome::Completed))
+        .await
+        .unwrap();
+    let abandoned = SagaId::random();
+    let lease = log.create(new_saga(abandoned), &a, LONG).await.unwrap();
+    log.append(&lease, failed_for_good("x")).await.unwrap();
+    log.append(
+        &lease,
+        RecordKind::SagaStuck {
+            step: "x".into(),
+            error: "e".into(),
+        },
+    )
+    .await
+    .unwrap();
+    log.append(&lease, finish(FinishedOutcome::Abandoned))
+        .await
+        .unwrap();
+    let stuck = SagaId::random();
+    let lease = log.create(new_saga(stuck), &a, LONG).await.unwrap();
+    log.append(&lease, failed_for_good("x")).await.unwrap();
+    log.append(
+        &lease,
+        RecordKind::SagaStuck {
+            step: "x".into(),
+            error: "e".into(),
+        },
+    )
+    .await
+    .unwrap();
+    let running = SagaId::random();
+    log.create(new_saga(running), &a, LONG).await.unwrap();
+
+    // Nothing finished before the Unix epoch.
+    assert_eq!(
+        log.prune_finished(SystemTime::UNIX_EPOCH, usize::MAX)
+            .await
+            .unwrap(),
+        0
+    );
+    let cutoff = SystemTime::now() + Duration::from_secs(3600);
+    assert_eq!(
+        log.prune_finished(cutoff, 1).await.unwrap(),
+        1,
+        "the limit holds"
+    );
+    assert!(log.prune_finished(cutoff, usize::MAX).await.unwrap() >= 1);
+    for gone in [completed, abandoned] {
+        assert!(matches!(
+            log.summary(gone).await,
+            Err(LogError::NotFound { .. })
+        ));
+        assert!(matches!(
+            log.history(gone).await,
+            Err(LogError::NotFound { .. })
+        ));
+    }
+    assert_eq!(log.summary(stuck).await.unwrap().state, SagaState::Stuck);
+    assert_eq!(
+        log.summary(running).await.unwrap().state,
+        SagaState::Running
+    );
+    assert_eq!(log.history(stuck).await.unwrap().len(), 3);
+    let finished_left = log.list(None, None, usize::MAX).await.unwrap();
+    assert!(finished_left.iter().all(|s| !s.state.is_finished()));
 }
 
 pub async fn sequence_numbers_are_gap_free_and_state_follows_records(log: &dyn SagaLog) {
@@ -254,7 +374,10 @@ pub async fn claim_unfinished_takes_only_active_unowned_sagas(log: &dyn SagaLog)
     log.create(new_saga(y), &a, Duration::ZERO).await.unwrap();
     assert_eq!(log.claim_unfinished(&b, LONG, 1).await.unwrap().len(), 1);
     // The stuck saga is listed by state and claimable on its own.
-    let stuck_list = log.list(Some(SagaState::Stuck), usize::MAX).await.unwrap();
+    let stuck_list = log
+        .list(Some(SagaState::Stuck), None, usize::MAX)
+        .await
+        .unwrap();
     assert!(stuck_list.iter().any(|s| s.id == stuck));
     log.claim(stuck, &b, LONG).await.unwrap();
 }

@@ -5,11 +5,11 @@
 #![allow(dead_code)]
 
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use palisade::saga::{
-    BoxFuture, ClaimedSaga, Lease, LogError, LoggedRecord, NewSaga, OwnerId, RecordKind, SagaId,
-    SagaLog, SagaState, SagaSummary,
+    BoxFuture, ClaimedSaga, Lease, ListCursor, LogError, LoggedRecord, NewSaga, OwnerId,
+    RecordKind, SagaId, SagaLog, SagaState, SagaSummary,
 };
 
 /// What a [`FaultyLog`] does instead of its inner log. Every method
@@ -110,8 +110,16 @@ impl<F: Faults> SagaLog for FaultyLog<F> {
     fn list(
         &self,
         state: Option<SagaState>,
+        after: Option<ListCursor>,
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<SagaSummary>, LogError>> {
-        self.0.inner().list(state, limit)
+        self.0.inner().list(state, after, limit)
+    }
+    fn prune_finished(
+        &self,
+        finished_before: SystemTime,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<u64, LogError>> {
+        self.0.inner().prune_finished(finished_before, limit)
     }
 }

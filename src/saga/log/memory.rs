@@ -8,7 +8,7 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use super::decode::RecordDecoder;
-use super::{BoxFuture, ClaimedSaga, Lease, LogError, NewSaga, SagaLog, SagaSummary};
+use super::{BoxFuture, ClaimedSaga, Lease, ListCursor, LogError, NewSaga, SagaLog, SagaSummary};
 use crate::saga::id::{OwnerId, SagaId};
 use crate::saga::record::{LoggedRecord, RecordKind, SagaState};
 
@@ -311,19 +311,44 @@ impl SagaLog for MemoryLog {
     fn list(
         &self,
         state: Option<SagaState>,
+        after: Option<ListCursor>,
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<SagaSummary>, LogError>> {
         let result = self.with(|sagas| {
             let now = Instant::now();
-            let mut all: Vec<SagaSummary> = sagas
+            let mut page: Vec<SagaSummary> = sagas
                 .iter()
                 .filter(|(_, e)| state.is_none_or(|s| e.state == s))
                 .map(|(id, e)| e.summary(*id, now))
+                .filter(|s| after.is_none_or(|cursor| cursor.precedes(s)))
                 .collect();
-            all.sort_by_key(|s| (s.created_at, s.id));
-            all.truncate(limit);
-            all
+            page.sort_by_key(|s| (s.created_at, s.id));
+            page.truncate(limit);
+            page
         });
         Box::pin(async move { Ok(result) })
+    }
+
+    fn prune_finished(
+        &self,
+        finished_before: SystemTime,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<u64, LogError>> {
+        let pruned = self.with(|sagas| {
+            let now = Instant::now();
+            let mut old: Vec<(SystemTime, SagaId)> = sagas
+                .iter()
+                .map(|(id, e)| (e.summary(*id, now), e.state))
+                .filter(|(s, state)| state.is_finished() && s.updated_at < finished_before)
+                .map(|(s, _)| (s.updated_at, s.id))
+                .collect();
+            old.sort();
+            old.truncate(limit);
+            for (_, id) in &old {
+                sagas.remove(id);
+            }
+            old.len() as u64
+        });
+        Box::pin(async move { Ok(pruned) })
     }
 }

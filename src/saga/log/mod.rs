@@ -30,7 +30,18 @@
 //!   not both succeed (`SELECT ... FOR UPDATE SKIP LOCKED` or a
 //!   compare-and-set on the epoch).
 //! * A record that cannot be read is reported as [`LogError::Corrupt`]
-//!   with the saga id, never skipped.
+//!   with the saga id, never skipped; so is a saga whose stored record
+//!   count, state, owner or counters cannot be read or do not match its
+//!   records, and [`claim_unfinished`](SagaLog::claim_unfinished) returns
+//!   such a saga with its error in [`ClaimedSaga::records`].
+//! * [`list`](SagaLog::list) is paged: sagas in (creation time, id) order,
+//!   starting after a [`ListCursor`], at most `limit` of them.
+//! * [`prune_finished`](SagaLog::prune_finished) deletes finished sagas
+//!   (completed, compensated, abandoned; never stuck or active ones) whose
+//!   last record is older than a given time, records included, at most
+//!   `limit` per call; pruned sagas are [`LogError::NotFound`] afterwards.
+//!   [`SagaExecutorBuilder::retention`](crate::saga::SagaExecutorBuilder::retention)
+//!   calls it in the background.
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -133,6 +144,31 @@ pub struct SagaSummary {
     pub created_at: SystemTime,
     /// When its last record was appended.
     pub updated_at: SystemTime,
+}
+
+/// Where a page of [`SagaLog::list`] starts: just after this saga, in
+/// (creation time, id) order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListCursor {
+    /// The last listed saga's creation time, as the log reported it.
+    pub created_at: SystemTime,
+    /// The last listed saga's id.
+    pub id: SagaId,
+}
+
+impl ListCursor {
+    /// The cursor for the page after `last`, the last saga of a page.
+    pub fn after(last: &SagaSummary) -> Self {
+        Self {
+            created_at: last.created_at,
+            id: last.id,
+        }
+    }
+
+    /// Whether `summary` comes after the cursor.
+    pub fn precedes(&self, summary: &SagaSummary) -> bool {
+        (summary.created_at, summary.id) > (self.created_at, self.id)
+    }
 }
 
 /// A saga log failed or refused an operation.
@@ -290,12 +326,24 @@ pub trait SagaLog: fmt::Debug + Send + Sync + 'static {
     /// The saga's summary.
     fn summary(&self, saga: SagaId) -> BoxFuture<'_, Result<SagaSummary, LogError>>;
 
-    /// Up to `limit` sagas, in `state` if given, oldest first.
+    /// Up to `limit` sagas, in `state` if given, oldest first (by creation
+    /// time, then id), starting after `after`: pass
+    /// [`ListCursor::after`] the last saga of a page to read the next.
     fn list(
         &self,
         state: Option<SagaState>,
+        after: Option<ListCursor>,
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<SagaSummary>, LogError>>;
+
+    /// Deletes up to `limit` finished sagas (completed, compensated or
+    /// abandoned) whose last record was appended before `finished_before`,
+    /// with their records; returns how many were deleted.
+    fn prune_finished(
+        &self,
+        finished_before: SystemTime,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<u64, LogError>>;
 }
 
 macro_rules! forward_saga_log {
@@ -328,8 +376,11 @@ macro_rules! forward_saga_log {
             fn summary(&self, saga: SagaId) -> BoxFuture<'_, Result<SagaSummary, LogError>> {
                 (**self).summary(saga)
             }
-            fn list(&self, state: Option<SagaState>, limit: usize) -> BoxFuture<'_, Result<Vec<SagaSummary>, LogError>> {
-                (**self).list(state, limit)
+            fn list(&self, state: Option<SagaState>, after: Option<ListCursor>, limit: usize) -> BoxFuture<'_, Result<Vec<SagaSummary>, LogError>> {
+                (**self).list(state, after, limit)
+            }
+            fn prune_finished(&self, finished_before: SystemTime, limit: usize) -> BoxFuture<'_, Result<u64, LogError>> {
+                (**self).prune_finished(finished_before, limit)
             }
         }
     )*};

@@ -300,8 +300,17 @@ impl SagaLog for PostgresLog {
     fn list(
         &self,
         state: Option<SagaState>,
+        after: Option<super::ListCursor>,
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<SagaSummary>, LogError>> {
-        Box::pin(async move { traced("list", self.read_list(state, limit).await) })
+        Box::pin(async move { traced("list", self.read_list(state, after, limit).await) })
+    }
+
+    fn prune_finished(
+        &self,
+        finished_before: std::time::SystemTime,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<u64, LogError>> {
+        Box::pin(async move { traced("prune", self.prune(finished_before, limit).await) })
     }
 }

@@ -5,7 +5,7 @@ use crate::saga::id::SagaId;
 use crate::saga::log::decode::{
     RecordDecoder, StoredRecord, corrupt, stored_owner, stored_state, stored_u64,
 };
-use crate::saga::log::{LogError, SagaSummary};
+use crate::saga::log::{ListCursor, LogError, SagaSummary};
 use crate::saga::record::{LoggedRecord, SagaState};
 
 /// Reads [`RECORD_COLUMNS`](super::schema::RECORD_COLUMNS) starting at
@@ -116,8 +116,11 @@ impl PostgresLog {
     pub(super) async fn read_list(
         &self,
         state: Option<SagaState>,
+        after: Option<ListCursor>,
         limit: usize,
     ) -> Result<Vec<SagaSummary>, LogError> {
+        let after_time = after.map(|cursor| cursor.created_at);
+        let after_id = after.map(|cursor| cursor.id.to_string());
         let client = self.client().await?;
         let statement = client
             .prepare_cached(&self.sql.list)
@@ -126,7 +129,12 @@ impl PostgresLog {
         client
             .query(
                 &statement,
-                &[&state.map(SagaState::as_str), &as_i64(limit as u64)],
+                &[
+                    &state.map(SagaState::as_str),
+                    &as_i64(limit as u64),
+                    &after_time,
+                    &after_id,
+                ],
             )
             .await
             .map_err(unavailable)?

@@ -93,6 +93,7 @@ pub(super) struct Statements {
     pub(super) history_many: String,
     pub(super) summary: String,
     pub(super) list: String,
+    pub(super) prune: String,
 }
 
 /// `now() + $n microseconds`, the server-side lease expiry.
@@ -202,7 +203,19 @@ impl Statements {
             list: format!(
                 "SELECT {SUMMARY_COLUMNS} FROM {s}.sagas
                  WHERE ($1::text IS NULL OR state = $1)
+                   AND ($3::timestamptz IS NULL OR (created_at, id) > ($3, $4::text))
                  ORDER BY created_at, id LIMIT $2"
+            ),
+            prune: format!(
+                "WITH old AS (
+                     SELECT id FROM {s}.sagas
+                     WHERE state IN ('completed', 'compensated', 'abandoned') AND updated_at < $1
+                     ORDER BY updated_at, id LIMIT $2
+                     FOR UPDATE SKIP LOCKED
+                 ), records AS (
+                     DELETE FROM {s}.saga_records WHERE saga_id IN (SELECT id FROM old)
+                 )
+                 DELETE FROM {s}.sagas WHERE id IN (SELECT id FROM old)"
             ),
         }
     }

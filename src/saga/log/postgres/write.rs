@@ -167,3 +167,23 @@ impl PostgresLog {
         Ok(())
     }
 }
+
+impl PostgresLog {
+    /// Deletes up to `limit` finished sagas whose last record is older
+    /// than `finished_before`, with their records, in one statement.
+    pub(super) async fn prune(
+        &self,
+        finished_before: std::time::SystemTime,
+        limit: usize,
+    ) -> Result<u64, LogError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(&self.sql.prune)
+            .await
+            .map_err(unavailable)?;
+        client
+            .execute(&statement, &[&finished_before, &as_i64(limit as u64)])
+            .await
+            .map_err(unavailable)
+    }
+}

@@ -21,12 +21,13 @@ pub enum SqliteSync {
     Normal,
 }
 
-/// Settings of a [`SqliteLog`].
+/// Settings of a [`SqliteLog`](super::SqliteLog).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SqliteLogConfig {
     pub(super) max_batch: usize,
     pub(super) synchronous: SqliteSync,
     pub(super) busy_timeout: Duration,
+    pub(super) queue_capacity: usize,
 }
 
 impl Default for SqliteLogConfig {
@@ -35,13 +36,14 @@ impl Default for SqliteLogConfig {
             max_batch: 1024,
             synchronous: SqliteSync::Full,
             busy_timeout: Duration::from_secs(5),
+            queue_capacity: 4096,
         }
     }
 }
 
 impl SqliteLogConfig {
     /// Starts from the defaults: batches of up to 1024 operations,
-    /// `synchronous = FULL`, a 5 s busy timeout.
+    /// `synchronous = FULL`, a 5 s busy timeout, 4096 queued operations.
     pub fn builder() -> SqliteLogConfigBuilder {
         SqliteLogConfigBuilder {
             config: Self::default(),
@@ -76,6 +78,14 @@ impl SqliteLogConfigBuilder {
         self
     }
 
+    /// How many operations may wait for the writer thread (at least 1,
+    /// default 4096). When the queue is full, callers wait for room
+    /// (backpressure) instead of queueing without bound.
+    pub fn queue_capacity(mut self, capacity: usize) -> Self {
+        self.config.queue_capacity = capacity;
+        self
+    }
+
     /// Validates the settings.
     pub fn build(self) -> Result<SqliteLogConfig, ConfigError> {
         let config = self.config;
@@ -84,6 +94,13 @@ impl SqliteLogConfigBuilder {
                 COMPONENT,
                 "max_batch",
                 format!("must be 1 to {MAX_SQLITE_BATCH}, got {}", config.max_batch),
+            ));
+        }
+        if config.queue_capacity == 0 {
+            return Err(ConfigError::new(
+                COMPONENT,
+                "queue_capacity",
+                "must be at least 1, got 0",
             ));
         }
         if config.busy_timeout > Duration::from_secs(3600) {

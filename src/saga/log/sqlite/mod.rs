@@ -1,15 +1,14 @@
 //! The SQLite saga log, with group commit.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rusqlite::Connection;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use self::writer::{Command, Reply, Writer};
-use super::{BoxFuture, ClaimedSaga, Lease, LogError, NewSaga, SagaLog, SagaSummary};
+use super::{BoxFuture, ClaimedSaga, Lease, ListCursor, LogError, NewSaga, SagaLog, SagaSummary};
 use crate::saga::id::{OwnerId, SagaId};
 use crate::saga::record::{LoggedRecord, RecordKind, SagaState};
 
@@ -21,10 +20,41 @@ pub use self::config::{MAX_SQLITE_BATCH, SqliteLogConfig, SqliteLogConfigBuilder
 
 const BACKEND: &str = "sqlite";
 
+/// Written to SQLite's `user_version` when the log's tables are created:
+/// a database that has it but not the tables lost them.
+const SCHEMA_MARKER: i64 = 0x5a6a_0001;
+
+/// Refuses a database whose `user_version` says the log was created in it
+/// but whose `saga` table is missing, or that another application marked.
+fn check_schema_marker(connection: &Connection, path: &Path) -> Result<(), LogError> {
+    let marker: i64 = connection
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(unavailable)?;
+    let tables: i64 = connection
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name IN ('saga', 'saga_record')",
+            [],
+            |row| row.get(0),
+        )
+        .map_err(unavailable)?;
+    let problem = match marker {
+        // A new database, or a log created before the marker existed.
+        0 => return Ok(()),
+        SCHEMA_MARKER if tables == 2 => return Ok(()),
+        SCHEMA_MARKER => "its saga log was created but its tables are gone".to_owned(),
+        other => format!("its user_version is {other}: it is not a palisade saga log"),
+    };
+    Err(LogError::unavailable(
+        BACKEND,
+        format!("{}: {problem}", path.display()),
+    ))
+}
+
 /// A durable saga log in a SQLite file (WAL mode), for one process or a
 /// few on one host.
 ///
-/// One writer thread owns the connection. Operations that arrive while a
+/// One writer thread owns the connection; operations wait in a bounded
+/// queue ([`queue_capacity`](SqliteLogConfigBuilder::queue_capacity)). Operations that arrive while a
 /// transaction commits are *group committed*: the next transaction applies
 /// all of them (up to [`max_batch`](SqliteLogConfigBuilder::max_batch)),
 /// and each is acknowledged only after the transaction that holds it has
@@ -57,8 +87,25 @@ impl SqliteLog {
     }
 
     /// Opens (or creates) the log at `path`.
+    ///
+    /// A log is created only where no file is, or in a SQLite database
+    /// that has no saga log yet. A file that exists but is empty (a log
+    /// truncated to zero bytes) and a database whose log was created but
+    /// whose tables are gone are refused ([`LogError::Unavailable`]): they
+    /// would otherwise open as a new, empty log and lose every saga
+    /// silently.
     pub fn open_with(path: impl AsRef<Path>, config: SqliteLogConfig) -> Result<Self, LogError> {
         let path = path.as_ref().to_path_buf();
+        if std::fs::metadata(&path).is_ok_and(|file| file.len() == 0) {
+            return Err(LogError::unavailable(
+                BACKEND,
+                format!(
+                    "{} exists but is empty: a saga log truncated to zero bytes is not opened as a new one \
+                     (remove the file to start a new log)",
+                    path.display()
+                ),
+            ));
+        }
         let connection = Connection::open(&path).map_err(unavailable)?;
         connection
             .busy_timeout(config.busy_timeout)
@@ -77,8 +124,12 @@ impl SqliteLog {
             SqliteSync::Normal => "NORMAL",
         };
         connection
+            .execute_batch(&format!("PRAGMA synchronous = {sync};"))
+            .map_err(unavailable)?;
+        check_schema_marker(&connection, &path)?;
+        connection
             .execute_batch(&format!(
-                "PRAGMA synchronous = {sync};
+                "PRAGMA user_version = {SCHEMA_MARKER};
                  CREATE TABLE IF NOT EXISTS saga (
                      id TEXT PRIMARY KEY,
                      definition TEXT NOT NULL,
@@ -104,7 +155,7 @@ impl SqliteLog {
                  ) WITHOUT ROWID;"
             ))
             .map_err(unavailable)?;
-        let (commands, receiver) = mpsc::channel();
+        let (commands, receiver) = mpsc::channel(config.queue_capacity);
         let max_batch = config.max_batch;
         thread::Builder::new()
             .name("palisade-saga-sqlite".into())
@@ -123,9 +174,14 @@ impl SqliteLog {
         command: impl FnOnce(Reply<T>) -> Command,
     ) -> BoxFuture<'static, Result<T, LogError>> {
         let (reply, result) = oneshot::channel();
-        let sent = self.commands.send(command(reply));
+        let command = command(reply);
+        let commands = self.commands.clone();
         Box::pin(async move {
-            sent.map_err(|_| LogError::Closed { backend: BACKEND })?;
+            // Waits for room when the writer is behind: the queue is bounded.
+            commands
+                .send(command)
+                .await
+                .map_err(|_| LogError::Closed { backend: BACKEND })?;
             result
                 .await
                 .unwrap_or(Err(LogError::Closed { backend: BACKEND }))
@@ -196,8 +252,17 @@ impl SagaLog for SqliteLog {
     fn list(
         &self,
         state: Option<SagaState>,
+        after: Option<ListCursor>,
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<SagaSummary>, LogError>> {
-        self.send(|r| Command::List(state, limit, r))
+        self.send(|r| Command::List(state, after, limit, r))
+    }
+
+    fn prune_finished(
+        &self,
+        finished_before: SystemTime,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<u64, LogError>> {
+        self.send(|r| Command::Prune(finished_before, limit, r))
     }
 }

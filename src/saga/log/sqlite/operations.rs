@@ -6,8 +6,10 @@ use rusqlite::{OptionalExtension, Transaction, params};
 
 use super::BACKEND;
 use crate::saga::id::{OwnerId, SagaId};
-use crate::saga::log::decode::{RecordDecoder, StoredRecord, corrupt, stored_owner, stored_state};
-use crate::saga::log::{ClaimedSaga, Lease, LogError, NewSaga, SagaSummary};
+use crate::saga::log::decode::{
+    RecordDecoder, StoredRecord, corrupt, stored_owner, stored_state, stored_u64,
+};
+use crate::saga::log::{ClaimedSaga, Lease, ListCursor, LogError, NewSaga, SagaSummary};
 use crate::saga::record::{LoggedRecord, RecordKind, SagaState};
 
 /// A database failure inside an operation: the transaction must roll back.
@@ -19,8 +21,9 @@ fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-fn ms_to_time(ms: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+/// A stored time in milliseconds since the Unix epoch.
+fn stored_time(saga: SagaId, ms: i64, what: &str) -> Result<SystemTime, LogError> {
+    Ok(UNIX_EPOCH + Duration::from_millis(stored_u64(saga, ms, what)?))
 }
 
 fn expiry_ms(ttl: Duration) -> i64 {
@@ -59,21 +62,37 @@ fn read_row(tx: &Transaction<'_>, saga: SagaId) -> Sql<Row> {
     let Some((state, owner, epoch, expires_ms, records)) = row else {
         return Ok(Err(LogError::NotFound { saga }));
     };
-    let state = match stored_state(saga, &state) {
-        Ok(state) => state,
-        Err(error) => return Ok(Err(error)),
-    };
-    let owner = match stored_owner(saga, &owner) {
-        Ok(owner) => owner,
-        Err(error) => return Ok(Err(error)),
-    };
-    Ok(Ok(Row {
-        state,
-        owner,
-        epoch: u64::try_from(epoch).unwrap_or(0),
-        expires_ms,
-        records: u64::try_from(records).unwrap_or(0),
-    }))
+    let decoded = (|| {
+        Ok(Row {
+            state: stored_state(saga, &state)?,
+            owner: stored_owner(saga, &owner)?,
+            epoch: stored_u64(saga, epoch, "epoch")?,
+            expires_ms,
+            records: stored_u64(saga, records, "record count")?,
+        })
+    })();
+    Ok(decoded)
+}
+
+/// The last stored record's sequence number must be the one before the
+/// row's record count: otherwise records were lost (or added behind the
+/// log's back), and appending would reuse or skip a sequence number.
+fn check_last_record(tx: &Transaction<'_>, saga: SagaId, records: u64) -> Sql<()> {
+    let last: Option<i64> = tx
+        .prepare_cached("SELECT MAX(seq) FROM saga_record WHERE saga = ?1")?
+        .query_row(params![saga.to_string()], |row| row.get(0))?;
+    let expected = records.checked_sub(1).map(as_i64);
+    if last == expected {
+        return Ok(Ok(()));
+    }
+    Ok(Err(corrupt(
+        saga,
+        None,
+        format!(
+            "the saga has {records} records but the last stored one is {}",
+            last.map_or_else(|| "none".to_owned(), |seq| seq.to_string())
+        ),
+    )))
 }
 
 fn check_lease(row: &Row, lease: &Lease) -> Result<(), LogError> {
@@ -162,6 +181,9 @@ pub(super) fn append(tx: &Transaction<'_>, lease: &Lease, record: RecordKind) ->
             saga: lease.saga,
             state: row.state,
         }));
+    }
+    if let Err(error) = check_last_record(tx, lease.saga, row.records)? {
+        return Ok(Err(error));
     }
     let now = now_ms();
     let seq = row.records;
@@ -257,38 +279,73 @@ pub(super) fn claim_unfinished(
     limit: usize,
 ) -> Sql<Vec<ClaimedSaga>> {
     let now = now_ms();
-    let ids: Vec<String> = tx
-        .prepare_cached(
-            "SELECT id FROM saga
-             WHERE state IN ('running', 'compensating')
-               AND (lease_expires_ms IS NULL OR lease_expires_ms <= ?1 OR owner = ?2)
-             ORDER BY created_ms, id LIMIT ?3",
-        )?
-        .query_map(params![now, owner.as_str(), as_i64(limit as u64)], |row| {
-            row.get(0)
-        })?
-        .collect::<Result<_, _>>()?;
-    let mut claimed = Vec::with_capacity(ids.len());
-    for id in ids {
+    // Every state but the finished ones and `stuck`: a row whose state is
+    // unreadable is reported, not skipped.
+    let mut rows: Vec<(String, i64)> = Vec::new();
+    let mut select = tx.prepare_cached(
+        "SELECT id, epoch, owner, lease_expires_ms FROM saga
+         WHERE state NOT IN ('stuck', 'completed', 'compensated', 'abandoned')
+         ORDER BY created_ms, id",
+    )?;
+    let mut candidates = select.query([])?;
+    while rows.len() < limit {
+        let Some(row) = candidates.next()? else { break };
+        let (id, epoch, held_by, expires_ms): (String, i64, String, Option<i64>) =
+            (row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?);
+        // A lease held by an owner that cannot be read is no lease: the
+        // row is reported below rather than left to nobody.
+        let claimable = expires_ms.is_none_or(|expires| expires <= now)
+            || held_by == owner.as_str()
+            || OwnerId::new(held_by).is_err();
+        if claimable {
+            rows.push((id, epoch));
+        }
+    }
+    drop(candidates);
+    let mut claimed = Vec::with_capacity(rows.len());
+    for (id, epoch) in rows {
         let Ok(saga) = id.parse::<SagaId>() else {
+            // No saga id to report it under: not a row this crate wrote.
             tracing::error!(id, "sqlite saga log: saga row with an invalid id");
             continue;
         };
-        let row = match read_row(tx, saga)? {
-            Ok(row) => row,
+        match read_row(tx, saga)? {
+            Ok(row) => {
+                if let Ok(saga) = take(tx, saga, &row, owner, ttl)? {
+                    claimed.push(saga);
+                }
+            }
+            // Reported to the caller with the saga's id and left as it is
+            // (not taken, so not rewritten): the lease below is not held.
             Err(error) => {
                 tracing::error!(%saga, %error, "sqlite saga log: saga row unreadable");
-                continue;
+                claimed.push(ClaimedSaga {
+                    lease: Lease {
+                        saga,
+                        owner: owner.clone(),
+                        epoch: u64::try_from(epoch).unwrap_or_default(),
+                    },
+                    state: SagaState::Running,
+                    records: Err(error),
+                });
             }
-        };
-        if let Ok(saga) = take(tx, saga, &row, owner, ttl)? {
-            claimed.push(saga);
         }
     }
     Ok(Ok(claimed))
 }
 
 pub(super) fn history(tx: &Transaction<'_>, saga: SagaId) -> Sql<Vec<LoggedRecord>> {
+    let count: Option<i64> = tx
+        .prepare_cached("SELECT records FROM saga WHERE id = ?1")?
+        .query_row(params![saga.to_string()], |row| row.get(0))
+        .optional()?;
+    let Some(count) = count else {
+        return Ok(Err(LogError::NotFound { saga }));
+    };
+    let expected = match stored_u64(saga, count, "record count") {
+        Ok(expected) => expected,
+        Err(error) => return Ok(Err(error)),
+    };
     let mut statement = tx.prepare_cached(
         "SELECT seq, epoch, at_ms, kind, body, payload FROM saga_record
          WHERE saga = ?1 ORDER BY seq",
@@ -321,10 +378,14 @@ pub(super) fn history(tx: &Transaction<'_>, saga: SagaId) -> Sql<Vec<LoggedRecor
             }
             Err(error) => return Err(error),
         };
+        let at = match stored_time(saga, at_ms, "record time") {
+            Ok(at) => at,
+            Err(error) => return Ok(Err(error)),
+        };
         let stored = StoredRecord {
             seq,
             epoch,
-            at: ms_to_time(at_ms),
+            at,
             kind,
             body,
             payload,
@@ -333,20 +394,7 @@ pub(super) fn history(tx: &Transaction<'_>, saga: SagaId) -> Sql<Vec<LoggedRecor
             return Ok(Err(error));
         }
     }
-    let records = decoder.finish();
-    if records.is_empty() {
-        let exists = tx
-            .query_row(
-                "SELECT 1 FROM saga WHERE id = ?1",
-                params![saga.to_string()],
-                |_| Ok(()),
-            )
-            .optional()?;
-        if exists.is_none() {
-            return Ok(Err(LogError::NotFound { saga }));
-        }
-    }
-    Ok(Ok(records))
+    Ok(decoder.finish_expecting(expected))
 }
 
 const SUMMARY_COLUMNS: &str = "id, definition, version, state, owner, epoch, lease_expires_ms, records, created_ms, updated_ms";
@@ -392,10 +440,10 @@ fn to_summary(row: SummaryRow, now: i64) -> Result<SagaSummary, LogError> {
         version: u32::try_from(version).map_err(|_| corrupt(saga, None, "invalid version"))?,
         state,
         owner: expires.filter(|e| *e > now).map(|_| owner),
-        epoch: u64::try_from(epoch).unwrap_or(0),
-        records: u64::try_from(records).unwrap_or(0),
-        created_at: ms_to_time(created),
-        updated_at: ms_to_time(updated),
+        epoch: stored_u64(saga, epoch, "epoch")?,
+        records: stored_u64(saga, records, "record count")?,
+        created_at: stored_time(saga, created, "creation time")?,
+        updated_at: stored_time(saga, updated, "update time")?,
     })
 }
 
@@ -413,26 +461,61 @@ pub(super) fn summary(tx: &Transaction<'_>, saga: SagaId) -> Sql<SagaSummary> {
     })
 }
 
+fn time_ms(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 pub(super) fn list(
     tx: &Transaction<'_>,
     state: Option<SagaState>,
+    after: Option<ListCursor>,
     limit: usize,
 ) -> Sql<Vec<SagaSummary>> {
     let now = now_ms();
     let limit = as_i64(limit as u64);
-    let rows: Vec<SummaryRow> = match state {
-        Some(state) => tx
-            .prepare_cached(&format!(
-                "SELECT {SUMMARY_COLUMNS} FROM saga WHERE state = ?1 ORDER BY created_ms, id LIMIT ?2"
-            ))?
-            .query_map(params![state.as_str(), limit], summary_row)?
-            .collect::<Result<_, _>>()?,
-        None => tx
-            .prepare_cached(&format!(
-                "SELECT {SUMMARY_COLUMNS} FROM saga ORDER BY created_ms, id LIMIT ?1"
-            ))?
-            .query_map(params![limit], summary_row)?
-            .collect::<Result<_, _>>()?,
+    // The cursor's time came from a summary of this log, in whole
+    // milliseconds, so the comparison is exact.
+    let (after_ms, after_id) = match after {
+        Some(cursor) => (Some(time_ms(cursor.created_at)), cursor.id.to_string()),
+        None => (None, String::new()),
     };
+    let rows: Vec<SummaryRow> = tx
+        .prepare_cached(&format!(
+            "SELECT {SUMMARY_COLUMNS} FROM saga
+             WHERE (?1 IS NULL OR state = ?1)
+               AND (?2 IS NULL OR (created_ms, id) > (?2, ?3))
+             ORDER BY created_ms, id LIMIT ?4"
+        ))?
+        .query_map(
+            params![state.map(SagaState::as_str), after_ms, after_id, limit],
+            summary_row,
+        )?
+        .collect::<Result<_, _>>()?;
     Ok(rows.into_iter().map(|row| to_summary(row, now)).collect())
+}
+
+pub(super) fn prune_finished(
+    tx: &Transaction<'_>,
+    finished_before: SystemTime,
+    limit: usize,
+) -> Sql<u64> {
+    let ids: Vec<String> = tx
+        .prepare_cached(
+            "SELECT id FROM saga
+             WHERE state IN ('completed', 'compensated', 'abandoned') AND updated_ms < ?1
+             ORDER BY updated_ms, id LIMIT ?2",
+        )?
+        .query_map(
+            params![time_ms(finished_before), as_i64(limit as u64)],
+            |row| row.get(0),
+        )?
+        .collect::<Result<_, _>>()?;
+    for id in &ids {
+        tx.prepare_cached("DELETE FROM saga_record WHERE saga = ?1")?
+            .execute(params![id])?;
+        tx.prepare_cached("DELETE FROM saga WHERE id = ?1")?
+            .execute(params![id])?;
+    }
+    Ok(Ok(ids.len() as u64))
 }

@@ -1,17 +1,16 @@
 //! The writer thread: group commit of the operations that queue up while a transaction commits.
 
-use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rusqlite::{Connection, Transaction, TransactionBehavior};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use super::operations::{
-    Sql, append, claim, claim_unfinished, create, history, list, renew, summary,
+    Sql, append, claim, claim_unfinished, create, history, list, prune_finished, renew, summary,
 };
 use super::unavailable;
 use crate::saga::id::{OwnerId, SagaId};
-use crate::saga::log::{ClaimedSaga, Lease, LogError, NewSaga, SagaSummary};
+use crate::saga::log::{ClaimedSaga, Lease, ListCursor, LogError, NewSaga, SagaSummary};
 use crate::saga::record::{LoggedRecord, RecordKind, SagaState};
 
 pub(super) type Reply<T> = oneshot::Sender<Result<T, LogError>>;
@@ -25,7 +24,13 @@ pub(super) enum Command {
     ClaimUnfinished(OwnerId, Duration, usize, Reply<Vec<ClaimedSaga>>),
     History(SagaId, Reply<Vec<LoggedRecord>>),
     Summary(SagaId, Reply<SagaSummary>),
-    List(Option<SagaState>, usize, Reply<Vec<SagaSummary>>),
+    List(
+        Option<SagaState>,
+        Option<ListCursor>,
+        usize,
+        Reply<Vec<SagaSummary>>,
+    ),
+    Prune(SystemTime, usize, Reply<u64>),
 }
 
 /// One operation's outcome, waiting for its transaction to commit.
@@ -79,9 +84,9 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    pub(super) fn run(mut self, receiver: mpsc::Receiver<Command>, max_batch: usize) {
+    pub(super) fn run(mut self, mut receiver: mpsc::Receiver<Command>, max_batch: usize) {
         let mut batch = Vec::with_capacity(max_batch);
-        while let Ok(first) = receiver.recv() {
+        while let Some(first) = receiver.blocking_recv() {
             batch.push(first);
             while batch.len() < max_batch {
                 match receiver.try_recv() {
@@ -153,6 +158,7 @@ fn fail_command(command: Command, error: LogError) {
         Command::History(.., r) => drop(r.send(Err(error))),
         Command::Summary(.., r) => drop(r.send(Err(error))),
         Command::List(.., r) => drop(r.send(Err(error))),
+        Command::Prune(.., r) => drop(r.send(Err(error))),
     }
 }
 
@@ -185,6 +191,7 @@ fn apply(tx: &Transaction<'_>, command: Command) -> (Done, Option<LogError>) {
         }
         Command::History(saga, r) => run!(History, r, history(tx, saga)),
         Command::Summary(saga, r) => run!(Summary, r, summary(tx, saga)),
-        Command::List(state, limit, r) => run!(List, r, list(tx, state, limit)),
+        Command::List(state, after, limit, r) => run!(List, r, list(tx, state, after, limit)),
+        Command::Prune(before, limit, r) => run!(Seq, r, prune_finished(tx, before, limit)),
     }
 }
