@@ -10,7 +10,7 @@ use super::tls::{self, PostgresSslMode};
 use super::{COMPONENT, conninfo};
 use crate::error::ConfigError;
 
-/// Settings of a [`PostgresLog`].
+/// Settings of a [`PostgresLog`](super::PostgresLog).
 ///
 /// `Debug` shows no password: tokio-postgres hides it in its
 /// [`Config`](tokio_postgres::Config).
@@ -49,7 +49,7 @@ impl PostgresLogConfig {
     /// a free connection.
     ///
     /// The string's `sslmode` and `sslrootcert` choose TLS (see
-    /// [`PostgresSslMode`] and the [module docs](super)); with neither,
+    /// [`PostgresSslMode`] and [`PostgresLog`'s TLS section](super::PostgresLog#tls)); with neither,
     /// TLS is used if the server offers it (`prefer`), as libpq does.
     pub fn builder(url: impl Into<String>) -> PostgresLogConfigBuilder {
         PostgresLogConfigBuilder {
@@ -153,7 +153,7 @@ impl PostgresLogConfigBuilder {
     /// How long an operation waits for a free connection when all
     /// [`max_connections`](Self::max_connections) are busy (more than
     /// zero, at most 1 h; default 30 s). A timeout fails the operation
-    /// with [`LogError::Unavailable`].
+    /// with [`LogError::Unavailable`](crate::saga::log::LogError::Unavailable).
     pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
         self.acquire_timeout = timeout;
         self

@@ -19,43 +19,7 @@
 //! client's, so executors on hosts whose clocks disagree still agree on
 //! who owns a saga.
 //!
-//! # TLS
-//!
-//! TCP connections use TLS (rustls, with the `ring` provider) as the
-//! connection string's `sslmode` asks, with libpq's meanings; Unix sockets
-//! never use TLS.
-//!
-//! | `sslmode` | TLS | the server's certificate |
-//! |---|---|---|
-//! | `disable` | never | - |
-//! | `prefer` (default) | if the server offers it | not verified |
-//! | `require` | always | not verified; with root certificates, its chain is (as `verify-ca`) |
-//! | `verify-ca` | always | must chain to a root certificate |
-//! | `verify-full` | always | must chain to a root certificate and name the host |
-//!
-//! Root certificates (no default set is trusted):
-//!
-//! * `sslrootcert=/path/ca.pem` in the connection string: a PEM file of CA
-//!   certificates, read by [`build`](PostgresLogConfigBuilder::build);
-//! * `sslrootcert=system`: the platform's trusted roots (as
-//!   `rustls-native-certs` finds them; on Linux the OpenSSL CA bundle);
-//!   as in libpq this means `verify-full`, and a weaker `sslmode` is an
-//!   error;
-//! * [`PostgresLogConfigBuilder::root_certificate`]: PEM text, added to
-//!   the above.
-//!
-//! `verify-ca` or `verify-full` without any root certificate is a
-//! [`ConfigError`](crate::ConfigError). [`PostgresLogConfigBuilder::ssl_mode`]
-//! overrides the string's `sslmode` (the only way to ask for
-//! `verify-full` with [`PostgresLogConfig::builder_from`]). The name
-//! checked by `verify-full` is the `host` (a DNS name or an IP address in
-//! the certificate's subject alternative names), also when `hostaddr`
-//! gives the address to connect to. Client certificates (`sslcert`,
-//! `sslkey`) are not supported.
-//!
-//! No password is shown: the `Debug` output of the config, its builder and
-//! the log hide it, and errors and traces never quote the connection
-//! string.
+//! TLS: see [`PostgresLog`]'s docs.
 
 use std::fmt;
 use std::sync::Arc;
@@ -165,7 +129,7 @@ pub struct PostgresPoolStatus {
 /// taken over is fenced off (see [`SagaLog`]).
 ///
 /// Clones share one connection pool. TCP connections use TLS as the
-/// connection string's `sslmode` asks (see the [module docs](self)). A lost connection or any database failure is
+/// connection string's `sslmode` asks (see [TLS](#tls) below). A lost connection or any database failure is
 /// reported as [`LogError::Unavailable`] and is transient: the pool opens
 /// a new connection for the next operation. An operation that failed with
 /// `Unavailable` while committing may still have been committed; the
@@ -187,6 +151,59 @@ pub struct PostgresPoolStatus {
 /// let saga = NewSaga { id: SagaId::random(), definition: "order".into(), version: 1, input: b"{}".to_vec() };
 /// let lease = log.create(saga, &owner, Duration::from_secs(30)).await?;
 /// assert_eq!(lease.epoch, 1);
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # TLS
+///
+/// TCP connections use TLS (rustls, with the `ring` provider) as the
+/// connection string's `sslmode` asks, with libpq's meanings; Unix sockets
+/// never use TLS.
+///
+/// | `sslmode` | TLS | the server's certificate |
+/// |---|---|---|
+/// | `disable` | never | - |
+/// | `prefer` (default) | if the server offers it | not verified |
+/// | `require` | always | not verified; with root certificates, its chain is (as `verify-ca`) |
+/// | `verify-ca` | always | must chain to a root certificate |
+/// | `verify-full` | always | must chain to a root certificate and name the host |
+///
+/// Root certificates (no default set is trusted):
+///
+/// * `sslrootcert=/path/ca.pem` in the connection string: a PEM file of CA
+///   certificates, read by [`build`](PostgresLogConfigBuilder::build);
+/// * `sslrootcert=system`: the platform's trusted roots (as
+///   `rustls-native-certs` finds them; on Linux the OpenSSL CA bundle);
+///   as in libpq this means `verify-full`, and a weaker `sslmode` is an
+///   error;
+/// * [`PostgresLogConfigBuilder::root_certificate`]: PEM text, added to
+///   the above.
+///
+/// `verify-ca` or `verify-full` without any root certificate is a
+/// [`ConfigError`](crate::ConfigError). [`PostgresLogConfigBuilder::ssl_mode`]
+/// overrides the string's `sslmode` (the only way to ask for
+/// `verify-full` with [`PostgresLogConfig::builder_from`]). The name
+/// checked by `verify-full` is the `host` (a DNS name or an IP address in
+/// the certificate's subject alternative names), also when `hostaddr`
+/// gives the address to connect to. Client certificates (`sslcert`,
+/// `sslkey`) are not supported.
+///
+/// No password is shown: the `Debug` output of the config, its builder and
+/// the log hide it, and errors and traces never quote the connection
+/// string.
+///
+/// ```no_run
+/// use palisade::saga::log::{PostgresLog, PostgresLogConfig, PostgresSslMode};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let config = PostgresLogConfig::builder(
+///     "postgres://orders@db.internal/orders?sslmode=verify-full&sslrootcert=/etc/ssl/db-ca.pem",
+/// )
+/// .build()?; // reads the CA file; a missing one is a ConfigError naming `sslrootcert`
+/// assert_eq!(config.ssl_mode(), PostgresSslMode::VerifyFull);
+/// let log = PostgresLog::connect(config).await?; // a certificate the CA did not sign fails here
 /// # Ok(())
 /// # }
 /// ```
