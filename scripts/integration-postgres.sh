@@ -195,6 +195,7 @@ echo "integration-postgres: server ready at $PALISADE_POSTGRES_URL (TLS required
 
 cargo test --features postgres --lib saga::log::postgres
 cargo test --features postgres --test saga_postgres -- --include-ignored
+cargo test --features postgres --test saga_postgres_secrets
 if [[ "${PALISADE_PG_BENCH:-}" == 1 ]]; then
     cargo bench --features postgres --bench saga_postgres
 fi

@@ -182,7 +182,10 @@ impl PostgresLogConfigBuilder {
     pub fn build(self) -> Result<PostgresLogConfig, ConfigError> {
         let (mut pg, options) = match self.source {
             Source::Url(url) => {
-                let (rest, options) = conninfo::take_tls_options(&url).unwrap_or_default();
+                // A string that does not parse goes to tokio-postgres as is,
+                // to be refused below.
+                let (rest, options) = conninfo::take_tls_options(&url)
+                    .unwrap_or_else(|| (url.clone(), conninfo::TlsOptions::default()));
                 // The parse error is not shown: it may quote the string,
                 // password included.
                 let pg = rest.parse::<tokio_postgres::Config>().map_err(|_| {
