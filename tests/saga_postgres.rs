@@ -1,8 +1,11 @@
 //! The PostgreSQL saga log against a real server.
 //!
-//! Tests that need a server are ignored by default; run them with
-//! `scripts/integration-postgres.sh`, which starts a throwaway server and
-//! sets `PALISADE_POSTGRES_URL`. Each test works in its own fresh schema, so
+//! Run with `bash scripts/integration-postgres.sh`: it starts a throwaway
+//! server that requires TLS on TCP, sets `PALISADE_POSTGRES_URL` and the
+//! other variables read here (see the script), and runs
+//! `cargo test --features postgres --test saga_postgres -- --include-ignored`.
+//! Without it, `cargo test --features postgres --test saga_postgres` runs the
+//! tests that need no server. Each test works in its own fresh schema, so
 //! they run in parallel and may share one database.
 #![cfg(feature = "postgres")]
 
@@ -10,7 +13,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use palisade::saga::log::{PostgresConnectError, PostgresLog, PostgresLogConfig};
+use palisade::saga::log::{
+    PostgresConnectError, PostgresLog, PostgresLogConfig, PostgresLogConfigBuilder, PostgresSslMode,
+};
 use palisade::saga::{
     FinishedOutcome, LogError, NewSaga, OwnerId, RecordKind, SagaId, SagaLog, SagaState, StepEffect,
 };
@@ -44,9 +49,11 @@ async fn fresh() -> PostgresLog {
     connect(&fresh_schema()).await
 }
 
-/// A plain connection for looking at and damaging the tables.
+/// A plain connection for looking at and damaging the tables: over the Unix
+/// socket (the script's server takes TCP only with TLS).
 async fn raw() -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
+    let conninfo = std::env::var("PALISADE_POSTGRES_SOCKET_URL").unwrap_or_else(|_| url());
+    let (client, connection) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
         .await
         .unwrap();
     tokio::spawn(connection);
@@ -96,6 +103,16 @@ fn invalid_settings_are_rejected_naming_the_field() {
     let url = "postgres://u@127.0.0.1:5432/db";
     assert_eq!(field(PostgresLogConfig::builder("postgres://[")), "url");
     assert_eq!(field(PostgresLogConfig::builder("dbname=x")), "url");
+    let unterminated = PostgresLogConfig::builder("host=h password='open")
+        .build()
+        .unwrap_err();
+    assert_eq!(unterminated.field(), "url");
+    assert!(
+        unterminated
+            .to_string()
+            .contains("is not a connection string"),
+        "{unterminated}"
+    );
     assert_eq!(field(PostgresLogConfig::builder(url).schema("")), "schema");
     assert_eq!(
         field(PostgresLogConfig::builder(url).schema("Bad-Name")),
@@ -146,6 +163,101 @@ async fn an_unreachable_server_is_reported_as_unavailable() {
         ),
         "{error:?}"
     );
+}
+
+#[test]
+fn tls_options_are_read_from_the_connection_string_and_checked_naming_the_field() {
+    let mode = |url: &str| PostgresLogConfig::builder(url).build().unwrap().ssl_mode();
+    let field = |b: PostgresLogConfigBuilder| b.build().unwrap_err().field();
+    let url = "postgres://u@127.0.0.1:5432/db";
+    assert_eq!(mode(url), PostgresSslMode::Prefer);
+    assert_eq!(
+        mode(&format!("{url}?sslmode=disable")),
+        PostgresSslMode::Disable
+    );
+    assert_eq!(
+        mode(&format!("{url}?sslmode=require")),
+        PostgresSslMode::Require
+    );
+    assert_eq!(
+        mode("host=127.0.0.1 user=u sslmode=require"),
+        PostgresSslMode::Require
+    );
+    let pem = test_ca_pem();
+    let ca = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(ca.path(), &pem).unwrap();
+    let ca = ca.path().display().to_string();
+    for sslmode in ["verify-ca", "verify-full"] {
+        let with_file = format!("host=127.0.0.1 user=u sslmode={sslmode} sslrootcert='{ca}'");
+        assert_eq!(mode(&with_file).as_sslmode(), sslmode);
+        let with_pem = PostgresLogConfig::builder(format!("{url}?sslmode={sslmode}"))
+            .root_certificate(&pem)
+            .build()
+            .unwrap();
+        assert_eq!(with_pem.ssl_mode().as_sslmode(), sslmode);
+        // A verifying mode without a CA.
+        assert_eq!(
+            field(PostgresLogConfig::builder(format!(
+                "{url}?sslmode={sslmode}"
+            ))),
+            "sslrootcert"
+        );
+    }
+    assert_eq!(
+        field(PostgresLogConfig::builder(format!("{url}?sslmode=allow"))),
+        "sslmode"
+    );
+    assert_eq!(
+        field(PostgresLogConfig::builder(format!("{url}?sslmode=strict"))),
+        "sslmode"
+    );
+    assert_eq!(
+        field(PostgresLogConfig::builder(format!(
+            "{url}?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem"
+        ))),
+        "sslrootcert"
+    );
+    // libpq: sslrootcert=system means verify-full, and refuses weaker modes.
+    assert_eq!(
+        field(PostgresLogConfig::builder(format!(
+            "{url}?sslmode=require&sslrootcert=system"
+        ))),
+        "sslmode"
+    );
+    assert_eq!(
+        field(PostgresLogConfig::builder(url).root_certificate("not a certificate")),
+        "root_certificate"
+    );
+    // The builder's mode wins over the string's and the parsed config's.
+    let overridden = PostgresLogConfig::builder(format!("{url}?sslmode=require"))
+        .ssl_mode(PostgresSslMode::Disable)
+        .build()
+        .unwrap();
+    assert_eq!(overridden.ssl_mode(), PostgresSslMode::Disable);
+    let mut pg: tokio_postgres::Config = url.parse().unwrap();
+    pg.ssl_mode(tokio_postgres::config::SslMode::Require);
+    let from_pg = PostgresLogConfig::builder_from(pg).build().unwrap();
+    assert_eq!(from_pg.ssl_mode(), PostgresSslMode::Require);
+}
+
+/// A CA certificate (PEM), made for the test.
+fn test_ca_pem() -> String {
+    // Made once with openssl (EC P-256, CN "palisade test fixture CA",
+    // valid for 100 years; its key was thrown away): only parsed here.
+    "-----BEGIN CERTIFICATE-----
+MIIBrTCCAVOgAwIBAgIUCz3aIqJvnf9oKWoyI6bPpW+b3ycwCgYIKoZIzj0EAwIw
+IzEhMB8GA1UEAwwYcGFsaXNhZGUgdGVzdCBmaXh0dXJlIENBMCAXDTI2MTIwMjA2
+NDQ1NVoYDzIxMjYxMTA4MDY0NDU1WjAjMSEwHwYDVQQDDBhwYWxpc2FkZSB0ZXN0
+IGZpeHR1cmUgQ0EwWTATBgcqhkjOPQIBBggqhkjOPQMBBwNCAASud+9X0hBUDOnz
+1oy36ow4SCIs+A8Ii5kDrE9b0hbEfHaw840+v6my/u+n8sRXd4A+zBFha4VJO5Dh
+TNJJGJaUo2MwYTAdBgNVHQ4EFgQU6wWOpxYzwOtx91HA/M9yhdH8mLgwHwYDVR0j
+BBgwFoAU6wWOpxYzwOtx91HA/M9yhdH8mLgwDwYDVR0TAQH/BAUwAwEB/zAOBgNV
+HQ8BAf8EBAMCAQYwCgYIKoZIzj0EAwIDSAAwRQIgPuRdgT5tV5Te1v5ZlOqRfmwn
+DyQVjd/dLLXvHq2FENACIQClm5IAhuz869qsqts21WwXMga44b7p2ezScw7y6etH
+jQ==
+-----END CERTIFICATE-----
+"
+    .into()
 }
 
 // ---------------------------------------------------------------------------
@@ -750,4 +862,169 @@ async fn a_second_executor_takes_over_the_saga_of_one_that_died() {
         handle.outcome().await.is_err(),
         "a can no longer finish the saga"
     );
+}
+
+// ---------------------------------------------------------------------------
+// TLS, against the script's server: TCP requires TLS, its certificate names
+// localhost and 127.0.0.1 and is signed by PALISADE_POSTGRES_CA.
+
+fn env(name: &str) -> String {
+    std::env::var(name)
+        .unwrap_or_else(|_| panic!("{name} is set by scripts/integration-postgres.sh"))
+}
+
+/// `url` with more query parameters.
+fn with_params(url: &str, params: &str) -> String {
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}{params}")
+}
+
+/// Connects with `conninfo` in a fresh schema, tagging the connections with
+/// an application name.
+async fn connect_tls(conninfo: &str) -> Result<(PostgresLog, String), PostgresConnectError> {
+    let app = format!("palisade-tls-{:x}", rand_u64());
+    let tagged = if conninfo.contains("://") {
+        with_params(conninfo, &format!("application_name={app}"))
+    } else {
+        format!("{conninfo} application_name={app}")
+    };
+    let config = PostgresLogConfig::builder(tagged)
+        .schema(fresh_schema())
+        .max_connections(2)
+        .build()
+        .unwrap();
+    let log = PostgresLog::connect(config).await?;
+    Ok((log, app))
+}
+
+/// How many of the server's connections from `app` use TLS, and how many
+/// there are.
+async fn tls_connections(app: &str) -> (i64, i64) {
+    let row = raw()
+        .await
+        .query_one(
+            "SELECT count(*) FILTER (WHERE s.ssl), count(*) \
+             FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) \
+             WHERE a.application_name = $1",
+            &[&app],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+/// The connection string's parts as key-value pairs, with `host` replaced
+/// by `host` and the address kept in `hostaddr`.
+fn key_value_for_host(host: &str) -> String {
+    let pg: tokio_postgres::Config = url().parse().unwrap();
+    format!(
+        "host={host} hostaddr=127.0.0.1 port={} user={} dbname={}",
+        pg.get_ports()[0],
+        pg.get_user().unwrap(),
+        pg.get_dbname().unwrap()
+    )
+}
+
+#[tokio::test]
+#[ignore = "needs postgres: scripts/integration-postgres.sh"]
+async fn every_connection_uses_tls_by_default_and_with_require() {
+    for conninfo in [url(), with_params(&url(), "sslmode=require")] {
+        let (log, app) = connect_tls(&conninfo).await.unwrap();
+        assert_eq!(log.list(None, None, 10).await.unwrap().len(), 0);
+        let (tls, all) = tls_connections(&app).await;
+        assert!(all >= 1 && tls == all, "{tls} of {all} connections use TLS");
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs postgres: scripts/integration-postgres.sh"]
+async fn a_plain_connection_is_refused_where_the_server_requires_tls() {
+    let error = connect_tls(&with_params(&url(), "sslmode=disable"))
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("pg_hba.conf"), "{error}");
+}
+
+#[tokio::test]
+#[ignore = "needs postgres: scripts/integration-postgres.sh"]
+async fn verify_full_accepts_the_servers_certificate_signed_by_the_given_ca() {
+    let ca = env("PALISADE_POSTGRES_CA");
+    let (_log, app) = connect_tls(&with_params(
+        &url(),
+        &format!("sslmode=verify-full&sslrootcert={ca}"),
+    ))
+    .await
+    .unwrap();
+    let (tls, all) = tls_connections(&app).await;
+    assert!(all >= 1 && tls == all, "{tls} of {all}");
+    // The same CA given to the builder, with the host named as in the
+    // certificate.
+    let config = PostgresLogConfig::builder(format!(
+        "{} sslmode=verify-full",
+        key_value_for_host("localhost")
+    ))
+    .schema(fresh_schema())
+    .root_certificate(std::fs::read(&ca).unwrap())
+    .build()
+    .unwrap();
+    PostgresLog::connect(config).await.unwrap();
+}
+
+#[tokio::test]
+#[ignore = "needs postgres: scripts/integration-postgres.sh"]
+async fn a_certificate_from_another_ca_is_refused_with_a_certificate_error() {
+    let other = env("PALISADE_POSTGRES_OTHER_CA");
+    for sslmode in ["verify-ca", "verify-full", "require"] {
+        let error = connect_tls(&with_params(
+            &url(),
+            &format!("sslmode={sslmode}&sslrootcert={other}"),
+        ))
+        .await
+        .unwrap_err();
+        let text = error.to_string();
+        assert!(
+            text.contains("TLS handshake") && text.contains("invalid peer certificate"),
+            "{sslmode}: {text}"
+        );
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs postgres: scripts/integration-postgres.sh"]
+async fn verify_ca_accepts_a_certificate_for_another_name_and_verify_full_does_not() {
+    let ca = env("PALISADE_POSTGRES_CA");
+    let elsewhere = key_value_for_host("db.elsewhere.invalid");
+    connect_tls(&format!("{elsewhere} sslmode=verify-ca sslrootcert={ca}"))
+        .await
+        .unwrap();
+    let error = connect_tls(&format!("{elsewhere} sslmode=verify-full sslrootcert={ca}"))
+        .await
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("invalid peer certificate"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs postgres: scripts/integration-postgres.sh"]
+async fn a_password_login_works_over_tls_and_a_wrong_password_is_never_shown() {
+    let with_password = env("PALISADE_POSTGRES_PASSWORD_URL");
+    let pg: tokio_postgres::Config = with_password.parse().unwrap();
+    let password = String::from_utf8(pg.get_password().unwrap().to_vec()).unwrap();
+    let ca = env("PALISADE_POSTGRES_CA");
+    let verified = with_params(
+        &with_password,
+        &format!("sslmode=verify-full&sslrootcert={ca}"),
+    );
+    let (log, _) = connect_tls(&verified).await.unwrap();
+    assert!(!format!("{log:?}").contains(&password));
+
+    let wrong = format!("{password}-wrong");
+    let error = connect_tls(&verified.replace(&password, &wrong))
+        .await
+        .unwrap_err();
+    let text = format!("{error} {error:?}");
+    assert!(text.contains("password authentication failed"), "{text}");
+    assert!(!text.contains(&password), "{text}");
 }

@@ -241,7 +241,7 @@ pub use self::log::{
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use self::log::{
     POSTGRES_SCHEMA_VERSION, PostgresConnectError, PostgresLog, PostgresLogConfig,
-    PostgresLogConfigBuilder, PostgresPoolStatus,
+    PostgresLogConfigBuilder, PostgresPoolStatus, PostgresSslMode,
 };
 pub use self::outcome::{Recovery, SagaFailure, SagaHandle, SagaOutcome, SagaOutput};
 pub use self::record::{

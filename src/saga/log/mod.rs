@@ -63,7 +63,7 @@ pub use self::memory::MemoryLog;
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use self::postgres::{
     POSTGRES_SCHEMA_VERSION, PostgresConnectError, PostgresLog, PostgresLogConfig,
-    PostgresLogConfigBuilder, PostgresPoolStatus,
+    PostgresLogConfigBuilder, PostgresPoolStatus, PostgresSslMode,
 };
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]

@@ -1,18 +1,44 @@
 //! The validated settings of a [`PostgresLog`](super::PostgresLog).
 
+use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::COMPONENT;
+use rustls::pki_types::CertificateDer;
+
+use super::tls::{self, PostgresSslMode};
+use super::{COMPONENT, conninfo};
 use crate::error::ConfigError;
 
-/// Settings of a [`PostgresLog`].
-#[derive(Debug, Clone)]
+/// Settings of a [`PostgresLog`](super::PostgresLog).
+///
+/// `Debug` shows no password: tokio-postgres hides it in its
+/// [`Config`](tokio_postgres::Config).
+#[derive(Clone)]
 pub struct PostgresLogConfig {
     pub(super) pg: tokio_postgres::Config,
     pub(super) schema: String,
     pub(super) max_connections: usize,
     pub(super) connect_timeout: Duration,
     pub(super) acquire_timeout: Duration,
+    ssl_mode: PostgresSslMode,
+    root_certificates: usize,
+    /// `None` for [`PostgresSslMode::Disable`].
+    pub(super) tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl fmt::Debug for PostgresLogConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresLogConfig")
+            .field("pg", &self.pg)
+            .field("schema", &self.schema)
+            .field("max_connections", &self.max_connections)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .field("ssl_mode", &self.ssl_mode)
+            .field("root_certificates", &self.root_certificates)
+            .finish()
+    }
 }
 
 impl PostgresLogConfig {
@@ -21,6 +47,10 @@ impl PostgresLogConfig {
     /// (`host=... user=... dbname=...`), with the defaults: schema
     /// `palisade`, up to 8 connections, 10 s to connect, 30 s to wait for
     /// a free connection.
+    ///
+    /// The string's `sslmode` and `sslrootcert` choose TLS (see
+    /// [`PostgresSslMode`] and [`PostgresLog`'s TLS section](super::PostgresLog#tls)); with neither,
+    /// TLS is used if the server offers it (`prefer`), as libpq does.
     pub fn builder(url: impl Into<String>) -> PostgresLogConfigBuilder {
         PostgresLogConfigBuilder {
             source: Source::Url(url.into()),
@@ -28,11 +58,15 @@ impl PostgresLogConfig {
             max_connections: 8,
             connect_timeout: Duration::from_secs(10),
             acquire_timeout: Duration::from_secs(30),
+            ssl_mode: None,
+            root_certificates: Vec::new(),
         }
     }
 
     /// Like [`builder`](Self::builder), from a parsed
-    /// [`tokio_postgres::Config`].
+    /// [`tokio_postgres::Config`]; its
+    /// [`ssl_mode`](tokio_postgres::Config::ssl_mode) is the TLS mode
+    /// unless [`ssl_mode`](PostgresLogConfigBuilder::ssl_mode) is set.
     pub fn builder_from(pg: tokio_postgres::Config) -> PostgresLogConfigBuilder {
         PostgresLogConfigBuilder {
             source: Source::Config(Box::new(pg)),
@@ -49,15 +83,35 @@ impl PostgresLogConfig {
     pub fn max_connections(&self) -> usize {
         self.max_connections
     }
+
+    /// Whether and how connections use TLS.
+    pub fn ssl_mode(&self) -> PostgresSslMode {
+        self.ssl_mode
+    }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 enum Source {
     Url(String),
     Config(Box<tokio_postgres::Config>),
 }
 
+impl fmt::Debug for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Url(url) => f
+                .debug_tuple("Url")
+                .field(&conninfo::redacted(url))
+                .finish(),
+            Self::Config(pg) => f.debug_tuple("Config").field(pg).finish(),
+        }
+    }
+}
+
 /// Builds a [`PostgresLogConfig`]; see [`PostgresLogConfig::builder`].
+///
+/// `Debug` shows the connection string with its password replaced by
+/// `<hidden>`.
 #[derive(Debug, Clone)]
 pub struct PostgresLogConfigBuilder {
     source: Source,
@@ -65,6 +119,8 @@ pub struct PostgresLogConfigBuilder {
     max_connections: usize,
     connect_timeout: Duration,
     acquire_timeout: Duration,
+    ssl_mode: Option<PostgresSslMode>,
+    root_certificates: Vec<Vec<u8>>,
 }
 
 /// The longest accepted connect and acquire timeout.
@@ -97,20 +153,65 @@ impl PostgresLogConfigBuilder {
     /// How long an operation waits for a free connection when all
     /// [`max_connections`](Self::max_connections) are busy (more than
     /// zero, at most 1 h; default 30 s). A timeout fails the operation
-    /// with [`LogError::Unavailable`].
+    /// with [`LogError::Unavailable`](crate::saga::log::LogError::Unavailable).
     pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
         self.acquire_timeout = timeout;
         self
     }
 
-    /// Validates the settings.
+    /// Whether and how connections use TLS, in place of the connection
+    /// string's `sslmode` (or the parsed config's
+    /// [`ssl_mode`](tokio_postgres::Config::ssl_mode)).
+    pub fn ssl_mode(mut self, mode: PostgresSslMode) -> Self {
+        self.ssl_mode = Some(mode);
+        self
+    }
+
+    /// Trusts the CA certificates in `pem` (one or more
+    /// `-----BEGIN CERTIFICATE-----` blocks) for `verify-ca` and
+    /// `verify-full` (and `require`, which then verifies the chain as
+    /// libpq does), besides those of the connection string's
+    /// `sslrootcert`. May be called more than once.
+    pub fn root_certificate(mut self, pem: impl AsRef<[u8]>) -> Self {
+        self.root_certificates.push(pem.as_ref().to_vec());
+        self
+    }
+
+    /// Validates the settings; reads the connection string's `sslrootcert`
+    /// file (once: a CA file replaced later is read by the next `build`).
     pub fn build(self) -> Result<PostgresLogConfig, ConfigError> {
-        let mut pg = match self.source {
-            Source::Url(url) => url.parse::<tokio_postgres::Config>().map_err(|e| {
-                ConfigError::new(COMPONENT, "url", format!("is not a connection string: {e}"))
-            })?,
-            Source::Config(pg) => *pg,
+        let (mut pg, options) = match self.source {
+            Source::Url(url) => {
+                // A string that does not parse goes to tokio-postgres as is,
+                // to be refused below.
+                let (rest, options) = conninfo::take_tls_options(&url)
+                    .unwrap_or_else(|| (url.clone(), conninfo::TlsOptions::default()));
+                // The parse error is not shown: it may quote the string,
+                // password included.
+                let pg = rest.parse::<tokio_postgres::Config>().map_err(|_| {
+                    ConfigError::new(
+                        COMPONENT,
+                        "url",
+                        "is not a connection string (neither a `postgres://` URL nor \
+                         `key=value` pairs libpq and tokio-postgres accept)",
+                    )
+                })?;
+                (pg, options)
+            }
+            Source::Config(pg) => {
+                let options = conninfo::TlsOptions {
+                    sslmode: Some(from_tokio_postgres(pg.get_ssl_mode()).as_sslmode().into()),
+                    sslrootcert: None,
+                };
+                (*pg, options)
+            }
         };
+        let (ssl_mode, roots) = tls_settings(self.ssl_mode, options, &self.root_certificates)?;
+        let root_certificates = roots.len();
+        let tls = tls::client_config(ssl_mode, roots)
+            .map_err(|problem| ConfigError::new(COMPONENT, "sslrootcert", problem))?
+            .map(Arc::new);
+        pg.ssl_mode(ssl_mode.negotiation());
         if pg.get_hosts().is_empty() {
             return Err(ConfigError::new(COMPONENT, "url", "must name a host"));
         }
@@ -144,8 +245,96 @@ impl PostgresLogConfigBuilder {
             max_connections: self.max_connections,
             connect_timeout: self.connect_timeout,
             acquire_timeout: self.acquire_timeout,
+            ssl_mode,
+            root_certificates,
+            tls,
         })
     }
+}
+
+fn from_tokio_postgres(mode: tokio_postgres::config::SslMode) -> PostgresSslMode {
+    use tokio_postgres::config::SslMode;
+    match mode {
+        SslMode::Disable => PostgresSslMode::Disable,
+        SslMode::Prefer => PostgresSslMode::Prefer,
+        _ => PostgresSslMode::Require,
+    }
+}
+
+/// The TLS mode and root certificates from the builder (`chosen`, `pems`)
+/// and the connection string (`options`), checked as libpq does.
+fn tls_settings(
+    chosen: Option<PostgresSslMode>,
+    options: conninfo::TlsOptions,
+    pems: &[Vec<u8>],
+) -> Result<(PostgresSslMode, Vec<CertificateDer<'static>>), ConfigError> {
+    let written = match options.sslmode.as_deref() {
+        None => None,
+        Some("allow") => {
+            return Err(ConfigError::new(
+                COMPONENT,
+                "sslmode",
+                "`allow` is not supported: use disable, prefer, require, verify-ca or verify-full",
+            ));
+        }
+        // The value is not shown: a mis-quoted string may have put
+        // anything in it.
+        Some(value) => Some(PostgresSslMode::from_sslmode(value).ok_or_else(|| {
+            ConfigError::new(
+                COMPONENT,
+                "sslmode",
+                "must be disable, prefer, require, verify-ca or verify-full",
+            )
+        })?),
+    };
+    let explicit = chosen.or(written);
+    let mut roots = Vec::new();
+    let mode = match options.sslrootcert.as_deref() {
+        Some("system") => {
+            // libpq: `system` implies verify-full and refuses weaker modes.
+            if explicit.is_some_and(|mode| mode != PostgresSslMode::VerifyFull) {
+                return Err(ConfigError::new(
+                    COMPONENT,
+                    "sslmode",
+                    "must be verify-full with sslrootcert=system",
+                ));
+            }
+            roots = tls::system_certificates()
+                .map_err(|problem| ConfigError::new(COMPONENT, "sslrootcert", problem))?;
+            PostgresSslMode::VerifyFull
+        }
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| {
+                ConfigError::new(
+                    COMPONENT,
+                    "sslrootcert",
+                    format!("cannot read {path:?}: {e}"),
+                )
+            })?;
+            roots = tls::pem_certificates(&pem).map_err(|problem| {
+                ConfigError::new(COMPONENT, "sslrootcert", format!("{path:?} {problem}"))
+            })?;
+            explicit.unwrap_or_default()
+        }
+        None => explicit.unwrap_or_default(),
+    };
+    for pem in pems {
+        roots.extend(
+            tls::pem_certificates(pem)
+                .map_err(|problem| ConfigError::new(COMPONENT, "root_certificate", problem))?,
+        );
+    }
+    if mode.verifies() && roots.is_empty() {
+        return Err(ConfigError::new(
+            COMPONENT,
+            "sslrootcert",
+            format!(
+                "must name a CA file (or `system`) for sslmode={mode}, \
+                 unless root_certificate(..) gives one"
+            ),
+        ));
+    }
+    Ok((mode, roots))
 }
 
 pub(super) fn check_schema_name(schema: &str) -> Result<(), ConfigError> {

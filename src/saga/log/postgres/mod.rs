@@ -18,6 +18,8 @@
 //! is computed with the database server's clock (`now()`), never the
 //! client's, so executors on hosts whose clocks disagree still agree on
 //! who owns a saga.
+//!
+//! TLS: see [`PostgresLog`]'s docs.
 
 use std::fmt;
 use std::sync::Arc;
@@ -26,7 +28,9 @@ use std::time::Duration;
 use deadpool_postgres::{
     Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
 };
+use rustls::ClientConfig;
 use tokio_postgres::NoTls;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use self::schema::Statements;
 use super::{BoxFuture, ClaimedSaga, Lease, LogError, NewSaga, SagaLog, SagaSummary};
@@ -35,11 +39,14 @@ use crate::saga::record::{LoggedRecord, RecordKind, SagaState};
 
 mod claim;
 mod config;
+mod conninfo;
 mod read;
 mod schema;
+mod tls;
 mod write;
 
 pub use self::config::{PostgresLogConfig, PostgresLogConfigBuilder};
+pub use self::tls::PostgresSslMode;
 
 const BACKEND: &str = "postgres";
 const COMPONENT: &str = "postgres saga log";
@@ -56,9 +63,12 @@ const LONGEST_LEASE: Duration = Duration::from_secs(86_400 * 365 * 100);
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum PostgresConnectError {
-    /// The server could not be reached or refused the connection or the
-    /// schema creation (usually [`LogError::Unavailable`]).
-    #[error("cannot open the postgres saga log: {0}")]
+    /// The server could not be reached, the TLS handshake failed (the
+    /// server's certificate was not accepted, say) or the server refused
+    /// the connection or the schema creation (usually
+    /// [`LogError::Unavailable`]). The message shows the whole chain of
+    /// causes.
+    #[error("cannot open the postgres saga log: {}", with_causes(.0))]
     Unavailable(#[source] LogError),
     /// The schema was written by a different version of palisade.
     #[error(
@@ -83,6 +93,24 @@ pub enum PostgresConnectError {
     },
 }
 
+/// `error` followed by the causes its own message leaves out: tokio-postgres
+/// says "error performing TLS handshake" and keeps the why in its source.
+fn with_causes(error: &LogError) -> String {
+    use std::error::Error as _;
+    let mut text = error.to_string();
+    // LogError::Unavailable's message already shows its direct source.
+    let mut cause = error.source().and_then(|source| source.source());
+    while let Some(error) = cause {
+        let more = error.to_string();
+        if !text.ends_with(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = error.source();
+    }
+    text
+}
+
 /// The log's connection pool, as seen by [`PostgresLog::pool_status`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PostgresPoolStatus {
@@ -100,8 +128,8 @@ pub struct PostgresPoolStatus {
 /// each saga is owned through a lease, and an executor whose lease was
 /// taken over is fenced off (see [`SagaLog`]).
 ///
-/// Clones share one connection pool. Connections are plain TCP or Unix
-/// sockets (no TLS). A lost connection or any database failure is
+/// Clones share one connection pool. TCP connections use TLS as the
+/// connection string's `sslmode` asks (see [TLS](#tls) below). A lost connection or any database failure is
 /// reported as [`LogError::Unavailable`] and is transient: the pool opens
 /// a new connection for the next operation. An operation that failed with
 /// `Unavailable` while committing may still have been committed; the
@@ -123,6 +151,59 @@ pub struct PostgresPoolStatus {
 /// let saga = NewSaga { id: SagaId::random(), definition: "order".into(), version: 1, input: b"{}".to_vec() };
 /// let lease = log.create(saga, &owner, Duration::from_secs(30)).await?;
 /// assert_eq!(lease.epoch, 1);
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # TLS
+///
+/// TCP connections use TLS (rustls, with the `ring` provider) as the
+/// connection string's `sslmode` asks, with libpq's meanings; Unix sockets
+/// never use TLS.
+///
+/// | `sslmode` | TLS | the server's certificate |
+/// |---|---|---|
+/// | `disable` | never | - |
+/// | `prefer` (default) | if the server offers it | not verified |
+/// | `require` | always | not verified; with root certificates, its chain is (as `verify-ca`) |
+/// | `verify-ca` | always | must chain to a root certificate |
+/// | `verify-full` | always | must chain to a root certificate and name the host |
+///
+/// Root certificates (no default set is trusted):
+///
+/// * `sslrootcert=/path/ca.pem` in the connection string: a PEM file of CA
+///   certificates, read by [`build`](PostgresLogConfigBuilder::build);
+/// * `sslrootcert=system`: the platform's trusted roots (as
+///   `rustls-native-certs` finds them; on Linux the OpenSSL CA bundle);
+///   as in libpq this means `verify-full`, and a weaker `sslmode` is an
+///   error;
+/// * [`PostgresLogConfigBuilder::root_certificate`]: PEM text, added to
+///   the above.
+///
+/// `verify-ca` or `verify-full` without any root certificate is a
+/// [`ConfigError`](crate::ConfigError). [`PostgresLogConfigBuilder::ssl_mode`]
+/// overrides the string's `sslmode` (the only way to ask for
+/// `verify-full` with [`PostgresLogConfig::builder_from`]). The name
+/// checked by `verify-full` is the `host` (a DNS name or an IP address in
+/// the certificate's subject alternative names), also when `hostaddr`
+/// gives the address to connect to. Client certificates (`sslcert`,
+/// `sslkey`) are not supported.
+///
+/// No password is shown: the `Debug` output of the config, its builder and
+/// the log hide it, and errors and traces never quote the connection
+/// string.
+///
+/// ```no_run
+/// use palisade::saga::log::{PostgresLog, PostgresLogConfig, PostgresSslMode};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let config = PostgresLogConfig::builder(
+///     "postgres://orders@db.internal/orders?sslmode=verify-full&sslrootcert=/etc/ssl/db-ca.pem",
+/// )
+/// .build()?; // reads the CA file; a missing one is a ConfigError naming `sslrootcert`
+/// assert_eq!(config.ssl_mode(), PostgresSslMode::VerifyFull);
+/// let log = PostgresLog::connect(config).await?; // a certificate the CA did not sign fails here
 /// # Ok(())
 /// # }
 /// ```
@@ -160,13 +241,17 @@ impl PostgresLog {
     /// Several processes may connect to a new schema at once: creation is
     /// serialized with an advisory lock.
     pub async fn connect(config: PostgresLogConfig) -> Result<Self, PostgresConnectError> {
-        let manager = Manager::from_config(
-            config.pg.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match &config.tls {
+            Some(tls) => Manager::from_config(
+                config.pg.clone(),
+                MakeRustlsConnect::new(ClientConfig::clone(tls)),
+                manager_config,
+            ),
+            None => Manager::from_config(config.pg.clone(), NoTls, manager_config),
+        };
         let pool = Pool::builder(manager)
             .max_size(config.max_connections)
             .runtime(Runtime::Tokio1)
@@ -178,10 +263,14 @@ impl PostgresLog {
             pool,
             sql: Arc::new(Statements::new(&config.schema)),
         };
-        log.prepare_schema().await?;
+        if let Err(error) = log.prepare_schema().await {
+            tracing::warn!(schema = %config.schema, %error, "postgres saga log connect failed");
+            return Err(error);
+        }
         tracing::info!(
             schema = %config.schema,
             max_connections = config.max_connections,
+            sslmode = %config.ssl_mode(),
             "postgres saga log connected"
         );
         Ok(log)
