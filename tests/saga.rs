@@ -574,6 +574,8 @@ fn invalid_executor_settings_are_rejected_naming_the_field() {
         build(|b| b.lease_ttl(Duration::from_millis(1))),
         "lease_ttl"
     );
+    // A lease too long for the clock (it panicked in the renewal timer).
+    assert_eq!(build(|b| b.lease_ttl(Duration::MAX)), "lease_ttl");
     assert_eq!(build(|b| b.event_capacity(0)), "event_capacity");
 }
 

@@ -8,6 +8,8 @@ use std::sync::atomic::Ordering;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+
+use crate::clock::saturating_add;
 use tracing::Instrument;
 
 use super::codec::Codec;
@@ -116,12 +118,12 @@ where
         let period = self.shared.lease_ttl / 3;
         let work = Arc::clone(&self).drive(progress);
         tokio::pin!(work);
-        let mut next_renewal = Instant::now() + period;
+        let mut next_renewal = saturating_add(Instant::now(), period);
         let result = loop {
             tokio::select! {
                 result = &mut work => break result,
                 () = tokio::time::sleep_until(next_renewal) => {
-                    next_renewal = Instant::now() + period;
+                    next_renewal = saturating_add(Instant::now(), period);
                     match self.shared.log.renew(&self.lease, self.shared.lease_ttl).await {
                         Ok(()) => {}
                         Err(error @ (LogError::Fenced { .. } | LogError::Finished { .. })) => {

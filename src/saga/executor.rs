@@ -31,6 +31,9 @@ use crate::events::{EventHub, EventStream, check_event_capacity};
 
 const COMPONENT: &str = "saga executor";
 
+/// The longest lease an executor takes on a saga: one day.
+const MAX_LEASE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// Builds a [`SagaExecutor`].
 pub struct SagaExecutorBuilder<Ctx, C = JsonCodec> {
     ctx: Arc<Ctx>,
@@ -87,7 +90,8 @@ impl<Ctx, C> SagaExecutorBuilder<Ctx, C> {
     }
 
     /// How long a lease lasts without renewal (default 30 s, at least
-    /// 10 ms). Leases are renewed every third of it while a saga runs.
+    /// 10 ms and at most one day). Leases are renewed every third of it
+    /// while a saga runs.
     pub fn lease_ttl(mut self, ttl: Duration) -> Self {
         self.lease_ttl = ttl;
         self
@@ -126,6 +130,17 @@ impl<Ctx, C> SagaExecutorBuilder<Ctx, C> {
                 COMPONENT,
                 "lease_ttl",
                 format!("must be at least 10ms, got {:?}", self.lease_ttl),
+            ));
+        }
+        if self.lease_ttl > MAX_LEASE_TTL {
+            return Err(ConfigError::new(
+                COMPONENT,
+                "lease_ttl",
+                format!(
+                    "must be at most one day (a longer lease leaves a dead executor's \
+                     sagas unclaimed that long), got {:?}",
+                    self.lease_ttl
+                ),
             ));
         }
         check_event_capacity(COMPONENT, self.event_capacity)?;

@@ -121,8 +121,7 @@ impl Entry {
 }
 
 fn expiry(now: Instant, ttl: Duration) -> Instant {
-    now.checked_add(ttl)
-        .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30))
+    crate::clock::saturating_add(now, ttl)
 }
 
 impl MemoryLog {
