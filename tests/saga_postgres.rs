@@ -374,6 +374,42 @@ async fn a_corrupt_record_is_reported_with_its_saga_and_seq_and_never_skipped() 
 
 #[tokio::test]
 #[ignore = "needs postgres: scripts/integration-postgres.sh"]
+async fn a_saga_row_with_an_unknown_state_or_a_bad_epoch_is_claimed_as_corrupt_never_skipped() {
+    let log = fresh().await;
+    let a = owner("a");
+    let (sleeping, negative, good) = (SagaId::random(), SagaId::random(), SagaId::random());
+    for id in [sleeping, negative, good] {
+        let lease = log.create(new_saga(id), &a, Duration::ZERO).await.unwrap();
+        log.append(&lease, started("pay")).await.unwrap();
+    }
+    damage(
+        &log,
+        r#"UPDATE "{schema}".sagas SET state = 'sleeping' WHERE id = $1"#,
+        sleeping,
+    )
+    .await;
+    damage(
+        &log,
+        r#"UPDATE "{schema}".sagas SET epoch = -5 WHERE id = $1"#,
+        negative,
+    )
+    .await;
+    let claimed = log.claim_unfinished(&owner("b"), LONG, 10).await.unwrap();
+    assert_eq!(claimed.len(), 3, "no saga is skipped: {claimed:?}");
+    for id in [sleeping, negative] {
+        let of = claimed.iter().find(|c| c.lease.saga == id).unwrap();
+        assert!(
+            matches!(&of.records, Err(LogError::Corrupt { saga, .. }) if *saga == id),
+            "{:?}",
+            of.records
+        );
+    }
+    let of_good = claimed.iter().find(|c| c.lease.saga == good).unwrap();
+    assert!(of_good.records.is_ok());
+}
+
+#[tokio::test]
+#[ignore = "needs postgres: scripts/integration-postgres.sh"]
 async fn a_missing_record_is_reported_as_corrupt() {
     let log = fresh().await;
     let id = SagaId::random();

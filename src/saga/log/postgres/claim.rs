@@ -9,7 +9,7 @@ use super::write::lock;
 use super::{PostgresLog, as_i64, unavailable};
 use crate::saga::id::{OwnerId, SagaId};
 use crate::saga::log::decode::{StoredRecord, corrupt, stored_owner, stored_state, stored_u64};
-use crate::saga::log::{ClaimedSaga, Lease, LogError};
+use crate::saga::log::{ClaimedSaga, Lease, LogError, SagaState};
 
 impl PostgresLog {
     pub(super) async fn claim_one(
@@ -133,7 +133,23 @@ impl PostgresLog {
             let (state, epoch) = match (state, epoch) {
                 (Ok(state), Ok(epoch)) => (state, epoch),
                 (Err(error), _) | (_, Err(error)) => {
+                    // Reported to the caller with the saga's id, as the
+                    // SQLite log does, rather than skipped: recovery lists it
+                    // among the sagas it could not resume.
                     tracing::error!(%saga, %error, "postgres saga log: saga row unreadable");
+                    let epoch = row.get::<_, i64>(1);
+                    by_id.insert(
+                        id,
+                        ClaimedSaga {
+                            lease: Lease {
+                                saga,
+                                owner: owner.clone(),
+                                epoch: u64::try_from(epoch).unwrap_or_default(),
+                            },
+                            state: SagaState::Running,
+                            records: Err(error),
+                        },
+                    );
                     continue;
                 }
             };

@@ -178,8 +178,11 @@ impl Statements {
                 expiry(3)
             ),
             unfinished: format!(
+                // Every state that is not a known resting one: a row whose
+                // state is unknown is claimed and reported as corrupt, not
+                // skipped.
                 "SELECT id FROM {s}.sagas
-                 WHERE state IN ('running', 'compensating')
+                 WHERE state NOT IN ('stuck', 'completed', 'compensated', 'abandoned')
                    AND (lease_expires_at IS NULL OR lease_expires_at <= now() OR owner = $1)
                  ORDER BY created_at, id
                  LIMIT $2
