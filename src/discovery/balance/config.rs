@@ -74,6 +74,11 @@ impl Default for Picker {
 /// | `max_ejection_time` | 300 s | The longest an ejection lasts. |
 /// | `max_ejection_percent` | 50 | The most instances ejected at once, in percent of the instances (rounded down); strict, unlike Envoy's "at least one". |
 ///
+/// Both ejection times are at most
+/// [`MAX_EJECTION_TIME`](OutlierDetection::MAX_EJECTION_TIME) (365 days):
+/// `build` rejects a longer one (such as `Duration::MAX`) naming the field,
+/// rather than letting the first ejection overflow the clock.
+///
 /// ```
 /// use std::time::Duration;
 /// use palisade::discovery::OutlierDetection;
@@ -109,6 +114,10 @@ impl Default for OutlierDetection {
 }
 
 impl OutlierDetection {
+    /// The longest `base_ejection_time` or `max_ejection_time` accepted:
+    /// 365 days.
+    pub const MAX_EJECTION_TIME: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
     /// Starts from the defaults.
     pub fn builder() -> OutlierDetectionBuilder {
         OutlierDetectionBuilder {
@@ -169,14 +178,15 @@ impl OutlierDetectionBuilder {
         self
     }
 
-    /// Ejection time of a first ejection, at least 1 ms. Default 30 s.
+    /// Ejection time of a first ejection, at least 1 ms and at most
+    /// [`OutlierDetection::MAX_EJECTION_TIME`]. Default 30 s.
     pub fn base_ejection_time(mut self, time: Duration) -> Self {
         self.config.base_ejection_time = time;
         self
     }
 
-    /// The longest an ejection lasts, at least `base_ejection_time`.
-    /// Default 300 s.
+    /// The longest an ejection lasts, at least `base_ejection_time` and at
+    /// most [`OutlierDetection::MAX_EJECTION_TIME`]. Default 300 s.
     pub fn max_ejection_time(mut self, time: Duration) -> Self {
         self.config.max_ejection_time = time;
         self
@@ -205,6 +215,21 @@ impl OutlierDetectionBuilder {
                 "base_ejection_time",
                 format!("must be at least 1ms, got {:?}", c.base_ejection_time),
             ));
+        }
+        for (field, time) in [
+            ("base_ejection_time", c.base_ejection_time),
+            ("max_ejection_time", c.max_ejection_time),
+        ] {
+            if time > OutlierDetection::MAX_EJECTION_TIME {
+                return Err(ConfigError::new(
+                    OUTLIER,
+                    field,
+                    format!(
+                        "must be at most {:?} (365 days), got {time:?}",
+                        OutlierDetection::MAX_EJECTION_TIME
+                    ),
+                ));
+            }
         }
         if c.max_ejection_time < c.base_ejection_time {
             return Err(ConfigError::new(

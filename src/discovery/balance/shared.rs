@@ -305,8 +305,10 @@ where
             return;
         };
         // The ejection lasts from now, not from when its timer task first
-        // runs (which may be later: after the current task yields).
-        let until = Instant::now() + duration;
+        // runs (which may be later: after the current task yields). `build`
+        // caps ejection times at a year, so this cannot overflow; were it to,
+        // the ejection would last until the instance leaves.
+        let until = Instant::now().checked_add(duration);
         stats.ejected.store(true, Ordering::Relaxed);
         self.rebuild(&membership);
         drop(membership);
@@ -325,6 +327,10 @@ where
             },
         );
         let this = self.this.clone();
+        let Some(until) = until else {
+            tracing::warn!(service = %self.service, %id, "balancer: ejection time past the clock's end; the instance stays ejected");
+            return;
+        };
         let timer = runtime.spawn(async move {
             tokio::time::sleep_until(until).await;
             if let Some(shared) = this.upgrade() {
@@ -428,7 +434,8 @@ async fn watch<S, M>(
             }
         }
         retry_at = if make_failed {
-            Some(Instant::now() + retry_delays.next_delay())
+            // At most 30 s: never `None` in practice; if it were, no replay.
+            Instant::now().checked_add(retry_delays.next_delay())
         } else {
             retry_delays.reset();
             None
