@@ -113,3 +113,82 @@ async fn the_longest_accepted_ejection_time_ejects_without_panicking() {
     }
     assert!(endpoint(&balance, "a").ejected);
 }
+
+/// One instance "x" whose calls take `latency_ms` (read at each call), with
+/// the peak-EWMA picker (decay 10 s).
+fn timed_balancer(
+    latency_ms: &Arc<AtomicU64>,
+) -> Balance<
+    impl Service<(), Response = String, Error = BoxError, Future = impl Send>
+    + Clone
+    + Send
+    + Sync
+    + 'static,
+> {
+    let registry = StaticRegistry::new([instance("x", "10.0.0.1:80", 1)]);
+    let latency_ms = Arc::clone(latency_ms);
+    let make = make_fn(move |instance: &Instance| {
+        let id = instance.id().to_string();
+        let latency_ms = Arc::clone(&latency_ms);
+        Ok::<_, BoxError>(service_fn(move |()| {
+            let id = id.clone();
+            let latency = Duration::from_millis(latency_ms.load(Ordering::Relaxed));
+            async move {
+                tokio::time::sleep(latency).await;
+                Ok::<_, BoxError>(id)
+            }
+        }))
+    });
+    let config = BalanceConfig::builder()
+        .picker(Picker::PeakEwma {
+            default_rtt: Duration::from_millis(30),
+            decay: Duration::from_secs(10),
+        })
+        .build()
+        .unwrap();
+    Balance::new("users", &registry, make, config).unwrap()
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1_000.0
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fast_answer_after_idle_time_never_raises_the_decayed_estimate() {
+    let latency_ms = Arc::new(AtomicU64::new(100));
+    let mut balance = timed_balancer(&latency_ms);
+    call(&mut balance).await.unwrap();
+    assert!((ms(endpoint(&balance, "x").ewma_latency) - 100.0).abs() < 0.01);
+
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let idle = ms(endpoint(&balance, "x").ewma_latency);
+    assert!(
+        (idle - 36.79).abs() < 0.05,
+        "decayed by e after 10 s: {idle}"
+    );
+
+    latency_ms.store(20, Ordering::Relaxed);
+    call(&mut balance).await.unwrap();
+    let after = ms(endpoint(&balance, "x").ewma_latency);
+    assert!(
+        after <= idle,
+        "a 20 ms answer raised the estimate from {idle} ms to {after} ms"
+    );
+    assert!(after > 36.0, "blended over the call's 20 ms only: {after}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_answer_above_the_decayed_estimate_replaces_it() {
+    let latency_ms = Arc::new(AtomicU64::new(100));
+    let mut balance = timed_balancer(&latency_ms);
+    call(&mut balance).await.unwrap();
+
+    tokio::time::advance(Duration::from_secs(30)).await;
+    latency_ms.store(20, Ordering::Relaxed);
+    call(&mut balance).await.unwrap();
+    let after = ms(endpoint(&balance, "x").ewma_latency);
+    assert!(
+        (after - 20.0).abs() < 0.01,
+        "100 ms decayed for 30 s is 5 ms, below the 20 ms answer: {after}"
+    );
+}

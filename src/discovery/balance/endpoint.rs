@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use crate::backoff::BackoffSchedule;
 use crate::circuit_breaker::CircuitBreaker;
 use crate::classify::Outcome;
+use crate::clock::duration_nanos;
 use crate::discovery::instance::Instance;
 use crate::sync::CachePadded;
 
@@ -105,21 +106,28 @@ impl EndpointStats {
         self.ewma_ns(now) * (self.in_flight() as f64 + 1.0)
     }
 
-    /// Folds one observed latency into the peak EWMA: a latency above the
-    /// estimate replaces it at once (the "peak"), a lower one is averaged
-    /// in with weight `1 - e^(-elapsed/decay)`. Concurrent updates may lose
-    /// one of two observations; the estimate stays a valid one.
+    /// Folds one observed latency, of a call that ended at `now`, into the
+    /// peak EWMA, as Finagle's and linkerd's `PeakEwma` do: the estimate is
+    /// first decayed in place to when the call started (their pick reads
+    /// decay it; ours read without writing, so the decay is applied here),
+    /// then a latency above it replaces it at once (the "peak") and a lower
+    /// one is averaged in with weight `1 - e^(-rtt/decay)`, the call's own
+    /// duration. So an idle instance's estimate only falls, and a fast
+    /// answer never raises it. Concurrent updates may lose one of two
+    /// observations; the estimate stays a valid one.
     pub(crate) fn observe_latency(&self, rtt: Duration, now: Instant) {
-        let rtt = rtt.as_nanos() as f64;
+        let rtt_ns = rtt.as_nanos() as f64;
         let now_ns = nanos_since(self.epoch, now);
+        let started_ns = now_ns.saturating_sub(duration_nanos(rtt));
         let estimate = f64::from_bits(self.ewma_ns.load(Ordering::Relaxed));
         let at = self.ewma_at_ns.load(Ordering::Relaxed);
-        let next = if rtt > estimate {
-            rtt
+        let idle = started_ns.saturating_sub(at) as f64;
+        let at_start = estimate * (-idle / self.decay_ns).exp();
+        let next = if rtt_ns > at_start {
+            rtt_ns
         } else {
-            let elapsed = now_ns.saturating_sub(at) as f64;
-            let keep = (-elapsed / self.decay_ns).exp();
-            estimate * keep + rtt * (1.0 - keep)
+            let keep = (-rtt_ns / self.decay_ns).exp();
+            at_start * keep + rtt_ns * (1.0 - keep)
         };
         self.ewma_ns.store(next.to_bits(), Ordering::Relaxed);
         self.ewma_at_ns.store(now_ns, Ordering::Relaxed);
@@ -170,10 +178,7 @@ impl fmt::Debug for EndpointStats {
 }
 
 fn nanos_since(epoch: Instant, now: Instant) -> u64 {
-    now.saturating_duration_since(epoch)
-        .as_nanos()
-        .try_into()
-        .unwrap_or(u64::MAX)
+    duration_nanos(now.saturating_duration_since(epoch))
 }
 
 /// An instance's client and numbers.
