@@ -192,3 +192,123 @@ async fn an_answer_above_the_decayed_estimate_replaces_it() {
         "100 ms decayed for 30 s is 5 ms, below the 20 ms answer: {after}"
     );
 }
+
+/// Each instance's client answers its id at once.
+fn echo_balancer(
+    registry: &StaticRegistry,
+    picker: Picker,
+) -> Balance<
+    impl Service<(), Response = String, Error = BoxError, Future = impl Send>
+    + Clone
+    + Send
+    + Sync
+    + 'static,
+> {
+    let make = make_fn(|instance: &Instance| {
+        let id = instance.id().to_string();
+        Ok::<_, BoxError>(service_fn(move |()| {
+            let id = id.clone();
+            async move { Ok::<_, BoxError>(id) }
+        }))
+    });
+    let config = BalanceConfig::builder().picker(picker).build().unwrap();
+    Balance::new("users", registry, make, config).unwrap()
+}
+
+/// A waker that, when an event wakes the subscriber, makes `calls` calls
+/// through `balance` right there, inside the balancer's publish, and
+/// records which instances answered.
+struct CallOnWake<B> {
+    balance: std::sync::Mutex<B>,
+    calls: usize,
+    answered: std::sync::Mutex<Vec<String>>,
+}
+
+impl<B> std::task::Wake for CallOnWake<B>
+where
+    B: Service<(), Response = String, Error = BoxError> + Send,
+{
+    fn wake(self: Arc<Self>) {
+        use std::task::{Context, Poll};
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        let mut balance = self.balance.lock().unwrap();
+        for _ in 0..self.calls {
+            assert!(matches!(balance.poll_ready(&mut cx), Poll::Ready(Ok(()))));
+            let mut future = std::pin::pin!(balance.call(()));
+            let Poll::Ready(answer) = future.as_mut().poll(&mut cx) else {
+                panic!("echo answers at once");
+            };
+            let answer = answer.unwrap_or_else(|e| e.to_string());
+            self.answered.lock().unwrap().push(answer);
+        }
+    }
+}
+
+/// Polls `events.recv()` once with `waker` (registering it), lets `change`
+/// happen and the balancer react, then returns the event received.
+async fn event_seen_by<W: std::task::Wake + Send + Sync + 'static>(
+    events: &mut palisade::events::EventStream<palisade::discovery::BalanceEvent>,
+    waker: &Arc<W>,
+    change: impl FnOnce(),
+) -> (String, BalanceEventKind) {
+    use std::future::Future;
+    let waker = std::task::Waker::from(Arc::clone(waker));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut recv = Box::pin(events.recv());
+    assert!(recv.as_mut().poll(&mut cx).is_pending(), "no event yet");
+    change();
+    settle().await;
+    let std::task::Poll::Ready(event) = recv.as_mut().poll(&mut cx) else {
+        panic!("the change was announced");
+    };
+    let event = event.expect("open stream");
+    (event.id.to_string(), event.kind)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_subscriber_woken_by_removed_or_added_already_sees_the_new_set() {
+    let registry = StaticRegistry::new([
+        instance("a", "10.0.0.1:80", 1),
+        instance("b", "10.0.0.2:80", 1),
+    ]);
+    let mut balance = echo_balancer(&registry, Picker::RoundRobin);
+    call(&mut balance).await.unwrap();
+    let mut events = balance.subscribe();
+
+    let waker = Arc::new(CallOnWake {
+        balance: std::sync::Mutex::new(balance.clone()),
+        calls: 4,
+        answered: std::sync::Mutex::new(Vec::new()),
+    });
+    let event = event_seen_by(&mut events, &waker, || {
+        registry.replace([instance("b", "10.0.0.2:80", 1)]);
+    })
+    .await;
+    assert_eq!(event, ("a".into(), BalanceEventKind::Removed));
+    assert_eq!(
+        *waker.answered.lock().unwrap(),
+        ["b", "b", "b", "b"],
+        "calls made on Removed(a) reached a"
+    );
+
+    let waker = Arc::new(CallOnWake {
+        balance: std::sync::Mutex::new(balance.clone()),
+        calls: 4,
+        answered: std::sync::Mutex::new(Vec::new()),
+    });
+    let event = event_seen_by(&mut events, &waker, || {
+        registry.replace([
+            instance("b", "10.0.0.2:80", 1),
+            instance("c", "10.0.0.3:80", 1),
+        ]);
+    })
+    .await;
+    assert!(matches!(event, (id, BalanceEventKind::Added { .. }) if id == "c"));
+    let mut answered = waker.answered.lock().unwrap().clone();
+    answered.sort();
+    assert_eq!(
+        answered,
+        ["b", "b", "c", "c"],
+        "calls made on Added(c) missed c"
+    );
+}

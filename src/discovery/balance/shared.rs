@@ -145,10 +145,14 @@ where
         ))
     }
 
+    /// Applies membership changes, swaps in the set picks read, then
+    /// announces the changes: a subscriber reacting to `Removed(a)` no
+    /// longer reaches `a`, one reacting to `Added(b)` already reaches `b`.
     fn apply(&self, changes: Vec<Membership<S>>) {
         if changes.is_empty() {
             return;
         }
+        let mut announcements = Vec::with_capacity(changes.len());
         let mut membership = self.membership.lock();
         for change in changes {
             match change {
@@ -158,23 +162,33 @@ where
                     let stats = self.new_stats(instance);
                     membership.insert(id.clone(), Endpoint { stats, service });
                     let kind = if updated {
-                        tracing::info!(service = %self.service, %id, %address, "balancer: instance updated");
                         BalanceEventKind::Updated { address }
                     } else {
-                        tracing::info!(service = %self.service, %id, %address, "balancer: instance added");
                         BalanceEventKind::Added { address }
                     };
-                    self.publish(&id, kind);
+                    announcements.push((id, kind));
                 }
                 Membership::Remove(instance) => {
                     if membership.remove(instance.id()).is_some() {
-                        tracing::info!(service = %self.service, id = %instance.id(), "balancer: instance removed");
-                        self.publish(instance.id(), BalanceEventKind::Removed);
+                        announcements.push((instance.id().clone(), BalanceEventKind::Removed));
                     }
                 }
             }
         }
         self.rebuild(&membership);
+        drop(membership);
+        for (id, kind) in announcements {
+            match &kind {
+                BalanceEventKind::Added { address } => {
+                    tracing::info!(service = %self.service, %id, %address, "balancer: instance added");
+                }
+                BalanceEventKind::Updated { address } => {
+                    tracing::info!(service = %self.service, %id, %address, "balancer: instance updated");
+                }
+                _ => tracing::info!(service = %self.service, %id, "balancer: instance removed"),
+            }
+            self.publish(&id, kind);
+        }
     }
 
     fn rebuild(&self, membership: &BTreeMap<InstanceId, Endpoint<S>>) {
