@@ -312,3 +312,104 @@ async fn a_subscriber_woken_by_removed_or_added_already_sees_the_new_set() {
         "calls made on Added(c) missed c"
     );
 }
+
+/// "a" always fails, "b" always answers; outlier detection ejects after one
+/// failure for 10 s × the ejection count, at most half the instances.
+fn failing_a_balancer(
+    registry: &StaticRegistry,
+    picker: Picker,
+) -> Balance<
+    impl Service<(), Response = String, Error = BoxError, Future = impl Send>
+    + Clone
+    + Send
+    + Sync
+    + 'static,
+> {
+    let make = make_fn(|instance: &Instance| {
+        let id = instance.id().to_string();
+        Ok::<_, BoxError>(service_fn(move |()| {
+            let id = id.clone();
+            async move {
+                match id.as_str() {
+                    "a" => Err::<String, BoxError>("a is down".into()),
+                    _ => Ok(id),
+                }
+            }
+        }))
+    });
+    let outliers = OutlierDetection::builder()
+        .consecutive_failures(1)
+        .base_ejection_time(Duration::from_secs(10))
+        .max_ejection_time(Duration::from_secs(300))
+        .max_ejection_percent(50)
+        .build()
+        .unwrap();
+    let config = BalanceConfig::builder()
+        .picker(picker)
+        .outlier_detection(outliers)
+        .build()
+        .unwrap();
+    Balance::new("users", registry, make, config).unwrap()
+}
+
+/// Calls until "a" is ejected (it fails every call it gets).
+async fn eject_a<S>(balance: &mut Balance<S>)
+where
+    S: Service<(), Response = String, Error = BoxError> + Clone + Send + Sync + 'static,
+    S::Future: Send,
+{
+    for _ in 0..10 {
+        let _ = call(balance).await;
+        if endpoint(balance, "a").ejected {
+            return;
+        }
+    }
+    panic!("a was never ejected");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_weight_only_update_keeps_the_instances_ejection_and_its_count() {
+    let registry = StaticRegistry::new([
+        instance("a", "10.0.0.1:80", 1),
+        instance("b", "10.0.0.2:80", 1),
+    ]);
+    let mut balance = failing_a_balancer(&registry, Picker::RoundRobin);
+    let mut events = balance.subscribe();
+    eject_a(&mut balance).await;
+    assert_eq!(endpoint(&balance, "a").ejections, 1);
+
+    registry.replace([
+        instance("a", "10.0.0.1:80", 5),
+        instance("b", "10.0.0.2:80", 1),
+    ]);
+    settle().await;
+    let kinds: Vec<_> = events.drain().into_iter().map(|e| e.kind).collect();
+    assert!(
+        kinds
+            .iter()
+            .any(|k| matches!(k, BalanceEventKind::Updated { .. })),
+        "{kinds:?}"
+    );
+    let a = endpoint(&balance, "a");
+    assert!(a.ejected, "the update ended a's ejection");
+    assert_eq!(a.ejections, 1, "the update reset a's ejection count");
+    for _ in 0..10 {
+        assert_eq!(call(&mut balance).await.unwrap(), "b");
+    }
+
+    tokio::time::advance(Duration::from_secs(10)).await;
+    settle().await;
+    assert!(
+        !endpoint(&balance, "a").ejected,
+        "the ejection still ends on time"
+    );
+    eject_a(&mut balance).await;
+    let kinds: Vec<_> = events.drain().into_iter().map(|e| e.kind).collect();
+    assert!(
+        kinds.contains(&BalanceEventKind::Ejected {
+            duration: Duration::from_secs(20),
+            ejections: 2
+        }),
+        "{kinds:?}"
+    );
+}

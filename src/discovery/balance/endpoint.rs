@@ -2,8 +2,8 @@
 //! state, its circuit breaker; and the set of instances a pick reads.
 
 use std::fmt;
-use std::sync::Weak;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -22,6 +22,40 @@ pub(crate) trait OutlierSink: Send + Sync {
     fn consecutive_failures(&self, stats: &EndpointStats);
 }
 
+/// An instance's outlier-detection state: kept across updates of the
+/// instance (weight, address, tags, metadata), as Envoy keeps a host's
+/// outlier state across such changes, and shared by the instance's old
+/// and new clients so that calls still in flight on the old one count.
+pub(crate) struct OutlierState {
+    /// The failures in a row that eject the instance; 0: outlier detection
+    /// off.
+    failure_threshold: u32,
+    pub(crate) consecutive_failures: AtomicU32,
+    pub(crate) ejected: AtomicBool,
+    /// Ejections so far, for metrics: the count of `ejection_schedule`.
+    pub(crate) ejections: AtomicU32,
+    /// How long each ejection lasts, with outlier detection: one delay per
+    /// ejection. Taken only by an ejection.
+    ejection_schedule: Option<Mutex<BackoffSchedule>>,
+}
+
+impl OutlierState {
+    pub(crate) fn new(failure_threshold: u32, ejection_schedule: Option<BackoffSchedule>) -> Self {
+        Self {
+            failure_threshold,
+            consecutive_failures: AtomicU32::new(0),
+            ejected: AtomicBool::new(false),
+            ejections: AtomicU32::new(0),
+            ejection_schedule: ejection_schedule.map(Mutex::new),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn is_ejected(&self) -> bool {
+        self.ejected.load(Ordering::Relaxed)
+    }
+}
+
 /// The per-instance numbers every call updates, without the client.
 pub(crate) struct EndpointStats {
     pub(crate) instance: Instance,
@@ -35,15 +69,8 @@ pub(crate) struct EndpointStats {
     ewma_at_ns: AtomicU64,
     epoch: Instant,
     decay_ns: f64,
-    pub(crate) consecutive_failures: AtomicU32,
-    /// 0: outlier detection off.
-    failure_threshold: u32,
-    pub(crate) ejected: AtomicBool,
-    /// Ejections so far, for metrics: the count of `ejection_schedule`.
-    pub(crate) ejections: AtomicU32,
-    /// How long each ejection lasts, with outlier detection: one delay per
-    /// ejection, never reset. Taken only by an ejection.
-    ejection_schedule: Option<Mutex<BackoffSchedule>>,
+    /// Shared with the instance's earlier and later clients.
+    pub(crate) outlier: Arc<OutlierState>,
     outliers: Weak<dyn OutlierSink>,
     /// The instance's own breaker, with the balancer's `circuit_breaker`
     /// option; dropped with the instance.
@@ -51,21 +78,17 @@ pub(crate) struct EndpointStats {
 }
 
 impl EndpointStats {
-    /// `ejection`, with outlier detection: the failures in a row that eject
-    /// the instance, and the schedule of its ejection times.
+    /// `outlier`: the instance's outlier state, new or kept from its
+    /// previous client.
     pub(crate) fn new(
         instance: Instance,
         epoch: Instant,
         default_rtt: Duration,
         decay: Duration,
-        ejection: Option<(u32, BackoffSchedule)>,
+        outlier: Arc<OutlierState>,
         outliers: Weak<dyn OutlierSink>,
         breaker: Option<CircuitBreaker>,
     ) -> Self {
-        let (failure_threshold, ejection_schedule) = match ejection {
-            Some((threshold, schedule)) => (threshold, Some(Mutex::new(schedule))),
-            None => (0, None),
-        };
         Self {
             instance,
             in_flight: CachePadded(AtomicUsize::new(0)),
@@ -74,11 +97,7 @@ impl EndpointStats {
             ewma_at_ns: AtomicU64::new(nanos_since(epoch, Instant::now())),
             epoch,
             decay_ns: (decay.as_nanos() as f64).max(1.0),
-            consecutive_failures: AtomicU32::new(0),
-            failure_threshold,
-            ejected: AtomicBool::new(false),
-            ejections: AtomicU32::new(0),
-            ejection_schedule,
+            outlier,
             outliers,
             breaker,
         }
@@ -136,28 +155,29 @@ impl EndpointStats {
     /// Counts one more ejection of this instance and returns how long it
     /// lasts and how many there have been; `None` without outlier detection.
     pub(crate) fn next_ejection(&self) -> Option<(Duration, u32)> {
-        let mut schedule = self.ejection_schedule.as_ref()?.lock();
+        let mut schedule = self.outlier.ejection_schedule.as_ref()?.lock();
         let duration = schedule.next_delay();
         let ejections = schedule.failures();
-        self.ejections.store(ejections, Ordering::Relaxed);
+        self.outlier.ejections.store(ejections, Ordering::Relaxed);
         Some((duration, ejections))
     }
 
     /// Records a finished call's outcome for outlier detection.
     #[inline]
     pub(crate) fn record(&self, outcome: Outcome) {
-        if self.failure_threshold == 0 {
+        let outlier = &*self.outlier;
+        if outlier.failure_threshold == 0 {
             return;
         }
         match outcome {
             Outcome::Success => {
-                if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
-                    self.consecutive_failures.store(0, Ordering::Relaxed);
+                if outlier.consecutive_failures.load(Ordering::Relaxed) != 0 {
+                    outlier.consecutive_failures.store(0, Ordering::Relaxed);
                 }
             }
             Outcome::Failure { .. } => {
-                let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-                if failures >= self.failure_threshold && !self.ejected.load(Ordering::Relaxed) {
+                let failures = outlier.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                if failures >= outlier.failure_threshold && !outlier.is_ejected() {
                     if let Some(outliers) = self.outliers.upgrade() {
                         outliers.consecutive_failures(self);
                     }

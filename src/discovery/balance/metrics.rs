@@ -27,7 +27,9 @@ pub enum BalanceEventKind {
         address: InstanceAddress,
     },
     /// An instance changed (address, tags, metadata or weight) and got a
-    /// new client.
+    /// new client (and a new circuit breaker, with that option). It keeps
+    /// its outlier state: an ejection in progress, the ejection count and
+    /// the failures in a row, as Envoy keeps a host's across such changes.
     Updated {
         /// Its address now.
         address: InstanceAddress,

@@ -26,7 +26,7 @@ use crate::events::EventHub;
 use crate::sync::CachePadded;
 
 use super::config::{BalanceConfig, Picker};
-use super::endpoint::{Endpoint, EndpointSet, EndpointStats, OutlierSink};
+use super::endpoint::{Endpoint, EndpointSet, EndpointStats, OutlierSink, OutlierState};
 use super::metrics::{BalanceEvent, BalanceEventKind, BalanceMetrics, EndpointMetrics};
 
 pub(crate) struct Shared<S> {
@@ -119,16 +119,29 @@ where
         wakers.into_iter().for_each(Waker::wake);
     }
 
-    fn new_stats(&self, instance: Instance) -> Arc<EndpointStats> {
+    /// The numbers of a new client of `instance`, keeping `outlier`, the
+    /// outlier state of its previous client, if any.
+    fn new_stats(
+        &self,
+        instance: Instance,
+        outlier: Option<Arc<OutlierState>>,
+    ) -> Arc<EndpointStats> {
         let (default_rtt, decay) = match self.config.picker {
             Picker::PeakEwma { default_rtt, decay } => (default_rtt, decay),
             _ => (Duration::from_millis(30), Duration::from_secs(10)),
         };
-        let ejection = self
+        let failure_threshold = self
             .config
             .outlier_detection
-            .zip(self.config.ejection_backoff.as_ref())
-            .map(|(outliers, backoff)| (outliers.consecutive_failures, backoff.schedule()));
+            .map_or(0, |outliers| outliers.consecutive_failures);
+        let outlier = outlier.unwrap_or_else(|| {
+            let schedule = self
+                .config
+                .ejection_backoff
+                .as_ref()
+                .map(|backoff| backoff.schedule());
+            Arc::new(OutlierState::new(failure_threshold, schedule))
+        });
         let outliers: Weak<dyn OutlierSink> = self.this.clone();
         let breaker = self.config.circuit_breaker.as_ref().map(|config| {
             let name = format!("{}/{}", self.service, instance.id());
@@ -139,7 +152,7 @@ where
             self.epoch,
             default_rtt,
             decay,
-            ejection,
+            outlier,
             outliers,
             breaker,
         ))
@@ -159,7 +172,10 @@ where
                 Membership::Upsert(instance, service, updated) => {
                     let id = instance.id().clone();
                     let address = instance.address().clone();
-                    let stats = self.new_stats(instance);
+                    // An update keeps the instance's outlier state (an
+                    // ejection, its count, the failures in a row).
+                    let outlier = membership.get(&id).map(|e| Arc::clone(&e.stats.outlier));
+                    let stats = self.new_stats(instance, outlier);
                     membership.insert(id.clone(), Endpoint { stats, service });
                     let kind = if updated {
                         BalanceEventKind::Updated { address }
@@ -194,7 +210,7 @@ where
     fn rebuild(&self, membership: &BTreeMap<InstanceId, Endpoint<S>>) {
         let available = membership
             .values()
-            .filter(|e| !e.stats.ejected.load(Ordering::Relaxed))
+            .filter(|e| !e.stats.outlier.is_ejected())
             .cloned()
             .collect();
         self.set.store(Arc::new(EndpointSet::new(available)));
@@ -218,15 +234,15 @@ where
         });
     }
 
-    /// Ends an ejection, if the instance is still the one ejected.
-    fn return_ejected(&self, stats: &Arc<EndpointStats>) {
+    /// Ends an ejection, if the instance is still the one ejected (or an
+    /// update of it, which keeps its outlier state).
+    fn return_ejected(&self, id: &InstanceId, outlier: &Arc<OutlierState>) {
         let membership = self.membership.lock();
-        stats.consecutive_failures.store(0, Ordering::Relaxed);
-        stats.ejected.store(false, Ordering::Relaxed);
-        let id = stats.instance.id();
+        outlier.consecutive_failures.store(0, Ordering::Relaxed);
+        outlier.ejected.store(false, Ordering::Relaxed);
         if membership
             .get(id)
-            .is_some_and(|e| Arc::ptr_eq(&e.stats, stats))
+            .is_some_and(|e| Arc::ptr_eq(&e.stats.outlier, outlier))
         {
             self.rebuild(&membership);
             drop(membership);
@@ -248,9 +264,9 @@ where
                     in_flight: s.in_flight(),
                     picks: s.picks.load(Ordering::Relaxed),
                     ewma_latency: Duration::from_nanos(s.ewma_ns(now) as u64),
-                    consecutive_failures: s.consecutive_failures.load(Ordering::Relaxed),
-                    ejected: s.ejected.load(Ordering::Relaxed),
-                    ejections: s.ejections.load(Ordering::Relaxed),
+                    consecutive_failures: s.outlier.consecutive_failures.load(Ordering::Relaxed),
+                    ejected: s.outlier.is_ejected(),
+                    ejections: s.outlier.ejections.load(Ordering::Relaxed),
                     breaker: s.breaker.as_ref().map(CircuitBreaker::state),
                 }
             })
@@ -286,20 +302,18 @@ where
         let Some(endpoint) = membership.get(id) else {
             return;
         };
-        if !std::ptr::eq(Arc::as_ptr(&endpoint.stats), stats)
-            || stats.ejected.load(Ordering::Relaxed)
-        {
+        if !Arc::ptr_eq(&endpoint.stats.outlier, &stats.outlier) || stats.outlier.is_ejected() {
             return;
         }
-        let endpoint = endpoint.stats.clone();
+        let outlier = Arc::clone(&stats.outlier);
         let instances = membership.len();
         let ejected = membership
             .values()
-            .filter(|e| e.stats.ejected.load(Ordering::Relaxed))
+            .filter(|e| e.stats.outlier.is_ejected())
             .count();
         if (ejected + 1) * 100 > usize::from(outliers.max_ejection_percent) * instances {
             // Count a fresh run of failures before trying again.
-            stats.consecutive_failures.store(0, Ordering::Relaxed);
+            outlier.consecutive_failures.store(0, Ordering::Relaxed);
             drop(membership);
             tracing::debug!(
                 service = %self.service,
@@ -323,7 +337,7 @@ where
         // caps ejection times at a year, so this cannot overflow; were it to,
         // the ejection would last until the instance leaves.
         let until = Instant::now().checked_add(duration);
-        stats.ejected.store(true, Ordering::Relaxed);
+        outlier.ejected.store(true, Ordering::Relaxed);
         self.rebuild(&membership);
         drop(membership);
         tracing::warn!(
@@ -341,6 +355,7 @@ where
             },
         );
         let this = self.this.clone();
+        let id = id.clone();
         let Some(until) = until else {
             tracing::warn!(service = %self.service, %id, "balancer: ejection time past the clock's end; the instance stays ejected");
             return;
@@ -348,7 +363,7 @@ where
         let timer = runtime.spawn(async move {
             tokio::time::sleep_until(until).await;
             if let Some(shared) = this.upgrade() {
-                shared.return_ejected(&endpoint);
+                shared.return_ejected(&id, &outlier);
             }
         });
         let mut timers = self.ejection_timers.lock();
