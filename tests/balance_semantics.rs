@@ -413,3 +413,48 @@ async fn a_weight_only_update_keeps_the_instances_ejection_and_its_count() {
         "{kinds:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_ejection_count_falls_by_one_per_base_ejection_time_back_in_the_picks() {
+    let registry = StaticRegistry::new([
+        instance("a", "10.0.0.1:80", 1),
+        instance("b", "10.0.0.2:80", 1),
+    ]);
+    let mut balance = failing_a_balancer(&registry, Picker::RoundRobin);
+    let mut events = balance.subscribe();
+    let ejected = |events: &mut palisade::events::EventStream<_>| {
+        events
+            .drain()
+            .into_iter()
+            .map(|e: palisade::discovery::BalanceEvent| e.kind)
+            .filter(|k| matches!(k, BalanceEventKind::Ejected { .. }))
+            .collect::<Vec<_>>()
+    };
+    let ejection = |seconds, ejections| BalanceEventKind::Ejected {
+        duration: Duration::from_secs(seconds),
+        ejections,
+    };
+
+    // Ejected at once after each return: 10 s, 20 s, 30 s.
+    for n in 1..=3u32 {
+        eject_a(&mut balance).await;
+        assert_eq!(ejected(&mut events), [ejection(u64::from(n) * 10, n)]);
+        tokio::time::advance(Duration::from_secs(u64::from(n) * 10)).await;
+        settle().await;
+    }
+    assert_eq!(endpoint(&balance, "a").ejections, 3);
+
+    // 25 s back in the picks without a failure: two base times, 3 - 2 = 1.
+    tokio::time::advance(Duration::from_secs(25)).await;
+    assert_eq!(endpoint(&balance, "a").ejections, 1);
+    eject_a(&mut balance).await;
+    assert_eq!(ejected(&mut events), [ejection(20, 2)]);
+
+    // Long healthy: back to the base time.
+    tokio::time::advance(Duration::from_secs(20)).await;
+    settle().await;
+    tokio::time::advance(Duration::from_secs(3_600)).await;
+    assert_eq!(endpoint(&balance, "a").ejections, 0);
+    eject_a(&mut balance).await;
+    assert_eq!(ejected(&mut events), [ejection(10, 1)]);
+}

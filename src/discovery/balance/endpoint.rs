@@ -9,11 +9,12 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use crate::backoff::BackoffSchedule;
 use crate::circuit_breaker::CircuitBreaker;
 use crate::classify::Outcome;
 use crate::clock::duration_nanos;
 use crate::discovery::instance::Instance;
+
+use super::config::OutlierDetection;
 use crate::sync::CachePadded;
 
 /// Where an endpoint reports that its calls keep failing (the balancer's
@@ -32,27 +33,79 @@ pub(crate) struct OutlierState {
     failure_threshold: u32,
     pub(crate) consecutive_failures: AtomicU32,
     pub(crate) ejected: AtomicBool,
-    /// Ejections so far, for metrics: the count of `ejection_schedule`.
-    pub(crate) ejections: AtomicU32,
-    /// How long each ejection lasts, with outlier detection: one delay per
-    /// ejection. Taken only by an ejection.
-    ejection_schedule: Option<Mutex<BackoffSchedule>>,
+    /// The ejection count, with outlier detection. Taken only by an
+    /// ejection, a return and a metrics snapshot.
+    ejections: Option<(OutlierDetection, Mutex<EjectionCount>)>,
+}
+
+/// How many times an instance was ejected, less one for every full
+/// `base_ejection_time` it has since spent back in the picks (Envoy
+/// decrements its ejection multiplier likewise while a host stays
+/// healthy): the `n` of the next ejection's `base_ejection_time × n`.
+#[derive(Debug, Default)]
+struct EjectionCount {
+    /// The count when the last ejection started.
+    count: u32,
+    /// When the last ejection ended; `None` while ejected or never ejected.
+    returned_at: Option<Instant>,
+}
+
+impl EjectionCount {
+    /// The count at `now`, decayed for the time since the last return.
+    fn at(&self, now: Instant, decay_every: Duration) -> u32 {
+        let Some(returned_at) = self.returned_at else {
+            return self.count;
+        };
+        let healthy = now.saturating_duration_since(returned_at).as_nanos();
+        let decayed = healthy / decay_every.as_nanos().max(1);
+        self.count
+            .saturating_sub(u32::try_from(decayed).unwrap_or(u32::MAX))
+    }
 }
 
 impl OutlierState {
-    pub(crate) fn new(failure_threshold: u32, ejection_schedule: Option<BackoffSchedule>) -> Self {
+    pub(crate) fn new(outliers: Option<OutlierDetection>) -> Self {
         Self {
-            failure_threshold,
+            failure_threshold: outliers.map_or(0, |o| o.consecutive_failures),
             consecutive_failures: AtomicU32::new(0),
             ejected: AtomicBool::new(false),
-            ejections: AtomicU32::new(0),
-            ejection_schedule: ejection_schedule.map(Mutex::new),
+            ejections: outliers.map(|o| (o, Mutex::new(EjectionCount::default()))),
         }
     }
 
     #[inline]
     pub(crate) fn is_ejected(&self) -> bool {
         self.ejected.load(Ordering::Relaxed)
+    }
+
+    /// The ejection count at `now` (0 without outlier detection).
+    pub(crate) fn ejections(&self, now: Instant) -> u32 {
+        self.ejections.as_ref().map_or(0, |(outliers, count)| {
+            count.lock().at(now, outliers.base_ejection_time)
+        })
+    }
+
+    /// Counts one more ejection at `now` and returns how long it lasts and
+    /// the count; `None` without outlier detection.
+    pub(crate) fn eject(&self, now: Instant) -> Option<(Duration, u32)> {
+        let (outliers, count) = self.ejections.as_ref()?;
+        let mut count = count.lock();
+        let ejections = count.at(now, outliers.base_ejection_time).saturating_add(1);
+        *count = EjectionCount {
+            count: ejections,
+            returned_at: None,
+        };
+        Some((outliers.ejection_time(ejections), ejections))
+    }
+
+    /// Ends an ejection at `at` (when it was due): the count starts to
+    /// decay from then.
+    pub(crate) fn return_at(&self, at: Instant) {
+        if let Some((_, count)) = &self.ejections {
+            count.lock().returned_at = Some(at);
+        }
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+        self.ejected.store(false, Ordering::Relaxed);
     }
 }
 
@@ -150,16 +203,6 @@ impl EndpointStats {
         };
         self.ewma_ns.store(next.to_bits(), Ordering::Relaxed);
         self.ewma_at_ns.store(now_ns, Ordering::Relaxed);
-    }
-
-    /// Counts one more ejection of this instance and returns how long it
-    /// lasts and how many there have been; `None` without outlier detection.
-    pub(crate) fn next_ejection(&self) -> Option<(Duration, u32)> {
-        let mut schedule = self.outlier.ejection_schedule.as_ref()?.lock();
-        let duration = schedule.next_delay();
-        let ejections = schedule.failures();
-        self.outlier.ejections.store(ejections, Ordering::Relaxed);
-        Some((duration, ejections))
     }
 
     /// Records a finished call's outcome for outlier detection.

@@ -48,7 +48,9 @@ pub enum BalanceEventKind {
     Ejected {
         /// How long the ejection lasts.
         duration: Duration,
-        /// How many times the instance has been ejected, this one included.
+        /// The instance's ejection count, this ejection included: one per
+        /// ejection, less one per full `base_ejection_time` spent back in
+        /// the picks (see [`OutlierDetection`](super::OutlierDetection)).
         ejections: u32,
     },
     /// It failed `consecutive_failures` times in a row but was not ejected:
@@ -103,7 +105,9 @@ pub struct EndpointMetrics {
     pub consecutive_failures: u32,
     /// Whether it is ejected now.
     pub ejected: bool,
-    /// How many times it was ejected.
+    /// Its ejection count now: one per ejection, less one per full
+    /// `base_ejection_time` spent back in the picks since (see
+    /// [`OutlierDetection`](super::OutlierDetection)).
     pub ejections: u32,
     /// The state of its circuit breaker, with the balancer's
     /// `circuit_breaker` option (the breaker's own metrics and events:

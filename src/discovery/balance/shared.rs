@@ -130,18 +130,8 @@ where
             Picker::PeakEwma { default_rtt, decay } => (default_rtt, decay),
             _ => (Duration::from_millis(30), Duration::from_secs(10)),
         };
-        let failure_threshold = self
-            .config
-            .outlier_detection
-            .map_or(0, |outliers| outliers.consecutive_failures);
-        let outlier = outlier.unwrap_or_else(|| {
-            let schedule = self
-                .config
-                .ejection_backoff
-                .as_ref()
-                .map(|backoff| backoff.schedule());
-            Arc::new(OutlierState::new(failure_threshold, schedule))
-        });
+        let outlier =
+            outlier.unwrap_or_else(|| Arc::new(OutlierState::new(self.config.outlier_detection)));
         let outliers: Weak<dyn OutlierSink> = self.this.clone();
         let breaker = self.config.circuit_breaker.as_ref().map(|config| {
             let name = format!("{}/{}", self.service, instance.id());
@@ -236,10 +226,9 @@ where
 
     /// Ends an ejection, if the instance is still the one ejected (or an
     /// update of it, which keeps its outlier state).
-    fn return_ejected(&self, id: &InstanceId, outlier: &Arc<OutlierState>) {
+    fn return_ejected(&self, id: &InstanceId, outlier: &Arc<OutlierState>, due: Instant) {
         let membership = self.membership.lock();
-        outlier.consecutive_failures.store(0, Ordering::Relaxed);
-        outlier.ejected.store(false, Ordering::Relaxed);
+        outlier.return_at(due);
         if membership
             .get(id)
             .is_some_and(|e| Arc::ptr_eq(&e.stats.outlier, outlier))
@@ -266,7 +255,7 @@ where
                     ewma_latency: Duration::from_nanos(s.ewma_ns(now) as u64),
                     consecutive_failures: s.outlier.consecutive_failures.load(Ordering::Relaxed),
                     ejected: s.outlier.is_ejected(),
-                    ejections: s.outlier.ejections.load(Ordering::Relaxed),
+                    ejections: s.outlier.ejections(now),
                     breaker: s.breaker.as_ref().map(CircuitBreaker::state),
                 }
             })
@@ -329,14 +318,15 @@ where
             tracing::warn!(service = %self.service, %id, "balancer: cannot eject outside a tokio runtime");
             return;
         };
-        let Some((duration, ejections)) = stats.next_ejection() else {
+        let now = Instant::now();
+        let Some((duration, ejections)) = outlier.eject(now) else {
             return;
         };
         // The ejection lasts from now, not from when its timer task first
         // runs (which may be later: after the current task yields). `build`
         // caps ejection times at a year, so this cannot overflow; were it to,
         // the ejection would last until the instance leaves.
-        let until = Instant::now().checked_add(duration);
+        let until = now.checked_add(duration);
         outlier.ejected.store(true, Ordering::Relaxed);
         self.rebuild(&membership);
         drop(membership);
@@ -363,7 +353,7 @@ where
         let timer = runtime.spawn(async move {
             tokio::time::sleep_until(until).await;
             if let Some(shared) = this.upgrade() {
-                shared.return_ejected(&id, &outlier);
+                shared.return_ejected(&id, &outlier, until);
             }
         });
         let mut timers = self.ejection_timers.lock();
