@@ -458,3 +458,59 @@ async fn the_ejection_count_falls_by_one_per_base_ejection_time_back_in_the_pick
     eject_a(&mut balance).await;
     assert_eq!(ejected(&mut events), [ejection(10, 1)]);
 }
+
+/// The ids of 64 calls through `balance` and then 64 through a clone of it.
+async fn picks<S>(balance: &mut Balance<S>) -> Vec<String>
+where
+    S: Service<(), Response = String, Error = BoxError> + Clone + Send + Sync + 'static,
+    S::Future: Send,
+{
+    let mut ids = Vec::new();
+    for _ in 0..64 {
+        ids.push(call(balance).await.unwrap());
+    }
+    let mut clone = balance.clone();
+    for _ in 0..64 {
+        ids.push(call(&mut clone).await.unwrap());
+    }
+    ids
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_seeded_balancer_and_its_clones_replay_the_same_picks() {
+    let registry = StaticRegistry::new([
+        instance("a", "10.0.0.1:80", 1),
+        instance("b", "10.0.0.2:80", 3),
+        instance("c", "10.0.0.3:80", 6),
+    ]);
+    for picker in [
+        Picker::Random,
+        Picker::Weighted,
+        Picker::LeastLoaded,
+        Picker::peak_ewma(),
+    ] {
+        let seeded = |seed| {
+            let make = make_fn(|instance: &Instance| {
+                let id = instance.id().to_string();
+                Ok::<_, BoxError>(service_fn(move |()| {
+                    let id = id.clone();
+                    async move { Ok::<_, BoxError>(id) }
+                }))
+            });
+            let config = BalanceConfig::builder()
+                .picker(picker)
+                .rng_seed(seed)
+                .build()
+                .unwrap();
+            assert_eq!(config.rng_seed(), Some(seed));
+            Balance::new("users", &registry, make, config).unwrap()
+        };
+        let first = picks(&mut seeded(7)).await;
+        let again = picks(&mut seeded(7)).await;
+        let other = picks(&mut seeded(8)).await;
+        assert_eq!(first, again, "{picker:?}: same seed, same picks");
+        assert_ne!(first, other, "{picker:?}: another seed, other picks");
+        let distinct: std::collections::BTreeSet<_> = first.iter().collect();
+        assert_eq!(distinct.len(), 3, "{picker:?}: every instance picked");
+    }
+}

@@ -269,6 +269,7 @@ pub struct BalanceConfig {
     pub(crate) outlier_detection: Option<OutlierDetection>,
     pub(crate) circuit_breaker: Option<Arc<CircuitBreakerConfig>>,
     pub(crate) event_capacity: usize,
+    pub(crate) rng_seed: Option<u64>,
 }
 
 impl PartialEq for BalanceConfig {
@@ -282,6 +283,7 @@ impl PartialEq for BalanceConfig {
             && self.picker == other.picker
             && self.outlier_detection == other.outlier_detection
             && self.event_capacity == other.event_capacity
+            && self.rng_seed == other.rng_seed
     }
 }
 
@@ -292,6 +294,7 @@ impl Default for BalanceConfig {
             outlier_detection: None,
             circuit_breaker: None,
             event_capacity: 256,
+            rng_seed: None,
         }
     }
 }
@@ -318,6 +321,11 @@ impl BalanceConfig {
     /// The configuration of each instance's circuit breaker, if any.
     pub fn circuit_breaker(&self) -> Option<&CircuitBreakerConfig> {
         self.circuit_breaker.as_deref()
+    }
+
+    /// The seed of the pickers' random numbers, if set.
+    pub fn rng_seed(&self) -> Option<u64> {
+        self.rng_seed
     }
 }
 
@@ -354,6 +362,18 @@ impl BalanceConfigBuilder {
     /// The configuration was validated by its own builder.
     pub fn circuit_breaker(mut self, config: CircuitBreakerConfig) -> Self {
         self.config.circuit_breaker = Some(Arc::new(config));
+        self
+    }
+
+    /// Seeds the random numbers the pickers draw ([`Picker::Random`],
+    /// [`Picker::Weighted`], the two choices of [`Picker::LeastLoaded`] and
+    /// [`Picker::PeakEwma`], and where a call goes when breakers reject),
+    /// so that a test replays the same picks. The balancer made from this
+    /// configuration and each of its clones, in the order they are made,
+    /// get their own generator seeded from it. Default: seeded from the
+    /// operating system, different every run.
+    pub fn rng_seed(mut self, seed: u64) -> Self {
+        self.config.rng_seed = Some(seed);
         self
     }
 

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Waker};
 use std::time::Duration;
@@ -12,6 +12,8 @@ use arc_swap::ArcSwap;
 use futures_util::StreamExt;
 use futures_util::future::Either;
 use parking_lot::Mutex;
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tower_service::Service;
@@ -36,6 +38,9 @@ pub(crate) struct Shared<S> {
     pub(crate) set: ArcSwap<EndpointSet<S>>,
     /// The round-robin position.
     pub(crate) next: CachePadded<AtomicUsize>,
+    /// Generators handed out so far, with the `rng_seed` option: the
+    /// `n`th is seeded with `rng_seed + n`.
+    rngs: AtomicU64,
     /// Every healthy instance, ejected or not; written by the watch task
     /// and by ejections, under this lock.
     membership: Mutex<BTreeMap<InstanceId, Endpoint<S>>>,
@@ -66,6 +71,7 @@ where
             config,
             set: ArcSwap::from_pointee(EndpointSet::empty()),
             next: CachePadded(AtomicUsize::new(0)),
+            rngs: AtomicU64::new(0),
             membership: Mutex::new(BTreeMap::new()),
             initialized: AtomicBool::new(false),
             startup_wakers: Mutex::new(Vec::new()),
@@ -359,6 +365,20 @@ where
         let mut timers = self.ejection_timers.lock();
         timers.retain(|t| !t.is_finished());
         timers.push(timer.abort_handle());
+    }
+}
+
+impl<S> Shared<S> {
+    /// The random generator of a new balancer handle (the first one or a
+    /// clone): seeded from `rng_seed` if set, else from the OS.
+    pub(crate) fn new_rng(&self) -> SmallRng {
+        match self.config.rng_seed {
+            Some(seed) => {
+                let n = self.rngs.fetch_add(1, Ordering::Relaxed);
+                SmallRng::seed_from_u64(seed.wrapping_add(n))
+            }
+            None => SmallRng::from_rng(&mut rand::rng()),
+        }
     }
 }
 
