@@ -170,7 +170,7 @@ pub use self::config::{
 pub use self::error::BreakerOpen;
 pub use self::event::{CircuitBreakerEvent, CircuitBreakerEventKind, TransitionReason};
 pub use self::future::ResponseFuture;
-pub use self::keyed::{KeyedCircuitBreakerLayer, KeyedCircuitBreakerService};
+pub use self::keyed::{DEFAULT_MAX_KEYS, KeyedCircuitBreakerLayer, KeyedCircuitBreakerService};
 pub use self::layer::CircuitBreakerLayer;
 pub use self::metrics::CircuitBreakerMetrics;
 pub use self::registry::CircuitBreakerRegistry;
