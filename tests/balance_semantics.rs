@@ -3,7 +3,6 @@
 //! updates, event order, ejection-count decay and seeded picks. Every test
 //! runs on paused time.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
