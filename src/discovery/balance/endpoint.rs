@@ -13,9 +13,9 @@ use crate::circuit_breaker::CircuitBreaker;
 use crate::classify::Outcome;
 use crate::clock::duration_nanos;
 use crate::discovery::instance::Instance;
+use crate::sync::CachePadded;
 
 use super::config::OutlierDetection;
-use crate::sync::CachePadded;
 
 /// Where an endpoint reports that its calls keep failing (the balancer's
 /// shared state, without its client type).
