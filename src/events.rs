@@ -3,12 +3,15 @@
 //! Each layer publishes what happens to it (state changes, calls, rejections)
 //! on an [`EventStream`]. Publishing costs one atomic load when nobody is
 //! subscribed, so events cost nothing on the hot path of an unobserved
-//! service. Subscribers that fall behind by more than the layer's event
+//! service; and a layer allocates its event buffer (`event_capacity` slots)
+//! only on its first `subscribe()`, so an unobserved breaker, balancer or
+//! bulkhead holds none (a `KeyedCircuitBreakerLayer` may hold thousands of
+//! breakers). Subscribers that fall behind by more than the layer's event
 //! capacity miss the oldest events and are told how many
 //! ([`RecvError::Lagged`]).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use tokio::sync::broadcast;
 
@@ -35,19 +38,23 @@ pub(crate) fn check_event_capacity(
     }
 }
 
-/// The publishing side, owned by a layer's shared state.
+/// The publishing side, owned by a layer's shared state. The channel, and
+/// with it the buffer of `capacity` events, is made by the first
+/// [`subscribe`](Self::subscribe).
 #[derive(Debug)]
 pub(crate) struct EventHub<E> {
-    sender: broadcast::Sender<E>,
+    sender: OnceLock<broadcast::Sender<E>>,
+    capacity: usize,
     subscribers: Arc<AtomicUsize>,
 }
 
 impl<E: Clone> EventHub<E> {
-    /// `capacity` must be at least 1 (builders validate it).
+    /// `capacity` must be at least 1 (builders validate it). Allocates no
+    /// event buffer.
     pub(crate) fn new(capacity: usize) -> Self {
-        let (sender, _) = broadcast::channel(capacity.max(1));
         Self {
-            sender,
+            sender: OnceLock::new(),
+            capacity: capacity.max(1),
             subscribers: Arc::new(AtomicUsize::new(0)),
         }
     }
@@ -62,15 +69,23 @@ impl<E: Clone> EventHub<E> {
     #[inline]
     pub(crate) fn publish_with(&self, event: impl FnOnce() -> E) {
         if self.is_observed() {
-            // An error only means every receiver was dropped meanwhile.
-            let _ = self.sender.send(event());
+            if let Some(sender) = self.sender.get() {
+                // An error only means every receiver was dropped meanwhile.
+                let _ = sender.send(event());
+            }
         }
     }
 
     pub(crate) fn subscribe(&self) -> EventStream<E> {
+        let sender = self
+            .sender
+            .get_or_init(|| broadcast::channel(self.capacity).0);
+        // Count the subscriber once its receiver exists, so that a publish
+        // that sees the count finds the channel.
+        let receiver = sender.subscribe();
         self.subscribers.fetch_add(1, Ordering::Relaxed);
         EventStream {
-            receiver: self.sender.subscribe(),
+            receiver,
             subscribers: Arc::clone(&self.subscribers),
         }
     }

@@ -19,7 +19,7 @@ use tower::Layer;
 /// The system allocator, counting the allocations of threads that ask for it.
 #[path = "support/counting_alloc.rs"]
 mod counting_alloc;
-use counting_alloc::allocations_during;
+use counting_alloc::{allocations_during, bytes_allocated_during};
 
 #[path = "support/echo.rs"]
 mod echo;
@@ -168,4 +168,46 @@ fn closed_try_acquire_and_record_success_allocate_nothing() {
         100,
         "the window holds the last 100 calls"
     );
+}
+
+/// The bytes `CircuitBreaker::new` allocates with a count window of 100
+/// calls and `event_capacity` events per subscriber.
+fn breaker_bytes(event_capacity: usize) -> usize {
+    let config = CircuitBreakerConfig::builder()
+        .sliding_window(SlidingWindow::count(100))
+        .event_capacity(event_capacity)
+        .build()
+        .unwrap();
+    let name: std::sync::Arc<str> = "payments".into();
+    bytes_allocated_during(|| {
+        black_box(CircuitBreaker::new(name, config));
+    })
+}
+
+#[test]
+fn a_breaker_without_subscribers_allocates_no_event_buffer() {
+    let small = breaker_bytes(256);
+    let huge = breaker_bytes(palisade::circuit_breaker::MAX_EVENT_CAPACITY);
+    assert_eq!(small, huge, "the event capacity costs nothing unsubscribed");
+    assert!(small < 4 * 1024, "a breaker takes {small} bytes");
+
+    let breaker = CircuitBreaker::new(
+        "payments",
+        CircuitBreakerConfig::builder()
+            .event_capacity(256)
+            .build()
+            .unwrap(),
+    );
+    let mut events = None;
+    let subscribing = bytes_allocated_during(|| events = Some(breaker.subscribe()));
+    assert!(
+        subscribing >= 256 * std::mem::size_of::<usize>(),
+        "the first subscribe() allocates the buffer: {subscribing} bytes"
+    );
+    breaker.transition_to_forced_open();
+    let event = events
+        .unwrap()
+        .try_recv()
+        .expect("an event after subscribing");
+    assert_eq!(&*event.breaker, "payments");
 }

@@ -15,8 +15,12 @@
 //!   than `max_ejection_percent` of the instances ejected (strict, rounded
 //!   down). A skipped ejection resets the count, so that a fresh run of
 //!   failures is needed before trying again (`EjectionSkipped`).
-//! * The `n`th ejection lasts `base_ejection_time × n`, capped at
-//!   `max_ejection_time`, counted from the ejection. The count is not reset
+//! * An ejection with ejection count `n` (this one included) lasts
+//!   `base_ejection_time × n`, capped at `max_ejection_time`, counted from
+//!   the ejection. The ejection count goes up by one per ejection and down
+//!   by one for every full `base_ejection_time` since the instance last
+//!   returned (counted from when its ejection was due to end); the metrics
+//!   show it decayed to the snapshot's time. The consecutive count is not reset
 //!   by the ejection itself (the snapshot shows the failures that ejected
 //!   it) but when the instance returns.
 //! * Calls in flight on an instance when it is ejected still complete and
@@ -115,7 +119,10 @@ struct ModelInstance {
     consecutive: u32,
     /// When the ejection ends, in ms since the start.
     ejected_until: Option<u64>,
+    /// The ejection count when the last ejection started.
     ejections: u32,
+    /// When the last ejection ended, in ms since the start.
+    returned_at: Option<u64>,
     picks: u64,
     in_flight: usize,
 }
@@ -172,6 +179,19 @@ impl Model {
         Some(index)
     }
 
+    /// Instance `index`'s ejection count now, decayed.
+    fn ejections(&self, index: usize) -> u32 {
+        let i = &self.instances[index];
+        match i.returned_at {
+            None => i.ejections,
+            Some(at) => {
+                let decayed = (self.now_ms - at) / self.s.base_ms;
+                i.ejections
+                    .saturating_sub(u32::try_from(decayed).unwrap_or(u32::MAX))
+            }
+        }
+    }
+
     fn drop_call(&mut self, index: usize) {
         self.instances[index].in_flight -= 1;
     }
@@ -201,8 +221,10 @@ impl Model {
             ));
             return;
         }
+        let ejections = self.ejections(index) + 1;
         let i = &mut self.instances[index];
-        i.ejections += 1;
+        i.ejections = ejections;
+        i.returned_at = None;
         let ms = (self.s.base_ms * u64::from(i.ejections)).min(self.s.max_ms);
         i.ejected_until = Some(self.now_ms + ms);
         self.events.push(format!(
@@ -218,8 +240,9 @@ impl Model {
     fn advance(&mut self, ms: u64) {
         self.now_ms += ms;
         for (index, i) in self.instances.iter_mut().enumerate() {
-            if i.ejected_until.is_some_and(|until| until <= self.now_ms) {
+            if let Some(until) = i.ejected_until.filter(|&until| until <= self.now_ms) {
                 i.ejected_until = None;
+                i.returned_at = Some(until);
                 i.consecutive = 0;
                 self.events
                     .push(format!("{} {:?}", id(index), BalanceEventKind::Returned));
@@ -395,7 +418,7 @@ async fn run(setup: Setup, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 (
                     expected.consecutive,
                     expected.ejected_until.is_some(),
-                    expected.ejections,
+                    model.ejections(index),
                     expected.picks,
                     expected.in_flight
                 ),

@@ -3,17 +3,25 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use parking_lot::Mutex;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::classify::{Classify, DefaultClassifier};
-use crate::error::BoxError;
+use crate::error::{BoxError, ConfigError};
 
 use super::admission::Reservation;
 use super::future::ResponseFuture;
 use super::registry::CircuitBreakerRegistry;
+use super::state::{CircuitBreaker, CircuitState, SharedRef};
+
+/// The default cap on the breakers of a [`KeyedCircuitBreakerLayer`]'s
+/// registry: 10,000 (about 2.4 KB each with the default count window and
+/// no event subscriber).
+pub const DEFAULT_MAX_KEYS: usize = 10_000;
 
 /// Wraps services so that each request goes through the breaker named by
 /// its key, created on first use from the registry's default configuration.
@@ -28,6 +36,31 @@ use super::registry::CircuitBreakerRegistry;
 /// breaker up in the registry (a read lock and a hash): use a plain
 /// [`CircuitBreakerLayer`](super::CircuitBreakerLayer) when the breaker is
 /// fixed.
+///
+/// # A bounded number of keys
+///
+/// Keys come from requests, so whoever sends them chooses how many there
+/// are. The layer keeps its registry at no more than
+/// [`with_max_keys`](Self::with_max_keys) breakers ([`DEFAULT_MAX_KEYS`],
+/// 10,000, by default; give the layer a registry of its own, as the cap
+/// counts every breaker in it). When a new key arrives and the registry is
+/// full, the layer evicts breakers until an eighth of the cap is free:
+///
+/// * only an *idle* breaker is evicted: CLOSED, and held by nothing but
+///   the registry (no call in flight, no service or caller keeping a
+///   handle). A breaker that is OPEN, HALF_OPEN, FORCED_OPEN, DISABLED or
+///   METRICS_ONLY, or has a call in flight, is never evicted, so a failing
+///   key keeps rejecting and an operator's override stays;
+/// * idle breakers whose window holds no failed or slow call go first (the
+///   next call of their key starts from the same empty window), then those
+///   with the fewest failed and slow calls; ties by key.
+///
+/// An evicted key gets a new CLOSED breaker on its next call. If nothing
+/// can be evicted (every breaker is busy or not CLOSED), the call goes
+/// through a breaker of its own that is not kept in the registry: it is
+/// admitted (as a new key's breaker would be) and its outcome is recorded
+/// nowhere that lasts. Eviction scans the registry once per eighth of the
+/// cap of new keys, so its cost per new key is constant.
 ///
 /// ```
 /// use std::borrow::Cow;
@@ -66,6 +99,86 @@ pub struct KeyedCircuitBreakerLayer<K, C = DefaultClassifier> {
     registry: CircuitBreakerRegistry,
     key: K,
     classifier: C,
+    keys: Arc<KeyBound>,
+}
+
+/// The cap on a keyed layer's breakers, shared by its services.
+#[derive(Debug)]
+struct KeyBound {
+    max_keys: usize,
+    /// Held while a new key's breaker is made, so that one caller at a
+    /// time evicts.
+    making: Mutex<()>,
+}
+
+impl KeyBound {
+    fn new(max_keys: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max_keys,
+            making: Mutex::new(()),
+        })
+    }
+
+    /// The breaker of `key`, made for it if it has none, after evicting
+    /// idle breakers if the registry is full (see the layer's docs).
+    fn breaker(&self, registry: &CircuitBreakerRegistry, key: &str) -> CircuitBreaker {
+        if let Some(breaker) = registry.get(key) {
+            return breaker;
+        }
+        let _making = self.making.lock();
+        if let Some(breaker) = registry.get(key) {
+            return breaker;
+        }
+        if registry.len() >= self.max_keys {
+            self.evict(registry);
+        }
+        if registry.len() < self.max_keys {
+            return registry.breaker(key);
+        }
+        tracing::debug!(
+            key,
+            max_keys = self.max_keys,
+            "keyed circuit breaker: every breaker is busy or not CLOSED; this call's breaker is not kept"
+        );
+        CircuitBreaker::new(key, registry.default_config().clone())
+    }
+
+    /// Evicts idle breakers, cleanest first, until an eighth of the cap is
+    /// free or none is left to evict.
+    fn evict(&self, registry: &CircuitBreakerRegistry) {
+        let room = (self.max_keys / 8).max(1);
+        let all = registry.all();
+        let excess = (all.len() + room).saturating_sub(self.max_keys);
+        let mut idle: Vec<(u64, &CircuitBreaker)> = all
+            .iter()
+            .filter(|breaker| is_idle(breaker))
+            .map(|breaker| {
+                let metrics = breaker.metrics();
+                (metrics.failed_calls + metrics.slow_calls, breaker)
+            })
+            .collect();
+        // Stable: ties stay in key order.
+        idle.sort_by_key(|(bad_calls, _)| *bad_calls);
+        let evicted = idle.len().min(excess);
+        for (_, breaker) in idle.into_iter().take(excess) {
+            registry.remove(breaker.name());
+        }
+        tracing::debug!(
+            evicted,
+            breakers = all.len() - evicted,
+            max_keys = self.max_keys,
+            "keyed circuit breaker: evicted idle breakers"
+        );
+    }
+}
+
+/// Whether `breaker`, one of `registry.all()`, is CLOSED and held only by
+/// the registry and that list (no call in flight, no other handle).
+fn is_idle(breaker: &CircuitBreaker) -> bool {
+    let SharedRef::Counted(shared) = &breaker.shared else {
+        return false;
+    };
+    Arc::strong_count(shared) == 2 && breaker.state() == CircuitState::Closed
 }
 
 impl<K> KeyedCircuitBreakerLayer<K> {
@@ -78,6 +191,7 @@ impl<K> KeyedCircuitBreakerLayer<K> {
             registry,
             key,
             classifier: DefaultClassifier,
+            keys: KeyBound::new(DEFAULT_MAX_KEYS),
         }
     }
 }
@@ -89,7 +203,28 @@ impl<K, C> KeyedCircuitBreakerLayer<K, C> {
             registry: self.registry,
             key: self.key,
             classifier,
+            keys: self.keys,
         }
+    }
+
+    /// Keeps at most `max_keys` breakers in the registry, evicting idle
+    /// ones as the [layer docs](Self#a-bounded-number-of-keys) describe.
+    /// At least 1; default [`DEFAULT_MAX_KEYS`] (10,000).
+    pub fn with_max_keys(mut self, max_keys: usize) -> Result<Self, ConfigError> {
+        if max_keys == 0 {
+            return Err(ConfigError::new(
+                "keyed circuit breaker",
+                "max_keys",
+                "must be at least 1, got 0",
+            ));
+        }
+        self.keys = KeyBound::new(max_keys);
+        Ok(self)
+    }
+
+    /// The most breakers the layer keeps in its registry.
+    pub fn max_keys(&self) -> usize {
+        self.keys.max_keys
     }
 }
 
@@ -102,6 +237,7 @@ impl<S, K: Clone, C: Clone> Layer<S> for KeyedCircuitBreakerLayer<K, C> {
             registry: self.registry.clone(),
             key: self.key.clone(),
             classifier: self.classifier.clone(),
+            keys: Arc::clone(&self.keys),
         }
     }
 }
@@ -111,6 +247,7 @@ impl<K, C: fmt::Debug> fmt::Debug for KeyedCircuitBreakerLayer<K, C> {
         f.debug_struct("KeyedCircuitBreakerLayer")
             .field("registry", &self.registry)
             .field("classifier", &self.classifier)
+            .field("max_keys", &self.keys.max_keys)
             .finish_non_exhaustive()
     }
 }
@@ -123,6 +260,7 @@ pub struct KeyedCircuitBreakerService<S, K, C> {
     registry: CircuitBreakerRegistry,
     key: K,
     classifier: C,
+    keys: Arc<KeyBound>,
 }
 
 impl<S, K, C> KeyedCircuitBreakerService<S, K, C> {
@@ -158,7 +296,7 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        let breaker = self.registry.breaker(&(self.key)(&request));
+        let breaker = self.keys.breaker(&self.registry, &(self.key)(&request));
         match Reservation::take(&breaker) {
             Ok(reservation) => ResponseFuture::admitted(
                 self.inner.call(request),

@@ -73,7 +73,7 @@
 //! | `permitted_number_of_calls_in_half_open_state` | `10` | Trial calls let through in HALF_OPEN; other callers are rejected. Once all of them are recorded, their own failure and slow-call rates decide CLOSED or OPEN. |
 //! | `max_wait_duration_in_half_open_state` | none | Longest stay in HALF_OPEN before going back to OPEN if the trial calls have not decided. |
 //! | `call_clock` | [`CallClock::Tokio`](crate::clock::CallClock) | Clock that times calls (slow calls, time window). |
-//! | `event_capacity` | `256` | Events buffered per subscriber. |
+//! | `event_capacity` | `256` | Events buffered per subscriber; the buffer is allocated on the first [`subscribe`](CircuitBreaker::subscribe), so an unobserved breaker holds none. |
 //!
 //! # Semantics
 //!
@@ -145,7 +145,8 @@
 //! [`CircuitBreaker::metrics`] returns a [`CircuitBreakerMetrics`] snapshot;
 //! [`CircuitBreakerRegistry`] holds named breakers and lists their metrics;
 //! [`KeyedCircuitBreakerLayer`] gives each request key (a host, say) its own
-//! breaker from a registry.
+//! breaker from a registry, keeping at most [`DEFAULT_MAX_KEYS`] (or its
+//! own cap) by evicting idle ones.
 
 mod admission;
 mod config;
@@ -170,7 +171,7 @@ pub use self::config::{
 pub use self::error::BreakerOpen;
 pub use self::event::{CircuitBreakerEvent, CircuitBreakerEventKind, TransitionReason};
 pub use self::future::ResponseFuture;
-pub use self::keyed::{KeyedCircuitBreakerLayer, KeyedCircuitBreakerService};
+pub use self::keyed::{DEFAULT_MAX_KEYS, KeyedCircuitBreakerLayer, KeyedCircuitBreakerService};
 pub use self::layer::CircuitBreakerLayer;
 pub use self::metrics::CircuitBreakerMetrics;
 pub use self::registry::CircuitBreakerRegistry;

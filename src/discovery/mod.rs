@@ -90,11 +90,12 @@
 //! | `picker` | [`Picker::peak_ewma`] (30 ms default RTT, 10 s decay) | How each call's instance is chosen; see [`Picker`]. |
 //! | `outlier_detection` | off | Eject instances after consecutive failures. |
 //! | `consecutive_failures` | 5 | Failures in a row that eject. |
-//! | `base_ejection_time` | 30 s | First ejection; the `n`th lasts `n` times as long. |
+//! | `base_ejection_time` | 30 s | First ejection; with ejection count `n` one lasts `n` times as long (the count drops by one per `base_ejection_time` back in the picks). |
 //! | `max_ejection_time` | 300 s | Cap on an ejection. |
 //! | `max_ejection_percent` | 50 | The most instances ejected at once (strict). |
 //! | `circuit_breaker` | none | A [`CircuitBreakerConfig`](crate::circuit_breaker::CircuitBreakerConfig): each instance gets its own breaker, named `<service>/<instance id>`; instances whose breaker rejects are not picked. |
 //! | `event_capacity` | 256 | Events buffered per subscriber. |
+//! | `rng_seed` | from the OS | Seeds the pickers' random numbers, for tests that replay picks. |
 //!
 //! # Guarantees
 //!

@@ -10,6 +10,8 @@ use std::sync::{Mutex, PoisonError};
 struct CountingAllocator;
 
 static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+/// The bytes those allocations asked for (a reallocation counts its new size).
+static BYTES: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
     /// Whether this thread's allocations are being counted. A `const`
@@ -21,11 +23,12 @@ thread_local! {
 static COUNTING_SECTION: Mutex<()> = Mutex::new(());
 
 impl CountingAllocator {
-    fn note_allocation(&self) {
+    fn note_allocation(&self, bytes: usize) {
         // `try_with`: the allocator may run while this thread's locals are
         // being torn down.
         if COUNTING.try_with(Cell::get).unwrap_or(false) {
             ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+            BYTES.fetch_add(bytes, Ordering::Relaxed);
         }
     }
 }
@@ -34,19 +37,19 @@ impl CountingAllocator {
 // only an atomic and a `const` thread-local, neither of which allocates.
 unsafe impl GlobalAlloc for CountingAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        self.note_allocation();
+        self.note_allocation(layout.size());
         // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract.
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        self.note_allocation();
+        self.note_allocation(layout.size());
         // SAFETY: the caller upholds `GlobalAlloc::alloc_zeroed`'s contract.
         unsafe { System.alloc_zeroed(layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        self.note_allocation();
+        self.note_allocation(new_size);
         // SAFETY: the caller upholds `GlobalAlloc::realloc`'s contract.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -60,17 +63,29 @@ unsafe impl GlobalAlloc for CountingAllocator {
 #[global_allocator]
 static ALLOCATOR: CountingAllocator = CountingAllocator;
 
-/// Runs `f` and returns how many allocations (including reallocations) it
-/// made on this thread.
 /// Allocations made by this thread while `f` runs (one counting section at a
 /// time, so tests running in parallel do not add to each other's counts).
 pub fn allocations_during(f: impl FnOnce()) -> usize {
+    counted(f).0
+}
+
+/// The bytes this thread allocated while `f` runs (freed or not; a
+/// reallocation counts its new size), one counting section at a time.
+pub fn bytes_allocated_during(f: impl FnOnce()) -> usize {
+    counted(f).1
+}
+
+fn counted(f: impl FnOnce()) -> (usize, usize) {
     let _section = COUNTING_SECTION
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
     ALLOCATIONS.store(0, Ordering::Relaxed);
+    BYTES.store(0, Ordering::Relaxed);
     COUNTING.with(|counting| counting.set(true));
     f();
     COUNTING.with(|counting| counting.set(false));
-    ALLOCATIONS.load(Ordering::Relaxed)
+    (
+        ALLOCATIONS.load(Ordering::Relaxed),
+        BYTES.load(Ordering::Relaxed),
+    )
 }

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::backoff::Backoff;
 use crate::circuit_breaker::CircuitBreakerConfig;
 use crate::error::ConfigError;
 use crate::events::check_event_capacity;
@@ -62,10 +61,23 @@ impl Default for Picker {
 /// Passive health checking, as Envoy's outlier detection: an instance
 /// whose calls fail `consecutive_failures` times in a row (as the
 /// balancer's [`Classify`](crate::classify::Classify) decides) is ejected,
-/// taken out of the picks, for `base_ejection_time × n` (`n`: how many
-/// times it has been ejected, the time capped at `max_ejection_time`), then
+/// taken out of the picks, for `base_ejection_time × n` (`n`: its
+/// ejection count, below; the time capped at `max_ejection_time`), then
 /// returns. An ejection that would leave more than `max_ejection_percent`
 /// of the instances ejected does not happen.
+///
+/// The ejection count goes up by one with each ejection and down by one
+/// for every full `base_ejection_time` the instance then spends back in the
+/// picks, so an instance that fails once a day does not creep to
+/// `max_ejection_time` for good. Envoy likewise lowers its ejection
+/// multiplier while a host stays healthy, once per detection `interval`
+/// (10 s by default); palisade has no interval and uses
+/// `base_ejection_time`. An update of the instance (weight, address, tags,
+/// metadata) keeps its ejection, count and failures in a row.
+///
+/// Two more differences from Envoy: `max_ejection_percent` is strict
+/// (with 3 instances and 50 %, one may be ejected; Envoy always allows at
+/// least one), and its default is 50 % where Envoy's is 10 %.
 ///
 /// | option | default | meaning |
 /// |---|---|---|
@@ -73,6 +85,11 @@ impl Default for Picker {
 /// | `base_ejection_time` | 30 s | Ejection time of a first ejection; the `n`th lasts `n` times as long. |
 /// | `max_ejection_time` | 300 s | The longest an ejection lasts. |
 /// | `max_ejection_percent` | 50 | The most instances ejected at once, in percent of the instances (rounded down); strict, unlike Envoy's "at least one". |
+///
+/// Both ejection times are at most
+/// [`MAX_EJECTION_TIME`](OutlierDetection::MAX_EJECTION_TIME) (365 days):
+/// `build` rejects a longer one (such as `Duration::MAX`) naming the field,
+/// rather than letting the first ejection overflow the clock.
 ///
 /// ```
 /// use std::time::Duration;
@@ -109,6 +126,10 @@ impl Default for OutlierDetection {
 }
 
 impl OutlierDetection {
+    /// The longest `base_ejection_time` or `max_ejection_time` accepted:
+    /// 365 days.
+    pub const MAX_EJECTION_TIME: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
     /// Starts from the defaults.
     pub fn builder() -> OutlierDetectionBuilder {
         OutlierDetectionBuilder {
@@ -136,21 +157,13 @@ impl OutlierDetection {
         self.max_ejection_percent
     }
 
-    /// How long the `ejections`th ejection of an instance lasts.
+    /// How long an ejection lasts when the instance's ejection count,
+    /// this ejection included, is `ejections`: `base_ejection_time ×
+    /// ejections` (at least once), capped at `max_ejection_time`.
     pub fn ejection_time(&self, ejections: u32) -> Duration {
         self.base_ejection_time
             .checked_mul(ejections.max(1))
             .map_or(self.max_ejection_time, |t| t.min(self.max_ejection_time))
-    }
-
-    /// The ejection times as a backoff: the `n`th delay is
-    /// [`ejection_time(n)`](Self::ejection_time). Each instance walks its
-    /// own [`BackoffSchedule`](crate::backoff::BackoffSchedule) of it, one
-    /// delay per ejection, never reset.
-    pub(crate) fn ejection_backoff(&self) -> Result<Backoff, ConfigError> {
-        Backoff::linear(self.base_ejection_time, self.base_ejection_time)
-            .max_interval(self.max_ejection_time)
-            .build()
     }
 }
 
@@ -169,14 +182,15 @@ impl OutlierDetectionBuilder {
         self
     }
 
-    /// Ejection time of a first ejection, at least 1 ms. Default 30 s.
+    /// Ejection time of a first ejection, at least 1 ms and at most
+    /// [`OutlierDetection::MAX_EJECTION_TIME`]. Default 30 s.
     pub fn base_ejection_time(mut self, time: Duration) -> Self {
         self.config.base_ejection_time = time;
         self
     }
 
-    /// The longest an ejection lasts, at least `base_ejection_time`.
-    /// Default 300 s.
+    /// The longest an ejection lasts, at least `base_ejection_time` and at
+    /// most [`OutlierDetection::MAX_EJECTION_TIME`]. Default 300 s.
     pub fn max_ejection_time(mut self, time: Duration) -> Self {
         self.config.max_ejection_time = time;
         self
@@ -206,6 +220,21 @@ impl OutlierDetectionBuilder {
                 format!("must be at least 1ms, got {:?}", c.base_ejection_time),
             ));
         }
+        for (field, time) in [
+            ("base_ejection_time", c.base_ejection_time),
+            ("max_ejection_time", c.max_ejection_time),
+        ] {
+            if time > OutlierDetection::MAX_EJECTION_TIME {
+                return Err(ConfigError::new(
+                    OUTLIER,
+                    field,
+                    format!(
+                        "must be at most {:?} (365 days), got {time:?}",
+                        OutlierDetection::MAX_EJECTION_TIME
+                    ),
+                ));
+            }
+        }
         if c.max_ejection_time < c.base_ejection_time {
             return Err(ConfigError::new(
                 OUTLIER,
@@ -223,8 +252,6 @@ impl OutlierDetectionBuilder {
                 format!("must be 1 to 100, got {}", c.max_ejection_percent),
             ));
         }
-        // The rules above are the backoff's own: this cannot fail.
-        c.ejection_backoff()?;
         Ok(self.config)
     }
 }
@@ -242,8 +269,7 @@ pub struct BalanceConfig {
     pub(crate) outlier_detection: Option<OutlierDetection>,
     pub(crate) circuit_breaker: Option<Arc<CircuitBreakerConfig>>,
     pub(crate) event_capacity: usize,
-    /// The ejection times of `outlier_detection`, made by `build`.
-    pub(crate) ejection_backoff: Option<Backoff>,
+    pub(crate) rng_seed: Option<u64>,
 }
 
 impl PartialEq for BalanceConfig {
@@ -257,6 +283,7 @@ impl PartialEq for BalanceConfig {
             && self.picker == other.picker
             && self.outlier_detection == other.outlier_detection
             && self.event_capacity == other.event_capacity
+            && self.rng_seed == other.rng_seed
     }
 }
 
@@ -267,7 +294,7 @@ impl Default for BalanceConfig {
             outlier_detection: None,
             circuit_breaker: None,
             event_capacity: 256,
-            ejection_backoff: None,
+            rng_seed: None,
         }
     }
 }
@@ -294,6 +321,11 @@ impl BalanceConfig {
     /// The configuration of each instance's circuit breaker, if any.
     pub fn circuit_breaker(&self) -> Option<&CircuitBreakerConfig> {
         self.circuit_breaker.as_deref()
+    }
+
+    /// The seed of the pickers' random numbers, if set.
+    pub fn rng_seed(&self) -> Option<u64> {
+        self.rng_seed
     }
 }
 
@@ -333,6 +365,18 @@ impl BalanceConfigBuilder {
         self
     }
 
+    /// Seeds the random numbers the pickers draw ([`Picker::Random`],
+    /// [`Picker::Weighted`], the two choices of [`Picker::LeastLoaded`] and
+    /// [`Picker::PeakEwma`], and where a call goes when breakers reject),
+    /// so that a test replays the same picks. The balancer made from this
+    /// configuration and each of its clones, in the order they are made,
+    /// get their own generator seeded from it. Default: seeded from the
+    /// operating system, different every run.
+    pub fn rng_seed(mut self, seed: u64) -> Self {
+        self.config.rng_seed = Some(seed);
+        self
+    }
+
     /// Events buffered per subscriber, 1 to 1,048,576. Default 256.
     pub fn event_capacity(mut self, capacity: usize) -> Self {
         self.config.event_capacity = capacity;
@@ -341,7 +385,7 @@ impl BalanceConfigBuilder {
 
     /// Checks every field and returns the configuration, or the first
     /// field that breaks its rule.
-    pub fn build(mut self) -> Result<BalanceConfig, ConfigError> {
+    pub fn build(self) -> Result<BalanceConfig, ConfigError> {
         if let Picker::PeakEwma { default_rtt, decay } = self.config.picker {
             if default_rtt.is_zero() {
                 return Err(ConfigError::new(
@@ -359,11 +403,6 @@ impl BalanceConfigBuilder {
             }
         }
         check_event_capacity(COMPONENT, self.config.event_capacity)?;
-        self.config.ejection_backoff = self
-            .config
-            .outlier_detection
-            .map(|outliers| outliers.ejection_backoff())
-            .transpose()?;
         Ok(self.config)
     }
 }
@@ -373,26 +412,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_ejection_schedule_lasts_ejection_time_for_each_ejection() {
+    fn the_nth_ejection_lasts_n_base_times_capped_at_the_max() {
         let outliers = OutlierDetection::builder()
             .base_ejection_time(Duration::from_millis(30))
             .max_ejection_time(Duration::from_millis(100))
             .build()
             .unwrap();
-        let config = BalanceConfig::builder()
-            .outlier_detection(outliers)
-            .build()
-            .unwrap();
-        let mut schedule = config.ejection_backoff.as_ref().unwrap().schedule();
-        for ejections in 1..=6 {
-            assert_eq!(schedule.next_delay(), outliers.ejection_time(ejections));
-        }
-        assert_eq!(outliers.ejection_time(6), Duration::from_millis(100));
-    }
-
-    #[test]
-    fn a_config_without_outlier_detection_has_no_ejection_schedule() {
-        let config = BalanceConfig::builder().build().unwrap();
-        assert!(config.ejection_backoff.is_none());
+        let times: Vec<u64> = (0..=6)
+            .map(|n| outliers.ejection_time(n).as_millis() as u64)
+            .collect();
+        assert_eq!(times, [30, 30, 60, 90, 100, 100, 100]);
+        assert_eq!(outliers.ejection_time(u32::MAX), Duration::from_millis(100));
     }
 }

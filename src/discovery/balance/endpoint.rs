@@ -2,23 +2,111 @@
 //! state, its circuit breaker; and the set of instances a pick reads.
 
 use std::fmt;
-use std::sync::Weak;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use crate::backoff::BackoffSchedule;
 use crate::circuit_breaker::CircuitBreaker;
 use crate::classify::Outcome;
+use crate::clock::duration_nanos;
 use crate::discovery::instance::Instance;
 use crate::sync::CachePadded;
+
+use super::config::OutlierDetection;
 
 /// Where an endpoint reports that its calls keep failing (the balancer's
 /// shared state, without its client type).
 pub(crate) trait OutlierSink: Send + Sync {
     fn consecutive_failures(&self, stats: &EndpointStats);
+}
+
+/// An instance's outlier-detection state: kept across updates of the
+/// instance (weight, address, tags, metadata), as Envoy keeps a host's
+/// outlier state across such changes, and shared by the instance's old
+/// and new clients so that calls still in flight on the old one count.
+pub(crate) struct OutlierState {
+    /// The failures in a row that eject the instance; 0: outlier detection
+    /// off.
+    failure_threshold: u32,
+    pub(crate) consecutive_failures: AtomicU32,
+    pub(crate) ejected: AtomicBool,
+    /// The ejection count, with outlier detection. Taken only by an
+    /// ejection, a return and a metrics snapshot.
+    ejections: Option<(OutlierDetection, Mutex<EjectionCount>)>,
+}
+
+/// How many times an instance was ejected, less one for every full
+/// `base_ejection_time` it has since spent back in the picks (Envoy
+/// decrements its ejection multiplier likewise while a host stays
+/// healthy): the `n` of the next ejection's `base_ejection_time × n`.
+#[derive(Debug, Default)]
+struct EjectionCount {
+    /// The count when the last ejection started.
+    count: u32,
+    /// When the last ejection ended; `None` while ejected or never ejected.
+    returned_at: Option<Instant>,
+}
+
+impl EjectionCount {
+    /// The count at `now`, decayed for the time since the last return.
+    fn at(&self, now: Instant, decay_every: Duration) -> u32 {
+        let Some(returned_at) = self.returned_at else {
+            return self.count;
+        };
+        let healthy = now.saturating_duration_since(returned_at).as_nanos();
+        let decayed = healthy / decay_every.as_nanos().max(1);
+        self.count
+            .saturating_sub(u32::try_from(decayed).unwrap_or(u32::MAX))
+    }
+}
+
+impl OutlierState {
+    pub(crate) fn new(outliers: Option<OutlierDetection>) -> Self {
+        Self {
+            failure_threshold: outliers.map_or(0, |o| o.consecutive_failures),
+            consecutive_failures: AtomicU32::new(0),
+            ejected: AtomicBool::new(false),
+            ejections: outliers.map(|o| (o, Mutex::new(EjectionCount::default()))),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn is_ejected(&self) -> bool {
+        self.ejected.load(Ordering::Relaxed)
+    }
+
+    /// The ejection count at `now` (0 without outlier detection).
+    pub(crate) fn ejections(&self, now: Instant) -> u32 {
+        self.ejections.as_ref().map_or(0, |(outliers, count)| {
+            count.lock().at(now, outliers.base_ejection_time)
+        })
+    }
+
+    /// Counts one more ejection at `now` and returns how long it lasts and
+    /// the count; `None` without outlier detection.
+    pub(crate) fn eject(&self, now: Instant) -> Option<(Duration, u32)> {
+        let (outliers, count) = self.ejections.as_ref()?;
+        let mut count = count.lock();
+        let ejections = count.at(now, outliers.base_ejection_time).saturating_add(1);
+        *count = EjectionCount {
+            count: ejections,
+            returned_at: None,
+        };
+        Some((outliers.ejection_time(ejections), ejections))
+    }
+
+    /// Ends an ejection at `at` (when it was due): the count starts to
+    /// decay from then.
+    pub(crate) fn return_at(&self, at: Instant) {
+        if let Some((_, count)) = &self.ejections {
+            count.lock().returned_at = Some(at);
+        }
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+        self.ejected.store(false, Ordering::Relaxed);
+    }
 }
 
 /// The per-instance numbers every call updates, without the client.
@@ -34,15 +122,8 @@ pub(crate) struct EndpointStats {
     ewma_at_ns: AtomicU64,
     epoch: Instant,
     decay_ns: f64,
-    pub(crate) consecutive_failures: AtomicU32,
-    /// 0: outlier detection off.
-    failure_threshold: u32,
-    pub(crate) ejected: AtomicBool,
-    /// Ejections so far, for metrics: the count of `ejection_schedule`.
-    pub(crate) ejections: AtomicU32,
-    /// How long each ejection lasts, with outlier detection: one delay per
-    /// ejection, never reset. Taken only by an ejection.
-    ejection_schedule: Option<Mutex<BackoffSchedule>>,
+    /// Shared with the instance's earlier and later clients.
+    pub(crate) outlier: Arc<OutlierState>,
     outliers: Weak<dyn OutlierSink>,
     /// The instance's own breaker, with the balancer's `circuit_breaker`
     /// option; dropped with the instance.
@@ -50,21 +131,17 @@ pub(crate) struct EndpointStats {
 }
 
 impl EndpointStats {
-    /// `ejection`, with outlier detection: the failures in a row that eject
-    /// the instance, and the schedule of its ejection times.
+    /// `outlier`: the instance's outlier state, new or kept from its
+    /// previous client.
     pub(crate) fn new(
         instance: Instance,
         epoch: Instant,
         default_rtt: Duration,
         decay: Duration,
-        ejection: Option<(u32, BackoffSchedule)>,
+        outlier: Arc<OutlierState>,
         outliers: Weak<dyn OutlierSink>,
         breaker: Option<CircuitBreaker>,
     ) -> Self {
-        let (failure_threshold, ejection_schedule) = match ejection {
-            Some((threshold, schedule)) => (threshold, Some(Mutex::new(schedule))),
-            None => (0, None),
-        };
         Self {
             instance,
             in_flight: CachePadded(AtomicUsize::new(0)),
@@ -73,11 +150,7 @@ impl EndpointStats {
             ewma_at_ns: AtomicU64::new(nanos_since(epoch, Instant::now())),
             epoch,
             decay_ns: (decay.as_nanos() as f64).max(1.0),
-            consecutive_failures: AtomicU32::new(0),
-            failure_threshold,
-            ejected: AtomicBool::new(false),
-            ejections: AtomicU32::new(0),
-            ejection_schedule,
+            outlier,
             outliers,
             breaker,
         }
@@ -105,51 +178,49 @@ impl EndpointStats {
         self.ewma_ns(now) * (self.in_flight() as f64 + 1.0)
     }
 
-    /// Folds one observed latency into the peak EWMA: a latency above the
-    /// estimate replaces it at once (the "peak"), a lower one is averaged
-    /// in with weight `1 - e^(-elapsed/decay)`. Concurrent updates may lose
-    /// one of two observations; the estimate stays a valid one.
+    /// Folds one observed latency, of a call that ended at `now`, into the
+    /// peak EWMA, as Finagle's and linkerd's `PeakEwma` do: the estimate is
+    /// first decayed in place to when the call started (their pick reads
+    /// decay it; ours read without writing, so the decay is applied here),
+    /// then a latency above it replaces it at once (the "peak") and a lower
+    /// one is averaged in with weight `1 - e^(-rtt/decay)`, the call's own
+    /// duration. So an idle instance's estimate only falls, and a fast
+    /// answer never raises it. Concurrent updates may lose one of two
+    /// observations; the estimate stays a valid one.
     pub(crate) fn observe_latency(&self, rtt: Duration, now: Instant) {
-        let rtt = rtt.as_nanos() as f64;
+        let rtt_ns = rtt.as_nanos() as f64;
         let now_ns = nanos_since(self.epoch, now);
+        let started_ns = now_ns.saturating_sub(duration_nanos(rtt));
         let estimate = f64::from_bits(self.ewma_ns.load(Ordering::Relaxed));
         let at = self.ewma_at_ns.load(Ordering::Relaxed);
-        let next = if rtt > estimate {
-            rtt
+        let idle = started_ns.saturating_sub(at) as f64;
+        let at_start = estimate * (-idle / self.decay_ns).exp();
+        let next = if rtt_ns > at_start {
+            rtt_ns
         } else {
-            let elapsed = now_ns.saturating_sub(at) as f64;
-            let keep = (-elapsed / self.decay_ns).exp();
-            estimate * keep + rtt * (1.0 - keep)
+            let keep = (-rtt_ns / self.decay_ns).exp();
+            at_start * keep + rtt_ns * (1.0 - keep)
         };
         self.ewma_ns.store(next.to_bits(), Ordering::Relaxed);
         self.ewma_at_ns.store(now_ns, Ordering::Relaxed);
     }
 
-    /// Counts one more ejection of this instance and returns how long it
-    /// lasts and how many there have been; `None` without outlier detection.
-    pub(crate) fn next_ejection(&self) -> Option<(Duration, u32)> {
-        let mut schedule = self.ejection_schedule.as_ref()?.lock();
-        let duration = schedule.next_delay();
-        let ejections = schedule.failures();
-        self.ejections.store(ejections, Ordering::Relaxed);
-        Some((duration, ejections))
-    }
-
     /// Records a finished call's outcome for outlier detection.
     #[inline]
     pub(crate) fn record(&self, outcome: Outcome) {
-        if self.failure_threshold == 0 {
+        let outlier = &*self.outlier;
+        if outlier.failure_threshold == 0 {
             return;
         }
         match outcome {
             Outcome::Success => {
-                if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
-                    self.consecutive_failures.store(0, Ordering::Relaxed);
+                if outlier.consecutive_failures.load(Ordering::Relaxed) != 0 {
+                    outlier.consecutive_failures.store(0, Ordering::Relaxed);
                 }
             }
             Outcome::Failure { .. } => {
-                let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-                if failures >= self.failure_threshold && !self.ejected.load(Ordering::Relaxed) {
+                let failures = outlier.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                if failures >= outlier.failure_threshold && !outlier.is_ejected() {
                     if let Some(outliers) = self.outliers.upgrade() {
                         outliers.consecutive_failures(self);
                     }
@@ -170,10 +241,7 @@ impl fmt::Debug for EndpointStats {
 }
 
 fn nanos_since(epoch: Instant, now: Instant) -> u64 {
-    now.saturating_duration_since(epoch)
-        .as_nanos()
-        .try_into()
-        .unwrap_or(u64::MAX)
+    duration_nanos(now.saturating_duration_since(epoch))
 }
 
 /// An instance's client and numbers.

@@ -27,7 +27,9 @@ pub enum BalanceEventKind {
         address: InstanceAddress,
     },
     /// An instance changed (address, tags, metadata or weight) and got a
-    /// new client.
+    /// new client (and a new circuit breaker, with that option). It keeps
+    /// its outlier state: an ejection in progress, the ejection count and
+    /// the failures in a row, as Envoy keeps a host's across such changes.
     Updated {
         /// Its address now.
         address: InstanceAddress,
@@ -46,7 +48,9 @@ pub enum BalanceEventKind {
     Ejected {
         /// How long the ejection lasts.
         duration: Duration,
-        /// How many times the instance has been ejected, this one included.
+        /// The instance's ejection count, this ejection included: one per
+        /// ejection, less one per full `base_ejection_time` spent back in
+        /// the picks (see [`OutlierDetection`](super::OutlierDetection)).
         ejections: u32,
     },
     /// It failed `consecutive_failures` times in a row but was not ejected:
@@ -101,7 +105,9 @@ pub struct EndpointMetrics {
     pub consecutive_failures: u32,
     /// Whether it is ejected now.
     pub ejected: bool,
-    /// How many times it was ejected.
+    /// Its ejection count now: one per ejection, less one per full
+    /// `base_ejection_time` spent back in the picks since (see
+    /// [`OutlierDetection`](super::OutlierDetection)).
     pub ejections: u32,
     /// The state of its circuit breaker, with the balancer's
     /// `circuit_breaker` option (the breaker's own metrics and events:

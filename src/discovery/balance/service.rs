@@ -4,8 +4,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use rand::Rng;
 use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 use tower_service::Service;
 
@@ -176,10 +176,10 @@ where
         let shared = Shared::new(service, config);
         shared.start(registry, make);
         Self {
+            rng: shared.new_rng(),
             shared,
             classifier: DefaultClassifier,
             track_latency,
-            rng: SmallRng::from_rng(&mut rand::rng()),
             reserved: None,
         }
     }
@@ -316,7 +316,7 @@ impl<S, C: Clone> Clone for Balance<S, C> {
             shared: Arc::clone(&self.shared),
             classifier: self.classifier.clone(),
             track_latency: self.track_latency,
-            rng: SmallRng::from_rng(&mut rand::rng()),
+            rng: self.shared.new_rng(),
             reserved: None,
         }
     }

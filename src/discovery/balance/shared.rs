@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Waker};
 use std::time::Duration;
@@ -12,6 +12,8 @@ use arc_swap::ArcSwap;
 use futures_util::StreamExt;
 use futures_util::future::Either;
 use parking_lot::Mutex;
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tower_service::Service;
@@ -26,7 +28,7 @@ use crate::events::EventHub;
 use crate::sync::CachePadded;
 
 use super::config::{BalanceConfig, Picker};
-use super::endpoint::{Endpoint, EndpointSet, EndpointStats, OutlierSink};
+use super::endpoint::{Endpoint, EndpointSet, EndpointStats, OutlierSink, OutlierState};
 use super::metrics::{BalanceEvent, BalanceEventKind, BalanceMetrics, EndpointMetrics};
 
 pub(crate) struct Shared<S> {
@@ -36,6 +38,9 @@ pub(crate) struct Shared<S> {
     pub(crate) set: ArcSwap<EndpointSet<S>>,
     /// The round-robin position.
     pub(crate) next: CachePadded<AtomicUsize>,
+    /// Generators handed out so far, with the `rng_seed` option: the
+    /// `n`th is seeded with `rng_seed + n`.
+    rngs: AtomicU64,
     /// Every healthy instance, ejected or not; written by the watch task
     /// and by ejections, under this lock.
     membership: Mutex<BTreeMap<InstanceId, Endpoint<S>>>,
@@ -66,6 +71,7 @@ where
             config,
             set: ArcSwap::from_pointee(EndpointSet::empty()),
             next: CachePadded(AtomicUsize::new(0)),
+            rngs: AtomicU64::new(0),
             membership: Mutex::new(BTreeMap::new()),
             initialized: AtomicBool::new(false),
             startup_wakers: Mutex::new(Vec::new()),
@@ -119,16 +125,19 @@ where
         wakers.into_iter().for_each(Waker::wake);
     }
 
-    fn new_stats(&self, instance: Instance) -> Arc<EndpointStats> {
+    /// The numbers of a new client of `instance`, keeping `outlier`, the
+    /// outlier state of its previous client, if any.
+    fn new_stats(
+        &self,
+        instance: Instance,
+        outlier: Option<Arc<OutlierState>>,
+    ) -> Arc<EndpointStats> {
         let (default_rtt, decay) = match self.config.picker {
             Picker::PeakEwma { default_rtt, decay } => (default_rtt, decay),
             _ => (Duration::from_millis(30), Duration::from_secs(10)),
         };
-        let ejection = self
-            .config
-            .outlier_detection
-            .zip(self.config.ejection_backoff.as_ref())
-            .map(|(outliers, backoff)| (outliers.consecutive_failures, backoff.schedule()));
+        let outlier =
+            outlier.unwrap_or_else(|| Arc::new(OutlierState::new(self.config.outlier_detection)));
         let outliers: Weak<dyn OutlierSink> = self.this.clone();
         let breaker = self.config.circuit_breaker.as_ref().map(|config| {
             let name = format!("{}/{}", self.service, instance.id());
@@ -139,48 +148,65 @@ where
             self.epoch,
             default_rtt,
             decay,
-            ejection,
+            outlier,
             outliers,
             breaker,
         ))
     }
 
+    /// Applies membership changes, swaps in the set picks read, then
+    /// announces the changes: a subscriber reacting to `Removed(a)` no
+    /// longer reaches `a`, one reacting to `Added(b)` already reaches `b`.
     fn apply(&self, changes: Vec<Membership<S>>) {
         if changes.is_empty() {
             return;
         }
+        let mut announcements = Vec::with_capacity(changes.len());
         let mut membership = self.membership.lock();
         for change in changes {
             match change {
                 Membership::Upsert(instance, service, updated) => {
                     let id = instance.id().clone();
                     let address = instance.address().clone();
-                    let stats = self.new_stats(instance);
+                    // An update keeps the instance's outlier state (an
+                    // ejection, its count, the failures in a row).
+                    let outlier = membership.get(&id).map(|e| Arc::clone(&e.stats.outlier));
+                    let stats = self.new_stats(instance, outlier);
                     membership.insert(id.clone(), Endpoint { stats, service });
                     let kind = if updated {
-                        tracing::info!(service = %self.service, %id, %address, "balancer: instance updated");
                         BalanceEventKind::Updated { address }
                     } else {
-                        tracing::info!(service = %self.service, %id, %address, "balancer: instance added");
                         BalanceEventKind::Added { address }
                     };
-                    self.publish(&id, kind);
+                    announcements.push((id, kind));
                 }
                 Membership::Remove(instance) => {
                     if membership.remove(instance.id()).is_some() {
-                        tracing::info!(service = %self.service, id = %instance.id(), "balancer: instance removed");
-                        self.publish(instance.id(), BalanceEventKind::Removed);
+                        announcements.push((instance.id().clone(), BalanceEventKind::Removed));
                     }
                 }
             }
         }
         self.rebuild(&membership);
+        drop(membership);
+        for (id, kind) in announcements {
+            match &kind {
+                BalanceEventKind::Added { address } => {
+                    tracing::info!(service = %self.service, %id, %address, "balancer: instance added");
+                }
+                BalanceEventKind::Updated { address } => {
+                    tracing::info!(service = %self.service, %id, %address, "balancer: instance updated");
+                }
+                _ => tracing::info!(service = %self.service, %id, "balancer: instance removed"),
+            }
+            self.publish(&id, kind);
+        }
     }
 
     fn rebuild(&self, membership: &BTreeMap<InstanceId, Endpoint<S>>) {
         let available = membership
             .values()
-            .filter(|e| !e.stats.ejected.load(Ordering::Relaxed))
+            .filter(|e| !e.stats.outlier.is_ejected())
             .cloned()
             .collect();
         self.set.store(Arc::new(EndpointSet::new(available)));
@@ -204,15 +230,14 @@ where
         });
     }
 
-    /// Ends an ejection, if the instance is still the one ejected.
-    fn return_ejected(&self, stats: &Arc<EndpointStats>) {
+    /// Ends an ejection, if the instance is still the one ejected (or an
+    /// update of it, which keeps its outlier state).
+    fn return_ejected(&self, id: &InstanceId, outlier: &Arc<OutlierState>, due: Instant) {
         let membership = self.membership.lock();
-        stats.consecutive_failures.store(0, Ordering::Relaxed);
-        stats.ejected.store(false, Ordering::Relaxed);
-        let id = stats.instance.id();
+        outlier.return_at(due);
         if membership
             .get(id)
-            .is_some_and(|e| Arc::ptr_eq(&e.stats, stats))
+            .is_some_and(|e| Arc::ptr_eq(&e.stats.outlier, outlier))
         {
             self.rebuild(&membership);
             drop(membership);
@@ -234,9 +259,9 @@ where
                     in_flight: s.in_flight(),
                     picks: s.picks.load(Ordering::Relaxed),
                     ewma_latency: Duration::from_nanos(s.ewma_ns(now) as u64),
-                    consecutive_failures: s.consecutive_failures.load(Ordering::Relaxed),
-                    ejected: s.ejected.load(Ordering::Relaxed),
-                    ejections: s.ejections.load(Ordering::Relaxed),
+                    consecutive_failures: s.outlier.consecutive_failures.load(Ordering::Relaxed),
+                    ejected: s.outlier.is_ejected(),
+                    ejections: s.outlier.ejections(now),
                     breaker: s.breaker.as_ref().map(CircuitBreaker::state),
                 }
             })
@@ -272,20 +297,18 @@ where
         let Some(endpoint) = membership.get(id) else {
             return;
         };
-        if !std::ptr::eq(Arc::as_ptr(&endpoint.stats), stats)
-            || stats.ejected.load(Ordering::Relaxed)
-        {
+        if !Arc::ptr_eq(&endpoint.stats.outlier, &stats.outlier) || stats.outlier.is_ejected() {
             return;
         }
-        let endpoint = endpoint.stats.clone();
+        let outlier = Arc::clone(&stats.outlier);
         let instances = membership.len();
         let ejected = membership
             .values()
-            .filter(|e| e.stats.ejected.load(Ordering::Relaxed))
+            .filter(|e| e.stats.outlier.is_ejected())
             .count();
         if (ejected + 1) * 100 > usize::from(outliers.max_ejection_percent) * instances {
             // Count a fresh run of failures before trying again.
-            stats.consecutive_failures.store(0, Ordering::Relaxed);
+            outlier.consecutive_failures.store(0, Ordering::Relaxed);
             drop(membership);
             tracing::debug!(
                 service = %self.service,
@@ -301,13 +324,16 @@ where
             tracing::warn!(service = %self.service, %id, "balancer: cannot eject outside a tokio runtime");
             return;
         };
-        let Some((duration, ejections)) = stats.next_ejection() else {
+        let now = Instant::now();
+        let Some((duration, ejections)) = outlier.eject(now) else {
             return;
         };
         // The ejection lasts from now, not from when its timer task first
-        // runs (which may be later: after the current task yields).
-        let until = Instant::now() + duration;
-        stats.ejected.store(true, Ordering::Relaxed);
+        // runs (which may be later: after the current task yields). `build`
+        // caps ejection times at a year, so this cannot overflow; were it to,
+        // the ejection would last until the instance leaves.
+        let until = now.checked_add(duration);
+        outlier.ejected.store(true, Ordering::Relaxed);
         self.rebuild(&membership);
         drop(membership);
         tracing::warn!(
@@ -325,15 +351,34 @@ where
             },
         );
         let this = self.this.clone();
+        let id = id.clone();
+        let Some(until) = until else {
+            tracing::warn!(service = %self.service, %id, "balancer: ejection time past the clock's end; the instance stays ejected");
+            return;
+        };
         let timer = runtime.spawn(async move {
             tokio::time::sleep_until(until).await;
             if let Some(shared) = this.upgrade() {
-                shared.return_ejected(&endpoint);
+                shared.return_ejected(&id, &outlier, until);
             }
         });
         let mut timers = self.ejection_timers.lock();
         timers.retain(|t| !t.is_finished());
         timers.push(timer.abort_handle());
+    }
+}
+
+impl<S> Shared<S> {
+    /// The random generator of a new balancer handle (the first one or a
+    /// clone): seeded from `rng_seed` if set, else from the OS.
+    pub(crate) fn new_rng(&self) -> SmallRng {
+        match self.config.rng_seed {
+            Some(seed) => {
+                let n = self.rngs.fetch_add(1, Ordering::Relaxed);
+                SmallRng::seed_from_u64(seed.wrapping_add(n))
+            }
+            None => SmallRng::from_rng(&mut rand::rng()),
+        }
     }
 }
 
@@ -428,7 +473,8 @@ async fn watch<S, M>(
             }
         }
         retry_at = if make_failed {
-            Some(Instant::now() + retry_delays.next_delay())
+            // At most 30 s: never `None` in practice; if it were, no replay.
+            Instant::now().checked_add(retry_delays.next_delay())
         } else {
             retry_delays.reset();
             None
