@@ -168,6 +168,8 @@ struct Model {
     half_open_deadline: Option<u64>,
     trips: u32,
     not_permitted: u64,
+    /// While OPEN: the figures of the window that sent it there.
+    tripped_by: Counts,
 }
 
 impl Model {
@@ -186,6 +188,7 @@ impl Model {
             half_open_deadline: None,
             trips: 0,
             not_permitted: 0,
+            tripped_by: Counts::default(),
         }
     }
 
@@ -201,6 +204,15 @@ impl Model {
                 }
             }
             CircuitState::Open => {
+                // As resilience4j's OpenState, which keeps the metrics of
+                // the state it came from: the CLOSED (or METRICS_ONLY)
+                // window, or the HALF_OPEN trial.
+                self.tripped_by = match self.state {
+                    CircuitState::HalfOpen => self.trial,
+                    CircuitState::Closed | CircuitState::MetricsOnly => self.window_counts(),
+                    CircuitState::Open => self.tripped_by,
+                    CircuitState::Disabled | CircuitState::ForcedOpen => Counts::default(),
+                };
                 self.trips += 1;
                 let base = self.s.wait_ms * MS;
                 let wait = if self.s.exponential {
@@ -453,10 +465,10 @@ async fn run(setup: Setup, ops: Vec<Op>) -> Result<(), TestCaseError> {
         }
         let m = breaker.metrics();
         prop_assert_eq!(m.state, model.state, "step {}: state after {:?}", step, op);
-        let expected = if model.state == CircuitState::HalfOpen {
-            model.trial
-        } else {
-            model.window_counts()
+        let expected = match model.state {
+            CircuitState::HalfOpen => model.trial,
+            CircuitState::Open => model.tripped_by,
+            _ => model.window_counts(),
         };
         let actual = Counts {
             total: m.buffered_calls,

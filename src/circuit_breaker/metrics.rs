@@ -7,9 +7,12 @@ use super::state::CircuitState;
 /// What a breaker's window holds and what it has rejected, from
 /// [`CircuitBreaker::metrics`](super::CircuitBreaker::metrics).
 ///
-/// In CLOSED, OPEN, DISABLED, FORCED_OPEN and METRICS_ONLY the figures are
-/// those of the sliding window (OPEN keeps the window that tripped it until
-/// the breaker closes again). In HALF_OPEN they are those of the trial calls.
+/// In CLOSED, DISABLED, FORCED_OPEN and METRICS_ONLY the figures are those
+/// of the sliding window; in HALF_OPEN those of the trial calls. OPEN keeps,
+/// frozen, the figures of whichever window sent it there: the CLOSED (or
+/// METRICS_ONLY) window that tripped, or the HALF_OPEN trial that failed
+/// (empty after a manual move from DISABLED or FORCED_OPEN), as
+/// resilience4j's OPEN state keeps the metrics of the state it came from.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct CircuitBreakerMetrics {

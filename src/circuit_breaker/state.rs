@@ -240,6 +240,8 @@ impl Shared {
                 trial_epoch: u64::MAX,
                 trial: Counts::default(),
                 trips_in_a_row: 0,
+                tripped_by: Counts::default(),
+                tripped_thresholds: None,
             }),
         }
     }
@@ -251,6 +253,25 @@ pub(super) struct Control {
     pub(super) trial: Counts,
     /// Trips since the breaker was last CLOSED, for the growing break duration.
     pub(super) trips_in_a_row: u32,
+    /// While OPEN: the figures of the window that sent the breaker there
+    /// (the CLOSED window, or the HALF_OPEN trial), frozen when it left.
+    pub(super) tripped_by: Counts,
+    /// The thresholds that window was judged by (`None` for a
+    /// consecutive-failures window or a manual move from a state that
+    /// records nothing).
+    pub(super) tripped_thresholds: Option<RateThresholds>,
+}
+
+impl Shared {
+    /// What the sliding window holds now, and the thresholds it judges by.
+    pub(super) fn window_counts(&self) -> (Counts, Option<RateThresholds>) {
+        let now = if self.window.needs_time() {
+            self.call_clock.now_nanos()
+        } else {
+            0
+        };
+        self.window.counts(now)
+    }
 }
 
 impl CircuitBreaker {
@@ -356,20 +377,22 @@ impl CircuitBreaker {
         let s = &*self.shared;
         let word = s.word.load(Acquire);
         let state = state_of(word);
-        let (counts, thresholds, trial_permits_available) = if state == CircuitState::HalfOpen {
-            let control = s.control.lock();
-            let permits = s.trial_permits.load(Acquire);
-            let available = (permits & !0xFFFF_FFFF == trial_tag(word))
-                .then_some((permits & 0xFFFF_FFFF) as u32);
-            (control.trial, Some(s.trial_thresholds), available)
-        } else {
-            let now = if s.window.needs_time() {
-                s.call_clock.now_nanos()
-            } else {
-                0
-            };
-            let (counts, thresholds) = s.window.counts(now);
-            (counts, thresholds, None)
+        let (counts, thresholds, trial_permits_available) = match state {
+            CircuitState::HalfOpen => {
+                let control = s.control.lock();
+                let permits = s.trial_permits.load(Acquire);
+                let available = (permits & !0xFFFF_FFFF == trial_tag(word))
+                    .then_some((permits & 0xFFFF_FFFF) as u32);
+                (control.trial, Some(s.trial_thresholds), available)
+            }
+            CircuitState::Open => {
+                let control = s.control.lock();
+                (control.tripped_by, control.tripped_thresholds, None)
+            }
+            _ => {
+                let (counts, thresholds) = s.window_counts();
+                (counts, thresholds, None)
+            }
         };
         let evaluated = thresholds.filter(|t| counts.total > 0 && counts.total >= t.minimum_calls);
         let retry_in = (state == CircuitState::Open).then(|| {

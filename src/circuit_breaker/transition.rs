@@ -90,6 +90,15 @@ impl CircuitBreaker {
                 }
             }
             CircuitState::Open => {
+                // OPEN keeps the figures of the window that sent it there.
+                let (tripped_by, thresholds) = match state_of(current) {
+                    CircuitState::HalfOpen => (control.trial, Some(s.trial_thresholds)),
+                    CircuitState::Closed | CircuitState::MetricsOnly => s.window_counts(),
+                    CircuitState::Open => (control.tripped_by, control.tripped_thresholds),
+                    CircuitState::Disabled | CircuitState::ForcedOpen => (Counts::default(), None),
+                };
+                control.tripped_by = tripped_by;
+                control.tripped_thresholds = thresholds;
                 control.trips_in_a_row = control.trips_in_a_row.saturating_add(1);
                 let wait = s
                     .config

@@ -168,7 +168,9 @@ pub use self::balance::{
 pub use self::diff::{InstanceChange, SnapshotDiff};
 pub use self::discover::RegistryDiscover;
 pub use self::error::{DiscoveryError, NoHealthyInstance};
-pub use self::health::{HealthCheck, HttpCheck, HttpCheckBuilder, MAX_CHECK_PERIOD, MIN_CHECK_PERIOD};
+pub use self::health::{
+    HealthCheck, HttpCheck, HttpCheckBuilder, MAX_CHECK_PERIOD, MIN_CHECK_PERIOD,
+};
 pub use self::instance::{
     Instance, InstanceAddress, InstanceBuilder, InstanceId, IntoAddress, MAX_NAME_LEN, MAX_WEIGHT,
     ServiceName, WEIGHT_METADATA_KEY,

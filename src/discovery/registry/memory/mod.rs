@@ -11,8 +11,8 @@ use tokio::sync::watch;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
-use crate::error::ConfigError;
 use crate::clock::saturating_add;
+use crate::error::ConfigError;
 use crate::events::{EventHub, EventStream, check_event_capacity};
 
 #[cfg(feature = "http")]
