@@ -382,11 +382,13 @@ impl Model {
         c
     }
 
-    fn manual(&mut self, code: u8) {
+    /// Returns whether the move is accepted: resilience4j refuses CLOSED to
+    /// HALF_OPEN and METRICS_ONLY to OPEN or HALF_OPEN.
+    fn manual(&mut self, code: u8) -> bool {
         let to = match code {
             0 => {
                 self.transition(CircuitState::Closed); // reset
-                return;
+                return true;
             }
             1 => CircuitState::Closed,
             2 => CircuitState::Open,
@@ -395,22 +397,36 @@ impl Model {
             5 => CircuitState::ForcedOpen,
             _ => CircuitState::MetricsOnly,
         };
+        let refused = matches!(
+            (self.state, to),
+            (CircuitState::Closed, CircuitState::HalfOpen)
+                | (
+                    CircuitState::MetricsOnly,
+                    CircuitState::Open | CircuitState::HalfOpen
+                )
+        );
+        if refused {
+            return false;
+        }
         if self.state != to {
             self.transition(to);
         }
+        true
     }
 }
 
-fn apply_manual(breaker: &CircuitBreaker, code: u8) {
+/// Returns whether the breaker accepted the move.
+fn apply_manual(breaker: &CircuitBreaker, code: u8) -> bool {
     match code {
         0 => breaker.reset(),
         1 => breaker.transition_to_closed(),
-        2 => breaker.transition_to_open(),
-        3 => breaker.transition_to_half_open(),
+        2 => return breaker.transition_to_open().is_ok(),
+        3 => return breaker.transition_to_half_open().is_ok(),
         4 => breaker.transition_to_disabled(),
         5 => breaker.transition_to_forced_open(),
         _ => breaker.transition_to_metrics_only(),
     }
+    true
 }
 
 async fn run(setup: Setup, ops: Vec<Op>) -> Result<(), TestCaseError> {
@@ -459,8 +475,8 @@ async fn run(setup: Setup, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 model.fire_timers();
             }
             Op::Manual(code) => {
-                apply_manual(&breaker, code);
-                model.manual(code);
+                let accepted = apply_manual(&breaker, code);
+                prop_assert_eq!(accepted, model.manual(code), "step {}: {:?}", step, op);
             }
         }
         let m = breaker.metrics();

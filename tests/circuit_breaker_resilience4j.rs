@@ -68,3 +68,48 @@ async fn open_keeps_the_time_window_that_tripped_it_after_the_window_has_passed(
     assert_eq!((m.buffered_calls, m.failed_calls), (2, 2));
     assert_eq!(m.failure_rate, Some(100.0));
 }
+
+// ---- transitions resilience4j refuses ----------------------------------------
+
+#[test]
+fn closed_to_half_open_is_refused_with_a_typed_error() {
+    let b = CircuitBreaker::with_defaults("r4j");
+    let err = b.transition_to_half_open().unwrap_err();
+    assert_eq!(
+        (err.breaker(), err.from(), err.to()),
+        ("r4j", CircuitState::Closed, CircuitState::HalfOpen)
+    );
+    assert_eq!(
+        err.to_string(),
+        "circuit breaker 'r4j' cannot move from CLOSED to HALF_OPEN"
+    );
+    assert_eq!(b.state(), CircuitState::Closed, "nothing changed");
+}
+
+#[test]
+fn metrics_only_to_open_or_half_open_is_refused() {
+    let b = CircuitBreaker::with_defaults("r4j");
+    b.transition_to_metrics_only();
+    let open = b.transition_to_open().unwrap_err();
+    assert_eq!(
+        (open.from(), open.to()),
+        (CircuitState::MetricsOnly, CircuitState::Open)
+    );
+    let half_open = b.transition_to_half_open().unwrap_err();
+    assert_eq!(half_open.to(), CircuitState::HalfOpen);
+    assert_eq!(b.state(), CircuitState::MetricsOnly);
+}
+
+#[test]
+fn transitions_resilience4j_allows_are_accepted() {
+    let b = CircuitBreaker::with_defaults("r4j");
+    b.transition_to_open().expect("CLOSED -> OPEN");
+    b.transition_to_half_open().expect("OPEN -> HALF_OPEN");
+    b.transition_to_open().expect("HALF_OPEN -> OPEN");
+    b.transition_to_forced_open();
+    b.transition_to_half_open()
+        .expect("FORCED_OPEN -> HALF_OPEN");
+    b.transition_to_disabled();
+    b.transition_to_open().expect("DISABLED -> OPEN");
+    assert_eq!(b.state(), CircuitState::Open);
+}

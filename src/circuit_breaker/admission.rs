@@ -416,7 +416,8 @@ mod tests {
     #[test]
     fn a_dropped_reservation_gives_its_half_open_trial_slot_back() {
         let breaker = breaker();
-        breaker.transition_to_half_open();
+        breaker.transition_to_open().unwrap();
+        breaker.transition_to_half_open().unwrap();
         let reservation = Reservation::take(&breaker).unwrap();
         assert_eq!(breaker.metrics().trial_permits_available, Some(1));
         drop(reservation);
@@ -455,7 +456,8 @@ mod tests {
     #[test]
     fn take_if_admitting_stops_at_an_exhausted_trial() {
         let breaker = breaker();
-        breaker.transition_to_half_open();
+        breaker.transition_to_open().unwrap();
+        breaker.transition_to_half_open().unwrap();
         let trials: Vec<_> = (0..2)
             .map(|_| Reservation::take_if_admitting(&breaker).unwrap())
             .collect();

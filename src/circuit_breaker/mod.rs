@@ -167,7 +167,7 @@ pub use self::config::{
     BreakDuration, CircuitBreakerConfig, CircuitBreakerConfigBuilder, MAX_COUNT_WINDOW,
     MAX_EVENT_CAPACITY, MAX_TIME_WINDOW_SECONDS, SlidingWindow,
 };
-pub use self::error::BreakerOpen;
+pub use self::error::{BreakerOpen, IllegalStateTransition};
 pub use self::event::{CircuitBreakerEvent, CircuitBreakerEventKind, TransitionReason};
 pub use self::future::ResponseFuture;
 pub use self::keyed::{KeyedCircuitBreakerLayer, KeyedCircuitBreakerService};

@@ -7,6 +7,7 @@ use std::sync::{Arc, Weak};
 
 use crate::clock::duration_nanos;
 
+use super::error::IllegalStateTransition;
 use super::event::{CircuitBreakerEvent, CircuitBreakerEventKind as EventKind, TransitionReason};
 use super::state::{
     CircuitBreaker, CircuitState, Control, NO_DEADLINE, Shared, SharedRef, encode, epoch_of,
@@ -203,6 +204,30 @@ impl CircuitBreaker {
         }
     }
 
+    /// [`force`](Self::force) for the targets resilience4j refuses from
+    /// some states (OPEN, HALF_OPEN): the refusal is checked against the
+    /// state the move is made from.
+    fn force_checked(
+        &self,
+        to: CircuitState,
+        reason: TransitionReason,
+    ) -> Result<(), IllegalStateTransition> {
+        loop {
+            let word = self.shared.word.load(Acquire);
+            let from = state_of(word);
+            if !allowed(from, to) {
+                return Err(IllegalStateTransition::new(
+                    Arc::clone(&self.shared.name),
+                    from,
+                    to,
+                ));
+            }
+            if from == to || self.transition(word, to, reason) {
+                return Ok(());
+            }
+        }
+    }
+
     /// Empties the window and moves to CLOSED, from any state.
     pub fn reset(&self) {
         self.force(CircuitState::Closed, TransitionReason::Reset);
@@ -214,14 +239,20 @@ impl CircuitBreaker {
     }
 
     /// Moves to OPEN for the configured wait (no-op if already OPEN).
-    pub fn transition_to_open(&self) {
-        self.force(CircuitState::Open, TransitionReason::Manual);
+    ///
+    /// Fails with [`IllegalStateTransition`], leaving the breaker as it is,
+    /// from METRICS_ONLY (which never trips), as resilience4j refuses it.
+    pub fn transition_to_open(&self) -> Result<(), IllegalStateTransition> {
+        self.force_checked(CircuitState::Open, TransitionReason::Manual)
     }
 
     /// Moves to HALF_OPEN with a fresh set of trial permits (no-op if
     /// already HALF_OPEN).
-    pub fn transition_to_half_open(&self) {
-        self.force(CircuitState::HalfOpen, TransitionReason::Manual);
+    ///
+    /// Fails with [`IllegalStateTransition`], leaving the breaker as it is,
+    /// from CLOSED and from METRICS_ONLY, as resilience4j refuses them.
+    pub fn transition_to_half_open(&self) -> Result<(), IllegalStateTransition> {
+        self.force_checked(CircuitState::HalfOpen, TransitionReason::Manual)
     }
 
     /// Moves to DISABLED: every call passes, nothing is recorded.
@@ -240,4 +271,17 @@ impl CircuitBreaker {
     pub fn transition_to_metrics_only(&self) {
         self.force(CircuitState::MetricsOnly, TransitionReason::Manual);
     }
+}
+
+/// Whether resilience4j's `StateTransition` table lists the move. It lists
+/// every pair but CLOSED to HALF_OPEN and METRICS_ONLY to OPEN or HALF_OPEN.
+fn allowed(from: CircuitState, to: CircuitState) -> bool {
+    !matches!(
+        (from, to),
+        (CircuitState::Closed, CircuitState::HalfOpen)
+            | (
+                CircuitState::MetricsOnly,
+                CircuitState::Open | CircuitState::HalfOpen
+            )
+    )
 }
