@@ -797,6 +797,7 @@ async fn events_report_transitions_calls_and_rejections() {
                 elapsed: Some(Duration::ZERO),
                 slow: false
             },
+            CircuitBreakerEventKind::FailureRateExceeded { failure_rate: 50.0 },
             CircuitBreakerEventKind::StateTransition {
                 from: CircuitState::Closed,
                 to: CircuitState::Open,

@@ -29,6 +29,7 @@ struct Setup {
     max_wait_ms: Option<u64>,
     automatic: bool,
     leaked: bool,
+    closed_after_max_wait: bool,
 }
 
 impl Setup {
@@ -50,6 +51,9 @@ impl Setup {
         }
         if let Some(max_wait) = self.max_wait_ms {
             b = b.max_wait_duration_in_half_open_state(Duration::from_millis(max_wait));
+        }
+        if self.closed_after_max_wait {
+            b = b.transition_to_state_after_wait_duration(CircuitState::Closed);
         }
         b.build().expect("generated configs are valid")
     }
@@ -85,6 +89,7 @@ fn setup() -> impl Strategy<Value = Setup> {
         prop::option::of(prop::sample::select(vec![2000u64, 4000])),
         any::<bool>(),
         any::<bool>(),
+        any::<bool>(),
     )
         .prop_map(
             |(
@@ -98,6 +103,7 @@ fn setup() -> impl Strategy<Value = Setup> {
                 max_wait_ms,
                 automatic,
                 leaked,
+                closed_after_max_wait,
             )| {
                 Setup {
                     window,
@@ -110,6 +116,7 @@ fn setup() -> impl Strategy<Value = Setup> {
                     max_wait_ms,
                     automatic,
                     leaked,
+                    closed_after_max_wait,
                 }
             },
         )
@@ -194,6 +201,11 @@ impl Model {
 
     fn transition(&mut self, to: CircuitState) {
         self.epoch += 1;
+        // resilience4j counts rejections per state; OPEN shares the metrics
+        // of the state that sent it there.
+        if to != CircuitState::Open {
+            self.not_permitted = 0;
+        }
         match to {
             CircuitState::Closed | CircuitState::MetricsOnly => {
                 self.count_window.clear();
@@ -240,7 +252,7 @@ impl Model {
             } else if self.state == CircuitState::HalfOpen
                 && self.half_open_deadline.is_some_and(|d| self.now >= d)
             {
-                self.transition(CircuitState::Open);
+                self.transition(self.after_max_wait());
             } else {
                 return;
             }
@@ -262,7 +274,7 @@ impl Model {
                 }
                 CircuitState::HalfOpen => {
                     if self.half_open_deadline.is_some_and(|d| self.now >= d) {
-                        self.transition(CircuitState::Open);
+                        self.transition(self.after_max_wait());
                     } else if self.trial_permits > 0 {
                         self.trial_permits -= 1;
                         return Some(self.call(true));
@@ -274,6 +286,14 @@ impl Model {
         }
         self.not_permitted += 1;
         None
+    }
+
+    fn after_max_wait(&self) -> CircuitState {
+        if self.s.closed_after_max_wait {
+            CircuitState::Closed
+        } else {
+            CircuitState::Open
+        }
     }
 
     fn call(&self, trial: bool) -> ModelCall {

@@ -6,9 +6,11 @@
 use std::time::Duration;
 
 use palisade::circuit_breaker::{
-    CircuitBreaker, CircuitBreakerConfig, CircuitBreakerConfigBuilder, CircuitState, SlidingWindow,
+    BreakDuration, CircuitBreaker, CircuitBreakerConfig, CircuitBreakerConfigBuilder,
+    CircuitBreakerEvent, CircuitBreakerEventKind as Kind, CircuitState, SlidingWindow,
+    TransitionReason, TripReason,
 };
-use palisade::classify::Outcome;
+use palisade::classify::{ClassifyExt, DefaultClassifier, Outcome};
 
 const FAILURE: Outcome = Outcome::Failure { retryable: true };
 const SECOND: Duration = Duration::from_secs(1);
@@ -112,4 +114,326 @@ fn transitions_resilience4j_allows_are_accepted() {
     b.transition_to_disabled();
     b.transition_to_open().expect("DISABLED -> OPEN");
     assert_eq!(b.state(), CircuitState::Open);
+}
+
+// ---- opening for a given time ----------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn transition_to_open_for_waits_the_given_time_instead_of_the_configured_one() {
+    let b = breaker(
+        CircuitBreakerConfig::builder()
+            .wait_duration_in_open_state(Duration::from_secs(60))
+            .break_duration(BreakDuration::exponential(2.0, Duration::from_secs(600))),
+    );
+    b.transition_to_open_for(5 * SECOND)
+        .expect("CLOSED -> OPEN");
+    assert_eq!(b.metrics().retry_in, Some(5 * SECOND));
+    b.transition_to_open_for(3 * SECOND)
+        .expect("OPEN -> OPEN, a new wait");
+    assert_eq!(b.metrics().retry_in, Some(3 * SECOND));
+    tokio::time::advance(3 * SECOND).await;
+    assert!(b.try_acquire().is_ok(), "the first trial call");
+    assert_eq!(b.state(), CircuitState::HalfOpen);
+    b.transition_to_open().expect("HALF_OPEN -> OPEN");
+    assert_eq!(
+        b.metrics().retry_in,
+        Some(Duration::from_secs(60)),
+        "a given wait is not a trip: the growing wait starts at its base"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn transition_to_open_until_waits_until_the_instant() {
+    let b = CircuitBreaker::with_defaults("r4j");
+    let deadline = tokio::time::Instant::now() + 7 * SECOND;
+    b.transition_to_open_until(deadline)
+        .expect("CLOSED -> OPEN");
+    assert_eq!(b.metrics().retry_in, Some(7 * SECOND));
+    tokio::time::advance(6 * SECOND).await;
+    assert!(b.try_acquire().is_err());
+    tokio::time::advance(SECOND).await;
+    assert!(b.try_acquire().is_ok());
+
+    b.transition_to_metrics_only();
+    assert!(
+        b.transition_to_open_for(SECOND).is_err(),
+        "refused from METRICS_ONLY"
+    );
+    assert!(b.transition_to_open_until(deadline).is_err());
+}
+
+// ---- where the HALF_OPEN max wait leads ---------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn half_open_max_wait_can_lead_to_closed() {
+    let b = breaker(
+        CircuitBreakerConfig::builder()
+            .permitted_number_of_calls_in_half_open_state(2)
+            .max_wait_duration_in_half_open_state(5 * SECOND)
+            .transition_to_state_after_wait_duration(CircuitState::Closed),
+    );
+    b.transition_to_open().unwrap();
+    b.transition_to_half_open().unwrap();
+    let mut events = b.subscribe();
+    tokio::time::sleep(5 * SECOND).await;
+    tokio::task::yield_now().await;
+    assert_eq!(b.state(), CircuitState::Closed);
+    assert!(events.drain().iter().any(|e| e.kind
+        == Kind::StateTransition {
+            from: CircuitState::HalfOpen,
+            to: CircuitState::Closed,
+            reason: TransitionReason::MaxWaitInHalfOpenElapsed,
+        }));
+}
+
+#[test]
+fn state_after_max_wait_must_be_open_or_closed() {
+    let err = CircuitBreakerConfig::builder()
+        .transition_to_state_after_wait_duration(CircuitState::ForcedOpen)
+        .build()
+        .unwrap_err();
+    assert_eq!(err.field(), "transition_to_state_after_wait_duration");
+    assert_eq!(
+        CircuitBreakerConfig::default().transition_to_state_after_wait_duration(),
+        CircuitState::Open
+    );
+}
+
+// ---- threshold-exceeded events -------------------------------------------------------
+
+fn kinds(events: Vec<CircuitBreakerEvent>) -> Vec<Kind> {
+    events
+        .into_iter()
+        .map(|e| e.kind)
+        .filter(|k| !matches!(k, Kind::Success { .. } | Kind::Failure { .. }))
+        .collect()
+}
+
+fn two_call_window() -> CircuitBreakerConfigBuilder {
+    CircuitBreakerConfig::builder()
+        .sliding_window(SlidingWindow::count(2))
+        .minimum_number_of_calls(2)
+        .slow_call_duration_threshold(SECOND)
+}
+
+#[test]
+fn closed_publishes_failure_rate_exceeded_before_tripping() {
+    let b = breaker(two_call_window());
+    let mut events = b.subscribe();
+    record(&b, &[FAILURE, FAILURE]);
+    assert_eq!(
+        kinds(events.drain()),
+        [
+            Kind::FailureRateExceeded {
+                failure_rate: 100.0
+            },
+            Kind::StateTransition {
+                from: CircuitState::Closed,
+                to: CircuitState::Open,
+                reason: TransitionReason::Tripped(TripReason::FailureRate(100.0)),
+            },
+        ]
+    );
+}
+
+#[test]
+fn metrics_only_publishes_each_exceeded_threshold_once_per_stay() {
+    let b = breaker(two_call_window());
+    b.transition_to_metrics_only();
+    let mut events = b.subscribe();
+    record(&b, &[FAILURE, FAILURE, FAILURE]);
+    let slow = |b: &CircuitBreaker| {
+        b.try_acquire()
+            .unwrap()
+            .on_result(2 * SECOND, Outcome::Success)
+    };
+    slow(&b);
+    slow(&b);
+    slow(&b);
+    assert_eq!(b.state(), CircuitState::MetricsOnly, "never trips");
+    assert_eq!(
+        kinds(events.drain()),
+        [
+            Kind::FailureRateExceeded {
+                failure_rate: 100.0
+            },
+            Kind::SlowCallRateExceeded {
+                slow_call_rate: 100.0
+            },
+        ]
+    );
+    b.transition_to_closed();
+    b.transition_to_metrics_only();
+    record(&b, &[FAILURE, FAILURE]);
+    assert!(
+        kinds(events.drain()).contains(&Kind::FailureRateExceeded {
+            failure_rate: 100.0
+        }),
+        "a new stay reports again"
+    );
+}
+
+// ---- a result that forces OPEN -------------------------------------------------------------
+
+#[test]
+fn a_result_matching_the_predicate_opens_a_closed_breaker() {
+    let classifier = DefaultClassifier
+        .transition_to_open_on_result(|r: Result<&u16, &std::io::Error>| matches!(r, Ok(&429)));
+    let b = CircuitBreaker::with_defaults("r4j");
+    let mut events = b.subscribe();
+    b.try_acquire()
+        .unwrap()
+        .record_result(Ok(&200), &classifier);
+    assert_eq!(b.state(), CircuitState::Closed);
+    b.try_acquire()
+        .unwrap()
+        .record_result(Ok(&429), &classifier);
+    assert_eq!(b.state(), CircuitState::Open);
+    assert!(kinds(events.drain()).contains(&Kind::StateTransition {
+        from: CircuitState::Closed,
+        to: CircuitState::Open,
+        reason: TransitionReason::ResultPredicate,
+    }));
+    let m = b.metrics();
+    assert_eq!(
+        (m.buffered_calls, m.successful_calls),
+        (2, 2),
+        "both outcomes recorded first"
+    );
+}
+
+// ---- initial state ------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn a_breaker_can_start_open_or_half_open() {
+    let open = breaker(
+        CircuitBreakerConfig::builder()
+            .initial_state(CircuitState::Open)
+            .wait_duration_in_open_state(10 * SECOND),
+    );
+    assert_eq!(open.state(), CircuitState::Open);
+    assert_eq!(
+        open.try_acquire().unwrap_err().retry_in(),
+        Some(10 * SECOND)
+    );
+
+    let half_open = breaker(
+        CircuitBreakerConfig::builder()
+            .initial_state(CircuitState::HalfOpen)
+            .permitted_number_of_calls_in_half_open_state(1),
+    );
+    let trial = half_open.try_acquire().expect("one trial call");
+    assert!(half_open.try_acquire().is_err());
+    trial.record(Outcome::Success);
+    assert_eq!(half_open.state(), CircuitState::Closed);
+
+    let metrics_only =
+        breaker(CircuitBreakerConfig::builder().initial_state(CircuitState::MetricsOnly));
+    assert_eq!(metrics_only.state(), CircuitState::MetricsOnly);
+    assert_eq!(
+        CircuitBreakerConfig::default().initial_state(),
+        CircuitState::Closed
+    );
+}
+
+// ---- outcomes timed outside the breaker, released permissions ---------------------------------
+
+#[test]
+fn on_result_records_the_given_duration() {
+    let b = breaker(two_call_window().slow_call_rate_threshold(50.0));
+    b.try_acquire()
+        .unwrap()
+        .on_result(Duration::from_millis(200), Outcome::Success);
+    let m = b.metrics();
+    assert_eq!(
+        (m.slow_calls, m.total_call_duration),
+        (0, Duration::from_millis(200))
+    );
+    b.try_acquire()
+        .unwrap()
+        .on_result(3 * SECOND, Outcome::Success);
+    let m = b.metrics();
+    assert_eq!(m.state, CircuitState::Open, "one of two calls slow: 50 %");
+    assert_eq!(m.slow_calls, 1);
+    assert_eq!(m.total_call_duration, Duration::from_millis(3200));
+    assert_eq!(m.average_call_duration, Some(Duration::from_millis(1600)));
+}
+
+#[test]
+fn untimed_calls_report_no_duration() {
+    let b = CircuitBreaker::with_defaults("r4j");
+    record(&b, &[Outcome::Success, FAILURE]);
+    let m = b.metrics();
+    assert_eq!(
+        (m.total_call_duration, m.average_call_duration),
+        (Duration::ZERO, None)
+    );
+}
+
+#[test]
+fn a_released_permission_gives_its_trial_slot_back() {
+    let b =
+        breaker(CircuitBreakerConfig::builder().permitted_number_of_calls_in_half_open_state(1));
+    b.transition_to_open().unwrap();
+    b.transition_to_half_open().unwrap();
+    b.try_acquire().unwrap().release();
+    assert_eq!(b.metrics().trial_permits_available, Some(1));
+    assert_eq!(b.metrics().buffered_calls, 0, "nothing recorded");
+}
+
+// ---- not_permitted_calls, per state -------------------------------------------------------------
+
+#[test]
+fn not_permitted_calls_are_counted_per_state() {
+    let b =
+        breaker(CircuitBreakerConfig::builder().permitted_number_of_calls_in_half_open_state(1));
+    b.transition_to_forced_open();
+    for _ in 0..3 {
+        assert!(b.try_acquire().is_err());
+    }
+    assert_eq!(b.metrics().not_permitted_calls, 3);
+    b.transition_to_half_open().unwrap();
+    assert_eq!(
+        b.metrics().not_permitted_calls,
+        0,
+        "a new state counts afresh"
+    );
+    let trial = b.try_acquire().unwrap();
+    assert!(b.try_acquire().is_err());
+    trial.record(FAILURE);
+    assert_eq!(b.state(), CircuitState::Open);
+    assert_eq!(
+        b.metrics().not_permitted_calls,
+        1,
+        "OPEN keeps the figures of the trial that sent it there"
+    );
+    assert!(b.try_acquire().is_err());
+    assert_eq!(b.metrics().not_permitted_calls, 2);
+    b.reset();
+    assert_eq!(b.metrics().not_permitted_calls, 0, "reset clears it");
+}
+
+// ---- reset ----------------------------------------------------------------------------------------
+
+#[test]
+fn reset_from_closed_publishes_a_reset_event_and_no_transition() {
+    let b = CircuitBreaker::with_defaults("r4j");
+    let mut events = b.subscribe();
+    b.reset();
+    assert_eq!(kinds(events.drain()), [Kind::Reset]);
+
+    b.transition_to_forced_open();
+    events.drain();
+    b.reset();
+    assert_eq!(
+        kinds(events.drain()),
+        [
+            Kind::StateTransition {
+                from: CircuitState::ForcedOpen,
+                to: CircuitState::Closed,
+                reason: TransitionReason::Reset,
+            },
+            Kind::Reset,
+        ]
+    );
 }

@@ -4,6 +4,9 @@
 
 use std::sync::atomic::Ordering::*;
 use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::clock::duration_nanos;
 
@@ -50,9 +53,21 @@ impl CircuitBreaker {
         to: CircuitState,
         reason: TransitionReason,
     ) -> bool {
+        self.transition_with(from_word, to, reason, None)
+    }
+
+    /// [`transition`](Self::transition), with the OPEN deadline given
+    /// (state-clock nanoseconds) instead of computed from the configured wait.
+    fn transition_with(
+        &self,
+        from_word: u64,
+        to: CircuitState,
+        reason: TransitionReason,
+        open_until: Option<u64>,
+    ) -> bool {
         let transition = {
             let mut control = self.shared.control.lock();
-            self.transition_locked(&mut control, from_word, to, reason)
+            self.transition_locked_with(&mut control, from_word, to, reason, open_until)
         };
         match transition {
             Some(transition) => {
@@ -70,6 +85,17 @@ impl CircuitBreaker {
         to: CircuitState,
         reason: TransitionReason,
     ) -> Option<Transition> {
+        self.transition_locked_with(control, from_word, to, reason, None)
+    }
+
+    fn transition_locked_with(
+        &self,
+        control: &mut Control,
+        from_word: u64,
+        to: CircuitState,
+        reason: TransitionReason,
+        open_until: Option<u64>,
+    ) -> Option<Transition> {
         let s = &*self.shared;
         let current = s.word.load(Acquire);
         if current != from_word {
@@ -78,6 +104,9 @@ impl CircuitBreaker {
         let new_word = encode(epoch_of(current) + 1, to);
         let now = s.state_clock.now_nanos();
         let mut deadline = None;
+        if to != CircuitState::Open {
+            s.start_per_state_figures();
+        }
         match to {
             CircuitState::Closed | CircuitState::MetricsOnly => {
                 let call_now = if s.window.needs_time() {
@@ -88,6 +117,9 @@ impl CircuitBreaker {
                 s.window.reset(call_now);
                 if to == CircuitState::Closed {
                     control.trips_in_a_row = 0;
+                } else {
+                    s.failure_rate_reported.store(false, Relaxed);
+                    s.slow_call_rate_reported.store(false, Relaxed);
                 }
             }
             CircuitState::Open => {
@@ -100,12 +132,17 @@ impl CircuitBreaker {
                 };
                 control.tripped_by = tripped_by;
                 control.tripped_thresholds = thresholds;
-                control.trips_in_a_row = control.trips_in_a_row.saturating_add(1);
-                let wait = s
-                    .config
-                    .break_duration
-                    .wait_after(control.trips_in_a_row, s.config.wait_duration_in_open_state);
-                let until = now.saturating_add(duration_nanos(wait));
+                // A wait given by the operator is not a trip: the growing
+                // break duration does not count it (resilience4j's
+                // `transitionToOpenStateFor` keeps the attempts too).
+                let until = open_until.unwrap_or_else(|| {
+                    control.trips_in_a_row = control.trips_in_a_row.saturating_add(1);
+                    let wait = s
+                        .config
+                        .break_duration
+                        .wait_after(control.trips_in_a_row, s.config.wait_duration_in_open_state);
+                    now.saturating_add(duration_nanos(wait))
+                });
                 s.open_until.store(until, Release);
                 deadline = Some(until);
             }
@@ -137,19 +174,23 @@ impl CircuitBreaker {
         let retry_in_ms = t
             .deadline
             .map(|d| d.saturating_sub(s.state_clock.now_nanos()) / 1_000_000);
-        if matches!(t.to, CircuitState::Open | CircuitState::ForcedOpen) {
-            tracing::warn!(breaker = %s.name, from = %t.from, to = %t.to, reason = ?t.reason, retry_in_ms, "circuit breaker state changed");
-        } else {
-            tracing::info!(breaker = %s.name, from = %t.from, to = %t.to, reason = ?t.reason, "circuit breaker state changed");
+        // A move within one state (a reset from CLOSED, a new OPEN wait) is
+        // internal: resilience4j publishes no transition for it either.
+        if t.from != t.to {
+            if matches!(t.to, CircuitState::Open | CircuitState::ForcedOpen) {
+                tracing::warn!(breaker = %s.name, from = %t.from, to = %t.to, reason = ?t.reason, retry_in_ms, "circuit breaker state changed");
+            } else {
+                tracing::info!(breaker = %s.name, from = %t.from, to = %t.to, reason = ?t.reason, "circuit breaker state changed");
+            }
+            s.events.publish_with(|| CircuitBreakerEvent {
+                breaker: Arc::clone(&s.name),
+                kind: EventKind::StateTransition {
+                    from: t.from,
+                    to: t.to,
+                    reason: t.reason,
+                },
+            });
         }
-        s.events.publish_with(|| CircuitBreakerEvent {
-            breaker: Arc::clone(&s.name),
-            kind: EventKind::StateTransition {
-                from: t.from,
-                to: t.to,
-                reason: t.reason,
-            },
-        });
         let timer = match (t.to, t.deadline) {
             (CircuitState::Open, Some(until))
                 if s.config.automatic_transition_from_open_to_half_open =>
@@ -162,7 +203,7 @@ impl CircuitBreaker {
             }
             (CircuitState::HalfOpen, Some(until)) => Some((
                 until,
-                CircuitState::Open,
+                s.config.transition_to_state_after_wait_duration,
                 TransitionReason::MaxWaitInHalfOpenElapsed,
             )),
             _ => None,
@@ -228,9 +269,77 @@ impl CircuitBreaker {
         }
     }
 
-    /// Empties the window and moves to CLOSED, from any state.
+    /// Empties the window and moves to CLOSED, from any state, starting
+    /// the per-state figures (`not_permitted_calls`, call durations) afresh.
+    ///
+    /// Publishes [`Reset`](super::CircuitBreakerEventKind::Reset), after a
+    /// transition to CLOSED when the breaker was in another state (from
+    /// CLOSED there is no transition to announce), as resilience4j does.
     pub fn reset(&self) {
         self.force(CircuitState::Closed, TransitionReason::Reset);
+        let s = &*self.shared;
+        tracing::info!(breaker = %s.name, "circuit breaker reset");
+        s.events.publish_with(|| CircuitBreakerEvent {
+            breaker: Arc::clone(&s.name),
+            kind: EventKind::Reset,
+        });
+    }
+
+    /// Moves to OPEN for `wait` instead of the configured wait (from OPEN
+    /// too: the new wait replaces the one running). The growing
+    /// [`break_duration`](super::CircuitBreakerConfigBuilder::break_duration)
+    /// does not count this as a trip. resilience4j's
+    /// `transitionToOpenStateFor`.
+    ///
+    /// Fails with [`IllegalStateTransition`] from METRICS_ONLY.
+    pub fn transition_to_open_for(&self, wait: Duration) -> Result<(), IllegalStateTransition> {
+        let until = self
+            .shared
+            .state_clock
+            .now_nanos()
+            .saturating_add(duration_nanos(wait));
+        self.open_until(until)
+    }
+
+    /// Moves to OPEN until `deadline` (a tokio [`Instant`], so paused time
+    /// moves it; a deadline already past lets the next call through as a
+    /// trial). As [`transition_to_open_for`](Self::transition_to_open_for)
+    /// otherwise; resilience4j's `transitionToOpenStateUntil`.
+    ///
+    /// Fails with [`IllegalStateTransition`] from METRICS_ONLY.
+    pub fn transition_to_open_until(
+        &self,
+        deadline: Instant,
+    ) -> Result<(), IllegalStateTransition> {
+        let clock = &self.shared.state_clock;
+        let now = Instant::now();
+        let until = match deadline.checked_duration_since(now) {
+            Some(wait) => clock.now_nanos().saturating_add(duration_nanos(wait)),
+            None => clock.now_nanos(),
+        };
+        self.open_until(until)
+    }
+
+    fn open_until(&self, until: u64) -> Result<(), IllegalStateTransition> {
+        loop {
+            let word = self.shared.word.load(Acquire);
+            let from = state_of(word);
+            if !allowed(from, CircuitState::Open) {
+                return Err(IllegalStateTransition::new(
+                    Arc::clone(&self.shared.name),
+                    from,
+                    CircuitState::Open,
+                ));
+            }
+            if self.transition_with(
+                word,
+                CircuitState::Open,
+                TransitionReason::Manual,
+                Some(until),
+            ) {
+                return Ok(());
+            }
+        }
     }
 
     /// Moves to CLOSED with an empty window (no-op if already CLOSED).
