@@ -40,6 +40,18 @@
 //! assert_eq!(classifier.classify(Ok(&503)), Outcome::Failure { retryable: true });
 //! ```
 //!
+//! [`by_error`] classifies errors by their type, as resilience4j's
+//! `recordExceptions` and `ignoreExceptions` lists do, walking each error's
+//! source chain:
+//!
+//! ```
+//! use palisade::classify::{by_error, Classify, Outcome};
+//!
+//! let classifier = by_error().record::<std::io::Error>();
+//! let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+//! assert_eq!(classifier.classify(Err::<&(), _>(&refused)), Outcome::Failure { retryable: true });
+//! ```
+//!
 //! With the `http` feature (on by default), [`HttpStatusClassifier`] and
 //! [`GrpcStatusClassifier`] classify `http::Response`s by status code and by
 //! `grpc-status`, building on tower-http's `ServerErrorsAsFailures` and
@@ -47,11 +59,14 @@
 
 use std::fmt;
 
+mod by_error;
 #[cfg(feature = "http")]
 mod http;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub use self::http::{GrpcCode, GrpcStatusClassifier, HttpStatusClassifier};
+
+pub use self::by_error::{AsError, ByError, by_error};
 
 /// What a finished call means for the layers that watch it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

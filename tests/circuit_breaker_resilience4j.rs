@@ -437,3 +437,36 @@ fn reset_from_closed_publishes_a_reset_event_and_no_transition() {
         ]
     );
 }
+
+// ---- record and ignore lists ------------------------------------------------------------------
+
+#[derive(Debug, thiserror::Error)]
+#[error("no such customer")]
+struct UnknownCustomer;
+
+#[tokio::test]
+async fn errors_are_classified_by_type_as_record_and_ignore_lists() {
+    use palisade::classify::by_error;
+    use std::io;
+
+    let b = breaker(
+        CircuitBreakerConfig::builder()
+            .sliding_window(SlidingWindow::count(2))
+            .minimum_number_of_calls(2),
+    );
+    let classifier = by_error().record::<io::Error>().ignore::<UnknownCustomer>();
+    let fail = |e: palisade::BoxError| async move { Err::<(), _>(e) };
+    let _ = b.run(&classifier, || fail(UnknownCustomer.into())).await;
+    let _ = b.run(&classifier, || fail("bad request".into())).await;
+    let m = b.metrics();
+    assert_eq!(
+        (m.buffered_calls, m.failed_calls),
+        (1, 0),
+        "ignored, then an unlisted error counted as a success"
+    );
+    let _ = b
+        .run(&classifier, || fail(io::Error::other("reset").into()))
+        .await;
+    assert_eq!(b.metrics().failed_calls, 1);
+    assert_eq!(b.state(), CircuitState::Open, "1 of 2 failed: 50 %");
+}
