@@ -470,3 +470,31 @@ async fn errors_are_classified_by_type_as_record_and_ignore_lists() {
     assert_eq!(b.metrics().failed_calls, 1);
     assert_eq!(b.state(), CircuitState::Open, "1 of 2 failed: 50 %");
 }
+
+// ---- names -------------------------------------------------------------------------------------
+
+#[test]
+fn try_new_rejects_names_that_cannot_label_errors_events_and_metrics() {
+    use palisade::bulkhead::{Bulkhead, BulkheadConfig};
+    use palisade::rate_limit::{RateLimiter, RateLimiterConfig};
+    use palisade::retry::{Retry, RetryConfig};
+
+    for bad in ["", " padded", "line\nbreak"] {
+        let err = CircuitBreaker::try_new(bad, CircuitBreakerConfig::default()).unwrap_err();
+        assert_eq!(
+            (err.component(), err.field()),
+            ("circuit breaker", "name"),
+            "{bad:?}"
+        );
+        let err = Bulkhead::try_new(bad, BulkheadConfig::default()).unwrap_err();
+        assert_eq!(err.field(), "name");
+        let err = RateLimiter::try_new(bad, RateLimiterConfig::default()).unwrap_err();
+        assert_eq!(err.field(), "name");
+        let err = Retry::try_new(bad, RetryConfig::default()).unwrap_err();
+        assert_eq!(err.field(), "name");
+    }
+    let long = "x".repeat(palisade::circuit_breaker::MAX_NAME_LEN + 1);
+    assert!(CircuitBreaker::try_new(long, CircuitBreakerConfig::default()).is_err());
+    let b = CircuitBreaker::try_new("inventory", CircuitBreakerConfig::default()).unwrap();
+    assert_eq!(b.name(), "inventory");
+}

@@ -497,3 +497,29 @@ fn check_at_least_one(field: &'static str, value: u32) -> Result<(), ConfigError
         ))
     }
 }
+
+/// The longest name a breaker, bulkhead, rate limiter or retry accepts, in bytes.
+pub const MAX_NAME_LEN: usize = 256;
+
+/// Checks the name given to a `try_new` constructor: names appear in
+/// errors, events, traces and metrics labels, so they must be non-empty,
+/// without surrounding whitespace or control characters, and at most
+/// [`MAX_NAME_LEN`] bytes. Shared by the four handles' `try_new`.
+pub(crate) fn check_name(
+    component: &'static str,
+    name: impl Into<Arc<str>>,
+) -> Result<Arc<str>, ConfigError> {
+    let name = name.into();
+    let problem = if name.is_empty() {
+        "must not be empty".to_owned()
+    } else if name.trim() != &*name {
+        format!("must not start or end with whitespace, got {name:?}")
+    } else if name.chars().any(char::is_control) {
+        format!("must not contain control characters, got {name:?}")
+    } else if name.len() > MAX_NAME_LEN {
+        format!("must be at most {MAX_NAME_LEN} bytes, got {}", name.len())
+    } else {
+        return Ok(name);
+    };
+    Err(ConfigError::new(component, "name", problem))
+}

@@ -196,9 +196,10 @@ mod window;
 
 pub use self::admission::CallPermit;
 pub(crate) use self::admission::Reservation;
+pub(crate) use self::config::check_name;
 pub use self::config::{
     BreakDuration, CircuitBreakerConfig, CircuitBreakerConfigBuilder, MAX_COUNT_WINDOW,
-    MAX_EVENT_CAPACITY, MAX_TIME_WINDOW_SECONDS, SlidingWindow,
+    MAX_EVENT_CAPACITY, MAX_NAME_LEN, MAX_TIME_WINDOW_SECONDS, SlidingWindow,
 };
 pub use self::error::{BreakerOpen, IllegalStateTransition};
 pub use self::event::{CircuitBreakerEvent, CircuitBreakerEventKind, TransitionReason};

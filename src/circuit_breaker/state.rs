@@ -307,7 +307,25 @@ impl Shared {
 }
 
 impl CircuitBreaker {
-    /// Creates a breaker named `name` (used in errors, events and traces), CLOSED.
+    /// Creates it after checking `name`, which appears in errors, events,
+    /// traces and metrics labels: it must be non-empty, without surrounding
+    /// whitespace or control characters, and at most
+    /// [`MAX_NAME_LEN`](crate::circuit_breaker::MAX_NAME_LEN) bytes; a
+    /// [`ConfigError`](crate::ConfigError) on field `name` says which rule
+    /// it broke. Use it for names that come from configuration or requests;
+    /// [`new`](Self::new) takes a name written in the code as it is.
+    pub fn try_new(
+        name: impl Into<Arc<str>>,
+        config: CircuitBreakerConfig,
+    ) -> Result<Self, crate::ConfigError> {
+        let name = crate::circuit_breaker::check_name("circuit breaker", name)?;
+        Ok(Self::new(name, config))
+    }
+
+    /// Creates a breaker named `name` (used in errors, events and traces),
+    /// in the configured initial state (CLOSED by default). The name is taken
+    /// as it is: check names that come from input with
+    /// [`try_new`](Self::try_new).
     pub fn new(name: impl Into<Arc<str>>, config: CircuitBreakerConfig) -> Self {
         let breaker = Self {
             shared: SharedRef::Counted(Arc::new(Shared::new(name.into(), config))),
