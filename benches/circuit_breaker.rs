@@ -242,7 +242,7 @@ fn open(c: &mut Criterion) {
     // A real OPEN: every rejection reads the state clock to see whether the
     // wait is over.
     let opened = count_breaker();
-    opened.transition_to_open();
+    opened.transition_to_open().expect("CLOSED -> OPEN");
     bench_service(&mut group, "open", opened.layer().layer(Echo));
 
     let failsafe_open = failsafe::Config::new()

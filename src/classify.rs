@@ -40,6 +40,18 @@
 //! assert_eq!(classifier.classify(Ok(&503)), Outcome::Failure { retryable: true });
 //! ```
 //!
+//! [`by_error`] classifies errors by their type, as resilience4j's
+//! `recordExceptions` and `ignoreExceptions` lists do, walking each error's
+//! source chain:
+//!
+//! ```
+//! use palisade::classify::{by_error, Classify, Outcome};
+//!
+//! let classifier = by_error().record::<std::io::Error>();
+//! let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+//! assert_eq!(classifier.classify(Err::<&(), _>(&refused)), Outcome::Failure { retryable: true });
+//! ```
+//!
 //! With the `http` feature (on by default), [`HttpStatusClassifier`] and
 //! [`GrpcStatusClassifier`] classify `http::Response`s by status code and by
 //! `grpc-status`, building on tower-http's `ServerErrorsAsFailures` and
@@ -47,11 +59,14 @@
 
 use std::fmt;
 
+mod by_error;
 #[cfg(feature = "http")]
 mod http;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub use self::http::{GrpcCode, GrpcStatusClassifier, HttpStatusClassifier};
+
+pub use self::by_error::{AsError, ByError, by_error};
 
 /// What a finished call means for the layers that watch it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -91,6 +106,17 @@ impl Outcome {
 pub trait Classify<Res, Err> {
     /// Classifies one finished call.
     fn classify(&self, result: Result<&Res, &Err>) -> Outcome;
+
+    /// Whether this result moves a CLOSED circuit breaker straight to OPEN,
+    /// whatever its window says (resilience4j's `transitionOnResult`). Set
+    /// with [`ClassifyExt::transition_to_open_on_result`]; `false` unless
+    /// overridden, and other layers do not ask. Adapters pass it through
+    /// from the classifier they wrap.
+    #[inline]
+    fn forces_open(&self, result: Result<&Res, &Err>) -> bool {
+        let _ = result;
+        false
+    }
 }
 
 /// `Ok` is [`Outcome::Success`]; every `Err` is a retryable
@@ -202,6 +228,31 @@ pub trait ClassifyExt: Sized {
     fn pass_rejections(self) -> PassRejections<Self> {
         PassRejections { inner: self }
     }
+
+    /// Results for which `predicate` returns `true` move a CLOSED circuit
+    /// breaker straight to OPEN for its configured wait, after the outcome
+    /// (classified by `self`) is recorded: resilience4j's
+    /// `transitionOnResult` returning `transitionToOpen`. In other states
+    /// the predicate changes nothing, and only circuit breakers ask it.
+    ///
+    /// ```
+    /// use palisade::circuit_breaker::{CircuitBreaker, CircuitState};
+    /// use palisade::classify::{ClassifyExt, DefaultClassifier};
+    ///
+    /// // A 429 says "stop calling" louder than any failure rate.
+    /// let classifier = DefaultClassifier
+    ///     .transition_to_open_on_result(|r: Result<&u16, &std::io::Error>| matches!(r, Ok(&429)));
+    /// let breaker = CircuitBreaker::with_defaults("quotes");
+    /// breaker.try_acquire()?.record_result(Ok(&429), &classifier);
+    /// assert_eq!(breaker.state(), CircuitState::Open);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    fn transition_to_open_on_result<F>(self, predicate: F) -> OpenOnResult<Self, F> {
+        OpenOnResult {
+            inner: self,
+            predicate,
+        }
+    }
 }
 
 impl<C> ClassifyExt for C {}
@@ -222,6 +273,11 @@ where
             Err(error) if crate::error::is_rejection(&**error) => Outcome::Ignored,
             other => self.inner.classify(other),
         }
+    }
+
+    #[inline]
+    fn forces_open(&self, result: Result<&Res, &crate::BoxError>) -> bool {
+        self.inner.forces_open(result)
     }
 }
 
@@ -251,6 +307,11 @@ where
             Err(e) if (self.predicate)(e) => Outcome::Ignored,
             other => self.inner.classify(other),
         }
+    }
+
+    #[inline]
+    fn forces_open(&self, result: Result<&Res, &Err>) -> bool {
+        self.inner.forces_open(result)
     }
 }
 
@@ -284,6 +345,42 @@ where
             },
             other => self.inner.classify(other),
         }
+    }
+
+    #[inline]
+    fn forces_open(&self, result: Result<&Res, &Err>) -> bool {
+        self.inner.forces_open(result)
+    }
+}
+
+/// See [`ClassifyExt::transition_to_open_on_result`].
+#[derive(Clone, Copy)]
+pub struct OpenOnResult<C, F> {
+    inner: C,
+    predicate: F,
+}
+
+impl<C: fmt::Debug, F> fmt::Debug for OpenOnResult<C, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OpenOnResult")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<Res, Err, C, F> Classify<Res, Err> for OpenOnResult<C, F>
+where
+    C: Classify<Res, Err>,
+    F: Fn(Result<&Res, &Err>) -> bool,
+{
+    #[inline]
+    fn classify(&self, result: Result<&Res, &Err>) -> Outcome {
+        self.inner.classify(result)
+    }
+
+    #[inline]
+    fn forces_open(&self, result: Result<&Res, &Err>) -> bool {
+        (self.predicate)(result) || self.inner.forces_open(result)
     }
 }
 

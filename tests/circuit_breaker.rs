@@ -54,6 +54,13 @@ fn is_backend_failure(result: &Result<&'static str, BoxError>) -> bool {
     matches!(result, Err(e) if e.to_string() == "backend failed")
 }
 
+/// Moves a CLOSED breaker to HALF_OPEN the way resilience4j allows: through
+/// OPEN (CLOSED to HALF_OPEN is refused).
+fn open_then_half_open(b: &CircuitBreaker) {
+    b.transition_to_open().expect("CLOSED -> OPEN");
+    b.transition_to_half_open().expect("OPEN -> HALF_OPEN");
+}
+
 /// Trips `breaker` (count window, minimum 1) open with one failure.
 async fn trip(service: &mut Guarded) {
     let _ = call(service, Reply::Err).await;
@@ -351,7 +358,7 @@ fn half_open_breaker(permitted: u32) -> CircuitBreaker {
             .sliding_window(SlidingWindow::count(10))
             .permitted_number_of_calls_in_half_open_state(permitted),
     );
-    b.transition_to_half_open();
+    open_then_half_open(&b);
     b
 }
 
@@ -433,7 +440,7 @@ async fn half_open_reopens_on_slow_trial_calls() {
             .slow_call_rate_threshold(50.0)
             .permitted_number_of_calls_in_half_open_state(2),
     );
-    b.transition_to_half_open();
+    open_then_half_open(&b);
     let (mut svc, _) = guard(&b);
     calls(&mut svc, &[Reply::Ok, Reply::OkAfter(2 * SECOND)]).await;
     assert_eq!(b.state(), CircuitState::Open);
@@ -446,7 +453,7 @@ async fn half_open_returns_to_open_after_max_wait() {
             .permitted_number_of_calls_in_half_open_state(2)
             .max_wait_duration_in_half_open_state(5 * SECOND),
     );
-    b.transition_to_half_open();
+    open_then_half_open(&b);
     let mut events = b.subscribe();
     let (mut svc, _) = guard(&b);
     calls(&mut svc, &[Reply::Ok]).await; // one trial of two recorded: undecided
@@ -479,7 +486,7 @@ async fn half_open_max_wait_applies_lazily_without_a_runtime_timer() {
     );
     // Enter HALF_OPEN outside of any runtime: no timer can be scheduled.
     std::thread::scope(|s| {
-        s.spawn(|| b.transition_to_half_open());
+        s.spawn(|| open_then_half_open(&b));
     });
     let permit = b.try_acquire().expect("the trial call");
     // (That thread read real time, a few microseconds past the paused clock.)
@@ -717,7 +724,7 @@ async fn outcome_of_a_call_admitted_before_a_transition_is_not_recorded() {
         async move { call(&mut svc, Reply::ErrWhen(gate)).await }
     });
     tokio::task::yield_now().await;
-    b.transition_to_half_open();
+    open_then_half_open(&b);
     gate.open();
     assert!(is_backend_failure(&slow_failure.await.expect("task")));
     // The CLOSED-era failure did not decide the HALF_OPEN trial.
@@ -790,6 +797,7 @@ async fn events_report_transitions_calls_and_rejections() {
                 elapsed: Some(Duration::ZERO),
                 slow: false
             },
+            CircuitBreakerEventKind::FailureRateExceeded { failure_rate: 50.0 },
             CircuitBreakerEventKind::StateTransition {
                 from: CircuitState::Closed,
                 to: CircuitState::Open,

@@ -29,6 +29,7 @@ struct Setup {
     max_wait_ms: Option<u64>,
     automatic: bool,
     leaked: bool,
+    closed_after_max_wait: bool,
 }
 
 impl Setup {
@@ -50,6 +51,9 @@ impl Setup {
         }
         if let Some(max_wait) = self.max_wait_ms {
             b = b.max_wait_duration_in_half_open_state(Duration::from_millis(max_wait));
+        }
+        if self.closed_after_max_wait {
+            b = b.transition_to_state_after_wait_duration(CircuitState::Closed);
         }
         b.build().expect("generated configs are valid")
     }
@@ -85,6 +89,7 @@ fn setup() -> impl Strategy<Value = Setup> {
         prop::option::of(prop::sample::select(vec![2000u64, 4000])),
         any::<bool>(),
         any::<bool>(),
+        any::<bool>(),
     )
         .prop_map(
             |(
@@ -98,6 +103,7 @@ fn setup() -> impl Strategy<Value = Setup> {
                 max_wait_ms,
                 automatic,
                 leaked,
+                closed_after_max_wait,
             )| {
                 Setup {
                     window,
@@ -110,6 +116,7 @@ fn setup() -> impl Strategy<Value = Setup> {
                     max_wait_ms,
                     automatic,
                     leaked,
+                    closed_after_max_wait,
                 }
             },
         )
@@ -168,6 +175,8 @@ struct Model {
     half_open_deadline: Option<u64>,
     trips: u32,
     not_permitted: u64,
+    /// While OPEN: the figures of the window that sent it there.
+    tripped_by: Counts,
 }
 
 impl Model {
@@ -186,11 +195,17 @@ impl Model {
             half_open_deadline: None,
             trips: 0,
             not_permitted: 0,
+            tripped_by: Counts::default(),
         }
     }
 
     fn transition(&mut self, to: CircuitState) {
         self.epoch += 1;
+        // resilience4j counts rejections per state; OPEN shares the metrics
+        // of the state that sent it there.
+        if to != CircuitState::Open {
+            self.not_permitted = 0;
+        }
         match to {
             CircuitState::Closed | CircuitState::MetricsOnly => {
                 self.count_window.clear();
@@ -201,6 +216,15 @@ impl Model {
                 }
             }
             CircuitState::Open => {
+                // As resilience4j's OpenState, which keeps the metrics of
+                // the state it came from: the CLOSED (or METRICS_ONLY)
+                // window, or the HALF_OPEN trial.
+                self.tripped_by = match self.state {
+                    CircuitState::HalfOpen => self.trial,
+                    CircuitState::Closed | CircuitState::MetricsOnly => self.window_counts(),
+                    CircuitState::Open => self.tripped_by,
+                    CircuitState::Disabled | CircuitState::ForcedOpen => Counts::default(),
+                };
                 self.trips += 1;
                 let base = self.s.wait_ms * MS;
                 let wait = if self.s.exponential {
@@ -228,7 +252,7 @@ impl Model {
             } else if self.state == CircuitState::HalfOpen
                 && self.half_open_deadline.is_some_and(|d| self.now >= d)
             {
-                self.transition(CircuitState::Open);
+                self.transition(self.after_max_wait());
             } else {
                 return;
             }
@@ -250,7 +274,7 @@ impl Model {
                 }
                 CircuitState::HalfOpen => {
                     if self.half_open_deadline.is_some_and(|d| self.now >= d) {
-                        self.transition(CircuitState::Open);
+                        self.transition(self.after_max_wait());
                     } else if self.trial_permits > 0 {
                         self.trial_permits -= 1;
                         return Some(self.call(true));
@@ -262,6 +286,14 @@ impl Model {
         }
         self.not_permitted += 1;
         None
+    }
+
+    fn after_max_wait(&self) -> CircuitState {
+        if self.s.closed_after_max_wait {
+            CircuitState::Closed
+        } else {
+            CircuitState::Open
+        }
     }
 
     fn call(&self, trial: bool) -> ModelCall {
@@ -370,11 +402,13 @@ impl Model {
         c
     }
 
-    fn manual(&mut self, code: u8) {
+    /// Returns whether the move is accepted: resilience4j refuses CLOSED to
+    /// HALF_OPEN and METRICS_ONLY to OPEN or HALF_OPEN.
+    fn manual(&mut self, code: u8) -> bool {
         let to = match code {
             0 => {
                 self.transition(CircuitState::Closed); // reset
-                return;
+                return true;
             }
             1 => CircuitState::Closed,
             2 => CircuitState::Open,
@@ -383,22 +417,36 @@ impl Model {
             5 => CircuitState::ForcedOpen,
             _ => CircuitState::MetricsOnly,
         };
+        let refused = matches!(
+            (self.state, to),
+            (CircuitState::Closed, CircuitState::HalfOpen)
+                | (
+                    CircuitState::MetricsOnly,
+                    CircuitState::Open | CircuitState::HalfOpen
+                )
+        );
+        if refused {
+            return false;
+        }
         if self.state != to {
             self.transition(to);
         }
+        true
     }
 }
 
-fn apply_manual(breaker: &CircuitBreaker, code: u8) {
+/// Returns whether the breaker accepted the move.
+fn apply_manual(breaker: &CircuitBreaker, code: u8) -> bool {
     match code {
         0 => breaker.reset(),
         1 => breaker.transition_to_closed(),
-        2 => breaker.transition_to_open(),
-        3 => breaker.transition_to_half_open(),
+        2 => return breaker.transition_to_open().is_ok(),
+        3 => return breaker.transition_to_half_open().is_ok(),
         4 => breaker.transition_to_disabled(),
         5 => breaker.transition_to_forced_open(),
         _ => breaker.transition_to_metrics_only(),
     }
+    true
 }
 
 async fn run(setup: Setup, ops: Vec<Op>) -> Result<(), TestCaseError> {
@@ -447,16 +495,16 @@ async fn run(setup: Setup, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 model.fire_timers();
             }
             Op::Manual(code) => {
-                apply_manual(&breaker, code);
-                model.manual(code);
+                let accepted = apply_manual(&breaker, code);
+                prop_assert_eq!(accepted, model.manual(code), "step {}: {:?}", step, op);
             }
         }
         let m = breaker.metrics();
         prop_assert_eq!(m.state, model.state, "step {}: state after {:?}", step, op);
-        let expected = if model.state == CircuitState::HalfOpen {
-            model.trial
-        } else {
-            model.window_counts()
+        let expected = match model.state {
+            CircuitState::HalfOpen => model.trial,
+            CircuitState::Open => model.tripped_by,
+            _ => model.window_counts(),
         };
         let actual = Counts {
             total: m.buffered_calls,

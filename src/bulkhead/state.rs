@@ -62,6 +62,21 @@ struct Shared {
 }
 
 impl Bulkhead {
+    /// Creates it after checking `name`, which appears in errors, events,
+    /// traces and metrics labels: it must be non-empty, without surrounding
+    /// whitespace or control characters, and at most
+    /// [`MAX_NAME_LEN`](crate::circuit_breaker::MAX_NAME_LEN) bytes; a
+    /// [`ConfigError`](crate::ConfigError) on field `name` says which rule
+    /// it broke. Use it for names that come from configuration or requests;
+    /// [`new`](Self::new) takes a name written in the code as it is.
+    pub fn try_new(
+        name: impl Into<Arc<str>>,
+        config: BulkheadConfig,
+    ) -> Result<Self, crate::ConfigError> {
+        let name = crate::circuit_breaker::check_name("bulkhead", name)?;
+        Ok(Self::new(name, config))
+    }
+
     /// Creates a bulkhead named `name` (used in errors, events and traces).
     pub fn new(name: impl Into<Arc<str>>, config: BulkheadConfig) -> Self {
         let shared = Shared {

@@ -21,6 +21,7 @@ use super::event::{CircuitBreakerEvent, CircuitBreakerEventKind as EventKind, Tr
 use super::state::{
     CircuitBreaker, CircuitState, NO_DEADLINE, admits_every_call, epoch_of, state_of, trial_tag,
 };
+use super::window::TripReason;
 
 impl CircuitBreaker {
     /// Asks to make a call. On success the returned permit must be given the
@@ -119,7 +120,7 @@ impl CircuitBreaker {
                     if deadline != NO_DEADLINE && s.state_clock.now_nanos() >= deadline {
                         self.transition(
                             word,
-                            CircuitState::Open,
+                            s.config.transition_to_state_after_wait_duration,
                             TransitionReason::MaxWaitInHalfOpenElapsed,
                         );
                     } else {
@@ -198,11 +199,20 @@ impl CircuitBreaker {
         {
             return;
         }
-        self.on_result_slow(word, trial, started, outcome);
+        self.on_result_slow(word, trial, started, outcome, None);
     }
 
+    /// `given_nanos`: the call's duration measured by the caller, used
+    /// instead of the breaker's own timing.
     #[inline(never)]
-    fn on_result_slow(&self, word: u64, trial: bool, started: u64, outcome: Outcome) {
+    fn on_result_slow(
+        &self,
+        word: u64,
+        trial: bool,
+        started: u64,
+        outcome: Outcome,
+        given_nanos: Option<u64>,
+    ) {
         let s = &*self.shared;
         let state = state_of(word);
         if state == CircuitState::Disabled {
@@ -227,7 +237,8 @@ impl CircuitBreaker {
         } else {
             0
         };
-        let elapsed = s.slow_call_nanos.map(|_| now.saturating_sub(started));
+        let elapsed =
+            given_nanos.or_else(|| s.slow_call_nanos.map(|_| now.saturating_sub(started)));
         let slow = match (elapsed, s.slow_call_nanos) {
             (Some(elapsed), Some(threshold)) => elapsed > threshold,
             _ => false,
@@ -248,12 +259,61 @@ impl CircuitBreaker {
             // outcome belongs to a state that no longer exists.
             return;
         }
+        if let Some(elapsed) = elapsed {
+            s.call_nanos.add(elapsed);
+            s.timed_calls.add(1);
+        }
         if trial {
             self.record_trial(word, failed, slow);
         } else if let Some(reason) = s.window.record(failed, slow, now) {
-            if state == CircuitState::Closed {
-                self.transition(word, CircuitState::Open, TransitionReason::Tripped(reason));
+            match state {
+                CircuitState::Closed => {
+                    self.publish_threshold_exceeded(reason);
+                    self.transition(word, CircuitState::Open, TransitionReason::Tripped(reason));
+                }
+                CircuitState::MetricsOnly => {
+                    // Reported instead of tripping, once per kind and stay.
+                    let reported = match reason {
+                        TripReason::FailureRate(_) => &s.failure_rate_reported,
+                        TripReason::SlowCallRate(_) => &s.slow_call_rate_reported,
+                        TripReason::ConsecutiveFailures(_) => return,
+                    };
+                    if !reported.swap(true, Relaxed) {
+                        self.publish_threshold_exceeded(reason);
+                    }
+                }
+                _ => {}
             }
+        }
+    }
+
+    /// Publishes resilience4j's failure- or slow-call-rate-exceeded event.
+    #[cold]
+    fn publish_threshold_exceeded(&self, reason: TripReason) {
+        let s = &*self.shared;
+        let kind = match reason {
+            TripReason::FailureRate(failure_rate) => {
+                EventKind::FailureRateExceeded { failure_rate }
+            }
+            TripReason::SlowCallRate(slow_call_rate) => {
+                EventKind::SlowCallRateExceeded { slow_call_rate }
+            }
+            TripReason::ConsecutiveFailures(_) => return,
+        };
+        tracing::debug!(breaker = %s.name, ?reason, "circuit breaker threshold exceeded");
+        s.events.publish_with(|| CircuitBreakerEvent {
+            breaker: Arc::clone(&s.name),
+            kind,
+        });
+    }
+
+    /// A result matched the classifier's `transition_to_open_on_result`
+    /// predicate: CLOSED moves to OPEN (other states ignore it, as
+    /// resilience4j's do), unless the breaker moved since `word`.
+    #[cold]
+    fn open_on_result(&self, word: u64) {
+        if state_of(word) == CircuitState::Closed {
+            self.transition(word, CircuitState::Open, TransitionReason::ResultPredicate);
         }
     }
 
@@ -364,10 +424,51 @@ impl CallPermit {
             .on_result(self.word, self.trial, self.started, outcome);
     }
 
-    /// Classifies `result` with `classifier` and records the outcome.
+    /// Classifies `result` with `classifier` and records the outcome. If
+    /// the classifier says the result
+    /// [forces the breaker open](crate::classify::Classify::forces_open)
+    /// and the call was admitted in CLOSED, the breaker then moves to OPEN
+    /// (unless it has moved since).
     #[inline(always)]
     pub fn record_result<T, E, C: Classify<T, E>>(self, result: Result<&T, &E>, classifier: &C) {
-        self.record(classifier.classify(result));
+        let outcome = classifier.classify(result);
+        if classifier.forces_open(result) {
+            self.record_forcing_open(outcome);
+        } else {
+            self.record(outcome);
+        }
+    }
+
+    #[cold]
+    fn record_forcing_open(self, outcome: Outcome) {
+        let breaker = self.breaker.clone();
+        let word = self.word;
+        self.record(outcome);
+        breaker.open_on_result(word);
+    }
+
+    /// Records the outcome of a call whose duration was measured outside
+    /// the breaker (resilience4j's `onResult(duration, unit, result)`):
+    /// `duration` decides whether it is slow and is what events and the
+    /// call-duration metrics report, whether or not the breaker times
+    /// calls itself.
+    pub fn on_result(mut self, duration: Duration, outcome: Outcome) {
+        self.settled = true;
+        self.breaker.on_result_slow(
+            self.word,
+            self.trial,
+            self.started,
+            outcome,
+            Some(crate::clock::duration_nanos(duration)),
+        );
+    }
+
+    /// Gives the permission back without a result (resilience4j's
+    /// `releasePermission`): nothing is recorded and, in HALF_OPEN, the
+    /// trial slot goes back for another call. Dropping the permit does the
+    /// same; this says so at the call site.
+    pub fn release(self) {
+        drop(self);
     }
 
     /// The state the call was admitted in.
@@ -416,7 +517,8 @@ mod tests {
     #[test]
     fn a_dropped_reservation_gives_its_half_open_trial_slot_back() {
         let breaker = breaker();
-        breaker.transition_to_half_open();
+        breaker.transition_to_open().unwrap();
+        breaker.transition_to_half_open().unwrap();
         let reservation = Reservation::take(&breaker).unwrap();
         assert_eq!(breaker.metrics().trial_permits_available, Some(1));
         drop(reservation);
@@ -455,7 +557,8 @@ mod tests {
     #[test]
     fn take_if_admitting_stops_at_an_exhausted_trial() {
         let breaker = breaker();
-        breaker.transition_to_half_open();
+        breaker.transition_to_open().unwrap();
+        breaker.transition_to_half_open().unwrap();
         let trials: Vec<_> = (0..2)
             .map(|_| Reservation::take_if_admitting(&breaker).unwrap())
             .collect();

@@ -7,6 +7,8 @@ use std::time::Duration;
 use crate::clock::CallClock;
 use crate::error::ConfigError;
 
+use super::state::CircuitState;
+
 const COMPONENT: &str = "circuit breaker";
 
 /// The largest count-based window: counts are packed into 21-bit fields.
@@ -131,6 +133,8 @@ pub struct CircuitBreakerConfig {
     pub(crate) minimum_number_of_calls: u32,
     pub(crate) permitted_number_of_calls_in_half_open_state: u32,
     pub(crate) max_wait_duration_in_half_open_state: Option<Duration>,
+    pub(crate) transition_to_state_after_wait_duration: CircuitState,
+    pub(crate) initial_state: CircuitState,
     pub(crate) wait_duration_in_open_state: Duration,
     pub(crate) break_duration: BreakDuration,
     pub(crate) automatic_transition_from_open_to_half_open: bool,
@@ -149,6 +153,8 @@ impl Default for CircuitBreakerConfig {
             minimum_number_of_calls: 100,
             permitted_number_of_calls_in_half_open_state: 10,
             max_wait_duration_in_half_open_state: None,
+            transition_to_state_after_wait_duration: CircuitState::Open,
+            initial_state: CircuitState::Closed,
             wait_duration_in_open_state: Duration::from_secs(60),
             break_duration: BreakDuration::Fixed,
             automatic_transition_from_open_to_half_open: false,
@@ -202,6 +208,17 @@ impl CircuitBreakerConfig {
     /// the trial calls indefinitely.
     pub fn max_wait_duration_in_half_open_state(&self) -> Option<Duration> {
         self.max_wait_duration_in_half_open_state
+    }
+
+    /// Where HALF_OPEN goes when `max_wait_duration_in_half_open_state`
+    /// passes without a decision: OPEN or CLOSED.
+    pub fn transition_to_state_after_wait_duration(&self) -> CircuitState {
+        self.transition_to_state_after_wait_duration
+    }
+
+    /// The state a new breaker starts in.
+    pub fn initial_state(&self) -> CircuitState {
+        self.initial_state
     }
 
     /// Base wait in OPEN before trying HALF_OPEN.
@@ -290,6 +307,25 @@ impl CircuitBreakerConfigBuilder {
     /// wait indefinitely.
     pub fn max_wait_duration_in_half_open_state(mut self, max_wait: Duration) -> Self {
         self.config.max_wait_duration_in_half_open_state = Some(max_wait);
+        self
+    }
+
+    /// Where HALF_OPEN goes when `max_wait_duration_in_half_open_state`
+    /// passes before the trial calls have decided: [`CircuitState::Open`]
+    /// (the default) or [`CircuitState::Closed`], as resilience4j's
+    /// `transitionToStateAfterWaitDuration`. Any other state is rejected.
+    pub fn transition_to_state_after_wait_duration(mut self, state: CircuitState) -> Self {
+        self.config.transition_to_state_after_wait_duration = state;
+        self
+    }
+
+    /// The state a new breaker starts in, any of the six. Default
+    /// [`CircuitState::Closed`]. OPEN starts the wait in OPEN when the
+    /// breaker is created; HALF_OPEN starts with a full set of trial
+    /// permits. [`CircuitBreaker::reset`](super::CircuitBreaker::reset)
+    /// still goes to CLOSED.
+    pub fn initial_state(mut self, state: CircuitState) -> Self {
+        self.config.initial_state = state;
         self
     }
 
@@ -392,6 +428,19 @@ impl CircuitBreakerConfigBuilder {
                 "must be greater than zero (leave it unset to wait indefinitely)",
             ));
         }
+        if !matches!(
+            c.transition_to_state_after_wait_duration,
+            CircuitState::Open | CircuitState::Closed
+        ) {
+            return Err(ConfigError::new(
+                COMPONENT,
+                "transition_to_state_after_wait_duration",
+                format!(
+                    "must be OPEN or CLOSED, got {}",
+                    c.transition_to_state_after_wait_duration
+                ),
+            ));
+        }
         if c.wait_duration_in_open_state.is_zero() {
             return Err(ConfigError::new(
                 COMPONENT,
@@ -447,4 +496,30 @@ fn check_at_least_one(field: &'static str, value: u32) -> Result<(), ConfigError
             format!("must be at least 1, got {value}"),
         ))
     }
+}
+
+/// The longest name a breaker, bulkhead, rate limiter or retry accepts, in bytes.
+pub const MAX_NAME_LEN: usize = 256;
+
+/// Checks the name given to a `try_new` constructor: names appear in
+/// errors, events, traces and metrics labels, so they must be non-empty,
+/// without surrounding whitespace or control characters, and at most
+/// [`MAX_NAME_LEN`] bytes. Shared by the four handles' `try_new`.
+pub(crate) fn check_name(
+    component: &'static str,
+    name: impl Into<Arc<str>>,
+) -> Result<Arc<str>, ConfigError> {
+    let name = name.into();
+    let problem = if name.is_empty() {
+        "must not be empty".to_owned()
+    } else if name.trim() != &*name {
+        format!("must not start or end with whitespace, got {name:?}")
+    } else if name.chars().any(char::is_control) {
+        format!("must not contain control characters, got {name:?}")
+    } else if name.len() > MAX_NAME_LEN {
+        format!("must be at most {MAX_NAME_LEN} bytes, got {}", name.len())
+    } else {
+        return Ok(name);
+    };
+    Err(ConfigError::new(component, "name", problem))
 }

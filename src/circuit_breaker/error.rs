@@ -95,3 +95,46 @@ impl std::error::Error for BreakerOpen {
         Some(&self.rejected)
     }
 }
+
+/// A `transition_to_*` call asked for a move resilience4j refuses: CLOSED
+/// to HALF_OPEN (a trial needs an OPEN wait before it), or METRICS_ONLY to
+/// OPEN or HALF_OPEN (METRICS_ONLY never trips; leave it with
+/// `transition_to_closed`, `reset` or a manual state first). The breaker
+/// is left as it was.
+///
+/// ```
+/// use palisade::circuit_breaker::{CircuitBreaker, CircuitState};
+///
+/// let breaker = CircuitBreaker::with_defaults("payments");
+/// let err = breaker.transition_to_half_open().unwrap_err();
+/// assert_eq!((err.from(), err.to()), (CircuitState::Closed, CircuitState::HalfOpen));
+/// assert_eq!(breaker.state(), CircuitState::Closed);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("circuit breaker '{breaker}' cannot move from {from} to {to}")]
+pub struct IllegalStateTransition {
+    breaker: Arc<str>,
+    from: CircuitState,
+    to: CircuitState,
+}
+
+impl IllegalStateTransition {
+    pub(crate) fn new(breaker: Arc<str>, from: CircuitState, to: CircuitState) -> Self {
+        Self { breaker, from, to }
+    }
+
+    /// The name of the breaker asked to move.
+    pub fn breaker(&self) -> &str {
+        &self.breaker
+    }
+
+    /// The state it was in (and still is).
+    pub fn from(&self) -> CircuitState {
+        self.from
+    }
+
+    /// The state it was asked to move to.
+    pub fn to(&self) -> CircuitState {
+        self.to
+    }
+}

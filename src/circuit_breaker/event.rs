@@ -46,6 +46,25 @@ pub enum CircuitBreakerEventKind {
     },
     /// A permitted call ended in an outcome the classifier ignores.
     Ignored,
+    /// The failure rate reached `failure_rate_threshold`: published when
+    /// CLOSED trips on it (just before the transition to OPEN), and once
+    /// per stay in METRICS_ONLY, which reports it instead of tripping
+    /// (resilience4j's `FAILURE_RATE_EXCEEDED`).
+    FailureRateExceeded {
+        /// The failure rate, in percent.
+        failure_rate: f32,
+    },
+    /// The slow-call rate reached `slow_call_rate_threshold`; published as
+    /// [`FailureRateExceeded`](Self::FailureRateExceeded) is
+    /// (resilience4j's `SLOW_CALL_RATE_EXCEEDED`).
+    SlowCallRateExceeded {
+        /// The slow-call rate, in percent.
+        slow_call_rate: f32,
+    },
+    /// [`reset`](super::CircuitBreaker::reset) was called. From any state
+    /// but CLOSED a [`StateTransition`](Self::StateTransition) to CLOSED
+    /// comes first; from CLOSED this event is the only one.
+    Reset,
     /// A call was rejected without reaching the service.
     Rejected {
         /// The state that rejected it.
@@ -72,4 +91,11 @@ pub enum TransitionReason {
     Manual,
     /// An operator called [`reset`](super::CircuitBreaker::reset).
     Reset,
+    /// A call's result matched the classifier's
+    /// [`transition_to_open_on_result`](crate::classify::ClassifyExt::transition_to_open_on_result)
+    /// predicate while CLOSED.
+    ResultPredicate,
+    /// The breaker was created in this state
+    /// ([`initial_state`](super::CircuitBreakerConfigBuilder::initial_state)).
+    InitialState,
 }

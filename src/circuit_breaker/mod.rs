@@ -71,7 +71,9 @@
 //! | `break_duration` | [`BreakDuration::Fixed`] | How the wait grows on repeated trips without a successful close: [`BreakDuration::exponential`] with a cap, or [`BreakDuration::custom`]. |
 //! | `automatic_transition_from_open_to_half_open` | `false` | `true`: a tokio timer moves OPEN to HALF_OPEN when the wait ends. `false`: the first call after the wait does. |
 //! | `permitted_number_of_calls_in_half_open_state` | `10` | Trial calls let through in HALF_OPEN; other callers are rejected. Once all of them are recorded, their own failure and slow-call rates decide CLOSED or OPEN. |
-//! | `max_wait_duration_in_half_open_state` | none | Longest stay in HALF_OPEN before going back to OPEN if the trial calls have not decided. |
+//! | `max_wait_duration_in_half_open_state` | none | Longest stay in HALF_OPEN if the trial calls have not decided. |
+//! | `transition_to_state_after_wait_duration` | [`CircuitState::Open`] | Where HALF_OPEN goes when that max wait passes: OPEN or CLOSED. |
+//! | `initial_state` | [`CircuitState::Closed`] | The state a new breaker starts in (any of the six; OPEN starts its wait at creation). |
 //! | `call_clock` | [`CallClock::Tokio`](crate::clock::CallClock) | Clock that times calls (slow calls, time window). |
 //! | `event_capacity` | `256` | Events buffered per subscriber; the buffer is allocated on the first [`subscribe`](CircuitBreaker::subscribe), so an unobserved breaker holds none. |
 //!
@@ -88,6 +90,37 @@
 //! * A response future dropped before completion records nothing and gives
 //!   back its HALF_OPEN trial slot.
 //! * Rejections never reach the inner service.
+//! * A classifier built with
+//!   [`transition_to_open_on_result`](crate::classify::ClassifyExt::transition_to_open_on_result)
+//!   moves a CLOSED breaker to OPEN on the results its predicate matches;
+//!   [`classify::by_error`](crate::classify::by_error) classifies errors by
+//!   type as resilience4j's record and ignore lists do.
+//! * Operators move the breaker with `transition_to_*`,
+//!   [`transition_to_open_for`](CircuitBreaker::transition_to_open_for) and
+//!   [`transition_to_open_until`](CircuitBreaker::transition_to_open_until);
+//!   the moves resilience4j refuses (CLOSED to HALF_OPEN, METRICS_ONLY to
+//!   OPEN or HALF_OPEN) fail with [`IllegalStateTransition`].
+//! * Calls timed outside the breaker report their duration with
+//!   [`CallPermit::on_result`]; [`CallPermit::release`] gives a permission
+//!   back without a result.
+//!
+//! # Coming from resilience4j
+//!
+//! The options, states, transitions and events carry resilience4j's names,
+//! and every open/close decision is resilience4j's. Where palisade
+//! deliberately differs:
+//!
+//! | | resilience4j | palisade | why |
+//! |---|---|---|---|
+//! | a result that arrives after the breaker left the state the call was admitted in | recorded in the new state's metrics | reported as an event, not recorded | a slow call admitted in CLOSED cannot decide a HALF_OPEN trial it took no slot in |
+//! | the end of the OPEN wait | a call strictly after the deadline is let through | a call at the deadline (`now >= until`) is let through | with paused time, `advance(wait)` lets the next call through |
+//! | slow-call detection | on: 60 s threshold, 100 % rate | off until `slow_call_duration_threshold` is set | a call is not timed (no clock read) unless asked for |
+//! | figures in OPEN | the previous state's metrics, still recording late results (and a time window keeps ageing) | the previous state's figures, frozen when it left | late results are not recorded (first row) |
+//! | total and average call duration | of the calls in the sliding window | of the timed calls recorded in the current state (as `not_permitted_calls`) | one striped add per timed call, no per-slot durations |
+//! | classifying errors | `recordExceptions` / `ignoreExceptions` / predicates | a [`Classify`](crate::classify::Classify), e.g. [`by_error`](crate::classify::by_error) | one classifier serves the breaker, retry and outlier detection |
+//! | a manual move to the state the breaker is in | a new state (e.g. a fresh trial) | no-op, except `transition_to_open_for`/`until` (a new wait) and `reset` | |
+//! | the wait of a trip | `waitIntervalFunctionInOpenState` | [`BreakDuration`] (fixed, exponential, custom) | |
+//! | sliding windows | `COUNT_BASED`, `TIME_BASED` | those two and [`SlidingWindow::ConsecutiveFailures`] | |
 //!
 //! # Cost
 //!
@@ -164,11 +197,12 @@ mod window;
 
 pub use self::admission::CallPermit;
 pub(crate) use self::admission::Reservation;
+pub(crate) use self::config::check_name;
 pub use self::config::{
     BreakDuration, CircuitBreakerConfig, CircuitBreakerConfigBuilder, MAX_COUNT_WINDOW,
-    MAX_EVENT_CAPACITY, MAX_TIME_WINDOW_SECONDS, SlidingWindow,
+    MAX_EVENT_CAPACITY, MAX_NAME_LEN, MAX_TIME_WINDOW_SECONDS, SlidingWindow,
 };
-pub use self::error::BreakerOpen;
+pub use self::error::{BreakerOpen, IllegalStateTransition};
 pub use self::event::{CircuitBreakerEvent, CircuitBreakerEventKind, TransitionReason};
 pub use self::future::ResponseFuture;
 pub use self::keyed::{DEFAULT_MAX_KEYS, KeyedCircuitBreakerLayer, KeyedCircuitBreakerService};

@@ -18,7 +18,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -198,6 +198,17 @@ pub(super) struct Shared {
     pub(super) half_open_deadline: AtomicU64,
     /// Rejections, striped: a rejection storm comes from every thread at once.
     pub(super) not_permitted: StripedCounter,
+    /// Durations (nanoseconds) and number of the timed calls recorded.
+    pub(super) call_nanos: StripedCounter,
+    pub(super) timed_calls: StripedCounter,
+    /// The counters' sums when the current state's figures began: every
+    /// transition but one into OPEN (which keeps the figures of the state
+    /// that sent it there, as resilience4j's does) starts them afresh.
+    pub(super) per_state_base: PerStateBase,
+    /// In METRICS_ONLY: whether the threshold-exceeded events of this stay
+    /// were published (once each, as resilience4j does).
+    pub(super) failure_rate_reported: AtomicBool,
+    pub(super) slow_call_rate_reported: AtomicBool,
     pub(super) window: Window,
     pub(super) trial_thresholds: RateThresholds,
     /// `Some` when slow calls are detected.
@@ -223,6 +234,11 @@ impl Shared {
             open_until: AtomicU64::new(0),
             half_open_deadline: AtomicU64::new(NO_DEADLINE),
             not_permitted: StripedCounter::new(),
+            call_nanos: StripedCounter::new(),
+            timed_calls: StripedCounter::new(),
+            per_state_base: PerStateBase::default(),
+            failure_rate_reported: AtomicBool::new(false),
+            slow_call_rate_reported: AtomicBool::new(false),
             needs_end_time: slow_call_nanos.is_some() || window.needs_time(),
             window,
             trial_thresholds: RateThresholds {
@@ -240,6 +256,8 @@ impl Shared {
                 trial_epoch: u64::MAX,
                 trial: Counts::default(),
                 trips_in_a_row: 0,
+                tripped_by: Counts::default(),
+                tripped_thresholds: None,
             }),
         }
     }
@@ -251,14 +269,69 @@ pub(super) struct Control {
     pub(super) trial: Counts,
     /// Trips since the breaker was last CLOSED, for the growing break duration.
     pub(super) trips_in_a_row: u32,
+    /// While OPEN: the figures of the window that sent the breaker there
+    /// (the CLOSED window, or the HALF_OPEN trial), frozen when it left.
+    pub(super) tripped_by: Counts,
+    /// The thresholds that window was judged by (`None` for a
+    /// consecutive-failures window or a manual move from a state that
+    /// records nothing).
+    pub(super) tripped_thresholds: Option<RateThresholds>,
+}
+
+/// See [`Shared::per_state_base`].
+#[derive(Default)]
+pub(super) struct PerStateBase {
+    pub(super) not_permitted: AtomicU64,
+    pub(super) call_nanos: AtomicU64,
+    pub(super) timed_calls: AtomicU64,
+}
+
+impl Shared {
+    /// Starts the per-state figures afresh (under the transition lock).
+    pub(super) fn start_per_state_figures(&self) {
+        let base = &self.per_state_base;
+        base.not_permitted.store(self.not_permitted.sum(), Release);
+        base.call_nanos.store(self.call_nanos.sum(), Release);
+        base.timed_calls.store(self.timed_calls.sum(), Release);
+    }
+
+    /// What the sliding window holds now, and the thresholds it judges by.
+    pub(super) fn window_counts(&self) -> (Counts, Option<RateThresholds>) {
+        let now = if self.window.needs_time() {
+            self.call_clock.now_nanos()
+        } else {
+            0
+        };
+        self.window.counts(now)
+    }
 }
 
 impl CircuitBreaker {
-    /// Creates a breaker named `name` (used in errors, events and traces), CLOSED.
+    /// Creates it after checking `name`, which appears in errors, events,
+    /// traces and metrics labels: it must be non-empty, without surrounding
+    /// whitespace or control characters, and at most
+    /// [`MAX_NAME_LEN`](crate::circuit_breaker::MAX_NAME_LEN) bytes; a
+    /// [`ConfigError`](crate::ConfigError) on field `name` says which rule
+    /// it broke. Use it for names that come from configuration or requests;
+    /// [`new`](Self::new) takes a name written in the code as it is.
+    pub fn try_new(
+        name: impl Into<Arc<str>>,
+        config: CircuitBreakerConfig,
+    ) -> Result<Self, crate::ConfigError> {
+        let name = crate::circuit_breaker::check_name("circuit breaker", name)?;
+        Ok(Self::new(name, config))
+    }
+
+    /// Creates a breaker named `name` (used in errors, events and traces),
+    /// in the configured initial state (CLOSED by default). The name is taken
+    /// as it is: check names that come from input with
+    /// [`try_new`](Self::try_new).
     pub fn new(name: impl Into<Arc<str>>, config: CircuitBreakerConfig) -> Self {
-        Self {
+        let breaker = Self {
             shared: SharedRef::Counted(Arc::new(Shared::new(name.into(), config))),
-        }
+        };
+        breaker.enter_initial_state();
+        breaker
     }
 
     /// Creates a breaker that is never freed, for breakers that live as long
@@ -272,8 +345,20 @@ impl CircuitBreaker {
     /// window) is never returned, so do not create such breakers in a loop.
     pub fn new_static(name: impl Into<Arc<str>>, config: CircuitBreakerConfig) -> Self {
         let shared: &'static Shared = Box::leak(Box::new(Shared::new(name.into(), config)));
-        Self {
+        let breaker = Self {
             shared: SharedRef::Static(shared),
+        };
+        breaker.enter_initial_state();
+        breaker
+    }
+
+    /// Moves a new breaker from CLOSED to its configured initial state,
+    /// with that state's deadline and timer, as any transition does.
+    fn enter_initial_state(&self) {
+        let initial = self.shared.config.initial_state;
+        if initial != CircuitState::Closed {
+            let word = self.shared.word.load(Acquire);
+            self.transition(word, initial, super::event::TransitionReason::InitialState);
         }
     }
 
@@ -356,26 +441,34 @@ impl CircuitBreaker {
         let s = &*self.shared;
         let word = s.word.load(Acquire);
         let state = state_of(word);
-        let (counts, thresholds, trial_permits_available) = if state == CircuitState::HalfOpen {
-            let control = s.control.lock();
-            let permits = s.trial_permits.load(Acquire);
-            let available = (permits & !0xFFFF_FFFF == trial_tag(word))
-                .then_some((permits & 0xFFFF_FFFF) as u32);
-            (control.trial, Some(s.trial_thresholds), available)
-        } else {
-            let now = if s.window.needs_time() {
-                s.call_clock.now_nanos()
-            } else {
-                0
-            };
-            let (counts, thresholds) = s.window.counts(now);
-            (counts, thresholds, None)
+        let (counts, thresholds, trial_permits_available) = match state {
+            CircuitState::HalfOpen => {
+                let control = s.control.lock();
+                let permits = s.trial_permits.load(Acquire);
+                let available = (permits & !0xFFFF_FFFF == trial_tag(word))
+                    .then_some((permits & 0xFFFF_FFFF) as u32);
+                (control.trial, Some(s.trial_thresholds), available)
+            }
+            CircuitState::Open => {
+                let control = s.control.lock();
+                (control.tripped_by, control.tripped_thresholds, None)
+            }
+            _ => {
+                let (counts, thresholds) = s.window_counts();
+                (counts, thresholds, None)
+            }
         };
         let evaluated = thresholds.filter(|t| counts.total > 0 && counts.total >= t.minimum_calls);
         let retry_in = (state == CircuitState::Open).then(|| {
             let now = s.state_clock.now_nanos();
             Duration::from_nanos(s.open_until.load(Acquire).saturating_sub(now))
         });
+        let base = &s.per_state_base;
+        let not_permitted_base = base.not_permitted.load(Acquire);
+        let call_nanos_base = base.call_nanos.load(Acquire);
+        let timed_calls_base = base.timed_calls.load(Acquire);
+        let total_call_nanos = s.call_nanos.sum().saturating_sub(call_nanos_base);
+        let timed_calls = s.timed_calls.sum().saturating_sub(timed_calls_base);
         CircuitBreakerMetrics {
             state,
             failure_rate: evaluated.map(|_| rate_percent(counts.failed, counts.total)),
@@ -386,7 +479,10 @@ impl CircuitBreaker {
             failed_calls: counts.failed,
             slow_calls: counts.slow,
             successful_calls: counts.total - counts.failed,
-            not_permitted_calls: s.not_permitted.sum(),
+            not_permitted_calls: s.not_permitted.sum().saturating_sub(not_permitted_base),
+            total_call_duration: Duration::from_nanos(total_call_nanos),
+            average_call_duration: (timed_calls > 0)
+                .then(|| Duration::from_nanos(total_call_nanos / timed_calls)),
             consecutive_failures: s.window.consecutive_failures(),
             retry_in,
             trial_permits_available,

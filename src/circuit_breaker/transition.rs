@@ -4,9 +4,13 @@
 
 use std::sync::atomic::Ordering::*;
 use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::clock::duration_nanos;
 
+use super::error::IllegalStateTransition;
 use super::event::{CircuitBreakerEvent, CircuitBreakerEventKind as EventKind, TransitionReason};
 use super::state::{
     CircuitBreaker, CircuitState, Control, NO_DEADLINE, Shared, SharedRef, encode, epoch_of,
@@ -49,9 +53,21 @@ impl CircuitBreaker {
         to: CircuitState,
         reason: TransitionReason,
     ) -> bool {
+        self.transition_with(from_word, to, reason, None)
+    }
+
+    /// [`transition`](Self::transition), with the OPEN deadline given
+    /// (state-clock nanoseconds) instead of computed from the configured wait.
+    fn transition_with(
+        &self,
+        from_word: u64,
+        to: CircuitState,
+        reason: TransitionReason,
+        open_until: Option<u64>,
+    ) -> bool {
         let transition = {
             let mut control = self.shared.control.lock();
-            self.transition_locked(&mut control, from_word, to, reason)
+            self.transition_locked_with(&mut control, from_word, to, reason, open_until)
         };
         match transition {
             Some(transition) => {
@@ -69,6 +85,17 @@ impl CircuitBreaker {
         to: CircuitState,
         reason: TransitionReason,
     ) -> Option<Transition> {
+        self.transition_locked_with(control, from_word, to, reason, None)
+    }
+
+    fn transition_locked_with(
+        &self,
+        control: &mut Control,
+        from_word: u64,
+        to: CircuitState,
+        reason: TransitionReason,
+        open_until: Option<u64>,
+    ) -> Option<Transition> {
         let s = &*self.shared;
         let current = s.word.load(Acquire);
         if current != from_word {
@@ -77,6 +104,9 @@ impl CircuitBreaker {
         let new_word = encode(epoch_of(current) + 1, to);
         let now = s.state_clock.now_nanos();
         let mut deadline = None;
+        if to != CircuitState::Open {
+            s.start_per_state_figures();
+        }
         match to {
             CircuitState::Closed | CircuitState::MetricsOnly => {
                 let call_now = if s.window.needs_time() {
@@ -87,15 +117,32 @@ impl CircuitBreaker {
                 s.window.reset(call_now);
                 if to == CircuitState::Closed {
                     control.trips_in_a_row = 0;
+                } else {
+                    s.failure_rate_reported.store(false, Relaxed);
+                    s.slow_call_rate_reported.store(false, Relaxed);
                 }
             }
             CircuitState::Open => {
-                control.trips_in_a_row = control.trips_in_a_row.saturating_add(1);
-                let wait = s
-                    .config
-                    .break_duration
-                    .wait_after(control.trips_in_a_row, s.config.wait_duration_in_open_state);
-                let until = now.saturating_add(duration_nanos(wait));
+                // OPEN keeps the figures of the window that sent it there.
+                let (tripped_by, thresholds) = match state_of(current) {
+                    CircuitState::HalfOpen => (control.trial, Some(s.trial_thresholds)),
+                    CircuitState::Closed | CircuitState::MetricsOnly => s.window_counts(),
+                    CircuitState::Open => (control.tripped_by, control.tripped_thresholds),
+                    CircuitState::Disabled | CircuitState::ForcedOpen => (Counts::default(), None),
+                };
+                control.tripped_by = tripped_by;
+                control.tripped_thresholds = thresholds;
+                // A wait given by the operator is not a trip: the growing
+                // break duration does not count it (resilience4j's
+                // `transitionToOpenStateFor` keeps the attempts too).
+                let until = open_until.unwrap_or_else(|| {
+                    control.trips_in_a_row = control.trips_in_a_row.saturating_add(1);
+                    let wait = s
+                        .config
+                        .break_duration
+                        .wait_after(control.trips_in_a_row, s.config.wait_duration_in_open_state);
+                    now.saturating_add(duration_nanos(wait))
+                });
                 s.open_until.store(until, Release);
                 deadline = Some(until);
             }
@@ -127,19 +174,23 @@ impl CircuitBreaker {
         let retry_in_ms = t
             .deadline
             .map(|d| d.saturating_sub(s.state_clock.now_nanos()) / 1_000_000);
-        if matches!(t.to, CircuitState::Open | CircuitState::ForcedOpen) {
-            tracing::warn!(breaker = %s.name, from = %t.from, to = %t.to, reason = ?t.reason, retry_in_ms, "circuit breaker state changed");
-        } else {
-            tracing::info!(breaker = %s.name, from = %t.from, to = %t.to, reason = ?t.reason, "circuit breaker state changed");
+        // A move within one state (a reset from CLOSED, a new OPEN wait) is
+        // internal: resilience4j publishes no transition for it either.
+        if t.from != t.to {
+            if matches!(t.to, CircuitState::Open | CircuitState::ForcedOpen) {
+                tracing::warn!(breaker = %s.name, from = %t.from, to = %t.to, reason = ?t.reason, retry_in_ms, "circuit breaker state changed");
+            } else {
+                tracing::info!(breaker = %s.name, from = %t.from, to = %t.to, reason = ?t.reason, "circuit breaker state changed");
+            }
+            s.events.publish_with(|| CircuitBreakerEvent {
+                breaker: Arc::clone(&s.name),
+                kind: EventKind::StateTransition {
+                    from: t.from,
+                    to: t.to,
+                    reason: t.reason,
+                },
+            });
         }
-        s.events.publish_with(|| CircuitBreakerEvent {
-            breaker: Arc::clone(&s.name),
-            kind: EventKind::StateTransition {
-                from: t.from,
-                to: t.to,
-                reason: t.reason,
-            },
-        });
         let timer = match (t.to, t.deadline) {
             (CircuitState::Open, Some(until))
                 if s.config.automatic_transition_from_open_to_half_open =>
@@ -152,7 +203,7 @@ impl CircuitBreaker {
             }
             (CircuitState::HalfOpen, Some(until)) => Some((
                 until,
-                CircuitState::Open,
+                s.config.transition_to_state_after_wait_duration,
                 TransitionReason::MaxWaitInHalfOpenElapsed,
             )),
             _ => None,
@@ -194,9 +245,101 @@ impl CircuitBreaker {
         }
     }
 
-    /// Empties the window and moves to CLOSED, from any state.
+    /// [`force`](Self::force) for the targets resilience4j refuses from
+    /// some states (OPEN, HALF_OPEN): the refusal is checked against the
+    /// state the move is made from.
+    fn force_checked(
+        &self,
+        to: CircuitState,
+        reason: TransitionReason,
+    ) -> Result<(), IllegalStateTransition> {
+        loop {
+            let word = self.shared.word.load(Acquire);
+            let from = state_of(word);
+            if !allowed(from, to) {
+                return Err(IllegalStateTransition::new(
+                    Arc::clone(&self.shared.name),
+                    from,
+                    to,
+                ));
+            }
+            if from == to || self.transition(word, to, reason) {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Empties the window and moves to CLOSED, from any state, starting
+    /// the per-state figures (`not_permitted_calls`, call durations) afresh.
+    ///
+    /// Publishes [`Reset`](super::CircuitBreakerEventKind::Reset), after a
+    /// transition to CLOSED when the breaker was in another state (from
+    /// CLOSED there is no transition to announce), as resilience4j does.
     pub fn reset(&self) {
         self.force(CircuitState::Closed, TransitionReason::Reset);
+        let s = &*self.shared;
+        tracing::info!(breaker = %s.name, "circuit breaker reset");
+        s.events.publish_with(|| CircuitBreakerEvent {
+            breaker: Arc::clone(&s.name),
+            kind: EventKind::Reset,
+        });
+    }
+
+    /// Moves to OPEN for `wait` instead of the configured wait (from OPEN
+    /// too: the new wait replaces the one running). The growing
+    /// [`break_duration`](super::CircuitBreakerConfigBuilder::break_duration)
+    /// does not count this as a trip. resilience4j's
+    /// `transitionToOpenStateFor`.
+    ///
+    /// Fails with [`IllegalStateTransition`] from METRICS_ONLY.
+    pub fn transition_to_open_for(&self, wait: Duration) -> Result<(), IllegalStateTransition> {
+        let until = self
+            .shared
+            .state_clock
+            .now_nanos()
+            .saturating_add(duration_nanos(wait));
+        self.open_until(until)
+    }
+
+    /// Moves to OPEN until `deadline` (a tokio [`Instant`], so paused time
+    /// moves it; a deadline already past lets the next call through as a
+    /// trial). As [`transition_to_open_for`](Self::transition_to_open_for)
+    /// otherwise; resilience4j's `transitionToOpenStateUntil`.
+    ///
+    /// Fails with [`IllegalStateTransition`] from METRICS_ONLY.
+    pub fn transition_to_open_until(
+        &self,
+        deadline: Instant,
+    ) -> Result<(), IllegalStateTransition> {
+        let clock = &self.shared.state_clock;
+        let now = Instant::now();
+        let until = match deadline.checked_duration_since(now) {
+            Some(wait) => clock.now_nanos().saturating_add(duration_nanos(wait)),
+            None => clock.now_nanos(),
+        };
+        self.open_until(until)
+    }
+
+    fn open_until(&self, until: u64) -> Result<(), IllegalStateTransition> {
+        loop {
+            let word = self.shared.word.load(Acquire);
+            let from = state_of(word);
+            if !allowed(from, CircuitState::Open) {
+                return Err(IllegalStateTransition::new(
+                    Arc::clone(&self.shared.name),
+                    from,
+                    CircuitState::Open,
+                ));
+            }
+            if self.transition_with(
+                word,
+                CircuitState::Open,
+                TransitionReason::Manual,
+                Some(until),
+            ) {
+                return Ok(());
+            }
+        }
     }
 
     /// Moves to CLOSED with an empty window (no-op if already CLOSED).
@@ -205,14 +348,20 @@ impl CircuitBreaker {
     }
 
     /// Moves to OPEN for the configured wait (no-op if already OPEN).
-    pub fn transition_to_open(&self) {
-        self.force(CircuitState::Open, TransitionReason::Manual);
+    ///
+    /// Fails with [`IllegalStateTransition`], leaving the breaker as it is,
+    /// from METRICS_ONLY (which never trips), as resilience4j refuses it.
+    pub fn transition_to_open(&self) -> Result<(), IllegalStateTransition> {
+        self.force_checked(CircuitState::Open, TransitionReason::Manual)
     }
 
     /// Moves to HALF_OPEN with a fresh set of trial permits (no-op if
     /// already HALF_OPEN).
-    pub fn transition_to_half_open(&self) {
-        self.force(CircuitState::HalfOpen, TransitionReason::Manual);
+    ///
+    /// Fails with [`IllegalStateTransition`], leaving the breaker as it is,
+    /// from CLOSED and from METRICS_ONLY, as resilience4j refuses them.
+    pub fn transition_to_half_open(&self) -> Result<(), IllegalStateTransition> {
+        self.force_checked(CircuitState::HalfOpen, TransitionReason::Manual)
     }
 
     /// Moves to DISABLED: every call passes, nothing is recorded.
@@ -231,4 +380,17 @@ impl CircuitBreaker {
     pub fn transition_to_metrics_only(&self) {
         self.force(CircuitState::MetricsOnly, TransitionReason::Manual);
     }
+}
+
+/// Whether resilience4j's `StateTransition` table lists the move. It lists
+/// every pair but CLOSED to HALF_OPEN and METRICS_ONLY to OPEN or HALF_OPEN.
+fn allowed(from: CircuitState, to: CircuitState) -> bool {
+    !matches!(
+        (from, to),
+        (CircuitState::Closed, CircuitState::HalfOpen)
+            | (
+                CircuitState::MetricsOnly,
+                CircuitState::Open | CircuitState::HalfOpen
+            )
+    )
 }

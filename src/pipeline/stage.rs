@@ -148,4 +148,9 @@ where
             other => self.inner.classify(other),
         }
     }
+
+    #[inline]
+    fn forces_open(&self, result: Result<&Res, &BoxError>) -> bool {
+        self.inner.forces_open(result)
+    }
 }

@@ -56,6 +56,21 @@ pub struct Retry {
 }
 
 impl Retry {
+    /// Creates it after checking `name`, which appears in errors, events,
+    /// traces and metrics labels: it must be non-empty, without surrounding
+    /// whitespace or control characters, and at most
+    /// [`MAX_NAME_LEN`](crate::circuit_breaker::MAX_NAME_LEN) bytes; a
+    /// [`ConfigError`](crate::ConfigError) on field `name` says which rule
+    /// it broke. Use it for names that come from configuration or requests;
+    /// [`new`](Self::new) takes a name written in the code as it is.
+    pub fn try_new(
+        name: impl Into<Arc<str>>,
+        config: RetryConfig,
+    ) -> Result<Self, crate::ConfigError> {
+        let name = crate::circuit_breaker::check_name("retry", name)?;
+        Ok(Self::new(name, config))
+    }
+
     /// A retry named `name` (used in events and traces).
     pub fn new(name: impl Into<Arc<str>>, config: RetryConfig) -> Self {
         let shared = Shared {
