@@ -62,7 +62,8 @@ pub const DEFAULT_MAX_KEYS: usize = 10_000;
 /// nowhere that lasts. Eviction scans the registry once per eighth of the
 /// cap of new keys, so its cost per new key is constant.
 ///
-/// ```
+#[cfg_attr(feature = "http", doc = "```")]
+#[cfg_attr(not(feature = "http"), doc = "```ignore")]
 /// use std::borrow::Cow;
 /// use palisade::circuit_breaker::{
 ///     CircuitBreakerConfig, CircuitBreakerRegistry, CircuitState, KeyedCircuitBreakerLayer,
