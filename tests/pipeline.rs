@@ -634,3 +634,111 @@ async fn a_retry_waiting_for_the_bulkhead_gives_up_at_max_elapsed() {
     assert_eq!(bulkhead.metrics().waiting, 0, "the wait was given up");
     drop(occupant);
 }
+
+/// A request that is not `Clone` (it owns the receiving end of a channel),
+/// as a `reqwest::Request` or a `tonic::Request` is not.
+struct Job {
+    answer: tokio::sync::oneshot::Receiver<&'static str>,
+}
+
+/// Answers each [`Job`] with what its channel delivers.
+#[derive(Clone, Default)]
+struct Worker {
+    calls: Arc<AtomicUsize>,
+}
+
+impl Service<Job> for Worker {
+    type Response = &'static str;
+    type Error = &'static str;
+    type Future = Pin<Box<dyn Future<Output = Result<&'static str, &'static str>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, job: Job) -> Self::Future {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async move { job.answer.await.map_err(|_| "no answer") })
+    }
+}
+
+fn answered(answer: &'static str) -> Job {
+    let (sender, answer_receiver) = tokio::sync::oneshot::channel();
+    sender.send(answer).unwrap();
+    Job {
+        answer: answer_receiver,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pipeline_without_retry_accepts_requests_that_are_not_clone() {
+    let breaker = patient_breaker();
+    let bulkhead = bulkhead(1);
+    let limiter = RateLimiter::new(
+        "jobs",
+        RateLimiterConfig::builder()
+            .limit_for_period(3)
+            .limit_refresh_period(Duration::from_secs(60))
+            .build()
+            .unwrap(),
+    );
+    let worker = Worker::default();
+    let mut service = Pipeline::builder("jobs")
+        .circuit_breaker(breaker.clone())
+        .rate_limiter(limiter)
+        .timeout(Duration::from_secs(1))
+        .bulkhead(bulkhead.clone())
+        .build()
+        .unwrap()
+        .layer(worker.clone());
+
+    // A success: the request reaches the service through every stage.
+    let response = service.ready().await.unwrap().call(answered("done")).await;
+    assert_eq!(response.unwrap(), "done");
+
+    // The breaker rejects without reaching the service.
+    breaker.transition_to_forced_open();
+    let error = service
+        .ready()
+        .await
+        .unwrap()
+        .call(answered("unseen"))
+        .await
+        .unwrap_err();
+    assert!(rejected_with::<BreakerOpen>(&error), "{error:?}");
+    assert_eq!(error.stage(), Stage::CircuitBreaker);
+    breaker.transition_to_closed();
+
+    // A job never answered holds the only bulkhead permit: the next job is
+    // turned away. Then the first times out and releases its permit.
+    let (_unanswered, answer) = tokio::sync::oneshot::channel();
+    let held = tokio::spawn(service.ready().await.unwrap().call(Job { answer }));
+    tokio::task::yield_now().await;
+    assert_eq!(bulkhead.metrics().in_flight, 1);
+    let error = service
+        .ready()
+        .await
+        .unwrap()
+        .call(answered("unseen"))
+        .await
+        .unwrap_err();
+    assert!(rejected_with::<BulkheadFull>(&error), "{error:?}");
+    assert_eq!(error.stage(), Stage::Bulkhead);
+    match held.await.unwrap().unwrap_err() {
+        PipelineError::TimedOut(timed_out) => assert_eq!(timed_out.stage(), Stage::Timeout),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    assert_eq!(bulkhead.metrics().in_flight, 0);
+
+    // The limiter's three permits are spent: the next job is rejected.
+    let error = service
+        .ready()
+        .await
+        .unwrap()
+        .call(answered("unseen"))
+        .await
+        .unwrap_err();
+    assert!(rejected_with::<RateLimited>(&error), "{error:?}");
+    assert_eq!(error.stage(), Stage::RateLimiter);
+    assert_eq!(worker.calls.load(Ordering::SeqCst), 2);
+}

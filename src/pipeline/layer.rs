@@ -12,10 +12,10 @@ use crate::circuit_breaker::{CircuitBreakerLayer, CircuitBreakerService};
 use crate::classify::DefaultClassifier;
 use crate::error::ConfigError;
 use crate::rate_limit::{RateLimiter, RateLimiterService};
-use crate::retry::{CloneRequests, Retry, RetryLayer, RetryService};
+use crate::retry::{Retry, RetryLayer, RetryService};
 
 use super::service::PipelineService;
-use super::stage::{Optional, StageClassifier};
+use super::stage::{NoRetry, Optional, StageClassifier};
 
 const COMPONENT: &str = "pipeline";
 
@@ -31,7 +31,13 @@ pub(crate) struct Shared {
 ///
 /// A `Pipeline` is a `tower::Layer`: every service it wraps shares its
 /// stages' state (one breaker, one bulkhead, one budget).
-pub struct Pipeline<RC = DefaultClassifier, RP = CloneRequests, BC = DefaultClassifier> {
+///
+/// `RP` is the retry stage's [`RetryPolicy`](crate::retry::RetryPolicy),
+/// which decides how requests are copied for another attempt; it is
+/// [`NoRetry`] when there is no retry stage, and such a pipeline accepts
+/// requests that are not `Clone`. `RC` and `BC` are the retry's and the
+/// breaker's classifiers.
+pub struct Pipeline<RC = DefaultClassifier, RP = NoRetry, BC = DefaultClassifier> {
     pub(crate) shared: Arc<Shared>,
     retry: Option<RetryLayer<StageClassifier<RC>, RP>>,
     circuit_breaker: Option<CircuitBreakerLayer<StageClassifier<BC>>>,
@@ -173,7 +179,7 @@ impl<RC, RP, BC> fmt::Debug for Pipeline<RC, RP, BC> {
 /// # Ok::<(), palisade::ConfigError>(())
 /// ```
 #[must_use = "call .build() to get a pipeline"]
-pub struct PipelineBuilder<RC = DefaultClassifier, RP = CloneRequests, BC = DefaultClassifier> {
+pub struct PipelineBuilder<RC = DefaultClassifier, RP = NoRetry, BC = DefaultClassifier> {
     name: Arc<str>,
     retry: Option<RetryLayer<RC, RP>>,
     retry_rejections: bool,
@@ -190,6 +196,13 @@ impl<RC, RP, BC> PipelineBuilder<RC, RP, BC> {
     ///
     /// Another stage's rejection is returned at once, not retried, unless
     /// [`retry_rejections`](Self::retry_rejections) is set.
+    ///
+    /// The retry's [`RetryPolicy`](crate::retry::RetryPolicy) copies each
+    /// request for the later attempts: a [`Retry`] clones them
+    /// ([`CloneRequests`](crate::retry::CloneRequests), so the pipeline then
+    /// needs `Req: Clone`); give the layer another policy with
+    /// [`RetryLayer::with_policy`]. Without this stage the pipeline accepts
+    /// any request type (see [`NoRetry`]).
     pub fn retry<RC2, RP2>(
         self,
         retry: impl Into<RetryLayer<RC2, RP2>>,

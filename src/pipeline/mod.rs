@@ -63,11 +63,56 @@
 //! # }
 //! ```
 //!
+//! # Requests that cannot be cloned
+//!
+//! A pipeline without a retry stage sends each request once, so it accepts
+//! any request type, `Clone` or not: a `reqwest::Request` or a
+//! `tonic::Request` goes through the breaker, the rate limiter, the timeout
+//! and the bulkhead as it is (the builder's retry policy is then
+//! [`NoRetry`]). With a retry stage, the retry's
+//! [`RetryPolicy`](crate::retry::RetryPolicy) decides how a request is
+//! copied for another attempt: [`CloneRequests`](crate::retry::CloneRequests),
+//! the default, needs `Req: Clone`; `HttpRetryPolicy` (feature `http`)
+//! copies an `http::Request` whose body it can copy; a request the policy
+//! cannot copy is sent once.
+//!
+//! ```
+//! use std::sync::mpsc;
+//! use std::time::Duration;
+//! use palisade::circuit_breaker::CircuitBreaker;
+//! use palisade::pipeline::Pipeline;
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//!
+//! /// Not `Clone`: it owns the receiving end of a channel.
+//! struct Upload {
+//!     chunks: mpsc::Receiver<Vec<u8>>,
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), palisade::BoxError> {
+//! let pipeline = Pipeline::builder("uploads")
+//!     .circuit_breaker(CircuitBreaker::with_defaults("uploads"))
+//!     .timeout(Duration::from_secs(5))
+//!     .build()?;
+//! let mut uploads = ServiceBuilder::new()
+//!     .layer(pipeline)
+//!     .service_fn(|upload: Upload| async move {
+//!         Ok::<_, std::io::Error>(upload.chunks.try_iter().map(|chunk| chunk.len()).sum::<usize>())
+//!     });
+//!
+//! let (chunks, receiver) = mpsc::channel();
+//! chunks.send(vec![0; 3])?;
+//! chunks.send(vec![0; 4])?;
+//! assert_eq!(uploads.ready().await?.call(Upload { chunks: receiver }).await?, 7);
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Options
 //!
 //! | stage | builder method | default |
 //! |---|---|---|
-//! | retry | [`retry`](PipelineBuilder::retry) | none |
+//! | retry | [`retry`](PipelineBuilder::retry) | none ([`NoRetry`]: any request type) |
 //! | retry of rejections | [`retry_rejections`](PipelineBuilder::retry_rejections) | `false` |
 //! | circuit breaker | [`circuit_breaker`](PipelineBuilder::circuit_breaker) | none |
 //! | rate limiter | [`rate_limiter`](PipelineBuilder::rate_limiter) | none |
@@ -86,4 +131,4 @@ pub use self::error::{PipelineError, Rejection, Stage, TimedOut};
 pub use self::future::ResponseFuture;
 pub use self::layer::{Pipeline, PipelineBuilder};
 pub use self::service::PipelineService;
-pub use self::stage::{Optional, OptionalFuture, StageClassifier};
+pub use self::stage::{NoRetry, Optional, OptionalFuture, StageClassifier};

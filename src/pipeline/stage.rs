@@ -1,5 +1,6 @@
 //! The building blocks the pipeline stacks: a stage that may be left out,
-//! and the classifier each stage sees.
+//! the classifier each stage sees, and the retry policy of a pipeline
+//! without a retry stage.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -10,6 +11,7 @@ use tower_service::Service;
 
 use crate::classify::{Classify, Outcome};
 use crate::error::BoxError;
+use crate::retry::RetryPolicy;
 
 /// A stage that is either in the pipeline (`On`) or left out (`Off`, the
 /// inner service as it is). Unlike `tower::util::Either`, the two sides may
@@ -152,5 +154,30 @@ where
     #[inline]
     fn forces_open(&self, result: Result<&Res, &BoxError>) -> bool {
         self.inner.forces_open(result)
+    }
+}
+
+/// The retry policy of a [`Pipeline`](super::Pipeline) built without a
+/// retry stage: it copies no request, so the pipeline accepts any request
+/// type, `Clone` or not (a `reqwest::Request`, a `tonic::Request`).
+///
+/// It is the builder's policy until
+/// [`retry`](super::PipelineBuilder::retry) adds a stage, whose own policy
+/// then decides how requests are copied ([`CloneRequests`](crate::retry::CloneRequests)
+/// needs `Req: Clone`; `HttpRetryPolicy`, with the `http` feature, copies
+/// `http::Request`s whose body it can copy). Given to a retry layer of its
+/// own, it sends every request once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NoRetry;
+
+impl<Req, Res, Err> RetryPolicy<Req, Res, Err> for NoRetry {
+    #[inline]
+    fn clone_request(&self, _request: &Req) -> Option<Req> {
+        None
+    }
+
+    #[inline]
+    fn may_retry(&self, _request: &Req) -> bool {
+        false
     }
 }
