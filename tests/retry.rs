@@ -495,6 +495,119 @@ mod http_requests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_negative_unreadable_or_signed_grpc_pushback_means_do_not_retry() {
+        for value in ["-5", "abc", "+5", ""] {
+            let (backend, arrivals) = scripted(vec![
+                (503, vec![("grpc-retry-pushback-ms", value)]),
+                (200, vec![]),
+            ]);
+            let retry = http_layer();
+            let mut events = retry.retry().subscribe();
+            let mut service = retry.layer(backend);
+            let started = Instant::now();
+            let request = http::Request::get("http://x/")
+                .body(String::new())
+                .expect("request");
+            let response = send(&mut service, request).await;
+            assert_eq!(response.status(), 503, "{value:?}: the server's answer");
+            assert_eq!(started.elapsed(), Duration::ZERO, "{value:?}: no wait");
+            assert_eq!(arrivals.lock().expect("arrivals").len(), 1, "{value:?}");
+            assert_eq!(
+                events.drain().pop().map(|event| event.kind),
+                Some(RetryEventKind::Failed {
+                    attempts: 1,
+                    reason: GiveUpReason::ServerDeclinedRetry,
+                }),
+                "{value:?}"
+            );
+            assert_eq!(retry.retry().metrics().retries, 0, "{value:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_do_not_retry_pushback_is_ignored_when_server_delays_are_not_honoured() {
+        let (backend, arrivals) = scripted(vec![
+            (503, vec![("grpc-retry-pushback-ms", "-1")]),
+            (200, vec![]),
+        ]);
+        let backoff = Backoff::constant(SECOND).build().expect("valid backoff");
+        let mut service = layer(config().backoff(backoff).honor_server_delay(false))
+            .with_classifier(HttpStatusClassifier::new())
+            .with_policy(HttpRetryPolicy)
+            .layer(backend);
+        let request = http::Request::get("http://x/")
+            .body(String::new())
+            .expect("request");
+        assert_eq!(send(&mut service, request).await.status(), 200);
+        let arrivals = arrivals.lock().expect("arrivals");
+        assert_eq!(arrivals[1] - arrivals[0], SECOND, "the backoff's delay");
+    }
+
+    /// The gaps between the attempts of a call whose first three attempts
+    /// answer 503 (the second with `header: value`) and whose fourth
+    /// answers 200, with an exponential backoff of 100 ms ×2, no jitter.
+    async fn gaps_with_exponential_backoff_and(
+        header: &'static str,
+        value: &'static str,
+    ) -> Vec<Duration> {
+        let (backend, arrivals) = scripted(vec![
+            (503, vec![]),
+            (503, vec![(header, value)]),
+            (503, vec![]),
+            (200, vec![]),
+        ]);
+        let backoff = Backoff::exponential(100 * MS, 2.0)
+            .max_interval(10 * SECOND)
+            .build()
+            .expect("valid backoff");
+        let mut service = layer(config().backoff(backoff).max_attempts(4))
+            .with_classifier(HttpStatusClassifier::new())
+            .with_policy(HttpRetryPolicy)
+            .layer(backend);
+        let request = http::Request::get("http://x/")
+            .body(String::new())
+            .expect("request");
+        assert_eq!(send(&mut service, request).await.status(), 200);
+        let arrivals = arrivals.lock().expect("arrivals");
+        arrivals.windows(2).map(|pair| pair[1] - pair[0]).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_grpc_pushback_the_backoff_restarts_from_its_first_delay() {
+        assert_eq!(
+            gaps_with_exponential_backoff_and("grpc-retry-pushback-ms", "50").await,
+            [100 * MS, 50 * MS, 100 * MS],
+            "gRFC A6: the retry after a pushback waits initial_backoff again"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_retry_after_the_backoff_continues_its_sequence() {
+        assert_eq!(
+            gaps_with_exponential_backoff_and("retry-after", "1").await,
+            [100 * MS, SECOND, 400 * MS]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_grpc_pushback_too_large_to_count_waits_the_max_interval() {
+        let (backend, arrivals) = scripted(vec![
+            (
+                503,
+                vec![("grpc-retry-pushback-ms", "99999999999999999999999")],
+            ),
+            (200, vec![]),
+        ]);
+        let mut service = http_layer().layer(backend);
+        let request = http::Request::get("http://x/")
+            .body(String::new())
+            .expect("request");
+        assert_eq!(send(&mut service, request).await.status(), 200);
+        let arrivals = arrivals.lock().expect("arrivals");
+        assert_eq!(arrivals[1] - arrivals[0], 5 * SECOND, "the max_interval");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_server_delay_is_capped_by_max_interval() {
         let (backend, arrivals) =
             scripted(vec![(503, vec![("retry-after", "3600")]), (200, vec![])]);

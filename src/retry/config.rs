@@ -158,9 +158,13 @@ impl RetryConfigBuilder {
         self
     }
 
-    /// Whether a delay asked for by the server (`Retry-After`,
-    /// `grpc-retry-pushback-ms`, as the policy reads it) replaces the
-    /// backoff's delay. The delay is cut to the backoff's `max_interval`,
+    /// Whether the server's word on a retry, as the policy reads it
+    /// ([`ServerDelay`](super::ServerDelay)), is followed: a delay
+    /// (`Retry-After`, `grpc-retry-pushback-ms`) replaces the backoff's
+    /// (after a gRPC pushback the backoff restarts from its first delay),
+    /// and "do not retry" ends the call
+    /// ([`GiveUpReason::ServerDeclinedRetry`](super::GiveUpReason::ServerDeclinedRetry)).
+    /// The delay is cut to the backoff's `max_interval`,
     /// but never shortened to fit `max_elapsed`: when the retry after it
     /// could not start (or, with an `attempt_timeout`, finish) before the
     /// deadline, the call gives up at once with the server's answer

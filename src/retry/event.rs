@@ -26,7 +26,8 @@ pub enum RetryEventKind {
         delay: Duration,
         /// Why it is retried: the failure's classification.
         outcome: Outcome,
-        /// Whether the server chose the delay (`Retry-After`).
+        /// Whether the server chose the delay (`Retry-After`,
+        /// `grpc-retry-pushback-ms`).
         server_delay: bool,
     },
     /// The call succeeded after `attempts` attempts.
@@ -61,6 +62,11 @@ pub enum GiveUpReason {
     BudgetExhausted,
     /// The backoff (a custom one) said to stop.
     BackoffStopped,
+    /// The server asked not to retry
+    /// ([`ServerDelay::DoNotRetry`](super::ServerDelay::DoNotRetry): with
+    /// `HttpRetryPolicy`, a negative or unreadable
+    /// `grpc-retry-pushback-ms`).
+    ServerDeclinedRetry,
     /// `overall_timeout` passed.
     TimedOut,
 }

@@ -16,7 +16,7 @@ use crate::error::BoxError;
 
 use super::error::{AttemptTimedOut, RetryTimedOut};
 use super::event::{GiveUpReason, RetryEvent, RetryEventKind};
-use super::policy::RetryPolicy;
+use super::policy::{RetryPolicy, ServerDelay};
 use super::state::Shared;
 
 pin_project! {
@@ -46,7 +46,7 @@ pin_project! {
         last: Option<Attempt<S::Response, S::Error>>,
         attempt: u32,
         started: Option<Instant>,
-        previous_delay: Option<Duration>,
+        backoff: BackoffProgress,
         shared: Arc<Shared>,
         classifier: C,
         policy: P,
@@ -71,7 +71,42 @@ enum Attempt<T, E> {
 
 enum Decision {
     Return(Option<GiveUpReason>),
-    Retry { delay: Duration, server: bool },
+    Retry {
+        delay: Duration,
+        server: ServerDelay,
+    },
+}
+
+/// Where the call is in its backoff's sequence of delays.
+#[derive(Debug, Clone, Copy, Default)]
+struct BackoffProgress {
+    /// Retries already counted in the sequence: a gRPC pushback sets it to
+    /// the attempt it answered, so the next backoff delay is the first one
+    /// again (gRFC A6).
+    restarted_after: u32,
+    /// The wait before the attempt in flight, when it belongs to the
+    /// sequence (decorrelated jitter grows from it).
+    previous_delay: Option<Duration>,
+}
+
+impl BackoffProgress {
+    /// Records the wait before the next attempt, taken after `attempt`.
+    fn record(&mut self, attempt: u32, delay: Duration, server: ServerDelay) {
+        if let ServerDelay::Pushback(_) = server {
+            *self = BackoffProgress {
+                restarted_after: attempt,
+                previous_delay: None,
+            };
+        } else {
+            self.previous_delay = Some(delay);
+        }
+    }
+
+    /// The backoff's retry number for the retry after `attempt`: 1 for the
+    /// first retry, or the first after a pushback.
+    fn retry_number(&self, attempt: u32) -> u32 {
+        attempt.saturating_sub(self.restarted_after)
+    }
 }
 
 impl<S, Req, C, P> ResponseFuture<S, Req, C, P>
@@ -101,7 +136,7 @@ where
             last: None,
             attempt: 1,
             started,
-            previous_delay: None,
+            backoff: BackoffProgress::default(),
             shared,
             classifier,
             policy,
@@ -222,10 +257,12 @@ where
                             if config.honor_server_delay {
                                 this.policy.server_delay(result.as_ref())
                             } else {
-                                None
+                                ServerDelay::None
                             },
                         ),
-                        Attempt::TimedOut => (Outcome::Failure { retryable: true }, None),
+                        Attempt::TimedOut => {
+                            (Outcome::Failure { retryable: true }, ServerDelay::None)
+                        }
                     };
                     let decision = decide(
                         shared,
@@ -234,7 +271,7 @@ where
                         *this.attempt,
                         *this.blocked,
                         *this.started,
-                        *this.previous_delay,
+                        *this.backoff,
                     );
                     match decision {
                         Decision::Return(reason) => {
@@ -255,7 +292,7 @@ where
                                 attempt = *this.attempt,
                                 delay_ms = delay.as_millis() as u64,
                                 outcome = ?outcome,
-                                server_delay = server,
+                                server_delay = server != ServerDelay::None,
                                 "retrying"
                             );
                             shared.events.publish_with(|| RetryEvent {
@@ -264,10 +301,10 @@ where
                                     attempt: *this.attempt,
                                     delay,
                                     outcome,
-                                    server_delay: server,
+                                    server_delay: server != ServerDelay::None,
                                 },
                             });
-                            *this.previous_delay = Some(delay);
+                            this.backoff.record(*this.attempt, delay, server);
                             if this.started.is_some() {
                                 // Returned if the deadline passes while the
                                 // service gets ready for the next attempt.
@@ -384,11 +421,11 @@ fn start_overall_timer(
 fn decide(
     shared: &Shared,
     outcome: Outcome,
-    server_delay: Option<Duration>,
+    server_delay: ServerDelay,
     attempt: u32,
     blocked: Option<GiveUpReason>,
     started: Option<Instant>,
-    previous_delay: Option<Duration>,
+    backoff: BackoffProgress,
 ) -> Decision {
     let config = &shared.config;
     if !outcome.is_retryable() {
@@ -400,13 +437,20 @@ fn decide(
     if attempt >= config.max_attempts {
         return Decision::Return(Some(GiveUpReason::AttemptsExhausted));
     }
-    let (delay, server) = match server_delay {
-        Some(delay) => (delay.min(config.backoff.max_interval()), true),
-        None => match config
-            .backoff
-            .delay(attempt, &outcome, previous_delay, &mut rand::rng())
-        {
-            Some(delay) => (delay, false),
+    let delay = match server_delay {
+        ServerDelay::DoNotRetry => {
+            return Decision::Return(Some(GiveUpReason::ServerDeclinedRetry));
+        }
+        ServerDelay::After(delay) | ServerDelay::Pushback(delay) => {
+            delay.min(config.backoff.max_interval())
+        }
+        ServerDelay::None => match config.backoff.delay(
+            backoff.retry_number(attempt),
+            &outcome,
+            backoff.previous_delay,
+            &mut rand::rng(),
+        ) {
+            Some(delay) => delay,
             None => return Decision::Return(Some(GiveUpReason::BackoffStopped)),
         },
     };
@@ -423,7 +467,10 @@ fn decide(
             return Decision::Return(Some(GiveUpReason::BudgetExhausted));
         }
     }
-    Decision::Retry { delay, server }
+    Decision::Retry {
+        delay,
+        server: server_delay,
+    }
 }
 
 impl<S, Req, C, P> fmt::Debug for ResponseFuture<S, Req, C, P>

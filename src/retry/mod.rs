@@ -4,8 +4,9 @@
 //! [`Classify`](crate::classify::Classify) classifier says the failure is
 //! retryable ([`Outcome::Failure`](crate::classify::Outcome::Failure) with
 //! `retryable: true`), waiting between attempts as its [`Backoff`](crate::backoff::Backoff) says (or
-//! as the server asked with `Retry-After`), as long as attempts, deadlines
-//! and the shared [`RetryBudget`] allow. tower's own `Retry` asks every user
+//! as the server asked with `Retry-After` or a gRPC pushback, which may also
+//! say not to retry), as long as attempts, deadlines and the shared
+//! [`RetryBudget`] allow. tower's own `Retry` asks every user
 //! to write a `Policy`; this one is ready in three lines and still takes
 //! your own classifier, [`RetryPolicy`] and custom backoff.
 //!
@@ -35,14 +36,15 @@
 //! | `attempt_timeout` | none | An attempt that takes longer is cancelled and is a retryable failure ([`AttemptTimedOut`]). |
 //! | `max_elapsed` | none | No wait ends (backoff, or the inner service getting ready for a retry), and (with `attempt_timeout`) no attempt could end, after this long from the first attempt; the call then fails with the last failure ([`GiveUpReason::DeadlineReached`]). |
 //! | `overall_timeout` | none | The whole call fails with [`RetryTimedOut`] after this long. |
-//! | `honor_server_delay` | `true` | A delay the server asked for (`Retry-After`, `grpc-retry-pushback-ms`) replaces the backoff's, cut to the backoff's `max_interval`. `max_elapsed` does not shorten it: if the retry after it could not start (or, with `attempt_timeout`, finish) by the deadline, the call gives up at once with the server's answer ([`GiveUpReason::DeadlineReached`]). |
+//! | `honor_server_delay` | `true` | The [`RetryPolicy`] reads what the server asked of a retry ([`ServerDelay`]). A delay (`Retry-After`, `grpc-retry-pushback-ms`) replaces the backoff's, cut to the backoff's `max_interval`; after a gRPC pushback the backoff restarts from its first delay (gRFC A6), after `Retry-After` it continues its sequence. "Do not retry" (a negative or unreadable `grpc-retry-pushback-ms`) ends the call with that response ([`GiveUpReason::ServerDeclinedRetry`]). `max_elapsed` does not shorten a server's delay: if the retry after it could not start (or, with `attempt_timeout`, finish) by the deadline, the call gives up at once with the server's answer ([`GiveUpReason::DeadlineReached`]). `false` ignores all of it. |
 //! | `event_capacity` | 256 | Events buffered per subscriber. |
 //!
 //! Requests are re-sent by cloning them ([`CloneRequests`]). With the
 //! `http` feature, [`HttpRetryPolicy`] retries `http::Request`s with a
 //! `Clone` body, only for idempotent methods unless the request carries
 //! [`Idempotent`] or an `Idempotency-Key` header, and reads `Retry-After`
-//! and `grpc-retry-pushback-ms`; put a [`BufferBodyLayer`] in front to
+//! and `grpc-retry-pushback-ms` (strictly: digits only, anything else
+//! means "do not retry"); put a [`BufferBodyLayer`] in front to
 //! retry requests whose bodies stream (hyper's, tonic's), up to a size
 //! limit. A request that cannot be copied is sent once.
 //!
@@ -100,7 +102,7 @@ pub use self::event::{GiveUpReason, RetryEvent, RetryEventKind};
 pub use self::future::ResponseFuture;
 pub use self::layer::RetryLayer;
 pub use self::metrics::RetryMetrics;
-pub use self::policy::{CloneRequests, RetryPolicy};
+pub use self::policy::{CloneRequests, RetryPolicy, ServerDelay};
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub use self::policy::{HttpRetryPolicy, Idempotent, parse_retry_after};

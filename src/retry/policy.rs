@@ -1,9 +1,49 @@
 //! What a retry layer needs to know about requests and responses beyond
 //! their [`Outcome`](crate::classify::Outcome): how to copy a request for
 //! another attempt, whether it may be sent twice, and whether the server
-//! asked for a delay.
+//! asked for a delay (or asked not to be retried at all).
 
 use std::time::Duration;
+
+/// What a response says about the next attempt, from
+/// [`RetryPolicy::server_delay`].
+///
+/// A server's word only matters when the classifier calls the outcome
+/// retryable and the retry's own limits (`max_attempts`, the budget,
+/// `max_elapsed`) allow another attempt; with `honor_server_delay(false)`
+/// it is ignored altogether.
+///
+/// | variant | wait before the next attempt | the backoff afterwards |
+/// |---|---|---|
+/// | `None` | the backoff's delay | continues its sequence |
+/// | `After(d)` (HTTP `Retry-After`) | `d`, at most the backoff's `max_interval` | continues its sequence |
+/// | `Pushback(d)` (gRPC `grpc-retry-pushback-ms`) | `d`, at most the backoff's `max_interval` | restarts from its first delay (gRFC A6) |
+/// | `DoNotRetry` | no next attempt: the call ends with this response ([`GiveUpReason::ServerDeclinedRetry`](super::GiveUpReason::ServerDeclinedRetry)) | — |
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ServerDelay {
+    /// The server said nothing: the backoff decides.
+    #[default]
+    None,
+    /// Retry after this long; later waits continue the backoff's sequence
+    /// as if this wait had been one of its own (HTTP `Retry-After`).
+    After(Duration),
+    /// Retry after this long; the wait after the next failure is the
+    /// backoff's first delay again (gRPC pushback, gRFC A6).
+    Pushback(Duration),
+    /// Do not retry: return this response (gRPC: a negative or unreadable
+    /// `grpc-retry-pushback-ms`).
+    DoNotRetry,
+}
+
+impl ServerDelay {
+    /// The wait the server asked for, if it asked for one.
+    pub fn delay(self) -> Option<Duration> {
+        match self {
+            ServerDelay::After(delay) | ServerDelay::Pushback(delay) => Some(delay),
+            ServerDelay::None | ServerDelay::DoNotRetry => None,
+        }
+    }
+}
 
 /// How requests are re-sent, and which responses carry a delay from the
 /// server. Implement it to plug in your own decisions; [`CloneRequests`] and
@@ -20,11 +60,12 @@ pub trait RetryPolicy<Req, Res, Err> {
         true
     }
 
-    /// The delay the server asked for before another attempt (HTTP
-    /// `Retry-After`, gRPC `grpc-retry-pushback-ms`), if any. Default: none.
-    fn server_delay(&self, result: Result<&Res, &Err>) -> Option<Duration> {
+    /// What the server asked of another attempt: a delay (HTTP
+    /// `Retry-After`, gRPC `grpc-retry-pushback-ms`), not to retry at all,
+    /// or nothing. See [`ServerDelay`]. Default: [`ServerDelay::None`].
+    fn server_delay(&self, result: Result<&Res, &Err>) -> ServerDelay {
         let _ = result;
-        None
+        ServerDelay::None
     }
 }
 
@@ -47,9 +88,9 @@ pub use self::http_policy::{HttpRetryPolicy, Idempotent, parse_retry_after};
 mod http_policy {
     use std::time::{Duration, SystemTime};
 
-    use http::{HeaderMap, Method, Request, Response};
+    use http::{Method, Request, Response};
 
-    use super::RetryPolicy;
+    use super::{RetryPolicy, ServerDelay};
     use crate::retry::RetryBody;
 
     /// A request extension that marks a request as safe to retry whatever
@@ -72,8 +113,13 @@ mod http_policy {
     /// * May retry: `GET`, `HEAD`, `PUT`, `DELETE`, `OPTIONS` and `TRACE`;
     ///   any method when the request carries the [`Idempotent`] extension or
     ///   an `Idempotency-Key` header. Everything else is sent once.
-    /// * Server delay: `Retry-After` in seconds or as an HTTP date, and gRPC
-    ///   `grpc-retry-pushback-ms`, read from a response's headers.
+    /// * Server delay, read from a response's headers: gRPC
+    ///   `grpc-retry-pushback-ms` when present, as gRFC A6 reads it (digits
+    ///   only: [`ServerDelay::Pushback`], saturating when too large to
+    ///   count; anything else, a sign included, is [`ServerDelay::DoNotRetry`]);
+    ///   otherwise `Retry-After` in seconds or as an HTTP date
+    ///   ([`ServerDelay::After`], see [`parse_retry_after`]; an invalid one
+    ///   is ignored).
     #[derive(Debug, Clone, Copy, Default)]
     pub struct HttpRetryPolicy;
 
@@ -104,12 +150,19 @@ mod http_policy {
             || request.headers().contains_key("idempotency-key")
     }
 
-    fn server_delay<RB>(response: &Response<RB>) -> Option<Duration> {
+    fn server_delay<RB, Err>(result: Result<&Response<RB>, &Err>) -> ServerDelay {
+        let Ok(response) = result else {
+            return ServerDelay::None;
+        };
         let headers = response.headers();
-        grpc_pushback(headers).or_else(|| {
-            let value = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?;
-            parse_retry_after(value, SystemTime::now())
-        })
+        if let Some(pushback) = headers.get("grpc-retry-pushback-ms") {
+            return grpc_pushback(pushback.as_bytes());
+        }
+        headers
+            .get(http::header::RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| parse_retry_after(value, SystemTime::now()))
+            .map_or(ServerDelay::None, ServerDelay::After)
     }
 
     impl<B: Clone, RB, Err> RetryPolicy<Request<B>, Response<RB>, Err> for HttpRetryPolicy {
@@ -121,8 +174,8 @@ mod http_policy {
             is_idempotent(request)
         }
 
-        fn server_delay(&self, result: Result<&Response<RB>, &Err>) -> Option<Duration> {
-            server_delay(result.ok()?)
+        fn server_delay(&self, result: Result<&Response<RB>, &Err>) -> ServerDelay {
+            server_delay(result)
         }
     }
 
@@ -137,20 +190,28 @@ mod http_policy {
             is_idempotent(request)
         }
 
-        fn server_delay(&self, result: Result<&Response<RB>, &Err>) -> Option<Duration> {
-            server_delay(result.ok()?)
+        fn server_delay(&self, result: Result<&Response<RB>, &Err>) -> ServerDelay {
+            server_delay(result)
         }
     }
 
-    fn grpc_pushback(headers: &HeaderMap) -> Option<Duration> {
-        let millis: u64 = headers
-            .get("grpc-retry-pushback-ms")?
-            .to_str()
-            .ok()?
-            .trim()
-            .parse()
-            .ok()?;
-        Some(Duration::from_millis(millis))
+    /// Reads a `grpc-retry-pushback-ms` value as gRFC A6 does: a
+    /// non-negative count of milliseconds is a delay, and a negative or
+    /// unreadable value asks not to retry. Digits only (surrounding
+    /// whitespace aside): a sign, even `+`, makes the value unreadable. A
+    /// count too large for `u64` saturates, so the retry waits its longest
+    /// (the backoff's `max_interval`).
+    fn grpc_pushback(value: &[u8]) -> ServerDelay {
+        let value = value.trim_ascii();
+        if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+            return ServerDelay::DoNotRetry;
+        }
+        let millis = value.iter().fold(0u64, |millis, digit| {
+            millis
+                .saturating_mul(10)
+                .saturating_add(u64::from(digit - b'0'))
+        });
+        ServerDelay::Pushback(Duration::from_millis(millis))
     }
 
     /// Parses a `Retry-After` value: delay-seconds or an HTTP date (a date
@@ -188,5 +249,39 @@ mod http_policy {
         }
         let date = httpdate::parse_http_date(value).ok()?;
         Some(date.duration_since(now).unwrap_or(Duration::ZERO))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn grpc_pushback_is_a_delay_only_when_it_is_all_digits() {
+            assert_eq!(
+                grpc_pushback(b"250"),
+                ServerDelay::Pushback(Duration::from_millis(250))
+            );
+            assert_eq!(grpc_pushback(b"0"), ServerDelay::Pushback(Duration::ZERO));
+            assert_eq!(
+                grpc_pushback(b" 7 "),
+                ServerDelay::Pushback(Duration::from_millis(7))
+            );
+            for unreadable in [&b"-5"[..], b"+5", b"abc", b"", b" ", b"5ms", b"5.0", b"0x5"] {
+                assert_eq!(
+                    grpc_pushback(unreadable),
+                    ServerDelay::DoNotRetry,
+                    "{:?}",
+                    String::from_utf8_lossy(unreadable)
+                );
+            }
+        }
+
+        #[test]
+        fn grpc_pushback_too_large_to_count_saturates() {
+            assert_eq!(
+                grpc_pushback(b"18446744073709551616"),
+                ServerDelay::Pushback(Duration::from_millis(u64::MAX))
+            );
+        }
     }
 }
