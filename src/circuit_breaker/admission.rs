@@ -56,6 +56,8 @@ impl CircuitBreaker {
     /// made, no trial slot is taken. An OPEN breaker whose wait is over
     /// answers `true` (the call that follows moves it to HALF_OPEN).
     #[inline]
+    // Only the balancer (feature `discovery`) passes over rejecting breakers.
+    #[cfg_attr(not(feature = "discovery"), allow(dead_code))]
     fn would_admit(&self) -> bool {
         let s = &*self.shared;
         let word = s.word.load(Acquire);
@@ -384,6 +386,7 @@ impl Reservation {
     /// is counted only if the breaker's state moved between the check and
     /// the ask.
     #[inline]
+    #[cfg_attr(not(feature = "discovery"), allow(dead_code))]
     pub(crate) fn take_if_admitting(breaker: &CircuitBreaker) -> Option<Self> {
         if !breaker.would_admit() {
             return None;

@@ -196,6 +196,7 @@ mod transition;
 mod window;
 
 pub use self::admission::CallPermit;
+#[cfg(feature = "discovery")]
 pub(crate) use self::admission::Reservation;
 pub(crate) use self::config::check_name;
 pub use self::config::{

@@ -47,6 +47,7 @@ pub(crate) struct Fetched {
 
 impl Fetched {
     /// A snapshot to follow at once by the next fetch.
+    #[cfg_attr(not(any(feature = "consul", feature = "etcd")), allow(dead_code))]
     pub(crate) fn now(instances: Vec<Instance>) -> Self {
         Self {
             instances,

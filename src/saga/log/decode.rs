@@ -14,6 +14,8 @@ use crate::saga::record::{LoggedRecord, RecordKind, SagaState};
 
 /// One record's columns as a SQL backend stores them
 /// ([`RecordKind::to_parts`] plus its position, writer and time).
+// Only the SQL backends store records as columns.
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
 #[derive(Debug, Clone)]
 pub(crate) struct StoredRecord {
     pub(crate) seq: i64,
@@ -46,6 +48,7 @@ impl RecordDecoder {
     }
 
     /// Decodes the next stored record.
+    #[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
     pub(crate) fn push_stored(&mut self, stored: StoredRecord) -> Result<(), LogError> {
         let seq = self.check_seq(u64::try_from(stored.seq).ok(), &stored.seq)?;
         let kind = RecordKind::from_parts(&stored.kind, &stored.body, stored.payload)
@@ -101,6 +104,7 @@ impl RecordDecoder {
 
     /// The records read so far, which must be the `expected` number the
     /// saga's row counts.
+    #[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
     pub(crate) fn finish_expecting(self, expected: u64) -> Result<Vec<LoggedRecord>, LogError> {
         let found = self.next_seq();
         if found != expected {
@@ -124,17 +128,20 @@ pub(crate) fn corrupt(saga: SagaId, seq: Option<u64>, detail: impl Into<String>)
 }
 
 /// A stored counter (epoch, sequence number, record count) as `u64`.
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
 pub(crate) fn stored_u64(saga: SagaId, value: i64, what: &str) -> Result<u64, LogError> {
     u64::try_from(value).map_err(|_| corrupt(saga, None, format!("negative {what} {value}")))
 }
 
 /// A stored saga state, by [`SagaState::as_str`] name.
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
 pub(crate) fn stored_state(saga: SagaId, state: &str) -> Result<SagaState, LogError> {
     SagaState::from_name(state)
         .ok_or_else(|| corrupt(saga, None, format!("unknown saga state {state:?}")))
 }
 
 /// A stored lease owner.
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
 pub(crate) fn stored_owner(saga: SagaId, owner: &str) -> Result<OwnerId, LogError> {
     OwnerId::new(owner).map_err(|_| corrupt(saga, None, format!("invalid owner {owner:?}")))
 }
