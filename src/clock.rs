@@ -136,6 +136,40 @@ pub(crate) fn coarse_nanos() -> u64 {
     coarse_ticker().nanos.load(Ordering::Relaxed)
 }
 
+/// governor's clock, read from tokio's so that `tokio::time::pause()` and
+/// `advance()` drive a GCRA in tests: the rate limiter's and the Consul
+/// watch's query limit.
+#[derive(Debug, Clone)]
+pub(crate) struct GovernorClock {
+    anchor: tokio::time::Instant,
+}
+
+impl GovernorClock {
+    /// A clock that reads zero now.
+    pub(crate) fn new() -> Self {
+        Self {
+            anchor: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl governor::clock::Clock for GovernorClock {
+    type Instant = Duration;
+
+    #[inline]
+    fn now(&self) -> Duration {
+        tokio::time::Instant::now().saturating_duration_since(self.anchor)
+    }
+}
+
+/// A direct (not keyed) GCRA on [`GovernorClock`].
+pub(crate) type DirectGcra = governor::RateLimiter<
+    governor::state::NotKeyed,
+    governor::state::InMemoryState,
+    GovernorClock,
+    governor::middleware::NoOpMiddleware<Duration>,
+>;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,10 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::clock::{DirectGcra, GovernorClock};
 use governor::Quota;
 use governor::clock::Clock;
-use governor::middleware::NoOpMiddleware;
-use governor::state::{InMemoryState, NotKeyed};
 
 use crate::events::{EventHub, EventStream};
 use crate::sync::StripedCounter;
@@ -19,29 +18,13 @@ use super::event::{RateLimiterEvent, RateLimiterEventKind};
 use super::layer::RateLimiterLayer;
 use super::metrics::RateLimiterMetrics;
 
-/// governor's clock, read from tokio's so that `tokio::time::pause()` and
-/// `advance()` drive the limiter in tests.
-#[derive(Debug, Clone)]
-struct TokioClock {
-    anchor: tokio::time::Instant,
-}
-
-impl Clock for TokioClock {
-    type Instant = Duration;
-
-    #[inline]
-    fn now(&self) -> Duration {
-        tokio::time::Instant::now().saturating_duration_since(self.anchor)
-    }
-}
-
-type Gcra = governor::RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Duration>>;
+type Gcra = DirectGcra;
 
 struct Inner {
     name: Arc<str>,
     config: RateLimiterConfig,
     gcra: Gcra,
-    clock: TokioClock,
+    clock: GovernorClock,
     events: EventHub<RateLimiterEvent>,
     permitted: StripedCounter,
     permitted_after_waiting: StripedCounter,
@@ -102,9 +85,7 @@ impl RateLimiter {
         let quota = Quota::with_period(config.replenish_interval())
             .expect("the config builder rejects a zero replenish interval")
             .allow_burst(config.limit_for_period);
-        let clock = TokioClock {
-            anchor: tokio::time::Instant::now(),
-        };
+        let clock = GovernorClock::new();
         let inner = Inner {
             name: name.into(),
             gcra: governor::RateLimiter::direct_with_clock(quota, clock.clone()),

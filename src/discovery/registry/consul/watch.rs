@@ -6,8 +6,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use governor::clock::Clock;
-use governor::middleware::NoOpMiddleware;
-use governor::state::{InMemoryState, NotKeyed};
+
+use crate::clock::{DirectGcra, GovernorClock};
 
 use crate::discovery::error::DiscoveryError;
 use crate::discovery::instance::Instance;
@@ -15,35 +15,18 @@ use crate::discovery::registry::polling::{Fetched, SnapshotSource};
 
 use super::{BACKEND, ConsulEvent, Inner};
 
-/// governor's clock, read from tokio's so that `tokio::time::pause()` and
-/// `advance()` drive the rate limit in tests.
-#[derive(Debug, Clone)]
-struct TokioClock {
-    anchor: tokio::time::Instant,
-}
-
-impl Clock for TokioClock {
-    type Instant = Duration;
-
-    fn now(&self) -> Duration {
-        tokio::time::Instant::now().saturating_duration_since(self.anchor)
-    }
-}
-
-type Gcra = governor::RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Duration>>;
+type Gcra = DirectGcra;
 
 /// The rate limit of one watch's queries (governor's GCRA): the quota's
 /// burst at once, then one more per its period.
 struct QueryRateLimit {
     gcra: Gcra,
-    clock: TokioClock,
+    clock: GovernorClock,
 }
 
 impl QueryRateLimit {
     fn new(quota: governor::Quota) -> Self {
-        let clock = TokioClock {
-            anchor: tokio::time::Instant::now(),
-        };
+        let clock = GovernorClock::new();
         Self {
             gcra: governor::RateLimiter::direct_with_clock(quota, clock.clone()),
             clock,
