@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tower::timeout::Timeout;
-use tower_layer::Layer;
+use tower_layer::{Identity, Layer};
 
 use crate::bulkhead::{Bulkhead, BulkheadService};
 use crate::circuit_breaker::{CircuitBreakerLayer, CircuitBreakerService};
@@ -37,8 +37,9 @@ pub(crate) struct Shared {
 /// [`NoRetry`] when there is no retry stage, and such a pipeline accepts
 /// requests that are not `Clone`. `RC` and `BC` are the retry's and the
 /// breaker's classifiers.
-pub struct Pipeline<RC = DefaultClassifier, RP = NoRetry, BC = DefaultClassifier> {
+pub struct Pipeline<RC = DefaultClassifier, RP = NoRetry, BC = DefaultClassifier, X = ExtraStages> {
     pub(crate) shared: Arc<Shared>,
+    extra: X,
     retry: Option<RetryLayer<StageClassifier<RC>, RP>>,
     circuit_breaker: Option<CircuitBreakerLayer<StageClassifier<BC>>>,
     rate_limiter: Option<RateLimiter>,
@@ -51,6 +52,7 @@ impl Pipeline {
     pub fn builder(name: impl Into<Arc<str>>) -> PipelineBuilder {
         PipelineBuilder {
             name: name.into(),
+            extra: ExtraStages::default(),
             retry: None,
             retry_rejections: false,
             circuit_breaker: None,
@@ -61,7 +63,7 @@ impl Pipeline {
     }
 }
 
-impl<RC, RP, BC> Pipeline<RC, RP, BC> {
+impl<RC, RP, BC, X> Pipeline<RC, RP, BC, X> {
     /// The pipeline's name.
     pub fn name(&self) -> &str {
         &self.shared.name
@@ -103,10 +105,49 @@ pub(crate) type BreakerStage<S, BC> =
 pub(crate) type RetryStage<S, RC, RP, BC> =
     Optional<RetryService<BreakerStage<S, BC>, StageClassifier<RC>, RP>, BreakerStage<S, BC>>;
 
-impl<S, RC: Clone, RP: Clone, BC: Clone> Layer<S> for Pipeline<RC, RP, BC> {
-    type Service = PipelineService<S, RC, RP, BC>;
+/// The services under the bulkhead: the chaos stage around the service, the
+/// adaptive concurrency limit around that.
+pub(crate) type InnerStages<S, Ad, Ch> = <Ad as Layer<<Ch as Layer<S>>::Service>>::Service;
+
+/// The core stages (retry to bulkhead) with the inner ones, in their span.
+pub(crate) type CoreStages<S, RC, RP, BC, Ad, Ch> =
+    PipelineService<InnerStages<S, Ad, Ch>, RC, RP, BC>;
+
+/// The outer stages around the core: hedging, fallback, coalescing, cache.
+pub(crate) type OuterStages<T, Ca, Co, Fb, He> = <Ca as Layer<
+    <Co as Layer<<Fb as Layer<<He as Layer<T>>::Service>>::Service>>::Service,
+>>::Service;
+
+impl<S, RC, RP, BC, Ca, Co, Fb, He, Ad, Ch> Layer<S>
+    for Pipeline<RC, RP, BC, ExtraStages<Ca, Co, Fb, He, Ad, Ch>>
+where
+    RC: Clone,
+    RP: Clone,
+    BC: Clone,
+    Ch: Layer<S>,
+    Ad: Layer<Ch::Service>,
+    He: Layer<CoreStages<S, RC, RP, BC, Ad, Ch>>,
+    Fb: Layer<He::Service>,
+    Co: Layer<Fb::Service>,
+    Ca: Layer<Co::Service>,
+{
+    type Service = OuterStages<CoreStages<S, RC, RP, BC, Ad, Ch>, Ca, Co, Fb, He>;
 
     fn layer(&self, service: S) -> Self::Service {
+        let extra = &self.extra;
+        let service = extra.adaptive.layer(extra.chaos.layer(service));
+        let service = self.layer_core(service);
+        let service = extra.hedge.layer(service);
+        let service = extra.fallback.layer(service);
+        let service = extra.coalesce.layer(service);
+        extra.cache.layer(service)
+    }
+}
+
+impl<RC: Clone, RP: Clone, BC: Clone, X> Pipeline<RC, RP, BC, X> {
+    /// Stacks the core stages, retry (outermost) to bulkhead (innermost),
+    /// around `service`, inside the pipeline's span.
+    fn layer_core<S>(&self, service: S) -> PipelineService<S, RC, RP, BC> {
         let service = match &self.bulkhead {
             Some(bulkhead) => Optional::On(BulkheadService::new(service, bulkhead.clone())),
             None => Optional::Off(service),
@@ -131,10 +172,11 @@ impl<S, RC: Clone, RP: Clone, BC: Clone> Layer<S> for Pipeline<RC, RP, BC> {
     }
 }
 
-impl<RC: Clone, RP: Clone, BC: Clone> Clone for Pipeline<RC, RP, BC> {
+impl<RC: Clone, RP: Clone, BC: Clone, X: Clone> Clone for Pipeline<RC, RP, BC, X> {
     fn clone(&self) -> Self {
         Self {
             shared: Arc::clone(&self.shared),
+            extra: self.extra.clone(),
             retry: self.retry.clone(),
             circuit_breaker: self.circuit_breaker.clone(),
             rate_limiter: self.rate_limiter.clone(),
@@ -143,7 +185,7 @@ impl<RC: Clone, RP: Clone, BC: Clone> Clone for Pipeline<RC, RP, BC> {
     }
 }
 
-impl<RC, RP, BC> fmt::Debug for Pipeline<RC, RP, BC> {
+impl<RC, RP, BC, X> fmt::Debug for Pipeline<RC, RP, BC, X> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Pipeline")
             .field("name", &self.shared.name)
@@ -179,8 +221,14 @@ impl<RC, RP, BC> fmt::Debug for Pipeline<RC, RP, BC> {
 /// # Ok::<(), palisade::ConfigError>(())
 /// ```
 #[must_use = "call .build() to get a pipeline"]
-pub struct PipelineBuilder<RC = DefaultClassifier, RP = NoRetry, BC = DefaultClassifier> {
+pub struct PipelineBuilder<
+    RC = DefaultClassifier,
+    RP = NoRetry,
+    BC = DefaultClassifier,
+    X = ExtraStages,
+> {
     name: Arc<str>,
+    extra: X,
     retry: Option<RetryLayer<RC, RP>>,
     retry_rejections: bool,
     circuit_breaker: Option<CircuitBreakerLayer<BC>>,
@@ -189,7 +237,7 @@ pub struct PipelineBuilder<RC = DefaultClassifier, RP = NoRetry, BC = DefaultCla
     bulkhead: Option<Bulkhead>,
 }
 
-impl<RC, RP, BC> PipelineBuilder<RC, RP, BC> {
+impl<RC, RP, BC, X> PipelineBuilder<RC, RP, BC, X> {
     /// The retry stage (outermost): a [`Retry`], or a [`RetryLayer`] with
     /// its own classifier or policy. Every retry goes through the breaker,
     /// the rate limiter, the timeout and the bulkhead again.
@@ -206,9 +254,10 @@ impl<RC, RP, BC> PipelineBuilder<RC, RP, BC> {
     pub fn retry<RC2, RP2>(
         self,
         retry: impl Into<RetryLayer<RC2, RP2>>,
-    ) -> PipelineBuilder<RC2, RP2, BC> {
+    ) -> PipelineBuilder<RC2, RP2, BC, X> {
         PipelineBuilder {
             name: self.name,
+            extra: self.extra,
             retry: Some(retry.into()),
             retry_rejections: self.retry_rejections,
             circuit_breaker: self.circuit_breaker,
@@ -235,9 +284,10 @@ impl<RC, RP, BC> PipelineBuilder<RC, RP, BC> {
     pub fn circuit_breaker<BC2>(
         self,
         breaker: impl Into<CircuitBreakerLayer<BC2>>,
-    ) -> PipelineBuilder<RC, RP, BC2> {
+    ) -> PipelineBuilder<RC, RP, BC2, X> {
         PipelineBuilder {
             name: self.name,
+            extra: self.extra,
             retry: self.retry,
             retry_rejections: self.retry_rejections,
             circuit_breaker: Some(breaker.into()),
@@ -272,7 +322,7 @@ impl<RC, RP, BC> PipelineBuilder<RC, RP, BC> {
     }
 
     /// Checks the stages and returns the pipeline.
-    pub fn build(self) -> Result<Pipeline<RC, RP, BC>, ConfigError>
+    pub fn build(self) -> Result<Pipeline<RC, RP, BC, X>, ConfigError>
     where
         RC: Clone,
         BC: Clone,
@@ -289,6 +339,7 @@ impl<RC, RP, BC> PipelineBuilder<RC, RP, BC> {
         }
         let retry_rejections = self.retry_rejections;
         Ok(Pipeline {
+            extra: self.extra,
             shared: Arc::new(Shared {
                 name: self.name,
                 timeout: self.timeout,
@@ -307,7 +358,7 @@ impl<RC, RP, BC> PipelineBuilder<RC, RP, BC> {
     }
 }
 
-impl<RC, RP, BC> fmt::Debug for PipelineBuilder<RC, RP, BC> {
+impl<RC, RP, BC, X> fmt::Debug for PipelineBuilder<RC, RP, BC, X> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PipelineBuilder")
             .field("name", &self.name)
@@ -325,4 +376,25 @@ impl<RC, RP, BC> fmt::Debug for PipelineBuilder<RC, RP, BC> {
             .field("bulkhead", &self.bulkhead.as_ref().map(Bulkhead::name))
             .finish()
     }
+}
+
+/// The stages a [`Pipeline`] places around its core (retry to bulkhead):
+/// cache, coalescing, fallback and hedging outside it, the adaptive
+/// concurrency limit and chaos inside it. A stage left out is tower's
+/// [`Identity`] layer, which adds nothing.
+#[derive(Debug, Clone, Default)]
+pub struct ExtraStages<
+    Ca = Identity,
+    Co = Identity,
+    Fb = Identity,
+    He = Identity,
+    Ad = Identity,
+    Ch = Identity,
+> {
+    pub(crate) cache: Ca,
+    pub(crate) coalesce: Co,
+    pub(crate) fallback: Fb,
+    pub(crate) hedge: He,
+    pub(crate) adaptive: Ad,
+    pub(crate) chaos: Ch,
 }

@@ -129,6 +129,6 @@ mod stage;
 
 pub use self::error::{PipelineError, Rejection, Stage, TimedOut};
 pub use self::future::ResponseFuture;
-pub use self::layer::{Pipeline, PipelineBuilder};
+pub use self::layer::{ExtraStages, Pipeline, PipelineBuilder};
 pub use self::service::PipelineService;
 pub use self::stage::{NoRetry, Optional, OptionalFuture, StageClassifier};
