@@ -71,7 +71,7 @@
 //! # Observability
 //!
 //! Requests that run uncoalesced and calls cancelled by their waiters are
-//! `debug` traces, joins `trace`; [`Coalesce::subscribe`] delivers
+//! `debug` traces; calls started, joined and finished are `trace`; [`Coalesce::subscribe`] delivers
 //! [`CoalesceEvent`]s and [`Coalesce::metrics`] returns
 //! [`CoalesceMetrics`] (keys in flight, waiters, shared calls, coalesced
 //! and uncoalesced requests, abandoned calls).

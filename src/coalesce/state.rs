@@ -244,6 +244,7 @@ where
         drop(map);
         handle.shared.calls.fetch_add(1, Relaxed);
         handle.shared.waiters.fetch_add(1, Relaxed);
+        tracing::trace!(coalesce = %handle.shared.name, "request started a shared call");
         handle.publish(|| CoalesceEventKind::Started);
         Joined::Waiting {
             call,
@@ -268,6 +269,7 @@ where
         drop(map);
         handle.shared.in_flight_keys.fetch_sub(1, Relaxed);
         if finished {
+            tracing::trace!(coalesce = %handle.shared.name, waiters = remaining + 1, "shared call finished");
             handle.publish(|| CoalesceEventKind::Completed {
                 waiters: remaining + 1,
             });
