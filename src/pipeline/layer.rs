@@ -8,9 +8,13 @@ use tower::timeout::Timeout;
 use tower_layer::{Identity, Layer};
 
 use crate::bulkhead::{Bulkhead, BulkheadService};
+#[cfg(feature = "cache")]
+use crate::cache::CacheLayer;
 use crate::circuit_breaker::{CircuitBreakerLayer, CircuitBreakerService};
 use crate::classify::DefaultClassifier;
+use crate::coalesce::CoalesceLayer;
 use crate::error::ConfigError;
+use crate::fallback::FallbackLayer;
 use crate::rate_limit::{RateLimiter, RateLimiterService};
 use crate::retry::{Retry, RetryLayer, RetryService};
 
@@ -397,4 +401,83 @@ pub struct ExtraStages<
     pub(crate) hedge: He,
     pub(crate) adaptive: Ad,
     pub(crate) chaos: Ch,
+}
+
+impl<RC, RP, BC, X> PipelineBuilder<RC, RP, BC, X> {
+    /// Replaces the extra stages by `f` of them.
+    fn map_extra<X2>(self, f: impl FnOnce(X) -> X2) -> PipelineBuilder<RC, RP, BC, X2> {
+        PipelineBuilder {
+            name: self.name,
+            extra: f(self.extra),
+            retry: self.retry,
+            retry_rejections: self.retry_rejections,
+            circuit_breaker: self.circuit_breaker,
+            rate_limiter: self.rate_limiter,
+            timeout: self.timeout,
+            bulkhead: self.bulkhead,
+        }
+    }
+}
+
+/// The builder's type once one slot of its extra stages is replaced.
+type With<RC, RP, BC, Ca, Co, Fb, He, Ad, Ch> =
+    PipelineBuilder<RC, RP, BC, ExtraStages<Ca, Co, Fb, He, Ad, Ch>>;
+
+impl<RC, RP, BC, Ca, Co, Fb, He, Ad, Ch> With<RC, RP, BC, Ca, Co, Fb, He, Ad, Ch> {
+    /// The response cache stage (outermost): a fresh hit answers before any
+    /// other stage runs, and a stale entry answers the failures and
+    /// rejections of everything inside it (the chapter's "fallback to
+    /// cached data"). Built by
+    /// [`ResponseCache::layer`](crate::cache::ResponseCache::layer).
+    #[cfg(feature = "cache")]
+    pub fn cache<K, Res, F, C>(
+        self,
+        cache: CacheLayer<K, Res, F, C>,
+    ) -> With<RC, RP, BC, CacheLayer<K, Res, F, C>, Co, Fb, He, Ad, Ch> {
+        self.map_extra(|e| ExtraStages {
+            cache,
+            coalesce: e.coalesce,
+            fallback: e.fallback,
+            hedge: e.hedge,
+            adaptive: e.adaptive,
+            chaos: e.chaos,
+        })
+    }
+
+    /// The coalescing stage, inside the cache: concurrent misses for one
+    /// key share a single trip through the stages below (one fallback, one
+    /// retry sequence, one breaker permit). Built by
+    /// [`Coalesce::layer`](crate::coalesce::Coalesce::layer).
+    pub fn coalesce<Req, K, F>(
+        self,
+        coalesce: CoalesceLayer<Req, K, F>,
+    ) -> With<RC, RP, BC, Ca, CoalesceLayer<Req, K, F>, Fb, He, Ad, Ch> {
+        self.map_extra(|e| ExtraStages {
+            cache: e.cache,
+            coalesce,
+            fallback: e.fallback,
+            hedge: e.hedge,
+            adaptive: e.adaptive,
+            chaos: e.chaos,
+        })
+    }
+
+    /// The fallback stage, outside hedging and retry: it answers only once
+    /// every attempt has failed (or, if its config says so, when a stage
+    /// inside rejected the call). Built by
+    /// [`Fallback::layer`](crate::fallback::Fallback::layer) or
+    /// [`Fallback::layer_keyed`](crate::fallback::Fallback::layer_keyed).
+    pub fn fallback<Res, K, F, C>(
+        self,
+        fallback: FallbackLayer<Res, K, F, C>,
+    ) -> With<RC, RP, BC, Ca, Co, FallbackLayer<Res, K, F, C>, He, Ad, Ch> {
+        self.map_extra(|e| ExtraStages {
+            cache: e.cache,
+            coalesce: e.coalesce,
+            fallback,
+            hedge: e.hedge,
+            adaptive: e.adaptive,
+            chaos: e.chaos,
+        })
+    }
 }
