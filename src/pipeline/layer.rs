@@ -7,14 +7,17 @@ use std::time::Duration;
 use tower::timeout::Timeout;
 use tower_layer::{Identity, Layer};
 
+use crate::adaptive_concurrency::AdaptiveConcurrencyLayer;
 use crate::bulkhead::{Bulkhead, BulkheadService};
 #[cfg(feature = "cache")]
 use crate::cache::CacheLayer;
+use crate::chaos::ChaosLayer;
 use crate::circuit_breaker::{CircuitBreakerLayer, CircuitBreakerService};
 use crate::classify::DefaultClassifier;
 use crate::coalesce::CoalesceLayer;
 use crate::error::ConfigError;
 use crate::fallback::FallbackLayer;
+use crate::hedge::HedgeLayer;
 use crate::rate_limit::{RateLimiter, RateLimiterService};
 use crate::retry::{Retry, RetryLayer, RetryService};
 
@@ -478,6 +481,61 @@ impl<RC, RP, BC, Ca, Co, Fb, He, Ad, Ch> With<RC, RP, BC, Ca, Co, Fb, He, Ad, Ch
             hedge: e.hedge,
             adaptive: e.adaptive,
             chaos: e.chaos,
+        })
+    }
+
+    /// The hedging stage, outside the retry: each hedged attempt is a whole
+    /// trip through the retry, the breaker and the stages below, the first
+    /// acceptable answer wins and the others are cancelled. Built by
+    /// [`Hedge::layer`](crate::hedge::Hedge::layer).
+    pub fn hedge<C, P>(
+        self,
+        hedge: HedgeLayer<C, P>,
+    ) -> With<RC, RP, BC, Ca, Co, Fb, HedgeLayer<C, P>, Ad, Ch> {
+        self.map_extra(|e| ExtraStages {
+            cache: e.cache,
+            coalesce: e.coalesce,
+            fallback: e.fallback,
+            hedge,
+            adaptive: e.adaptive,
+            chaos: e.chaos,
+        })
+    }
+
+    /// The adaptive concurrency limit, inside the bulkhead: it adapts to
+    /// the latency of the service itself, and its rejections (limit
+    /// reached) are returned at once like the bulkhead's, never counted by
+    /// the breaker. Built by
+    /// [`AdaptiveConcurrency::layer`](crate::adaptive_concurrency::AdaptiveConcurrency::layer).
+    pub fn adaptive_concurrency<C>(
+        self,
+        limit: AdaptiveConcurrencyLayer<C>,
+    ) -> With<RC, RP, BC, Ca, Co, Fb, He, AdaptiveConcurrencyLayer<C>, Ch> {
+        self.map_extra(|e| ExtraStages {
+            cache: e.cache,
+            coalesce: e.coalesce,
+            fallback: e.fallback,
+            hedge: e.hedge,
+            adaptive: limit,
+            chaos: e.chaos,
+        })
+    }
+
+    /// The chaos stage (innermost): it stands in for the dependency, so the
+    /// breaker counts its injected failures, the retry retries them and the
+    /// timeout bounds its injected latency. Built by
+    /// [`Chaos::layer`](crate::chaos::Chaos::layer).
+    pub fn chaos<Res>(
+        self,
+        chaos: ChaosLayer<Res>,
+    ) -> With<RC, RP, BC, Ca, Co, Fb, He, Ad, ChaosLayer<Res>> {
+        self.map_extra(|e| ExtraStages {
+            cache: e.cache,
+            coalesce: e.coalesce,
+            fallback: e.fallback,
+            hedge: e.hedge,
+            adaptive: e.adaptive,
+            chaos,
         })
     }
 }
