@@ -110,19 +110,19 @@
 //!
 //! # Classifiers see `BoxError`
 //!
-//! The retry's and the breaker's classifiers are called with the
-//! stages' results, not the service's: by the time an error reaches them
-//! it may be the timeout's, the rate limiter's or the service's own, so
-//! each stage turns its error into a [`BoxError`](crate::BoxError) and
-//! the classifiers are `Classify<Response, BoxError>`. A classifier typed
-//! on the service's error (a `classify_fn` over `Result<&Res, &reqwest::Error>`)
-//! does not implement that, and the pipeline's service then has no `call`
-//! (E0599, "the method `call` exists but its trait bounds were not
-//! satisfied"). Take `&BoxError` and find your error in it with
-//! [`find_cause`](crate::find_cause), which walks the source chain;
-//! anything else is a stage's error (a timeout here). The classifiers of
-//! [`crate::classify`] and `palisade::reqwest::ReqwestClassifier` already
-//! accept `BoxError`.
+//! The retry's and the breaker's classifiers are called with the stages'
+//! results, not the service's: an error reaching them may be the
+//! timeout's, the rate limiter's or the service's own, so each stage turns
+//! its error into a [`BoxError`](crate::BoxError) and the classifiers are
+//! `Classify<Response, BoxError>`. A classifier typed on the service's
+//! error (a `classify_fn` over `Result<&Res, &reqwest::Error>`) does not
+//! implement that, so the pipeline's service is not a `Service` (E0599:
+//! "the method `ready` exists for struct `PipelineService<...>`, but its
+//! trait bounds were not satisfied"). Take `&BoxError` and find your error
+//! in it with [`find_cause`](crate::find_cause), which walks the source
+//! chain; anything else is a stage's error (a timeout here). The
+//! classifiers of [`crate::classify`] and `palisade::reqwest`'s
+//! `ReqwestClassifier` already accept `BoxError`.
 //!
 //! ```
 //! use std::io;
