@@ -253,8 +253,8 @@ impl Classify<Response, BoxError> for ReqwestClassifier {
 ///   method when the request carries an `Idempotency-Key` header (see
 ///   [`mark_idempotent`] and the [module docs](self#marking-a-request-idempotent)).
 ///   Everything else is sent once.
-/// * Server delay: read from the response's headers exactly as
-///   [`HttpRetryPolicy`](crate::retry::HttpRetryPolicy) reads them:
+/// * Server delay: read from the response's headers by the code of
+///   [`HttpRetryPolicy`](crate::retry::HttpRetryPolicy):
 ///   `Retry-After` in seconds or as an HTTP date
 ///   ([`ServerDelay::After`], see [`parse_retry_after`](crate::retry::parse_retry_after)).
 #[derive(Debug, Clone, Copy, Default)]
