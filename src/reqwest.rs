@@ -295,11 +295,38 @@ pub fn mark_idempotent(request: &mut Request) {
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, SystemTime};
+
     use super::*;
 
     fn post() -> Request {
         let url = "http://127.0.0.1/orders".parse().expect("valid url");
         Request::new(::reqwest::Method::POST, url)
+    }
+
+    fn delay_of(retry_after: &str) -> ServerDelay {
+        let response: Response = ::http::Response::builder()
+            .status(503)
+            .header("retry-after", retry_after)
+            .body("")
+            .expect("valid response")
+            .into();
+        RetryPolicy::<Request, _, BoxError>::server_delay(&ReqwestRetryPolicy, Ok(&response))
+    }
+
+    #[test]
+    fn retry_after_is_read_in_seconds_and_as_an_http_date() {
+        assert_eq!(delay_of("7"), ServerDelay::After(Duration::from_secs(7)));
+        let in_two_minutes = SystemTime::now() + Duration::from_secs(120);
+        let delay = delay_of(&httpdate::fmt_http_date(in_two_minutes))
+            .delay()
+            .expect("a delay");
+        // The date has whole seconds, and a little time passes.
+        assert!(
+            (Duration::from_secs(115)..=Duration::from_secs(120)).contains(&delay),
+            "{delay:?}"
+        );
+        assert_eq!(delay_of("soon"), ServerDelay::None);
     }
 
     #[test]
