@@ -17,6 +17,7 @@
 //! | [`pipeline`] | Stack retry, breaker, rate limiter, timeout and bulkhead in the right order. |
 //! | [`rate_limit`] | Bound how many calls start per period (governor's GCRA). |
 //! | [`registry`] | Named breakers, bulkheads, limiters and retries, created on first use. |
+//! | `reqwest` | Wrap a `reqwest::Client` in a pipeline in one line (feature `reqwest`). |
 //! | [`retry`] | Retry failed calls with backoff, jitter and a retry budget. |
 //! | [`saga`] | Run multi-service transactions as sagas that survive crashes. |
 //!
@@ -88,6 +89,9 @@
 //!   for Consul's HTTP API, etcd v3 (building needs `protoc`) and DNS
 //!   A/AAAA and SRV records. Consul and etcd speak TLS with rustls and the
 //!   `ring` provider (no cmake or aws-lc build).
+//! * `reqwest` (implies `http`): `palisade::reqwest`, a classifier and a
+//!   retry policy for `reqwest::Client`, and a pipeline around one in one
+//!   line. palisade turns on none of reqwest's own features.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -108,6 +112,9 @@ pub mod future;
 pub mod pipeline;
 pub mod rate_limit;
 pub mod registry;
+#[cfg(feature = "reqwest")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+pub mod reqwest;
 pub mod retry;
 #[cfg(feature = "saga")]
 #[cfg_attr(docsrs, doc(cfg(feature = "saga")))]

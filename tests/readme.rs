@@ -223,6 +223,45 @@ async fn readme_pipeline() -> Result<(), BoxError> {
     Ok(())
 }
 
+/// "Wrapping a reqwest client", against a local server that answers 200.
+#[cfg(feature = "reqwest")]
+#[tokio::test]
+#[rustfmt::skip]
+async fn readme_reqwest() -> Result<(), BoxError> {
+    use std::time::Duration;
+    use palisade::circuit_breaker::CircuitBreaker;
+    use palisade::pipeline::Pipeline;
+    use palisade::retry::{Retry, RetryConfig};
+    use tower::{Service, ServiceExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url: reqwest::Url = format!("http://{}/orders", listener.local_addr()?).parse()?;
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let answer = hyper::service::service_fn(|_request| async {
+                Ok::<_, std::convert::Infallible>(hyper::Response::new(String::from("ok")))
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(io, answer));
+        }
+    });
+
+    let pipeline = Pipeline::builder("orders")
+        .retry(Retry::new("orders", RetryConfig::default()))      // honours Retry-After
+        .circuit_breaker(CircuitBreaker::with_defaults("orders")) // 5xx and 429 are failures
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    let mut orders = palisade::reqwest::client(reqwest::Client::new(), pipeline);
+
+    let mut order = reqwest::Request::new(reqwest::Method::POST, url);
+    *order.body_mut() = Some("sku=17&quantity=2".into());
+    palisade::reqwest::mark_idempotent(&mut order); // an Idempotency-Key: this POST may be retried
+    let response = orders.ready().await?.call(order).await?;
+
+    assert_eq!(response.status(), 200);
+    Ok(())
+}
+
 /// The client of one base URL that the discovery example balances.
 #[derive(Clone)]
 struct HttpClient {

@@ -3,7 +3,6 @@
 use ::http::{Response, StatusCode};
 use tower_http::classify::{
     ClassifiedResponse, ClassifyResponse, GrpcErrorsAsFailures, GrpcFailureClass,
-    ServerErrorsAsFailures,
 };
 
 pub use tower_http::classify::GrpcCode;
@@ -13,7 +12,8 @@ use super::{Classify, Outcome};
 /// Classifies HTTP responses by status code.
 ///
 /// Server errors (5xx) are failures, as tower-http's
-/// [`ServerErrorsAsFailures`] decides; `429 Too Many Requests` is a failure
+/// [`ServerErrorsAsFailures`](tower_http::classify::ServerErrorsAsFailures)
+/// decides; `429 Too Many Requests` is a failure
 /// too unless [`count_too_many_requests`](Self::count_too_many_requests) is
 /// turned off. Every other status, including 4xx, is a success: a client
 /// error says nothing about the health of the server. Transport errors (the
@@ -72,22 +72,28 @@ fn status_is_retryable(status: StatusCode) -> bool {
     )
 }
 
+impl HttpStatusClassifier {
+    /// The decision for a response with `status`, shared with the classifier
+    /// of `reqwest::Response`s: 5xx (tower-http's `ServerErrorsAsFailures`
+    /// rule) and 429 are failures, retryable when [`status_is_retryable`].
+    pub(crate) fn classify_status(&self, status: StatusCode) -> Outcome {
+        if status.is_server_error()
+            || (self.too_many_requests_is_failure && status == StatusCode::TOO_MANY_REQUESTS)
+        {
+            Outcome::Failure {
+                retryable: status_is_retryable(status),
+            }
+        } else {
+            Outcome::Success
+        }
+    }
+}
+
 impl<B, E> Classify<Response<B>, E> for HttpStatusClassifier {
     fn classify(&self, result: Result<&Response<B>, &E>) -> Outcome {
-        let response = match result {
-            Ok(response) => response,
-            Err(_) => return Outcome::Failure { retryable: true },
-        };
-        match ServerErrorsAsFailures::new().classify_response(response) {
-            ClassifiedResponse::Ready(Err(_)) => Outcome::Failure {
-                retryable: status_is_retryable(response.status()),
-            },
-            _ if self.too_many_requests_is_failure
-                && response.status() == StatusCode::TOO_MANY_REQUESTS =>
-            {
-                Outcome::Failure { retryable: true }
-            }
-            _ => Outcome::Success,
+        match result {
+            Ok(response) => self.classify_status(response.status()),
+            Err(_) => Outcome::Failure { retryable: true },
         }
     }
 }

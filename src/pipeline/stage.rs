@@ -135,6 +135,12 @@ impl<C> StageClassifier<C> {
             rejections_are_failures,
         }
     }
+
+    /// The same treatment of rejections around another classifier.
+    #[cfg(feature = "reqwest")]
+    pub(crate) fn around<C2>(&self, inner: C2) -> StageClassifier<C2> {
+        StageClassifier::new(inner, self.rejections_are_failures)
+    }
 }
 
 impl<Res, C> Classify<Res, BoxError> for StageClassifier<C>

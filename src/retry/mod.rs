@@ -106,6 +106,8 @@ pub use self::policy::{CloneRequests, RetryPolicy, ServerDelay};
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub use self::policy::{HttpRetryPolicy, Idempotent, parse_retry_after};
+#[cfg(feature = "reqwest")]
+pub(crate) use self::policy::{header_server_delay, may_resend};
 pub use self::registry::RetryRegistry;
 pub use self::service::RetryService;
 pub use self::state::Retry;

@@ -83,12 +83,14 @@ impl<Req: Clone, Res, Err> RetryPolicy<Req, Res, Err> for CloneRequests {
 
 #[cfg(feature = "http")]
 pub use self::http_policy::{HttpRetryPolicy, Idempotent, parse_retry_after};
+#[cfg(feature = "reqwest")]
+pub(crate) use self::http_policy::{header_server_delay, may_resend};
 
 #[cfg(feature = "http")]
 mod http_policy {
     use std::time::{Duration, SystemTime};
 
-    use http::{Method, Request, Response};
+    use http::{HeaderMap, Method, Request, Response};
 
     use super::{RetryPolicy, ServerDelay};
     use crate::retry::RetryBody;
@@ -138,23 +140,34 @@ mod http_policy {
     }
 
     fn is_idempotent<B>(request: &Request<B>) -> bool {
+        may_resend(request.method(), request.headers())
+            || request.extensions().get::<Idempotent>().is_some()
+    }
+
+    /// The idempotency guard without extensions (shared with
+    /// `palisade::reqwest`): an idempotent method or an `Idempotency-Key`.
+    pub(crate) fn may_resend(method: &Method, headers: &HeaderMap) -> bool {
         matches!(
-            *request.method(),
+            *method,
             Method::GET
                 | Method::HEAD
                 | Method::PUT
                 | Method::DELETE
                 | Method::OPTIONS
                 | Method::TRACE
-        ) || request.extensions().get::<Idempotent>().is_some()
-            || request.headers().contains_key("idempotency-key")
+        ) || headers.contains_key("idempotency-key")
     }
 
     fn server_delay<RB, Err>(result: Result<&Response<RB>, &Err>) -> ServerDelay {
-        let Ok(response) = result else {
-            return ServerDelay::None;
-        };
-        let headers = response.headers();
+        match result {
+            Ok(response) => header_server_delay(response.headers()),
+            Err(_) => ServerDelay::None,
+        }
+    }
+
+    /// What a response's headers ask of a retry (shared with
+    /// `palisade::reqwest`); see [`HttpRetryPolicy`].
+    pub(crate) fn header_server_delay(headers: &HeaderMap) -> ServerDelay {
         if let Some(pushback) = headers.get("grpc-retry-pushback-ms") {
             return grpc_pushback(pushback.as_bytes());
         }
