@@ -4,6 +4,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -30,6 +32,11 @@ pub struct ApiCall {
     pub body: Option<Value>,
     /// Extra headers (`authorization` from the scenario to the gateway).
     pub headers: Vec<(http::HeaderName, String)>,
+    /// Attempts (shared by the copies a retry makes) that were sent and
+    /// got no answer saying whether they were applied: timed out, cut
+    /// off, or a 5xx other than 503. Zero after a failure means that no
+    /// attempt had an effect.
+    pub in_doubt: Arc<AtomicU32>,
 }
 
 impl ApiCall {
@@ -40,6 +47,7 @@ impl ApiCall {
             path: path.into(),
             body: None,
             headers: Vec::new(),
+            in_doubt: Arc::default(),
         }
     }
 
@@ -50,7 +58,13 @@ impl ApiCall {
             path: path.into(),
             body: Some(body),
             headers: Vec::new(),
+            in_doubt: Arc::default(),
         }
+    }
+
+    /// Whether an attempt of this call may have been applied.
+    pub fn may_have_been_applied(&self) -> bool {
+        self.in_doubt.load(Ordering::SeqCst) > 0
     }
 
     /// Adds `authorization: Bearer <token>`.
@@ -168,7 +182,16 @@ impl tower::Service<ApiCall> for InstanceClient {
     fn call(&mut self, call: ApiCall) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
+            // In doubt until an answer says what happened (a timeout drops
+            // this future and leaves it so).
+            let in_doubt = Arc::clone(&call.in_doubt);
+            in_doubt.fetch_add(1, Ordering::SeqCst);
             let reply = this.client.send(&this.authority, call).await?;
+            let answered = !reply.status.is_server_error()
+                || reply.status == http::StatusCode::SERVICE_UNAVAILABLE;
+            if answered {
+                in_doubt.fetch_sub(1, Ordering::SeqCst);
+            }
             if reply.status.is_server_error() {
                 return Err(UpstreamError {
                     service: this.service,

@@ -21,9 +21,8 @@ use tower::ServiceExt;
 use tower::util::BoxCloneSyncService;
 
 use super::db::Db;
-use super::http_json::{ApiCall, JsonReply, upstream_error};
+use super::http_json::{ApiCall, JsonReply};
 use super::inventory::Line;
-use axum::http::StatusCode;
 
 /// A JSON client through a resilience pipeline.
 pub type PipelinedClient = BoxCloneSyncService<ApiCall, JsonReply, PipelineError>;
@@ -112,6 +111,7 @@ pub const OUT_OF_STOCK: &str = "out-of-stock:";
 
 fn classify_call(
     result: Result<JsonReply, PipelineError>,
+    call: &ApiCall,
     refused: &str,
 ) -> Result<JsonReply, StepError> {
     match result {
@@ -121,19 +121,13 @@ fn classify_call(
             "{refused} {}",
             reply.body["error"].as_str().unwrap_or("refused")
         ))),
-        // The breaker, bulkhead or limiter turned the call away: it was
-        // never sent.
-        Err(error) if error.is_rejection() => {
+        // Every attempt was turned away before it was sent (an open
+        // breaker, a full bulkhead, no instance) or answered 503.
+        Err(error) if !call.may_have_been_applied() => {
             Err(StepError::no_effect(format!("unavailable: {error}")))
         }
-        // 503: the service said it did not take the call.
-        Err(error)
-            if upstream_error(&error)
-                .is_some_and(|e| e.status == StatusCode::SERVICE_UNAVAILABLE) =>
-        {
-            Err(StepError::no_effect(format!("unavailable: {error}")))
-        }
-        // A timeout or a 5xx: it may have been applied.
+        // An attempt timed out or was cut off: it may have been applied,
+        // even when a later one was rejected.
         Err(error) => Err(StepError::unknown(format!("unavailable: {error}"))),
     }
 }
@@ -146,8 +140,8 @@ fn reservation_key(saga: SagaId) -> String {
     format!("{saga}:reserve-stock:action")
 }
 
-async fn call(client: &PipelinedClient, call: ApiCall) -> Result<JsonReply, PipelineError> {
-    client.clone().oneshot(call).await
+async fn call(client: &PipelinedClient, call: &ApiCall) -> Result<JsonReply, PipelineError> {
+    client.clone().oneshot(call.clone()).await
 }
 
 /// The order saga, version 1.
@@ -194,10 +188,9 @@ pub fn definition() -> Result<SagaDefinition<SagaServices>, BoxError> {
                         "order_id": order.order_id,
                         "amount_cents": order.total_cents,
                     });
-                    let reply = classify_call(
-                        call(&svc.payments, ApiCall::post("/charge", body)).await,
-                        DECLINED,
-                    )?;
+                    let charge = ApiCall::post("/charge", body);
+                    let reply =
+                        classify_call(call(&svc.payments, &charge).await, &charge, DECLINED)?;
                     Ok(reply.body["payment_id"]
                         .as_str()
                         .unwrap_or_default()
@@ -209,7 +202,7 @@ pub fn definition() -> Result<SagaDefinition<SagaServices>, BoxError> {
                     let order: PlaceOrder = cx.input()?;
                     let body =
                         json!({"charge_key": charge_key(cx.saga_id()), "order_id": order.order_id});
-                    let reply = call(&svc.payments, ApiCall::post("/refund", body)).await?;
+                    let reply = call(&svc.payments, &ApiCall::post("/refund", body)).await?;
                     if !reply.status.is_success() {
                         return Err(BoxError::from(format!("refund refused: {}", reply.body)));
                     }
@@ -228,15 +221,13 @@ pub fn definition() -> Result<SagaDefinition<SagaServices>, BoxError> {
                     }
                     let order: PlaceOrder = cx.input()?;
                     let body = json!({"key": cx.idempotency_key(), "items": order.items});
-                    classify_call(
-                        call(&svc.inventory, ApiCall::post("/reserve", body)).await,
-                        OUT_OF_STOCK,
-                    )?;
+                    let reserve = ApiCall::post("/reserve", body);
+                    classify_call(call(&svc.inventory, &reserve).await, &reserve, OUT_OF_STOCK)?;
                     Ok(())
                 },
                 |svc: Arc<SagaServices>, cx: StepContext| async move {
                     let body = json!({"key": reservation_key(cx.saga_id())});
-                    let reply = call(&svc.inventory, ApiCall::post("/release", body)).await?;
+                    let reply = call(&svc.inventory, &ApiCall::post("/release", body)).await?;
                     if !reply.status.is_success() {
                         return Err(BoxError::from(format!("release refused: {}", reply.body)));
                     }

@@ -48,7 +48,7 @@ CREATE TABLE IF NOT EXISTS outbox (
 /// How long an executor's lease on a saga lasts without renewal: after a
 /// crash, the standby executor takes the saga over this long after the
 /// last renewal.
-pub const LEASE_TTL: Duration = Duration::from_millis(600);
+pub const LEASE_TTL: Duration = Duration::from_secs(3);
 
 /// The clients the orders service calls.
 pub struct OrdersClients {
@@ -163,11 +163,6 @@ impl Orders {
             .lock()
             .clone()
             .unwrap_or_else(|| self.standby.clone())
-    }
-
-    /// The executor that took over from the crashed one.
-    pub fn standby(&self) -> &SagaExecutor<SagaServices> {
-        &self.standby
     }
 
     fn order(&self, id: &str) -> Result<Option<Value>, rusqlite::Error> {
@@ -354,7 +349,7 @@ fn undelivered(db: &Db) -> Result<Vec<Pending>, rusqlite::Error> {
     let mut statement = db.prepare(
         "SELECT seq, event_id, order_id, user_id, kind FROM outbox WHERE delivered = 0 ORDER BY seq LIMIT 50",
     )?;
-    let rows = statement
+    statement
         .query_map([], |row| {
             Ok((
                 row.get(0)?,
@@ -364,8 +359,7 @@ fn undelivered(db: &Db) -> Result<Vec<Pending>, rusqlite::Error> {
                 row.get(4)?,
             ))
         })?
-        .collect();
-    rows
+        .collect()
 }
 
 /// Delivers the outbox's events in order, each until notifications

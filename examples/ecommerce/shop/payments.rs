@@ -45,7 +45,7 @@ pub struct Faults {
     pub error_rate: f64,
     /// Added to every call.
     pub latency_ms: u64,
-    /// Charges are applied but their replies come 2 s late, after the
+    /// Charges are applied but their replies come 3 s late, after the
     /// caller gave up: the reply is lost.
     pub lose_replies: bool,
 }
@@ -172,7 +172,7 @@ async fn charge(
     }
     tracing::info!(instance = %this.name, key = %request.key, payment = %payment["payment_id"], "charged");
     if faults.lose_replies {
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
     }
     Ok(Json(payment))
 }

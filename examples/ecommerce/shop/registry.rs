@@ -13,7 +13,7 @@ use palisade::discovery::{
 use super::http_json::{InstanceClient, JsonClient};
 
 /// How often the registry checks each instance's `/health`.
-pub const HEALTH_INTERVAL: Duration = Duration::from_millis(100);
+pub const HEALTH_INTERVAL: Duration = Duration::from_millis(300);
 
 /// Registers `id` of `service` at `address`, checked over HTTP.
 pub async fn register(

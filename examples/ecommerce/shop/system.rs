@@ -89,28 +89,21 @@ pub struct System {
     pub gateway: SocketAddr,
     /// Every instance's address, by instance id.
     pub instances: BTreeMap<String, SocketAddr>,
-    /// The embedded registry.
-    pub registry: InMemoryRegistry,
-    /// The orders service (for its executors).
-    pub orders: Arc<Orders>,
     /// The orders service's breaker in front of payments.
     pub payments_breaker: CircuitBreaker,
     /// The orders service's retry of payments calls.
     pub payments_retry: Retry,
-    /// The orders service's bulkhead in front of payments.
-    pub payments_bulkhead: Bulkhead,
     /// The orders service's balancer over the payments instances.
     pub payments_balance: Balance<InstanceClient>,
     /// The outbox relay's retry.
     pub relay_retry: Retry,
-    /// The gateway's limiter in front of orders.
-    pub orders_limiter: RateLimiter,
     /// What the parts reported.
     pub observed: Arc<Mutex<Observed>>,
     /// A plain client, for the scenario and the admin endpoints.
     pub client: JsonClient,
     servers: Vec<tokio::task::JoinHandle<()>>,
     _registrations: Vec<RegistrationGuard>,
+    _registry: InMemoryRegistry,
     _dir: tempfile::TempDir,
 }
 
@@ -164,7 +157,7 @@ impl System {
     pub async fn start(config: SystemConfig) -> Result<Self, BoxError> {
         let dir = tempfile::tempdir()?;
         let registry = InMemoryRegistry::new();
-        let client = JsonClient::new(Duration::from_secs(10));
+        let client = JsonClient::new(Duration::from_secs(60));
         let observed = Arc::new(Mutex::new(Observed::default()));
         let mut servers = Vec::new();
         let mut registrations = Vec::new();
@@ -206,7 +199,7 @@ impl System {
         .await?;
 
         // The orders service's clients.
-        let json = JsonClient::new(Duration::from_secs(5));
+        let json = JsonClient::new(Duration::from_secs(30));
         let payments_balance = balanced_json(
             &registry,
             "payments",
@@ -224,8 +217,8 @@ impl System {
         let payments = Pipeline::builder("payments")
             .retry(payments_retry.clone())
             .circuit_breaker(payments_breaker.clone())
-            .timeout(Duration::from_millis(300))
-            .bulkhead(payments_bulkhead.clone())
+            .timeout(Duration::from_secs(1))
+            .bulkhead(payments_bulkhead)
             .build()?;
         let inventory_client = Pipeline::builder("inventory")
             .circuit_breaker(breaker("inventory")?)
@@ -303,8 +296,8 @@ impl System {
             .timeout(Duration::from_secs(1))
             .build()?;
         let gateway_orders = Pipeline::builder("gateway-orders")
-            .rate_limiter(orders_limiter.clone())
-            .timeout(Duration::from_secs(8))
+            .rate_limiter(orders_limiter)
+            .timeout(Duration::from_secs(30))
             .bulkhead(Bulkhead::new(
                 "gateway-orders",
                 BulkheadConfig::builder().max_concurrent_calls(20).build()?,
@@ -362,18 +355,15 @@ impl System {
         let system = Self {
             gateway,
             instances,
-            registry,
-            orders,
             payments_breaker,
             payments_retry,
-            payments_bulkhead,
             payments_balance,
             relay_retry,
-            orders_limiter,
             observed,
             client,
             servers,
             _registrations: registrations,
+            _registry: registry,
             _dir: dir,
         };
         system.observe();

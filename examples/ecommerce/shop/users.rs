@@ -47,11 +47,7 @@ impl UsersService {
             .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
     }
 
-    fn find(
-        &self,
-        sql: &str,
-        key: &dyn rusqlite::ToSql,
-    ) -> Result<Option<(User, Vec<u8>, Vec<u8>)>, Status> {
+    fn find(&self, sql: &str, key: &dyn rusqlite::ToSql) -> Result<Option<UserRow>, Status> {
         let db = self.db.lock();
         match db.query_row(sql, [key], |row| {
             Ok((
@@ -73,6 +69,9 @@ impl UsersService {
 }
 
 const COLUMNS: &str = "id, email, name, salt, password_hash, created_at";
+
+/// A user, its salt and its password hash.
+type UserRow = (User, Vec<u8>, Vec<u8>);
 
 /// Argon2id with 1 MiB of memory and one pass: light enough for a debug
 /// build; a real service uses the defaults (19 MiB, two passes).
