@@ -14,6 +14,7 @@
 //! | [`discovery`] | Find the healthy instances of a service and balance calls over them. |
 //! | [`events`] | Subscribe to what a layer does. |
 //! | [`future`] | The crate's one boxed-future type. |
+//! | `metrics` | Export every layer's counters, gauges and histograms through the `metrics` facade (feature `metrics`). |
 //! | [`pipeline`] | Stack retry, breaker, rate limiter, timeout and bulkhead in the right order. |
 //! | [`rate_limit`] | Bound how many calls start per period (governor's GCRA). |
 //! | [`registry`] | Named breakers, bulkheads, limiters and retries, created on first use. |
@@ -88,6 +89,9 @@
 //!   for Consul's HTTP API, etcd v3 (building needs `protoc`) and DNS
 //!   A/AAAA and SRV records. Consul and etcd speak TLS with rustls and the
 //!   `ring` provider (no cmake or aws-lc build).
+//! * `metrics`: every layer reports counters, gauges and histograms
+//!   through the `metrics` facade, for any exporter (`palisade::metrics`
+//!   lists them).
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -105,6 +109,9 @@ pub mod discovery;
 pub mod error;
 pub mod events;
 pub mod future;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
 pub mod pipeline;
 pub mod rate_limit;
 pub mod registry;

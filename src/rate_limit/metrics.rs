@@ -13,3 +13,78 @@ pub struct RateLimiterMetrics {
     /// Callers waiting for a permit right now.
     pub waiting: usize,
 }
+
+/// A limiter's handles into the `metrics` facade (see [`crate::metrics`]),
+/// taken once when the limiter is created; shared by the plain and the
+/// keyed limiter. Without the `metrics` feature it is zero-sized and its
+/// methods are empty.
+#[cfg(feature = "metrics")]
+pub(super) struct Exported {
+    name: ::metrics::SharedString,
+    permitted: ::metrics::Counter,
+    rejected: ::metrics::Counter,
+    waiting: ::metrics::Gauge,
+    wait_duration: ::metrics::Histogram,
+}
+
+#[cfg(feature = "metrics")]
+impl Exported {
+    /// Handles for the limiter `name`.
+    pub(super) fn new(name: &std::sync::Arc<str>) -> Self {
+        let name = crate::metrics::name_label(name);
+        let exported = Self {
+            permitted: ::metrics::counter!("palisade_rate_limiter_calls_total", "name" => name.clone(), "outcome" => "permitted"),
+            rejected: ::metrics::counter!("palisade_rate_limiter_calls_total", "name" => name.clone(), "outcome" => "rejected"),
+            waiting: ::metrics::gauge!("palisade_rate_limiter_waiting_calls", "name" => name.clone()),
+            wait_duration: ::metrics::histogram!("palisade_rate_limiter_wait_duration_seconds", "name" => name.clone()),
+            name,
+        };
+        exported.waiting.set(0.0);
+        exported
+    }
+
+    /// A call got a permit after waiting `waited`.
+    #[inline]
+    pub(super) fn on_permitted(&self, waited: std::time::Duration) {
+        self.permitted.increment(1);
+        self.wait_duration.record(waited.as_secs_f64());
+    }
+
+    /// A call was rejected.
+    #[inline]
+    pub(super) fn on_rejected(&self) {
+        self.rejected.increment(1);
+    }
+
+    /// A caller starts (`+1`) or stops (`-1`) waiting.
+    #[inline]
+    pub(super) fn on_waiting(&self, change: i8) {
+        self.waiting.increment(f64::from(change));
+    }
+
+    /// A keyed limiter holds state for `keys` keys now.
+    pub(super) fn on_keys(&self, keys: usize) {
+        ::metrics::gauge!("palisade_rate_limiter_keys", "name" => self.name.clone())
+            .set(keys as f64);
+    }
+}
+
+/// Without the `metrics` feature: nothing, at no cost.
+#[cfg(not(feature = "metrics"))]
+pub(super) struct Exported;
+
+#[cfg(not(feature = "metrics"))]
+impl Exported {
+    #[inline(always)]
+    pub(super) fn new(_name: &std::sync::Arc<str>) -> Self {
+        Self
+    }
+    #[inline(always)]
+    pub(super) fn on_permitted(&self, _waited: std::time::Duration) {}
+    #[inline(always)]
+    pub(super) fn on_rejected(&self) {}
+    #[inline(always)]
+    pub(super) fn on_waiting(&self, _change: i8) {}
+    #[inline(always)]
+    pub(super) fn on_keys(&self, _keys: usize) {}
+}
