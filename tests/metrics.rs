@@ -323,3 +323,33 @@ fn every_metric_has_help_text() {
         "{text}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn keyed_rate_limiter_exports_one_series_for_all_keys() -> Result<(), BoxError> {
+    prometheus();
+    let limiter = palisade::rate_limit::KeyedRateLimiter::new(
+        "metrics-keyed",
+        RateLimiterConfig::builder()
+            .limit_for_period(1)
+            .limit_refresh_period(Duration::from_secs(1))
+            .build()?,
+    );
+    let series = |labels: &str| format!("palisade_rate_limiter_{labels}");
+    expect(&series(r#"keys{name="metrics-keyed"}"#), 0.0);
+    limiter.try_acquire(&"alice")?;
+    limiter.try_acquire(&"bob")?;
+    assert!(limiter.try_acquire(&"alice").is_err());
+    expect(&series(r#"keys{name="metrics-keyed"}"#), 2.0);
+    expect(
+        &series(r#"calls_total{name="metrics-keyed",outcome="permitted"}"#),
+        2.0,
+    );
+    expect(
+        &series(r#"calls_total{name="metrics-keyed",outcome="rejected"}"#),
+        1.0,
+    );
+    tokio::time::advance(Duration::from_secs(5)).await;
+    assert_eq!(limiter.remove_idle_keys(), 2);
+    expect(&series(r#"keys{name="metrics-keyed"}"#), 0.0);
+    Ok(())
+}

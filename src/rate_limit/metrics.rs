@@ -20,7 +20,8 @@ pub struct RateLimiterMetrics {
 /// methods are empty.
 #[cfg(feature = "metrics")]
 pub(super) struct Exported {
-    name: ::metrics::SharedString,
+    /// Only for a keyed limiter.
+    keys: Option<::metrics::Gauge>,
     permitted: ::metrics::Counter,
     rejected: ::metrics::Counter,
     waiting: ::metrics::Gauge,
@@ -29,17 +30,18 @@ pub(super) struct Exported {
 
 #[cfg(feature = "metrics")]
 impl Exported {
-    /// Handles for the limiter `name`.
-    pub(super) fn new(name: &std::sync::Arc<str>) -> Self {
+    /// Handles for the limiter `name`, `keyed` or not.
+    pub(super) fn new(name: &std::sync::Arc<str>, keyed: bool) -> Self {
         let name = crate::metrics::name_label(name);
         let exported = Self {
             permitted: ::metrics::counter!("palisade_rate_limiter_calls_total", "name" => name.clone(), "outcome" => "permitted"),
             rejected: ::metrics::counter!("palisade_rate_limiter_calls_total", "name" => name.clone(), "outcome" => "rejected"),
             waiting: ::metrics::gauge!("palisade_rate_limiter_waiting_calls", "name" => name.clone()),
             wait_duration: ::metrics::histogram!("palisade_rate_limiter_wait_duration_seconds", "name" => name.clone()),
-            name,
+            keys: keyed.then(|| ::metrics::gauge!("palisade_rate_limiter_keys", "name" => name)),
         };
         exported.waiting.set(0.0);
+        exported.on_keys(0);
         exported
     }
 
@@ -64,8 +66,9 @@ impl Exported {
 
     /// A keyed limiter holds state for `keys` keys now.
     pub(super) fn on_keys(&self, keys: usize) {
-        ::metrics::gauge!("palisade_rate_limiter_keys", "name" => self.name.clone())
-            .set(keys as f64);
+        if let Some(gauge) = &self.keys {
+            gauge.set(keys as f64);
+        }
     }
 }
 
@@ -76,7 +79,7 @@ pub(super) struct Exported;
 #[cfg(not(feature = "metrics"))]
 impl Exported {
     #[inline(always)]
-    pub(super) fn new(_name: &std::sync::Arc<str>) -> Self {
+    pub(super) fn new(_name: &std::sync::Arc<str>, _keyed: bool) -> Self {
         Self
     }
     #[inline(always)]
@@ -87,4 +90,26 @@ impl Exported {
     pub(super) fn on_waiting(&self, _change: i8) {}
     #[inline(always)]
     pub(super) fn on_keys(&self, _keys: usize) {}
+}
+
+/// A snapshot of a keyed rate limiter's counters, from
+/// [`KeyedRateLimiter::metrics`](super::KeyedRateLimiter::metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct KeyedRateLimiterMetrics {
+    /// Calls that got a permit, all keys together.
+    pub permitted: u64,
+    /// Of those, calls that had to wait for it.
+    pub permitted_after_waiting: u64,
+    /// Calls rejected because their key's permits were used up.
+    pub rejected: u64,
+    /// Calls rejected because their key was new and the limiter held
+    /// `max_keys` keys ([`TooManyKeys`](super::TooManyKeys)).
+    pub rejected_too_many_keys: u64,
+    /// Callers waiting for a permit right now.
+    pub waiting: usize,
+    /// Keys the limiter holds state for now.
+    pub keys: usize,
+    /// Idle keys removed by cleanups, ever.
+    pub evicted_keys: u64,
 }

@@ -68,6 +68,7 @@ mod config;
 mod error;
 mod event;
 mod future;
+mod keyed;
 mod layer;
 mod metrics;
 mod registry;
@@ -75,11 +76,15 @@ mod service;
 mod state;
 
 pub use self::config::{MAX_LIMIT_REFRESH_PERIOD, RateLimiterConfig, RateLimiterConfigBuilder};
-pub use self::error::RateLimited;
+pub use self::error::{KeyedRejection, RateLimited, TooManyKeys};
 pub use self::event::{RateLimiterEvent, RateLimiterEventKind};
 pub use self::future::ResponseFuture;
+pub use self::keyed::{
+    DEFAULT_IDLE_CLEANUP_INTERVAL, DEFAULT_MAX_KEYS, KeyedRateLimiter, KeyedRateLimiterLayer,
+    KeyedRateLimiterService,
+};
 pub use self::layer::RateLimiterLayer;
-pub use self::metrics::RateLimiterMetrics;
+pub use self::metrics::{KeyedRateLimiterMetrics, RateLimiterMetrics};
 pub use self::registry::RateLimiterRegistry;
 pub use self::service::RateLimiterService;
 pub use self::state::RateLimiter;

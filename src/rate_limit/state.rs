@@ -89,7 +89,7 @@ impl RateLimiter {
         let clock = GovernorClock::new();
         let name = name.into();
         let inner = Inner {
-            exported: super::metrics::Exported::new(&name),
+            exported: super::metrics::Exported::new(&name, false),
             name,
             gcra: governor::RateLimiter::direct_with_clock(quota, clock.clone()),
             clock,
