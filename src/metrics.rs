@@ -3,9 +3,9 @@
 //! `metrics-exporter-prometheus`, OpenTelemetry with `metrics-exporter-otel`
 //! or `opentelemetry-metrics`, StatsD, and so on.
 //!
-//! With the feature on, each breaker, retry, bulkhead and rate limiter
-//! reports the counters, gauges and histograms below, labelled with its
-//! name. With the feature off, none of this code is compiled: the hooks in
+//! With the feature on, each breaker, retry, bulkhead, rate limiter and
+//! balancer, and the saga executor, reports the counters, gauges and
+//! histograms below. With the feature off, none of this code is compiled: the hooks in
 //! the layers are empty inline functions on a zero-sized field.
 //!
 //! ```
@@ -27,7 +27,8 @@
 //!
 //! # The metrics
 //!
-//! Every series carries `name`, the layer's name. A
+//! Every layer's series carry `name`, the layer's name (the saga
+//! executor's have none: they count every executor of the process). A
 //! [`KeyedCircuitBreakerLayer`](crate::circuit_breaker::KeyedCircuitBreakerLayer)
 //! names each breaker after its key, so it exports one set of series per key
 //! (at most `with_max_keys` at once); a
@@ -53,6 +54,15 @@
 //! | `palisade_rate_limiter_waiting_calls` | gauge | `name` | Callers waiting for a permit now. |
 //! | `palisade_rate_limiter_wait_duration_seconds` | histogram | `name` | How long each permitted call waited for its permit (zero when one was free). |
 //! | `palisade_rate_limiter_keys` | gauge | `name` | Keys a keyed rate limiter holds state for now. |
+//! | `palisade_balancer_instances` | gauge | `name`, `status` | A balancer's healthy instances (`name` is the service): `status` is `ready` (picked) or `ejected` (by outlier detection). |
+//! | `palisade_balancer_ejections_total` | counter | `name` | Instances ejected by outlier detection. |
+//! | `palisade_saga_started_total` | counter | | Sagas started by the executors of the process. |
+//! | `palisade_saga_resumed_total` | counter | | Sagas taken over from the log (recovery, `retry_stuck`). |
+//! | `palisade_saga_running` | gauge | | Sagas being driven now. |
+//! | `palisade_saga_finished_total` | counter | `outcome` | Sagas finished: `outcome` is `completed`, `compensated` or `abandoned`. |
+//! | `palisade_saga_stuck_total` | counter | | Sagas stuck (a compensation kept failing). |
+//! | `palisade_saga_step_failures_total` | counter | | Failed step action attempts. |
+//! | `palisade_saga_step_duration_seconds` | histogram | `step` | Durations of successful step actions, by step name. |
 //!
 //! # Cost
 //!
@@ -164,6 +174,47 @@ pub fn describe() {
         "palisade_rate_limiter_keys",
         Unit::Count,
         "Keys a keyed rate limiter holds state for."
+    );
+    describe_gauge!(
+        "palisade_balancer_instances",
+        Unit::Count,
+        "A balancer's healthy instances, ready or ejected (status)."
+    );
+    describe_counter!(
+        "palisade_balancer_ejections_total",
+        Unit::Count,
+        "Instances ejected by outlier detection."
+    );
+    describe_counter!("palisade_saga_started_total", Unit::Count, "Sagas started.");
+    describe_counter!(
+        "palisade_saga_resumed_total",
+        Unit::Count,
+        "Sagas taken over from the log."
+    );
+    describe_gauge!(
+        "palisade_saga_running",
+        Unit::Count,
+        "Sagas being driven now."
+    );
+    describe_counter!(
+        "palisade_saga_finished_total",
+        Unit::Count,
+        "Sagas finished, by outcome."
+    );
+    describe_counter!(
+        "palisade_saga_stuck_total",
+        Unit::Count,
+        "Sagas stuck because a compensation kept failing."
+    );
+    describe_counter!(
+        "palisade_saga_step_failures_total",
+        Unit::Count,
+        "Failed step action attempts."
+    );
+    describe_histogram!(
+        "palisade_saga_step_duration_seconds",
+        Unit::Seconds,
+        "Durations of successful step actions, by step."
     );
 }
 

@@ -353,3 +353,72 @@ async fn keyed_rate_limiter_exports_one_series_for_all_keys() -> Result<(), BoxE
     expect(&series(r#"keys{name="metrics-keyed"}"#), 0.0);
     Ok(())
 }
+
+#[cfg(feature = "discovery")]
+#[tokio::test(start_paused = true)]
+async fn balancer_exports_its_ready_and_ejected_instances() -> Result<(), BoxError> {
+    use palisade::discovery::{Balance, BalanceConfig, Instance, StaticRegistry, make_fn};
+    prometheus();
+    let instance = |id: &str, address: &str| {
+        Instance::builder("metrics-users", id, address)
+            .build()
+            .expect("valid instance")
+    };
+    let registry =
+        StaticRegistry::new([instance("a", "10.0.0.1:80"), instance("b", "10.0.0.2:80")]);
+    let make = make_fn(|instance: &Instance| {
+        let id = instance.id().to_string();
+        Ok::<_, BoxError>(tower::service_fn(move |()| {
+            let id = id.clone();
+            async move { Ok::<_, BoxError>(id) }
+        }))
+    });
+    let mut balance = Balance::new("metrics-users", &registry, make, BalanceConfig::default())?;
+    balance.ready().await?.call(()).await?;
+    expect(
+        r#"palisade_balancer_instances{name="metrics-users",status="ready"}"#,
+        2.0,
+    );
+    expect(
+        r#"palisade_balancer_instances{name="metrics-users",status="ejected"}"#,
+        0.0,
+    );
+    expect(
+        r#"palisade_balancer_ejections_total{name="metrics-users"}"#,
+        0.0,
+    );
+    Ok(())
+}
+
+#[cfg(feature = "saga")]
+#[tokio::test(start_paused = true)]
+async fn saga_executor_exports_started_running_and_finished_sagas() -> Result<(), BoxError> {
+    use palisade::saga::{MemoryLog, SagaDefinition, SagaExecutor, SagaOutcome, Step, StepContext};
+    use std::sync::Arc;
+    prometheus();
+    let definition = SagaDefinition::<()>::builder("metrics-saga", 1)
+        .step(Step::new(
+            "metrics-step",
+            |_: Arc<()>, _: StepContext| async move {
+                tokio::time::sleep(Duration::from_millis(40)).await;
+                Ok::<_, palisade::saga::StepError>(1u32)
+            },
+            |_, _| async move { Ok::<_, std::io::Error>(()) },
+        ))
+        .build()?;
+    let executor = SagaExecutor::builder((), MemoryLog::new()).build()?;
+    executor.register(&definition);
+    let handle = executor.start(&definition, &"input").await?;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    expect("palisade_saga_running", 1.0);
+    assert!(matches!(handle.outcome().await?, SagaOutcome::Completed(_)));
+    tokio::task::yield_now().await;
+    expect("palisade_saga_running", 0.0);
+    expect("palisade_saga_started_total", 1.0);
+    expect(r#"palisade_saga_finished_total{outcome="completed"}"#, 1.0);
+    expect(
+        r#"palisade_saga_step_duration_seconds_count{step="metrics-step"}"#,
+        1.0,
+    );
+    Ok(())
+}
