@@ -36,6 +36,15 @@
 //! # }
 //! ```
 //!
+//! # One limit per key
+//!
+//! A [`KeyedRateLimiter`] gives each key (a user id, a client address) a
+//! limit of its own, with governor's keyed GCRA; its
+//! [`layer`](KeyedRateLimiter::layer) takes the key from each request. It
+//! removes idle keys on a cadence and holds at most `max_keys` keys,
+//! rejecting a new key beyond that with [`TooManyKeys`] (see
+//! [its docs](KeyedRateLimiter#a-bounded-number-of-keys)).
+//!
 //! # Options
 //!
 //! | option | default | meaning |
@@ -62,7 +71,9 @@
 //!
 //! Rejections are `debug` traces; [`RateLimiter::subscribe`] delivers
 //! [`RateLimiterEvent`]s and [`RateLimiter::metrics`] returns
-//! [`RateLimiterMetrics`].
+//! [`RateLimiterMetrics`] (for a keyed limiter,
+//! [`KeyedRateLimiterMetrics`]). With the `metrics` feature both limiters
+//! also report through the `metrics` facade (`palisade::metrics`).
 
 mod config;
 mod error;
