@@ -1,4 +1,4 @@
-//! Export what every layer does through the [`metrics`](::metrics) facade
+//! Export what every layer does through the `metrics` facade ([docs](https://docs.rs/metrics))
 //! (feature `metrics`), so that any exporter shows it: Prometheus with
 //! `metrics-exporter-prometheus`, OpenTelemetry with `metrics-exporter-otel`
 //! or `opentelemetry-metrics`, StatsD, and so on.
