@@ -150,6 +150,14 @@ struct Inner<K: Hash + Eq + Clone> {
 /// from the request costs, so prefer ids and addresses where they exist.
 /// Only the limiter's name labels its events and metrics, never a key.
 ///
+/// The keys' states live in governor's mutex-guarded `HashMap` store: a
+/// call takes a shared read lock (held off only by a cleanup) and the map's
+/// mutex twice (is the key known? then governor's check), so calls for
+/// different keys contend on that mutex. That suits a gateway's per-user
+/// limits; a limit on the hottest path of a many-core server is better
+/// served by a plain [`RateLimiter`](super::RateLimiter) per key you know
+/// in advance.
+///
 /// # A bounded number of keys
 ///
 /// Keys come from requests, so whoever sends them chooses how many there
