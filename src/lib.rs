@@ -14,6 +14,7 @@
 //! | [`discovery`] | Find the healthy instances of a service and balance calls over them. |
 //! | [`events`] | Subscribe to what a layer does. |
 //! | [`future`] | The crate's one boxed-future type. |
+//! | `metrics` | Export every layer's counters, gauges and histograms through the `metrics` facade (feature `metrics`). |
 //! | [`pipeline`] | Stack retry, breaker, rate limiter, timeout and bulkhead in the right order. |
 //! | [`rate_limit`] | Bound how many calls start per period (governor's GCRA). |
 //! | [`registry`] | Named breakers, bulkheads, limiters and retries, created on first use. |
@@ -92,6 +93,9 @@
 //! * `reqwest` (implies `http`): `palisade::reqwest`, a classifier and a
 //!   retry policy for `reqwest::Client`, and a pipeline around one in one
 //!   line. palisade turns on none of reqwest's own features.
+//! * `metrics`: every layer reports counters, gauges and histograms
+//!   through the `metrics` facade, for any exporter (`palisade::metrics`
+//!   lists them).
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -109,6 +113,9 @@ pub mod discovery;
 pub mod error;
 pub mod events;
 pub mod future;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
 pub mod pipeline;
 pub mod rate_limit;
 pub mod registry;

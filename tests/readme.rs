@@ -569,3 +569,23 @@ mod saga_example {
         Ok(())
     }
 }
+
+/// "Metrics".
+#[cfg(feature = "metrics")]
+#[test]
+#[rustfmt::skip]
+fn readme_metrics() -> Result<(), BoxError> {
+    use palisade::circuit_breaker::CircuitBreaker;
+
+    // Install the exporter before creating the layers: they take their handles then.
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+    palisade::metrics::describe(); // optional: # HELP lines
+    let breaker = CircuitBreaker::with_defaults("payments");
+    // Serve prometheus.render() on /metrics:
+    // palisade_circuit_breaker_state{name="payments",state="closed"} 1
+
+    assert!(prometheus
+        .render()
+        .contains(r#"palisade_circuit_breaker_state{name="payments",state="closed"} 1"#));
+    Ok(())
+}

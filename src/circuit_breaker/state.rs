@@ -221,6 +221,7 @@ pub(super) struct Shared {
     pub(super) config: CircuitBreakerConfig,
     pub(super) control: Mutex<Control>,
     pub(super) events: EventHub<CircuitBreakerEvent>,
+    pub(super) exported: super::metrics::Exported,
 }
 
 impl Shared {
@@ -249,6 +250,7 @@ impl Shared {
             slow_call_nanos,
             call_clock,
             state_clock: AnchoredClock::new(CallClock::Tokio),
+            exported: super::metrics::Exported::new(&name),
             name,
             events: EventHub::new(config.event_capacity),
             config,

@@ -159,6 +159,7 @@ impl CircuitBreaker {
             }
             CircuitState::Disabled | CircuitState::ForcedOpen => {}
         }
+        s.exported.on_transition(state_of(current), to);
         s.word.store(new_word, Release);
         Some(Transition {
             from: state_of(current),
