@@ -8,11 +8,14 @@
 //! |---|---|
 //! | [`backoff`] | How long to wait before each retry: exponential, jitter, schedules. |
 //! | [`bulkhead`] | Bound the calls in flight to each dependency. |
+//! | [`cache`] | Answer repeated requests from a cache; serve stale data when the service fails (feature `cache`). |
 //! | [`circuit_breaker`] | Stop calling a failing dependency; try again after a wait. |
 //! | [`classify`] | Decide which outcomes are failures (shared by every layer). |
 //! | [`clock`] | Choose how calls are timed: exact or coarse and cheap. |
+//! | [`coalesce`] | Share one call among concurrent requests for the same key (singleflight). |
 //! | [`discovery`] | Find the healthy instances of a service and balance calls over them. |
 //! | [`events`] | Subscribe to what a layer does. |
+//! | [`fallback`] | Answer a failed call with a value, a function of the failure or the last good response. |
 //! | [`future`] | The crate's one boxed-future type. |
 //! | `metrics` | Export every layer's counters, gauges and histograms through the `metrics` facade (feature `metrics`). |
 //! | [`pipeline`] | Stack retry, breaker, rate limiter, timeout and bulkhead in the right order. |
@@ -96,6 +99,7 @@
 //! * `metrics`: every layer reports counters, gauges and histograms
 //!   through the `metrics` facade, for any exporter (`palisade::metrics`
 //!   lists them).
+//! * `cache`: the response cache (`cache`), on moka's synchronous cache.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -104,14 +108,19 @@
 
 pub mod backoff;
 pub mod bulkhead;
+#[cfg(feature = "cache")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cache")))]
+pub mod cache;
 pub mod circuit_breaker;
 pub mod classify;
 pub mod clock;
+pub mod coalesce;
 #[cfg(feature = "discovery")]
 #[cfg_attr(docsrs, doc(cfg(feature = "discovery")))]
 pub mod discovery;
 pub mod error;
 pub mod events;
+pub mod fallback;
 pub mod future;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]

@@ -184,6 +184,87 @@ async fn readme_bulkhead() -> Result<(), BoxError> {
     Ok(())
 }
 
+/// "More strategies": fallback.
+#[tokio::test]
+#[rustfmt::skip]
+async fn readme_fallback() -> Result<(), BoxError> {
+    use tower::{Service as _, ServiceExt as _};
+    let breaker = palisade::circuit_breaker::CircuitBreaker::with_defaults("quotes");
+    let quotes_client = tower::service_fn(|symbol: String| async move {
+        Ok::<_, std::io::Error>(format!("{symbol} 101.5"))
+    });
+
+    use palisade::fallback::{Fallback, FallbackConfig};
+
+    let quotes = Fallback::new(
+        "quotes",
+        FallbackConfig::builder()
+            .last_good()          // the last good quote for the same symbol
+            .on_rejection(true)   // ... also when the breaker inside is open
+            .build()?,
+    );
+    let client = tower::ServiceBuilder::new()
+        .layer(quotes.layer_keyed(|symbol: &String| symbol.clone()))
+        .layer(breaker.layer())
+        .service(quotes_client);
+
+    let mut client = client;
+    assert_eq!(client.ready().await?.call("ACME".to_string()).await?, "ACME 101.5");
+    breaker.transition_to_forced_open();
+    assert_eq!(client.ready().await?.call("ACME".to_string()).await?, "ACME 101.5");
+    assert_eq!(quotes.metrics().answered_by_last_good, 1);
+    Ok(())
+}
+
+/// "More strategies": response cache.
+#[cfg(feature = "cache")]
+#[tokio::test]
+#[rustfmt::skip]
+async fn readme_cache() -> Result<(), BoxError> {
+    use tower::{Service as _, ServiceExt as _};
+    let prices_client = echo_client();
+
+    use std::time::Duration;
+    use palisade::cache::{CacheConfig, ResponseCache};
+
+    let prices = ResponseCache::new(
+        "prices",
+        CacheConfig::builder()
+            .ttl(Duration::from_secs(30))             // fresh for 30 s
+            .max_entries(10_000)
+            .max_staleness(Duration::from_secs(600))  // then kept 10 min to answer failures
+            .build()?,
+    );
+    let client = tower::ServiceBuilder::new()
+        .layer(prices.layer(|sku: &u64| *sku))
+        .service(prices_client);
+
+    let mut client = client;
+    assert_eq!(client.ready().await?.call(5).await?, 5);
+    assert_eq!(client.ready().await?.call(5).await?, 5);
+    assert_eq!(prices.metrics().hits, 1);
+    Ok(())
+}
+
+/// "More strategies": coalescing.
+#[tokio::test]
+#[rustfmt::skip]
+async fn readme_coalesce() -> Result<(), BoxError> {
+    use tower::{Service as _, ServiceExt as _};
+    let profiles_client = echo_client();
+
+    use palisade::coalesce::Coalesce;
+
+    let profiles = Coalesce::with_defaults("profiles");
+    let client = tower::ServiceBuilder::new()
+        .layer(profiles.layer(|user_id: &u64| *user_id))  // one call per user id at a time
+        .service(profiles_client);
+
+    let mut client = client;
+    assert_eq!(client.ready().await?.call(5).await?, 5);
+    Ok(())
+}
+
 /// "Every stage, in the right order: `Pipeline`".
 #[tokio::test]
 #[rustfmt::skip]

@@ -1,0 +1,353 @@
+//! The coalescing layer's shared state: the handle's counters and events,
+//! and the map of calls in flight, independent of tower.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::hash::Hash;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+
+use futures_util::future::{FutureExt, Shared};
+use parking_lot::Mutex;
+
+use crate::events::{EventHub, EventStream};
+
+use super::config::CoalesceConfig;
+use super::event::{CoalesceEvent, CoalesceEventKind};
+use super::layer::CoalesceLayer;
+use super::metrics::CoalesceMetrics;
+
+/// A coalescing (singleflight) layer's handle: its name, configuration,
+/// counters and events. Clones share them.
+///
+/// Build tower services with [`layer`](Self::layer), giving it the
+/// function that extracts a request's key.
+///
+/// ```
+/// use palisade::coalesce::{Coalesce, CoalesceConfig};
+///
+/// let profiles = Coalesce::new("profiles", CoalesceConfig::builder().max_in_flight_keys(1000).build()?);
+/// let layer = profiles.layer(|user_id: &u64| *user_id);
+/// assert_eq!(profiles.metrics().in_flight_keys, 0);
+/// # drop(layer);
+/// # Ok::<(), palisade::ConfigError>(())
+/// ```
+#[derive(Clone)]
+pub struct Coalesce {
+    shared: Arc<Handle>,
+}
+
+struct Handle {
+    name: Arc<str>,
+    config: CoalesceConfig,
+    in_flight_keys: AtomicUsize,
+    waiters: AtomicUsize,
+    calls: AtomicU64,
+    coalesced: AtomicU64,
+    uncoalesced: AtomicU64,
+    abandoned: AtomicU64,
+    events: EventHub<CoalesceEvent>,
+}
+
+impl Coalesce {
+    /// A coalescing layer named `name` (in events, traces and metrics).
+    pub fn new(name: impl Into<Arc<str>>, config: CoalesceConfig) -> Self {
+        let events = EventHub::new(config.event_capacity);
+        Self {
+            shared: Arc::new(Handle {
+                name: name.into(),
+                config,
+                in_flight_keys: AtomicUsize::new(0),
+                waiters: AtomicUsize::new(0),
+                calls: AtomicU64::new(0),
+                coalesced: AtomicU64::new(0),
+                uncoalesced: AtomicU64::new(0),
+                abandoned: AtomicU64::new(0),
+                events,
+            }),
+        }
+    }
+
+    /// A coalescing layer with the default configuration.
+    pub fn with_defaults(name: impl Into<Arc<str>>) -> Self {
+        Self::new(name, CoalesceConfig::default())
+    }
+
+    /// The name given at creation.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &CoalesceConfig {
+        &self.shared.config
+    }
+
+    /// A layer whose services share one call among the concurrent requests
+    /// for which `key` returns equal keys. Each service the layer builds
+    /// (and its clones) has its own map of calls in flight: requests to
+    /// different inner services are never coalesced together. All of them
+    /// count against this handle's `max_in_flight_keys`.
+    pub fn layer<Req, K, F>(&self, key: F) -> CoalesceLayer<Req, K, F>
+    where
+        F: Fn(&Req) -> K,
+        K: Hash + Eq + Clone,
+    {
+        CoalesceLayer::new(self.clone(), key)
+    }
+
+    /// Subscribes to this layer's [`CoalesceEvent`]s.
+    pub fn subscribe(&self) -> EventStream<CoalesceEvent> {
+        self.shared.events.subscribe()
+    }
+
+    /// A snapshot of the counters.
+    pub fn metrics(&self) -> CoalesceMetrics {
+        let s = &self.shared;
+        CoalesceMetrics {
+            max_in_flight_keys: s.config.max_in_flight_keys,
+            in_flight_keys: s.in_flight_keys.load(Relaxed),
+            waiters: s.waiters.load(Relaxed),
+            calls: s.calls.load(Relaxed),
+            coalesced: s.coalesced.load(Relaxed),
+            uncoalesced: s.uncoalesced.load(Relaxed),
+            abandoned: s.abandoned.load(Relaxed),
+        }
+    }
+
+    fn publish(&self, kind: impl FnOnce() -> CoalesceEventKind) {
+        self.shared.events.publish_with(|| CoalesceEvent {
+            coalesce: Arc::clone(&self.shared.name),
+            kind: kind(),
+        });
+    }
+
+    /// Takes one of the `max_in_flight_keys` slots, if one is free.
+    fn try_reserve_key(&self) -> Result<(), usize> {
+        let max = self.shared.config.max_in_flight_keys;
+        self.shared
+            .in_flight_keys
+            .fetch_update(Relaxed, Relaxed, |keys| (keys < max).then_some(keys + 1))
+            .map(drop)
+    }
+}
+
+impl fmt::Debug for Coalesce {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Coalesce")
+            .field("name", &self.shared.name)
+            .field("metrics", &self.metrics())
+            .finish()
+    }
+}
+
+/// One shared call in flight and the requests waiting for it.
+struct Flight<Fut: Future> {
+    /// Tells this flight from a later one for the same key.
+    id: u64,
+    waiters: usize,
+    call: Shared<Fut>,
+}
+
+struct FlightMap<K, Fut: Future> {
+    flights: HashMap<K, Flight<Fut>>,
+    next_id: u64,
+}
+
+/// The calls in flight of one service (and its clones), by key.
+pub(crate) struct Flights<K, Fut: Future> {
+    handle: Coalesce,
+    map: Mutex<FlightMap<K, Fut>>,
+}
+
+/// What a request does: wait for a shared call (new or in flight), or run
+/// its own call because the map is full.
+pub(crate) enum Joined<K, Fut, Req>
+where
+    K: Hash + Eq + Clone,
+    Fut: Future,
+    Fut::Output: Clone,
+{
+    Waiting {
+        call: Shared<Fut>,
+        waiter: Waiter<K, Fut>,
+    },
+    /// The request, back for its own call.
+    Uncoalesced(Req),
+}
+
+impl<K, Fut> Flights<K, Fut>
+where
+    K: Hash + Eq + Clone,
+    Fut: Future,
+    Fut::Output: Clone,
+{
+    pub(crate) fn new(handle: Coalesce) -> Self {
+        Self {
+            handle,
+            map: Mutex::new(FlightMap {
+                flights: HashMap::new(),
+                next_id: 0,
+            }),
+        }
+    }
+
+    /// Joins the call in flight for `key` (dropping `request`), or starts
+    /// one with `start(request)`, or (when `max_in_flight_keys` keys are in
+    /// flight) gives the request back to run on its own. `start` runs under
+    /// the map's lock: it only builds the future, it does not poll it.
+    pub(crate) fn join<Req>(
+        self: &Arc<Self>,
+        key: K,
+        request: Req,
+        start: impl FnOnce(Req) -> Fut,
+    ) -> Joined<K, Fut, Req> {
+        let handle = &self.handle;
+        let mut map = self.map.lock();
+        if let Some(flight) = map.flights.get_mut(&key) {
+            flight.waiters += 1;
+            let (id, waiters, call) = (flight.id, flight.waiters, flight.call.clone());
+            drop(map);
+            handle.shared.coalesced.fetch_add(1, Relaxed);
+            handle.shared.waiters.fetch_add(1, Relaxed);
+            tracing::trace!(coalesce = %handle.shared.name, waiters, "request joined a shared call");
+            handle.publish(|| CoalesceEventKind::Joined { waiters });
+            return Joined::Waiting {
+                call,
+                waiter: Waiter::new(self, key, id),
+            };
+        }
+        if let Err(in_flight_keys) = handle.try_reserve_key() {
+            drop(map);
+            handle.shared.uncoalesced.fetch_add(1, Relaxed);
+            tracing::debug!(
+                coalesce = %handle.shared.name,
+                in_flight_keys,
+                "too many keys in flight: request runs uncoalesced"
+            );
+            handle.publish(|| CoalesceEventKind::Uncoalesced { in_flight_keys });
+            return Joined::Uncoalesced(request);
+        }
+        let id = map.next_id;
+        map.next_id = map.next_id.wrapping_add(1);
+        let call = start(request).shared();
+        map.flights.insert(
+            key.clone(),
+            Flight {
+                id,
+                waiters: 1,
+                call: call.clone(),
+            },
+        );
+        drop(map);
+        handle.shared.calls.fetch_add(1, Relaxed);
+        handle.shared.waiters.fetch_add(1, Relaxed);
+        tracing::trace!(coalesce = %handle.shared.name, "request started a shared call");
+        handle.publish(|| CoalesceEventKind::Started);
+        Joined::Waiting {
+            call,
+            waiter: Waiter::new(self, key, id),
+        }
+    }
+
+    /// Forgets the flight `id` of `key`, if it is still the current one:
+    /// when its call finished (`finished`), or when its last waiter left.
+    fn leave(&self, key: &K, id: u64, finished: bool) {
+        let handle = &self.handle;
+        let mut map = self.map.lock();
+        let Some(flight) = map.flights.get_mut(key).filter(|f| f.id == id) else {
+            return;
+        };
+        flight.waiters -= 1;
+        let remaining = flight.waiters;
+        if !finished && remaining > 0 {
+            return;
+        }
+        let removed = map.flights.remove(key);
+        drop(map);
+        handle.shared.in_flight_keys.fetch_sub(1, Relaxed);
+        if finished {
+            tracing::trace!(coalesce = %handle.shared.name, waiters = remaining + 1, "shared call finished");
+            handle.publish(|| CoalesceEventKind::Completed {
+                waiters: remaining + 1,
+            });
+        } else {
+            handle.shared.abandoned.fetch_add(1, Relaxed);
+            tracing::debug!(coalesce = %handle.shared.name, "every waiter left: shared call cancelled");
+            handle.publish(|| CoalesceEventKind::Abandoned);
+        }
+        // Dropping the last handle on an unfinished call cancels it: do it
+        // outside the lock, its drop may run arbitrary code.
+        drop(removed);
+    }
+}
+
+/// A request's place among the waiters of a shared call: leaving (finished
+/// or dropped) updates the map, and the last waiter to leave an unfinished
+/// call cancels it.
+pub(crate) struct Waiter<K, Fut>
+where
+    K: Hash + Eq + Clone,
+    Fut: Future,
+    Fut::Output: Clone,
+{
+    flights: Arc<Flights<K, Fut>>,
+    key: Option<K>,
+    id: u64,
+    _call: PhantomData<fn() -> Fut>,
+}
+
+impl<K, Fut> Waiter<K, Fut>
+where
+    K: Hash + Eq + Clone,
+    Fut: Future,
+    Fut::Output: Clone,
+{
+    fn new(flights: &Arc<Flights<K, Fut>>, key: K, id: u64) -> Self {
+        Self {
+            flights: Arc::clone(flights),
+            key: Some(key),
+            id,
+            _call: PhantomData,
+        }
+    }
+
+    /// The shared call finished: the next request for the key starts a new
+    /// one.
+    pub(crate) fn finished(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.flights.leave(&key, self.id, true);
+            self.flights.handle.shared.waiters.fetch_sub(1, Relaxed);
+        }
+    }
+}
+
+impl<K, Fut> Drop for Waiter<K, Fut>
+where
+    K: Hash + Eq + Clone,
+    Fut: Future,
+    Fut::Output: Clone,
+{
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.flights.leave(&key, self.id, false);
+            self.flights.handle.shared.waiters.fetch_sub(1, Relaxed);
+        }
+    }
+}
+
+impl<K, Fut> fmt::Debug for Waiter<K, Fut>
+where
+    K: Hash + Eq + Clone,
+    Fut: Future,
+    Fut::Output: Clone,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Waiter")
+            .field("coalesce", &self.flights.handle.shared.name)
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
