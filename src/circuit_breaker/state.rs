@@ -18,7 +18,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -167,13 +167,113 @@ pub struct CircuitBreaker {
     pub(super) shared: SharedRef,
 }
 
-/// How a handle reaches the shared state: reference-counted, or leaked for
-/// the life of the process so that clones and permits copy a pointer instead
-/// of touching a reference count (see [`CircuitBreaker::new_static`]).
-#[derive(Clone)]
+/// How a handle (or a call) reaches the shared state, and what keeps it
+/// alive.
+///
+/// A counted breaker's state is reached through a fixed set of
+/// [`STRIPES`] reference-counted stripes, each on a cache line of its own.
+/// Every handle (so every service clone) is given one of them, round-robin,
+/// and the calls it admits count their reference on that stripe, not on one
+/// count shared by every call: clones used by different threads then never
+/// write the same cache line per call.
 pub(super) enum SharedRef {
-    Counted(Arc<Shared>),
+    /// A handle of a breaker made by [`CircuitBreaker::new`]; its calls hold
+    /// `stripes.stripes[stripe]`.
+    Handle { stripes: Arc<Stripes>, stripe: u8 },
+    /// One call's reference (a permit's), on its handle's stripe.
+    Call(Arc<Stripe>),
+    /// A timer's reference, upgraded from a weak one.
+    Direct(Arc<Shared>),
+    /// A breaker made with [`CircuitBreaker::new_static`]: never freed, and
+    /// no reference is counted.
     Static(&'static Shared),
+}
+
+/// Stripes per counted breaker: up to this many service clones calling at
+/// once count their calls on different cache lines.
+pub(super) const STRIPES: usize = 8;
+
+/// What the handles of a counted breaker share.
+pub(super) struct Stripes {
+    shared: Arc<Shared>,
+    stripes: [Arc<Stripe>; STRIPES],
+    /// The stripe the next handle gets.
+    next: AtomicUsize,
+}
+
+/// One stripe: its `Arc`'s reference count is what a call increments and
+/// decrements. Aligned so that count has a cache line (pair) of its own.
+#[repr(align(128))]
+pub(super) struct Stripe {
+    shared: Arc<Shared>,
+}
+
+impl SharedRef {
+    /// A counted breaker's first handle.
+    fn counted(shared: Shared) -> Self {
+        let shared = Arc::new(shared);
+        let stripes = Arc::new(Stripes {
+            stripes: std::array::from_fn(|_| {
+                Arc::new(Stripe {
+                    shared: Arc::clone(&shared),
+                })
+            }),
+            shared,
+            next: AtomicUsize::new(1),
+        });
+        SharedRef::Handle { stripes, stripe: 0 }
+    }
+
+    /// A reference for one call: increments the reference count of this
+    /// handle's stripe only.
+    #[inline]
+    pub(super) fn for_call(&self) -> Self {
+        match self {
+            SharedRef::Handle { stripes, stripe } => {
+                SharedRef::Call(Arc::clone(&stripes.stripes[usize::from(*stripe)]))
+            }
+            other => other.clone(),
+        }
+    }
+
+    /// The counted state, for a timer to hold weakly (`None`: static).
+    pub(super) fn counted_state(&self) -> Option<&Arc<Shared>> {
+        match self {
+            SharedRef::Handle { stripes, .. } => Some(&stripes.shared),
+            SharedRef::Call(stripe) => Some(&stripe.shared),
+            SharedRef::Direct(shared) => Some(shared),
+            SharedRef::Static(_) => None,
+        }
+    }
+
+    /// Whether this is a counted breaker's handle, held by `handles` handles
+    /// in all, with no call in flight and no timer running a transition.
+    pub(super) fn is_only_held_by(&self, handles: usize) -> bool {
+        match self {
+            SharedRef::Handle { stripes, .. } => {
+                Arc::strong_count(stripes) == handles
+                    && Arc::strong_count(&stripes.shared) == STRIPES + 1
+                    && stripes.stripes.iter().all(|s| Arc::strong_count(s) == 1)
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Clone for SharedRef {
+    /// A new handle counts its calls on the next stripe; other references
+    /// are cloned as they are.
+    fn clone(&self) -> Self {
+        match self {
+            SharedRef::Handle { stripes, .. } => SharedRef::Handle {
+                stripes: Arc::clone(stripes),
+                stripe: (stripes.next.fetch_add(1, Relaxed) % STRIPES) as u8,
+            },
+            SharedRef::Call(stripe) => SharedRef::Call(Arc::clone(stripe)),
+            SharedRef::Direct(shared) => SharedRef::Direct(Arc::clone(shared)),
+            SharedRef::Static(shared) => SharedRef::Static(shared),
+        }
+    }
 }
 
 impl std::ops::Deref for SharedRef {
@@ -182,7 +282,9 @@ impl std::ops::Deref for SharedRef {
     #[inline]
     fn deref(&self) -> &Shared {
         match self {
-            SharedRef::Counted(shared) => shared,
+            SharedRef::Handle { stripes, .. } => &stripes.shared,
+            SharedRef::Call(stripe) => &stripe.shared,
+            SharedRef::Direct(shared) => shared,
             SharedRef::Static(shared) => shared,
         }
     }
@@ -328,7 +430,7 @@ impl CircuitBreaker {
     /// [`try_new`](Self::try_new).
     pub fn new(name: impl Into<Arc<str>>, config: CircuitBreakerConfig) -> Self {
         let breaker = Self {
-            shared: SharedRef::Counted(Arc::new(Shared::new(name.into(), config))),
+            shared: SharedRef::counted(Shared::new(name.into(), config)),
         };
         breaker.enter_initial_state();
         breaker

@@ -27,7 +27,7 @@ enum TimerRef {
 impl TimerRef {
     fn upgrade(&self) -> Option<CircuitBreaker> {
         let shared = match self {
-            TimerRef::Counted(weak) => SharedRef::Counted(weak.upgrade()?),
+            TimerRef::Counted(weak) => SharedRef::Direct(weak.upgrade()?),
             TimerRef::Static(shared) => SharedRef::Static(shared),
         };
         Some(CircuitBreaker { shared })
@@ -221,9 +221,10 @@ impl CircuitBreaker {
             return;
         };
         let at = self.shared.state_clock.instant_at(until);
-        let target = match &self.shared {
-            SharedRef::Counted(shared) => TimerRef::Counted(Arc::downgrade(shared)),
-            SharedRef::Static(shared) => TimerRef::Static(shared),
+        let target = match (&self.shared, self.shared.counted_state()) {
+            (_, Some(shared)) => TimerRef::Counted(Arc::downgrade(shared)),
+            (SharedRef::Static(shared), None) => TimerRef::Static(shared),
+            (_, None) => unreachable!("only a static breaker has no counted state"),
         };
         runtime.spawn(async move {
             tokio::time::sleep_until(at).await;
