@@ -17,8 +17,8 @@
 //! timers that move it) in `transition.rs`.
 
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -172,18 +172,18 @@ pub struct CircuitBreaker {
 ///
 /// A counted breaker's state is reached through a fixed set of
 /// [`STRIPES`] reference-counted stripes, each on a cache line of its own.
-/// Every handle (so every service clone) is given one of them, round-robin,
-/// and the calls it admits count their reference on that stripe, not on one
+/// Every handle (so every service clone) holds one of them, given
+/// round-robin, and the calls it admits clone that stripe's `Arc`, not one
 /// count shared by every call: clones used by different threads then never
 /// write the same cache line per call.
 pub(super) enum SharedRef {
-    /// A handle of a breaker made by [`CircuitBreaker::new`]; its calls hold
-    /// `stripes.stripes[stripe]`.
-    Handle { stripes: Arc<Stripes>, stripe: u8 },
-    /// One call's reference (a permit's), on its handle's stripe.
-    Call(Arc<Stripe>),
-    /// A timer's reference, upgraded from a weak one.
-    Direct(Arc<Shared>),
+    /// A breaker made by [`CircuitBreaker::new`]. A handle also holds
+    /// `handle`, the breaker's stripes (to give its clones other ones); a
+    /// call's reference holds its stripe alone.
+    Counted {
+        stripe: Arc<Stripe>,
+        handle: Option<Arc<Stripes>>,
+    },
     /// A breaker made with [`CircuitBreaker::new_static`]: never freed, and
     /// no reference is counted.
     Static(&'static Shared),
@@ -193,9 +193,8 @@ pub(super) enum SharedRef {
 /// once count their calls on different cache lines.
 pub(super) const STRIPES: usize = 8;
 
-/// What the handles of a counted breaker share.
+/// A counted breaker's stripes, held by its handles.
 pub(super) struct Stripes {
-    shared: Arc<Shared>,
     stripes: [Arc<Stripe>; STRIPES],
     /// The stripe the next handle gets.
     next: AtomicUsize,
@@ -206,22 +205,33 @@ pub(super) struct Stripes {
 #[repr(align(128))]
 pub(super) struct Stripe {
     shared: Arc<Shared>,
+    /// For a timer started by a call, which holds no handle.
+    all: Weak<Stripes>,
 }
 
 impl SharedRef {
     /// A counted breaker's first handle.
     fn counted(shared: Shared) -> Self {
         let shared = Arc::new(shared);
-        let stripes = Arc::new(Stripes {
+        let all = Arc::new_cyclic(|all: &Weak<Stripes>| Stripes {
             stripes: std::array::from_fn(|_| {
                 Arc::new(Stripe {
                     shared: Arc::clone(&shared),
+                    all: all.clone(),
                 })
             }),
-            shared,
-            next: AtomicUsize::new(1),
+            next: AtomicUsize::new(0),
         });
-        SharedRef::Handle { stripes, stripe: 0 }
+        Self::handle(all)
+    }
+
+    /// A new handle of a counted breaker, on the next stripe.
+    pub(super) fn handle(all: Arc<Stripes>) -> Self {
+        let next = all.next.fetch_add(1, Relaxed) % STRIPES;
+        SharedRef::Counted {
+            stripe: Arc::clone(&all.stripes[next]),
+            handle: Some(all),
+        }
     }
 
     /// A reference for one call: increments the reference count of this
@@ -229,49 +239,49 @@ impl SharedRef {
     #[inline]
     pub(super) fn for_call(&self) -> Self {
         match self {
-            SharedRef::Handle { stripes, stripe } => {
-                SharedRef::Call(Arc::clone(&stripes.stripes[usize::from(*stripe)]))
-            }
-            other => other.clone(),
+            SharedRef::Counted { stripe, .. } => SharedRef::Counted {
+                stripe: Arc::clone(stripe),
+                handle: None,
+            },
+            SharedRef::Static(shared) => SharedRef::Static(shared),
         }
     }
 
-    /// The counted state, for a timer to hold weakly (`None`: static).
-    pub(super) fn counted_state(&self) -> Option<&Arc<Shared>> {
+    /// What a timer holds: it must not keep a counted breaker alive.
+    pub(super) fn downgrade(&self) -> Option<Weak<Stripes>> {
         match self {
-            SharedRef::Handle { stripes, .. } => Some(&stripes.shared),
-            SharedRef::Call(stripe) => Some(&stripe.shared),
-            SharedRef::Direct(shared) => Some(shared),
+            SharedRef::Counted { stripe, .. } => Some(stripe.all.clone()),
             SharedRef::Static(_) => None,
         }
     }
 
     /// Whether this is a counted breaker's handle, held by `handles` handles
-    /// in all, with no call in flight and no timer running a transition.
+    /// in all, with no call in flight.
     pub(super) fn is_only_held_by(&self, handles: usize) -> bool {
-        match self {
-            SharedRef::Handle { stripes, .. } => {
-                Arc::strong_count(stripes) == handles
-                    && Arc::strong_count(&stripes.shared) == STRIPES + 1
-                    && stripes.stripes.iter().all(|s| Arc::strong_count(s) == 1)
-            }
-            _ => false,
-        }
+        let SharedRef::Counted {
+            handle: Some(all), ..
+        } = self
+        else {
+            return false;
+        };
+        let on_stripes: usize = all
+            .stripes
+            .iter()
+            .map(|stripe| Arc::strong_count(stripe) - 1)
+            .sum();
+        Arc::strong_count(all) == handles && on_stripes == handles
     }
 }
 
 impl Clone for SharedRef {
-    /// A new handle counts its calls on the next stripe; other references
-    /// are cloned as they are.
+    /// A handle's clone is a handle on the next stripe; a call's reference
+    /// is cloned on its stripe.
     fn clone(&self) -> Self {
         match self {
-            SharedRef::Handle { stripes, .. } => SharedRef::Handle {
-                stripes: Arc::clone(stripes),
-                stripe: (stripes.next.fetch_add(1, Relaxed) % STRIPES) as u8,
-            },
-            SharedRef::Call(stripe) => SharedRef::Call(Arc::clone(stripe)),
-            SharedRef::Direct(shared) => SharedRef::Direct(Arc::clone(shared)),
-            SharedRef::Static(shared) => SharedRef::Static(shared),
+            SharedRef::Counted {
+                handle: Some(all), ..
+            } => Self::handle(Arc::clone(all)),
+            other => other.for_call(),
         }
     }
 }
@@ -282,9 +292,7 @@ impl std::ops::Deref for SharedRef {
     #[inline]
     fn deref(&self) -> &Shared {
         match self {
-            SharedRef::Handle { stripes, .. } => &stripes.shared,
-            SharedRef::Call(stripe) => &stripe.shared,
-            SharedRef::Direct(shared) => shared,
+            SharedRef::Counted { stripe, .. } => &stripe.shared,
             SharedRef::Static(shared) => shared,
         }
     }
