@@ -449,10 +449,11 @@ impl CircuitBreaker {
     ///
     /// It behaves exactly like [`new`](Self::new)'s, but cloning it, and each
     /// call through it, copies a pointer instead of incrementing and
-    /// decrementing a shared reference count: on the benchmark machine those
-    /// two uncontended atomic read-modify-writes cost about 17 ns, most of a
-    /// CLOSED call's overhead. Its memory (a few hundred bytes plus the
-    /// window) is never returned, so do not create such breakers in a loop.
+    /// decrementing a reference count (a `new` breaker counts each call on
+    /// the stripe of the handle that admitted it, so threads do not contend,
+    /// but the two atomic operations remain). Its memory (a few hundred
+    /// bytes plus the window) is never returned, so do not create such
+    /// breakers in a loop.
     pub fn new_static(name: impl Into<Arc<str>>, config: CircuitBreakerConfig) -> Self {
         let shared: &'static Shared = Box::leak(Box::new(Shared::new(name.into(), config)));
         let breaker = Self {
