@@ -79,7 +79,9 @@ impl CircuitBreaker {
     #[inline]
     fn permit(&self, word: u64, trial: bool) -> CallPermit {
         CallPermit {
-            breaker: self.clone(),
+            breaker: CircuitBreaker {
+                shared: self.shared.for_call(),
+            },
             word,
             started: 0,
             trial,
