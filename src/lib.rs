@@ -96,6 +96,9 @@
 
 pub mod backoff;
 pub mod bulkhead;
+#[cfg(feature = "chaos")]
+#[cfg_attr(docsrs, doc(cfg(feature = "chaos")))]
+pub mod chaos;
 pub mod circuit_breaker;
 pub mod classify;
 pub mod clock;
