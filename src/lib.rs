@@ -6,8 +6,10 @@
 //!
 //! | module | pattern |
 //! |---|---|
+//! | [`adaptive_concurrency`] | Bound the calls in flight by a limit that follows measured latency. |
 //! | [`backoff`] | How long to wait before each retry: exponential, jitter, schedules. |
 //! | [`bulkhead`] | Bound the calls in flight to each dependency. |
+//! | `chaos` | Inject errors, latency and responses at a seeded rate (feature `chaos`). |
 //! | [`circuit_breaker`] | Stop calling a failing dependency; try again after a wait. |
 //! | [`classify`] | Decide which outcomes are failures (shared by every layer). |
 //! | [`clock`] | Choose how calls are timed: exact or coarse and cheap. |
@@ -94,6 +96,7 @@
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod adaptive_concurrency;
 pub mod backoff;
 pub mod bulkhead;
 #[cfg(feature = "chaos")]
