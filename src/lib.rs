@@ -16,6 +16,7 @@
 //! | [`discovery`] | Find the healthy instances of a service and balance calls over them. |
 //! | [`events`] | Subscribe to what a layer does. |
 //! | [`future`] | The crate's one boxed-future type. |
+//! | [`hedge`] | Race slow calls with copies, within a retry budget. |
 //! | [`pipeline`] | Stack retry, breaker, rate limiter, timeout and bulkhead in the right order. |
 //! | [`rate_limit`] | Bound how many calls start per period (governor's GCRA). |
 //! | [`registry`] | Named breakers, bulkheads, limiters and retries, created on first use. |
@@ -111,6 +112,7 @@ pub mod discovery;
 pub mod error;
 pub mod events;
 pub mod future;
+pub mod hedge;
 pub mod pipeline;
 pub mod rate_limit;
 pub mod registry;
