@@ -136,7 +136,7 @@ impl AdaptiveConcurrency {
         self.acquire(true)
     }
 
-    /// A slot for a call a service will make later (`called` false until
+    /// A slot for a call a service will make later (its clock starts at
     /// [`AdaptivePermit::start`]).
     pub(crate) fn reserve(&self) -> Result<AdaptivePermit, ConcurrencyLimitExceeded> {
         self.acquire(false)
@@ -163,9 +163,10 @@ impl AdaptiveConcurrency {
                 Ok(_) => {
                     return Ok(AdaptivePermit {
                         limit: Some(self.clone()),
-                        started: Instant::now(),
+                        // A reserved slot's call has not started: its clock
+                        // is read when it does.
+                        started: called.then(Instant::now),
                         in_flight: in_flight + 1,
-                        called,
                     });
                 }
                 Err(actual) => in_flight = actual,
@@ -229,18 +230,16 @@ impl fmt::Debug for AdaptiveConcurrency {
 #[must_use = "the slot is given back as soon as the permit is dropped"]
 pub struct AdaptivePermit {
     limit: Option<AdaptiveConcurrency>,
-    started: Instant,
+    /// When the call started; `None` while a service holds the slot for a
+    /// call not made yet (dropped then, it is not a cancelled call).
+    started: Option<Instant>,
     in_flight: usize,
-    /// Whether a call started with this permit (a permit a service took in
-    /// `poll_ready` and never used is not a cancelled call).
-    called: bool,
 }
 
 impl AdaptivePermit {
     /// Restarts the latency clock: the call starts now.
     pub(crate) fn start(&mut self) {
-        self.started = Instant::now();
-        self.called = true;
+        self.started = Some(Instant::now());
     }
 
     /// Ends the call with `outcome`: a success or a failure is a latency
@@ -256,9 +255,12 @@ impl AdaptivePermit {
             Outcome::Failure { .. } => true,
             Outcome::Ignored => return,
         };
+        let Some(started) = self.started else {
+            return;
+        };
         limit.sample(Sample {
-            started: self.started,
-            latency: self.started.elapsed(),
+            started,
+            latency: started.elapsed(),
             in_flight: self.in_flight,
             dropped,
         });
@@ -269,7 +271,7 @@ impl Drop for AdaptivePermit {
     fn drop(&mut self) {
         if let Some(limit) = self.limit.take() {
             limit.shared.in_flight.fetch_sub(1, AcqRel);
-            if self.called {
+            if self.started.is_some() {
                 limit.shared.cancelled.add(1);
             }
         }

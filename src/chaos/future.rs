@@ -23,9 +23,11 @@ pin_project! {
     #[project = KindProj]
     enum Kind<F, Res> {
         Passthrough { #[pin] future: F },
-        Delayed { #[pin] sleep: Sleep, #[pin] future: F },
+        // The sleeps are boxed: a delayed call is the slow path, and an
+        // inline `Sleep` would make every passthrough future large.
+        Delayed { sleep: Pin<Box<Sleep>>, #[pin] future: F },
         Injected { result: Option<Result<Res, BoxError>> },
-        DelayedInjected { #[pin] sleep: Sleep, result: Option<Result<Res, BoxError>> },
+        DelayedInjected { sleep: Pin<Box<Sleep>>, result: Option<Result<Res, BoxError>> },
     }
 }
 
@@ -40,7 +42,7 @@ impl<F, Res> ResponseFuture<F, Res> {
     pub(crate) fn delayed(delay: Duration, future: F) -> Self {
         Self {
             kind: Kind::Delayed {
-                sleep: tokio::time::sleep(delay),
+                sleep: Box::pin(tokio::time::sleep(delay)),
                 future,
             },
         }
@@ -51,7 +53,7 @@ impl<F, Res> ResponseFuture<F, Res> {
         Self {
             kind: match delay {
                 Some(delay) => Kind::DelayedInjected {
-                    sleep: tokio::time::sleep(delay),
+                    sleep: Box::pin(tokio::time::sleep(delay)),
                     result,
                 },
                 None => Kind::Injected { result },
@@ -72,12 +74,12 @@ where
         match self.project().kind.project() {
             KindProj::Passthrough { future } => future.poll(cx).map_err(Into::into),
             KindProj::Delayed { sleep, future } => {
-                ready!(sleep.poll(cx));
+                ready!(sleep.as_mut().poll(cx));
                 future.poll(cx).map_err(Into::into)
             }
             KindProj::Injected { result } => Poll::Ready(take(result)),
             KindProj::DelayedInjected { sleep, result } => {
-                ready!(sleep.poll(cx));
+                ready!(sleep.as_mut().poll(cx));
                 Poll::Ready(take(result))
             }
         }

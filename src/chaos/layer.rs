@@ -1,5 +1,7 @@
 //! [`ChaosLayer`]: wraps services with a shared chaos layer.
 
+use std::fmt;
+
 use tower_layer::Layer;
 
 use super::service::ChaosService;
@@ -7,9 +9,16 @@ use super::state::Chaos;
 
 /// Wraps services in a [`ChaosService`] sharing one [`Chaos`]: switching or
 /// reconfiguring the chaos affects every service built by the layer.
-#[derive(Debug)]
 pub struct ChaosLayer<Res> {
     chaos: Chaos<Res>,
+}
+
+impl<Res> fmt::Debug for ChaosLayer<Res> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChaosLayer")
+            .field("chaos", &self.chaos)
+            .finish()
+    }
 }
 
 impl<Res> Clone for ChaosLayer<Res> {
