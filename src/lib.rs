@@ -87,6 +87,8 @@
 //! * `postgres` (implies `saga`): the PostgreSQL saga log
 //!   (`saga::log::PostgresLog`) that several executor processes share, with
 //!   leases and fencing (tokio-postgres and a deadpool connection pool).
+//! * `chaos`: fault injection (`chaos`): errors, latency and responses at
+//!   seeded rates, switched and reconfigured at run time (arc-swap).
 //! * `consul`, `etcd`, `dns` (each implies `discovery`): discovery backends
 //!   for Consul's HTTP API, etcd v3 (building needs `protoc`) and DNS
 //!   A/AAAA and SRV records. Consul and etcd speak TLS with rustls and the
