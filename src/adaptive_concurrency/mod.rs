@@ -82,8 +82,12 @@
 //! # Cost
 //!
 //! Admission is a compare-and-swap on the in-flight count against the
-//! limit (no lock); each finished call reads the clock and updates the
-//! algorithm under a short `parking_lot` lock.
+//! limit (no lock); a call reads the clock when it starts and when it
+//! ends, and updates the algorithm under a short `parking_lot` lock.
+//! Measured with `cargo bench --bench adaptive_concurrency` on the
+//! project's shared 2-core VM, a call that finds a slot free: 420 to
+//! 440 ns (AIMD, Vegas), against 620 ns for tower-resilience's adaptive
+//! limiter (Vegas) and 56 ns for tower's fixed `ConcurrencyLimit`.
 //!
 //! # Observability
 //!

@@ -64,10 +64,12 @@
 //!
 //! # Cost
 //!
-//! Disabled, a call is the inner call plus one relaxed atomic load and a
-//! branch (`cargo bench --bench chaos --features chaos` compares it with
-//! the bare service). Enabled, it adds an `ArcSwap` load, a counter and a
-//! small generator seeded for the call.
+//! Disabled, a call reads one relaxed atomic flag and passes through.
+//! Enabled, it adds an `ArcSwap` load, a counter and a small generator
+//! seeded for the call. Measured with `cargo bench --bench chaos --features
+//! chaos` on the project's shared 2-core VM: bare service 2 ns, disabled
+//! 26 ns, enabled with every rate zero 69 ns; tower-resilience's chaos
+//! layer with zero rates (it has no switch) 197 ns.
 //!
 //! # Observability
 //!
