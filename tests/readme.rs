@@ -265,6 +265,87 @@ async fn readme_coalesce() -> Result<(), BoxError> {
     Ok(())
 }
 
+/// "More strategies": "Hedging slow calls".
+#[tokio::test]
+#[rustfmt::skip]
+async fn readme_hedge() -> Result<(), BoxError> {
+    use tower::{Service as _, ServiceExt as _};
+    let catalog_client = echo_client();
+
+    use std::time::Duration;
+    use palisade::hedge::{Hedge, HedgeConfig, HedgeDelay};
+
+    let hedge = Hedge::new(
+        "catalog",
+        HedgeConfig::builder()
+            .delay(HedgeDelay::percentile(0.95))  // copy calls slower than 95 % of the last 10 s
+            .max_hedged_attempts(2)                // at most two copies, a delay apart
+            .build()?,                             // copies draw from a retry budget by default
+    );
+    let catalog = tower::ServiceBuilder::new().layer(hedge.layer()).service(catalog_client);
+
+    let mut catalog = catalog;
+    assert_eq!(catalog.ready().await?.call(4).await?, 4);
+    Ok(())
+}
+
+/// "More strategies": "Adaptive concurrency limit".
+#[tokio::test]
+#[rustfmt::skip]
+async fn readme_adaptive_concurrency() -> Result<(), BoxError> {
+    use tower::{Service as _, ServiceExt as _};
+    let search_client = echo_client();
+
+    use palisade::adaptive_concurrency::{AdaptiveConcurrency, AdaptiveConcurrencyConfig, Vegas};
+
+    let limit = AdaptiveConcurrency::new(
+        "search",
+        AdaptiveConcurrencyConfig::builder()
+            .algorithm(Vegas::default())   // or Aimd::new(latency_threshold)
+            .min_limit(4)
+            .max_limit(200)
+            .build()?,
+    );
+    let search = tower::ServiceBuilder::new().layer(limit.layer()).service(search_client);
+    let now = limit.metrics().limit;       // moves with the measured latency
+
+    let mut search = search;
+    assert_eq!(search.ready().await?.call(2).await?, 2);
+    assert_eq!(now, 20);
+    Ok(())
+}
+
+/// "More strategies": "Fault injection (feature `chaos`)".
+#[cfg(feature = "chaos")]
+#[tokio::test(start_paused = true)]
+#[rustfmt::skip]
+async fn readme_chaos() -> Result<(), BoxError> {
+    use tower::{Service as _, ServiceExt as _};
+    let inventory_client = echo_client();
+
+    use std::time::Duration;
+    use palisade::chaos::{Chaos, ChaosConfig};
+
+    let chaos = Chaos::new(
+        "inventory",
+        ChaosConfig::builder()
+            .error_rate(0.05)                            // 5 % fail with ChaosFault
+            .latency(0.10, Duration::from_millis(300))   // 10 % answer 300 ms later
+            .seed(42)                                    // the same faults in every run
+            .enabled(false)                              // off until switched on
+            .build()?,
+    );
+    let inventory = tower::ServiceBuilder::new().layer(chaos.layer()).service(inventory_client);
+    chaos.enable();                                      // at run time, from a test or an admin knob
+
+    let mut inventory = inventory;
+    for id in 0..20 {
+        let _ = inventory.ready().await?.call(id).await;
+    }
+    assert_eq!(chaos.metrics().calls_while_enabled, 20);
+    Ok(())
+}
+
 /// "Every stage, in the right order: `Pipeline`".
 #[tokio::test]
 #[rustfmt::skip]
