@@ -169,6 +169,9 @@ pub use self::balance::{
 pub use self::diff::{InstanceChange, SnapshotDiff};
 pub use self::discover::RegistryDiscover;
 pub use self::error::{DiscoveryError, NoHealthyInstance};
+#[cfg(feature = "tonic")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
+pub use self::health::{GrpcCheck, GrpcCheckBuilder};
 pub use self::health::{
     HealthCheck, HttpCheck, HttpCheckBuilder, MAX_CHECK_PERIOD, MIN_CHECK_PERIOD,
 };

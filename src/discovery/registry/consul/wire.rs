@@ -56,6 +56,27 @@ pub(super) fn registration_body(registration: &Registration) -> serde_json::Valu
             }
             Some(check)
         }
+        #[cfg(feature = "tonic")]
+        HealthCheck::Grpc(grpc) => {
+            // Consul's agent speaks grpc.health.v1 itself: `GRPC` is
+            // `<address>` or `<address>/<service>`.
+            let target = match grpc.service() {
+                "" => address.to_string(),
+                service => format!("{address}/{service}"),
+            };
+            let mut check = json!({
+                "CheckID": check_id,
+                "Name": format!("gRPC check of {}", instance.id()),
+                "GRPC": target,
+                "GRPCUseTLS": false,
+                "Interval": go_duration(grpc.interval()),
+                "Timeout": go_duration(grpc.timeout()),
+            });
+            if let Some(after) = grpc.deregister_critical_after() {
+                check["DeregisterCriticalServiceAfter"] = go_duration(after).into();
+            }
+            Some(check)
+        }
     };
     if let Some(check) = check {
         body["Check"] = check;
