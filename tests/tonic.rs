@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use http_body_util::{BodyExt, Empty};
+use http_body::Frame;
+use http_body_util::{BodyExt, Empty, StreamBody};
 use palisade::backoff::Backoff;
 use palisade::bulkhead::{Bulkhead, BulkheadConfig, BulkheadFull};
 use palisade::circuit_breaker::{
@@ -59,6 +60,8 @@ enum Fault {
     InTrailers(Code),
     /// Never answers.
     Hang,
+    /// HTTP 200 and headers, then a body that never ends.
+    HangInBody,
 }
 
 /// The faults to answer to the test client's calls, in order (then the
@@ -136,6 +139,13 @@ where
                 Box::pin(async move { Ok(response) })
             }
             Some(Fault::Hang) => Box::pin(std::future::pending()),
+            Some(Fault::HangInBody) => {
+                let frames = futures::stream::pending::<Result<Frame<Bytes>, Infallible>>();
+                let response = grpc()
+                    .body(tonic::body::Body::new(StreamBody::new(frames)))
+                    .expect("valid response");
+                Box::pin(async move { Ok(response) })
+            }
         }
     }
 }
@@ -662,4 +672,115 @@ async fn a_killed_instance_leaves_the_balancer() {
     }
     assert_eq!(b.script.calls(), before + 3);
     b.kill().await;
+}
+
+#[tokio::test]
+async fn cancelled_calls_give_the_half_open_trial_back() {
+    let server = TestServer::start().await;
+    let breaker = CircuitBreaker::new(
+        "cancelled",
+        CircuitBreakerConfig::builder()
+            .permitted_number_of_calls_in_half_open_state(1)
+            .build()
+            .expect("valid breaker config"),
+    );
+    breaker.transition_to_open().expect("from closed");
+    breaker.transition_to_half_open().expect("from open");
+    let client = HealthClient::new(palisade::tonic::channel(
+        server.channel(),
+        breaker_pipeline(&breaker),
+    ));
+
+    for round in 1..=10 {
+        // The trial call gets its headers, then waits for a body that
+        // never ends: the permit is held by the body.
+        server.script.then(Fault::HangInBody, 1);
+        let mut caller = client.clone();
+        let call = tokio::spawn(async move { caller.check(request()).await });
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while server.script.calls() < round {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the call reached the server");
+        assert_eq!(breaker.metrics().trial_permits_available, Some(0));
+
+        call.abort();
+        assert!(call.await.unwrap_err().is_cancelled());
+        assert_eq!(
+            breaker.metrics().trial_permits_available,
+            Some(1),
+            "round {round}: the dropped call gave its trial back, unrecorded"
+        );
+        assert_eq!(breaker.state(), CircuitState::HalfOpen);
+    }
+
+    let mut client = client;
+    client.check(request()).await.expect("the trial succeeds");
+    assert_eq!(breaker.state(), CircuitState::Closed);
+    server.kill().await;
+}
+
+/// A6 through the policy, on paused time: a pushback is waited, and the
+/// backoff then starts again from its first delay.
+#[tokio::test(start_paused = true)]
+async fn after_a_pushback_the_backoff_restarts_from_its_first_delay() {
+    use palisade::retry::RetryBody;
+    use tokio::time::Instant as TokioInstant;
+
+    let retry = Retry::new(
+        "pushback",
+        RetryConfig::builder()
+            .max_attempts(4)
+            .backoff(
+                Backoff::exponential(Duration::from_millis(100), 2.0)
+                    .build()
+                    .expect("valid backoff"),
+            )
+            .no_budget()
+            .build()
+            .expect("valid retry config"),
+    );
+    let attempts = Arc::new(Mutex::new(Vec::new()));
+    let server = tower::service_fn({
+        let attempts = attempts.clone();
+        move |_request: http::Request<RetryBody<Empty<Bytes>>>| {
+            let attempt = {
+                let mut attempts = attempts.lock();
+                attempts.push(TokioInstant::now());
+                attempts.len()
+            };
+            let response = http::Response::builder();
+            let response = match attempt {
+                1 | 3 => response.header("grpc-status", "14"),
+                2 => response
+                    .header("grpc-status", "14")
+                    .header("grpc-retry-pushback-ms", "50"),
+                _ => response.header("grpc-status", "0"),
+            };
+            async move { Ok::<_, Infallible>(response.body(()).expect("valid response")) }
+        }
+    });
+    let mut service = tower::ServiceBuilder::new()
+        .layer(GrpcRetryPolicy::new().layer(retry))
+        .service(server);
+
+    let request = http::Request::post("/grpc.health.v1.Health/Check")
+        .body(RetryBody::buffered(Bytes::from_static(b"\0\0\0\0\0")))
+        .expect("valid request");
+    let response = tower::ServiceExt::ready(&mut service)
+        .await
+        .expect("ready")
+        .call(request)
+        .await
+        .expect("the fourth attempt");
+    assert_eq!(response.headers()["grpc-status"], "0");
+
+    let attempts = attempts.lock();
+    let gaps: Vec<u128> = attempts
+        .windows(2)
+        .map(|pair| (pair[1] - pair[0]).as_millis())
+        .collect();
+    assert_eq!(gaps, [100, 50, 100], "A6: 100, pushback 50, then 100 again");
 }
