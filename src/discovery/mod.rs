@@ -82,6 +82,7 @@
 //! | `HttpCheck::interval` | 10 s | Time between checks; the first runs at registration. |
 //! | `HttpCheck::timeout` | 5 s | At most `interval`. |
 //! | `HttpCheck::deregister_critical_after` | never | Remove an instance critical this long. |
+//! | `GrpcCheck` (feature `tonic`) | service `""`, 10 s, 5 s, never | `grpc.health.v1.Health/Check` over HTTP/2; `SERVING` passes. Same `interval`, `timeout` and `deregister_critical_after`. |
 //!
 //! The balancer ([`BalanceConfig`], [`OutlierDetection`]):
 //!

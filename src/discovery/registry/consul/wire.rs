@@ -227,6 +227,23 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "tonic")]
+    #[test]
+    fn grpc_checks_name_the_address_and_the_service() {
+        let instance = Instance::builder("orders", "orders-1", "10.0.0.7:50051")
+            .build()
+            .expect("valid");
+        let check = crate::discovery::GrpcCheck::builder()
+            .service("orders.v1.Orders")
+            .build()
+            .expect("valid");
+        let body = registration_body(&Registration::new(instance, HealthCheck::Grpc(check)));
+        assert_eq!(body["Check"]["GRPC"], "10.0.0.7:50051/orders.v1.Orders");
+        assert_eq!(body["Check"]["GRPCUseTLS"], false);
+        assert_eq!(body["Check"]["Timeout"], "5s");
+        assert!(body["Check"].get("HTTP").is_none());
+    }
+
     #[test]
     fn durations_use_go_syntax() {
         assert_eq!(go_duration(Duration::from_secs(10)), "10s");

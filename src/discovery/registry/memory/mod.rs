@@ -41,6 +41,8 @@ const BACKEND: &str = "in-memory";
 ///   after registering; the instance is healthy while the last answer was a
 ///   2xx within `timeout`, and is removed once it has been critical for
 ///   `deregister_critical_after` (checked after each check).
+/// * `HealthCheck::Grpc` (feature `tonic`): the same, calling
+///   `grpc.health.v1.Health/Check` over HTTP/2; `SERVING` passes.
 ///
 /// Clones share one registry. Checks stop when their instance is
 /// deregistered or replaced and when the last clone is dropped; watches
