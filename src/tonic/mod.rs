@@ -13,7 +13,8 @@
 //! use palisade::tonic::GrpcRetryPolicy;
 //! use tonic_health::pb::health_client::HealthClient;
 //!
-//! # fn main() -> Result<(), palisade::BoxError> {
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), palisade::BoxError> {
 //! # let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:50051").connect_lazy();
 //! let pipeline = Pipeline::builder("health")
 //!     .retry(GrpcRetryPolicy::new().layer(Retry::new("health", RetryConfig::default())))
