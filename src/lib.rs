@@ -27,6 +27,7 @@
 //! | `reqwest` | Wrap a `reqwest::Client` in a pipeline in one line (feature `reqwest`). |
 //! | [`retry`] | Retry failed calls with backoff, jitter and a retry budget. |
 //! | [`saga`] | Run multi-service transactions as sagas that survive crashes. |
+//! | `tonic` | Wrap a tonic client in one line: gRPC retry (gRFC A6), trailer-aware breaker, rejections as `Status` (feature `tonic`). |
 //!
 //!
 //! ## Conventions
@@ -94,6 +95,10 @@
 //!   leases and fencing (tokio-postgres and a deadpool connection pool).
 //! * `chaos`: fault injection (`chaos`): errors, latency and responses at
 //!   seeded rates, switched and reconfigured at run time (arc-swap).
+//! * `tonic` (implies `http`): `palisade::tonic`, tonic clients behind a
+//!   pipeline in one line (gRFC A6 retries, statuses in trailers recorded
+//!   by the breaker, rejections as `tonic::Status`); with `discovery`,
+//!   gRPC health checks (`HealthCheck::Grpc`, tonic-health's client).
 //! * `consul`, `etcd`, `dns` (each implies `discovery`): discovery backends
 //!   for Consul's HTTP API, etcd v3 (building needs `protoc`) and DNS
 //!   A/AAAA and SRV records. Consul and etcd speak TLS with rustls and the
@@ -146,5 +151,8 @@ pub mod retry;
 #[cfg_attr(docsrs, doc(cfg(feature = "saga")))]
 pub mod saga;
 mod sync;
+#[cfg(feature = "tonic")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
+pub mod tonic;
 
 pub use crate::error::{BoxError, ConfigError, find_cause, is_caused_by};

@@ -751,3 +751,28 @@ fn readme_metrics() -> Result<(), BoxError> {
         .contains(r#"palisade_circuit_breaker_state{name="payments",state="closed"} 1"#));
     Ok(())
 }
+
+/// "Wrapping a tonic client". Compiled, not run: its address is an example
+/// network's (tests/tonic.rs runs the same against local servers).
+#[cfg(feature = "tonic")]
+#[rustfmt::skip]
+async fn readme_tonic() -> Result<(), BoxError> {
+    let retry = palisade::retry::Retry::new("health", palisade::retry::RetryConfig::default());
+    let breaker = palisade::circuit_breaker::CircuitBreaker::with_defaults("health");
+
+    use std::time::Duration;
+    use palisade::classify::GrpcStatusClassifier;
+    use palisade::pipeline::Pipeline;
+    use palisade::tonic::GrpcRetryPolicy;
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+
+    let channel = tonic::transport::Endpoint::from_static("http://10.0.0.9:50051").connect_lazy();
+    let pipeline = Pipeline::builder("health")
+        .retry(GrpcRetryPolicy::new().layer(retry)) // gRFC A6: UNAVAILABLE, pushback
+        .circuit_breaker(breaker.layer().with_classifier(GrpcStatusClassifier::new()))
+        .timeout(Duration::from_secs(1))
+        .build()?;
+    let mut health = HealthClient::new(palisade::tonic::channel(channel, pipeline));
+    let reply = health.check(HealthCheckRequest::default()).await?; // errors are tonic::Status
+    Ok(())
+}

@@ -162,6 +162,9 @@
 //! own cap) by evicting idle ones.
 
 mod admission;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod body;
 mod config;
 mod error;
 mod event;
@@ -178,6 +181,9 @@ mod window;
 pub use self::admission::CallPermit;
 #[cfg(feature = "discovery")]
 pub(crate) use self::admission::Reservation;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub use self::body::{ClassifyEnd, HeldUntilEnd, RecordAtEnd};
 pub(crate) use self::config::check_name;
 pub use self::config::{
     BreakDuration, CircuitBreakerConfig, CircuitBreakerConfigBuilder, MAX_COUNT_WINDOW,

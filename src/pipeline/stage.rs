@@ -161,6 +161,15 @@ where
     fn forces_open(&self, result: Result<&Res, &BoxError>) -> bool {
         self.inner.forces_open(result)
     }
+
+    #[inline]
+    fn hold_until_end(
+        &self,
+        response: &Res,
+        permit: crate::circuit_breaker::CallPermit,
+    ) -> Option<crate::circuit_breaker::CallPermit> {
+        self.inner.hold_until_end(response, permit)
+    }
 }
 
 /// The retry policy of a [`Pipeline`](super::Pipeline) built without a

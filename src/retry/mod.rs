@@ -102,6 +102,8 @@ pub use self::event::{GiveUpReason, RetryEvent, RetryEventKind};
 pub use self::future::ResponseFuture;
 pub use self::layer::RetryLayer;
 pub use self::metrics::RetryMetrics;
+#[cfg(feature = "tonic")]
+pub(crate) use self::policy::grpc_pushback;
 pub use self::policy::{CloneRequests, RetryPolicy, ServerDelay};
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]

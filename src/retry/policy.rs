@@ -81,6 +81,8 @@ impl<Req: Clone, Res, Err> RetryPolicy<Req, Res, Err> for CloneRequests {
     }
 }
 
+#[cfg(feature = "tonic")]
+pub(crate) use self::http_policy::grpc_pushback;
 #[cfg(feature = "http")]
 pub use self::http_policy::{HttpRetryPolicy, Idempotent, parse_retry_after};
 #[cfg(feature = "reqwest")]
@@ -214,7 +216,7 @@ mod http_policy {
     /// whitespace aside): a sign, even `+`, makes the value unreadable. A
     /// count too large for `u64` saturates, so the retry waits its longest
     /// (the backoff's `max_interval`).
-    fn grpc_pushback(value: &[u8]) -> ServerDelay {
+    pub(crate) fn grpc_pushback(value: &[u8]) -> ServerDelay {
         let value = value.trim_ascii();
         if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
             return ServerDelay::DoNotRetry;
