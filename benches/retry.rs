@@ -41,6 +41,19 @@ impl<E> tower::retry::Policy<u64, u64, E> for Attempts {
     }
 }
 
+/// Prints the size of `service`'s response future: what each call moves
+/// and keeps on its task's stack or in its task.
+fn print_future_size<S: tower::Service<u64>>(name: &str, service: &mut S) {
+    let waker = futures::task::noop_waker();
+    let mut cx = std::task::Context::from_waker(&waker);
+    assert!(service.poll_ready(&mut cx).is_ready());
+    let future = service.call(7);
+    println!(
+        "retry-success/{name}: response future of {} bytes",
+        std::mem::size_of_val(&future)
+    );
+}
+
 fn success_path(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -56,6 +69,7 @@ fn success_path(c: &mut Criterion) {
 
     let budgeted = Retry::new("bench", RetryConfig::default());
     let mut service = budgeted.layer().layer(Echo);
+    print_future_size("palisade/default (budget)", &mut service);
     group.bench_function("palisade/default (budget)", |b| {
         b.iter(|| call_now(&mut service, black_box(7)))
     });
@@ -85,6 +99,7 @@ fn success_path(c: &mut Criterion) {
     });
 
     let mut service = tower::retry::RetryLayer::new(Attempts(2)).layer(Echo);
+    print_future_size("tower/retry", &mut service);
     group.bench_function("tower/retry", |b| {
         b.iter(|| call_now(&mut service, black_box(7)))
     });

@@ -117,6 +117,24 @@ pub trait Classify<Res, Err> {
         let _ = result;
         false
     }
+
+    /// For a response whose outcome only the end of its body tells (a gRPC
+    /// status sent in trailers): hands the circuit breaker's `permit` to
+    /// the response, which records the outcome when its body ends, and
+    /// returns `None`. The default gives the permit back, and the breaker
+    /// records [`classify`](Self::classify)'s outcome at once. Only
+    /// circuit breakers ask; adapters pass it through.
+    /// [`GrpcStatusClassifier`] holds the permit when the response carries
+    /// a [`HeldUntilEnd`](crate::circuit_breaker::HeldUntilEnd) (feature `http`).
+    #[inline]
+    fn hold_until_end(
+        &self,
+        response: &Res,
+        permit: crate::circuit_breaker::CallPermit,
+    ) -> Option<crate::circuit_breaker::CallPermit> {
+        let _ = response;
+        Some(permit)
+    }
 }
 
 /// `Ok` is [`Outcome::Success`]; every `Err` is a retryable
@@ -279,6 +297,15 @@ where
     fn forces_open(&self, result: Result<&Res, &crate::BoxError>) -> bool {
         self.inner.forces_open(result)
     }
+
+    #[inline]
+    fn hold_until_end(
+        &self,
+        response: &Res,
+        permit: crate::circuit_breaker::CallPermit,
+    ) -> Option<crate::circuit_breaker::CallPermit> {
+        self.inner.hold_until_end(response, permit)
+    }
 }
 
 /// See [`ClassifyExt::ignore_errors`].
@@ -312,6 +339,15 @@ where
     #[inline]
     fn forces_open(&self, result: Result<&Res, &Err>) -> bool {
         self.inner.forces_open(result)
+    }
+
+    #[inline]
+    fn hold_until_end(
+        &self,
+        response: &Res,
+        permit: crate::circuit_breaker::CallPermit,
+    ) -> Option<crate::circuit_breaker::CallPermit> {
+        self.inner.hold_until_end(response, permit)
     }
 }
 
@@ -351,6 +387,15 @@ where
     fn forces_open(&self, result: Result<&Res, &Err>) -> bool {
         self.inner.forces_open(result)
     }
+
+    #[inline]
+    fn hold_until_end(
+        &self,
+        response: &Res,
+        permit: crate::circuit_breaker::CallPermit,
+    ) -> Option<crate::circuit_breaker::CallPermit> {
+        self.inner.hold_until_end(response, permit)
+    }
 }
 
 /// See [`ClassifyExt::transition_to_open_on_result`].
@@ -381,6 +426,15 @@ where
     #[inline]
     fn forces_open(&self, result: Result<&Res, &Err>) -> bool {
         (self.predicate)(result) || self.inner.forces_open(result)
+    }
+
+    #[inline]
+    fn hold_until_end(
+        &self,
+        response: &Res,
+        permit: crate::circuit_breaker::CallPermit,
+    ) -> Option<crate::circuit_breaker::CallPermit> {
+        self.inner.hold_until_end(response, permit)
     }
 }
 

@@ -6,9 +6,11 @@
 //!
 //! | module | pattern |
 //! |---|---|
+//! | [`adaptive_concurrency`] | Bound the calls in flight by a limit that follows measured latency. |
 //! | [`backoff`] | How long to wait before each retry: exponential, jitter, schedules. |
 //! | [`bulkhead`] | Bound the calls in flight to each dependency. |
 //! | [`cache`] | Answer repeated requests from a cache; serve stale data when the service fails (feature `cache`). |
+//! | `chaos` | Inject errors, latency and responses at a seeded rate (feature `chaos`). |
 //! | [`circuit_breaker`] | Stop calling a failing dependency; try again after a wait. |
 //! | [`classify`] | Decide which outcomes are failures (shared by every layer). |
 //! | [`clock`] | Choose how calls are timed: exact or coarse and cheap. |
@@ -17,11 +19,15 @@
 //! | [`events`] | Subscribe to what a layer does. |
 //! | [`fallback`] | Answer a failed call with a value, a function of the failure or the last good response. |
 //! | [`future`] | The crate's one boxed-future type. |
+//! | `metrics` | Export every layer's counters, gauges and histograms through the `metrics` facade (feature `metrics`). |
+//! | [`hedge`] | Race slow calls with copies, within a retry budget. |
 //! | [`pipeline`] | Stack retry, breaker, rate limiter, timeout and bulkhead in the right order. |
 //! | [`rate_limit`] | Bound how many calls start per period (governor's GCRA). |
 //! | [`registry`] | Named breakers, bulkheads, limiters and retries, created on first use. |
+//! | `reqwest` | Wrap a `reqwest::Client` in a pipeline in one line (feature `reqwest`). |
 //! | [`retry`] | Retry failed calls with backoff, jitter and a retry budget. |
 //! | [`saga`] | Run multi-service transactions as sagas that survive crashes. |
+//! | `tonic` | Wrap a tonic client in one line: gRPC retry (gRFC A6), trailer-aware breaker, rejections as `Status` (feature `tonic`). |
 //!
 //!
 //! ## Conventions
@@ -87,10 +93,22 @@
 //! * `postgres` (implies `saga`): the PostgreSQL saga log
 //!   (`saga::log::PostgresLog`) that several executor processes share, with
 //!   leases and fencing (tokio-postgres and a deadpool connection pool).
+//! * `chaos`: fault injection (`chaos`): errors, latency and responses at
+//!   seeded rates, switched and reconfigured at run time (arc-swap).
+//! * `tonic` (implies `http`): `palisade::tonic`, tonic clients behind a
+//!   pipeline in one line (gRFC A6 retries, statuses in trailers recorded
+//!   by the breaker, rejections as `tonic::Status`); with `discovery`,
+//!   gRPC health checks (`HealthCheck::Grpc`, tonic-health's client).
 //! * `consul`, `etcd`, `dns` (each implies `discovery`): discovery backends
 //!   for Consul's HTTP API, etcd v3 (building needs `protoc`) and DNS
 //!   A/AAAA and SRV records. Consul and etcd speak TLS with rustls and the
 //!   `ring` provider (no cmake or aws-lc build).
+//! * `reqwest` (implies `http`): `palisade::reqwest`, a classifier and a
+//!   retry policy for `reqwest::Client`, and a pipeline around one in one
+//!   line. palisade turns on none of reqwest's own features.
+//! * `metrics`: every layer reports counters, gauges and histograms
+//!   through the `metrics` facade, for any exporter (`palisade::metrics`
+//!   lists them).
 //! * `cache`: the response cache (`cache`), on moka's synchronous cache.
 
 #![forbid(unsafe_code)]
@@ -98,11 +116,15 @@
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod adaptive_concurrency;
 pub mod backoff;
 pub mod bulkhead;
 #[cfg(feature = "cache")]
 #[cfg_attr(docsrs, doc(cfg(feature = "cache")))]
 pub mod cache;
+#[cfg(feature = "chaos")]
+#[cfg_attr(docsrs, doc(cfg(feature = "chaos")))]
+pub mod chaos;
 pub mod circuit_breaker;
 pub mod classify;
 pub mod clock;
@@ -114,13 +136,23 @@ pub mod error;
 pub mod events;
 pub mod fallback;
 pub mod future;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
+pub mod hedge;
 pub mod pipeline;
 pub mod rate_limit;
 pub mod registry;
+#[cfg(feature = "reqwest")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+pub mod reqwest;
 pub mod retry;
 #[cfg(feature = "saga")]
 #[cfg_attr(docsrs, doc(cfg(feature = "saga")))]
 pub mod saga;
 mod sync;
+#[cfg(feature = "tonic")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
+pub mod tonic;
 
 pub use crate::error::{BoxError, ConfigError, find_cause, is_caused_by};

@@ -189,8 +189,9 @@ fn a_breaker_without_subscribers_allocates_no_event_buffer() {
     let small = breaker_bytes(256);
     let huge = breaker_bytes(palisade::circuit_breaker::MAX_EVENT_CAPACITY);
     assert_eq!(small, huge, "the event capacity costs nothing unsubscribed");
-    // 19 KB when the 256-slot buffer was allocated up front; about 4.6 KB
-    // now (the count window, striped counters and the OPEN snapshot).
+    // 19 KB when the 256-slot buffer was allocated up front; under 8 KB
+    // now (the count window, striped counters, the eight reference-counted
+    // call stripes of 256 bytes each and the OPEN snapshot).
     assert!(small < 8 * 1024, "a breaker takes {small} bytes");
 
     let breaker = CircuitBreaker::new(
@@ -212,4 +213,38 @@ fn a_breaker_without_subscribers_allocates_no_event_buffer() {
         .try_recv()
         .expect("an event after subscribing");
     assert_eq!(&*event.breaker, "payments");
+}
+
+/// The allocations [`MEASURED_CALLS`] rejected calls through `breaker`'s
+/// layer make, after checking that each was rejected with `BreakerOpen`.
+fn allocations_per_thousand_rejections(breaker: &CircuitBreaker) -> usize {
+    let mut service = breaker.layer().layer(Echo);
+    let mut rejected = 0;
+    let allocations = allocations_during(|| {
+        for request in 0..MEASURED_CALLS {
+            if let Err(error) = echo::call_now(&mut service, black_box(request)) {
+                rejected += u64::from(
+                    error
+                        .downcast_ref::<palisade::circuit_breaker::BreakerOpen>()
+                        .is_some(),
+                );
+            }
+        }
+    });
+    assert_eq!(rejected, MEASURED_CALLS, "every call is rejected");
+    allocations
+}
+
+#[test]
+fn an_open_rejection_allocates_only_the_boxed_error() {
+    let breaker = breaker(SlidingWindow::count(100), false, CallClock::Tokio);
+    breaker.transition_to_open().expect("CLOSED -> OPEN");
+    assert!(allocations_per_thousand_rejections(&breaker) <= MEASURED_CALLS as usize);
+}
+
+#[test]
+fn a_forced_open_rejection_allocates_only_the_boxed_error() {
+    let breaker = breaker(SlidingWindow::count(100), false, CallClock::Tokio);
+    breaker.transition_to_forced_open();
+    assert!(allocations_per_thousand_rejections(&breaker) <= MEASURED_CALLS as usize);
 }

@@ -265,6 +265,87 @@ async fn readme_coalesce() -> Result<(), BoxError> {
     Ok(())
 }
 
+/// "More strategies": "Hedging slow calls".
+#[tokio::test]
+#[rustfmt::skip]
+async fn readme_hedge() -> Result<(), BoxError> {
+    use tower::{Service as _, ServiceExt as _};
+    let catalog_client = echo_client();
+
+    use std::time::Duration;
+    use palisade::hedge::{Hedge, HedgeConfig, HedgeDelay};
+
+    let hedge = Hedge::new(
+        "catalog",
+        HedgeConfig::builder()
+            .delay(HedgeDelay::percentile(0.95))  // copy calls slower than 95 % of the last 10 s
+            .max_hedged_attempts(2)                // at most two copies, a delay apart
+            .build()?,                             // copies draw from a retry budget by default
+    );
+    let catalog = tower::ServiceBuilder::new().layer(hedge.layer()).service(catalog_client);
+
+    let mut catalog = catalog;
+    assert_eq!(catalog.ready().await?.call(4).await?, 4);
+    Ok(())
+}
+
+/// "More strategies": "Adaptive concurrency limit".
+#[tokio::test]
+#[rustfmt::skip]
+async fn readme_adaptive_concurrency() -> Result<(), BoxError> {
+    use tower::{Service as _, ServiceExt as _};
+    let search_client = echo_client();
+
+    use palisade::adaptive_concurrency::{AdaptiveConcurrency, AdaptiveConcurrencyConfig, Vegas};
+
+    let limit = AdaptiveConcurrency::new(
+        "search",
+        AdaptiveConcurrencyConfig::builder()
+            .algorithm(Vegas::default())   // or Aimd::new(latency_threshold)
+            .min_limit(4)
+            .max_limit(200)
+            .build()?,
+    );
+    let search = tower::ServiceBuilder::new().layer(limit.layer()).service(search_client);
+    let now = limit.metrics().limit;       // moves with the measured latency
+
+    let mut search = search;
+    assert_eq!(search.ready().await?.call(2).await?, 2);
+    assert_eq!(now, 20);
+    Ok(())
+}
+
+/// "More strategies": "Fault injection (feature `chaos`)".
+#[cfg(feature = "chaos")]
+#[tokio::test(start_paused = true)]
+#[rustfmt::skip]
+async fn readme_chaos() -> Result<(), BoxError> {
+    use tower::{Service as _, ServiceExt as _};
+    let inventory_client = echo_client();
+
+    use std::time::Duration;
+    use palisade::chaos::{Chaos, ChaosConfig};
+
+    let chaos = Chaos::new(
+        "inventory",
+        ChaosConfig::builder()
+            .error_rate(0.05)                            // 5 % fail with ChaosFault
+            .latency(0.10, Duration::from_millis(300))   // 10 % answer 300 ms later
+            .seed(42)                                    // the same faults in every run
+            .enabled(false)                              // off until switched on
+            .build()?,
+    );
+    let inventory = tower::ServiceBuilder::new().layer(chaos.layer()).service(inventory_client);
+    chaos.enable();                                      // at run time, from a test or an admin knob
+
+    let mut inventory = inventory;
+    for id in 0..20 {
+        let _ = inventory.ready().await?.call(id).await;
+    }
+    assert_eq!(chaos.metrics().calls_while_enabled, 20);
+    Ok(())
+}
+
 /// "Every stage, in the right order: `Pipeline`".
 #[tokio::test]
 #[rustfmt::skip]
@@ -301,6 +382,45 @@ async fn readme_pipeline() -> Result<(), BoxError> {
         Err(PipelineError::TimedOut(t)) => { /* t.stage(), t.after() */ }
         Err(error) => { /* PipelineError::Service: the service's own error */ }
     }
+    Ok(())
+}
+
+/// "Wrapping a reqwest client", against a local server that answers 200.
+#[cfg(feature = "reqwest")]
+#[tokio::test]
+#[rustfmt::skip]
+async fn readme_reqwest() -> Result<(), BoxError> {
+    use std::time::Duration;
+    use palisade::circuit_breaker::CircuitBreaker;
+    use palisade::pipeline::Pipeline;
+    use palisade::retry::{Retry, RetryConfig};
+    use tower::{Service, ServiceExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url: reqwest::Url = format!("http://{}/orders", listener.local_addr()?).parse()?;
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let answer = hyper::service::service_fn(|_request| async {
+                Ok::<_, std::convert::Infallible>(hyper::Response::new(String::from("ok")))
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(io, answer));
+        }
+    });
+
+    let pipeline = Pipeline::builder("orders")
+        .retry(Retry::new("orders", RetryConfig::default()))      // honours Retry-After
+        .circuit_breaker(CircuitBreaker::with_defaults("orders")) // 5xx and 429 are failures
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    let mut orders = palisade::reqwest::client(reqwest::Client::new(), pipeline);
+
+    let mut order = reqwest::Request::new(reqwest::Method::POST, url);
+    *order.body_mut() = Some("sku=17&quantity=2".into());
+    palisade::reqwest::mark_idempotent(&mut order); // an Idempotency-Key: this POST may be retried
+    let response = orders.ready().await?.call(order).await?;
+
+    assert_eq!(response.status(), 200);
     Ok(())
 }
 
@@ -610,4 +730,49 @@ mod saga_example {
         executor.recover().await?;
         Ok(())
     }
+}
+
+/// "Metrics".
+#[cfg(feature = "metrics")]
+#[test]
+#[rustfmt::skip]
+fn readme_metrics() -> Result<(), BoxError> {
+    use palisade::circuit_breaker::CircuitBreaker;
+
+    // Install the exporter before creating the layers: they take their handles then.
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+    palisade::metrics::describe(); // optional: # HELP lines
+    let breaker = CircuitBreaker::with_defaults("payments");
+    // Serve prometheus.render() on /metrics:
+    // palisade_circuit_breaker_state{name="payments",state="closed"} 1
+
+    assert!(prometheus
+        .render()
+        .contains(r#"palisade_circuit_breaker_state{name="payments",state="closed"} 1"#));
+    Ok(())
+}
+
+/// "Wrapping a tonic client". Compiled, not run: its address is an example
+/// network's (tests/tonic.rs runs the same against local servers).
+#[cfg(feature = "tonic")]
+#[rustfmt::skip]
+async fn readme_tonic() -> Result<(), BoxError> {
+    let retry = palisade::retry::Retry::new("health", palisade::retry::RetryConfig::default());
+    let breaker = palisade::circuit_breaker::CircuitBreaker::with_defaults("health");
+
+    use std::time::Duration;
+    use palisade::classify::GrpcStatusClassifier;
+    use palisade::pipeline::Pipeline;
+    use palisade::tonic::GrpcRetryPolicy;
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+
+    let channel = tonic::transport::Endpoint::from_static("http://10.0.0.9:50051").connect_lazy();
+    let pipeline = Pipeline::builder("health")
+        .retry(GrpcRetryPolicy::new().layer(retry)) // gRFC A6: UNAVAILABLE, pushback
+        .circuit_breaker(breaker.layer().with_classifier(GrpcStatusClassifier::new()))
+        .timeout(Duration::from_secs(1))
+        .build()?;
+    let mut health = HealthClient::new(palisade::tonic::channel(channel, pipeline));
+    let reply = health.check(HealthCheckRequest::default()).await?; // errors are tonic::Status
+    Ok(())
 }

@@ -59,6 +59,7 @@ struct Shared {
     rejected: StripedCounter,
     resize: Mutex<()>,
     events: EventHub<BulkheadEvent>,
+    exported: super::metrics::Exported,
 }
 
 impl Bulkhead {
@@ -79,8 +80,10 @@ impl Bulkhead {
 
     /// Creates a bulkhead named `name` (used in errors, events and traces).
     pub fn new(name: impl Into<Arc<str>>, config: BulkheadConfig) -> Self {
+        let name = name.into();
         let shared = Shared {
-            name: name.into(),
+            exported: super::metrics::Exported::new(&name, config.max_concurrent_calls),
+            name,
             semaphore: Semaphore::new(config.max_concurrent_calls),
             limit: AtomicUsize::new(config.max_concurrent_calls),
             debt: AtomicUsize::new(0),
@@ -187,6 +190,7 @@ impl Bulkhead {
         if in_flight > s.max_in_flight.load(Relaxed) {
             s.max_in_flight.fetch_max(in_flight, Relaxed);
         }
+        s.exported.on_permitted(waited, &s.semaphore);
         s.events.publish_with(|| BulkheadEvent {
             bulkhead: Arc::clone(&s.name),
             kind: BulkheadEventKind::Permitted { waited },
@@ -199,6 +203,7 @@ impl Bulkhead {
     fn reject(&self, queue_full: bool, waited: Duration) -> BulkheadFull {
         let s = &*self.shared;
         s.rejected.add(1);
+        s.exported.on_rejected();
         tracing::debug!(bulkhead = %s.name, queue_full, waited_ms = waited.as_millis() as u64, "bulkhead rejected a call");
         s.events.publish_with(|| BulkheadEvent {
             bulkhead: Arc::clone(&s.name),
@@ -222,6 +227,7 @@ impl Bulkhead {
         if !paid_debt {
             s.semaphore.add_permits(1);
         }
+        s.exported.on_released(&s.semaphore);
     }
 
     /// Changes the limit at run time. Growing frees permits at once (and
@@ -255,6 +261,7 @@ impl Bulkhead {
             s.debt.fetch_add(shrink - removed, AcqRel);
         }
         s.limit.store(to, Release);
+        s.exported.on_resized(to, &s.semaphore);
         tracing::info!(bulkhead = %s.name, from, to, "bulkhead resized");
         s.events.publish_with(|| BulkheadEvent {
             bulkhead: Arc::clone(&s.name),

@@ -79,7 +79,9 @@ impl CircuitBreaker {
     #[inline]
     fn permit(&self, word: u64, trial: bool) -> CallPermit {
         CallPermit {
-            breaker: self.clone(),
+            breaker: CircuitBreaker {
+                shared: self.shared.for_call(),
+            },
             word,
             started: 0,
             trial,
@@ -174,6 +176,7 @@ impl CircuitBreaker {
     fn reject(&self, state: CircuitState, retry_in: Option<Duration>) -> BreakerOpen {
         let s = &*self.shared;
         s.not_permitted.add(1);
+        s.exported.on_rejected();
         tracing::debug!(
             breaker = %s.name,
             state = %state,
@@ -191,6 +194,7 @@ impl CircuitBreaker {
     #[inline(always)]
     fn on_result(&self, word: u64, trial: bool, started: u64, outcome: Outcome) {
         let s = &*self.shared;
+        s.exported.on_call(outcome);
         // The steady state of a healthy dependency: an untimed, unobserved
         // success that the window would not change. Recording it is a load.
         if outcome == Outcome::Success
@@ -245,6 +249,7 @@ impl CircuitBreaker {
             (Some(elapsed), Some(threshold)) => elapsed > threshold,
             _ => false,
         };
+        s.exported.on_timed_call(failed, elapsed, slow);
         s.events.publish_with(|| {
             let elapsed = elapsed.map(Duration::from_nanos);
             CircuitBreakerEvent {
@@ -457,6 +462,7 @@ impl CallPermit {
     /// calls itself.
     pub fn on_result(mut self, duration: Duration, outcome: Outcome) {
         self.settled = true;
+        self.breaker.shared.exported.on_call(outcome);
         self.breaker.on_result_slow(
             self.word,
             self.trial,

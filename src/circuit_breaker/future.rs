@@ -68,7 +68,15 @@ where
             KindProj::Called { future, permit } => {
                 let result = ready!(future.poll(cx));
                 if let Some(permit) = permit.take() {
-                    permit.record_result(result.as_ref(), this.classifier);
+                    // A response whose outcome comes at the end of its body
+                    // (gRPC trailers) may take the permit with it.
+                    let permit = match &result {
+                        Ok(response) => this.classifier.hold_until_end(response, permit),
+                        Err(_) => Some(permit),
+                    };
+                    if let Some(permit) = permit {
+                        permit.record_result(result.as_ref(), this.classifier);
+                    }
                 }
                 Poll::Ready(result.map_err(Into::into))
             }

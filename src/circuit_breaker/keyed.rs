@@ -16,7 +16,7 @@ use crate::error::{BoxError, ConfigError};
 use super::admission::Reservation;
 use super::future::ResponseFuture;
 use super::registry::CircuitBreakerRegistry;
-use super::state::{CircuitBreaker, CircuitState, SharedRef};
+use super::state::{CircuitBreaker, CircuitState};
 
 /// The default cap on the breakers of a [`KeyedCircuitBreakerLayer`]'s
 /// registry: 10,000 (about 2.4 KB each with the default count window and
@@ -176,10 +176,7 @@ impl KeyBound {
 /// Whether `breaker`, one of `registry.all()`, is CLOSED and held only by
 /// the registry and that list (no call in flight, no other handle).
 fn is_idle(breaker: &CircuitBreaker) -> bool {
-    let SharedRef::Counted(shared) = &breaker.shared else {
-        return false;
-    };
-    Arc::strong_count(shared) == 2 && breaker.state() == CircuitState::Closed
+    breaker.shared.is_only_held_by(2) && breaker.state() == CircuitState::Closed
 }
 
 impl<K> KeyedCircuitBreakerLayer<K> {

@@ -55,3 +55,149 @@ pub struct CircuitBreakerMetrics {
     /// In HALF_OPEN, trial calls that may still start.
     pub trial_permits_available: Option<u32>,
 }
+
+/// The breaker's handles into the `metrics` facade (see [`crate::metrics`]),
+/// taken once when the breaker is created. Without the `metrics` feature it
+/// is zero-sized and its methods are empty.
+#[cfg(feature = "metrics")]
+pub(super) struct Exported {
+    name: ::metrics::SharedString,
+    successful: ::metrics::Counter,
+    failed: ::metrics::Counter,
+    ignored: ::metrics::Counter,
+    not_permitted: ::metrics::Counter,
+    slow_successful: ::metrics::Counter,
+    slow_failed: ::metrics::Counter,
+    duration_successful: ::metrics::Histogram,
+    duration_failed: ::metrics::Histogram,
+    /// One gauge per state, in [`STATES`] order.
+    state: [::metrics::Gauge; 6],
+}
+
+#[cfg(feature = "metrics")]
+const STATES: [CircuitState; 6] = [
+    CircuitState::Closed,
+    CircuitState::Open,
+    CircuitState::HalfOpen,
+    CircuitState::Disabled,
+    CircuitState::ForcedOpen,
+    CircuitState::MetricsOnly,
+];
+
+/// The `state` label: the state's name in lower case.
+#[cfg(feature = "metrics")]
+fn state_label(state: CircuitState) -> &'static str {
+    match state {
+        CircuitState::Closed => "closed",
+        CircuitState::Open => "open",
+        CircuitState::HalfOpen => "half_open",
+        CircuitState::Disabled => "disabled",
+        CircuitState::ForcedOpen => "forced_open",
+        CircuitState::MetricsOnly => "metrics_only",
+    }
+}
+
+#[cfg(feature = "metrics")]
+impl Exported {
+    /// Handles for the breaker `name`, which starts CLOSED.
+    pub(super) fn new(name: &std::sync::Arc<str>) -> Self {
+        let name = crate::metrics::name_label(name);
+        let calls = |kind: &'static str| ::metrics::counter!("palisade_circuit_breaker_calls_total", "name" => name.clone(), "kind" => kind);
+        let slow = |kind: &'static str| ::metrics::counter!("palisade_circuit_breaker_slow_calls_total", "name" => name.clone(), "kind" => kind);
+        let duration = |kind: &'static str| ::metrics::histogram!("palisade_circuit_breaker_call_duration_seconds", "name" => name.clone(), "kind" => kind);
+        let state = STATES.map(|state| {
+            ::metrics::gauge!("palisade_circuit_breaker_state", "name" => name.clone(), "state" => state_label(state))
+        });
+        for (gauge, s) in state.iter().zip(STATES) {
+            gauge.set(if s == CircuitState::Closed { 1.0 } else { 0.0 });
+        }
+        Self {
+            successful: calls("successful"),
+            failed: calls("failed"),
+            ignored: calls("ignored"),
+            not_permitted: calls("not_permitted"),
+            slow_successful: slow("successful"),
+            slow_failed: slow("failed"),
+            duration_successful: duration("successful"),
+            duration_failed: duration("failed"),
+            state,
+            name,
+        }
+    }
+
+    /// A permitted call finished with `outcome`.
+    #[inline]
+    pub(super) fn on_call(&self, outcome: crate::classify::Outcome) {
+        use crate::classify::Outcome;
+        match outcome {
+            Outcome::Success => self.successful.increment(1),
+            Outcome::Failure { .. } => self.failed.increment(1),
+            Outcome::Ignored => self.ignored.increment(1),
+        }
+    }
+
+    /// A call was timed: `nanos` long (if timed), slow or not.
+    #[inline]
+    pub(super) fn on_timed_call(&self, failed: bool, nanos: Option<u64>, slow: bool) {
+        if slow {
+            if failed {
+                &self.slow_failed
+            } else {
+                &self.slow_successful
+            }
+            .increment(1);
+        }
+        if let Some(nanos) = nanos {
+            let histogram = if failed {
+                &self.duration_failed
+            } else {
+                &self.duration_successful
+            };
+            histogram.record(Duration::from_nanos(nanos).as_secs_f64());
+        }
+    }
+
+    /// A call was rejected.
+    #[inline]
+    pub(super) fn on_rejected(&self) {
+        self.not_permitted.increment(1);
+    }
+
+    /// The breaker moves from `from` to `to` (under its transition lock, so
+    /// the one-hot state gauges are set in the order of the transitions).
+    #[cold]
+    pub(super) fn on_transition(&self, from: CircuitState, to: CircuitState) {
+        for (gauge, s) in self.state.iter().zip(STATES) {
+            gauge.set(if s == to { 1.0 } else { 0.0 });
+        }
+        if from != to {
+            ::metrics::counter!(
+                "palisade_circuit_breaker_transitions_total",
+                "name" => self.name.clone(),
+                "from" => state_label(from),
+                "to" => state_label(to)
+            )
+            .increment(1);
+        }
+    }
+}
+
+/// Without the `metrics` feature: nothing, at no cost.
+#[cfg(not(feature = "metrics"))]
+pub(super) struct Exported;
+
+#[cfg(not(feature = "metrics"))]
+impl Exported {
+    #[inline(always)]
+    pub(super) fn new(_name: &std::sync::Arc<str>) -> Self {
+        Self
+    }
+    #[inline(always)]
+    pub(super) fn on_call(&self, _outcome: crate::classify::Outcome) {}
+    #[inline(always)]
+    pub(super) fn on_timed_call(&self, _failed: bool, _nanos: Option<u64>, _slow: bool) {}
+    #[inline(always)]
+    pub(super) fn on_rejected(&self) {}
+    #[inline(always)]
+    pub(super) fn on_transition(&self, _from: CircuitState, _to: CircuitState) {}
+}

@@ -133,42 +133,22 @@
 //! The consecutive-failures window reads one counter.
 //!
 //! What remains is the reference count that keeps the breaker alive for
-//! every response future in flight: an increment and a decrement per call,
-//! on a cache line shared by all threads. On the benchmark VM these two
-//! atomic operations cost about 17 ns uncontended, and several times that
-//! when two threads call at once. A breaker made with
+//! every response future in flight: an increment and a decrement per call.
+//! They are not made on one count shared by every call: a breaker made
+//! with [`CircuitBreaker::new`] has eight reference-counted stripes, each
+//! on a cache line of its own, every handle (so every service clone) holds
+//! one of them, given round-robin, and its calls count there. Service
+//! clones used by different threads or tasks therefore do not write a
+//! common cache line per call. A breaker made with
 //! [`CircuitBreaker::new_static`] lives as long as the process, and its
-//! calls skip the reference count: use it for the breaker of a fixed
-//! dependency.
+//! calls skip the reference count altogether.
 //!
 //! Timing calls (slow-call detection, time windows) reads the call clock
 //! once when the call starts (slow calls only) and once when it ends; see
 //! [`crate::clock`] for the exact tokio clock and the cheaper coarse one.
 //!
-//! Measured with `cargo bench --bench circuit_breaker` on the project's
-//! 2-core KVM machine (medians of two runs; runs vary by up to ±20 %), the
-//! time a call through the tower service adds over a bare service (< 1 ns):
-//!
-//! | window | + slow calls | clock | ns added | with `new_static` |
-//! |---|---|---|---|---|
-//! | count | – | – | 31–41 | 19–21 |
-//! | count | yes | tokio | 100–141 | |
-//! | count | yes | coarse | 33–43 | |
-//! | time | – | tokio | 81–108 | |
-//! | time | – | coarse | 43–55 | |
-//! | time | yes | tokio | 105–120 | |
-//! | time | yes | coarse | 47–48 | |
-//! | consecutive | – | – | 30–31 | |
-//! | consecutive | yes | coarse | 33–35 | |
-//!
-//! In the same runs failsafe's default breaker added 128–137 ns (its
-//! consecutive-failures one 38–42 ns) and tower-resilience's 382–391 ns.
-//! With two threads calling clones of one service at once, a count window
-//! cost 134 ns per call (23 ns with `new_static`), failsafe 510 ns and
-//! tower-resilience 4 µs. A rejection costs 60 ns (FORCED_OPEN) to 123 ns
-//! (OPEN, which reads the clock to say when to retry), including the one
-//! allocation that boxes the error; failsafe rejects in 51 ns,
-//! tower-resilience in 253 ns.
+//! Measured figures, next to the peer crates in the same runs, are in
+//! `BENCHMARKS.md` at the root of the repository.
 //!
 //! # Observability
 //!
@@ -182,6 +162,9 @@
 //! own cap) by evicting idle ones.
 
 mod admission;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod body;
 mod config;
 mod error;
 mod event;
@@ -198,6 +181,9 @@ mod window;
 pub use self::admission::CallPermit;
 #[cfg(feature = "discovery")]
 pub(crate) use self::admission::Reservation;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub use self::body::{ClassifyEnd, HeldUntilEnd, RecordAtEnd};
 pub(crate) use self::config::check_name;
 pub use self::config::{
     BreakDuration, CircuitBreakerConfig, CircuitBreakerConfigBuilder, MAX_COUNT_WINDOW,

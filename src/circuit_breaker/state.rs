@@ -17,8 +17,8 @@
 //! timers that move it) in `transition.rs`.
 
 use std::fmt;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -167,13 +167,123 @@ pub struct CircuitBreaker {
     pub(super) shared: SharedRef,
 }
 
-/// How a handle reaches the shared state: reference-counted, or leaked for
-/// the life of the process so that clones and permits copy a pointer instead
-/// of touching a reference count (see [`CircuitBreaker::new_static`]).
-#[derive(Clone)]
+/// How a handle (or a call) reaches the shared state, and what keeps it
+/// alive.
+///
+/// A counted breaker's state is reached through a fixed set of
+/// [`STRIPES`] reference-counted stripes, each on a cache line of its own.
+/// Every handle (so every service clone) holds one of them, given
+/// round-robin, and the calls it admits clone that stripe's `Arc`, not one
+/// count shared by every call: clones used by different threads then never
+/// write the same cache line per call.
 pub(super) enum SharedRef {
-    Counted(Arc<Shared>),
+    /// A breaker made by [`CircuitBreaker::new`]. A handle also holds
+    /// `handle`, the breaker's stripes (to give its clones other ones); a
+    /// call's reference holds its stripe alone.
+    Counted {
+        stripe: Arc<Stripe>,
+        handle: Option<Arc<Stripes>>,
+    },
+    /// A breaker made with [`CircuitBreaker::new_static`]: never freed, and
+    /// no reference is counted.
     Static(&'static Shared),
+}
+
+/// Stripes per counted breaker: up to this many service clones calling at
+/// once count their calls on different cache lines.
+pub(super) const STRIPES: usize = 8;
+
+/// A counted breaker's stripes, held by its handles.
+pub(super) struct Stripes {
+    stripes: [Arc<Stripe>; STRIPES],
+    /// The stripe the next handle gets.
+    next: AtomicUsize,
+}
+
+/// One stripe: its `Arc`'s reference count is what a call increments and
+/// decrements. Aligned so that count has a cache line (pair) of its own.
+#[repr(align(128))]
+pub(super) struct Stripe {
+    shared: Arc<Shared>,
+    /// For a timer started by a call, which holds no handle.
+    all: Weak<Stripes>,
+}
+
+impl SharedRef {
+    /// A counted breaker's first handle.
+    fn counted(shared: Shared) -> Self {
+        let shared = Arc::new(shared);
+        let all = Arc::new_cyclic(|all: &Weak<Stripes>| Stripes {
+            stripes: std::array::from_fn(|_| {
+                Arc::new(Stripe {
+                    shared: Arc::clone(&shared),
+                    all: all.clone(),
+                })
+            }),
+            next: AtomicUsize::new(0),
+        });
+        Self::handle(all)
+    }
+
+    /// A new handle of a counted breaker, on the next stripe.
+    pub(super) fn handle(all: Arc<Stripes>) -> Self {
+        let next = all.next.fetch_add(1, Relaxed) % STRIPES;
+        SharedRef::Counted {
+            stripe: Arc::clone(&all.stripes[next]),
+            handle: Some(all),
+        }
+    }
+
+    /// A reference for one call: increments the reference count of this
+    /// handle's stripe only.
+    #[inline]
+    pub(super) fn for_call(&self) -> Self {
+        match self {
+            SharedRef::Counted { stripe, .. } => SharedRef::Counted {
+                stripe: Arc::clone(stripe),
+                handle: None,
+            },
+            SharedRef::Static(shared) => SharedRef::Static(shared),
+        }
+    }
+
+    /// What a timer holds: it must not keep a counted breaker alive.
+    pub(super) fn downgrade(&self) -> Option<Weak<Stripes>> {
+        match self {
+            SharedRef::Counted { stripe, .. } => Some(stripe.all.clone()),
+            SharedRef::Static(_) => None,
+        }
+    }
+
+    /// Whether this is a counted breaker's handle, held by `handles` handles
+    /// in all, with no call in flight.
+    pub(super) fn is_only_held_by(&self, handles: usize) -> bool {
+        let SharedRef::Counted {
+            handle: Some(all), ..
+        } = self
+        else {
+            return false;
+        };
+        let on_stripes: usize = all
+            .stripes
+            .iter()
+            .map(|stripe| Arc::strong_count(stripe) - 1)
+            .sum();
+        Arc::strong_count(all) == handles && on_stripes == handles
+    }
+}
+
+impl Clone for SharedRef {
+    /// A handle's clone is a handle on the next stripe; a call's reference
+    /// is cloned on its stripe.
+    fn clone(&self) -> Self {
+        match self {
+            SharedRef::Counted {
+                handle: Some(all), ..
+            } => Self::handle(Arc::clone(all)),
+            other => other.for_call(),
+        }
+    }
 }
 
 impl std::ops::Deref for SharedRef {
@@ -182,7 +292,7 @@ impl std::ops::Deref for SharedRef {
     #[inline]
     fn deref(&self) -> &Shared {
         match self {
-            SharedRef::Counted(shared) => shared,
+            SharedRef::Counted { stripe, .. } => &stripe.shared,
             SharedRef::Static(shared) => shared,
         }
     }
@@ -221,6 +331,7 @@ pub(super) struct Shared {
     pub(super) config: CircuitBreakerConfig,
     pub(super) control: Mutex<Control>,
     pub(super) events: EventHub<CircuitBreakerEvent>,
+    pub(super) exported: super::metrics::Exported,
 }
 
 impl Shared {
@@ -249,6 +360,7 @@ impl Shared {
             slow_call_nanos,
             call_clock,
             state_clock: AnchoredClock::new(CallClock::Tokio),
+            exported: super::metrics::Exported::new(&name),
             name,
             events: EventHub::new(config.event_capacity),
             config,
@@ -328,7 +440,7 @@ impl CircuitBreaker {
     /// [`try_new`](Self::try_new).
     pub fn new(name: impl Into<Arc<str>>, config: CircuitBreakerConfig) -> Self {
         let breaker = Self {
-            shared: SharedRef::Counted(Arc::new(Shared::new(name.into(), config))),
+            shared: SharedRef::counted(Shared::new(name.into(), config)),
         };
         breaker.enter_initial_state();
         breaker
@@ -339,10 +451,11 @@ impl CircuitBreaker {
     ///
     /// It behaves exactly like [`new`](Self::new)'s, but cloning it, and each
     /// call through it, copies a pointer instead of incrementing and
-    /// decrementing a shared reference count: on the benchmark machine those
-    /// two uncontended atomic read-modify-writes cost about 17 ns, most of a
-    /// CLOSED call's overhead. Its memory (a few hundred bytes plus the
-    /// window) is never returned, so do not create such breakers in a loop.
+    /// decrementing a reference count (a `new` breaker counts each call on
+    /// the stripe of the handle that admitted it, so threads do not contend,
+    /// but the two atomic operations remain). Its memory (a few hundred
+    /// bytes plus the window) is never returned, so do not create such
+    /// breakers in a loop.
     pub fn new_static(name: impl Into<Arc<str>>, config: CircuitBreakerConfig) -> Self {
         let shared: &'static Shared = Box::leak(Box::new(Shared::new(name.into(), config)));
         let breaker = Self {

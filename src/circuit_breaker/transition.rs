@@ -13,21 +13,21 @@ use crate::clock::duration_nanos;
 use super::error::IllegalStateTransition;
 use super::event::{CircuitBreakerEvent, CircuitBreakerEventKind as EventKind, TransitionReason};
 use super::state::{
-    CircuitBreaker, CircuitState, Control, NO_DEADLINE, Shared, SharedRef, encode, epoch_of,
-    state_of, trial_tag,
+    CircuitBreaker, CircuitState, Control, NO_DEADLINE, Shared, SharedRef, Stripes, encode,
+    epoch_of, state_of, trial_tag,
 };
 use super::window::Counts;
 
 /// What a timer task holds: it must not keep a counted breaker alive.
 enum TimerRef {
-    Counted(Weak<Shared>),
+    Counted(Weak<Stripes>),
     Static(&'static Shared),
 }
 
 impl TimerRef {
     fn upgrade(&self) -> Option<CircuitBreaker> {
         let shared = match self {
-            TimerRef::Counted(weak) => SharedRef::Counted(weak.upgrade()?),
+            TimerRef::Counted(weak) => SharedRef::handle(weak.upgrade()?),
             TimerRef::Static(shared) => SharedRef::Static(shared),
         };
         Some(CircuitBreaker { shared })
@@ -159,6 +159,7 @@ impl CircuitBreaker {
             }
             CircuitState::Disabled | CircuitState::ForcedOpen => {}
         }
+        s.exported.on_transition(state_of(current), to);
         s.word.store(new_word, Release);
         Some(Transition {
             from: state_of(current),
@@ -221,9 +222,10 @@ impl CircuitBreaker {
             return;
         };
         let at = self.shared.state_clock.instant_at(until);
-        let target = match &self.shared {
-            SharedRef::Counted(shared) => TimerRef::Counted(Arc::downgrade(shared)),
-            SharedRef::Static(shared) => TimerRef::Static(shared),
+        let target = match (self.shared.downgrade(), &self.shared) {
+            (Some(stripes), _) => TimerRef::Counted(stripes),
+            (None, SharedRef::Static(shared)) => TimerRef::Static(shared),
+            (None, SharedRef::Counted { .. }) => return,
         };
         runtime.spawn(async move {
             tokio::time::sleep_until(at).await;

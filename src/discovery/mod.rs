@@ -82,6 +82,7 @@
 //! | `HttpCheck::interval` | 10 s | Time between checks; the first runs at registration. |
 //! | `HttpCheck::timeout` | 5 s | At most `interval`. |
 //! | `HttpCheck::deregister_critical_after` | never | Remove an instance critical this long. |
+//! | `GrpcCheck` (feature `tonic`) | service `""`, 10 s, 5 s, never | `grpc.health.v1.Health/Check` over HTTP/2; `SERVING` passes. Same `interval`, `timeout` and `deregister_critical_after`. |
 //!
 //! The balancer ([`BalanceConfig`], [`OutlierDetection`]):
 //!
@@ -169,6 +170,9 @@ pub use self::balance::{
 pub use self::diff::{InstanceChange, SnapshotDiff};
 pub use self::discover::RegistryDiscover;
 pub use self::error::{DiscoveryError, NoHealthyInstance};
+#[cfg(feature = "tonic")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
+pub use self::health::{GrpcCheck, GrpcCheckBuilder};
 pub use self::health::{
     HealthCheck, HttpCheck, HttpCheckBuilder, MAX_CHECK_PERIOD, MIN_CHECK_PERIOD,
 };

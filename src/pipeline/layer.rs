@@ -104,6 +104,33 @@ impl<RC, RP, BC, X> Pipeline<RC, RP, BC, X> {
     }
 }
 
+#[cfg(feature = "reqwest")]
+impl<RC, RP, BC> Pipeline<RC, RP, BC> {
+    /// The same stages with `classifier` as the retry's and the breaker's
+    /// classifier (rejections handled as configured) and `policy` as the
+    /// retry's policy: how `palisade::reqwest::client` fits a pipeline to
+    /// `reqwest`.
+    pub(crate) fn with_classifier_and_policy<C: Clone, P>(
+        self,
+        classifier: C,
+        policy: P,
+    ) -> Pipeline<C, P, C> {
+        Pipeline {
+            shared: self.shared,
+            retry: self.retry.map(|layer| {
+                let stage = layer.classifier().around(classifier.clone());
+                layer.with_classifier(stage).with_policy(policy)
+            }),
+            circuit_breaker: self.circuit_breaker.map(|layer| {
+                let stage = layer.classifier().around(classifier);
+                layer.with_classifier(stage)
+            }),
+            rate_limiter: self.rate_limiter,
+            bulkhead: self.bulkhead,
+        }
+    }
+}
+
 pub(crate) type BulkheadStage<S> = Optional<BulkheadService<S>, S>;
 pub(crate) type TimeoutStage<S> = Optional<Timeout<BulkheadStage<S>>, BulkheadStage<S>>;
 pub(crate) type RateLimitStage<S> = Optional<RateLimiterService<TimeoutStage<S>>, TimeoutStage<S>>;

@@ -130,6 +130,55 @@
 //! # }
 //! ```
 //!
+//! # Classifiers see `BoxError`
+//!
+//! The retry's and the breaker's classifiers are called with the stages'
+//! results, not the service's: an error reaching them may be the
+//! timeout's, the rate limiter's or the service's own, so each stage turns
+//! its error into a [`BoxError`](crate::BoxError) and the classifiers are
+//! `Classify<Response, BoxError>`. A classifier typed on the service's
+//! error (a `classify_fn` over `Result<&Res, &reqwest::Error>`) does not
+//! implement that, so the pipeline's service is not a `Service` (E0599:
+//! "the method `ready` exists for struct `PipelineService<...>`, but its
+//! trait bounds were not satisfied"). Take `&BoxError` and find your error
+//! in it with [`find_cause`](crate::find_cause), which walks the source
+//! chain; anything else is a stage's error (a timeout here). The
+//! classifiers of [`crate::classify`] and `palisade::reqwest`'s
+//! `ReqwestClassifier` already accept `BoxError`.
+//!
+//! ```
+//! use std::io;
+//! use palisade::circuit_breaker::CircuitBreaker;
+//! use palisade::classify::{classify_fn, Outcome};
+//! use palisade::pipeline::Pipeline;
+//! use palisade::{find_cause, BoxError};
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//!
+//! // Not `Result<&String, &io::Error>`: the pipeline's stages pass `BoxError`.
+//! let classifier = classify_fn(|result: Result<&String, &BoxError>| match result {
+//!     Ok(_) => Outcome::Success,
+//!     Err(error) => match find_cause::<io::Error>(&**error) {
+//!         Some(io) if io.kind() == io::ErrorKind::NotFound => Outcome::Ignored,
+//!         Some(_) => Outcome::Failure { retryable: true },
+//!         None => Outcome::Failure { retryable: true }, // the timeout stage's error
+//!     },
+//! });
+//! let breaker = CircuitBreaker::with_defaults("files");
+//! let pipeline = Pipeline::builder("files")
+//!     .circuit_breaker(breaker.layer().with_classifier(classifier))
+//!     .build()?;
+//! let mut files = ServiceBuilder::new().layer(pipeline).service_fn(|name: &'static str| async move {
+//!     Err::<String, _>(io::Error::new(io::ErrorKind::NotFound, name))
+//! });
+//!
+//! # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
+//! assert!(files.ready().await?.call("missing.txt").await.is_err());
+//! assert_eq!(breaker.metrics().failed_calls, 0); // NotFound is ignored
+//! # Ok::<(), BoxError>(())
+//! # })?;
+//! # Ok::<(), BoxError>(())
+//! ```
+//!
 //! # Options
 //!
 //! | stage | builder method | default |

@@ -135,6 +135,12 @@ impl<C> StageClassifier<C> {
             rejections_are_failures,
         }
     }
+
+    /// The same treatment of rejections around another classifier.
+    #[cfg(feature = "reqwest")]
+    pub(crate) fn around<C2>(&self, inner: C2) -> StageClassifier<C2> {
+        StageClassifier::new(inner, self.rejections_are_failures)
+    }
 }
 
 impl<Res, C> Classify<Res, BoxError> for StageClassifier<C>
@@ -154,6 +160,15 @@ where
     #[inline]
     fn forces_open(&self, result: Result<&Res, &BoxError>) -> bool {
         self.inner.forces_open(result)
+    }
+
+    #[inline]
+    fn hold_until_end(
+        &self,
+        response: &Res,
+        permit: crate::circuit_breaker::CallPermit,
+    ) -> Option<crate::circuit_breaker::CallPermit> {
+        self.inner.hold_until_end(response, permit)
     }
 }
 

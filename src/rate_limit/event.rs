@@ -27,4 +27,18 @@ pub enum RateLimiterEventKind {
         /// How long until the next permit.
         retry_after: Duration,
     },
+    /// A [keyed limiter](super::KeyedRateLimiter) rejected a call because
+    /// its key was new and the limiter held `max_keys` keys, none idle.
+    TooManyKeys {
+        /// The most keys the limiter holds.
+        max_keys: usize,
+    },
+    /// A [keyed limiter](super::KeyedRateLimiter) removed the state of
+    /// idle keys (their limits are as if they had never been used).
+    IdleKeysEvicted {
+        /// Keys removed.
+        evicted: usize,
+        /// Keys left.
+        keys: usize,
+    },
 }

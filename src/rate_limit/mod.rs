@@ -36,6 +36,15 @@
 //! # }
 //! ```
 //!
+//! # One limit per key
+//!
+//! A [`KeyedRateLimiter`] gives each key (a user id, a client address) a
+//! limit of its own, with governor's keyed GCRA; its
+//! [`layer`](KeyedRateLimiter::layer) takes the key from each request. It
+//! removes idle keys on a cadence and holds at most `max_keys` keys,
+//! rejecting a new key beyond that with [`TooManyKeys`] (see
+//! [its docs](KeyedRateLimiter#a-bounded-number-of-keys)).
+//!
 //! # Options
 //!
 //! | option | default | meaning |
@@ -62,12 +71,15 @@
 //!
 //! Rejections are `debug` traces; [`RateLimiter::subscribe`] delivers
 //! [`RateLimiterEvent`]s and [`RateLimiter::metrics`] returns
-//! [`RateLimiterMetrics`].
+//! [`RateLimiterMetrics`] (for a keyed limiter,
+//! [`KeyedRateLimiterMetrics`]). With the `metrics` feature both limiters
+//! also report through the `metrics` facade (`palisade::metrics`).
 
 mod config;
 mod error;
 mod event;
 mod future;
+mod keyed;
 mod layer;
 mod metrics;
 mod registry;
@@ -75,11 +87,15 @@ mod service;
 mod state;
 
 pub use self::config::{MAX_LIMIT_REFRESH_PERIOD, RateLimiterConfig, RateLimiterConfigBuilder};
-pub use self::error::RateLimited;
+pub use self::error::{KeyedRejection, RateLimited, TooManyKeys};
 pub use self::event::{RateLimiterEvent, RateLimiterEventKind};
 pub use self::future::ResponseFuture;
+pub use self::keyed::{
+    DEFAULT_IDLE_CLEANUP_INTERVAL, DEFAULT_MAX_KEYS, KeyedRateLimiter, KeyedRateLimiterLayer,
+    KeyedRateLimiterService,
+};
 pub use self::layer::RateLimiterLayer;
-pub use self::metrics::RateLimiterMetrics;
+pub use self::metrics::{KeyedRateLimiterMetrics, RateLimiterMetrics};
 pub use self::registry::RateLimiterRegistry;
 pub use self::service::RateLimiterService;
 pub use self::state::RateLimiter;

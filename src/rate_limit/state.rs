@@ -30,6 +30,7 @@ struct Inner {
     permitted_after_waiting: StripedCounter,
     rejected: StripedCounter,
     waiting: AtomicUsize,
+    exported: super::metrics::Exported,
 }
 
 /// A rate limiter: at most `limit_for_period` calls per
@@ -86,8 +87,10 @@ impl RateLimiter {
             .expect("the config builder rejects a zero replenish interval")
             .allow_burst(config.limit_for_period);
         let clock = GovernorClock::new();
+        let name = name.into();
         let inner = Inner {
-            name: name.into(),
+            exported: super::metrics::Exported::new(&name, false),
+            name,
             gcra: governor::RateLimiter::direct_with_clock(quota, clock.clone()),
             clock,
             events: EventHub::new(config.event_capacity),
@@ -188,6 +191,7 @@ impl RateLimiter {
     pub(crate) fn on_permitted(&self, waited: Duration) {
         let i = &self.inner;
         i.permitted.add(1);
+        i.exported.on_permitted(waited);
         if !waited.is_zero() {
             i.permitted_after_waiting.add(1);
         }
@@ -200,6 +204,7 @@ impl RateLimiter {
     pub(crate) fn on_rejected(&self, retry_after: Duration) -> RateLimited {
         let i = &self.inner;
         i.rejected.add(1);
+        i.exported.on_rejected();
         tracing::debug!(
             rate_limiter = %i.name,
             retry_after_ms = retry_after.as_millis() as u64,
@@ -223,6 +228,7 @@ impl RateLimiter {
             _ => return Err(self.on_rejected(retry_after)),
         };
         self.inner.waiting.fetch_add(1, Ordering::Relaxed);
+        self.inner.exported.on_waiting(1);
         Ok(Waiting {
             limiter: self.clone(),
             started: now,
@@ -273,6 +279,7 @@ impl Waiting {
 impl Drop for Waiting {
     fn drop(&mut self) {
         self.limiter.inner.waiting.fetch_sub(1, Ordering::Relaxed);
+        self.limiter.inner.exported.on_waiting(-1);
     }
 }
 

@@ -183,6 +183,7 @@ fn finish(shared: &Shared, attempts: u32, failed: bool, reason: Option<GiveUpRea
         (true, true) => &shared.failed_after_retries,
     };
     counter.add(1);
+    shared.exported.on_finish(failed, attempts > 1);
     if failed {
         tracing::debug!(retry = %shared.name, attempts, reason = ?reason, "call failed; not retrying");
     }
@@ -248,6 +249,7 @@ where
                                 return Poll::Pending;
                             }
                             shared.attempt_timeouts.add(1);
+                            shared.exported.on_attempt_timeout();
                             Attempt::TimedOut
                         }
                     };
@@ -287,6 +289,7 @@ where
                         }
                         Decision::Retry { delay, server } => {
                             shared.retries.add(1);
+                            shared.exported.on_retry();
                             tracing::debug!(
                                 retry = %shared.name,
                                 attempt = *this.attempt,
@@ -464,6 +467,7 @@ fn decide(
     if let Some(budget) = &config.budget {
         if !budget.withdraw() {
             shared.budget_exhaustions.add(1);
+            shared.exported.on_budget_exhausted();
             return Decision::Return(Some(GiveUpReason::BudgetExhausted));
         }
     }

@@ -102,10 +102,14 @@ pub use self::event::{GiveUpReason, RetryEvent, RetryEventKind};
 pub use self::future::ResponseFuture;
 pub use self::layer::RetryLayer;
 pub use self::metrics::RetryMetrics;
+#[cfg(feature = "tonic")]
+pub(crate) use self::policy::grpc_pushback;
 pub use self::policy::{CloneRequests, RetryPolicy, ServerDelay};
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub use self::policy::{HttpRetryPolicy, Idempotent, parse_retry_after};
+#[cfg(feature = "reqwest")]
+pub(crate) use self::policy::{header_server_delay, may_resend};
 pub use self::registry::RetryRegistry;
 pub use self::service::RetryService;
 pub use self::state::Retry;

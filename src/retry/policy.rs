@@ -81,14 +81,18 @@ impl<Req: Clone, Res, Err> RetryPolicy<Req, Res, Err> for CloneRequests {
     }
 }
 
+#[cfg(feature = "tonic")]
+pub(crate) use self::http_policy::grpc_pushback;
 #[cfg(feature = "http")]
 pub use self::http_policy::{HttpRetryPolicy, Idempotent, parse_retry_after};
+#[cfg(feature = "reqwest")]
+pub(crate) use self::http_policy::{header_server_delay, may_resend};
 
 #[cfg(feature = "http")]
 mod http_policy {
     use std::time::{Duration, SystemTime};
 
-    use http::{Method, Request, Response};
+    use http::{HeaderMap, Method, Request, Response};
 
     use super::{RetryPolicy, ServerDelay};
     use crate::retry::RetryBody;
@@ -138,23 +142,34 @@ mod http_policy {
     }
 
     fn is_idempotent<B>(request: &Request<B>) -> bool {
+        may_resend(request.method(), request.headers())
+            || request.extensions().get::<Idempotent>().is_some()
+    }
+
+    /// The idempotency guard without extensions (shared with
+    /// `palisade::reqwest`): an idempotent method or an `Idempotency-Key`.
+    pub(crate) fn may_resend(method: &Method, headers: &HeaderMap) -> bool {
         matches!(
-            *request.method(),
+            *method,
             Method::GET
                 | Method::HEAD
                 | Method::PUT
                 | Method::DELETE
                 | Method::OPTIONS
                 | Method::TRACE
-        ) || request.extensions().get::<Idempotent>().is_some()
-            || request.headers().contains_key("idempotency-key")
+        ) || headers.contains_key("idempotency-key")
     }
 
     fn server_delay<RB, Err>(result: Result<&Response<RB>, &Err>) -> ServerDelay {
-        let Ok(response) = result else {
-            return ServerDelay::None;
-        };
-        let headers = response.headers();
+        match result {
+            Ok(response) => header_server_delay(response.headers()),
+            Err(_) => ServerDelay::None,
+        }
+    }
+
+    /// What a response's headers ask of a retry (shared with
+    /// `palisade::reqwest`); see [`HttpRetryPolicy`].
+    pub(crate) fn header_server_delay(headers: &HeaderMap) -> ServerDelay {
         if let Some(pushback) = headers.get("grpc-retry-pushback-ms") {
             return grpc_pushback(pushback.as_bytes());
         }
@@ -201,7 +216,7 @@ mod http_policy {
     /// whitespace aside): a sign, even `+`, makes the value unreadable. A
     /// count too large for `u64` saturates, so the retry waits its longest
     /// (the backoff's `max_interval`).
-    fn grpc_pushback(value: &[u8]) -> ServerDelay {
+    pub(crate) fn grpc_pushback(value: &[u8]) -> ServerDelay {
         let value = value.trim_ascii();
         if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
             return ServerDelay::DoNotRetry;

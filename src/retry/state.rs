@@ -25,6 +25,7 @@ pub(crate) struct Shared {
     pub(crate) retries: StripedCounter,
     pub(crate) budget_exhaustions: StripedCounter,
     pub(crate) attempt_timeouts: StripedCounter,
+    pub(crate) exported: super::metrics::Exported,
 }
 
 /// A named retry: its configuration, its [retry budget](super::RetryBudget),
@@ -73,8 +74,10 @@ impl Retry {
 
     /// A retry named `name` (used in events and traces).
     pub fn new(name: impl Into<Arc<str>>, config: RetryConfig) -> Self {
+        let name = name.into();
         let shared = Shared {
-            name: name.into(),
+            exported: super::metrics::Exported::new(&name),
+            name,
             events: EventHub::new(config.event_capacity),
             config,
             succeeded_without_retry: StripedCounter::new(),

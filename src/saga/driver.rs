@@ -37,6 +37,7 @@ pub(crate) struct InFlight<'a>(&'a Counters);
 impl<'a> InFlight<'a> {
     pub(crate) fn new(counters: &'a Counters) -> Self {
         counters.in_flight.fetch_add(1, Ordering::Relaxed);
+        counters.exported.on_running(1);
         Self(counters)
     }
 }
@@ -44,6 +45,7 @@ impl<'a> InFlight<'a> {
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.exported.on_running(-1);
     }
 }
 

@@ -165,6 +165,7 @@ pub(crate) struct Counters {
     pub(crate) compensations_completed: AtomicU64,
     pub(crate) compensation_failures: AtomicU64,
     pub(crate) latency: Mutex<BTreeMap<String, StepLatency>>,
+    pub(crate) exported: super::metrics::Exported,
 }
 
 pub(crate) fn bump(counter: &AtomicU64) {

@@ -376,6 +376,7 @@ where
             .create(new, &self.shared.owner, self.shared.lease_ttl)
             .await?;
         bump(&self.shared.counters.started);
+        self.shared.counters.exported.on_started();
         tracing::info!(saga = %id, definition = %definition.name(), "saga started");
         self.publish(id, definition, SagaEventKind::Started);
         Ok(self.spawn(definition.clone(), lease, progress))
@@ -707,6 +708,7 @@ where
         match result {
             Ok((definition, progress)) => {
                 bump(&self.shared.counters.resumed);
+                self.shared.counters.exported.on_resumed();
                 tracing::info!(saga = %lease.saga, state = %progress.state, epoch = lease.epoch, "saga resumed");
                 self.publish(
                     lease.saga,
@@ -837,6 +839,7 @@ where
                     }
                 }
                 bump(&self.shared.counters.resumed);
+                self.shared.counters.exported.on_resumed();
                 tracing::info!(saga = %saga, state = %progress.state, epoch = lease.epoch, "saga resumed after a log failure");
                 self.publish(
                     saga,

@@ -214,6 +214,7 @@ mod event;
 mod executor;
 mod id;
 pub mod log;
+mod metrics;
 mod outcome;
 mod progress;
 mod record;

@@ -65,6 +65,7 @@ impl<Ctx, C> Shared<Ctx, C> {
             RecordKind::StepCompleted { step, .. } => {
                 bump(&counters.steps_completed);
                 counters.record_latency(step, note.elapsed);
+                counters.exported.on_step_completed(step, note.elapsed);
                 tracing::debug!(%step, attempt = note.attempt, elapsed = ?note.elapsed, "step completed");
             }
             RecordKind::StepFailed {
@@ -75,6 +76,7 @@ impl<Ctx, C> Shared<Ctx, C> {
                 will_retry,
             } => {
                 bump(&counters.step_failures);
+                counters.exported.on_step_failed();
                 tracing::warn!(%step, attempt, ?effect, will_retry, %error, "step failed");
             }
             RecordKind::CompensationCompleted { step } => {
@@ -92,19 +94,23 @@ impl<Ctx, C> Shared<Ctx, C> {
             }
             RecordKind::SagaStuck { step, error } => {
                 bump(&counters.stuck);
+                counters.exported.on_stuck();
                 tracing::error!(%step, %error, "saga stuck: compensation failed");
             }
             RecordKind::SagaFinished { outcome } => match outcome {
                 FinishedOutcome::Completed => {
                     bump(&counters.completed);
+                    counters.exported.on_completed();
                     tracing::info!("saga completed");
                 }
                 FinishedOutcome::Compensated { error } => {
                     bump(&counters.compensated);
+                    counters.exported.on_compensated();
                     tracing::info!(failed_step = %note.failed_step, %error, "saga compensated");
                 }
                 FinishedOutcome::Abandoned => {
                     bump(&counters.abandoned);
+                    counters.exported.on_abandoned();
                     tracing::warn!(saga = %lease.saga, "stuck saga abandoned by an operator");
                 }
             },

@@ -114,3 +114,61 @@ pub struct EndpointMetrics {
     /// [`Balance::circuit_breaker`](super::Balance::circuit_breaker)).
     pub breaker: Option<CircuitState>,
 }
+
+/// The balancer's handles into the `metrics` facade (see
+/// [`crate::metrics`]), taken once when the balancer is created. Without
+/// the `metrics` feature it is zero-sized and its methods are empty.
+#[cfg(feature = "metrics")]
+pub(crate) struct Exported {
+    ready: ::metrics::Gauge,
+    ejected: ::metrics::Gauge,
+    ejections: ::metrics::Counter,
+}
+
+#[cfg(feature = "metrics")]
+impl Exported {
+    /// Handles for the balancer of `service`, which has no instance yet.
+    pub(crate) fn new(service: &ServiceName) -> Self {
+        let name = ::metrics::SharedString::from(service.as_str().to_owned());
+        let instances = |status: &'static str| ::metrics::gauge!("palisade_balancer_instances", "name" => name.clone(), "status" => status);
+        let exported = Self {
+            ready: instances("ready"),
+            ejected: instances("ejected"),
+            ejections: ::metrics::counter!("palisade_balancer_ejections_total", "name" => name),
+        };
+        exported.ready.set(0.0);
+        exported.ejected.set(0.0);
+        exported
+    }
+
+    /// The instances changed: one `bool` per instance, whether it is ejected.
+    pub(crate) fn on_instances(&self, ejected: impl Iterator<Item = bool>) {
+        let (mut ready, mut out) = (0usize, 0usize);
+        for is_ejected in ejected {
+            if is_ejected { out += 1 } else { ready += 1 }
+        }
+        self.ready.set(ready as f64);
+        self.ejected.set(out as f64);
+    }
+
+    /// An instance was ejected.
+    pub(crate) fn on_ejected(&self) {
+        self.ejections.increment(1);
+    }
+}
+
+/// Without the `metrics` feature: nothing, at no cost.
+#[cfg(not(feature = "metrics"))]
+pub(crate) struct Exported;
+
+#[cfg(not(feature = "metrics"))]
+impl Exported {
+    #[inline(always)]
+    pub(crate) fn new(_service: &ServiceName) -> Self {
+        Self
+    }
+    #[inline(always)]
+    pub(crate) fn on_instances(&self, _ejected: impl Iterator<Item = bool>) {}
+    #[inline(always)]
+    pub(crate) fn on_ejected(&self) {}
+}

@@ -53,6 +53,7 @@ pub(crate) struct Shared<S> {
     ejection_timers: Mutex<Vec<AbortHandle>>,
     epoch: Instant,
     this: Weak<Shared<S>>,
+    exported: super::metrics::Exported,
 }
 
 enum Membership<S> {
@@ -67,6 +68,7 @@ where
     pub(crate) fn new(service: ServiceName, config: BalanceConfig) -> Arc<Self> {
         Arc::new_cyclic(|this| Self {
             events: EventHub::new(config.event_capacity),
+            exported: super::metrics::Exported::new(&service),
             service,
             config,
             set: ArcSwap::from_pointee(EndpointSet::empty()),
@@ -210,6 +212,8 @@ where
             .cloned()
             .collect();
         self.set.store(Arc::new(EndpointSet::new(available)));
+        self.exported
+            .on_instances(membership.values().map(|e| e.stats.outlier.is_ejected()));
     }
 
     /// The circuit breaker of instance `id`, with the `circuit_breaker`
@@ -334,6 +338,7 @@ where
         // the ejection would last until the instance leaves.
         let until = now.checked_add(duration);
         outlier.ejected.store(true, Ordering::Relaxed);
+        self.exported.on_ejected();
         self.rebuild(&membership);
         drop(membership);
         tracing::warn!(

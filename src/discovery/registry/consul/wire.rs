@@ -56,6 +56,27 @@ pub(super) fn registration_body(registration: &Registration) -> serde_json::Valu
             }
             Some(check)
         }
+        #[cfg(feature = "tonic")]
+        HealthCheck::Grpc(grpc) => {
+            // Consul's agent speaks grpc.health.v1 itself: `GRPC` is
+            // `<address>` or `<address>/<service>`.
+            let target = match grpc.service() {
+                "" => address.to_string(),
+                service => format!("{address}/{service}"),
+            };
+            let mut check = json!({
+                "CheckID": check_id,
+                "Name": format!("gRPC check of {}", instance.id()),
+                "GRPC": target,
+                "GRPCUseTLS": false,
+                "Interval": go_duration(grpc.interval()),
+                "Timeout": go_duration(grpc.timeout()),
+            });
+            if let Some(after) = grpc.deregister_critical_after() {
+                check["DeregisterCriticalServiceAfter"] = go_duration(after).into();
+            }
+            Some(check)
+        }
     };
     if let Some(check) = check {
         body["Check"] = check;
@@ -204,6 +225,23 @@ mod tests {
                 .get("DeregisterCriticalServiceAfter")
                 .is_none()
         );
+    }
+
+    #[cfg(feature = "tonic")]
+    #[test]
+    fn grpc_checks_name_the_address_and_the_service() {
+        let instance = Instance::builder("orders", "orders-1", "10.0.0.7:50051")
+            .build()
+            .expect("valid");
+        let check = crate::discovery::GrpcCheck::builder()
+            .service("orders.v1.Orders")
+            .build()
+            .expect("valid");
+        let body = registration_body(&Registration::new(instance, HealthCheck::Grpc(check)));
+        assert_eq!(body["Check"]["GRPC"], "10.0.0.7:50051/orders.v1.Orders");
+        assert_eq!(body["Check"]["GRPCUseTLS"], false);
+        assert_eq!(body["Check"]["Timeout"], "5s");
+        assert!(body["Check"].get("HTTP").is_none());
     }
 
     #[test]

@@ -138,6 +138,13 @@ impl EtcdRegistry {
                     operation: "HTTP health checks (etcd runs no checks: use a TTL)",
                 });
             }
+            #[cfg(feature = "tonic")]
+            HealthCheck::Grpc(_) => {
+                return Err(DiscoveryError::Unsupported {
+                    backend: BACKEND,
+                    operation: "gRPC health checks (etcd runs no checks: use a TTL)",
+                });
+            }
         };
         let service = instance.service().to_string();
         let id = instance.id().to_string();

@@ -41,6 +41,8 @@ const BACKEND: &str = "in-memory";
 ///   after registering; the instance is healthy while the last answer was a
 ///   2xx within `timeout`, and is removed once it has been critical for
 ///   `deregister_critical_after` (checked after each check).
+/// * `HealthCheck::Grpc` (feature `tonic`): the same, calling
+///   `grpc.health.v1.Health/Check` over HTTP/2; `SERVING` passes.
 ///
 /// Clones share one registry. Checks stop when their instance is
 /// deregistered or replaced and when the last clone is dropped; watches
@@ -293,18 +295,31 @@ impl InMemoryRegistry {
             HealthCheck::None => (Health::Passing, None),
             HealthCheck::Ttl { ttl } => (Health::Passing, Some(saturating_add(now, *ttl))),
             HealthCheck::Http(_) => (Health::Critical { since: now }, None),
+            #[cfg(feature = "tonic")]
+            HealthCheck::Grpc(_) => (Health::Critical { since: now }, None),
         };
         let weak = Arc::downgrade(&self.inner);
         let task = runtime.map(|runtime| {
             let (service, id) = (service.clone(), id.clone());
             match &check {
                 #[cfg(feature = "http")]
-                HealthCheck::Http(http) => {
+                HealthCheck::Http(_) => {
                     let task = run_http_check(
                         weak.clone(),
                         self.inner.checker.clone(),
                         instance.clone(),
-                        http.clone(),
+                        check.clone(),
+                        generation,
+                    );
+                    runtime.spawn(task).abort_handle()
+                }
+                #[cfg(feature = "tonic")]
+                HealthCheck::Grpc(_) => {
+                    let task = run_http_check(
+                        weak.clone(),
+                        self.inner.checker.clone(),
+                        instance.clone(),
+                        check.clone(),
                         generation,
                     );
                     runtime.spawn(task).abort_handle()
@@ -605,19 +620,28 @@ async fn expire_ttl(weak: Weak<Inner>, service: ServiceName, id: InstanceId, gen
     }
 }
 
-/// Runs an instance's HTTP check every interval until it is removed.
+/// Runs an instance's HTTP (or gRPC) check every interval until it is
+/// removed.
 #[cfg(feature = "http")]
 async fn run_http_check(
     weak: Weak<Inner>,
     checker: HttpChecker,
     instance: Instance,
-    check: crate::discovery::health::HttpCheck,
+    check: HealthCheck,
     generation: u64,
 ) {
     let (service, id) = (instance.service(), instance.id());
+    let Some(interval) = check.poll_interval() else {
+        return;
+    };
     let mut next = Instant::now();
     loop {
-        let result = checker.check(instance.address(), &check).await;
+        let result = match &check {
+            HealthCheck::Http(http) => checker.check(instance.address(), http).await,
+            #[cfg(feature = "tonic")]
+            HealthCheck::Grpc(grpc) => grpc.probe(instance.address()).await,
+            HealthCheck::None | HealthCheck::Ttl { .. } => return,
+        };
         {
             let Some(inner) = weak.upgrade() else { return };
             let mut state = inner.state.lock();
@@ -674,7 +698,7 @@ async fn run_http_check(
                 }
             }
         }
-        next = saturating_add(next, check.interval());
+        next = saturating_add(next, interval);
         let now = Instant::now();
         if next < now {
             // A check (or the machine) was slow: do not run a burst of

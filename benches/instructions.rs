@@ -1,0 +1,163 @@
+//! Instruction counts per call, for `valgrind --tool=callgrind`: robust
+//! where wall-clock figures are not (a shared or busy machine).
+//!
+//! `cargo bench --bench instructions --no-run` builds it; then
+//!
+//! ```text
+//! valgrind --tool=callgrind --toggle-collect='*measured_calls*' \
+//!     target/release/deps/instructions-<hash> <case>
+//! ```
+//!
+//! runs 100,000 calls of `<case>` (after 100 unmeasured ones) and counts
+//! only the instructions of those calls: divide callgrind's total by
+//! 100,000. Without a case it lists them. Calls are driven by hand as in
+//! the criterion benches (`poll_ready`, `call`, one poll with a no-op
+//! waker), with no runtime. Instruction counts do not see what an atomic
+//! read-modify-write or a cache miss costs: use them to compare code
+//! paths, and criterion for time.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use palisade::circuit_breaker::{CircuitBreaker, CircuitBreakerConfig, SlidingWindow};
+use tower::{Layer, Service};
+
+#[path = "../tests/support/echo.rs"]
+mod echo;
+use echo::{Echo, call_now};
+
+const CALLS: u64 = 100_000;
+
+/// tower's `Retry` with the least policy one can write (as in `benches/retry.rs`).
+#[derive(Clone)]
+struct Attempts(usize);
+
+impl<E> tower::retry::Policy<u64, u64, E> for Attempts {
+    type Future = std::future::Ready<()>;
+
+    fn retry(&mut self, _: &mut u64, result: &mut Result<u64, E>) -> Option<Self::Future> {
+        match result {
+            Err(_) if self.0 > 0 => {
+                self.0 -= 1;
+                Some(std::future::ready(()))
+            }
+            _ => None,
+        }
+    }
+
+    fn clone_request(&mut self, request: &u64) -> Option<u64> {
+        Some(*request)
+    }
+}
+
+fn breaker_config() -> CircuitBreakerConfig {
+    CircuitBreakerConfig::builder()
+        .sliding_window(SlidingWindow::count(100))
+        .wait_duration_in_open_state(Duration::from_secs(3600))
+        .build()
+        .expect("valid config")
+}
+
+#[inline(never)]
+fn measured_calls<S: Service<u64>>(service: &mut S) {
+    for request in 0..CALLS {
+        let _ = black_box(call_now(service, black_box(request)));
+    }
+}
+
+fn run<S: Service<u64>>(mut service: S) {
+    for request in 0..100 {
+        let _ = call_now(&mut service, request);
+    }
+    measured_calls(&mut service);
+}
+
+const CASES: [&str; 12] = [
+    "bare",
+    "breaker/count",
+    "breaker/count/static",
+    "breaker/count/subscribed",
+    "breaker/forced_open",
+    "breaker/open",
+    "retry/default-budget",
+    "retry/no-budget",
+    "tower/retry",
+    "bulkhead",
+    "tower/concurrency-limit",
+    "rate-limiter",
+];
+
+fn main() {
+    // `cargo bench` passes `--bench`; the case is the first other argument.
+    let case = std::env::args()
+        .skip(1)
+        .find(|argument| !argument.starts_with("--"));
+    let Some(case) = case else {
+        println!("cases: {}", CASES.join(" "));
+        return;
+    };
+    match case.as_str() {
+        "bare" => run(Echo),
+        "breaker/count" => run(CircuitBreaker::new("bench", breaker_config())
+            .layer()
+            .layer(Echo)),
+        "breaker/count/static" => run(CircuitBreaker::new_static("bench", breaker_config())
+            .layer()
+            .layer(Echo)),
+        "breaker/count/subscribed" => {
+            let breaker = CircuitBreaker::new("bench", breaker_config());
+            let _idle_subscriber = breaker.subscribe();
+            run(breaker.layer().layer(Echo))
+        }
+        "breaker/forced_open" => {
+            let breaker = CircuitBreaker::new("bench", breaker_config());
+            breaker.transition_to_forced_open();
+            run(breaker.layer().layer(Echo))
+        }
+        "breaker/open" => {
+            let breaker = CircuitBreaker::new("bench", breaker_config());
+            breaker.transition_to_open().expect("CLOSED -> OPEN");
+            run(breaker.layer().layer(Echo))
+        }
+        "retry/default-budget" => run(palisade::retry::Retry::new(
+            "bench",
+            palisade::retry::RetryConfig::default(),
+        )
+        .layer()
+        .layer(Echo)),
+        "retry/no-budget" => run(palisade::retry::Retry::new(
+            "bench",
+            palisade::retry::RetryConfig::builder()
+                .no_budget()
+                .build()
+                .expect("valid config"),
+        )
+        .layer()
+        .layer(Echo)),
+        "tower/retry" => run(tower::retry::RetryLayer::new(Attempts(2)).layer(Echo)),
+        "bulkhead" => run(palisade::bulkhead::Bulkhead::new(
+            "bench",
+            palisade::bulkhead::BulkheadConfig::builder()
+                .max_concurrent_calls(64)
+                .build()
+                .expect("valid config"),
+        )
+        .layer()
+        .layer(Echo)),
+        "tower/concurrency-limit" => run(tower::limit::ConcurrencyLimitLayer::new(64).layer(Echo)),
+        "rate-limiter" => run(palisade::rate_limit::RateLimiter::new(
+            "bench",
+            palisade::rate_limit::RateLimiterConfig::builder()
+                .limit_for_period(1_000_000_000)
+                .limit_refresh_period(Duration::from_secs(1))
+                .build()
+                .expect("valid config"),
+        )
+        .layer()
+        .layer(Echo)),
+        other => {
+            eprintln!("unknown case {other:?}; cases: {}", CASES.join(" "));
+            std::process::exit(2);
+        }
+    }
+}

@@ -1,0 +1,517 @@
+//! The scripted story, narrated in numbered lines on stdout. Only this
+//! task prints, in order; what the system's parts report is collected and
+//! printed at the story's checkpoints.
+
+use std::time::Duration;
+
+use palisade::BoxError;
+use serde_json::{Value, json};
+
+use super::http_json::{ApiCall, JsonReply};
+use super::invariants::{self, Ledger};
+use super::system::System;
+
+/// Prints the numbered lines.
+#[derive(Default)]
+pub struct Narrator {
+    line: u32,
+}
+
+impl Narrator {
+    /// Prints `text` as the next numbered line.
+    pub fn say(&mut self, text: impl AsRef<str>) {
+        self.line += 1;
+        println!("{:>2}. {}", self.line, text.as_ref());
+    }
+}
+
+/// A client of the gateway, as a shop's web front end would be; records
+/// the latency of every successful call.
+pub struct Shopper<'a> {
+    system: &'a System,
+    latencies: Vec<Duration>,
+}
+
+impl<'a> Shopper<'a> {
+    /// A client of `system`'s gateway.
+    pub fn new(system: &'a System) -> Self {
+        Self {
+            system,
+            latencies: Vec::new(),
+        }
+    }
+
+    /// Sends `call` to the gateway.
+    pub async fn call(&mut self, call: ApiCall) -> Result<JsonReply, BoxError> {
+        let started = tokio::time::Instant::now();
+        let reply = self
+            .system
+            .client
+            .send(&self.system.gateway.to_string(), call)
+            .await?;
+        if reply.status.is_success() {
+            self.latencies.push(started.elapsed());
+        }
+        Ok(reply)
+    }
+
+    /// Signs up and logs in; returns the token.
+    pub async fn sign_up_and_log_in(
+        &mut self,
+        email: &str,
+        name: &str,
+    ) -> Result<String, BoxError> {
+        let password = format!("{name}-secret-password");
+        let reply = self
+            .call(ApiCall::post(
+                "/api/users",
+                json!({"email": email, "name": name, "password": password}),
+            ))
+            .await?;
+        expect(&reply, 201, "sign-up")?;
+        let reply = self
+            .call(ApiCall::post(
+                "/api/users/login",
+                json!({"email": email, "password": password}),
+            ))
+            .await?;
+        expect(&reply, 200, "login")?;
+        reply.body["token"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| "login answered without a token".into())
+    }
+
+    /// Places an order of `quantity` × product `product_id`.
+    pub async fn order(
+        &mut self,
+        token: &str,
+        product_id: i64,
+        quantity: i64,
+    ) -> Result<JsonReply, BoxError> {
+        self.call(
+            ApiCall::post(
+                "/api/orders",
+                json!({"items": [{"product_id": product_id, "quantity": quantity}]}),
+            )
+            .bearer(token),
+        )
+        .await
+    }
+
+    /// The latencies of the successful calls, sorted.
+    pub fn latencies(&self) -> Vec<Duration> {
+        let mut sorted = self.latencies.clone();
+        sorted.sort();
+        sorted
+    }
+}
+
+fn expect(reply: &JsonReply, status: u16, what: &str) -> Result<(), BoxError> {
+    if reply.status.as_u16() == status {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what}: expected {status}, got {} {}",
+            reply.status, reply.body
+        )
+        .into())
+    }
+}
+
+fn short(id: &Value) -> String {
+    id.as_str().unwrap_or("?").chars().take(8).collect()
+}
+
+fn dollars(cents: i64) -> String {
+    format!("${}.{:02}", cents / 100, cents % 100)
+}
+
+/// An order's outcome in a few words.
+fn outcome(reply: &JsonReply) -> String {
+    let body = &reply.body;
+    match body["error"].as_str() {
+        Some(error) => format!(
+            "{} {} ({})",
+            reply.status.as_u16(),
+            body["status"].as_str().unwrap_or("?"),
+            first_clause(error)
+        ),
+        None => format!(
+            "{} {} {}",
+            reply.status.as_u16(),
+            body["status"].as_str().unwrap_or("?"),
+            dollars(body["total_cents"].as_i64().unwrap_or_default())
+        ),
+    }
+}
+
+/// The error up to its detail, for a stable narration.
+fn first_clause(error: &str) -> String {
+    let mut words: Vec<&str> = error.split(": ").take(3).collect();
+    if let Some(last) = words.last_mut() {
+        *last = last.split(" (").next().unwrap_or(last);
+    }
+    words.join(": ")
+}
+
+/// Sets a payments instance's fault switches.
+pub async fn payments_faults(
+    system: &System,
+    instance: &str,
+    faults: Value,
+) -> Result<(), BoxError> {
+    let reply = system
+        .client
+        .send(
+            &system.instance(instance)?.to_string(),
+            ApiCall::post("/admin/faults", faults),
+        )
+        .await?;
+    expect(&reply, 200, "faults")
+}
+
+async fn admin(system: &System, instance: &str, path: &str, body: Value) -> Result<(), BoxError> {
+    let reply = system
+        .client
+        .send(
+            &system.instance(instance)?.to_string(),
+            ApiCall::post(path, body),
+        )
+        .await?;
+    expect(&reply, 200, path)
+}
+
+/// The first and last transitions, with the count of those between.
+fn transitions(all: &[String]) -> String {
+    match all {
+        [] => "nowhere".to_owned(),
+        [one] => one.clone(),
+        [first, last] => format!("{first}, {last}"),
+        [first, middle @ .., last] => format!("{first}, ({} more), {last}", middle.len()),
+    }
+}
+
+fn delays(delays: &[Duration]) -> String {
+    let shown: Vec<String> = delays
+        .iter()
+        .map(|d| format!("{} ms", d.as_millis()))
+        .collect();
+    shown.join(", ")
+}
+
+/// Runs the story against a started system; returns the failures of the
+/// invariant checks (empty when all hold).
+pub async fn run(system: &System, say: &mut Narrator) -> Result<Vec<String>, BoxError> {
+    let mut shop = Shopper::new(system);
+    let before = Ledger::read(system).await?;
+    say.say(format!(
+        "{} instances up on 127.0.0.1, each registered with an HTTP health check; clients know only the gateway, which finds the rest in the registry (server-side discovery)",
+        system.instances.len()
+    ));
+
+    // Sign up and log in.
+    let alice = shop
+        .sign_up_and_log_in("alice@example.com", "alice")
+        .await?;
+    let bob = shop.sign_up_and_log_in("bob@example.com", "bob").await?;
+    say.say(
+        "alice and bob sign up (users service, gRPC, Argon2id hashes) and log in: each gets a JWT",
+    );
+    let again = shop
+        .call(ApiCall::post(
+            "/api/users",
+            json!({"email": "alice@example.com", "name": "alice", "password": "another-password"}),
+        ))
+        .await?;
+    let bad = shop
+        .call(ApiCall::post(
+            "/api/users",
+            json!({"email": "nobody", "name": "x", "password": "long-enough"}),
+        ))
+        .await?;
+    let wrong = shop
+        .call(ApiCall::post(
+            "/api/users/login",
+            json!({"email": "alice@example.com", "password": "guess"}),
+        ))
+        .await?;
+    let anonymous = shop
+        .call(ApiCall::post(
+            "/api/orders",
+            json!({"items": [{"product_id": 1, "quantity": 1}]}),
+        ))
+        .await?;
+    let forged = shop
+        .call(ApiCall::post("/api/orders", json!({"items": []})).bearer("not.a.token"))
+        .await?;
+    say.say(format!(
+        "refused as they should be: same email again {}, an email without '@' {}, a wrong password {}, an order without a token {}, with a forged token {}",
+        again.status.as_u16(),
+        bad.status.as_u16(),
+        wrong.status.as_u16(),
+        anonymous.status.as_u16(),
+        forged.status.as_u16()
+    ));
+
+    // Browse.
+    let catalogue = shop.call(ApiCall::get("/api/products")).await?;
+    expect(&catalogue, 200, "catalogue")?;
+    let names: Vec<String> = catalogue
+        .body
+        .as_array()
+        .map(|products| {
+            products
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{} {}",
+                        p["name"].as_str().unwrap_or("?"),
+                        dollars(p["price_cents"].as_i64().unwrap_or_default())
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let missing = shop.call(ApiCall::get("/api/products/99")).await?;
+    say.say(format!(
+        "browse the catalogue: {}; product 99: {}",
+        names.join(", "),
+        missing.status.as_u16()
+    ));
+
+    // Orders.
+    let first = shop.order(&alice, 1, 2).await?;
+    let second = shop.order(&bob, 2, 1).await?;
+    say.say(format!(
+        "alice orders 2 books: {}; bob orders a keyboard: {} (saga: create PENDING -> charge -> reserve stock -> confirm)",
+        outcome(&first),
+        outcome(&second)
+    ));
+    let mine = shop
+        .call(
+            ApiCall::get(format!(
+                "/api/orders/{}",
+                first.body["id"].as_str().unwrap_or_default()
+            ))
+            .bearer(&bob),
+        )
+        .await?;
+    say.say(format!(
+        "bob asks for alice's order {}: {}",
+        short(&first.body["id"]),
+        mine.status.as_u16()
+    ));
+
+    // A payments instance fails; the mail server hiccups.
+    payments_faults(system, "payments-2", json!({"down": true})).await?;
+    admin(
+        system,
+        "notifications-1",
+        "/admin/faults",
+        json!({"lose_next_replies": 2}),
+    )
+    .await?;
+    let mut outcomes = Vec::new();
+    for _ in 0..4 {
+        outcomes.push(
+            outcome(&shop.order(&alice, 1, 1).await?)
+                .split(' ')
+                .nth(1)
+                .unwrap_or("?")
+                .to_owned(),
+        );
+    }
+    let observed = system.observed.lock().ejections.clone();
+    say.say(format!(
+        "payments-2 fails every charge (its health check still passes): 4 book orders {}; outlier detection ejected {}; the failed charges were retried on payments-1 after {}",
+        outcomes.join(", "),
+        observed.join(", "),
+        delays(&system.observed.lock().payment_retry_delays)
+    ));
+    payments_faults(system, "payments-2", json!({})).await?;
+
+    // Both fail: the breaker opens.
+    for instance in ["payments-1", "payments-2"] {
+        payments_faults(system, instance, json!({"down": true})).await?;
+    }
+    let retried_before = system.observed.lock().payment_retry_delays.len();
+    let mut failed = Vec::new();
+    for _ in 0..4 {
+        let reply = shop.order(&bob, 1, 1).await?;
+        let fast = reply.body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("rejected by the circuit breaker"));
+        failed.push(format!(
+            "{}{}",
+            reply.status.as_u16(),
+            if fast { " (failed fast)" } else { "" }
+        ));
+    }
+    let retried: Vec<Duration> =
+        system.observed.lock().payment_retry_delays[retried_before..].to_vec();
+    say.say(format!(
+        "every payments instance fails: orders {}; the first order's charge was retried after {} (exponential backoff), then the breaker opened: {}",
+        failed.join(", "),
+        delays(&retried[..retried.len().min(2)]),
+        system.payments_breaker.metrics().state
+    ));
+    for instance in ["payments-1", "payments-2"] {
+        payments_faults(system, instance, json!({})).await?;
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut recovered = Vec::new();
+    for _ in 0..2 {
+        recovered.push(outcome(&shop.order(&bob, 1, 1).await?));
+    }
+    say.say(format!(
+        "payments recover; after its open wait the breaker lets trial calls through: {}; the breaker went {}",
+        recovered.join(", "),
+        transitions(&system.observed.lock().breaker_transitions)
+    ));
+
+    // Declined, out of stock.
+    let piano = shop.order(&alice, 4, 1).await?;
+    say.say(format!(
+        "alice orders the grand piano: {} -> the saga cancels the order, nothing charged",
+        outcome(&piano)
+    ));
+    let lamps = shop.order(&bob, 3, 5).await?;
+    say.say(format!(
+        "bob orders 5 lamps: {} -> the charge is refunded, the order cancelled",
+        outcome(&lamps)
+    ));
+
+    // A lost reply.
+    for instance in ["payments-1", "payments-2"] {
+        payments_faults(system, instance, json!({"lose_replies": true})).await?;
+    }
+    let lost = shop.order(&alice, 2, 1).await?;
+    for instance in ["payments-1", "payments-2"] {
+        payments_faults(system, instance, json!({})).await?;
+    }
+    let ledger = system
+        .client
+        .send(
+            &system.instance("payments-1")?.to_string(),
+            ApiCall::get("/ledger"),
+        )
+        .await?;
+    let lost_id = lost.body["id"].as_str().unwrap_or_default();
+    let state = ledger
+        .body
+        .as_array()
+        .and_then(|rows| rows.iter().find(|row| row["order_id"] == lost_id))
+        .map_or("none".to_owned(), |row| {
+            row["state"].as_str().unwrap_or("?").to_owned()
+        });
+    say.say(format!(
+        "the charge replies are lost (taken, but answered too late): alice's keyboard order {}; its payment, refunded by the charge's key: {state}",
+        outcome(&lost)
+    ));
+
+    // A crash mid-saga.
+    admin(system, "orders-1", "/admin/crash-executor", json!({})).await?;
+    let crashed = shop.order(&bob, 1, 1).await?;
+    let id = crashed.body["id"].as_str().unwrap_or_default().to_owned();
+    let mut status = crashed.body["status"].as_str().unwrap_or("?").to_owned();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while status == "PENDING" && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let reply = shop
+            .call(ApiCall::get(format!("/api/orders/{id}")).bearer(&bob))
+            .await?;
+        status = reply.body["status"].as_str().unwrap_or("?").to_owned();
+    }
+    say.say(format!(
+        "the orders executor crashes mid-saga (at reserve-stock): the order answers {} {}; the standby executor takes it over from the SQLite log once the lease lapses: {status}",
+        crashed.status.as_u16(),
+        crashed.body["status"].as_str().unwrap_or("?")
+    ));
+
+    // Notifications.
+    invariants::wait_for_outbox(system).await?;
+    let after = Ledger::read(system).await?;
+    say.say(format!(
+        "notifications: {} order events, {} emails from {} deliveries (two replies were lost: the outbox relay delivered again after {}, and the duplicates were recognised by event id)",
+        after.events,
+        after.emails,
+        after.deliveries,
+        delays(&system.observed.lock().relay_retry_delays)
+    ));
+
+    // Summary.
+    let broken = invariants::check(system).await?;
+    say.say("summary:");
+    print_summary(system, &before, &after, &shop.latencies());
+    say.say(if broken.is_empty() {
+        "invariants hold: stock on hand + reserved = initial; each confirmed order one net charge, each cancelled none; each event one email".to_owned()
+    } else {
+        format!("INVARIANTS BROKEN: {}", broken.join("; "))
+    });
+    Ok(broken)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn print_summary(system: &System, before: &Ledger, after: &Ledger, latencies: &[Duration]) {
+    let row = |name: &str, value: String| println!("    | {name:<34} | {value:<46} |");
+    let rule = || println!("    +{}+{}+", "-".repeat(36), "-".repeat(48));
+    rule();
+    for status in ["CONFIRMED", "CANCELLED"] {
+        row(
+            &format!("orders {}", status.to_lowercase()),
+            after
+                .orders_by_status
+                .get(status)
+                .copied()
+                .unwrap_or(0)
+                .to_string(),
+        );
+    }
+    for (product, (initial, on_hand, reserved)) in &after.stock {
+        let was = before
+            .stock
+            .get(product)
+            .map_or(0, |(_, on_hand, _)| *on_hand);
+        row(
+            &format!("stock of product {product}"),
+            format!("{was} before; now {on_hand} on hand + {reserved} reserved = {initial}"),
+        );
+    }
+    let net: i64 = after.net_charges.values().sum();
+    row(
+        "net charges",
+        format!("{} ({} refunds)", dollars(net), after.refunds),
+    );
+    row(
+        "notifications",
+        format!("{} emails for {} events", after.emails, after.events),
+    );
+    row(
+        "payments breaker transitions",
+        system.observed.lock().breaker_transitions.len().to_string(),
+    );
+    row(
+        "calls the open breaker refused",
+        system.observed.lock().breaker_rejections.to_string(),
+    );
+    let retries = system.payments_retry.metrics().retries + system.relay_retry.metrics().retries;
+    row("retries (payments + outbox relay)", retries.to_string());
+    row(
+        "healthy gateway calls p50 / p99",
+        format!(
+            "{:.1?} / {:.1?} ({} calls)",
+            percentile(latencies, 50.0),
+            percentile(latencies, 99.0),
+            latencies.len()
+        ),
+    );
+    rule();
+}

@@ -1,0 +1,430 @@
+//! Starts the whole system in this process: every service a real server
+//! on its own 127.0.0.1 port with its own SQLite file, registered in the
+//! embedded registry with an HTTP health check; the callers' clients are
+//! palisade's layers over balancers that find the instances through it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use palisade::BoxError;
+use palisade::backoff::Backoff;
+use palisade::bulkhead::{Bulkhead, BulkheadConfig};
+use palisade::circuit_breaker::{
+    CircuitBreaker, CircuitBreakerConfig, CircuitBreakerEventKind, SlidingWindow,
+};
+use palisade::discovery::{Balance, BalanceEventKind, InMemoryRegistry, RegistrationGuard};
+use palisade::pipeline::Pipeline;
+use palisade::rate_limit::{RateLimiter, RateLimiterConfig};
+use palisade::retry::{Retry, RetryConfig, RetryEventKind};
+use parking_lot::Mutex;
+use tower::ServiceBuilder;
+use tower::util::BoxCloneSyncService;
+
+use super::gateway::Gateway;
+use super::http_json::{InstanceClient, JsonClient, serve};
+use super::inventory::Inventory;
+use super::notifications::Notifications;
+use super::order_saga::PipelinedClient;
+use super::orders::{Orders, OrdersClients};
+use super::payments::PaymentsInstance;
+use super::products::Products;
+use super::registry::{balanced_json, register, wait_healthy};
+use super::users::{UsersService, users_grpc};
+
+/// The catalogue: id, name, price in cents. The piano costs more than
+/// any card allows: its orders are declined.
+pub const CATALOGUE: &[(i64, &str, i64)] = &[
+    (1, "The Rust Programming Language (book)", 3_999),
+    (2, "Mechanical keyboard", 8_999),
+    (3, "Desk lamp", 2_499),
+    (4, "Grand piano", 1_250_000),
+];
+
+/// The stock at start: product id, units.
+pub const INITIAL_STOCK: &[(i64, i64)] = &[(1, 10), (2, 5), (3, 3), (4, 2)];
+
+/// How the system is started.
+#[derive(Debug, Clone, Copy)]
+pub struct SystemConfig {
+    /// Seeds the balancers' pickers and the payments' random faults.
+    pub seed: u64,
+    /// The gateway's port (0: any free port).
+    pub gateway_port: u16,
+    /// Requests per second the gateway lets through to the orders service.
+    pub orders_per_second: u32,
+}
+
+impl Default for SystemConfig {
+    fn default() -> Self {
+        Self {
+            seed: 7,
+            gateway_port: 0,
+            orders_per_second: 200,
+        }
+    }
+}
+
+/// What the system's parts report, collected as it runs (printed by the
+/// scenario at its checkpoints, so that the narration's order does not
+/// depend on when events arrive).
+#[derive(Debug, Default)]
+pub struct Observed {
+    /// The payments breaker's transitions, `FROM -> TO`.
+    pub breaker_transitions: Vec<String>,
+    /// Calls the payments breaker refused.
+    pub breaker_rejections: u64,
+    /// The delays before each retry of a payments call.
+    pub payment_retry_delays: Vec<Duration>,
+    /// The delays before each retry of a notification delivery.
+    pub relay_retry_delays: Vec<Duration>,
+    /// The payments instances ejected by outlier detection.
+    pub ejections: Vec<String>,
+}
+
+/// The running system. Dropping it stops every server.
+pub struct System {
+    /// The gateway's address: the only one clients need.
+    pub gateway: SocketAddr,
+    /// Every instance's address, by instance id.
+    pub instances: BTreeMap<String, SocketAddr>,
+    /// The orders service's breaker in front of payments.
+    pub payments_breaker: CircuitBreaker,
+    /// The orders service's retry of payments calls.
+    pub payments_retry: Retry,
+    /// The orders service's balancer over the payments instances.
+    pub payments_balance: Balance<InstanceClient>,
+    /// The outbox relay's retry.
+    pub relay_retry: Retry,
+    /// What the parts reported.
+    pub observed: Arc<Mutex<Observed>>,
+    /// A plain client, for the scenario and the admin endpoints.
+    pub client: JsonClient,
+    servers: Vec<tokio::task::JoinHandle<()>>,
+    _registrations: Vec<RegistrationGuard>,
+    _registry: InMemoryRegistry,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for System {
+    fn drop(&mut self) {
+        for server in &self.servers {
+            server.abort();
+        }
+    }
+}
+
+fn pipelined(
+    service: impl tower::Service<
+        super::http_json::ApiCall,
+        Response = super::http_json::JsonReply,
+        Error = palisade::pipeline::PipelineError,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + 'static,
+) -> PipelinedClient {
+    BoxCloneSyncService::new(service)
+}
+
+fn breaker(name: &str) -> Result<CircuitBreaker, BoxError> {
+    Ok(CircuitBreaker::new(
+        name,
+        CircuitBreakerConfig::builder()
+            .sliding_window(SlidingWindow::count(10))
+            .minimum_number_of_calls(6)
+            .failure_rate_threshold(60.0)
+            .wait_duration_in_open_state(Duration::from_millis(500))
+            .permitted_number_of_calls_in_half_open_state(2)
+            .build()?,
+    ))
+}
+
+fn retry(name: &str, attempts: u32, first_delay: Duration) -> Result<Retry, BoxError> {
+    Ok(Retry::new(
+        name,
+        RetryConfig::builder()
+            .max_attempts(attempts)
+            .backoff(Backoff::exponential(first_delay, 2.0).build()?)
+            .build()?,
+    ))
+}
+
+impl System {
+    /// Starts every service and waits until each is healthy in the registry.
+    pub async fn start(config: SystemConfig) -> Result<Self, BoxError> {
+        let dir = tempfile::tempdir()?;
+        let registry = InMemoryRegistry::new();
+        let client = JsonClient::new(Duration::from_secs(60));
+        let observed = Arc::new(Mutex::new(Observed::default()));
+        let mut servers = Vec::new();
+        let mut registrations = Vec::new();
+        let mut instances = BTreeMap::new();
+        let mut up = async |service: &str,
+                            id: &str,
+                            router: axum::Router,
+                            port: u16|
+               -> Result<SocketAddr, BoxError> {
+            let (address, task) = serve(router, port).await?;
+            servers.push(task);
+            registrations.push(register(&registry, service, id, address).await?);
+            instances.insert(id.to_owned(), address);
+            Ok(address)
+        };
+
+        // The services with no dependency.
+        let users = UsersService::open(&dir.path().join("users.db"))?;
+        up("users", "users-1", users.router(), 0).await?;
+        let products = Products::open(&dir.path().join("products.db"), CATALOGUE)?;
+        up("products", "products-1", products.router(), 0).await?;
+        let inventory = Inventory::open(&dir.path().join("inventory.db"), INITIAL_STOCK)?;
+        up("inventory", "inventory-1", inventory.router(), 0).await?;
+        for (n, id) in ["payments-1", "payments-2"].into_iter().enumerate() {
+            let instance = PaymentsInstance::open(
+                id,
+                &dir.path().join("payments.db"),
+                config.seed + n as u64,
+            )?;
+            up("payments", id, instance.router(), 0).await?;
+        }
+        let notifications = Notifications::open(&dir.path().join("notifications.db"))?;
+        up(
+            "notifications",
+            "notifications-1",
+            notifications.router(),
+            0,
+        )
+        .await?;
+
+        // The orders service's clients.
+        let json = JsonClient::new(Duration::from_secs(30));
+        let payments_balance = balanced_json(
+            &registry,
+            "payments",
+            json.clone(),
+            2,
+            Duration::from_secs(3),
+            config.seed,
+        )?;
+        let payments_breaker = breaker("payments")?;
+        let payments_retry = retry("payments", 3, Duration::from_millis(20))?;
+        let payments_bulkhead = Bulkhead::new(
+            "payments",
+            BulkheadConfig::builder().max_concurrent_calls(5).build()?,
+        );
+        let payments = Pipeline::builder("payments")
+            .retry(payments_retry.clone())
+            .circuit_breaker(payments_breaker.clone())
+            .timeout(Duration::from_secs(1))
+            .bulkhead(payments_bulkhead)
+            .build()?;
+        let inventory_client = Pipeline::builder("inventory")
+            .circuit_breaker(breaker("inventory")?)
+            .timeout(Duration::from_secs(1))
+            .build()?;
+        let products_client = Pipeline::builder("products")
+            .retry(retry("products", 2, Duration::from_millis(20))?)
+            .timeout(Duration::from_secs(1))
+            .build()?;
+        let relay_retry = retry("notifications", 4, Duration::from_millis(25))?;
+        let notifications_client = Pipeline::builder("notifications")
+            .retry(relay_retry.clone())
+            .timeout(Duration::from_millis(500))
+            .build()?;
+        let users_pipeline = || {
+            Ok::<_, BoxError>(
+                Pipeline::builder("users")
+                    .circuit_breaker(breaker("users")?)
+                    .timeout(Duration::from_secs(2))
+                    .build()?,
+            )
+        };
+        let clients = OrdersClients {
+            users: users_grpc(&registry, users_pipeline()?, config.seed)?,
+            products: pipelined(ServiceBuilder::new().layer(products_client).service(
+                balanced_json(
+                    &registry,
+                    "products",
+                    json.clone(),
+                    3,
+                    Duration::from_secs(1),
+                    config.seed,
+                )?,
+            )),
+            payments: pipelined(
+                ServiceBuilder::new()
+                    .layer(payments)
+                    .service(payments_balance.clone()),
+            ),
+            inventory: pipelined(ServiceBuilder::new().layer(inventory_client).service(
+                balanced_json(
+                    &registry,
+                    "inventory",
+                    json.clone(),
+                    3,
+                    Duration::from_secs(1),
+                    config.seed,
+                )?,
+            )),
+            notifications: pipelined(ServiceBuilder::new().layer(notifications_client).service(
+                balanced_json(
+                    &registry,
+                    "notifications",
+                    json.clone(),
+                    10,
+                    Duration::from_secs(1),
+                    config.seed,
+                )?,
+            )),
+        };
+        let orders = Orders::start(dir.path(), clients).await?;
+        up("orders", "orders-1", orders.router(), 0).await?;
+
+        // The gateway.
+        let orders_limiter = RateLimiter::new(
+            "gateway-orders",
+            RateLimiterConfig::builder()
+                .limit_for_period(config.orders_per_second)
+                .limit_refresh_period(Duration::from_secs(1))
+                .build()?,
+        );
+        let gateway_products = Pipeline::builder("gateway-products")
+            .retry(retry("gateway-products", 2, Duration::from_millis(20))?)
+            .circuit_breaker(breaker("gateway-products")?)
+            .timeout(Duration::from_secs(1))
+            .build()?;
+        let gateway_orders = Pipeline::builder("gateway-orders")
+            .rate_limiter(orders_limiter)
+            .timeout(Duration::from_secs(30))
+            .bulkhead(Bulkhead::new(
+                "gateway-orders",
+                BulkheadConfig::builder().max_concurrent_calls(20).build()?,
+            ))
+            .build()?;
+        let secret: [u8; 32] = rand::random();
+        let gateway = Gateway::new(
+            &secret,
+            users_grpc(&registry, users_pipeline()?, config.seed)?,
+            pipelined(
+                ServiceBuilder::new()
+                    .layer(gateway_products)
+                    .service(balanced_json(
+                        &registry,
+                        "products",
+                        json.clone(),
+                        3,
+                        Duration::from_secs(1),
+                        config.seed,
+                    )?),
+            ),
+            pipelined(
+                ServiceBuilder::new()
+                    .layer(gateway_orders)
+                    .service(balanced_json(
+                        &registry,
+                        "orders",
+                        json.clone(),
+                        3,
+                        Duration::from_secs(1),
+                        config.seed,
+                    )?),
+            ),
+        );
+        let gateway = up(
+            "gateway",
+            "gateway-1",
+            gateway.router(),
+            config.gateway_port,
+        )
+        .await?;
+
+        for (service, count) in [
+            ("users", 1),
+            ("products", 1),
+            ("inventory", 1),
+            ("payments", 2),
+            ("notifications", 1),
+            ("orders", 1),
+            ("gateway", 1),
+        ] {
+            wait_healthy(&registry, service, count).await?;
+        }
+
+        let system = Self {
+            gateway,
+            instances,
+            payments_breaker,
+            payments_retry,
+            payments_balance,
+            relay_retry,
+            observed,
+            client,
+            servers,
+            _registrations: registrations,
+            _registry: registry,
+            _dir: dir,
+        };
+        system.observe();
+        Ok(system)
+    }
+
+    /// Collects the events the scenario reports.
+    fn observe(&self) {
+        let mut breaker = self.payments_breaker.subscribe();
+        let observed = Arc::clone(&self.observed);
+        tokio::spawn(async move {
+            while let Ok(event) = breaker.recv().await {
+                match event.kind {
+                    CircuitBreakerEventKind::StateTransition { from, to, .. } => {
+                        observed
+                            .lock()
+                            .breaker_transitions
+                            .push(format!("{from} -> {to}"));
+                    }
+                    CircuitBreakerEventKind::Rejected { .. } => {
+                        observed.lock().breaker_rejections += 1
+                    }
+                    _ => {}
+                }
+            }
+        });
+        for (retry, payments) in [
+            (self.payments_retry.clone(), true),
+            (self.relay_retry.clone(), false),
+        ] {
+            let mut events = retry.subscribe();
+            let observed = Arc::clone(&self.observed);
+            tokio::spawn(async move {
+                while let Ok(event) = events.recv().await {
+                    if let RetryEventKind::Retrying { delay, .. } = event.kind {
+                        let mut observed = observed.lock();
+                        if payments {
+                            observed.payment_retry_delays.push(delay);
+                        } else {
+                            observed.relay_retry_delays.push(delay);
+                        }
+                    }
+                }
+            });
+        }
+        let mut balance = self.payments_balance.subscribe();
+        let observed = Arc::clone(&self.observed);
+        tokio::spawn(async move {
+            while let Ok(event) = balance.recv().await {
+                if let BalanceEventKind::Ejected { .. } = event.kind {
+                    observed.lock().ejections.push(event.id.to_string());
+                }
+            }
+        });
+    }
+
+    /// The address of instance `id`.
+    pub fn instance(&self, id: &str) -> Result<SocketAddr, BoxError> {
+        self.instances
+            .get(id)
+            .copied()
+            .ok_or_else(|| format!("no instance {id}").into())
+    }
+}
