@@ -11,6 +11,7 @@ use crate::adaptive_concurrency::AdaptiveConcurrencyLayer;
 use crate::bulkhead::{Bulkhead, BulkheadService};
 #[cfg(feature = "cache")]
 use crate::cache::CacheLayer;
+#[cfg(feature = "chaos")]
 use crate::chaos::ChaosLayer;
 use crate::circuit_breaker::{CircuitBreakerLayer, CircuitBreakerService};
 use crate::classify::DefaultClassifier;
@@ -105,7 +106,7 @@ impl<RC, RP, BC, X> Pipeline<RC, RP, BC, X> {
 }
 
 #[cfg(feature = "reqwest")]
-impl<RC, RP, BC> Pipeline<RC, RP, BC> {
+impl<RC, RP, BC, X> Pipeline<RC, RP, BC, X> {
     /// The same stages with `classifier` as the retry's and the breaker's
     /// classifier (rejections handled as configured) and `policy` as the
     /// retry's policy: how `palisade::reqwest::client` fits a pipeline to
@@ -114,9 +115,10 @@ impl<RC, RP, BC> Pipeline<RC, RP, BC> {
         self,
         classifier: C,
         policy: P,
-    ) -> Pipeline<C, P, C> {
+    ) -> Pipeline<C, P, C, X> {
         Pipeline {
             shared: self.shared,
+            extra: self.extra,
             retry: self.retry.map(|layer| {
                 let stage = layer.classifier().around(classifier.clone());
                 layer.with_classifier(stage).with_policy(policy)
@@ -552,6 +554,7 @@ impl<RC, RP, BC, Ca, Co, Fb, He, Ad, Ch> With<RC, RP, BC, Ca, Co, Fb, He, Ad, Ch
     /// breaker counts its injected failures, the retry retries them and the
     /// timeout bounds its injected latency. Built by
     /// [`Chaos::layer`](crate::chaos::Chaos::layer).
+    #[cfg(feature = "chaos")]
     pub fn chaos<Res>(
         self,
         chaos: ChaosLayer<Res>,

@@ -25,8 +25,9 @@
 //!   sits outside hedging and retry, so it never pre-empts a retry that
 //!   would have succeeded.
 //! * **Hedging** is outside the retry: each hedged attempt is a whole retry
-//!   sequence through the breaker, and its extra attempts draw from their
-//!   own budget.
+//!   sequence through the breaker, and its copies draw from the hedge's
+//!   retry budget, so hedging cannot double the load on a struggling
+//!   dependency.
 //! * Each **retry** goes through the breaker, the rate limiter, the timeout
 //!   and the bulkhead again: the breaker records every attempt and each
 //!   attempt takes its own bulkhead permit.
@@ -183,7 +184,7 @@
 //!
 //! | stage | builder method | default |
 //! |---|---|---|
-//! | response cache (feature `cache`) | [`cache`](PipelineBuilder::cache) | none |
+//! | response cache (feature `cache`) | `cache` | none |
 //! | coalescing | [`coalesce`](PipelineBuilder::coalesce) | none |
 //! | fallback | [`fallback`](PipelineBuilder::fallback) | none |
 //! | hedging | [`hedge`](PipelineBuilder::hedge) | none |
@@ -194,7 +195,7 @@
 //! | timeout | [`timeout`](PipelineBuilder::timeout) | none (must be > 0 when set) |
 //! | bulkhead | [`bulkhead`](PipelineBuilder::bulkhead) | none |
 //! | adaptive concurrency | [`adaptive_concurrency`](PipelineBuilder::adaptive_concurrency) | none |
-//! | chaos | [`chaos`](PipelineBuilder::chaos) | none |
+//! | chaos (feature `chaos`) | `chaos` | none |
 //!
 //! The core stages (retry to bulkhead) answer with a [`PipelineError`]. The
 //! outer ones (cache, coalescing, fallback, hedging) answer with a
