@@ -136,10 +136,10 @@ pub mod error;
 pub mod events;
 pub mod fallback;
 pub mod future;
+pub mod hedge;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub mod metrics;
-pub mod hedge;
 pub mod pipeline;
 pub mod rate_limit;
 pub mod registry;

@@ -9,8 +9,17 @@ use crate::retry::{AttemptTimedOut, RetryTimedOut};
 
 /// The stages of a [`Pipeline`](super::Pipeline), outermost first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Stage {
-    /// The retry stage (outermost).
+    /// The response cache (outermost).
+    Cache,
+    /// Request coalescing.
+    Coalesce,
+    /// The fallback.
+    Fallback,
+    /// Hedging.
+    Hedge,
+    /// The retry stage.
     Retry,
     /// The circuit breaker.
     CircuitBreaker,
@@ -18,19 +27,29 @@ pub enum Stage {
     RateLimiter,
     /// The timeout (time limiter).
     Timeout,
-    /// The bulkhead (innermost).
+    /// The bulkhead.
     Bulkhead,
+    /// The adaptive concurrency limit.
+    AdaptiveConcurrency,
+    /// Fault injection (innermost).
+    Chaos,
     /// The wrapped service itself.
     Service,
 }
 
 impl Stage {
-    const ALL: [Stage; 6] = [
+    const ALL: [Stage; 12] = [
+        Stage::Cache,
+        Stage::Coalesce,
+        Stage::Fallback,
+        Stage::Hedge,
         Stage::Retry,
         Stage::CircuitBreaker,
         Stage::RateLimiter,
         Stage::Timeout,
         Stage::Bulkhead,
+        Stage::AdaptiveConcurrency,
+        Stage::Chaos,
         Stage::Service,
     ];
 
@@ -40,15 +59,24 @@ impl Stage {
         Self::ALL.into_iter().find(|stage| stage.as_str() == name)
     }
 
-    /// The stage's name in traces: `"retry"`, `"circuit_breaker"`,
-    /// `"rate_limiter"`, `"timeout"`, `"bulkhead"` or `"service"`.
+    /// The stage's name in traces, the same as the kind of layer in its
+    /// rejections' [`Rejected`] marker: `"cache"`, `"coalesce"`,
+    /// `"fallback"`, `"hedge"`, `"retry"`, `"circuit_breaker"`,
+    /// `"rate_limiter"`, `"timeout"`, `"bulkhead"`,
+    /// `"adaptive_concurrency"`, `"chaos"` or `"service"`.
     pub fn as_str(self) -> &'static str {
         match self {
+            Stage::Cache => "cache",
+            Stage::Coalesce => "coalesce",
+            Stage::Fallback => "fallback",
+            Stage::Hedge => "hedge",
             Stage::Retry => "retry",
             Stage::CircuitBreaker => "circuit_breaker",
             Stage::RateLimiter => "rate_limiter",
             Stage::Timeout => "timeout",
             Stage::Bulkhead => "bulkhead",
+            Stage::AdaptiveConcurrency => "adaptive_concurrency",
+            Stage::Chaos => "chaos",
             Stage::Service => "service",
         }
     }

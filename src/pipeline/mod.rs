@@ -3,23 +3,46 @@
 //! The order of resilience layers changes what they do, and it is easy to
 //! get wrong: a retry inside a circuit breaker hides failures from it, a
 //! bulkhead outside a retry holds its permit through every backoff wait. A
-//! [`Pipeline`] stacks the stages in the order resilience4j documents for
-//! its decorators, whatever order they were added in:
+//! [`Pipeline`] stacks the stages in one documented order, whatever order
+//! they were added in. The core is the order resilience4j documents for its
+//! decorators; the strategies Polly and tower-resilience add go around it
+//! (cache, coalescing, fallback, hedging) or inside it (adaptive
+//! concurrency, chaos):
 //!
 //! ```text
-//! retry → circuit breaker → rate limiter → timeout → bulkhead → service
-//! (outermost)                                      (innermost)
+//! cache → coalesce → fallback → hedge → retry → circuit breaker → rate limiter
+//! (outermost)                                                            ↓
+//!            service ← chaos ← adaptive concurrency ← bulkhead ← timeout
+//!                                                          (innermost)
 //! ```
 //!
+//! * The **cache** is outermost: a fresh hit costs no other stage anything
+//!   (no permit, no token, no breaker call), and a stale entry can answer
+//!   whatever went wrong inside, a rejection included.
+//! * **Coalescing** comes next, so that concurrent misses for one key make
+//!   one trip through everything below: one retry sequence, one permit.
+//! * **Fallback** answers only what every attempt inside failed to get: it
+//!   sits outside hedging and retry, so it never pre-empts a retry that
+//!   would have succeeded.
+//! * **Hedging** is outside the retry: each hedged attempt is a whole retry
+//!   sequence through the breaker, and its copies draw from the hedge's
+//!   retry budget, so hedging cannot double the load on a struggling
+//!   dependency.
 //! * Each **retry** goes through the breaker, the rate limiter, the timeout
 //!   and the bulkhead again: the breaker records every attempt and each
 //!   attempt takes its own bulkhead permit.
 //! * The **breaker** sees timeouts as failures, but not the rate limiter's
 //!   or the bulkhead's rejections: those say nothing about the dependency.
-//! * A stage's **rejection** (breaker open, rate limited, bulkhead full) is
+//! * The **adaptive concurrency** limit is inside the bulkhead, next to the
+//!   service, so the latency it adapts to is the service's own, not the
+//!   time calls waited for a bulkhead permit.
+//! * **Chaos** is innermost: it stands in for the dependency, so every
+//!   other stage sees its injected faults as the dependency's own.
+//! * A stage's **rejection** (breaker open, rate limited, bulkhead full,
+//!   concurrency limit reached) is
 //!   returned at once rather than retried, unless
 //!   [`retry_rejections`](PipelineBuilder::retry_rejections) says otherwise.
-//! * Every error is a [`PipelineError`] that names the stage it comes from.
+//! * Every error of the core stages is a [`PipelineError`] that names the stage it comes from.
 //!   Rejections are recognised by the [`Rejected`](crate::error::Rejected)
 //!   marker their errors carry, so a rejecting layer of your own inside the
 //!   service is reported as a [`Rejection`] too.
@@ -161,12 +184,24 @@
 //!
 //! | stage | builder method | default |
 //! |---|---|---|
+//! | response cache (feature `cache`) | `cache` | none |
+//! | coalescing | [`coalesce`](PipelineBuilder::coalesce) | none |
+//! | fallback | [`fallback`](PipelineBuilder::fallback) | none |
+//! | hedging | [`hedge`](PipelineBuilder::hedge) | none |
 //! | retry | [`retry`](PipelineBuilder::retry) | none ([`NoRetry`]: any request type) |
 //! | retry of rejections | [`retry_rejections`](PipelineBuilder::retry_rejections) | `false` |
 //! | circuit breaker | [`circuit_breaker`](PipelineBuilder::circuit_breaker) | none |
 //! | rate limiter | [`rate_limiter`](PipelineBuilder::rate_limiter) | none |
 //! | timeout | [`timeout`](PipelineBuilder::timeout) | none (must be > 0 when set) |
 //! | bulkhead | [`bulkhead`](PipelineBuilder::bulkhead) | none |
+//! | adaptive concurrency | [`adaptive_concurrency`](PipelineBuilder::adaptive_concurrency) | none |
+//! | chaos (feature `chaos`) | `chaos` | none |
+//!
+//! The core stages (retry to bulkhead) answer with a [`PipelineError`]. The
+//! outer ones (cache, coalescing, fallback, hedging) answer with a
+//! [`BoxError`](crate::BoxError), since they may hold on to the core's
+//! errors (a coalesced error is shared by every waiter): a core error
+//! inside is found with [`find_cause`](crate::find_cause)`::<PipelineError>`.
 //!
 //! Each stage keeps its own options, documented in its module.
 
@@ -178,6 +213,6 @@ mod stage;
 
 pub use self::error::{PipelineError, Rejection, Stage, TimedOut};
 pub use self::future::ResponseFuture;
-pub use self::layer::{Pipeline, PipelineBuilder};
+pub use self::layer::{ExtraStages, Pipeline, PipelineBuilder};
 pub use self::service::PipelineService;
 pub use self::stage::{NoRetry, Optional, OptionalFuture, StageClassifier};
