@@ -455,6 +455,9 @@ impl<RC, RP, BC, X> PipelineBuilder<RC, RP, BC, X> {
 type With<RC, RP, BC, Ca, Co, Fb, He, Ad, Ch> =
     PipelineBuilder<RC, RP, BC, ExtraStages<Ca, Co, Fb, He, Ad, Ch>>;
 
+// Each method replaces one slot of nine: the types say which, and naming
+// them more briefly would hide it.
+#[allow(clippy::type_complexity)]
 impl<RC, RP, BC, Ca, Co, Fb, He, Ad, Ch> With<RC, RP, BC, Ca, Co, Fb, He, Ad, Ch> {
     /// The response cache stage (outermost): a fresh hit answers before any
     /// other stage runs, and a stale entry answers the failures and
