@@ -18,7 +18,10 @@ use crate::events::{EventHub, EventStream, check_event_capacity};
 #[cfg(feature = "http")]
 use self::http_check::HttpChecker;
 use super::watch_channel::snapshot_stream;
-use super::{BoxFuture, Registrar, Registration, RegistrationGuard, Registry, WatchStream};
+use super::{
+    BoxFuture, InstanceSet, InstanceSetStream, Registrar, Registration, RegistrationGuard,
+    Registry, WatchStream,
+};
 use crate::discovery::error::DiscoveryError;
 use crate::discovery::health::HealthCheck;
 use crate::discovery::instance::{Instance, InstanceId, ServiceName};
@@ -97,7 +100,9 @@ struct Counters {
 
 struct ServiceState {
     instances: BTreeMap<InstanceId, Entry>,
-    healthy: watch::Sender<Arc<[Instance]>>,
+    /// The passing instances, kept in step with `instances` one change at
+    /// a time (O(log n)); watchers clone it in O(1).
+    healthy: watch::Sender<InstanceSet>,
 }
 
 struct Entry {
@@ -332,7 +337,7 @@ impl InMemoryRegistry {
                 },
             )
             .is_some();
-        service_state.publish();
+        service_state.publish(id.as_str());
         drop(state);
         tracing::info!(
             backend = BACKEND,
@@ -391,12 +396,31 @@ impl InMemoryRegistry {
     }
 
     fn healthy_now(&self, service: &str) -> Vec<Instance> {
-        let state = self.inner.state.lock();
-        state
-            .services
-            .get(service)
-            .map(|s| s.healthy.borrow().to_vec())
-            .unwrap_or_default()
+        let healthy = {
+            let state = self.inner.state.lock();
+            state
+                .services
+                .get(service)
+                .map(|s| s.healthy.borrow().clone())
+        };
+        // Copied outside the lock: cloning the set under it is O(1).
+        healthy.map(|h| h.to_vec()).unwrap_or_default()
+    }
+
+    /// A receiver of `service`'s healthy set; `None` for a name no
+    /// instance can be registered under.
+    fn subscribe_healthy(&self, service: &str) -> Option<watch::Receiver<InstanceSet>> {
+        let name = ServiceName::new(service).ok()?;
+        Some(
+            self.inner
+                .state
+                .lock()
+                .services
+                .entry(name)
+                .or_insert_with(ServiceState::new)
+                .healthy
+                .subscribe(),
+        )
     }
 }
 
@@ -413,24 +437,25 @@ impl Registry for InMemoryRegistry {
     }
 
     fn watch(&self, service: &str) -> WatchStream {
-        let Ok(name) = ServiceName::new(service) else {
+        match self.subscribe_healthy(service) {
+            Some(receiver) => snapshot_stream(receiver, |healthy: InstanceSet| healthy.to_vec()),
             // No instance can ever be registered under an invalid name:
             // an empty set, then nothing.
-            return Box::pin(
+            None => Box::pin(
                 futures_util::stream::once(std::future::ready(Ok(Vec::new())))
                     .chain(futures_util::stream::pending()),
-            );
-        };
-        let receiver = self
-            .inner
-            .state
-            .lock()
-            .services
-            .entry(name)
-            .or_insert_with(ServiceState::new)
-            .healthy
-            .subscribe();
-        snapshot_stream(receiver, |healthy: &Arc<[Instance]>| healthy.to_vec())
+            ),
+        }
+    }
+
+    fn watch_sets(&self, service: &str) -> InstanceSetStream {
+        match self.subscribe_healthy(service) {
+            Some(receiver) => snapshot_stream(receiver, |healthy: InstanceSet| healthy),
+            None => Box::pin(
+                futures_util::stream::once(std::future::ready(Ok(InstanceSet::new())))
+                    .chain(futures_util::stream::pending()),
+            ),
+        }
     }
 }
 
@@ -479,25 +504,26 @@ impl ServiceState {
     fn new() -> Self {
         Self {
             instances: BTreeMap::new(),
-            healthy: watch::Sender::new(Arc::from(Vec::new())),
+            healthy: watch::Sender::new(InstanceSet::new()),
         }
     }
 
-    /// Publishes the healthy set to the watchers when it changed.
-    fn publish(&self) {
-        let healthy: Vec<Instance> = self
+    /// Brings instance `id` of the healthy set in line with its entry
+    /// (there and passing, or not), in O(log n); wakes the watchers only
+    /// when the set changed.
+    fn publish(&self, id: &str) {
+        let passing = self
             .instances
-            .values()
+            .get(id)
             .filter(|e| e.health == Health::Passing)
-            .map(|e| e.instance.clone())
-            .collect();
-        self.healthy.send_if_modified(|current| {
-            if **current == *healthy {
-                false
-            } else {
-                *current = Arc::from(healthy);
+            .map(|e| &e.instance);
+        self.healthy.send_if_modified(|healthy| match passing {
+            Some(instance) if healthy.get(id) == Some(instance) => false,
+            Some(instance) => {
+                healthy.insert(instance.clone());
                 true
             }
+            None => healthy.remove(id).is_some(),
         });
     }
 }
@@ -534,7 +560,7 @@ impl Inner {
             return None;
         }
         let entry = service_state.instances.remove(id)?;
-        service_state.publish();
+        service_state.publish(id);
         match kind {
             RegistryEventKind::Deregistered => state.counters.deregistrations += 1,
             RegistryEventKind::TtlExpired => state.counters.ttl_expirations += 1,
@@ -636,7 +662,7 @@ async fn run_http_check(
                 (Ok(()), Health::Passing) => {}
                 (Ok(()), Health::Critical { .. }) => {
                     entry.health = Health::Passing;
-                    service_state.publish();
+                    service_state.publish(id.as_str());
                     tracing::info!(backend = BACKEND, %service, %id, "HTTP check passing");
                     inner.events.publish_with(|| RegistryEvent {
                         service: service.clone(),
@@ -646,7 +672,7 @@ async fn run_http_check(
                 }
                 (Err(reason), Health::Passing) => {
                     entry.health = Health::Critical { since: now };
-                    service_state.publish();
+                    service_state.publish(id.as_str());
                     tracing::warn!(backend = BACKEND, %service, %id, %reason, "HTTP check critical");
                     inner.events.publish_with(|| RegistryEvent {
                         service: service.clone(),
