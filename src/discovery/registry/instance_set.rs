@@ -123,3 +123,72 @@ impl fmt::Debug for InstanceSet {
         f.debug_list().entries(self.instances.values()).finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::discovery::SnapshotDiff;
+
+    fn instance(id: &str, port: u16) -> Instance {
+        Instance::builder("api", id, format!("10.0.0.1:{port}"))
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn changes_to_reports_what_snapshot_diff_reports_in_the_same_order() {
+        let before = vec![instance("a", 1), instance("b", 1), instance("c", 1)];
+        let after = vec![instance("d", 1), instance("c", 2), instance("a", 1)];
+        let mut diff = SnapshotDiff::new();
+        diff.apply(before.clone());
+        let expected = diff.apply(after.clone());
+        let from: InstanceSet = before.into_iter().collect();
+        let to: InstanceSet = after.into_iter().collect();
+        assert_eq!(from.changes_to(&to), expected);
+        assert_eq!(
+            expected,
+            vec![
+                InstanceChange::Removed(instance("b", 1)),
+                InstanceChange::Updated(instance("c", 2)),
+                InstanceChange::Added(instance("d", 1)),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_set_derived_by_one_change_diffs_to_exactly_that_change() {
+        let big: InstanceSet = (0..10_000)
+            .map(|i| instance(&format!("i{i:05}"), 1))
+            .collect();
+        let mut added = big.clone();
+        added.insert(instance("i05000x", 1));
+        assert_eq!(
+            big.changes_to(&added),
+            vec![InstanceChange::Added(instance("i05000x", 1))]
+        );
+        let mut updated = added.clone();
+        updated.insert(instance("i00042", 2));
+        assert_eq!(
+            added.changes_to(&updated),
+            vec![InstanceChange::Updated(instance("i00042", 2))]
+        );
+        let mut removed = updated.clone();
+        removed.remove("i09999");
+        assert_eq!(
+            updated.changes_to(&removed),
+            vec![InstanceChange::Removed(instance("i09999", 1))]
+        );
+        assert_eq!(big.len(), 10_000, "deriving leaves the original as it was");
+        assert!(big.changes_to(&big.clone()).is_empty());
+    }
+
+    #[test]
+    fn collecting_keeps_the_last_instance_of_an_id_and_lists_in_id_order() {
+        let set: InstanceSet = [instance("b", 1), instance("a", 1), instance("b", 2)]
+            .into_iter()
+            .collect();
+        assert_eq!(set.to_vec(), vec![instance("a", 1), instance("b", 2)]);
+        assert_eq!(set.get("b"), Some(&instance("b", 2)));
+        assert_eq!(set.iter().count(), set.len());
+    }
+}

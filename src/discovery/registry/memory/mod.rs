@@ -737,4 +737,41 @@ mod tests {
         tokio::time::advance(Duration::from_secs(10 * 365 * 24 * 3600)).await;
         assert_eq!(registry.healthy("users").await.unwrap().len(), 1);
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn watch_sets_yields_the_snapshots_watch_yields() {
+        let registry = InMemoryRegistry::new();
+        let mut vectors = registry.watch("users");
+        let mut sets = registry.watch_sets("users");
+        let user = |id: &str, port: u16| {
+            Instance::builder("users", id, format!("127.0.0.1:{port}"))
+                .build()
+                .unwrap()
+        };
+        let mut next = async || {
+            let vector = vectors.next().await.unwrap().unwrap();
+            let set = sets.next().await.unwrap().unwrap();
+            assert_eq!(set.to_vec(), vector);
+            vector
+        };
+        assert!(next().await.is_empty());
+        let a = registry
+            .register(Registration::new(user("a", 1), HealthCheck::None))
+            .await
+            .unwrap();
+        assert_eq!(next().await, vec![user("a", 1)]);
+        let _b = registry
+            .register(Registration::new(user("b", 1), HealthCheck::None))
+            .await
+            .unwrap();
+        assert_eq!(next().await, vec![user("a", 1), user("b", 1)]);
+        let _a = registry
+            .register(Registration::new(user("a", 2), HealthCheck::None))
+            .await
+            .unwrap();
+        assert_eq!(next().await, vec![user("a", 2), user("b", 1)]);
+        a.keep();
+        registry.deregister("users", "b").await.unwrap();
+        assert_eq!(next().await, vec![user("a", 2)]);
+    }
 }
