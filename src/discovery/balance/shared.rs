@@ -1,7 +1,6 @@
 //! The state every clone of a balancer shares: the instances, the set a
 //! pick reads, the watch task that keeps them current, and ejections.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
@@ -46,8 +45,10 @@ pub(crate) struct Shared<S> {
     /// `n`th is seeded with `rng_seed + n`.
     rngs: AtomicU64,
     /// Every healthy instance, ejected or not; written by the watch task
-    /// and by ejections, under this lock.
-    membership: Mutex<BTreeMap<InstanceId, Endpoint<S>>>,
+    /// and by ejections, under this lock. Persistent, so that a metrics
+    /// snapshot copies it in O(1) and walks it outside the lock. The
+    /// instances in it and not in `set` are the ejected ones.
+    membership: Mutex<imbl::OrdMap<InstanceId, Endpoint<S>>>,
     pub(crate) events: EventHub<BalanceEvent>,
     /// Set once the registry's first answer arrived.
     initialized: AtomicBool,
@@ -76,7 +77,7 @@ where
             set: ArcSwap::from_pointee(EndpointSet::empty()),
             next: CachePadded(AtomicUsize::new(0)),
             rngs: AtomicU64::new(0),
-            membership: Mutex::new(BTreeMap::new()),
+            membership: Mutex::new(imbl::OrdMap::new()),
             initialized: AtomicBool::new(false),
             startup_wakers: Mutex::new(Vec::new()),
             task: Mutex::new(None),
@@ -260,7 +261,7 @@ where
     }
 
     pub(crate) fn metrics(&self) -> BalanceMetrics {
-        let membership = self.membership.lock();
+        let membership = self.membership.lock().clone();
         let now = Instant::now();
         let endpoints: Vec<EndpointMetrics> = membership
             .values()
@@ -315,10 +316,8 @@ where
         }
         let outlier = Arc::clone(&stats.outlier);
         let instances = membership.len();
-        let ejected = membership
-            .values()
-            .filter(|e| e.stats.outlier.is_ejected())
-            .count();
+        // The ejected instances are the members left out of the picks.
+        let ejected = instances.saturating_sub(self.set.load().available.len());
         if (ejected + 1) * 100 > usize::from(outliers.max_ejection_percent) * instances {
             // Count a fresh run of failures before trying again.
             outlier.consecutive_failures.store(0, Ordering::Relaxed);

@@ -240,17 +240,15 @@ impl InMemoryRegistry {
             critical_removals: state.counters.critical_removals,
             ..RegistryMetrics::default()
         };
+        // O(services), not O(instances): the healthy set holds exactly the
+        // passing instances.
         for service in state.services.values() {
-            if !service.instances.is_empty() {
-                metrics.services += 1;
-            }
-            for entry in service.instances.values() {
-                metrics.instances += 1;
-                match entry.health {
-                    Health::Passing => metrics.passing += 1,
-                    Health::Critical { .. } => metrics.critical += 1,
-                }
-            }
+            let instances = service.instances.len();
+            let passing = service.healthy.borrow().len();
+            metrics.services += usize::from(instances != 0);
+            metrics.instances += instances;
+            metrics.passing += passing;
+            metrics.critical += instances - passing;
         }
         metrics
     }
