@@ -1,12 +1,17 @@
 //! What the balancer's pick adds to a call, for 3, 30 and 300 instances and
 //! every picker, next to a bare service and to tower's p2c `Balance` (with
-//! pending-requests and peak-EWMA load), in one run.
+//! pending-requests and peak-EWMA load), in one run; and what membership
+//! churn costs: instances registered one by one with an
+//! [`InMemoryRegistry`], each awaited until the balancer has added it.
 
 use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use palisade::discovery::{Balance, BalanceConfig, Instance, Picker, StaticRegistry, make_fn};
+use palisade::discovery::{
+    Balance, BalanceConfig, BalanceEventKind, HealthCheck, InMemoryRegistry, Instance, Picker,
+    Registrar, Registration, StaticRegistry, make_fn,
+};
 use tower::balance::p2c;
 use tower::discover::ServiceList;
 use tower::load::{CompleteOnResponse, PeakEwmaDiscover, PendingRequestsDiscover};
@@ -93,5 +98,60 @@ fn pick(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, pick);
+/// Registers `instances` instances one at a time, waiting after each until
+/// the balancer announces it (so every change is seen by the balancer, and
+/// a change's cost at every layer is paid `instances` times).
+async fn add_one_by_one(instances: usize) {
+    let registry = InMemoryRegistry::new();
+    let balance = Balance::new(
+        "churn",
+        &registry,
+        make_fn(|_: &Instance| Ok::<_, std::convert::Infallible>(Echo)),
+        BalanceConfig::default(),
+    )
+    .expect("valid name");
+    let mut events = balance.subscribe();
+    let mut guards = Vec::with_capacity(instances);
+    for i in 0..instances {
+        let instance = Instance::builder(
+            "churn",
+            format!("i{i:05}"),
+            format!("10.{}.{}.{}:80", i / 62500, (i / 250) % 250, i % 250),
+        )
+        .build()
+        .expect("valid instance");
+        let guard = registry
+            .register(Registration::new(instance, HealthCheck::None))
+            .await
+            .expect("registered");
+        guards.push(guard.keep());
+        loop {
+            let event = events.recv().await.expect("balancer alive");
+            if matches!(event.kind, BalanceEventKind::Added { .. }) {
+                break;
+            }
+        }
+    }
+    assert_eq!(balance.metrics().instances, instances);
+}
+
+fn churn(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut group = c.benchmark_group("discovery/membership churn");
+    group.sample_size(10);
+    group.warm_up_time(Duration::from_millis(100));
+    group.measurement_time(Duration::from_secs(1));
+    for instances in [500usize, 5_000] {
+        group.bench_function(
+            format!("{instances} one-by-one additions seen by a balancer"),
+            |b| b.iter(|| runtime.block_on(add_one_by_one(instances))),
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(benches, pick, churn);
 criterion_main!(benches);

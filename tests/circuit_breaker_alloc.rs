@@ -194,7 +194,11 @@ fn a_breaker_without_subscribers_allocates_no_event_buffer() {
     // call stripes of 256 bytes each and the OPEN snapshot).
     // With the `metrics` feature the breaker also builds its metric keys
     // (names and labels) once, when it is created.
-    let bound = if cfg!(feature = "metrics") { 12 * 1024 } else { 8 * 1024 };
+    let bound = if cfg!(feature = "metrics") {
+        12 * 1024
+    } else {
+        8 * 1024
+    };
     assert!(small < bound, "a breaker takes {small} bytes");
 
     let breaker = CircuitBreaker::new(

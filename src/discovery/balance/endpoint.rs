@@ -259,32 +259,44 @@ impl<S: Clone> Clone for Endpoint<S> {
     }
 }
 
-/// The instances a pick chooses from (healthy and not ejected), with the
-/// prefix sums of their weights for the weighted picker. Immutable: the
-/// balancer swaps in a new set when membership or ejections change.
+/// The instances a pick chooses from (healthy and not ejected), in id
+/// order, with the prefix sums of their weights for the weighted picker.
+/// Immutable: the balancer swaps in a new set when membership or
+/// ejections change. `available` is a persistent vector: the new set is
+/// derived from the old one in O(log n) per change (sharing the rest), and
+/// a pick indexes it in O(log n) with a tiny base (a tree of 64-wide
+/// nodes: one level up to 64 instances, two up to 4,096, three to 262,144).
 pub(crate) struct EndpointSet<S> {
-    pub(crate) available: Vec<Endpoint<S>>,
-    /// `cumulative_weights[i]`: the weights of `available[..=i]`.
+    pub(crate) available: imbl::Vector<Endpoint<S>>,
+    /// With the weighted picker only (empty otherwise):
+    /// `cumulative_weights[i]` is the weight of `available[..=i]`. Rebuilt
+    /// with every change, O(n).
     pub(crate) cumulative_weights: Vec<u64>,
 }
 
-impl<S> EndpointSet<S> {
+impl<S: Clone> EndpointSet<S> {
     pub(crate) fn empty() -> Self {
         Self {
-            available: Vec::new(),
+            available: imbl::Vector::new(),
             cumulative_weights: Vec::new(),
         }
     }
 
-    pub(crate) fn new(available: Vec<Endpoint<S>>) -> Self {
-        let mut total = 0u64;
-        let cumulative_weights = available
-            .iter()
-            .map(|e| {
-                total += u64::from(e.stats.instance.weight());
-                total
-            })
-            .collect();
+    /// The set of `available` (in id order); with `weighted`, with the
+    /// prefix sums the weighted picker reads.
+    pub(crate) fn new(available: imbl::Vector<Endpoint<S>>, weighted: bool) -> Self {
+        let cumulative_weights = if weighted {
+            let mut total = 0u64;
+            available
+                .iter()
+                .map(|e| {
+                    total += u64::from(e.stats.instance.weight());
+                    total
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         Self {
             available,
             cumulative_weights,
@@ -293,5 +305,27 @@ impl<S> EndpointSet<S> {
 
     pub(crate) fn total_weight(&self) -> u64 {
         self.cumulative_weights.last().copied().unwrap_or(0)
+    }
+}
+
+/// Puts `endpoint` in `available` (kept in id order), replacing the one
+/// with its id: O(log² n).
+pub(crate) fn upsert_endpoint<S: Clone>(
+    available: &mut imbl::Vector<Endpoint<S>>,
+    endpoint: Endpoint<S>,
+) {
+    let id = endpoint.stats.instance.id();
+    match available.binary_search_by(|e| e.stats.instance.id().cmp(id)) {
+        Ok(at) => {
+            available.set(at, endpoint);
+        }
+        Err(at) => available.insert(at, endpoint),
+    }
+}
+
+/// Takes the endpoint with id `id` out of `available`, if there: O(log² n).
+pub(crate) fn remove_endpoint<S: Clone>(available: &mut imbl::Vector<Endpoint<S>>, id: &str) {
+    if let Ok(at) = available.binary_search_by(|e| e.stats.instance.id().as_str().cmp(id)) {
+        available.remove(at);
     }
 }

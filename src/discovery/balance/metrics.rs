@@ -142,13 +142,9 @@ impl Exported {
     }
 
     /// The instances changed: one `bool` per instance, whether it is ejected.
-    pub(crate) fn on_instances(&self, ejected: impl Iterator<Item = bool>) {
-        let (mut ready, mut out) = (0usize, 0usize);
-        for is_ejected in ejected {
-            if is_ejected { out += 1 } else { ready += 1 }
-        }
+    pub(crate) fn on_instances(&self, ready: usize, ejected: usize) {
         self.ready.set(ready as f64);
-        self.ejected.set(out as f64);
+        self.ejected.set(ejected as f64);
     }
 
     /// An instance was ejected.
@@ -168,7 +164,7 @@ impl Exported {
         Self
     }
     #[inline(always)]
-    pub(crate) fn on_instances(&self, _ejected: impl Iterator<Item = bool>) {}
+    pub(crate) fn on_instances(&self, _ready: usize, _ejected: usize) {}
     #[inline(always)]
     pub(crate) fn on_ejected(&self) {}
 }

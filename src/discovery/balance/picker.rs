@@ -13,7 +13,7 @@ use super::endpoint::{Endpoint, EndpointSet};
 /// round-robin position shared by every clone of the balancer; `now` is
 /// read by the caller when the picker is [`Picker::PeakEwma`].
 #[inline]
-pub(crate) fn pick<'a, S>(
+pub(crate) fn pick<'a, S: Clone>(
     picker: Picker,
     set: &'a EndpointSet<S>,
     next: &AtomicUsize,
@@ -23,7 +23,7 @@ pub(crate) fn pick<'a, S>(
     let endpoints = &set.available;
     let n = endpoints.len();
     if n <= 1 {
-        return endpoints.first();
+        return endpoints.front();
     }
     let index = match picker {
         Picker::RoundRobin => next.fetch_add(1, Ordering::Relaxed) % n,

@@ -1,7 +1,6 @@
 //! The state every clone of a balancer shares: the instances, the set a
 //! pick reads, the watch task that keeps them current, and ejections.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
@@ -20,21 +19,25 @@ use tower_service::Service;
 
 use crate::backoff::{Backoff, Jitter};
 use crate::circuit_breaker::{CircuitBreaker, CircuitBreakerConfig};
-use crate::discovery::diff::{InstanceChange, SnapshotDiff};
+use crate::discovery::diff::InstanceChange;
 use crate::discovery::instance::{Instance, InstanceId, ServiceName};
-use crate::discovery::registry::Registry;
+use crate::discovery::registry::{InstanceSet, Registry};
 use crate::error::BoxError;
 use crate::events::EventHub;
 use crate::sync::CachePadded;
 
 use super::config::{BalanceConfig, Picker};
-use super::endpoint::{Endpoint, EndpointSet, EndpointStats, OutlierSink, OutlierState};
+use super::endpoint::{
+    Endpoint, EndpointSet, EndpointStats, OutlierSink, OutlierState, remove_endpoint,
+    upsert_endpoint,
+};
 use super::metrics::{BalanceEvent, BalanceEventKind, BalanceMetrics, EndpointMetrics};
 
 pub(crate) struct Shared<S> {
     pub(crate) service: ServiceName,
     pub(crate) config: BalanceConfig,
-    /// What picks read: swapped whole when membership or ejections change.
+    /// What picks read: swapped when membership or ejections change, for
+    /// a set derived from the last one in O(log n) per change.
     pub(crate) set: ArcSwap<EndpointSet<S>>,
     /// The round-robin position.
     pub(crate) next: CachePadded<AtomicUsize>,
@@ -42,8 +45,10 @@ pub(crate) struct Shared<S> {
     /// `n`th is seeded with `rng_seed + n`.
     rngs: AtomicU64,
     /// Every healthy instance, ejected or not; written by the watch task
-    /// and by ejections, under this lock.
-    membership: Mutex<BTreeMap<InstanceId, Endpoint<S>>>,
+    /// and by ejections, under this lock. Persistent, so that a metrics
+    /// snapshot copies it in O(1) and walks it outside the lock. The
+    /// instances in it and not in `set` are the ejected ones.
+    membership: Mutex<imbl::OrdMap<InstanceId, Endpoint<S>>>,
     pub(crate) events: EventHub<BalanceEvent>,
     /// Set once the registry's first answer arrived.
     initialized: AtomicBool,
@@ -74,7 +79,7 @@ where
             set: ArcSwap::from_pointee(EndpointSet::empty()),
             next: CachePadded(AtomicUsize::new(0)),
             rngs: AtomicU64::new(0),
-            membership: Mutex::new(BTreeMap::new()),
+            membership: Mutex::new(imbl::OrdMap::new()),
             initialized: AtomicBool::new(false),
             startup_wakers: Mutex::new(Vec::new()),
             task: Mutex::new(None),
@@ -93,7 +98,7 @@ where
         M::Error: Into<BoxError>,
         M::Future: Send,
     {
-        let stream = registry.watch(self.service.as_str());
+        let stream = registry.watch_sets(self.service.as_str());
         let task = tokio::spawn(watch(Arc::downgrade(self), stream, make));
         *self.task.lock() = Some(task.abort_handle());
     }
@@ -165,6 +170,8 @@ where
         }
         let mut announcements = Vec::with_capacity(changes.len());
         let mut membership = self.membership.lock();
+        // O(1): shares the current set's structure.
+        let mut available = self.set.load().available.clone();
         for change in changes {
             match change {
                 Membership::Upsert(instance, service, updated) => {
@@ -174,7 +181,15 @@ where
                     // ejection, its count, the failures in a row).
                     let outlier = membership.get(&id).map(|e| Arc::clone(&e.stats.outlier));
                     let stats = self.new_stats(instance, outlier);
-                    membership.insert(id.clone(), Endpoint { stats, service });
+                    let endpoint = Endpoint { stats, service };
+                    if endpoint.stats.outlier.is_ejected() {
+                        // An update of an ejected instance stays out of
+                        // the picks until its ejection ends.
+                        remove_endpoint(&mut available, id.as_str());
+                    } else {
+                        upsert_endpoint(&mut available, endpoint.clone());
+                    }
+                    membership.insert(id.clone(), endpoint);
                     let kind = if updated {
                         BalanceEventKind::Updated { address }
                     } else {
@@ -184,12 +199,13 @@ where
                 }
                 Membership::Remove(instance) => {
                     if membership.remove(instance.id()).is_some() {
+                        remove_endpoint(&mut available, instance.id().as_str());
                         announcements.push((instance.id().clone(), BalanceEventKind::Removed));
                     }
                 }
             }
         }
-        self.rebuild(&membership);
+        self.store_set(available, membership.len());
         drop(membership);
         for (id, kind) in announcements {
             match &kind {
@@ -205,25 +221,21 @@ where
         }
     }
 
-    fn rebuild(&self, membership: &BTreeMap<InstanceId, Endpoint<S>>) {
-        let available = membership
-            .values()
-            .filter(|e| !e.stats.outlier.is_ejected())
-            .cloned()
-            .collect();
-        self.set.store(Arc::new(EndpointSet::new(available)));
+    /// Swaps in the set of `available` for picks. Called with the
+    /// membership lock held, so that sets are derived one from the other.
+    fn store_set(&self, available: imbl::Vector<Endpoint<S>>, members: usize) {
         self.exported
-            .on_instances(membership.values().map(|e| e.stats.outlier.is_ejected()));
+            .on_instances(available.len(), members.saturating_sub(available.len()));
+        let weighted = matches!(self.config.picker, Picker::Weighted);
+        self.set
+            .store(Arc::new(EndpointSet::new(available, weighted)));
     }
 
     /// The circuit breaker of instance `id`, with the `circuit_breaker`
     /// option.
     pub(crate) fn circuit_breaker(&self, id: &str) -> Option<CircuitBreaker> {
         let membership = self.membership.lock();
-        membership
-            .iter()
-            .find(|(key, _)| key.as_str() == id)
-            .and_then(|(_, e)| e.stats.breaker.clone())
+        membership.get(id).and_then(|e| e.stats.breaker.clone())
     }
 
     fn publish(&self, id: &InstanceId, kind: BalanceEventKind) {
@@ -239,11 +251,13 @@ where
     fn return_ejected(&self, id: &InstanceId, outlier: &Arc<OutlierState>, due: Instant) {
         let membership = self.membership.lock();
         outlier.return_at(due);
-        if membership
+        if let Some(endpoint) = membership
             .get(id)
-            .is_some_and(|e| Arc::ptr_eq(&e.stats.outlier, outlier))
+            .filter(|e| Arc::ptr_eq(&e.stats.outlier, outlier))
         {
-            self.rebuild(&membership);
+            let mut available = self.set.load().available.clone();
+            upsert_endpoint(&mut available, endpoint.clone());
+            self.store_set(available, membership.len());
             drop(membership);
             tracing::info!(service = %self.service, %id, "balancer: ejection over, instance returned");
             self.publish(id, BalanceEventKind::Returned);
@@ -251,7 +265,7 @@ where
     }
 
     pub(crate) fn metrics(&self) -> BalanceMetrics {
-        let membership = self.membership.lock();
+        let membership = self.membership.lock().clone();
         let now = Instant::now();
         let endpoints: Vec<EndpointMetrics> = membership
             .values()
@@ -306,10 +320,8 @@ where
         }
         let outlier = Arc::clone(&stats.outlier);
         let instances = membership.len();
-        let ejected = membership
-            .values()
-            .filter(|e| e.stats.outlier.is_ejected())
-            .count();
+        // The ejected instances are the members left out of the picks.
+        let ejected = instances.saturating_sub(self.set.load().available.len());
         if (ejected + 1) * 100 > usize::from(outliers.max_ejection_percent) * instances {
             // Count a fresh run of failures before trying again.
             outlier.consecutive_failures.store(0, Ordering::Relaxed);
@@ -339,7 +351,9 @@ where
         let until = now.checked_add(duration);
         outlier.ejected.store(true, Ordering::Relaxed);
         self.exported.on_ejected();
-        self.rebuild(&membership);
+        let mut available = self.set.load().available.clone();
+        remove_endpoint(&mut available, id.as_str());
+        self.store_set(available, membership.len());
         drop(membership);
         tracing::warn!(
             service = %self.service,
@@ -411,18 +425,21 @@ impl<S> fmt::Debug for Shared<S> {
 /// balancer is dropped (which aborts this task) or the registry closes.
 async fn watch<S, M>(
     shared: Weak<Shared<S>>,
-    mut stream: crate::discovery::WatchStream,
+    mut stream: crate::discovery::InstanceSetStream,
     mut make: M,
 ) where
     S: Clone + Send + Sync + 'static,
     M: Service<Instance, Response = S>,
     M::Error: Into<BoxError>,
 {
-    let mut diff = SnapshotDiff::new();
+    // What the balancer holds: the last snapshot, less the instances whose
+    // client could not be built. Derived from the registry's sets, so that
+    // diffing the next one skips what they share.
+    let mut current = InstanceSet::new();
     // The last snapshot, replayed after a backoff when a client could not
     // be built, so that an instance the registry keeps reporting unchanged
     // is tried again.
-    let mut last: Vec<Instance> = Vec::new();
+    let mut last = InstanceSet::new();
     let mut retry_delays = make_retry_backoff().schedule();
     let mut retry_at: Option<Instant> = None;
     loop {
@@ -448,10 +465,12 @@ async fn watch<S, M>(
                 continue;
             }
         };
-        last.clone_from(&snapshot);
+        last = snapshot.clone();
+        let diff = current.changes_to(&snapshot);
+        current = snapshot;
         let mut changes = Vec::new();
         let mut make_failed = false;
-        for change in diff.apply(snapshot) {
+        for change in diff {
             let updated = matches!(change, InstanceChange::Updated(_));
             match change {
                 InstanceChange::Added(instance) | InstanceChange::Updated(instance) => {
@@ -469,7 +488,7 @@ async fn watch<S, M>(
                                 );
                             }
                             // Forget it, so that a replayed or new snapshot adds it again.
-                            diff.apply_change(InstanceChange::Removed(instance.clone()));
+                            current.remove(instance.id().as_str());
                             changes.push(Membership::Remove(instance));
                         }
                     }

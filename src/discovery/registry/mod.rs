@@ -118,6 +118,7 @@ mod dns;
 #[cfg(feature = "etcd")]
 mod etcd;
 mod guard;
+mod instance_set;
 mod memory;
 mod polling;
 mod static_list;
@@ -141,6 +142,7 @@ pub use self::dns::{
 #[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
 pub use self::etcd::{EtcdEvent, EtcdMetrics, EtcdRegistry, EtcdRegistryBuilder};
 pub use self::guard::RegistrationGuard;
+pub use self::instance_set::InstanceSet;
 pub use self::memory::{
     InMemoryRegistry, InstanceStatus, RegistryEvent, RegistryEventKind, RegistryMetrics,
 };
@@ -151,6 +153,11 @@ pub use crate::future::BoxFuture;
 /// The stream returned by [`Registry::watch`]: full snapshots of a
 /// service's healthy instances.
 pub type WatchStream = Pin<Box<dyn Stream<Item = Result<Vec<Instance>, DiscoveryError>> + Send>>;
+
+/// The stream returned by [`Registry::watch_sets`]: the same snapshots as
+/// [`WatchStream`], as persistent [`InstanceSet`]s.
+pub type InstanceSetStream =
+    Pin<Box<dyn Stream<Item = Result<InstanceSet, DiscoveryError>> + Send>>;
 
 /// What to register: an instance and how its health is checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -189,6 +196,23 @@ pub trait Registry: fmt::Debug + Send + Sync + 'static {
     /// Watches the healthy instances of `service`: the current set first,
     /// then every new set (see the [module docs](self)).
     fn watch(&self, service: &str) -> WatchStream;
+
+    /// [`watch`](Self::watch) as [`InstanceSet`]s: the same snapshots,
+    /// with the same contract, which a backend that keeps its healthy set
+    /// as an [`InstanceSet`] hands out without copying. A watcher then
+    /// diffs successive sets with [`InstanceSet::changes_to`] in
+    /// O(changes × log n), where diffing vectors costs O(n) per snapshot.
+    /// The balancer watches with this.
+    ///
+    /// The default collects each snapshot of [`watch`](Self::watch) into a
+    /// set (O(n log n) per snapshot); [`InMemoryRegistry`] overrides it.
+    fn watch_sets(&self, service: &str) -> InstanceSetStream {
+        use futures_util::StreamExt;
+        Box::pin(
+            self.watch(service)
+                .map(|snapshot| snapshot.map(InstanceSet::from_iter)),
+        )
+    }
 }
 
 /// The write side of a service registry: where instances register,
@@ -242,6 +266,10 @@ macro_rules! forward_to_pointee {
 
             fn watch(&self, service: &str) -> WatchStream {
                 (**self).watch(service)
+            }
+
+            fn watch_sets(&self, service: &str) -> InstanceSetStream {
+                (**self).watch_sets(service)
             }
         }
 

@@ -91,8 +91,8 @@ impl Registry for StaticRegistry {
 
     fn watch(&self, service: &str) -> WatchStream {
         let service = service.to_owned();
-        snapshot_stream(self.instances.subscribe(), move |all: &Arc<[Instance]>| {
-            of_service(all, &service)
+        snapshot_stream(self.instances.subscribe(), move |all: Arc<[Instance]>| {
+            of_service(&all, &service)
         })
     }
 }

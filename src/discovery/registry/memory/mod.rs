@@ -18,7 +18,10 @@ use crate::events::{EventHub, EventStream, check_event_capacity};
 #[cfg(feature = "http")]
 use self::http_check::HttpChecker;
 use super::watch_channel::snapshot_stream;
-use super::{BoxFuture, Registrar, Registration, RegistrationGuard, Registry, WatchStream};
+use super::{
+    BoxFuture, InstanceSet, InstanceSetStream, Registrar, Registration, RegistrationGuard,
+    Registry, WatchStream,
+};
 use crate::discovery::error::DiscoveryError;
 use crate::discovery::health::HealthCheck;
 use crate::discovery::instance::{Instance, InstanceId, ServiceName};
@@ -99,7 +102,9 @@ struct Counters {
 
 struct ServiceState {
     instances: BTreeMap<InstanceId, Entry>,
-    healthy: watch::Sender<Arc<[Instance]>>,
+    /// The passing instances, kept in step with `instances` one change at
+    /// a time (O(log n)); watchers clone it in O(1).
+    healthy: watch::Sender<InstanceSet>,
 }
 
 struct Entry {
@@ -237,17 +242,15 @@ impl InMemoryRegistry {
             critical_removals: state.counters.critical_removals,
             ..RegistryMetrics::default()
         };
+        // O(services), not O(instances): the healthy set holds exactly the
+        // passing instances.
         for service in state.services.values() {
-            if !service.instances.is_empty() {
-                metrics.services += 1;
-            }
-            for entry in service.instances.values() {
-                metrics.instances += 1;
-                match entry.health {
-                    Health::Passing => metrics.passing += 1,
-                    Health::Critical { .. } => metrics.critical += 1,
-                }
-            }
+            let instances = service.instances.len();
+            let passing = service.healthy.borrow().len();
+            metrics.services += usize::from(instances != 0);
+            metrics.instances += instances;
+            metrics.passing += passing;
+            metrics.critical += instances - passing;
         }
         metrics
     }
@@ -347,7 +350,7 @@ impl InMemoryRegistry {
                 },
             )
             .is_some();
-        service_state.publish();
+        service_state.publish(id.as_str());
         drop(state);
         tracing::info!(
             backend = BACKEND,
@@ -406,12 +409,31 @@ impl InMemoryRegistry {
     }
 
     fn healthy_now(&self, service: &str) -> Vec<Instance> {
-        let state = self.inner.state.lock();
-        state
-            .services
-            .get(service)
-            .map(|s| s.healthy.borrow().to_vec())
-            .unwrap_or_default()
+        let healthy = {
+            let state = self.inner.state.lock();
+            state
+                .services
+                .get(service)
+                .map(|s| s.healthy.borrow().clone())
+        };
+        // Copied outside the lock: cloning the set under it is O(1).
+        healthy.map(|h| h.to_vec()).unwrap_or_default()
+    }
+
+    /// A receiver of `service`'s healthy set; `None` for a name no
+    /// instance can be registered under.
+    fn subscribe_healthy(&self, service: &str) -> Option<watch::Receiver<InstanceSet>> {
+        let name = ServiceName::new(service).ok()?;
+        Some(
+            self.inner
+                .state
+                .lock()
+                .services
+                .entry(name)
+                .or_insert_with(ServiceState::new)
+                .healthy
+                .subscribe(),
+        )
     }
 }
 
@@ -428,24 +450,25 @@ impl Registry for InMemoryRegistry {
     }
 
     fn watch(&self, service: &str) -> WatchStream {
-        let Ok(name) = ServiceName::new(service) else {
+        match self.subscribe_healthy(service) {
+            Some(receiver) => snapshot_stream(receiver, |healthy: InstanceSet| healthy.to_vec()),
             // No instance can ever be registered under an invalid name:
             // an empty set, then nothing.
-            return Box::pin(
+            None => Box::pin(
                 futures_util::stream::once(std::future::ready(Ok(Vec::new())))
                     .chain(futures_util::stream::pending()),
-            );
-        };
-        let receiver = self
-            .inner
-            .state
-            .lock()
-            .services
-            .entry(name)
-            .or_insert_with(ServiceState::new)
-            .healthy
-            .subscribe();
-        snapshot_stream(receiver, |healthy: &Arc<[Instance]>| healthy.to_vec())
+            ),
+        }
+    }
+
+    fn watch_sets(&self, service: &str) -> InstanceSetStream {
+        match self.subscribe_healthy(service) {
+            Some(receiver) => snapshot_stream(receiver, |healthy: InstanceSet| healthy),
+            None => Box::pin(
+                futures_util::stream::once(std::future::ready(Ok(InstanceSet::new())))
+                    .chain(futures_util::stream::pending()),
+            ),
+        }
     }
 }
 
@@ -494,25 +517,26 @@ impl ServiceState {
     fn new() -> Self {
         Self {
             instances: BTreeMap::new(),
-            healthy: watch::Sender::new(Arc::from(Vec::new())),
+            healthy: watch::Sender::new(InstanceSet::new()),
         }
     }
 
-    /// Publishes the healthy set to the watchers when it changed.
-    fn publish(&self) {
-        let healthy: Vec<Instance> = self
+    /// Brings instance `id` of the healthy set in line with its entry
+    /// (there and passing, or not), in O(log n); wakes the watchers only
+    /// when the set changed.
+    fn publish(&self, id: &str) {
+        let passing = self
             .instances
-            .values()
+            .get(id)
             .filter(|e| e.health == Health::Passing)
-            .map(|e| e.instance.clone())
-            .collect();
-        self.healthy.send_if_modified(|current| {
-            if **current == *healthy {
-                false
-            } else {
-                *current = Arc::from(healthy);
+            .map(|e| &e.instance);
+        self.healthy.send_if_modified(|healthy| match passing {
+            Some(instance) if healthy.get(id) == Some(instance) => false,
+            Some(instance) => {
+                healthy.insert(instance.clone());
                 true
             }
+            None => healthy.remove(id).is_some(),
         });
     }
 }
@@ -549,7 +573,7 @@ impl Inner {
             return None;
         }
         let entry = service_state.instances.remove(id)?;
-        service_state.publish();
+        service_state.publish(id);
         match kind {
             RegistryEventKind::Deregistered => state.counters.deregistrations += 1,
             RegistryEventKind::TtlExpired => state.counters.ttl_expirations += 1,
@@ -660,7 +684,7 @@ async fn run_http_check(
                 (Ok(()), Health::Passing) => {}
                 (Ok(()), Health::Critical { .. }) => {
                     entry.health = Health::Passing;
-                    service_state.publish();
+                    service_state.publish(id.as_str());
                     tracing::info!(backend = BACKEND, %service, %id, "HTTP check passing");
                     inner.events.publish_with(|| RegistryEvent {
                         service: service.clone(),
@@ -670,7 +694,7 @@ async fn run_http_check(
                 }
                 (Err(reason), Health::Passing) => {
                     entry.health = Health::Critical { since: now };
-                    service_state.publish();
+                    service_state.publish(id.as_str());
                     tracing::warn!(backend = BACKEND, %service, %id, %reason, "HTTP check critical");
                     inner.events.publish_with(|| RegistryEvent {
                         service: service.clone(),
@@ -734,5 +758,42 @@ mod tests {
         registry.pass_ttl("users", "users-1").await.unwrap();
         tokio::time::advance(Duration::from_secs(10 * 365 * 24 * 3600)).await;
         assert_eq!(registry.healthy("users").await.unwrap().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn watch_sets_yields_the_snapshots_watch_yields() {
+        let registry = InMemoryRegistry::new();
+        let mut vectors = registry.watch("users");
+        let mut sets = registry.watch_sets("users");
+        let user = |id: &str, port: u16| {
+            Instance::builder("users", id, format!("127.0.0.1:{port}"))
+                .build()
+                .unwrap()
+        };
+        let mut next = async || {
+            let vector = vectors.next().await.unwrap().unwrap();
+            let set = sets.next().await.unwrap().unwrap();
+            assert_eq!(set.to_vec(), vector);
+            vector
+        };
+        assert!(next().await.is_empty());
+        let a = registry
+            .register(Registration::new(user("a", 1), HealthCheck::None))
+            .await
+            .unwrap();
+        assert_eq!(next().await, vec![user("a", 1)]);
+        let _b = registry
+            .register(Registration::new(user("b", 1), HealthCheck::None))
+            .await
+            .unwrap();
+        assert_eq!(next().await, vec![user("a", 1), user("b", 1)]);
+        let _a = registry
+            .register(Registration::new(user("a", 2), HealthCheck::None))
+            .await
+            .unwrap();
+        assert_eq!(next().await, vec![user("a", 2), user("b", 1)]);
+        a.keep();
+        registry.deregister("users", "b").await.unwrap();
+        assert_eq!(next().await, vec![user("a", 2)]);
     }
 }
