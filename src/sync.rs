@@ -53,6 +53,12 @@ impl StripedCounter {
         self.stripes[stripe_of_this_thread()].fetch_add(n, atomic::Ordering::AcqRel);
     }
 
+    /// This thread's stripe, for a caller that reads it before adding.
+    #[inline]
+    pub(crate) fn stripe(&self) -> &atomic::AtomicU64 {
+        &self.stripes[stripe_of_this_thread()]
+    }
+
     /// The sum of every add that happened before this call (adds racing it
     /// may or may not be counted).
     pub(crate) fn sum(&self) -> u64 {

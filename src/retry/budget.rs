@@ -40,9 +40,17 @@
 //!
 //! Time is counted in ten buckets of `ttl / 10` (rounded down to the
 //! nanosecond), from the moment the budget is built. The window is the
-//! current bucket and the nine before it, so a deposit or a withdrawal
-//! counts from the moment it is made until the bucket one `ttl` after its
-//! own begins: between `0.9 · ttl` and `ttl`, never longer. Tokens are
+//! current bucket and the nine before it, so a withdrawal counts from the
+//! moment it is made until the bucket one `ttl` after its own begins:
+//! between `0.9 · ttl` and `ttl`, never longer. A deposit counts in the
+//! newest bucket any caller has seen: withdrawals, [`available`](RetryBudget::available)
+//! and one deposit in 64 on each thread's stripe read the clock and move
+//! the window, the other deposits do not read it. So a deposit counts for
+//! `ttl` at most, never longer, and may count for less (down to the time
+//! left since the window last moved): on a thread making a few calls per
+//! bucket, its deposits may expire up to 63 of its calls early. That errs
+//! towards fewer retries, and only at traffic where the reserve, not the
+//! deposits, holds most of the tokens. Tokens are
 //! counted in millionths: `retry_ratio` is rounded to the nearest
 //! millionth of a token, the reserve `min_retries_per_second · ttl` is
 //! exact to a millionth of a token, and [`available`](RetryBudget::available)
@@ -51,11 +59,12 @@
 //! ## Cost
 //!
 //! [`deposit`](RetryBudget::deposit), called for every request, takes no
-//! lock and allocates nothing: one clock read, one atomic load and one
-//! `fetch_add` on a counter striped over cache lines (so threads depositing
-//! at once do not contend). The first caller in a new bucket also records
+//! lock, allocates nothing and does not read the clock: one load and one
+//! `fetch_add` on this thread's stripe of a counter striped over cache
+//! lines (so threads depositing at once do not contend). One deposit in 64
+//! on a stripe also reads the clock and, the first in a new bucket, records
 //! the running total where that bucket starts (a few more atomic
-//! operations, once per bucket). [`withdraw`](RetryBudget::withdraw) and
+//! operations). [`withdraw`](RetryBudget::withdraw) and
 //! [`available`](RetryBudget::available) hold a `parking_lot` mutex for a
 //! few dozen loads, so concurrent retries never overdraw the bank; nothing
 //! under it waits for I/O.
@@ -128,6 +137,8 @@ const BUCKETS: u64 = 10;
 /// Tokens are counted in millionths.
 const MICROS_PER_TOKEN: u64 = 1_000_000;
 const NANOS_PER_SECOND: u64 = 1_000_000_000;
+/// A deposit reads the clock once in this many on its thread's stripe.
+const DEPOSITS_PER_CLOCK_READ: u64 = 64;
 /// The tag of a mark whose total is being rewritten.
 const MARK_WRITING: u64 = u64::MAX;
 
@@ -158,7 +169,17 @@ impl RetryBudget {
     #[inline]
     pub fn deposit(&self) {
         let bank = &*self.bank;
-        bank.deposit_at(bank.bucket_at(Instant::now()));
+        let stripe = bank.deposits.stripe();
+        // One deposit in DEPOSITS_PER_CLOCK_READ on each stripe reads the
+        // clock and moves the window; the others count in the newest
+        // bucket any caller has seen (see "Granularity").
+        if stripe.load(Relaxed) % DEPOSITS_PER_CLOCK_READ == 0 {
+            let bucket = bank.bucket_at(Instant::now());
+            if bucket > bank.current.load(Relaxed) {
+                bank.rotate_to(bucket);
+            }
+        }
+        stripe.fetch_add(1, AcqRel);
     }
 
     /// Asks to make one retry: returns `true` and takes a whole token when
@@ -372,7 +393,9 @@ impl Bank {
         &self.marks[(bucket % BUCKETS) as usize]
     }
 
-    #[inline]
+    /// A deposit that read the clock and found `bucket` (the loom models
+    /// race these).
+    #[cfg(all(test, palisade_loom))]
     fn deposit_at(&self, bucket: u64) {
         if bucket > self.current.load(Relaxed) {
             self.rotate_to(bucket);
@@ -608,6 +631,36 @@ mod tests {
         assert_eq!(budget.available(), 1);
         tokio::time::advance(MILLISECOND).await; // 10 s: 0.95 ttl after it
         assert_eq!(budget.available(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deposits_between_clock_reads_count_in_the_newest_bucket_seen_never_longer() {
+        let budget = budget(0, 1.0);
+        budget.deposit(); // reads the clock: bucket 0 s to 1 s
+        tokio::time::advance(5 * SECOND).await;
+        // Deposits 2 to 64 of this thread's stripe do not read the clock:
+        // they count in the 0 s bucket, the newest any caller has seen.
+        deposit(&budget, 9);
+        assert_eq!(
+            budget.available(),
+            10,
+            "available() moves the window to 5 s"
+        );
+        deposit(&budget, 3); // counted from 5 s, the window's bucket now
+        tokio::time::advance(5 * SECOND).await; // 10 s
+        assert_eq!(budget.available(), 3, "the first ten expired at 10 s");
+        tokio::time::advance(5 * SECOND).await; // 15 s
+        assert_eq!(budget.available(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_deposit_in_sixty_four_moves_the_window() {
+        let budget = budget(0, 1.0);
+        deposit(&budget, 64); // the first read the clock, at 0 s
+        tokio::time::advance(5 * SECOND).await;
+        deposit(&budget, 1); // the 65th reads the clock: bucket 5 s
+        tokio::time::advance(5 * SECOND).await; // 10 s
+        assert_eq!(budget.available(), 1, "the 65th counts from 5 s");
     }
 
     #[tokio::test(start_paused = true)]

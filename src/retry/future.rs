@@ -30,20 +30,28 @@ pin_project! {
     /// retry is bounded too: if it is not ready by the last moment an
     /// attempt could start (and, with `attempt_timeout`, finish), the call
     /// gives up with the last failure.
+    ///
+    /// A call answered at once allocates nothing. What only a waiting or
+    /// retried call needs is boxed when first needed, so that the future
+    /// stays small: the overall timer (one allocation, the first time a
+    /// call with `overall_timeout` waits) and, with `max_elapsed`, the
+    /// failure being retried (one allocation per retry).
     pub struct ResponseFuture<S, Req, C, P>
     where
         S: Service<Req>,
     {
         #[pin]
         state: State<S::Future>,
-        #[pin]
-        overall: Option<Sleep>,
+        // Boxed: only a call that waits with an overall timeout creates
+        // it, and a call answered at once should not carry its size.
+        overall: Option<Pin<Box<Sleep>>>,
         service: Option<S>,
         request: Option<Req>,
         blocked: Option<GiveUpReason>,
         // The failure being retried, kept (with `max_elapsed` only) to be
         // returned if the deadline passes before the next attempt starts.
-        last: Option<Attempt<S::Response, S::Error>>,
+        // Boxed: retry-only state, and a response can be large.
+        last: Option<Box<Attempt<S::Response, S::Error>>>,
         attempt: u32,
         started: Option<Instant>,
         backoff: BackoffProgress,
@@ -214,8 +222,8 @@ where
         let mut this = self.project();
         let shared: &Shared = this.shared;
         let config = &shared.config;
-        if let Some(overall) = this.overall.as_mut().as_pin_mut() {
-            if overall.poll(cx).is_ready() {
+        if let Some(overall) = this.overall.as_mut() {
+            if overall.as_mut().poll(cx).is_ready() {
                 finish(shared, *this.attempt, true, Some(GiveUpReason::TimedOut));
                 let timeout = config.overall_timeout.unwrap_or_default();
                 return Poll::Ready(Err(RetryTimedOut {
@@ -241,7 +249,7 @@ where
                                     timeout.set(Some(sleep(limit)));
                                 }
                             }
-                            start_overall_timer(this.overall.as_mut(), config.overall_timeout, cx);
+                            start_overall_timer(this.overall, config.overall_timeout, cx);
                             let expired = timeout
                                 .as_pin_mut()
                                 .is_some_and(|limit| limit.poll(cx).is_ready());
@@ -311,9 +319,9 @@ where
                             if this.started.is_some() {
                                 // Returned if the deadline passes while the
                                 // service gets ready for the next attempt.
-                                *this.last = Some(attempt);
+                                *this.last = Some(Box::new(attempt));
                             }
-                            start_overall_timer(this.overall.as_mut(), config.overall_timeout, cx);
+                            start_overall_timer(this.overall, config.overall_timeout, cx);
                             this.state.set(State::Waiting {
                                 sleep: sleep(delay),
                             });
@@ -408,16 +416,14 @@ where
 /// that is pending, or a backoff), so a call answered at once never creates
 /// one. The limit counts from then: in practice from the first poll.
 fn start_overall_timer(
-    mut overall: Pin<&mut Option<Sleep>>,
+    overall: &mut Option<Pin<Box<Sleep>>>,
     limit: Option<Duration>,
     cx: &mut Context<'_>,
 ) {
-    if let (true, Some(limit)) = (overall.is_none(), limit) {
-        overall.set(Some(sleep(limit)));
-        if let Some(timer) = overall.as_pin_mut() {
-            // Registers the waker; a timer just set cannot be due.
-            let _ = timer.poll(cx);
-        }
+    if let (None, Some(limit)) = (overall.as_ref(), limit) {
+        let timer = overall.insert(Box::pin(sleep(limit)));
+        // Registers the waker; a timer just set cannot be due.
+        let _ = timer.as_mut().poll(cx);
     }
 }
 

@@ -57,7 +57,9 @@
 //! wait, in practice from the first poll). It clones the request and the
 //! inner service for later attempts, bumps one striped metrics counter and
 //! the reference count of the layer's shared state, and deposits into the
-//! budget, which reads the tokio clock once. Measured with
+//! budget (one add on a striped counter; one deposit in 64 on a thread also
+//! reads the tokio clock). Measured, before the budget stopped reading the
+//! clock on every deposit, with
 //! `cargo bench --bench retry` on the project's 2-core VM, over a bare
 //! service (< 1 ns): 46 ns without a budget, 95 ns with the default budget
 //! (tower's `Retry` with a minimal hand-written policy, which has no budget,
