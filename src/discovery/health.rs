@@ -254,23 +254,32 @@ impl HttpCheckBuilder {
                 ),
             ));
         }
-        check_period("interval", c.interval)?;
-        check_period("timeout", c.timeout)?;
-        if c.timeout > c.interval {
-            return Err(ConfigError::new(
-                COMPONENT,
-                "timeout",
-                format!(
-                    "must not exceed interval ({:?}), got {:?}",
-                    c.interval, c.timeout
-                ),
-            ));
-        }
-        if let Some(after) = c.deregister_critical_after {
-            check_period("deregister_critical_after", after)?;
-        }
+        check_timing(c.interval, c.timeout, c.deregister_critical_after)?;
         Ok(self.check)
     }
+}
+
+/// The rules an active check's timing shares with every other kind: each
+/// period within [`check_period`]'s bounds, and a timeout no longer than
+/// the interval.
+fn check_timing(
+    interval: Duration,
+    timeout: Duration,
+    deregister_critical_after: Option<Duration>,
+) -> Result<(), ConfigError> {
+    check_period("interval", interval)?;
+    check_period("timeout", timeout)?;
+    if timeout > interval {
+        return Err(ConfigError::new(
+            COMPONENT,
+            "timeout",
+            format!("must not exceed interval ({interval:?}), got {timeout:?}"),
+        ));
+    }
+    if let Some(after) = deregister_critical_after {
+        check_period("deregister_critical_after", after)?;
+    }
+    Ok(())
 }
 
 #[cfg(feature = "tonic")]
@@ -284,7 +293,7 @@ mod grpc {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::health_client::HealthClient;
 
-    use super::{COMPONENT, check_period};
+    use super::{COMPONENT, check_timing};
     use crate::discovery::instance::InstanceAddress;
     use crate::error::ConfigError;
 
@@ -462,21 +471,7 @@ mod grpc {
                     ),
                 ));
             }
-            check_period("interval", c.interval)?;
-            check_period("timeout", c.timeout)?;
-            if c.timeout > c.interval {
-                return Err(ConfigError::new(
-                    COMPONENT,
-                    "timeout",
-                    format!(
-                        "must not exceed interval ({:?}), got {:?}",
-                        c.interval, c.timeout
-                    ),
-                ));
-            }
-            if let Some(after) = c.deregister_critical_after {
-                check_period("deregister_critical_after", after)?;
-            }
+            check_timing(c.interval, c.timeout, c.deregister_critical_after)?;
             Ok(self.check)
         }
     }
