@@ -79,7 +79,9 @@ impl HealthCheck {
         HealthCheck::Grpc(GrpcCheck::default())
     }
 
-    /// Time between two polls of a polled check (HTTP, gRPC).
+    /// Time between two polls of a polled check (HTTP, gRPC). Only the
+    /// in-memory registry's check runner, built with `http`, polls.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) fn poll_interval(&self) -> Option<Duration> {
         match self {
             HealthCheck::Http(http) => Some(http.interval()),
@@ -91,6 +93,7 @@ impl HealthCheck {
 
     /// How long a polled check may stay critical before its instance is
     /// removed.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) fn deregister_critical_after(&self) -> Option<Duration> {
         match self {
             HealthCheck::Http(http) => http.deregister_critical_after(),
