@@ -224,9 +224,11 @@ pub trait ClassifyExt: Sized {
     /// [`Rejected`](crate::error::Rejected) marker anywhere in its source
     /// chain ([`crate::error::is_rejection`]): palisade's
     /// [`BreakerOpen`](crate::circuit_breaker::BreakerOpen),
-    /// [`BulkheadFull`](crate::bulkhead::BulkheadFull) and
-    /// [`RateLimited`](crate::rate_limit::RateLimited), and any layer of
-    /// yours whose error carries the marker. For services whose error is
+    /// [`BulkheadFull`](crate::bulkhead::BulkheadFull),
+    /// [`RateLimited`](crate::rate_limit::RateLimited),
+    /// [`TooManyKeys`](crate::rate_limit::TooManyKeys) and
+    /// [`ConcurrencyLimitExceeded`](crate::adaptive_concurrency::ConcurrencyLimitExceeded),
+    /// and any layer of yours whose error carries the marker. For services whose error is
     /// [`BoxError`](crate::BoxError), as every palisade service's is.
     ///
     /// ```
@@ -476,6 +478,24 @@ mod tests {
     #[derive(Debug, thiserror::Error)]
     #[error("call failed")]
     struct Wrapped(#[source] crate::BoxError);
+
+    #[test]
+    fn pass_rejections_ignores_the_keyed_limiter_and_adaptive_limit_rejections() {
+        let classifier = DefaultClassifier.pass_rejections();
+        let too_many_keys: crate::BoxError =
+            Box::new(crate::rate_limit::TooManyKeys::new("per-user".into(), 10));
+        assert_eq!(
+            classifier.classify(Err::<&(), _>(&too_many_keys)),
+            Outcome::Ignored
+        );
+        let over_limit: crate::BoxError = Box::new(
+            crate::adaptive_concurrency::ConcurrencyLimitExceeded::new("orders".into(), 4),
+        );
+        assert_eq!(
+            classifier.classify(Err::<&(), _>(&over_limit)),
+            Outcome::Ignored
+        );
+    }
 
     #[test]
     fn pass_rejections_ignores_any_error_carrying_the_rejected_marker() {

@@ -10,7 +10,9 @@
 //! # Rejections
 //!
 //! A *rejection* is a call a layer turned away without it reaching the
-//! service: an open breaker, a full bulkhead, an exhausted rate limiter.
+//! service: an open breaker, a full bulkhead, an exhausted rate limiter
+//! (or a keyed one with no room for a new key), an adaptive concurrency
+//! limit reached.
 //! Every rejection error carries a [`Rejected`] marker as its
 //! [`source`](std::error::Error::source), naming the kind of layer and the
 //! layer's name. The code that must treat rejections apart (the
