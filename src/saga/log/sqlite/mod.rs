@@ -124,7 +124,9 @@ impl SqliteLog {
             SqliteSync::Normal => "NORMAL",
         };
         connection
-            .execute_batch(&format!("PRAGMA synchronous = {sync};"))
+            .execute_batch(&format!(
+                "PRAGMA synchronous = {sync}; PRAGMA wal_autocheckpoint = 0;"
+            ))
             .map_err(unavailable)?;
         check_schema_marker(&connection, &path)?;
         connection
@@ -159,7 +161,13 @@ impl SqliteLog {
         let max_batch = config.max_batch;
         thread::Builder::new()
             .name("palisade-saga-sqlite".into())
-            .spawn(move || Writer { connection }.run(receiver, max_batch))
+            .spawn(move || {
+                let writer = Writer {
+                    connection,
+                    since_checkpoint: 0,
+                };
+                writer.run(receiver, max_batch)
+            })
             .map_err(unavailable)?;
         Ok(Self { commands, path })
     }
@@ -167,6 +175,31 @@ impl SqliteLog {
     /// The file's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Closes the log: commits every operation queued before the call,
+    /// closes the database (which copies the WAL into the file and
+    /// deletes it) and returns once the writer thread has done so, so
+    /// that the file is complete and consistent on its own.
+    ///
+    /// Operations sent afterwards, through this log's clones, fail with
+    /// [`LogError::Closed`]; so does a second `close`. Dropping every
+    /// clone also closes the log, but on the writer thread's own time.
+    ///
+    /// ```
+    /// use palisade::saga::SqliteLog;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), palisade::saga::LogError> {
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let path = dir.path().join("sagas.db");
+    /// SqliteLog::open(&path)?.close().await?;
+    /// assert!(!dir.path().join("sagas.db-wal").exists());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn close(self) -> Result<(), LogError> {
+        self.send(Command::Close).await
     }
 
     fn send<T: Send + 'static>(
@@ -209,6 +242,14 @@ impl SagaLog for SqliteLog {
         record: RecordKind,
     ) -> BoxFuture<'a, Result<u64, LogError>> {
         self.send(|r| Command::Append(lease.clone(), record, r))
+    }
+
+    fn append_batch<'a>(
+        &'a self,
+        lease: &'a Lease,
+        records: Vec<RecordKind>,
+    ) -> BoxFuture<'a, Result<Option<u64>, LogError>> {
+        self.send(|r| Command::AppendBatch(lease.clone(), records, r))
     }
 
     fn renew<'a>(
