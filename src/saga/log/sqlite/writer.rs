@@ -88,8 +88,10 @@ impl Done {
 }
 
 /// Operations applied since the last checkpoint after which the writer
-/// checkpoints the WAL as soon as its queue is empty.
-const CHECKPOINT_AFTER: usize = 1_000;
+/// checkpoints the WAL as soon as its queue is empty. A step's commit
+/// writes about three pages, so the WAL stays near SQLite's own default
+/// of 1,000 pages.
+const CHECKPOINT_AFTER: usize = 256;
 
 /// Operations applied since the last checkpoint after which the writer
 /// checkpoints even though operations are waiting: bounds the WAL's size
