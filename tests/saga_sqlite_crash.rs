@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use palisade::saga::{NewSaga, OwnerId, RecordKind, SagaId, SagaLog, SqliteLog};
+use palisade::saga::{LogError, NewSaga, OwnerId, RecordKind, SagaId, SagaLog, SqliteLog};
 
 /// Set (to the log's path) in the child process only.
 const CHILD: &str = "PALISADE_SAGA_CRASH_CHILD";
@@ -57,12 +57,16 @@ async fn child_appends_until_killed() {
                         .await
                         .map(|last| last.expect("a non-empty batch"))
                 };
-                print_ack(id, seq.expect("appended"));
+                match seq {
+                    Ok(seq) => print_ack(id, seq),
+                    Err(error) => return Err(error),
+                }
             }
         }));
     }
     for task in tasks {
-        task.await.expect("appending task");
+        let ended: Result<(), LogError> = task.await.expect("appending task");
+        ended.expect("appended until killed");
     }
 }
 

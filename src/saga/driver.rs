@@ -237,8 +237,7 @@ where
                                 .run_action(
                                     &step,
                                     &state,
-                                    past_pivot,
-                                    alone,
+                                    Placement { past_pivot, alone },
                                     input,
                                     outputs,
                                     &stage_failed,
@@ -331,8 +330,7 @@ where
         &self,
         step: &Step<Ctx, C>,
         so_far: &StepProgress,
-        past_pivot: bool,
-        alone: bool,
+        Placement { past_pivot, alone }: Placement,
         input: Arc<[u8]>,
         outputs: Arc<HashMap<String, Vec<u8>>>,
         stage_failed: &watch::Sender<bool>,
@@ -571,6 +569,15 @@ where
             CallEnd::Stopped { .. } => Err(String::new()),
         })
     }
+}
+
+/// Where a step's action runs in its saga.
+#[derive(Debug, Clone, Copy)]
+struct Placement {
+    /// After the pivot: retried until it completes.
+    past_pivot: bool,
+    /// The only step of its stage still to run.
+    alone: bool,
 }
 
 /// Where an attempt loop starts: what the log says so far.
