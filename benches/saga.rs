@@ -138,9 +138,8 @@ fn bench_log(c: &mut Criterion, summary: &Summary, dir: &Path, name: &str, log: 
         if !took.is_zero() {
             let sync = (sync_before + sync_rate(dir, std::fs::File::sync_data)) / 2.0;
             let rate = steps as f64 / took.as_secs_f64();
-            summary
-                .borrow_mut()
-                .push((format!("saga/{name}/{case}"), rate, sync));
+            let case = format!("saga/{name}/{case} ({steps} steps)");
+            summary.borrow_mut().push((case, rate, sync));
         }
     }
     group.finish();
@@ -181,7 +180,7 @@ fn steps_per_second(c: &mut Criterion) {
     );
     for (case, rate, sync) in summary.into_inner() {
         println!(
-            "  {case:<45} {rate:>8.0} steps/s  {sync:>6.0} fdatasync/s  = {:>6.2} x",
+            "  {case:<62} {rate:>8.0} steps/s  {sync:>6.0} fdatasync/s  = {:>6.2} x",
             rate / sync
         );
     }
