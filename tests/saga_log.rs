@@ -9,6 +9,46 @@ async fn memory_log_keeps_the_saga_log_contract() {
     saga_log_contract::all(&MemoryLog::new()).await;
 }
 
+/// The SQLite and memory logs write a batch in one transaction: a batch
+/// refused at its second record leaves not even its first behind.
+async fn a_refused_batch_leaves_nothing(log: &dyn palisade::saga::SagaLog) {
+    use palisade::saga::{
+        FinishedOutcome, LogError, NewSaga, OwnerId, RecordKind, SagaId, SagaState,
+    };
+    let id = SagaId::random();
+    let new = NewSaga {
+        id,
+        definition: "d".into(),
+        version: 1,
+        input: Vec::new(),
+    };
+    let owner = OwnerId::new("a").unwrap();
+    let lease = log
+        .create(new, &owner, std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    let batch = vec![
+        RecordKind::StuckRetried,
+        RecordKind::SagaFinished {
+            outcome: FinishedOutcome::Completed,
+        },
+        RecordKind::StuckRetried,
+    ];
+    let refused = log.append_batch(&lease, batch).await;
+    assert!(
+        matches!(refused, Err(LogError::Finished { .. })),
+        "{refused:?}"
+    );
+    let summary = log.summary(id).await.unwrap();
+    assert_eq!((summary.records, summary.state), (1, SagaState::Running));
+    assert_eq!(log.history(id).await.unwrap().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_memory_log_batch_is_all_or_nothing() {
+    a_refused_batch_leaves_nothing(&MemoryLog::new()).await;
+}
+
 #[cfg(feature = "sqlite")]
 mod sqlite {
     use palisade::saga::{
@@ -31,6 +71,55 @@ mod sqlite {
         let config = SqliteLogConfig::builder().max_batch(1).build().unwrap();
         let log = SqliteLog::open_with(dir.path().join("sagas.db"), config).unwrap();
         saga_log_contract::all(&log).await;
+    }
+
+    #[tokio::test]
+    async fn a_sqlite_log_batch_is_all_or_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SqliteLog::open(dir.path().join("sagas.db")).unwrap();
+        super::a_refused_batch_leaves_nothing(&log).await;
+    }
+
+    #[tokio::test]
+    async fn close_commits_what_was_queued_and_refuses_what_follows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sagas.db");
+        let log = SqliteLog::open(&path).unwrap();
+        let owner = OwnerId::new("a").unwrap();
+        let id = SagaId::random();
+        let saga = NewSaga {
+            id,
+            definition: "d".into(),
+            version: 1,
+            input: vec![],
+        };
+        let lease = log
+            .create(saga, &owner, Duration::from_secs(60))
+            .await
+            .unwrap();
+        // Polled once, so queued (the queue has room), before the close.
+        let writer = log.clone();
+        let mut queued: Vec<_> = (0..20)
+            .map(|_| writer.append(&lease, RecordKind::StuckRetried))
+            .collect();
+        for append in &mut queued {
+            let _ = futures::poll!(append);
+        }
+        log.close().await.unwrap();
+        // The file holds everything and no WAL is left.
+        assert!(!dir.path().join("sagas.db-wal").exists());
+        let mut acknowledged = 0;
+        for append in queued {
+            append.await.unwrap();
+            acknowledged += 1;
+        }
+        let after = writer.append(&lease, RecordKind::StuckRetried).await;
+        assert!(matches!(after, Err(LogError::Closed { .. })), "{after:?}");
+        let reopened = SqliteLog::open(&path).unwrap();
+        assert_eq!(
+            reopened.summary(id).await.unwrap().records,
+            1 + acknowledged
+        );
     }
 
     #[tokio::test]

@@ -3,6 +3,8 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::sync::atomic::Ordering;
 
 use tokio::sync::watch;
@@ -25,7 +27,7 @@ use super::log::{Lease, LogError};
 use super::outcome::{SagaFailure, SagaOutcome, SagaOutput};
 use super::progress::{Progress, StepProgress};
 use super::record::{FinishedOutcome, RecordKind, SagaState, StepEffect};
-use super::recording::Note;
+use super::recording::{Deferred, Note};
 use super::unwind::CatchPanic;
 use crate::classify::Outcome;
 
@@ -54,6 +56,9 @@ pub(crate) struct Run<Ctx, C> {
     pub(crate) shared: Arc<Shared<Ctx, C>>,
     pub(crate) definition: SagaDefinition<Ctx, C>,
     pub(crate) lease: Lease,
+    /// Completions held back to share a commit with the next record
+    /// (see [`Run::record`]).
+    pub(crate) deferred: Mutex<Vec<Deferred>>,
 }
 
 /// How a step's action or compensation ended, after its retries.
@@ -91,14 +96,41 @@ where
         });
     }
 
-    /// Records a move ([`Shared::record`]); a fenced lease is a lost one.
+    /// Records a move ([`Shared::record`]), with the completions held
+    /// back before it ([`Shared::record_after`]); a fenced lease is a lost
+    /// one.
+    ///
+    /// # Why a completion may wait for the next record
+    ///
+    /// A saga stays correct across crashes as long as a call's *started*
+    /// record is durable before the call runs: then the log knows that
+    /// the call may have had an effect, and recovery retries it or
+    /// compensates it. A *completed* record only spares that retry. So
+    /// the completion of a step that is alone in its stage (and of every
+    /// compensation, which run one at a time) is not written on its own:
+    /// it is appended in the same batch as the very next record, the next
+    /// step's or compensation's *started* record or the saga's end, which
+    /// the log commits at once and durably before that next call runs or
+    /// the outcome is returned. One commit per step instead of two; the
+    /// log never holds a *started* record without the completions that
+    /// preceded it. A crash between a completion and the next record
+    /// loses the completion exactly as a crash just before writing it
+    /// would have: the call is retried or compensated on recovery, as its
+    /// idempotency key allows. Steps that share a stage with others write
+    /// their completions at once, since the next record may be far off.
     async fn record(&self, record: RecordKind, note: Note<'_>) -> Result<u64, SagaError> {
         let definition = &self.definition.inner.name;
-        match self
-            .shared
-            .record(&self.lease, definition, record, note)
-            .await
-        {
+        let deferred = std::mem::take(&mut *self.deferred.lock());
+        let recorded = if deferred.is_empty() {
+            self.shared
+                .record(&self.lease, definition, record, note)
+                .await
+        } else {
+            self.shared
+                .record_after(&self.lease, definition, deferred, record, note)
+                .await
+        };
+        match recorded {
             Ok(seq) => Ok(seq),
             Err(error @ LogError::Fenced { .. }) => Err(self.lease_lost(error)),
             Err(error) => Err(error.into()),
@@ -190,6 +222,7 @@ where
                 let (stage_failed, _) = watch::channel(false);
                 let stage_failed = Arc::new(stage_failed);
                 let mut members = JoinSet::new();
+                let alone = pending.len() == 1;
                 for (index, step) in pending.iter().enumerate() {
                     let run = Arc::clone(self);
                     let step = (*step).clone();
@@ -204,7 +237,7 @@ where
                                 .run_action(
                                     &step,
                                     &state,
-                                    past_pivot,
+                                    Placement { past_pivot, alone },
                                     input,
                                     outputs,
                                     &stage_failed,
@@ -297,7 +330,7 @@ where
         &self,
         step: &Step<Ctx, C>,
         so_far: &StepProgress,
-        past_pivot: bool,
+        Placement { past_pivot, alone }: Placement,
         input: Arc<[u8]>,
         outputs: Arc<HashMap<String, Vec<u8>>>,
         stage_failed: &watch::Sender<bool>,
@@ -305,6 +338,7 @@ where
         let call = Call::Action {
             action: &step.action,
             past_pivot,
+            alone,
             stage_failed,
         };
         let resumed = Resumed {
@@ -386,7 +420,16 @@ where
                         elapsed,
                         ..Note::default()
                     };
-                    self.record(call.completed(name, &output), note).await?;
+                    let completed = call.completed(name, &output);
+                    if call.may_defer_completion() {
+                        self.deferred.lock().push(Deferred {
+                            kind: completed,
+                            attempt,
+                            elapsed,
+                        });
+                    } else {
+                        self.record(completed, note).await?;
+                    }
                     return Ok(CallEnd::Completed(output));
                 }
                 Err(failure) => failure,
@@ -528,6 +571,15 @@ where
     }
 }
 
+/// Where a step's action runs in its saga.
+#[derive(Debug, Clone, Copy)]
+struct Placement {
+    /// After the pivot: retried until it completes.
+    past_pivot: bool,
+    /// The only step of its stage still to run.
+    alone: bool,
+}
+
 /// Where an attempt loop starts: what the log says so far.
 #[derive(Debug, Clone, Copy)]
 struct Resumed {
@@ -541,6 +593,9 @@ enum Call<'a, Ctx, C> {
         action: &'a ActionFn<Ctx, C>,
         /// Past the pivot, the action is retried until it completes.
         past_pivot: bool,
+        /// The only step of its stage still to run: its completion may
+        /// wait for the next record ([`Run::record`]).
+        alone: bool,
         /// Set when a member of the stage failed for good.
         stage_failed: &'a watch::Sender<bool>,
     },
@@ -581,6 +636,15 @@ impl<Ctx, C> Call<'_, Ctx, C> {
                 ..
             }
         )
+    }
+
+    /// Whether the completion may wait for the next record: a step alone
+    /// in its stage, or a compensation (they run one at a time).
+    fn may_defer_completion(&self) -> bool {
+        match self {
+            Call::Action { alone, .. } => *alone,
+            Call::Compensation(_) => true,
+        }
     }
 
     fn stage_has_failed(&self) -> bool {

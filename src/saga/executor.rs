@@ -852,6 +852,7 @@ where
                     shared: Arc::clone(&self.shared),
                     definition,
                     lease,
+                    deferred: Default::default(),
                 });
                 Resumption::Resumed(run, progress)
             }
@@ -927,6 +928,7 @@ where
             shared: Arc::clone(&self.shared),
             definition,
             lease: lease.clone(),
+            deferred: Default::default(),
         });
         let tasks = Arc::downgrade(&self.tasks);
         let epoch = lease.epoch;

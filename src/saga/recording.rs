@@ -39,6 +39,35 @@ impl<Ctx, C> Shared<Ctx, C> {
         Ok(seq)
     }
 
+    /// Appends `earlier` (completions held back by the driver) and then
+    /// `kind` in one [`append_batch`](super::log::SagaLog::append_batch),
+    /// and reports each as [`record`](Self::record) does, once the log
+    /// has them all. Returns the sequence number of `kind`.
+    pub(crate) async fn record_after(
+        &self,
+        lease: &Lease,
+        definition: &Arc<str>,
+        earlier: Vec<Deferred>,
+        kind: RecordKind,
+        note: Note<'_>,
+    ) -> Result<u64, LogError> {
+        let mut reported = Vec::with_capacity(earlier.len());
+        let mut records = Vec::with_capacity(earlier.len() + 1);
+        for deferred in earlier {
+            reported.push((without_payload(&deferred.kind), deferred.note()));
+            records.push(deferred.kind);
+        }
+        let own = without_payload(&kind);
+        records.push(kind);
+        let seq = self.log.append_batch(lease, records).await?;
+        for (kind, earlier_note) in &reported {
+            self.report(lease, definition, kind, *earlier_note);
+        }
+        self.report(lease, definition, &own, note);
+        // Never `None`: the batch holds at least `kind`.
+        Ok(seq.unwrap_or_default())
+    }
+
     fn report(&self, lease: &Lease, definition: &Arc<str>, kind: &RecordKind, note: Note<'_>) {
         self.count_and_trace(lease, kind, note);
         if !self.events.is_observed() {
@@ -114,6 +143,29 @@ impl<Ctx, C> Shared<Ctx, C> {
                     tracing::warn!(saga = %lease.saga, "stuck saga abandoned by an operator");
                 }
             },
+        }
+    }
+}
+
+/// A completion the driver has not written yet: it goes to the log in the
+/// same [`append_batch`](super::log::SagaLog::append_batch) as the record
+/// that follows it.
+#[derive(Debug)]
+pub(crate) struct Deferred {
+    /// The `StepCompleted` or `CompensationCompleted` record.
+    pub(crate) kind: RecordKind,
+    /// The attempt that completed.
+    pub(crate) attempt: u32,
+    /// How long it took.
+    pub(crate) elapsed: Duration,
+}
+
+impl Deferred {
+    fn note(&self) -> Note<'static> {
+        Note {
+            attempt: self.attempt,
+            elapsed: self.elapsed,
+            failed_step: "",
         }
     }
 }

@@ -58,6 +58,7 @@ pub async fn all(log: &dyn SagaLog) {
     unknown_sagas_are_not_found(log).await;
     list_is_paged_in_creation_order(log).await;
     prune_deletes_only_finished_sagas_older_than_the_cutoff(log).await;
+    a_batch_is_appended_in_order_with_the_checks_of_append(log).await;
 }
 
 pub async fn list_is_paged_in_creation_order(log: &dyn SagaLog) {
@@ -405,4 +406,48 @@ pub async fn unknown_sagas_are_not_found(log: &dyn SagaLog) {
         log.append(&lease, started("x")).await,
         Err(LogError::NotFound { .. })
     ));
+}
+
+pub async fn a_batch_is_appended_in_order_with_the_checks_of_append(log: &dyn SagaLog) {
+    let (a, b) = (owner("a"), owner("b"));
+    let id = SagaId::random();
+    let lease = log.create(new_saga(id), &a, Duration::ZERO).await.unwrap();
+    assert_eq!(log.append_batch(&lease, Vec::new()).await.unwrap(), None);
+    let completed = RecordKind::StepCompleted {
+        step: "pay".into(),
+        output: vec![4],
+    };
+    let batch = vec![started("pay"), completed.clone(), started("ship")];
+    assert_eq!(log.append_batch(&lease, batch).await.unwrap(), Some(3));
+    assert_eq!(
+        log.append(&lease, failed_for_good("ship")).await.unwrap(),
+        4
+    );
+    let history = log.history(id).await.unwrap();
+    assert_eq!(
+        history.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        [0, 1, 2, 3, 4]
+    );
+    assert_eq!(history[1].kind, started("pay"));
+    assert_eq!(history[2].kind, completed);
+    assert_eq!(history[3].kind, started("ship"));
+    assert_eq!(
+        log.summary(id).await.unwrap().state,
+        SagaState::Compensating
+    );
+    // A fenced lease's batch leaves nothing behind.
+    let claimed = log.claim(id, &b, LONG).await.unwrap();
+    let late = log
+        .append_batch(&lease, vec![started("x"), started("y")])
+        .await;
+    assert!(matches!(late, Err(LogError::Fenced { .. })), "{late:?}");
+    assert_eq!(log.summary(id).await.unwrap().records, 5);
+    // Nor does a batch for a finished saga.
+    let finished = RecordKind::SagaFinished {
+        outcome: FinishedOutcome::Compensated { error: "no".into() },
+    };
+    log.append(&claimed.lease, finished).await.unwrap();
+    let after = log.append_batch(&claimed.lease, vec![started("z")]).await;
+    assert!(matches!(after, Err(LogError::Finished { .. })), "{after:?}");
+    assert_eq!(log.summary(id).await.unwrap().records, 6);
 }

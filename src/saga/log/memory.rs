@@ -208,6 +208,45 @@ impl SagaLog for MemoryLog {
         Box::pin(async move { result })
     }
 
+    fn append_batch<'a>(
+        &'a self,
+        lease: &'a Lease,
+        records: Vec<RecordKind>,
+    ) -> BoxFuture<'a, Result<Option<u64>, LogError>> {
+        let result = self.with(|sagas| {
+            let entry = sagas
+                .get_mut(&lease.saga)
+                .ok_or(LogError::NotFound { saga: lease.saga })?;
+            entry.check_lease(lease)?;
+            // Every record is checked before any is appended: all or none.
+            let mut state = entry.state;
+            for record in &records {
+                if state.is_finished() {
+                    return Err(LogError::Finished {
+                        saga: lease.saga,
+                        state,
+                    });
+                }
+                state = state.after(record);
+            }
+            entry.state = state;
+            let at = SystemTime::now();
+            let mut last = None;
+            for record in records {
+                let seq = entry.records.len() as u64;
+                entry.records.push(LoggedRecord {
+                    seq,
+                    epoch: lease.epoch,
+                    at,
+                    kind: record,
+                });
+                last = Some(seq);
+            }
+            Ok(last)
+        });
+        Box::pin(async move { result })
+    }
+
     fn renew<'a>(
         &'a self,
         lease: &'a Lease,

@@ -284,6 +284,32 @@ pub trait SagaLog: fmt::Debug + Send + Sync + 'static {
         record: RecordKind,
     ) -> BoxFuture<'a, Result<u64, LogError>>;
 
+    /// Appends `records`, in order, to the lease's saga and returns the
+    /// sequence number of the last one (`None` for an empty list), once
+    /// all of them are durable. The checks are those of
+    /// [`append`](Self::append), made for every record.
+    ///
+    /// The executor uses it to write a step's completion together with
+    /// the record that follows it (the next step's start), so that a
+    /// durable backend makes one commit for both. A backend that can
+    /// writes the records in one transaction (all or none, as
+    /// the SQLite and memory logs do); the default appends them one after the other,
+    /// so a failure or a crash may keep a prefix of them, which is what
+    /// the same appends made one by one would have kept.
+    fn append_batch<'a>(
+        &'a self,
+        lease: &'a Lease,
+        records: Vec<RecordKind>,
+    ) -> BoxFuture<'a, Result<Option<u64>, LogError>> {
+        Box::pin(async move {
+            let mut last = None;
+            for record in records {
+                last = Some(self.append(lease, record).await?);
+            }
+            Ok(last)
+        })
+    }
+
     /// Extends the lease to `lease_ttl` from now; [`LogError::Fenced`] if
     /// it was taken over.
     fn renew<'a>(
@@ -357,6 +383,9 @@ macro_rules! forward_saga_log {
             }
             fn append<'a>(&'a self, lease: &'a Lease, record: RecordKind) -> BoxFuture<'a, Result<u64, LogError>> {
                 (**self).append(lease, record)
+            }
+            fn append_batch<'a>(&'a self, lease: &'a Lease, records: Vec<RecordKind>) -> BoxFuture<'a, Result<Option<u64>, LogError>> {
+                (**self).append_batch(lease, records)
             }
             fn renew<'a>(&'a self, lease: &'a Lease, lease_ttl: Duration) -> BoxFuture<'a, Result<(), LogError>> {
                 (**self).renew(lease, lease_ttl)

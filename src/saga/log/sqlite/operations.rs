@@ -45,19 +45,18 @@ fn as_i64(value: u64) -> i64 {
 
 fn read_row(tx: &Transaction<'_>, saga: SagaId) -> Sql<Row> {
     let row = tx
-        .query_row(
+        .prepare_cached(
             "SELECT state, owner, epoch, lease_expires_ms, records FROM saga WHERE id = ?1",
-            params![saga.to_string()],
-            |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, i64>(2)?,
-                    row.get::<_, Option<i64>>(3)?,
-                    row.get::<_, i64>(4)?,
-                ))
-            },
-        )
+        )?
+        .query_row(params![saga.to_string()], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, i64>(2)?,
+                row.get::<_, Option<i64>>(3)?,
+                row.get::<_, i64>(4)?,
+            ))
+        })
         .optional()?;
     let Some((state, owner, epoch, expires_ms, records)) = row else {
         return Ok(Err(LogError::NotFound { saga }));
@@ -109,7 +108,7 @@ fn check_lease(row: &Row, lease: &Lease) -> Result<(), LogError> {
 
 fn insert_record(
     tx: &Transaction<'_>,
-    saga: SagaId,
+    saga: &str,
     seq: u64,
     epoch: u64,
     at_ms: i64,
@@ -121,7 +120,7 @@ fn insert_record(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
     .execute(params![
-        saga.to_string(),
+        saga,
         as_i64(seq),
         as_i64(epoch),
         at_ms,
@@ -140,7 +139,8 @@ pub(super) fn create(
 ) -> Sql<Lease> {
     let id = saga.id.to_string();
     let exists = tx
-        .query_row("SELECT 1 FROM saga WHERE id = ?1", params![id], |_| Ok(()))
+        .prepare_cached("SELECT 1 FROM saga WHERE id = ?1")?
+        .query_row(params![id], |_| Ok(()))
         .optional()?;
     if exists.is_some() {
         return Ok(Err(LogError::AlreadyExists { saga: saga.id }));
@@ -160,7 +160,7 @@ pub(super) fn create(
         expiry_ms(ttl),
         now
     ])?;
-    insert_record(tx, saga.id, 0, 1, now, &saga.created_record())?;
+    insert_record(tx, &id, 0, 1, now, &saga.created_record())?;
     Ok(Ok(Lease {
         saga: saga.id,
         owner: owner.clone(),
@@ -169,6 +169,16 @@ pub(super) fn create(
 }
 
 pub(super) fn append(tx: &Transaction<'_>, lease: &Lease, record: RecordKind) -> Sql<u64> {
+    Ok(append_batch(tx, lease, vec![record])?.map(|last| last.unwrap_or_default()))
+}
+
+/// Appends `records` in order: every check is made before anything is
+/// written, so a refused batch leaves nothing behind.
+pub(super) fn append_batch(
+    tx: &Transaction<'_>,
+    lease: &Lease,
+    records: Vec<RecordKind>,
+) -> Sql<Option<u64>> {
     let row = match read_row(tx, lease.saga)? {
         Ok(row) => row,
         Err(error) => return Ok(Err(error)),
@@ -176,26 +186,32 @@ pub(super) fn append(tx: &Transaction<'_>, lease: &Lease, record: RecordKind) ->
     if let Err(error) = check_lease(&row, lease) {
         return Ok(Err(error));
     }
-    if row.state.is_finished() {
-        return Ok(Err(LogError::Finished {
-            saga: lease.saga,
-            state: row.state,
-        }));
+    let mut state = row.state;
+    for record in &records {
+        if state.is_finished() {
+            return Ok(Err(LogError::Finished {
+                saga: lease.saga,
+                state,
+            }));
+        }
+        state = state.after(record);
+    }
+    if records.is_empty() {
+        return Ok(Ok(None));
     }
     if let Err(error) = check_last_record(tx, lease.saga, row.records)? {
         return Ok(Err(error));
     }
     let now = now_ms();
-    let seq = row.records;
-    insert_record(tx, lease.saga, seq, lease.epoch, now, &record)?;
+    let saga = lease.saga.to_string();
+    let mut seq = row.records;
+    for record in &records {
+        insert_record(tx, &saga, seq, lease.epoch, now, record)?;
+        seq += 1;
+    }
     tx.prepare_cached("UPDATE saga SET state = ?2, records = ?3, updated_ms = ?4 WHERE id = ?1")?
-        .execute(params![
-            lease.saga.to_string(),
-            row.state.after(&record).as_str(),
-            as_i64(seq + 1),
-            now
-        ])?;
-    Ok(Ok(seq))
+        .execute(params![saga, state.as_str(), as_i64(seq), now])?;
+    Ok(Ok(Some(seq - 1)))
 }
 
 /// Renews the lease for `ttl`, or releases it with `None`.

@@ -6,9 +6,10 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
 use super::operations::{
-    Sql, append, claim, claim_unfinished, create, history, list, prune_finished, renew, summary,
+    Sql, append, append_batch, claim, claim_unfinished, create, history, list, prune_finished,
+    renew, summary,
 };
-use super::unavailable;
+use super::{BACKEND, unavailable};
 use crate::saga::id::{OwnerId, SagaId};
 use crate::saga::log::{ClaimedSaga, Lease, ListCursor, LogError, NewSaga, SagaSummary};
 use crate::saga::record::{LoggedRecord, RecordKind, SagaState};
@@ -18,6 +19,7 @@ pub(super) type Reply<T> = oneshot::Sender<Result<T, LogError>>;
 pub(super) enum Command {
     Create(NewSaga, OwnerId, Duration, Reply<Lease>),
     Append(Lease, RecordKind, Reply<u64>),
+    AppendBatch(Lease, Vec<RecordKind>, Reply<Option<u64>>),
     Renew(Lease, Duration, Reply<()>),
     Release(Lease, Reply<()>),
     Claim(SagaId, OwnerId, Duration, Reply<ClaimedSaga>),
@@ -31,12 +33,16 @@ pub(super) enum Command {
         Reply<Vec<SagaSummary>>,
     ),
     Prune(SystemTime, usize, Reply<u64>),
+    /// Commit what came before, refuse what comes after, close the
+    /// database and then answer.
+    Close(Reply<()>),
 }
 
 /// One operation's outcome, waiting for its transaction to commit.
 enum Done {
     Lease(Reply<Lease>, Result<Lease, LogError>),
     Seq(Reply<u64>, Result<u64, LogError>),
+    LastSeq(Reply<Option<u64>>, Result<Option<u64>, LogError>),
     Unit(Reply<()>, Result<(), LogError>),
     Claimed(Reply<ClaimedSaga>, Result<ClaimedSaga, LogError>),
     ClaimedMany(Reply<Vec<ClaimedSaga>>, Result<Vec<ClaimedSaga>, LogError>),
@@ -54,6 +60,7 @@ impl Done {
         let _ = match self {
             Done::Lease(r, v) => r.send(v).map_err(drop),
             Done::Seq(r, v) => r.send(v).map_err(drop),
+            Done::LastSeq(r, v) => r.send(v).map_err(drop),
             Done::Unit(r, v) => r.send(v).map_err(drop),
             Done::Claimed(r, v) => r.send(v).map_err(drop),
             Done::ClaimedMany(r, v) => r.send(v).map_err(drop),
@@ -68,6 +75,7 @@ impl Done {
         match self {
             Done::Lease(r, _) => Done::Lease(r, Err(error)),
             Done::Seq(r, _) => Done::Seq(r, Err(error)),
+            Done::LastSeq(r, _) => Done::LastSeq(r, Err(error)),
             Done::Unit(r, _) => Done::Unit(r, Err(error)),
             Done::Claimed(r, _) => Done::Claimed(r, Err(error)),
             Done::ClaimedMany(r, _) => Done::ClaimedMany(r, Err(error)),
@@ -79,22 +87,90 @@ impl Done {
     }
 }
 
+/// Operations applied since the last checkpoint after which the writer
+/// checkpoints the WAL as soon as its queue is empty. A step's commit
+/// writes about three pages, so the WAL stays near SQLite's own default
+/// of 1,000 pages.
+const CHECKPOINT_AFTER: usize = 256;
+
+/// Operations applied since the last checkpoint after which the writer
+/// checkpoints even though operations are waiting: bounds the WAL's size
+/// under a load that never lets the queue empty.
+const CHECKPOINT_AT_THE_LATEST: usize = 16 * CHECKPOINT_AFTER;
+
 pub(super) struct Writer {
     pub(super) connection: Connection,
+    /// Operations applied since the last checkpoint.
+    pub(super) since_checkpoint: usize,
 }
 
 impl Writer {
     pub(super) fn run(mut self, mut receiver: mpsc::Receiver<Command>, max_batch: usize) {
         let mut batch = Vec::with_capacity(max_batch);
+        let mut closing = None;
         while let Some(first) = receiver.blocking_recv() {
-            batch.push(first);
-            while batch.len() < max_batch {
-                match receiver.try_recv() {
-                    Ok(command) => batch.push(command),
-                    Err(_) => break,
+            let mut next = Some(first);
+            while let Some(command) = next.take() {
+                if let Command::Close(reply) = command {
+                    closing = Some(reply);
+                    break;
+                }
+                batch.push(command);
+                if batch.len() < max_batch {
+                    next = receiver.try_recv().ok();
                 }
             }
-            self.commit_batch(&mut batch);
+            if !batch.is_empty() {
+                self.commit_batch(&mut batch);
+            }
+            if closing.is_some() {
+                break;
+            }
+            self.checkpoint_if_due(receiver.is_empty());
+        }
+        // Closing (or every handle is gone): what is still queued came
+        // after the close and is refused.
+        receiver.close();
+        while let Ok(command) = receiver.try_recv() {
+            fail_command(command, LogError::Closed { backend: BACKEND });
+        }
+        // Closing the last connection checkpoints the WAL into the
+        // database file and deletes it.
+        let closed = self
+            .connection
+            .close()
+            .map_err(|(_, error)| unavailable(error));
+        if let Some(reply) = closing {
+            let _ = reply.send(closed);
+        } else if let Err(error) = closed {
+            tracing::warn!(%error, "sqlite saga log not closed cleanly");
+        }
+    }
+
+    /// Copies the WAL into the database file once enough was written
+    /// (SQLite's automatic checkpoint is off). It runs here, after the
+    /// batch's operations were answered and preferably while nothing
+    /// waits, instead of inside a commit: no acknowledged operation waits
+    /// for a checkpoint's syncs. A checkpoint that copies every frame lets
+    /// the next commit write the WAL from its start again, over the same
+    /// blocks, instead of growing the file.
+    fn checkpoint_if_due(&mut self, idle: bool) {
+        let due = if idle {
+            CHECKPOINT_AFTER
+        } else {
+            CHECKPOINT_AT_THE_LATEST
+        };
+        if self.since_checkpoint < due {
+            return;
+        }
+        self.since_checkpoint = 0;
+        let checkpoint = self
+            .connection
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+                row.get::<_, i64>(0)
+            });
+        if let Err(error) = checkpoint {
+            tracing::warn!(%error, "sqlite saga log checkpoint failed; the WAL keeps growing");
         }
     }
 
@@ -116,6 +192,7 @@ impl Writer {
                 return;
             }
         };
+        self.since_checkpoint += batch.len();
         let mut done = Vec::with_capacity(batch.len());
         let mut failure: Option<LogError> = None;
         for command in batch.drain(..) {
@@ -151,6 +228,7 @@ fn fail_command(command: Command, error: LogError) {
     match command {
         Command::Create(.., r) => drop(r.send(Err(error))),
         Command::Append(.., r) => drop(r.send(Err(error))),
+        Command::AppendBatch(.., r) => drop(r.send(Err(error))),
         Command::Renew(.., r) => drop(r.send(Err(error))),
         Command::Release(.., r) => drop(r.send(Err(error))),
         Command::Claim(.., r) => drop(r.send(Err(error))),
@@ -159,6 +237,7 @@ fn fail_command(command: Command, error: LogError) {
         Command::Summary(.., r) => drop(r.send(Err(error))),
         Command::List(.., r) => drop(r.send(Err(error))),
         Command::Prune(.., r) => drop(r.send(Err(error))),
+        Command::Close(r) => drop(r.send(Err(error))),
     }
 }
 
@@ -183,6 +262,9 @@ fn apply(tx: &Transaction<'_>, command: Command) -> (Done, Option<LogError>) {
     match command {
         Command::Create(saga, owner, ttl, r) => run!(Lease, r, create(tx, saga, &owner, ttl)),
         Command::Append(lease, record, r) => run!(Seq, r, append(tx, &lease, record)),
+        Command::AppendBatch(lease, records, r) => {
+            run!(LastSeq, r, append_batch(tx, &lease, records))
+        }
         Command::Renew(lease, ttl, r) => run!(Unit, r, renew(tx, &lease, Some(ttl))),
         Command::Release(lease, r) => run!(Unit, r, renew(tx, &lease, None)),
         Command::Claim(saga, owner, ttl, r) => run!(Claimed, r, claim(tx, saga, &owner, ttl)),
@@ -193,5 +275,7 @@ fn apply(tx: &Transaction<'_>, command: Command) -> (Done, Option<LogError>) {
         Command::Summary(saga, r) => run!(Summary, r, summary(tx, saga)),
         Command::List(state, after, limit, r) => run!(List, r, list(tx, state, after, limit)),
         Command::Prune(before, limit, r) => run!(Seq, r, prune_finished(tx, before, limit)),
+        // Taken out of the batch by the writer's loop before it applies it.
+        Command::Close(r) => (Done::Unit(r, Ok(())), None),
     }
 }
