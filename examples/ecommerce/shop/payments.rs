@@ -12,7 +12,7 @@ use std::time::Duration;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use palisade::BoxError;
@@ -133,9 +133,10 @@ fn chaos_config(
 ) -> Result<ChaosConfig<Response>, palisade::ConfigError> {
     let rate = if faults.down { 1.0 } else { faults.error_rate };
     let failing = format!("{name} is failing");
-    let mut config = ChaosConfig::builder().seed(seed).response(rate, move || {
-        ApiError::unavailable(failing.clone()).into_response()
-    });
+    let mut config = ChaosConfig::builder()
+        .seed(seed)
+        .error_rate(rate)
+        .error_with(move || BoxError::from(failing.clone()));
     if faults.latency_ms > 0 {
         config = config.latency(1.0, Duration::from_millis(faults.latency_ms));
     }
