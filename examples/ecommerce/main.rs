@@ -135,6 +135,22 @@ async fn serve(seed: u64) -> Result<(), BoxError> {
             system.instance(id)?
         );
     }
+    println!();
+    println!("Observability (every instance serves /metrics and /admin/traces):");
+    println!(
+        "curl -s http://{g}/metrics | grep palisade_circuit_breaker_state   # one registry for the process"
+    );
+    println!(
+        "curl -s http://{g}/api/products -H 'traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01'"
+    );
+    println!(
+        "curl -s http://{}/admin/traces   # the trace ids products-1 served",
+        system.instance("products-1")?
+    );
+    println!(
+        "curl -s -X POST http://{}/admin/faults -H 'content-type: application/json' -d '{{\"latency_ms\":400}}'   # products-1 slow: hedging",
+        system.instance("products-1")?
+    );
     tokio::signal::ctrl_c().await?;
     Ok(())
 }
