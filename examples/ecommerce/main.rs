@@ -36,7 +36,8 @@ OPTIONS:
 Without --serve, a scripted story runs and is narrated on stdout in numbered
 lines; it ends with a summary table and a check of the invariants (exit 1 if
 one is broken). Logs go to stderr, filtered by RUST_LOG (default: warnings,
-plus the gateway's requests and palisade's state changes).";
+plus the gateway's requests, every service's request spans with their W3C
+trace ids, and palisade's state changes).";
 
 struct Options {
     serve: bool,
@@ -83,7 +84,10 @@ async fn main() -> Result<(), BoxError> {
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,tower_http=info,palisade=info".into()),
+                // Every service's request spans (with their trace ids) too.
+                .unwrap_or_else(|_| {
+                    "warn,tower_http=info,palisade=info,ecommerce::shop::edge=info".into()
+                }),
         )
         .init();
 
