@@ -275,6 +275,29 @@ async fn on_instance(system: &System, id: &str, call: ApiCall) -> JsonReply {
         .expect("the instance answers")
 }
 
+/// Places a sticker order over a plain TCP connection; the response's
+/// status line and headers.
+async fn raw_order(system: &System, token: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = sticker().to_string();
+    let mut stream = tokio::net::TcpStream::connect(system.gateway)
+        .await
+        .unwrap();
+    let request = format!(
+        "POST /api/orders HTTP/1.1\r\nhost: shop\r\nauthorization: Bearer {token}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+        .split("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 fn sticker() -> Value {
     json!({"items": [{"product_id": 5, "quantity": 1}]})
 }
@@ -315,6 +338,22 @@ async fn gateway_limits_orders_per_user_by_the_jwt_subject() {
         "{}",
         refused.body
     );
+    // The 429 says when to come back (read raw: the JSON client keeps no
+    // headers).
+    let head = raw_order(&system, &frank).await;
+    assert!(head.starts_with("HTTP/1.1 429"), "{head}");
+    let retry_after: u64 = head
+        .lines()
+        .find_map(|line| {
+            line.to_ascii_lowercase()
+                .strip_prefix("retry-after: ")
+                .map(str::to_owned)
+        })
+        .expect("a Retry-After header")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!((1..=600).contains(&retry_after), "{retry_after}");
     // Another user has a limit of their own.
     let placed = call(
         &system,
@@ -323,7 +362,7 @@ async fn gateway_limits_orders_per_user_by_the_jwt_subject() {
     .await;
     assert_eq!(placed.status.as_u16(), 201, "{}", placed.body);
     let limiter = system.guards.orders_per_user.metrics();
-    assert_eq!((limiter.keys, limiter.rejected), (2, 1), "{limiter:?}");
+    assert_eq!((limiter.keys, limiter.rejected), (2, 2), "{limiter:?}");
     // The refused order never reached the orders service.
     let orders = on_instance(&system, "orders-1", ApiCall::get("/orders")).await;
     assert_eq!(
