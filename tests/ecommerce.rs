@@ -261,3 +261,417 @@ fn generated_grpc_code_matches_users_proto() {
         committed_path.display()
     );
 }
+
+// ---------------------------------------------------------------------------
+// The gateway's guards, the chaos faults, gRPC health, /metrics and the
+// W3C trace context.
+
+/// `GET path` on instance `id` (not through the gateway).
+async fn on_instance(system: &System, id: &str, call: ApiCall) -> JsonReply {
+    system
+        .client
+        .send(&system.instance(id).unwrap().to_string(), call)
+        .await
+        .expect("the instance answers")
+}
+
+/// Places a sticker order over a plain TCP connection; the response's
+/// status line and headers.
+async fn raw_order(system: &System, token: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = sticker().to_string();
+    let mut stream = tokio::net::TcpStream::connect(system.gateway)
+        .await
+        .unwrap();
+    let request = format!(
+        "POST /api/orders HTTP/1.1\r\nhost: shop\r\nauthorization: Bearer {token}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+        .split("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn sticker() -> Value {
+    json!({"items": [{"product_id": 5, "quantity": 1}]})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_limits_orders_per_user_by_the_jwt_subject() {
+    let system = System::start(SystemConfig {
+        edge: shop::edge::EdgeConfig {
+            orders_per_user: 2,
+            orders_period: Duration::from_secs(600),
+            ..Default::default()
+        },
+        ..SystemConfig::default()
+    })
+    .await
+    .expect("the system starts");
+    let frank = signed_up(&system, "frank@example.com").await;
+    let grace = signed_up(&system, "grace@example.com").await;
+    for _ in 0..2 {
+        let placed = call(
+            &system,
+            ApiCall::post("/api/orders", sticker()).bearer(&frank),
+        )
+        .await;
+        assert_eq!(placed.status.as_u16(), 201, "{}", placed.body);
+    }
+    let refused = call(
+        &system,
+        ApiCall::post("/api/orders", sticker()).bearer(&frank),
+    )
+    .await;
+    assert_json_error(&refused, 429, "frank's third order");
+    assert!(
+        refused.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("from this user; retry in"),
+        "{}",
+        refused.body
+    );
+    // The 429 says when to come back (read raw: the JSON client keeps no
+    // headers).
+    let head = raw_order(&system, &frank).await;
+    assert!(head.starts_with("HTTP/1.1 429"), "{head}");
+    let retry_after: u64 = head
+        .lines()
+        .find_map(|line| {
+            line.to_ascii_lowercase()
+                .strip_prefix("retry-after: ")
+                .map(str::to_owned)
+        })
+        .expect("a Retry-After header")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!((1..=600).contains(&retry_after), "{retry_after}");
+    // Another user has a limit of their own.
+    let placed = call(
+        &system,
+        ApiCall::post("/api/orders", sticker()).bearer(&grace),
+    )
+    .await;
+    assert_eq!(placed.status.as_u16(), 201, "{}", placed.body);
+    let limiter = system.guards.orders_per_user.metrics();
+    assert_eq!((limiter.keys, limiter.rejected), (2, 2), "{limiter:?}");
+    // The refused order never reached the orders service.
+    let orders = on_instance(&system, "orders-1", ApiCall::get("/orders")).await;
+    assert_eq!(
+        orders.body.as_array().map(Vec::len),
+        Some(3),
+        "{}",
+        orders.body
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalogue_is_served_stale_then_by_the_fallback_while_it_is_down() {
+    let system = System::start(SystemConfig {
+        edge: shop::edge::EdgeConfig {
+            // Stale as soon as it is stored (a round trip takes longer):
+            // every later read asks the catalogue first.
+            catalogue_ttl: Duration::from_micros(1),
+            ..Default::default()
+        },
+        ..SystemConfig::default()
+    })
+    .await
+    .expect("the system starts");
+    let fresh = call(&system, ApiCall::get("/api/products")).await;
+    assert_eq!(fresh.status.as_u16(), 200);
+    assert_eq!(
+        fresh.body.as_array().map(Vec::len),
+        Some(5),
+        "{}",
+        fresh.body
+    );
+
+    for id in ["products-1", "products-2"] {
+        system.stop_instance(id).await.unwrap();
+    }
+    let stale = call(&system, ApiCall::get("/api/products")).await;
+    assert_eq!(stale.status.as_u16(), 200, "{}", stale.body);
+    assert_eq!(stale.body, fresh.body, "the last catalogue, from the cache");
+    assert_eq!(system.guards.catalogue_cache.metrics().stale_served, 1);
+
+    // Nothing cached: the fallback's empty catalogue.
+    system
+        .guards
+        .catalogue_cache
+        .invalidate(&"/products".to_owned());
+    let fallback = call(&system, ApiCall::get("/api/products")).await;
+    assert_eq!(fallback.status.as_u16(), 200, "{}", fallback.body);
+    assert_eq!(fallback.body, json!([]));
+    let answered = system.guards.catalogue_fallback.metrics();
+    assert_eq!(answered.answered_by_value, 1, "{answered:?}");
+    // A product page has no fallback: 503 as JSON.
+    let page = call(&system, ApiCall::get("/api/products/3")).await;
+    assert_json_error(&page, 503, "a product never read, catalogue down");
+
+    for id in ["products-1", "products-2"] {
+        system.restart_instance(id).await.unwrap();
+    }
+    system.wait_healthy("products", 2).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let again = call(&system, ApiCall::get("/api/products")).await;
+        if again.body == fresh.body {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the restarted catalogue answers again: {}",
+            again.body
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_catalogue_instance_is_hedged_around() {
+    let system = System::start(SystemConfig::default())
+        .await
+        .expect("the system starts");
+    let slow = ApiCall::post("/admin/faults", json!({"latency_ms": 5_000}));
+    assert_eq!(
+        on_instance(&system, "products-1", slow)
+            .await
+            .status
+            .as_u16(),
+        200
+    );
+    for id in 1..=4 {
+        let started = tokio::time::Instant::now();
+        let reply = call(&system, ApiCall::get(format!("/api/products/{id}"))).await;
+        assert_eq!(reply.status.as_u16(), 200, "{}", reply.body);
+        assert_eq!(reply.body["id"], id);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "product {id} took {:?}: the slow instance set the latency",
+            started.elapsed()
+        );
+    }
+    let hedge = system.guards.catalogue_hedge.metrics();
+    assert!(hedge.hedge_wins >= 2, "{hedge:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payments_faults_are_the_chaos_layer_behind_the_admin_endpoint() {
+    let system = System::start(SystemConfig::default())
+        .await
+        .expect("the system starts");
+    let charge = |key: &str| {
+        ApiCall::post(
+            "/charge",
+            json!({"key": key, "order_id": key, "amount_cents": 100}),
+        )
+    };
+    // A rate above 1 is refused, naming the field.
+    let bad = on_instance(
+        &system,
+        "payments-1",
+        ApiCall::post("/admin/faults", json!({"error_rate": 2.0})),
+    )
+    .await;
+    assert_json_error(&bad, 400, "error_rate 2");
+    assert!(
+        bad.body["error"].as_str().unwrap().contains("error_rate"),
+        "{}",
+        bad.body
+    );
+
+    payments_faults(&system, "payments-1", json!({"down": true}))
+        .await
+        .unwrap();
+    let down = on_instance(&system, "payments-1", charge("k-down")).await;
+    assert_json_error(&down, 503, "a charge while down");
+    assert_eq!(down.body["error"], "payments-1 is failing");
+    let ledger = on_instance(&system, "payments-1", ApiCall::get("/ledger")).await;
+    assert_eq!(ledger.body, json!([]), "the handler was not called");
+
+    payments_faults(&system, "payments-1", json!({"latency_ms": 200}))
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let late = on_instance(&system, "payments-1", charge("k-late")).await;
+    assert_eq!(late.status.as_u16(), 200, "{}", late.body);
+    assert!(started.elapsed() >= Duration::from_millis(200));
+
+    // Half the calls fail, the same ones in every run (seeded draws).
+    let mut outcomes = Vec::new();
+    for run in 0..2 {
+        payments_faults(&system, "payments-2", json!({"error_rate": 0.5}))
+            .await
+            .unwrap();
+        let mut failed = Vec::new();
+        for n in 0..20 {
+            let reply = on_instance(&system, "payments-2", charge(&format!("k-{run}-{n}"))).await;
+            failed.push(reply.status.as_u16() == 503);
+        }
+        outcomes.push(failed);
+    }
+    assert_eq!(outcomes[0], outcomes[1]);
+    let failures = outcomes[0].iter().filter(|f| **f).count();
+    assert!((1..20).contains(&failures), "{failures} of 20 failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_service_answers_grpc_health_checks() {
+    let system = System::start(SystemConfig::default())
+        .await
+        .expect("the system starts");
+    let address = system.instance("users-1").unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let reply = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        reply.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_service_serves_prometheus_metrics() {
+    let system = System::start(SystemConfig::default())
+        .await
+        .expect("the system starts");
+    let token = signed_up(&system, "heidi@example.com").await;
+    let placed = call(
+        &system,
+        ApiCall::post("/api/orders", sticker()).bearer(&token),
+    )
+    .await;
+    assert_eq!(placed.status.as_u16(), 201, "{}", placed.body);
+    for id in system.instances.keys() {
+        let reply = on_instance(&system, id, ApiCall::get("/metrics")).await;
+        assert_eq!(reply.status.as_u16(), 200, "{id}");
+        let text = reply.body.as_str().expect("Prometheus text");
+        for name in scenario::METRIC_NAMES {
+            assert!(text.contains(name), "{id}'s /metrics lacks {name}");
+        }
+        for series in [
+            r#"palisade_circuit_breaker_state{name="payments",state="closed"}"#,
+            r#"palisade_bulkhead_calls_total{name="gateway-orders",outcome="permitted"}"#,
+            r#"palisade_saga_finished_total{outcome="completed"}"#,
+            "# TYPE palisade_retry_retries_total counter",
+        ] {
+            assert!(text.contains(series), "{id}'s /metrics lacks {series}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_orders_trace_id_reaches_every_service_it_touches() {
+    let system = System::start(SystemConfig::default())
+        .await
+        .expect("the system starts");
+    let token = signed_up(&system, "ivan@example.com").await;
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let mut order = ApiCall::post("/api/orders", sticker()).bearer(&token);
+    order.headers.push((
+        http::HeaderName::from_static("traceparent"),
+        format!("00-{trace_id}-b7ad6b7169203331-01"),
+    ));
+    let placed = call(&system, order).await;
+    assert_eq!(placed.status.as_u16(), 201, "{}", placed.body);
+
+    let saw = |ids: &[&str]| {
+        ids.iter().any(|id| {
+            system
+                .guards
+                .traces
+                .of(id)
+                .iter()
+                .any(|seen| seen == trace_id)
+        })
+    };
+    for hop in [
+        &["gateway-1"][..],
+        &["orders-1"],
+        &["users-1"],
+        &["products-1", "products-2"],
+        &["payments-1", "payments-2"],
+        &["inventory-1"],
+    ] {
+        assert!(saw(hop), "{hop:?} did not see trace {trace_id}");
+    }
+    // The same, read from an instance's admin endpoint.
+    let seen = on_instance(&system, "inventory-1", ApiCall::get("/admin/traces")).await;
+    assert!(
+        seen.body
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|id| id == trace_id),
+        "{}",
+        seen.body
+    );
+
+    // Without a traceparent the gateway starts a trace, and it goes on.
+    let placed = call(
+        &system,
+        ApiCall::post("/api/orders", sticker()).bearer(&token),
+    )
+    .await;
+    assert_eq!(placed.status.as_u16(), 201, "{}", placed.body);
+    let started = system
+        .guards
+        .traces
+        .of("gateway-1")
+        .last()
+        .cloned()
+        .unwrap();
+    assert_ne!(started, trace_id);
+    assert!(system.guards.traces.of("orders-1").contains(&started));
+}
+
+#[test]
+fn traceparent_is_parsed_and_formatted_as_w3c_says() {
+    use shop::edge::TraceParent;
+    let header = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let parsed = TraceParent::parse(header).expect("a valid traceparent");
+    assert_eq!(parsed.to_string(), header);
+    assert_eq!(parsed.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(parsed.flags, 1);
+    let child = parsed.child();
+    assert_eq!(child.trace_id, parsed.trace_id);
+    assert_ne!(child.parent_id, parsed.parent_id);
+    assert_eq!(child.to_string().len(), 55);
+    for bad in [
+        "",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+        "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+        "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+        "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+    ] {
+        assert_eq!(TraceParent::parse(bad), None, "{bad:?}");
+    }
+    // A later version is read by its version-00 prefix.
+    assert!(
+        TraceParent::parse("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-xyz").is_some()
+    );
+    let root = TraceParent::new_root();
+    assert_eq!(TraceParent::parse(&root.to_string()), Some(root));
+}

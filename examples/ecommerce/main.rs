@@ -33,10 +33,14 @@ OPTIONS:
                 (default 7), so that a run can be replayed.
     --help      This text.
 
+With `--features tonic`, the registry checks the users service over gRPC
+(grpc.health.v1) instead of HTTP.
+
 Without --serve, a scripted story runs and is narrated on stdout in numbered
 lines; it ends with a summary table and a check of the invariants (exit 1 if
 one is broken). Logs go to stderr, filtered by RUST_LOG (default: warnings,
-plus the gateway's requests and palisade's state changes).";
+plus the gateway's requests, every service's request spans with their W3C
+trace ids, and palisade's state changes).";
 
 struct Options {
     serve: bool,
@@ -83,7 +87,10 @@ async fn main() -> Result<(), BoxError> {
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,tower_http=info,palisade=info".into()),
+                // Every service's request spans (with their trace ids) too.
+                .unwrap_or_else(|_| {
+                    "warn,tower_http=info,palisade=info,ecommerce::shop::edge=info".into()
+                }),
         )
         .init();
 
@@ -135,6 +142,22 @@ async fn serve(seed: u64) -> Result<(), BoxError> {
             system.instance(id)?
         );
     }
+    println!();
+    println!("Observability (every instance serves /metrics and /admin/traces):");
+    println!(
+        "curl -s http://{g}/metrics | grep palisade_circuit_breaker_state   # one registry for the process"
+    );
+    println!(
+        "curl -s http://{g}/api/products -H 'traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01'"
+    );
+    println!(
+        "curl -s http://{}/admin/traces   # the trace ids products-1 served",
+        system.instance("products-1")?
+    );
+    println!(
+        "curl -s -X POST http://{}/admin/faults -H 'content-type: application/json' -d '{{\"latency_ms\":400}}'   # products-1 slow: hedging",
+        system.instance("products-1")?
+    );
     tokio::signal::ctrl_c().await?;
     Ok(())
 }

@@ -2,7 +2,13 @@
 //! know only the gateway, which finds the services' instances in the
 //! registry and balances over them). JWT bearer authentication, REST and
 //! JSON outside, gRPC to the users service, JSON errors with the right
-//! status, request logging with tower-http's trace layer.
+//! status, request logging with tower-http's trace layer. Placing orders
+//! goes through a per-user rate limit (the JWT subject is the key; 429 with
+//! `Retry-After`), then a bulkhead and an adaptive concurrency limit in
+//! front of the orders service; catalogue reads go through a cache that
+//! answers from stale data when the catalogue fails, hedging across the
+//! products instances, and a fallback (an empty catalogue) when nothing is
+//! cached.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -14,14 +20,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use palisade::BoxError;
 use palisade::pipeline::{PipelineError, Stage};
+use palisade::rate_limit::{RateLimited, TooManyKeys};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
-use super::http_json::{ApiCall, ApiError, JsonReply, upstream_error};
+use super::http_json::{ApiCall, ApiError, JsonReply, UpstreamError, upstream_error};
 use super::order_saga::PipelinedClient;
 use super::proto::{CreateUserRequest, GetUserRequest, LoginRequest, User};
 use super::users::UsersGrpc;
@@ -29,13 +37,28 @@ use super::users::UsersGrpc;
 /// How long a token is valid.
 pub const TOKEN_LIFETIME: Duration = Duration::from_secs(15 * 60);
 
+/// A gateway client whose layers outside the pipeline (the per-user rate
+/// limit, the fallback) answer with any error.
+pub type GatewayClient = tower::util::BoxCloneSyncService<ApiCall, JsonReply, BoxError>;
+
+/// The gateway's clients of the HTTP services.
+pub struct GatewayClients {
+    /// The catalogue list: fallback, then cache, hedging, retry, breaker.
+    pub catalogue: GatewayClient,
+    /// One product: cache, hedging, retry, breaker (no fallback).
+    pub product: GatewayClient,
+    /// Reading orders: bulkhead and adaptive limit.
+    pub orders: PipelinedClient,
+    /// Placing orders: the per-user rate limit, then as `orders`.
+    pub place_orders: GatewayClient,
+}
+
 /// The gateway's clients and signing key.
 pub struct Gateway {
     encoding: EncodingKey,
     decoding: DecodingKey,
     users: UsersGrpc,
-    products: PipelinedClient,
-    orders: PipelinedClient,
+    clients: GatewayClients,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -46,18 +69,12 @@ struct Claims {
 
 impl Gateway {
     /// A gateway signing its tokens (HS256) with `secret`.
-    pub fn new(
-        secret: &[u8],
-        users: UsersGrpc,
-        products: PipelinedClient,
-        orders: PipelinedClient,
-    ) -> Arc<Self> {
+    pub fn new(secret: &[u8], users: UsersGrpc, clients: GatewayClients) -> Arc<Self> {
         Arc::new(Self {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
             users,
-            products,
-            orders,
+            clients,
         })
     }
 
@@ -155,6 +172,65 @@ fn pipeline_error(service: &str, error: PipelineError) -> Response {
     ApiError::unavailable(format!("{service} unavailable: {error}")).into_response()
 }
 
+/// A failure of a gateway client: a per-user rate limit answers 429 with
+/// `Retry-After`; a pipeline's failure as [`pipeline_error`]; a service's
+/// own 5xx answer is passed on; anything else is 503.
+fn gateway_error(service: &str, error: BoxError) -> Response {
+    if let Some(limited) = error.downcast_ref::<RateLimited>() {
+        let seconds = limited.retry_after().as_secs_f64().ceil().max(1.0) as u64;
+        let mut response = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("too many requests to {service} from this user; retry in {seconds} s"),
+        )
+        .into_response();
+        response
+            .headers_mut()
+            .insert(http::header::RETRY_AFTER, seconds.into());
+        return response;
+    }
+    if error.is::<TooManyKeys>() {
+        return ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("too many users calling {service} at once"),
+        )
+        .into_response();
+    }
+    let error = match error.downcast::<PipelineError>() {
+        Ok(error) => return pipeline_error(service, *error),
+        Err(error) => error,
+    };
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error.as_ref());
+    while let Some(inner) = cause {
+        if let Some(error) = inner.downcast_ref::<PipelineError>() {
+            if let Some(upstream) = upstream_error(error) {
+                if upstream.body.is_object() {
+                    return (upstream.status, Json(upstream.body.clone())).into_response();
+                }
+            }
+        }
+        if let Some(upstream) = inner.downcast_ref::<UpstreamError>() {
+            if upstream.body.is_object() {
+                return (upstream.status, Json(upstream.body.clone())).into_response();
+            }
+        }
+        cause = inner.source();
+    }
+    ApiError::unavailable(format!("{service} unavailable: {error}")).into_response()
+}
+
+/// Forwards a call through a gateway client and answers with the
+/// service's status and body.
+async fn forward_guarded(
+    client: &GatewayClient,
+    service: &str,
+    call: ApiCall,
+) -> Result<Response, ApiError> {
+    Ok(match client.clone().oneshot(call).await {
+        Ok(reply) => (reply.status, Json(reply.body)).into_response(),
+        Err(error) => gateway_error(service, error),
+    })
+}
+
 /// Sends a call through a service's pipeline; its answer (any status) or
 /// the gateway's error response.
 async fn send(
@@ -167,18 +243,6 @@ async fn send(
         .oneshot(call)
         .await
         .map_err(|error| pipeline_error(service, error))
-}
-
-/// Forwards a call and answers with the service's status and body.
-async fn forward(
-    client: &PipelinedClient,
-    service: &str,
-    call: ApiCall,
-) -> Result<Response, ApiError> {
-    Ok(match send(client, service, call).await {
-        Ok(reply) => (reply.status, Json(reply.body)).into_response(),
-        Err(response) => response,
-    })
 }
 
 #[derive(Deserialize)]
@@ -233,7 +297,12 @@ async fn me(State(this): State<Arc<Gateway>>, headers: HeaderMap) -> Result<Json
 }
 
 async fn products(State(this): State<Arc<Gateway>>) -> Result<Response, ApiError> {
-    forward(&this.products, "products", ApiCall::get("/products")).await
+    forward_guarded(
+        &this.clients.catalogue,
+        "products",
+        ApiCall::get("/products"),
+    )
+    .await
 }
 
 async fn product(
@@ -243,8 +312,8 @@ async fn product(
     let id: i64 = id
         .parse()
         .map_err(|_| ApiError::bad_request(format!("product id must be a number, got {id:?}")))?;
-    forward(
-        &this.products,
+    forward_guarded(
+        &this.clients.product,
         "products",
         ApiCall::get(format!("/products/{id}")),
     )
@@ -267,7 +336,7 @@ async fn place_order(
         "/orders",
         json!({"user_id": user_id, "items": request.items}),
     );
-    forward(&this.orders, "orders", call).await
+    forward_guarded(&this.clients.place_orders, "orders", call).await
 }
 
 async fn order(
@@ -280,7 +349,7 @@ async fn order(
         return Err(ApiError::bad_request("malformed order id"));
     }
     let reply = match send(
-        &this.orders,
+        &this.clients.orders,
         "orders",
         ApiCall::get(format!("/orders/{id}")),
     )

@@ -120,6 +120,17 @@ impl JsonClient {
         let mut request = http::Request::builder()
             .method(call.method)
             .uri(format!("http://{authority}{}", call.path));
+        // The trace of the request being served goes on (W3C traceparent),
+        // unless the call names one.
+        if !call
+            .headers
+            .iter()
+            .any(|(name, _)| name == super::edge::TRACEPARENT)
+        {
+            if let Some(traceparent) = super::edge::outgoing() {
+                request = request.header(super::edge::TRACEPARENT, traceparent);
+            }
+        }
         for (name, value) in call.headers {
             request = request.header(name, value);
         }
@@ -261,22 +272,6 @@ impl IntoResponse for ApiError {
         let body = json!({ "error": self.message, "code": self.status.as_u16() });
         (self.status, Json(body)).into_response()
     }
-}
-
-/// Binds `127.0.0.1:port` (0: any free port) and serves `router` on it
-/// until the task is aborted; returns the bound address.
-pub async fn serve(
-    router: axum::Router,
-    port: u16,
-) -> Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>), BoxError> {
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
-    let address = listener.local_addr()?;
-    let task = tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, router).await {
-            tracing::error!(%error, %address, "server stopped");
-        }
-    });
-    Ok((address, task))
 }
 
 /// The 5xx reply behind a pipeline's failure, if that is what it was.

@@ -2,6 +2,7 @@
 //! example; `tests/ecommerce.rs` includes this module to check it.
 
 pub mod db;
+pub mod edge;
 pub mod gateway;
 pub mod http_json;
 pub mod invariants;

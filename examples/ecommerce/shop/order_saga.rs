@@ -38,6 +38,10 @@ pub struct PlaceOrder {
     pub items: Vec<Line>,
     /// The price, from the catalogue.
     pub total_cents: i64,
+    /// The W3C trace context of the request that placed the order: the
+    /// steps' calls carry it, whichever executor runs them.
+    #[serde(default)]
+    pub traceparent: Option<String>,
 }
 
 /// Makes the executor running a saga "crash" when the saga reaches its
@@ -140,8 +144,17 @@ fn reservation_key(saga: SagaId) -> String {
     format!("{saga}:reserve-stock:action")
 }
 
-async fn call(client: &PipelinedClient, call: &ApiCall) -> Result<JsonReply, PipelineError> {
-    client.clone().oneshot(call.clone()).await
+async fn call(
+    client: &PipelinedClient,
+    call: &ApiCall,
+    cx: &StepContext,
+) -> Result<JsonReply, PipelineError> {
+    let trace = cx
+        .input::<PlaceOrder>()
+        .ok()
+        .and_then(|order| order.traceparent)
+        .and_then(|header| super::edge::TraceParent::parse(&header));
+    super::edge::within(trace, client.clone().oneshot(call.clone())).await
 }
 
 /// The order saga, version 1.
@@ -190,7 +203,7 @@ pub fn definition() -> Result<SagaDefinition<SagaServices>, BoxError> {
                     });
                     let charge = ApiCall::post("/charge", body);
                     let reply =
-                        classify_call(call(&svc.payments, &charge).await, &charge, DECLINED)?;
+                        classify_call(call(&svc.payments, &charge, &cx).await, &charge, DECLINED)?;
                     Ok(reply.body["payment_id"]
                         .as_str()
                         .unwrap_or_default()
@@ -202,7 +215,7 @@ pub fn definition() -> Result<SagaDefinition<SagaServices>, BoxError> {
                     let order: PlaceOrder = cx.input()?;
                     let body =
                         json!({"charge_key": charge_key(cx.saga_id()), "order_id": order.order_id});
-                    let reply = call(&svc.payments, &ApiCall::post("/refund", body)).await?;
+                    let reply = call(&svc.payments, &ApiCall::post("/refund", body), &cx).await?;
                     if !reply.status.is_success() {
                         return Err(BoxError::from(format!("refund refused: {}", reply.body)));
                     }
@@ -222,12 +235,16 @@ pub fn definition() -> Result<SagaDefinition<SagaServices>, BoxError> {
                     let order: PlaceOrder = cx.input()?;
                     let body = json!({"key": cx.idempotency_key(), "items": order.items});
                     let reserve = ApiCall::post("/reserve", body);
-                    classify_call(call(&svc.inventory, &reserve).await, &reserve, OUT_OF_STOCK)?;
+                    classify_call(
+                        call(&svc.inventory, &reserve, &cx).await,
+                        &reserve,
+                        OUT_OF_STOCK,
+                    )?;
                     Ok(())
                 },
                 |svc: Arc<SagaServices>, cx: StepContext| async move {
                     let body = json!({"key": reservation_key(cx.saga_id())});
-                    let reply = call(&svc.inventory, &ApiCall::post("/release", body)).await?;
+                    let reply = call(&svc.inventory, &ApiCall::post("/release", body), &cx).await?;
                     if !reply.status.is_success() {
                         return Err(BoxError::from(format!("release refused: {}", reply.body)));
                     }

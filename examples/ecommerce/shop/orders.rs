@@ -249,6 +249,7 @@ async fn place(
         user_id: request.user_id,
         items: request.items,
         total_cents,
+        traceparent: super::edge::current().map(|trace| trace.to_string()),
     };
     let handle = {
         let executor = this.executor();

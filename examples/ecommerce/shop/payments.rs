@@ -2,20 +2,25 @@
 //! the service's database. Charges and refunds are idempotent by the
 //! saga step's key; a refund by the charge's key works even when the
 //! charge's reply was lost (and a charge that arrives after its refund is
-//! refused). Fault switches on `POST /admin/faults`.
+//! refused). Fault switches on `POST /admin/faults`: the error rate, the
+//! added latency and "down" are palisade's chaos layer in front of the
+//! charge and refund handlers; lost replies are the handler's own.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use palisade::BoxError;
+use palisade::chaos::{Chaos, ChaosConfig};
 use parking_lot::Mutex;
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use tower::ServiceBuilder;
 
 use super::db::{self, Db};
 use super::http_json::ApiError;
@@ -39,11 +44,13 @@ CREATE TABLE IF NOT EXISTS payments (
 #[serde(default)]
 pub struct Faults {
     /// Every charge and refund answers 503 (the process is up and its
-    /// health check passes: only outlier detection notices).
+    /// health check passes: only outlier detection notices): the chaos
+    /// layer's error rate 1.
     pub down: bool,
-    /// The share of calls, 0 to 1, that answer 503.
+    /// The share of calls, 0 to 1, that answer 503 (the chaos layer's
+    /// error rate; its draws are seeded, so a run replays).
     pub error_rate: f64,
-    /// Added to every call.
+    /// Added to every call (the chaos layer's latency).
     pub latency_ms: u64,
     /// Charges are applied but their replies come 3 s late, after the
     /// caller gave up: the reply is lost.
@@ -55,7 +62,8 @@ pub struct PaymentsInstance {
     name: String,
     db: Db,
     faults: Mutex<Faults>,
-    rng: Mutex<StdRng>,
+    chaos: Chaos<Response>,
+    seed: u64,
 }
 
 /// The charge request.
@@ -80,43 +88,59 @@ pub struct RefundRequest {
 
 impl PaymentsInstance {
     /// Instance `name` on the service's database at `path`.
-    pub fn open(
-        name: &str,
-        path: &std::path::Path,
-        seed: u64,
-    ) -> Result<Arc<Self>, rusqlite::Error> {
+    pub fn open(name: &str, path: &std::path::Path, seed: u64) -> Result<Arc<Self>, BoxError> {
+        let chaos = Chaos::new(
+            format!("{name}-faults"),
+            chaos_config(name, &Faults::default(), seed)?,
+        );
         Ok(Arc::new(Self {
             name: name.to_owned(),
             db: db::open(path, SCHEMA)?,
             faults: Mutex::default(),
-            rng: Mutex::new(StdRng::seed_from_u64(seed)),
+            chaos,
+            seed,
         }))
     }
 
     /// The instance's routes.
     pub fn router(self: &Arc<Self>) -> Router {
-        Router::new()
-            .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        // The chaos layer stands in front of the handlers it breaks.
+        let faulty = Router::new()
             .route("/charge", post(charge))
             .route("/refund", post(refund))
+            .route_layer(
+                ServiceBuilder::new()
+                    .layer(HandleErrorLayer::new(|error: BoxError| async move {
+                        ApiError::unavailable(error.to_string())
+                    }))
+                    .layer(self.chaos.layer()),
+            );
+        Router::new()
+            .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+            .merge(faulty)
             .route("/ledger", get(ledger))
             .route("/admin/faults", get(faults).post(set_faults))
             .with_state(Arc::clone(self))
     }
+}
 
-    /// Applies the fault switches common to every call.
-    async fn faults_before_call(&self) -> Result<Faults, ApiError> {
-        let faults = self.faults.lock().clone();
-        if faults.latency_ms > 0 {
-            tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
-        }
-        let unlucky =
-            faults.error_rate > 0.0 && self.rng.lock().random_bool(faults.error_rate.min(1.0));
-        if faults.down || unlucky {
-            return Err(ApiError::unavailable(format!("{} is failing", self.name)));
-        }
-        Ok(faults)
+/// The chaos configuration of `faults`: "down" and the error rate answer
+/// 503 without calling the handler, the latency delays every call.
+fn chaos_config(
+    name: &str,
+    faults: &Faults,
+    seed: u64,
+) -> Result<ChaosConfig<Response>, palisade::ConfigError> {
+    let rate = if faults.down { 1.0 } else { faults.error_rate };
+    let failing = format!("{name} is failing");
+    let mut config = ChaosConfig::builder()
+        .seed(seed)
+        .error_rate(rate)
+        .error_with(move || BoxError::from(failing.clone()));
+    if faults.latency_ms > 0 {
+        config = config.latency(1.0, Duration::from_millis(faults.latency_ms));
     }
+    config.build()
 }
 
 fn payment_json(row: &rusqlite::Row<'_>) -> rusqlite::Result<Value> {
@@ -137,7 +161,7 @@ async fn charge(
     State(this): State<Arc<PaymentsInstance>>,
     Json(request): Json<ChargeRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    let faults = this.faults_before_call().await?;
+    let faults = this.faults.lock().clone();
     if request.amount_cents <= 0 {
         return Err(ApiError::bad_request("amount_cents must be positive"));
     }
@@ -181,7 +205,6 @@ async fn refund(
     State(this): State<Arc<PaymentsInstance>>,
     Json(request): Json<RefundRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    this.faults_before_call().await?;
     let payment = {
         let mut db = this.db.lock();
         let tx = db.transaction()?;
@@ -226,8 +249,11 @@ async fn faults(State(this): State<Arc<PaymentsInstance>>) -> Json<Faults> {
 async fn set_faults(
     State(this): State<Arc<PaymentsInstance>>,
     Json(faults): Json<Faults>,
-) -> Json<Faults> {
+) -> Result<Json<Faults>, ApiError> {
+    let config = chaos_config(&this.name, &faults, this.seed)
+        .map_err(|error| ApiError::bad_request(error.to_string()))?;
     tracing::warn!(instance = %this.name, ?faults, "faults set");
+    this.chaos.reconfigure(config);
     *this.faults.lock() = faults.clone();
-    Json(faults)
+    Ok(Json(faults))
 }

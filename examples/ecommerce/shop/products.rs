@@ -1,11 +1,20 @@
-//! The product catalogue: products and prices in its own database.
+//! The product catalogue: products and prices in its own database. Each
+//! instance has a latency switch on `POST /admin/faults`
+//! (`{"latency_ms": N}`), palisade's chaos layer in front of its reads.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::{Path, State};
-use axum::routing::get;
+use axum::response::Response;
+use axum::routing::{get, post};
 use axum::{Json, Router};
+use palisade::BoxError;
+use palisade::chaos::{Chaos, ChaosConfig};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use tower::ServiceBuilder;
 
 use super::db::{self, Db};
 use super::http_json::ApiError;
@@ -17,9 +26,19 @@ CREATE TABLE IF NOT EXISTS products (
     price_cents INTEGER NOT NULL
 );";
 
-/// The running service.
+/// The running service (one value per instance: instances share the
+/// database file).
 pub struct Products {
     db: Db,
+    chaos: Chaos<Response>,
+}
+
+/// The fault switches of a products instance.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProductFaults {
+    /// Added to every read.
+    pub latency_ms: u64,
 }
 
 impl Products {
@@ -27,7 +46,7 @@ impl Products {
     pub fn open(
         path: &std::path::Path,
         catalogue: &[(i64, &str, i64)],
-    ) -> Result<Arc<Self>, rusqlite::Error> {
+    ) -> Result<Arc<Self>, BoxError> {
         let db = db::open(path, SCHEMA)?;
         {
             let connection = db.lock();
@@ -38,17 +57,44 @@ impl Products {
                 )?;
             }
         }
-        Ok(Arc::new(Self { db }))
+        let chaos = Chaos::new("products-faults", ChaosConfig::builder().build()?);
+        Ok(Arc::new(Self { db, chaos }))
     }
 
     /// The service's routes.
     pub fn router(self: &Arc<Self>) -> Router {
-        Router::new()
-            .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        let reads = Router::new()
             .route("/products", get(list))
             .route("/products/{id}", get(one))
+            .route_layer(
+                ServiceBuilder::new()
+                    .layer(HandleErrorLayer::new(|error: BoxError| async move {
+                        ApiError::unavailable(error.to_string())
+                    }))
+                    .layer(self.chaos.layer()),
+            );
+        Router::new()
+            .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+            .merge(reads)
+            .route("/admin/faults", post(set_faults))
             .with_state(Arc::clone(self))
     }
+}
+
+async fn set_faults(
+    State(this): State<Arc<Products>>,
+    Json(faults): Json<ProductFaults>,
+) -> Result<Json<ProductFaults>, ApiError> {
+    let mut config = ChaosConfig::builder();
+    if faults.latency_ms > 0 {
+        config = config.latency(1.0, Duration::from_millis(faults.latency_ms));
+    }
+    let config = config
+        .build()
+        .map_err(|error| ApiError::bad_request(error.to_string()))?;
+    tracing::warn!(?faults, "catalogue faults set");
+    this.chaos.reconfigure(config);
+    Ok(Json(faults))
 }
 
 fn product_json(row: &rusqlite::Row<'_>) -> rusqlite::Result<Value> {

@@ -80,3 +80,33 @@ pub fn balanced_json(
         .build()?;
     Ok(Balance::new(service, registry, make, config)?)
 }
+
+/// Registers `id` of `service` at `address`: the users service (gRPC)
+/// with a grpc.health.v1 check when palisade's `tonic` feature is on,
+/// every other instance (and users without the feature) over HTTP.
+pub async fn register_instance(
+    registry: &InMemoryRegistry,
+    service: &str,
+    id: &str,
+    address: std::net::SocketAddr,
+) -> Result<RegistrationGuard, BoxError> {
+    #[cfg(feature = "tonic")]
+    if service == "users" {
+        let instance = Instance::builder(service, id, address.to_string()).build()?;
+        let check = palisade::discovery::GrpcCheck::builder()
+            .interval(HEALTH_INTERVAL)
+            .timeout(HEALTH_INTERVAL)
+            .build()?;
+        return Ok(registry
+            .register(Registration::new(instance, HealthCheck::Grpc(check)))
+            .await?);
+    }
+    register(registry, service, id, address).await
+}
+
+/// How the users service's health is checked, for the narration.
+pub const USERS_CHECK: &str = if cfg!(feature = "tonic") {
+    "a gRPC health check (grpc.health.v1)"
+} else {
+    "an HTTP health check (its gRPC health check needs --features tonic)"
+};

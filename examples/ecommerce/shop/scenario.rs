@@ -206,8 +206,9 @@ pub async fn run(system: &System, say: &mut Narrator) -> Result<Vec<String>, Box
     let mut shop = Shopper::new(system);
     let before = Ledger::read(system).await?;
     say.say(format!(
-        "{} instances up on 127.0.0.1, each registered with an HTTP health check; clients know only the gateway, which finds the rest in the registry (server-side discovery)",
-        system.instances.len()
+        "{} instances up on 127.0.0.1, each registered with a health check (users: {}; the others: HTTP /health); clients know only the gateway, which finds the rest in the registry and balances over them: the gateway is the chapter's server-side discovery",
+        system.instances.len(),
+        super::registry::USERS_CHECK
     ));
 
     // Sign up and log in.
@@ -429,6 +430,9 @@ pub async fn run(system: &System, say: &mut Narrator) -> Result<Vec<String>, Box
         crashed.body["status"].as_str().unwrap_or("?")
     ));
 
+    // The gateway's guards, metrics and traces.
+    edge_story(system, say, &mut shop, &alice).await?;
+
     // Notifications.
     invariants::wait_for_outbox(system).await?;
     let after = Ledger::read(system).await?;
@@ -515,3 +519,206 @@ fn print_summary(system: &System, before: &Ledger, after: &Ledger, latencies: &[
     );
     rule();
 }
+
+// ---------------------------------------------------------------------------
+// The gateway's guards (catalogue cache, hedging, fallback; the per-user
+// rate limit, bulkhead and adaptive limit on orders), /metrics and the
+// W3C trace context.
+
+/// The trace the story's traced order carries.
+pub const STORY_TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+/// How many products a catalogue reply lists.
+fn listed(reply: &JsonReply) -> usize {
+    reply.body.as_array().map_or(0, Vec::len)
+}
+
+async fn products_faults(system: &System, instance: &str, faults: Value) -> Result<(), BoxError> {
+    admin(system, instance, "/admin/faults", faults).await
+}
+
+/// The story's steps for the gateway's guards, metrics and traces.
+async fn edge_story(
+    system: &System,
+    say: &mut Narrator,
+    shop: &mut Shopper<'_>,
+    alice: &str,
+) -> Result<(), BoxError> {
+    let guards = &system.guards;
+    let limits = guards.config;
+
+    // Hedging: one catalogue instance is slow.
+    products_faults(system, "products-1", json!({"latency_ms": 400})).await?;
+    let hedges_before = guards.catalogue_hedge.metrics();
+    let mut slowest = Duration::ZERO;
+    for id in 1..=4 {
+        let started = tokio::time::Instant::now();
+        let reply = shop
+            .call(ApiCall::get(format!("/api/products/{id}")))
+            .await?;
+        expect(&reply, 200, "product")?;
+        slowest = slowest.max(started.elapsed());
+    }
+    products_faults(system, "products-1", json!({})).await?;
+    let hedges = guards.catalogue_hedge.metrics();
+    say.say(format!(
+        "products-1 answers 400 ms late: 4 product pages through the gateway, {}; hedging sent {} copies to the other instance after 50 ms, {} of them won",
+        if slowest < Duration::from_millis(300) {
+            "every one in under 300 ms"
+        } else {
+            "SOME SLOWER THAN 300 ms"
+        },
+        hedges.hedges_started - hedges_before.hedges_started,
+        hedges.hedge_wins - hedges_before.hedge_wins,
+    ));
+
+    // The catalogue stops: stale data, then the fallback.
+    for instance in ["products-1", "products-2"] {
+        system.stop_instance(instance).await?;
+    }
+    let stale_before = guards.catalogue_cache.metrics().stale_served;
+    let stale = shop.call(ApiCall::get("/api/products")).await?;
+    let stale_served = guards.catalogue_cache.metrics().stale_served - stale_before;
+    guards.catalogue_cache.invalidate(&"/products".to_owned());
+    let fallback = shop.call(ApiCall::get("/api/products")).await?;
+    say.say(format!(
+        "the catalogue service stops (both instances): browsing still answers {} with {} products, the gateway's cached catalogue past its 100 ms freshness (stale answers: {stale_served}); with the cache cleared, the fallback answers {} with an empty catalogue ({} products)",
+        stale.status.as_u16(),
+        listed(&stale),
+        fallback.status.as_u16(),
+        listed(&fallback),
+    ));
+    for instance in ["products-1", "products-2"] {
+        system.restart_instance(instance).await?;
+    }
+    system.wait_healthy("products", 2).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut fresh = shop.call(ApiCall::get("/api/products")).await?;
+    while listed(&fresh) == 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        fresh = shop.call(ApiCall::get("/api/products")).await?;
+    }
+    say.say(format!(
+        "the catalogue restarts on the same ports; its health checks pass again and browsing lists {} products, fresh",
+        listed(&fresh)
+    ));
+
+    // A burst of orders from one user.
+    let carol = shop
+        .sign_up_and_log_in("carol@example.com", "carol")
+        .await?;
+    for instance in ["payments-1", "payments-2"] {
+        payments_faults(system, instance, json!({"latency_ms": 600})).await?;
+    }
+    let mut bulkhead = guards.orders_bulkhead.subscribe();
+    let adaptive_before = guards.orders_concurrency.metrics().rejected;
+    let burst = 12;
+    let gateway = system.gateway.to_string();
+    let orders = (0..burst).map(|_| {
+        system.client.send(
+            &gateway,
+            ApiCall::post(
+                "/api/orders",
+                json!({"items": [{"product_id": 5, "quantity": 1}]}),
+            )
+            .bearer(&carol),
+        )
+    });
+    let replies = futures::future::join_all(orders).await;
+    for instance in ["payments-1", "payments-2"] {
+        payments_faults(system, instance, json!({})).await?;
+    }
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    for reply in replies {
+        *statuses.entry(reply?.status.as_u16()).or_default() += 1;
+    }
+    let (mut at_once, mut queued_in, mut turned_away) = (0, 0, 0);
+    for event in bulkhead.drain() {
+        match event.kind {
+            palisade::bulkhead::BulkheadEventKind::Permitted { waited } if waited.is_zero() => {
+                at_once += 1
+            }
+            palisade::bulkhead::BulkheadEventKind::Permitted { .. } => queued_in += 1,
+            palisade::bulkhead::BulkheadEventKind::Rejected { waited, .. } if !waited.is_zero() => {
+                turned_away += 1
+            }
+            _ => {}
+        }
+    }
+    let count = |status: u16| statuses.get(&status).copied().unwrap_or(0);
+    say.say(format!(
+        "carol places {burst} sticker orders at once while payments answer 600 ms late: {} answered 429 by the gateway's per-user rate limit ({} orders per {} s, keyed by the JWT's subject); the orders bulkhead ({} at a time, at most {} ms of waiting) let {at_once} in at once and queued {}: {queued_in} got a turn, {turned_away} were turned away (503); {} orders confirmed; the adaptive concurrency limit behind the bulkhead turned {} away",
+        count(429),
+        limits.orders_per_user,
+        limits.orders_period.as_secs(),
+        limits.orders_bulkhead,
+        limits.orders_bulkhead_wait.as_millis(),
+        queued_in + turned_away,
+        count(201) + count(200),
+        guards.orders_concurrency.metrics().rejected - adaptive_before,
+    ));
+
+    // One order's trace across the services.
+    let mut call = ApiCall::post(
+        "/api/orders",
+        json!({"items": [{"product_id": 5, "quantity": 1}]}),
+    )
+    .bearer(alice);
+    call.headers.push((
+        http::HeaderName::from_static(super::edge::TRACEPARENT),
+        STORY_TRACEPARENT.to_owned(),
+    ));
+    let traced = shop.call(call).await?;
+    let trace_id = STORY_TRACEPARENT.split('-').nth(1).unwrap_or_default();
+    let mut services: Vec<&str> = system
+        .instances
+        .keys()
+        .filter(|id| guards.traces.of(id).iter().any(|seen| seen == trace_id))
+        .map(|id| {
+            id.rsplit_once('-')
+                .map_or(id.as_str(), |(service, _)| service)
+        })
+        .collect();
+    services.dedup();
+    say.say(format!(
+        "an order sent with traceparent {STORY_TRACEPARENT}: {}; its trace id reached {} (W3C traceparent on every hop, HTTP and gRPC, also through the saga's executor; each service's request span logs it on stderr)",
+        outcome(&traced),
+        services.join(", ")
+    ));
+
+    // /metrics.
+    let mut found = Vec::new();
+    for instance in ["gateway-1", "payments-1"] {
+        let reply = system
+            .client
+            .send(
+                &system.instance(instance)?.to_string(),
+                ApiCall::get("/metrics"),
+            )
+            .await?;
+        let text = reply.body.as_str().unwrap_or_default().to_owned();
+        found.push(
+            METRIC_NAMES
+                .iter()
+                .filter(|name| text.contains(*name))
+                .count(),
+        );
+    }
+    say.say(format!(
+        "every instance serves /metrics in Prometheus text; all run in one process with one recorder, so each renders the same registry: gateway-1 and payments-1 show {} and {} of the {} series names looked for ({})",
+        found[0],
+        found[1],
+        METRIC_NAMES.len(),
+        METRIC_NAMES.join(", ")
+    ));
+    Ok(())
+}
+
+/// The series the story and the tests look for in `/metrics`.
+pub const METRIC_NAMES: &[&str] = &[
+    "palisade_circuit_breaker_state",
+    "palisade_retry_retries_total",
+    "palisade_bulkhead_calls_total",
+    "palisade_rate_limiter_keys",
+    "palisade_saga_finished_total",
+];

@@ -22,15 +22,16 @@ use parking_lot::Mutex;
 use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
 
-use super::gateway::Gateway;
-use super::http_json::{InstanceClient, JsonClient, serve};
+use super::edge::{self, EdgeConfig, Guards, StoppableServer};
+use super::gateway::{Gateway, GatewayClients};
+use super::http_json::{InstanceClient, JsonClient};
 use super::inventory::Inventory;
 use super::notifications::Notifications;
 use super::order_saga::PipelinedClient;
 use super::orders::{Orders, OrdersClients};
 use super::payments::PaymentsInstance;
 use super::products::Products;
-use super::registry::{balanced_json, register, wait_healthy};
+use super::registry::{balanced_json, register_instance, wait_healthy};
 use super::users::{UsersService, users_grpc};
 
 /// The catalogue: id, name, price in cents. The piano costs more than
@@ -40,10 +41,11 @@ pub const CATALOGUE: &[(i64, &str, i64)] = &[
     (2, "Mechanical keyboard", 8_999),
     (3, "Desk lamp", 2_499),
     (4, "Grand piano", 1_250_000),
+    (5, "Ferris sticker", 199),
 ];
 
 /// The stock at start: product id, units.
-pub const INITIAL_STOCK: &[(i64, i64)] = &[(1, 10), (2, 5), (3, 3), (4, 2)];
+pub const INITIAL_STOCK: &[(i64, i64)] = &[(1, 10), (2, 5), (3, 3), (4, 2), (5, 100)];
 
 /// How the system is started.
 #[derive(Debug, Clone, Copy)]
@@ -54,6 +56,8 @@ pub struct SystemConfig {
     pub gateway_port: u16,
     /// Requests per second the gateway lets through to the orders service.
     pub orders_per_second: u32,
+    /// The gateway's per-user limit, bulkhead, cache and hedging.
+    pub edge: EdgeConfig,
 }
 
 impl Default for SystemConfig {
@@ -62,6 +66,7 @@ impl Default for SystemConfig {
             seed: 7,
             gateway_port: 0,
             orders_per_second: 200,
+            edge: EdgeConfig::default(),
         }
     }
 }
@@ -101,6 +106,10 @@ pub struct System {
     pub observed: Arc<Mutex<Observed>>,
     /// A plain client, for the scenario and the admin endpoints.
     pub client: JsonClient,
+    /// The gateway's guards and the instances' traces.
+    pub guards: Guards,
+    /// Every instance's server, by instance id (see `stop_instance`).
+    stoppable: BTreeMap<String, StoppableServer>,
     servers: Vec<tokio::task::JoinHandle<()>>,
     _registrations: Vec<RegistrationGuard>,
     _registry: InMemoryRegistry,
@@ -155,11 +164,16 @@ fn retry(name: &str, attempts: u32, first_delay: Duration) -> Result<Retry, BoxE
 impl System {
     /// Starts every service and waits until each is healthy in the registry.
     pub async fn start(config: SystemConfig) -> Result<Self, BoxError> {
+        // The recorder first: each layer takes its metric handles when it
+        // is made.
+        edge::prometheus();
+        let guards = Guards::new(config.edge)?;
         let dir = tempfile::tempdir()?;
         let registry = InMemoryRegistry::new();
         let client = JsonClient::new(Duration::from_secs(60));
         let observed = Arc::new(Mutex::new(Observed::default()));
-        let mut servers = Vec::new();
+        let servers = Vec::new();
+        let mut stoppable = BTreeMap::new();
         let mut registrations = Vec::new();
         let mut instances = BTreeMap::new();
         let mut up = async |service: &str,
@@ -167,9 +181,11 @@ impl System {
                             router: axum::Router,
                             port: u16|
                -> Result<SocketAddr, BoxError> {
-            let (address, task) = serve(router, port).await?;
-            servers.push(task);
-            registrations.push(register(&registry, service, id, address).await?);
+            let router = edge::instrument(router, id, &guards.traces);
+            let server = StoppableServer::start(router, port).await?;
+            let address = server.address;
+            stoppable.insert(id.to_owned(), server);
+            registrations.push(register_instance(&registry, service, id, address).await?);
             instances.insert(id.to_owned(), address);
             Ok(address)
         };
@@ -177,8 +193,11 @@ impl System {
         // The services with no dependency.
         let users = UsersService::open(&dir.path().join("users.db"))?;
         up("users", "users-1", users.router(), 0).await?;
-        let products = Products::open(&dir.path().join("products.db"), CATALOGUE)?;
-        up("products", "products-1", products.router(), 0).await?;
+        // Two catalogue instances on one database, for hedging.
+        for id in ["products-1", "products-2"] {
+            let products = Products::open(&dir.path().join("products.db"), CATALOGUE)?;
+            up("products", id, products.router(), 0).await?;
+        }
         let inventory = Inventory::open(&dir.path().join("inventory.db"), INITIAL_STOCK)?;
         up("inventory", "inventory-1", inventory.router(), 0).await?;
         for (n, id) in ["payments-1", "payments-2"].into_iter().enumerate() {
@@ -291,46 +310,64 @@ impl System {
                 .build()?,
         );
         let gateway_products = Pipeline::builder("gateway-products")
+            .cache(
+                guards
+                    .catalogue_cache
+                    .layer(|call: &super::http_json::ApiCall| call.path.clone()),
+            )
+            .hedge(guards.catalogue_hedge.layer())
             .retry(retry("gateway-products", 2, Duration::from_millis(20))?)
             .circuit_breaker(breaker("gateway-products")?)
             .timeout(Duration::from_secs(1))
             .build()?;
         let gateway_orders = Pipeline::builder("gateway-orders")
+            .adaptive_concurrency(guards.orders_concurrency.layer())
             .rate_limiter(orders_limiter)
             .timeout(Duration::from_secs(30))
-            .bulkhead(Bulkhead::new(
-                "gateway-orders",
-                BulkheadConfig::builder().max_concurrent_calls(20).build()?,
-            ))
+            .bulkhead(guards.orders_bulkhead.clone())
             .build()?;
+        let product = edge_client(ServiceBuilder::new().layer(gateway_products).service(
+            balanced_json(
+                &registry,
+                "products",
+                json.clone(),
+                3,
+                Duration::from_secs(1),
+                config.seed,
+            )?,
+        ));
+        let orders_client = pipelined(ServiceBuilder::new().layer(gateway_orders).service(
+            balanced_json(
+                &registry,
+                "orders",
+                json.clone(),
+                3,
+                Duration::from_secs(1),
+                config.seed,
+            )?,
+        ));
+        let clients = GatewayClients {
+            catalogue: edge_client(
+                ServiceBuilder::new()
+                    .layer(guards.catalogue_fallback.layer())
+                    .service(product.clone()),
+            ),
+            product,
+            // The per-user limit decides when an order arrives: the
+            // bulkhead is waited for in the call, not in `poll_ready`
+            // before the limit is asked.
+            place_orders: edge_client(
+                ServiceBuilder::new()
+                    .layer(guards.orders_per_user.layer(edge::order_user))
+                    .service(edge::ready_in_call(orders_client.clone())),
+            ),
+            orders: orders_client,
+        };
         let secret: [u8; 32] = rand::random();
         let gateway = Gateway::new(
             &secret,
             users_grpc(&registry, users_pipeline()?, config.seed)?,
-            pipelined(
-                ServiceBuilder::new()
-                    .layer(gateway_products)
-                    .service(balanced_json(
-                        &registry,
-                        "products",
-                        json.clone(),
-                        3,
-                        Duration::from_secs(1),
-                        config.seed,
-                    )?),
-            ),
-            pipelined(
-                ServiceBuilder::new()
-                    .layer(gateway_orders)
-                    .service(balanced_json(
-                        &registry,
-                        "orders",
-                        json.clone(),
-                        3,
-                        Duration::from_secs(1),
-                        config.seed,
-                    )?),
-            ),
+            clients,
         );
         let gateway = up(
             "gateway",
@@ -342,7 +379,7 @@ impl System {
 
         for (service, count) in [
             ("users", 1),
-            ("products", 1),
+            ("products", 2),
             ("inventory", 1),
             ("payments", 2),
             ("notifications", 1),
@@ -361,6 +398,8 @@ impl System {
             relay_retry,
             observed,
             client,
+            guards,
+            stoppable,
             servers,
             _registrations: registrations,
             _registry: registry,
@@ -426,5 +465,47 @@ impl System {
             .get(id)
             .copied()
             .ok_or_else(|| format!("no instance {id}").into())
+    }
+}
+
+fn edge_client(
+    service: impl tower::Service<
+        super::http_json::ApiCall,
+        Response = super::http_json::JsonReply,
+        Error: Into<BoxError>,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + 'static,
+) -> super::gateway::GatewayClient {
+    use tower::ServiceExt;
+    BoxCloneSyncService::new(service.map_err(Into::into))
+}
+
+impl System {
+    /// Stops instance `id`'s server (its registration stays: its health
+    /// check fails until `restart_instance`).
+    pub async fn stop_instance(&self, id: &str) -> Result<(), BoxError> {
+        self.stoppable
+            .get(id)
+            .ok_or_else(|| format!("no instance {id}"))?
+            .stop()
+            .await;
+        Ok(())
+    }
+
+    /// Waits until `service` has `count` healthy instances (at most 5 s).
+    pub async fn wait_healthy(&self, service: &str, count: usize) -> Result<(), BoxError> {
+        wait_healthy(&self._registry, service, count).await
+    }
+
+    /// Serves instance `id` again on its address.
+    pub async fn restart_instance(&self, id: &str) -> Result<(), BoxError> {
+        self.stoppable
+            .get(id)
+            .ok_or_else(|| format!("no instance {id}"))?
+            .restart()
+            .await
     }
 }

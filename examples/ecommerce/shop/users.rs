@@ -39,10 +39,13 @@ impl UsersService {
         }))
     }
 
-    /// The gRPC service and `/health`, as one router (HTTP/2 for gRPC,
-    /// HTTP/1 for the health check).
+    /// The gRPC service, the gRPC health service (grpc.health.v1, which
+    /// the registry checks: the server as a whole, `""`, is SERVING) and
+    /// `/health`, as one router (HTTP/2 for gRPC, HTTP/1 for `/health`).
     pub fn router(self: &Arc<Self>) -> axum::Router {
+        let (_reporter, health) = tonic_health::server::health_reporter();
         tonic::service::Routes::new(UsersServer::from_arc(Arc::clone(self)))
+            .add_service(health)
             .into_axum_router()
             .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
     }
@@ -235,6 +238,15 @@ pub fn users_grpc(
         .build()?;
     let balance = Balance::new("users", registry, make, config)?;
     let service = ServiceBuilder::new()
+        // The W3C trace context of the request being served, as metadata.
+        .map_request(|mut request: http::Request<tonic::body::Body>| {
+            if let Some(value) = super::edge::outgoing().and_then(|v| v.parse().ok()) {
+                request
+                    .headers_mut()
+                    .insert(super::edge::TRACEPARENT, value);
+            }
+            request
+        })
         .layer(pipeline)
         .service(balance)
         .map_err(|error: palisade::pipeline::PipelineError| {
