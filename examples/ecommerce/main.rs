@@ -33,8 +33,8 @@ OPTIONS:
                 (default 7), so that a run can be replayed.
     --help      This text.
 
-With `--features tonic`, the registry checks the users service over gRPC
-(grpc.health.v1) instead of HTTP.
+The registry checks the users service over gRPC (grpc.health.v1), every
+other service over HTTP (/health).
 
 Without --serve, a scripted story runs and is narrated on stdout in numbered
 lines; it ends with a summary table and a check of the invariants (exit 1 if

@@ -82,15 +82,15 @@ pub fn balanced_json(
 }
 
 /// Registers `id` of `service` at `address`: the users service (gRPC)
-/// with a grpc.health.v1 check when palisade's `tonic` feature is on,
-/// every other instance (and users without the feature) over HTTP.
+/// with a grpc.health.v1 check (palisade's `tonic` feature, on for the
+/// examples through the crate's dev-dependency on itself), every other
+/// instance over HTTP.
 pub async fn register_instance(
     registry: &InMemoryRegistry,
     service: &str,
     id: &str,
     address: std::net::SocketAddr,
 ) -> Result<RegistrationGuard, BoxError> {
-    #[cfg(feature = "tonic")]
     if service == "users" {
         let instance = Instance::builder(service, id, address.to_string()).build()?;
         let check = palisade::discovery::GrpcCheck::builder()
@@ -105,8 +105,4 @@ pub async fn register_instance(
 }
 
 /// How the users service's health is checked, for the narration.
-pub const USERS_CHECK: &str = if cfg!(feature = "tonic") {
-    "a gRPC health check (grpc.health.v1)"
-} else {
-    "an HTTP health check (its gRPC health check needs --features tonic)"
-};
+pub const USERS_CHECK: &str = "a gRPC health check (grpc.health.v1)";
