@@ -322,6 +322,19 @@ fn every_metric_has_help_text() {
         text.contains("# HELP palisade_circuit_breaker_state 1 for the state"),
         "{text}"
     );
+    // Every metric exported so far (by the tests that ran before this
+    // render) was described.
+    for line in text.lines() {
+        if let Some(name) = line
+            .strip_prefix("# TYPE ")
+            .and_then(|rest| rest.split(' ').next())
+        {
+            assert!(
+                text.contains(&format!("# HELP {name} ")),
+                "{name} has no help text"
+            );
+        }
+    }
 }
 
 #[tokio::test(start_paused = true)]
