@@ -135,6 +135,16 @@
 //! and about 20 ns a call with Prometheus's: the dynamic call into the
 //! recorder's counter and its atomic add, shared by every thread.
 //!
+//! Instruction counts per call (`benches/instructions.rs` under callgrind,
+//! which does not see what an atomic costs; `PALISADE_BENCH_RECORDER=prometheus`
+//! installs the recorder):
+//!
+//! | case | feature off | on, no recorder | on, Prometheus |
+//! |---|---|---|---|
+//! | CLOSED breaker, a success | 165 | 175 | 187 |
+//! | adaptive concurrency limit, a success (in-flight gauge up and down, one sample) | 524 | 544 | 608 |
+//! | fallback, a success (nothing to report) | 68 | 67 | 67 |
+//!
 //! Because handles are taken at creation, install the recorder
 //! (`metrics::set_global_recorder`, or an exporter's `install`) before
 //! creating the layers; layers created before that report to nothing.
