@@ -15,6 +15,10 @@
 //! waker), with no runtime. Instruction counts do not see what an atomic
 //! read-modify-write or a cache miss costs: use them to compare code
 //! paths, and criterion for time.
+//!
+//! Built with `--features metrics`, the layers report to no-op handles;
+//! with `PALISADE_BENCH_RECORDER=prometheus` in the environment they report
+//! to a `metrics-exporter-prometheus` recorder installed first.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -72,7 +76,7 @@ fn run<S: Service<u64>>(mut service: S) {
     measured_calls(&mut service);
 }
 
-const CASES: [&str; 12] = [
+const CASES: [&str; 14] = [
     "bare",
     "breaker/count",
     "breaker/count/static",
@@ -85,6 +89,8 @@ const CASES: [&str; 12] = [
     "bulkhead",
     "tower/concurrency-limit",
     "rate-limiter",
+    "adaptive-concurrency",
+    "fallback/value",
 ];
 
 fn main() {
@@ -96,6 +102,12 @@ fn main() {
         println!("cases: {}", CASES.join(" "));
         return;
     };
+    #[cfg(feature = "metrics")]
+    if std::env::var("PALISADE_BENCH_RECORDER").as_deref() == Ok("prometheus") {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .expect("the only recorder");
+    }
     match case.as_str() {
         "bare" => run(Echo),
         "breaker/count" => run(CircuitBreaker::new("bench", breaker_config())
@@ -150,6 +162,24 @@ fn main() {
             palisade::rate_limit::RateLimiterConfig::builder()
                 .limit_for_period(1_000_000_000)
                 .limit_refresh_period(Duration::from_secs(1))
+                .build()
+                .expect("valid config"),
+        )
+        .layer()
+        .layer(Echo)),
+        "adaptive-concurrency" => run(palisade::adaptive_concurrency::AdaptiveConcurrency::new(
+            "bench",
+            palisade::adaptive_concurrency::AdaptiveConcurrencyConfig::builder()
+                .initial_limit(64)
+                .build()
+                .expect("valid config"),
+        )
+        .layer()
+        .layer(Echo)),
+        "fallback/value" => run(palisade::fallback::Fallback::new(
+            "bench",
+            palisade::fallback::FallbackConfig::builder()
+                .value(0)
                 .build()
                 .expect("valid config"),
         )

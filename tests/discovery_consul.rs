@@ -1298,3 +1298,84 @@ async fn the_token_and_client_key_never_show_in_debug_errors_events_or_traces() 
     assert!(!traces.is_empty(), "the registry traced something");
     assert!(!leaks(&traces), "traces: {traces}");
 }
+
+/// With the `metrics` feature: registrations, TTL passes, queries, query
+/// errors and what a watch sees, rendered by a Prometheus recorder (the
+/// only one in this test binary).
+#[cfg(feature = "metrics")]
+#[tokio::test]
+async fn registrations_queries_errors_and_watched_instances_are_exported() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let prometheus = recorder.handle();
+    metrics::set_global_recorder(recorder).expect("the only recorder of this test binary");
+    let value = |series: &str| {
+        prometheus.render().lines().find_map(|line| {
+            let rest = line.strip_prefix(series)?.strip_prefix(' ')?;
+            rest.parse::<f64>().ok()
+        })
+    };
+    let series = |name: &str, service: &str, more: &str| {
+        format!(r#"palisade_registry_{name}{{backend="consul",service="{service}"{more}}}"#)
+    };
+
+    let (_fake, addr) = FakeConsul::start().await;
+    let consul = registry(addr).build().expect("valid config");
+    let mut watch = consul.watch("metrics-api");
+    assert!(next_set(&mut watch).await.is_empty());
+    let guard = consul
+        .register(Registration::new(
+            instance("metrics-api", "api-1", 1),
+            HealthCheck::ttl(Duration::from_secs(15)).expect("valid ttl"),
+        ))
+        .await
+        .expect("registered");
+    consul
+        .pass_ttl("metrics-api", "api-1")
+        .await
+        .expect("renewed");
+    assert_eq!(ids(&next_set(&mut watch).await), ["api-1"]);
+    assert_eq!(
+        value(&series("registrations_total", "metrics-api", "")),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&series("ttl_passes_total", "metrics-api", "")),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&series("instances", "metrics-api", r#",status="passing""#)),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&series("watch_changes_total", "metrics-api", "")),
+        Some(1.0)
+    );
+    guard.deregister().await.expect("deregistered");
+    assert!(next_set(&mut watch).await.is_empty());
+    assert_eq!(
+        value(&series(
+            "deregistrations_total",
+            "metrics-api",
+            r#",reason="deregistered""#
+        )),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&series("instances", "metrics-api", r#",status="passing""#)),
+        Some(0.0)
+    );
+    let queries = value(&series("queries_total", "metrics-api", "")).expect("queries counted");
+    assert!(queries >= 3.0, "{queries}");
+
+    // An agent that is not there: the query fails.
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let nobody = probe.local_addr().expect("addr");
+    drop(probe);
+    let down = registry(nobody).build().expect("valid config");
+    assert!(down.healthy("metrics-down").await.is_err());
+    assert_eq!(
+        value(&series("errors_total", "metrics-down", r#",kind="query""#)),
+        Some(1.0)
+    );
+    assert_eq!(down.metrics().query_errors, 1, "the snapshot agrees");
+}

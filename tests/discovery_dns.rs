@@ -488,3 +488,64 @@ async fn dns_registry_keeps_the_read_side_of_the_registry_contract() {
     });
     discovery_registry_contract::read_side(&dns, "api", &expected, "none").await;
 }
+
+/// With the `metrics` feature: the registry's resolutions, failures,
+/// changes and instance counts, rendered by a Prometheus recorder (the only
+/// one in this test binary).
+#[cfg(feature = "metrics")]
+#[tokio::test]
+async fn resolutions_failures_changes_and_instances_are_exported() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let prometheus = recorder.handle();
+    metrics::set_global_recorder(recorder).expect("the only recorder of this test binary");
+    let value = |series: &str| {
+        prometheus.render().lines().find_map(|line| {
+            let rest = line.strip_prefix(series)?.strip_prefix(' ')?;
+            rest.parse::<f64>().ok()
+        })
+    };
+    let series = |name: &str, service: &str, more: &str| {
+        format!(r#"palisade_registry_{name}{{backend="dns",service="{service}"{more}}}"#)
+    };
+
+    let (zone, server) = start().await;
+    zone.set_a(
+        "api.test",
+        &[Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::new(127, 0, 0, 3)],
+    );
+    let dns = builder(server)
+        .service("api", DnsQuery::host("api.test", 80))
+        .build()
+        .expect("valid config");
+    let mut watch = dns.watch("api");
+    assert_eq!(next_set(&mut watch).await.len(), 2);
+    assert_eq!(
+        value(&series("instances", "api", r#",status="passing""#)),
+        Some(2.0)
+    );
+    zone.set_a("api.test", &[Ipv4Addr::new(127, 0, 0, 2)]);
+    assert_eq!(next_set(&mut watch).await.len(), 1);
+    assert_eq!(
+        value(&series("instances", "api", r#",status="passing""#)),
+        Some(1.0)
+    );
+    assert_eq!(value(&series("watch_changes_total", "api", "")), Some(1.0));
+    let queries = value(&series("queries_total", "api", "")).expect("queries counted");
+    assert!(queries >= 2.0, "{queries}");
+
+    // A server that is not there: the resolution fails.
+    let probe = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let nobody = probe.local_addr().expect("addr");
+    drop(probe);
+    let down = builder(nobody)
+        .service("down", DnsQuery::host("down.test", 80))
+        .build()
+        .expect("valid config");
+    assert!(down.healthy("down").await.is_err());
+    assert_eq!(value(&series("queries_total", "down", "")), Some(1.0));
+    assert_eq!(
+        value(&series("errors_total", "down", r#",kind="query""#)),
+        Some(1.0)
+    );
+    assert_eq!(down.metrics().failures, 1, "the snapshot agrees");
+}

@@ -933,3 +933,55 @@ async fn the_password_and_client_key_never_show_in_debug_or_errors() {
     let text = error_text(&error);
     assert!(!leaks(&text), "error: {text}");
 }
+
+/// With the `metrics` feature: registrations, deregistrations and what a
+/// watch sees, rendered by a Prometheus recorder (the only one in this test
+/// binary).
+#[cfg(feature = "metrics")]
+#[tokio::test]
+#[ignore = "needs etcd: scripts/integration-etcd.sh"]
+async fn registrations_and_watched_instances_are_exported() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let prometheus = recorder.handle();
+    metrics::set_global_recorder(recorder).expect("the only recorder of this test binary");
+    let value = |series: &str| {
+        prometheus.render().lines().find_map(|line| {
+            let rest = line.strip_prefix(series)?.strip_prefix(' ')?;
+            rest.parse::<f64>().ok()
+        })
+    };
+    let series = |name: &str, more: &str| {
+        format!(r#"palisade_registry_{name}{{backend="etcd",service="metrics-api"{more}}}"#)
+    };
+
+    let etcd = registry(&unique_prefix("metrics")).await;
+    let mut watch = etcd.watch("metrics-api");
+    assert!(next_set(&mut watch).await.is_empty());
+    let guard = etcd
+        .register(Registration::new(
+            instance("metrics-api", "api-1", 1),
+            ttl(5),
+        ))
+        .await
+        .expect("registered");
+    watch_until(&mut watch, "api-1 is listed", |set| set.len() == 1).await;
+    assert_eq!(value(&series("registrations_total", "")), Some(1.0));
+    assert_eq!(
+        value(&series("instances", r#",status="passing""#)),
+        Some(1.0)
+    );
+    guard.deregister().await.expect("deregistered");
+    watch_until(&mut watch, "api-1 is gone", <[Instance]>::is_empty).await;
+    assert_eq!(
+        value(&series(
+            "deregistrations_total",
+            r#",reason="deregistered""#
+        )),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&series("instances", r#",status="passing""#)),
+        Some(0.0)
+    );
+    assert_eq!(value(&series("watch_changes_total", "")), Some(2.0));
+}

@@ -322,6 +322,19 @@ fn every_metric_has_help_text() {
         text.contains("# HELP palisade_circuit_breaker_state 1 for the state"),
         "{text}"
     );
+    // Every metric exported so far (by the tests that ran before this
+    // render) was described.
+    for line in text.lines() {
+        if let Some(name) = line
+            .strip_prefix("# TYPE ")
+            .and_then(|rest| rest.split(' ').next())
+        {
+            assert!(
+                text.contains(&format!("# HELP {name} ")),
+                "{name} has no help text"
+            );
+        }
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -421,4 +434,439 @@ async fn saga_executor_exports_started_running_and_finished_sagas() -> Result<()
         1.0,
     );
     Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn fallback_exports_answers_by_source_and_cause_and_its_last_good_entries()
+-> Result<(), BoxError> {
+    use palisade::fallback::{Fallback, FallbackConfig};
+    use tower::Layer;
+    prometheus();
+    // Requests are `(key, succeed)`.
+    let backend = tower::service_fn(|(key, succeed): (u64, bool)| async move {
+        if succeed {
+            Ok(key * 10)
+        } else {
+            Err(std::io::Error::other("down"))
+        }
+    });
+    let by_value = Fallback::new(
+        "metrics-fallback",
+        FallbackConfig::builder().value(0).build()?,
+    );
+    by_value.layer().layer(backend).oneshot((1, false)).await?;
+    let series = |labels: &str| format!("palisade_fallback_{labels}");
+    expect(
+        &series(r#"answered_total{name="metrics-fallback",source="value",cause="failure"}"#),
+        1.0,
+    );
+    expect(
+        &series(r#"answered_total{name="metrics-fallback",source="value",cause="rejection"}"#),
+        0.0,
+    );
+
+    let last_good = Fallback::new(
+        "metrics-last-good",
+        FallbackConfig::builder().last_good().build()?,
+    );
+    let service = last_good
+        .layer_keyed(|(key, _): &(u64, bool)| *key)
+        .layer(backend);
+    service.clone().oneshot((1, true)).await?;
+    service.clone().oneshot((2, true)).await?;
+    expect(
+        &series(r#"last_good_entries{name="metrics-last-good"}"#),
+        2.0,
+    );
+    assert_eq!(service.clone().oneshot((1, false)).await?, 10);
+    assert!(service.clone().oneshot((3, false)).await.is_err());
+    expect(
+        &series(r#"answered_total{name="metrics-last-good",source="last_good",cause="failure"}"#),
+        1.0,
+    );
+    expect(
+        &series(r#"no_last_good_total{name="metrics-last-good"}"#),
+        1.0,
+    );
+    drop(service);
+    expect(
+        &series(r#"last_good_entries{name="metrics-last-good"}"#),
+        0.0,
+    );
+    assert_eq!(
+        last_good.metrics().last_good_entries,
+        0,
+        "the snapshot agrees"
+    );
+    Ok(())
+}
+
+#[cfg(feature = "cache")]
+#[tokio::test(start_paused = true)]
+async fn cache_exports_hits_misses_stale_answers_and_stores() -> Result<(), BoxError> {
+    use palisade::cache::{CacheConfig, ResponseCache};
+    use std::sync::atomic::AtomicBool;
+    use tower::Layer;
+    prometheus();
+    let failing = std::sync::Arc::new(AtomicBool::new(false));
+    let fail = failing.clone();
+    let backend = tower::service_fn(move |key: u64| {
+        let fail = fail.load(Ordering::SeqCst);
+        async move {
+            if fail {
+                Err(std::io::Error::other("down"))
+            } else {
+                Ok(key * 10)
+            }
+        }
+    });
+    let cache: ResponseCache<u64, u64> = ResponseCache::new(
+        "metrics-cache",
+        CacheConfig::builder()
+            .ttl(Duration::from_secs(30))
+            .max_staleness(Duration::from_secs(300))
+            .build()?,
+    );
+    let service = cache.layer(|key: &u64| *key).layer(backend);
+    service.clone().oneshot(1).await?; // miss, stored
+    service.clone().oneshot(1).await?; // hit
+    tokio::time::advance(Duration::from_secs(31)).await;
+    failing.store(true, Ordering::SeqCst);
+    assert_eq!(service.clone().oneshot(1).await?, 10, "the stale entry"); // miss, stale served
+    let series = |labels: &str| format!("palisade_cache_{labels}");
+    expect(
+        &series(r#"requests_total{name="metrics-cache",result="hit"}"#),
+        1.0,
+    );
+    expect(
+        &series(r#"requests_total{name="metrics-cache",result="miss"}"#),
+        2.0,
+    );
+    expect(&series(r#"stale_served_total{name="metrics-cache"}"#), 1.0);
+    expect(&series(r#"stored_total{name="metrics-cache"}"#), 1.0);
+    // moka counts entries lazily: the gauge shows its count at the last
+    // store or invalidation, as the snapshot does.
+    let entries = value(&series(r#"entries{name="metrics-cache"}"#)).expect("the entries gauge");
+    assert!(entries <= 1.0, "{entries}");
+    cache.invalidate_all();
+    expect(&series(r#"entries{name="metrics-cache"}"#), 0.0);
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn coalesce_exports_leaders_followers_and_what_is_in_flight() -> Result<(), BoxError> {
+    use palisade::coalesce::Coalesce;
+    use tower::Layer;
+    prometheus();
+    let backend = tower::service_fn(|key: u64| async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Ok::<_, std::io::Error>(key)
+    });
+    let coalesce = Coalesce::with_defaults("metrics-coalesce");
+    let service = coalesce.layer(|key: &u64| *key).layer(backend);
+    let series = |labels: &str| format!("palisade_coalesce_{labels}");
+    let calls: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(service.clone().oneshot(7)))
+        .collect();
+    tokio::task::yield_now().await;
+    expect(&series(r#"in_flight_keys{name="metrics-coalesce"}"#), 1.0);
+    expect(&series(r#"waiters{name="metrics-coalesce"}"#), 4.0);
+    for call in calls {
+        assert_eq!(call.await??, 7);
+    }
+    expect(
+        &series(r#"requests_total{name="metrics-coalesce",role="leader"}"#),
+        1.0,
+    );
+    expect(
+        &series(r#"requests_total{name="metrics-coalesce",role="follower"}"#),
+        3.0,
+    );
+    expect(&series(r#"in_flight_keys{name="metrics-coalesce"}"#), 0.0);
+    expect(&series(r#"waiters{name="metrics-coalesce"}"#), 0.0);
+
+    // A call every waiter leaves is abandoned.
+    let abandoned = tokio::spawn(service.clone().oneshot(8));
+    tokio::task::yield_now().await;
+    abandoned.abort();
+    let _ = abandoned.await;
+    expect(&series(r#"abandoned_total{name="metrics-coalesce"}"#), 1.0);
+    expect(&series(r#"in_flight_keys{name="metrics-coalesce"}"#), 0.0);
+    assert_eq!(coalesce.metrics().abandoned, 1, "the snapshot agrees");
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn hedge_exports_calls_hedged_attempts_and_wins() -> Result<(), BoxError> {
+    use palisade::hedge::{Hedge, HedgeConfig, HedgeDelay};
+    use tower::Layer;
+    prometheus();
+    // The first attempt takes a second, every copy 10 ms.
+    let attempts = std::sync::Arc::new(AtomicU32::new(0));
+    let backend = tower::service_fn(move |key: u64| {
+        let attempt = attempts.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let took = if attempt == 0 { 1000 } else { 10 };
+            tokio::time::sleep(Duration::from_millis(took)).await;
+            Ok::<_, std::io::Error>((key, attempt))
+        }
+    });
+    let hedge = Hedge::new(
+        "metrics-hedge",
+        HedgeConfig::builder()
+            .delay(HedgeDelay::Fixed(Duration::from_millis(50)))
+            .max_hedged_attempts(1)
+            .no_budget()
+            .build()?,
+    );
+    let answer = hedge.layer().layer(backend).oneshot(7).await?;
+    assert_eq!(answer, (7, 1), "the copy won");
+    let series = |labels: &str| format!("palisade_hedge_{labels}");
+    expect(&series(r#"calls_total{name="metrics-hedge"}"#), 1.0);
+    expect(&series(r#"hedges_total{name="metrics-hedge"}"#), 1.0);
+    expect(&series(r#"wins_total{name="metrics-hedge"}"#), 1.0);
+    expect(
+        &series(r#"budget_exhausted_total{name="metrics-hedge"}"#),
+        0.0,
+    );
+    expect(&series(r#"not_hedgeable_total{name="metrics-hedge"}"#), 0.0);
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn adaptive_concurrency_exports_its_limit_slots_rejections_and_samples()
+-> Result<(), BoxError> {
+    use palisade::adaptive_concurrency::{AdaptiveConcurrency, AdaptiveConcurrencyConfig, Aimd};
+    prometheus();
+    let limit = AdaptiveConcurrency::new(
+        "metrics-adaptive",
+        AdaptiveConcurrencyConfig::builder()
+            .algorithm(Aimd::new(Duration::from_millis(100)))
+            .initial_limit(2)
+            .build()?,
+    );
+    let series = |labels: &str| format!("palisade_adaptive_concurrency_{labels}");
+    expect(&series(r#"limit{name="metrics-adaptive"}"#), 2.0);
+    let first = limit.try_acquire()?;
+    let second = limit.try_acquire()?;
+    expect(&series(r#"in_flight{name="metrics-adaptive"}"#), 2.0);
+    assert!(limit.try_acquire().is_err(), "at the limit");
+    expect(&series(r#"rejected_total{name="metrics-adaptive"}"#), 1.0);
+    first.finish(FAILURE);
+    drop(second); // cancelled
+    expect(&series(r#"in_flight{name="metrics-adaptive"}"#), 0.0);
+    expect(
+        &series(r#"samples_total{name="metrics-adaptive",outcome="failure"}"#),
+        1.0,
+    );
+    expect(
+        &series(r#"samples_total{name="metrics-adaptive",outcome="success"}"#),
+        0.0,
+    );
+    expect(&series(r#"cancelled_total{name="metrics-adaptive"}"#), 1.0);
+    // Whatever the algorithm made of the failure, the gauge follows it.
+    expect(
+        &series(r#"limit{name="metrics-adaptive"}"#),
+        limit.limit() as f64,
+    );
+    Ok(())
+}
+
+#[cfg(feature = "chaos")]
+#[tokio::test(start_paused = true)]
+async fn chaos_exports_injected_faults_by_kind_and_whether_it_is_on() -> Result<(), BoxError> {
+    use palisade::chaos::{Chaos, ChaosConfig};
+    use tower::Layer;
+    prometheus();
+    let chaos = Chaos::new(
+        "metrics-chaos",
+        ChaosConfig::builder()
+            .error_rate(1.0)
+            .latency(1.0, Duration::from_millis(20))
+            .build()?,
+    );
+    let backend = tower::service_fn(|key: u64| async move { Ok::<_, std::io::Error>(key) });
+    let service = chaos.layer().layer(backend);
+    assert!(
+        service.clone().oneshot(1).await.is_err(),
+        "an injected error"
+    );
+    let series = |labels: &str| format!("palisade_chaos_{labels}");
+    expect(&series(r#"enabled{name="metrics-chaos"}"#), 1.0);
+    expect(&series(r#"calls_total{name="metrics-chaos"}"#), 1.0);
+    expect(
+        &series(r#"faults_total{name="metrics-chaos",kind="error"}"#),
+        1.0,
+    );
+    expect(
+        &series(r#"faults_total{name="metrics-chaos",kind="latency"}"#),
+        1.0,
+    );
+    expect(
+        &series(r#"faults_total{name="metrics-chaos",kind="response"}"#),
+        0.0,
+    );
+    chaos.disable();
+    assert_eq!(service.clone().oneshot(2).await?, 2);
+    expect(&series(r#"enabled{name="metrics-chaos"}"#), 0.0);
+    expect(&series(r#"calls_total{name="metrics-chaos"}"#), 1.0);
+    Ok(())
+}
+
+#[cfg(feature = "discovery")]
+#[tokio::test(start_paused = true)]
+async fn in_memory_registry_exports_registrations_removals_ttl_passes_and_instances()
+-> Result<(), BoxError> {
+    use palisade::discovery::{HealthCheck, InMemoryRegistry, Instance, Registrar, Registration};
+    prometheus();
+    let registry = InMemoryRegistry::new();
+    let instance = |id: &str| {
+        Instance::builder("metrics-registry", id, "10.0.0.1:80")
+            .build()
+            .expect("valid instance")
+    };
+    let a = registry
+        .register(Registration::new(instance("a"), HealthCheck::None))
+        .await?;
+    let _b = registry
+        .register(Registration::new(instance("b"), HealthCheck::None))
+        .await?;
+    let _c = registry
+        .register(Registration::new(
+            instance("c"),
+            HealthCheck::ttl(Duration::from_secs(10))?,
+        ))
+        .await?;
+    registry.pass_ttl("metrics-registry", "c").await?;
+    let series = |name: &str, labels: &str| {
+        format!(
+            r#"palisade_registry_{name}{{backend="in-memory",service="metrics-registry"{labels}}}"#
+        )
+    };
+    expect(&series("registrations_total", ""), 3.0);
+    expect(&series("ttl_passes_total", ""), 1.0);
+    expect(&series("instances", r#",status="passing""#), 3.0);
+    expect(&series("instances", r#",status="critical""#), 0.0);
+
+    a.deregister().await?;
+    registry.deregister("metrics-registry", "b").await?;
+    tokio::time::advance(Duration::from_secs(11)).await;
+    tokio::task::yield_now().await;
+    expect(
+        &series("deregistrations_total", r#",reason="deregistered""#),
+        2.0,
+    );
+    expect(
+        &series("deregistrations_total", r#",reason="ttl_expired""#),
+        1.0,
+    );
+    expect(
+        &series("deregistrations_total", r#",reason="critical""#),
+        0.0,
+    );
+    expect(&series("instances", r#",status="passing""#), 0.0);
+    assert_eq!(registry.metrics().ttl_expirations, 1, "the snapshot agrees");
+    Ok(())
+}
+
+#[cfg(all(feature = "discovery", feature = "http"))]
+#[tokio::test]
+async fn in_memory_registry_exports_health_check_results() -> Result<(), BoxError> {
+    use palisade::discovery::{
+        HealthCheck, HttpCheck, InMemoryRegistry, Instance, Registrar, Registration,
+        RegistryEventKind,
+    };
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicU16;
+    prometheus();
+    // A health endpoint answering with the status the test sets.
+    let status = Arc::new(AtomicU16::new(200));
+    let answer = status.clone();
+    let app = axum::Router::new().route(
+        "/health",
+        axum::routing::get(move || {
+            let status = answer.load(Ordering::SeqCst);
+            async move { axum::http::StatusCode::from_u16(status).expect("a status") }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let registry = InMemoryRegistry::new();
+    let mut events = registry.subscribe();
+    let check = HttpCheck::builder()
+        .interval(Duration::from_millis(50))
+        .timeout(Duration::from_millis(50))
+        .build()?;
+    let _guard = registry
+        .register(Registration::new(
+            Instance::builder("metrics-checked", "a", address.to_string()).build()?,
+            HealthCheck::Http(check),
+        ))
+        .await?;
+    let mut next_health = async || loop {
+        let event = tokio::time::timeout(Duration::from_secs(10), events.recv())
+            .await
+            .expect("an event within 10 s")
+            .expect("no event lost");
+        if matches!(
+            event.kind,
+            RegistryEventKind::Passing | RegistryEventKind::Critical { .. }
+        ) {
+            return event.kind;
+        }
+    };
+    assert_eq!(next_health().await, RegistryEventKind::Passing);
+    let checks = |result: &str| {
+        value(&format!(
+            r#"palisade_registry_health_checks_total{{backend="in-memory",service="metrics-checked",result="{result}"}}"#
+        ))
+    };
+    // Checks go on every 50 ms: at least the one that passed, none failed.
+    assert!(checks("passed") >= Some(1.0));
+    assert_eq!(checks("failed"), Some(0.0));
+    expect(
+        r#"palisade_registry_instances{backend="in-memory",service="metrics-checked",status="passing"}"#,
+        1.0,
+    );
+    status.store(503, Ordering::SeqCst);
+    assert!(matches!(
+        next_health().await,
+        RegistryEventKind::Critical { .. }
+    ));
+    assert!(checks("failed") >= Some(1.0));
+    expect(
+        r#"palisade_registry_instances{backend="in-memory",service="metrics-checked",status="critical"}"#,
+        1.0,
+    );
+    server.abort();
+    Ok(())
+}
+
+#[cfg(feature = "discovery")]
+#[test]
+fn static_registry_exports_its_instances_per_service() {
+    use palisade::discovery::{Instance, StaticRegistry};
+    prometheus();
+    let instance = |service: &str, id: &str| {
+        Instance::builder(service, id, "10.0.0.1:80")
+            .build()
+            .expect("valid instance")
+    };
+    let registry = StaticRegistry::new([
+        instance("metrics-static-a", "1"),
+        instance("metrics-static-a", "2"),
+        instance("metrics-static-b", "1"),
+    ]);
+    let series = |service: &str| {
+        format!(
+            r#"palisade_registry_instances{{backend="static",service="{service}",status="passing"}}"#
+        )
+    };
+    expect(&series("metrics-static-a"), 2.0);
+    expect(&series("metrics-static-b"), 1.0);
+    registry.replace([instance("metrics-static-a", "3")]);
+    expect(&series("metrics-static-a"), 1.0);
+    expect(&series("metrics-static-b"), 0.0);
 }

@@ -60,6 +60,7 @@ struct Shared {
     failures: StripedCounter,
     cancelled: StripedCounter,
     events: EventHub<AdaptiveConcurrencyEvent>,
+    exported: super::metrics::Exported,
 }
 
 impl AdaptiveConcurrency {
@@ -83,8 +84,10 @@ impl AdaptiveConcurrency {
             config.smoothing,
             config.window_samples,
         );
+        let name = name.into();
         let shared = Shared {
-            name: name.into(),
+            exported: super::metrics::Exported::new(&name, limiter.limit()),
+            name,
             limit: AtomicUsize::new(limiter.limit()),
             in_flight: AtomicUsize::new(0),
             limiter: Mutex::new(limiter),
@@ -149,6 +152,7 @@ impl AdaptiveConcurrency {
             let limit = s.limit.load(Acquire);
             if in_flight >= limit {
                 s.rejected.add(1);
+                s.exported.on_rejected();
                 tracing::debug!(limiter = %s.name, limit, "adaptive concurrency limit rejected a call");
                 s.events.publish_with(|| AdaptiveConcurrencyEvent {
                     name: Arc::clone(&s.name),
@@ -161,6 +165,7 @@ impl AdaptiveConcurrency {
                 .compare_exchange_weak(in_flight, in_flight + 1, AcqRel, Relaxed)
             {
                 Ok(_) => {
+                    s.exported.on_acquired();
                     return Ok(AdaptivePermit {
                         limit: Some(self.clone()),
                         // A reserved slot's call has not started: its clock
@@ -198,11 +203,13 @@ impl AdaptiveConcurrency {
         if sample.dropped {
             s.failures.add(1);
         }
+        s.exported.on_sample(sample.dropped);
         let mut limiter = s.limiter.lock();
         let from = limiter.limit();
         let to = limiter.update(sample);
         if from != to {
             s.limit.store(to, Release);
+            s.exported.on_limit(to);
             drop(limiter);
             tracing::debug!(limiter = %s.name, from, to, "adaptive concurrency limit changed");
             s.events.publish_with(|| AdaptiveConcurrencyEvent {
@@ -250,6 +257,7 @@ impl AdaptivePermit {
             return;
         };
         limit.shared.in_flight.fetch_sub(1, AcqRel);
+        limit.shared.exported.on_released();
         let dropped = match outcome {
             Outcome::Success => false,
             Outcome::Failure { .. } => true,
@@ -271,8 +279,10 @@ impl Drop for AdaptivePermit {
     fn drop(&mut self) {
         if let Some(limit) = self.limit.take() {
             limit.shared.in_flight.fetch_sub(1, AcqRel);
+            limit.shared.exported.on_released();
             if self.started.is_some() {
                 limit.shared.cancelled.add(1);
+                limit.shared.exported.on_cancelled();
             }
         }
     }

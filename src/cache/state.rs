@@ -50,6 +50,7 @@ struct Handle<K, Res> {
     stale_served: AtomicU64,
     stored: AtomicU64,
     events: EventHub<CacheEvent>,
+    exported: super::metrics::Exported,
 }
 
 /// A response and when it was stored (on tokio's clock, so paused-time
@@ -92,9 +93,11 @@ where
             .time_to_live(retention)
             .build();
         let events = EventHub::new(config.event_capacity);
+        let name = name.into();
         Self {
             shared: Arc::new(Handle {
-                name: name.into(),
+                exported: super::metrics::Exported::new(&name),
+                name,
                 config,
                 entries,
                 hits: AtomicU64::new(0),
@@ -119,11 +122,17 @@ where
     /// Forgets the entry for `key`, fresh or stale.
     pub fn invalidate(&self, key: &K) {
         self.shared.entries.invalidate(key);
+        self.shared
+            .exported
+            .on_entries(self.shared.entries.entry_count());
     }
 
     /// Forgets every entry.
     pub fn invalidate_all(&self) {
         self.shared.entries.invalidate_all();
+        self.shared
+            .exported
+            .on_entries(self.shared.entries.entry_count());
     }
 
     /// A snapshot of the counters.
@@ -154,6 +163,7 @@ where
         match found {
             Some(Lookup::Fresh(response)) => {
                 s.hits.fetch_add(1, Relaxed);
+                s.exported.on_hit();
                 tracing::trace!(cache = %s.name, "cache hit");
                 self.publish(|| CacheEventKind::Hit);
                 Lookup::Fresh(response)
@@ -161,6 +171,7 @@ where
             found => {
                 let stale_available = matches!(found, Some(Lookup::Stale(_)));
                 s.misses.fetch_add(1, Relaxed);
+                s.exported.on_miss();
                 tracing::trace!(cache = %s.name, stale_available, "cache miss");
                 self.publish(|| CacheEventKind::Miss { stale_available });
                 found.unwrap_or(Lookup::Missing)
@@ -179,6 +190,8 @@ where
             },
         );
         s.stored.fetch_add(1, Relaxed);
+        s.exported.on_stored();
+        s.exported.on_entries(s.entries.entry_count());
         self.publish(|| CacheEventKind::Stored);
     }
 }
@@ -203,6 +216,7 @@ impl<K, Res> ResponseCache<K, Res> {
     pub(crate) fn served_stale(&self, cause: FailureCause) {
         let s = &self.shared;
         s.stale_served.fetch_add(1, Relaxed);
+        s.exported.on_stale_served();
         tracing::debug!(cache = %s.name, %cause, "stale entry answered a failed call");
         self.publish(|| CacheEventKind::StaleServed { cause });
     }

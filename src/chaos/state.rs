@@ -17,7 +17,7 @@ use super::config::ChaosConfig;
 use super::error::ChaosFault;
 use super::event::{ChaosEvent, ChaosEventKind};
 use super::layer::ChaosLayer;
-use super::metrics::ChaosMetrics;
+use super::metrics::{ChaosMetrics, Fault};
 
 /// A named fault injector: fails, answers or delays a configured share of
 /// the calls through its services, from a seeded random sequence. Switch it
@@ -48,6 +48,7 @@ struct Shared<Res> {
     errors_injected: StripedCounter,
     responses_injected: StripedCounter,
     latencies_injected: StripedCounter,
+    exported: super::metrics::Exported,
 }
 
 /// The configuration in force and its random sequence.
@@ -96,8 +97,10 @@ impl<Res> Chaos<Res> {
 
     /// Creates a chaos layer named `name` (used in errors, events and traces).
     pub fn new(name: impl Into<Arc<str>>, config: ChaosConfig<Res>) -> Self {
+        let name = name.into();
         let shared = Shared {
-            name: name.into(),
+            exported: super::metrics::Exported::new(&name, config.enabled),
+            name,
             enabled: AtomicBool::new(config.enabled),
             events: EventHub::new(config.event_capacity),
             active: ArcSwap::from_pointee(Active::new(config)),
@@ -150,6 +153,7 @@ impl<Res> Chaos<Res> {
     fn switch(&self, enabled: bool) {
         let s = &*self.shared;
         if s.enabled.swap(enabled, AcqRel) != enabled {
+            s.exported.on_switched(enabled);
             tracing::info!(chaos = %s.name, enabled, "chaos switched");
             s.events.publish_with(|| ChaosEvent {
                 chaos: Arc::clone(&s.name),
@@ -205,6 +209,7 @@ impl<Res> Chaos<Res> {
     fn draw(&self) -> Decision<Res> {
         let s = &*self.shared;
         s.calls_while_enabled.add(1);
+        s.exported.on_call();
         let active = s.active.load();
         let config = &active.config;
         let draw = active.draws.fetch_add(1, Relaxed);
@@ -218,6 +223,7 @@ impl<Res> Chaos<Res> {
 
         let delay = (slow < config.latency_rate && !config.latency.is_zero()).then(|| {
             s.latencies_injected.add(1);
+            s.exported.on_fault(Fault::Latency);
             tracing::debug!(chaos = %s.name, delay_ms = config.latency.as_millis() as u64, "chaos delays a call");
             s.events.publish_with(|| ChaosEvent {
                 chaos: Arc::clone(&s.name),
@@ -229,6 +235,7 @@ impl<Res> Chaos<Res> {
         });
         let injected = if outcome < config.error_rate {
             s.errors_injected.add(1);
+            s.exported.on_fault(Fault::Error);
             tracing::debug!(chaos = %s.name, "chaos injects an error");
             s.events.publish_with(|| ChaosEvent {
                 chaos: Arc::clone(&s.name),
@@ -241,6 +248,7 @@ impl<Res> Chaos<Res> {
         } else if outcome < config.error_rate + config.response_rate {
             config.response.as_ref().map(|make_response| {
                 s.responses_injected.add(1);
+                s.exported.on_fault(Fault::Response);
                 tracing::debug!(chaos = %s.name, "chaos injects a response");
                 s.events.publish_with(|| ChaosEvent {
                     chaos: Arc::clone(&s.name),

@@ -49,15 +49,18 @@ struct Handle {
     uncoalesced: AtomicU64,
     abandoned: AtomicU64,
     events: EventHub<CoalesceEvent>,
+    exported: super::metrics::Exported,
 }
 
 impl Coalesce {
     /// A coalescing layer named `name` (in events, traces and metrics).
     pub fn new(name: impl Into<Arc<str>>, config: CoalesceConfig) -> Self {
         let events = EventHub::new(config.event_capacity);
+        let name = name.into();
         Self {
             shared: Arc::new(Handle {
-                name: name.into(),
+                exported: super::metrics::Exported::new(&name),
+                name,
                 config,
                 in_flight_keys: AtomicUsize::new(0),
                 waiters: AtomicUsize::new(0),
@@ -212,6 +215,7 @@ where
             drop(map);
             handle.shared.coalesced.fetch_add(1, Relaxed);
             handle.shared.waiters.fetch_add(1, Relaxed);
+            handle.shared.exported.on_follower();
             tracing::trace!(coalesce = %handle.shared.name, waiters, "request joined a shared call");
             handle.publish(|| CoalesceEventKind::Joined { waiters });
             return Joined::Waiting {
@@ -222,6 +226,7 @@ where
         if let Err(in_flight_keys) = handle.try_reserve_key() {
             drop(map);
             handle.shared.uncoalesced.fetch_add(1, Relaxed);
+            handle.shared.exported.on_uncoalesced();
             tracing::debug!(
                 coalesce = %handle.shared.name,
                 in_flight_keys,
@@ -244,6 +249,7 @@ where
         drop(map);
         handle.shared.calls.fetch_add(1, Relaxed);
         handle.shared.waiters.fetch_add(1, Relaxed);
+        handle.shared.exported.on_leader();
         tracing::trace!(coalesce = %handle.shared.name, "request started a shared call");
         handle.publish(|| CoalesceEventKind::Started);
         Joined::Waiting {
@@ -268,6 +274,7 @@ where
         let removed = map.flights.remove(key);
         drop(map);
         handle.shared.in_flight_keys.fetch_sub(1, Relaxed);
+        handle.shared.exported.on_flight_ended(finished);
         if finished {
             tracing::trace!(coalesce = %handle.shared.name, waiters = remaining + 1, "shared call finished");
             handle.publish(|| CoalesceEventKind::Completed {
@@ -320,6 +327,7 @@ where
         if let Some(key) = self.key.take() {
             self.flights.leave(&key, self.id, true);
             self.flights.handle.shared.waiters.fetch_sub(1, Relaxed);
+            self.flights.handle.shared.exported.on_waiter_left();
         }
     }
 }
@@ -334,6 +342,7 @@ where
         if let Some(key) = self.key.take() {
             self.flights.leave(&key, self.id, false);
             self.flights.handle.shared.waiters.fetch_sub(1, Relaxed);
+            self.flights.handle.shared.exported.on_waiter_left();
         }
     }
 }

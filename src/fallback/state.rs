@@ -50,6 +50,7 @@ struct Handle<Res> {
     answered_rejections: AtomicU64,
     last_good_entries: AtomicUsize,
     events: EventHub<FallbackEvent>,
+    exported: super::metrics::Exported,
 }
 
 impl<Res> Clone for Fallback<Res> {
@@ -64,9 +65,11 @@ impl<Res> Fallback<Res> {
     /// A fallback named `name` (in events, traces and metrics).
     pub fn new(name: impl Into<Arc<str>>, config: FallbackConfig<Res>) -> Self {
         let events = EventHub::new(config.event_capacity);
+        let name = name.into();
         Self {
             shared: Arc::new(Handle {
-                name: name.into(),
+                exported: super::metrics::Exported::new(&name),
+                name,
                 config,
                 answered_by_value: AtomicU64::new(0),
                 answered_by_function: AtomicU64::new(0),
@@ -137,6 +140,7 @@ impl<Res> Fallback<Res> {
             FallbackSource::LastGood => &s.answered_by_last_good,
         }
         .fetch_add(1, Relaxed);
+        s.exported.on_answered(source, cause);
         if cause == FailureCause::Rejection {
             s.answered_rejections.fetch_add(1, Relaxed);
         }
@@ -234,6 +238,7 @@ impl<K: Hash + Eq + Clone, Res: Clone> LastGoodStore<K, Res> {
                     None => {
                         let s = &fallback.shared;
                         s.no_last_good.fetch_add(1, Relaxed);
+                        s.exported.on_no_last_good();
                         tracing::debug!(fallback = %s.name, %cause, "no last good response: failure passes through");
                         s.events.publish_with(|| FallbackEvent {
                             fallback: Arc::clone(&s.name),
@@ -254,6 +259,7 @@ impl<K: Hash + Eq + Clone, Res: Clone> LastGoodStore<K, Res> {
         let entries = &self.fallback.shared.last_good_entries;
         if added && evicted.is_none() {
             entries.fetch_add(1, Relaxed);
+            self.fallback.shared.exported.on_last_good_entries(1.0);
         }
         // An evicted response is dropped here, outside the lock.
         drop(evicted);
@@ -277,6 +283,10 @@ impl<K, Res> Drop for LastGoodStore<K, Res> {
             .shared
             .last_good_entries
             .fetch_sub(kept, Relaxed);
+        self.fallback
+            .shared
+            .exported
+            .on_last_good_entries(-(kept as f64));
     }
 }
 

@@ -174,6 +174,7 @@ where
                         }
                         if attempt > 0 {
                             shared.hedge_wins.add(1);
+                            shared.exported.on_win();
                             tracing::debug!(hedge = %shared.name, attempt, "a hedged attempt won");
                             shared.publish(HedgeEventKind::Won { attempt });
                         }
@@ -208,6 +209,7 @@ where
                             let attempt = *this.launched;
                             let after = this.started.elapsed();
                             shared.hedges_started.add(1);
+                            shared.exported.on_hedge();
                             tracing::debug!(
                                 hedge = %shared.name,
                                 attempt,

@@ -80,6 +80,7 @@ where
     fn call(&mut self, request: Req) -> Self::Future {
         let shared = &self.hedge.shared;
         shared.calls.add(1);
+        shared.exported.on_call();
         if let Some(budget) = &shared.config.budget {
             budget.deposit();
         }
@@ -96,6 +97,7 @@ where
             }),
             None => {
                 shared.not_hedgeable.add(1);
+                shared.exported.on_not_hedgeable();
                 tracing::debug!(hedge = %shared.name, "request not hedgeable: sent once");
                 shared.publish(HedgeEventKind::NotHedgeable);
                 None

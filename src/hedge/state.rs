@@ -24,6 +24,7 @@ pub(crate) struct Shared {
     pub(crate) hedge_wins: StripedCounter,
     pub(crate) budget_exhaustions: StripedCounter,
     pub(crate) not_hedgeable: StripedCounter,
+    pub(crate) exported: super::metrics::Exported,
 }
 
 impl Shared {
@@ -52,6 +53,7 @@ impl Shared {
             Some(budget) if budget.withdraw() => true,
             Some(_) => {
                 self.budget_exhaustions.add(1);
+                self.exported.on_budget_exhausted();
                 tracing::debug!(hedge = %self.name, "hedge budget exhausted");
                 self.publish(HedgeEventKind::BudgetExhausted);
                 false
@@ -112,8 +114,10 @@ impl Hedge {
                 window,
             } => Some(LatencyPercentile::new(percentile, min_samples, window)),
         };
+        let name = name.into();
         let shared = Shared {
-            name: name.into(),
+            exported: super::metrics::Exported::new(&name),
+            name,
             latency,
             events: EventHub::new(config.event_capacity),
             config,

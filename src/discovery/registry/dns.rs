@@ -393,12 +393,14 @@ impl Inner {
     async fn resolve(&self, service: &str) -> Result<Resolved, DiscoveryError> {
         let query = self.services.get(service).ok_or(UNKNOWN_SERVICE)?;
         self.counters.resolutions.fetch_add(1, Ordering::Relaxed);
+        super::metrics::queried(BACKEND, service);
         let result = match query {
             DnsQuery::Host { name, port } => self.resolve_host(service, name, *port).await,
             DnsQuery::Srv { name } => self.resolve_srv(service, name).await,
         };
         if result.is_err() {
             self.counters.failures.fetch_add(1, Ordering::Relaxed);
+            super::metrics::failed(BACKEND, service, "query");
         }
         result
     }
@@ -542,6 +544,7 @@ impl SnapshotSource for DnsWatch {
         if !first {
             self.inner.counters.changes.fetch_add(1, Ordering::Relaxed);
         }
+        super::metrics::watch_changed(BACKEND, &self.service, instances.len(), first);
         tracing::info!(backend = BACKEND, service = %self.service, instances = instances.len(), "resolved instances changed");
         self.inner.events.publish_with(|| DnsEvent::Changed {
             service: self.service.clone(),

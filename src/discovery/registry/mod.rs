@@ -120,6 +120,7 @@ mod etcd;
 mod guard;
 mod instance_set;
 mod memory;
+mod metrics;
 mod polling;
 mod static_list;
 #[cfg(any(feature = "consul", feature = "etcd"))]

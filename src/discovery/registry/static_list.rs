@@ -39,8 +39,10 @@ pub struct StaticRegistry {
 impl StaticRegistry {
     /// A registry listing `instances` (of any services).
     pub fn new(instances: impl IntoIterator<Item = Instance>) -> Self {
+        let instances = Self::sorted(instances);
+        super::metrics::listed(BACKEND, &[], &instances);
         Self {
-            instances: Arc::new(watch::Sender::new(Self::sorted(instances))),
+            instances: Arc::new(watch::Sender::new(instances)),
         }
     }
 
@@ -52,7 +54,9 @@ impl StaticRegistry {
             instances = instances.len(),
             "static instance list replaced"
         );
-        self.instances.send_replace(instances);
+        let new = Arc::clone(&instances);
+        let old = self.instances.send_replace(instances);
+        super::metrics::listed(BACKEND, &old, &new);
     }
 
     /// Every listed instance, of every service.

@@ -139,6 +139,7 @@ impl Inner {
             },
         );
         self.counters.registrations.fetch_add(1, Ordering::Relaxed);
+        crate::discovery::registry::metrics::registered(BACKEND, instance.service().as_str());
         tracing::info!(
             backend = BACKEND,
             service = %instance.service(),
@@ -163,6 +164,7 @@ impl Inner {
                 self.counters
                     .deregistrations
                     .fetch_add(1, Ordering::Relaxed);
+                crate::discovery::registry::metrics::deregistered(BACKEND, service);
                 tracing::info!(
                     backend = BACKEND,
                     service,
@@ -200,6 +202,7 @@ impl Inner {
         {
             Ok(_) => {
                 self.counters.ttl_passes.fetch_add(1, Ordering::Relaxed);
+                crate::discovery::registry::metrics::ttl_passed(BACKEND, service);
                 tracing::trace!(backend = BACKEND, service, id, "TTL check passed");
                 Ok(())
             }
@@ -234,6 +237,7 @@ impl Inner {
             timeout += self.wait + self.wait / 16;
         }
         self.counters.queries.fetch_add(1, Ordering::Relaxed);
+        crate::discovery::registry::metrics::queried(BACKEND, service);
         let result = async {
             let answer = self
                 .send(Method::GET, path, None, timeout)
@@ -258,6 +262,7 @@ impl Inner {
         .await;
         if result.is_err() {
             self.counters.query_errors.fetch_add(1, Ordering::Relaxed);
+            crate::discovery::registry::metrics::failed(BACKEND, service, "query");
         }
         result
     }

@@ -85,6 +85,7 @@ impl SnapshotSource for ConsulWatch {
                 .counters
                 .rate_limited
                 .fetch_add(1, Ordering::Relaxed);
+            crate::discovery::registry::metrics::rate_limited(BACKEND, &self.service);
             tracing::debug!(backend = BACKEND, service = %self.service, "watch query delayed by the rate limit");
         }
         let block = (self.index > 0).then_some(self.index);
@@ -105,6 +106,11 @@ impl SnapshotSource for ConsulWatch {
                 .counters
                 .index_resets
                 .fetch_add(1, Ordering::Relaxed);
+            crate::discovery::registry::metrics::watch_restarted(
+                BACKEND,
+                &self.service,
+                "index_reset",
+            );
             tracing::info!(
                 backend = BACKEND,
                 service = %self.service,
@@ -122,7 +128,13 @@ impl SnapshotSource for ConsulWatch {
         Ok(Fetched::now(instances))
     }
 
-    fn changed(&mut self, instances: &[Instance], _first: bool) {
+    fn changed(&mut self, instances: &[Instance], first: bool) {
+        crate::discovery::registry::metrics::watch_changed(
+            BACKEND,
+            &self.service,
+            instances.len(),
+            first,
+        );
         tracing::debug!(
             backend = BACKEND,
             service = %self.service,

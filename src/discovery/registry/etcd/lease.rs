@@ -90,6 +90,11 @@ impl KeepRegistered {
                         .counters
                         .keep_alive_failures
                         .fetch_add(1, Ordering::Relaxed);
+                    crate::discovery::registry::metrics::failed(
+                        BACKEND,
+                        &self.service,
+                        "keep_alive",
+                    );
                     let delay = schedule.next_delay();
                     tracing::warn!(backend = BACKEND, service = %self.service, id = %self.id, lease, %error, retry_in_ms = delay.as_millis() as u64, "lease keep-alive failed");
                     tokio::time::sleep(delay).await;
@@ -127,6 +132,7 @@ impl KeepRegistered {
                         .counters
                         .lease_regrants
                         .fetch_add(1, Ordering::Relaxed);
+                    crate::discovery::registry::metrics::lease_regranted(BACKEND, &self.service);
                     return;
                 }
                 Err(error) => {

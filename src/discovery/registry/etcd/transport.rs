@@ -199,6 +199,7 @@ impl EtcdRegistry {
             .counters
             .registrations
             .fetch_add(1, Ordering::Relaxed);
+        crate::discovery::registry::metrics::registered(BACKEND, &service);
         tracing::info!(backend = BACKEND, %service, %id, address = %instance.address(), lease, ttl_secs = ttl, "instance registered in etcd");
         self.inner
             .shared
@@ -224,6 +225,7 @@ impl EtcdRegistry {
                             .counters
                             .deregistrations
                             .fetch_add(1, Ordering::Relaxed);
+                        crate::discovery::registry::metrics::deregistered(BACKEND, &service);
                         tracing::info!(backend = BACKEND, %service, %id, lease, "lease revoked: instance deregistered");
                         inner
                             .shared
@@ -266,6 +268,7 @@ impl EtcdRegistry {
             .counters
             .deregistrations
             .fetch_add(1, Ordering::Relaxed);
+        crate::discovery::registry::metrics::deregistered(BACKEND, service);
         tracing::info!(
             backend = BACKEND,
             service,

@@ -66,6 +66,7 @@ impl EtcdWatch {
             .counters
             .watch_relists
             .fetch_add(1, Ordering::Relaxed);
+        crate::discovery::registry::metrics::watch_restarted(BACKEND, &self.service, "compacted");
         tracing::info!(backend = BACKEND, service = %self.service, revision = self.revision, compact_revision, "watch revision compacted: reading the prefix again");
         self.inner
             .shared
@@ -164,8 +165,14 @@ impl SnapshotSource for EtcdWatch {
         }
     }
 
-    fn changed(&mut self, _instances: &[Instance], _first: bool) {
+    fn changed(&mut self, instances: &[Instance], first: bool) {
         // The prefix read traces at debug; changes need no more.
+        crate::discovery::registry::metrics::watch_changed(
+            BACKEND,
+            &self.service,
+            instances.len(),
+            first,
+        );
     }
 
     fn failed(&mut self, error: &DiscoveryError, retry_in: Duration) {
@@ -174,6 +181,7 @@ impl SnapshotSource for EtcdWatch {
             .counters
             .watch_failures
             .fetch_add(1, Ordering::Relaxed);
+        crate::discovery::registry::metrics::failed(BACKEND, &self.service, "watch");
         tracing::warn!(backend = BACKEND, service = %self.service, %error, revision = self.revision, retry_in_ms = retry_in.as_millis() as u64, "etcd watch failed");
         self.inner
             .shared

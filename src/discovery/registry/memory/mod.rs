@@ -105,6 +105,7 @@ struct ServiceState {
     /// The passing instances, kept in step with `instances` one change at
     /// a time (O(log n)); watchers clone it in O(1).
     healthy: watch::Sender<InstanceSet>,
+    exported: super::metrics::ServiceExported,
 }
 
 struct Entry {
@@ -335,7 +336,8 @@ impl InMemoryRegistry {
         let service_state = state
             .services
             .entry(service.clone())
-            .or_insert_with(ServiceState::new);
+            .or_insert_with(|| ServiceState::new(&service));
+        service_state.exported.on_registered();
         let replaced = service_state
             .instances
             .insert(
@@ -390,14 +392,16 @@ impl InMemoryRegistry {
 
     fn pass_ttl_now(&self, service: &str, id: &str) -> Result<(), DiscoveryError> {
         let mut state = self.inner.state.lock();
-        let entry = state
-            .services
-            .get_mut(service)
-            .and_then(|s| s.instances.get_mut(id))
-            .ok_or_else(|| DiscoveryError::not_registered(service, id))?;
+        let not_registered = || DiscoveryError::not_registered(service, id);
+        let service_state = state.services.get_mut(service).ok_or_else(not_registered)?;
+        let entry = service_state
+            .instances
+            .get_mut(id)
+            .ok_or_else(not_registered)?;
         match entry.check {
             HealthCheck::Ttl { ttl } => {
                 entry.ttl_deadline = Some(saturating_add(Instant::now(), ttl));
+                service_state.exported.on_ttl_passed();
                 tracing::trace!(backend = BACKEND, service, id, "TTL renewed");
                 Ok(())
             }
@@ -430,7 +434,7 @@ impl InMemoryRegistry {
                 .lock()
                 .services
                 .entry(name)
-                .or_insert_with(ServiceState::new)
+                .or_insert_with_key(ServiceState::new)
                 .healthy
                 .subscribe(),
         )
@@ -514,11 +518,14 @@ impl fmt::Debug for InMemoryRegistry {
 }
 
 impl ServiceState {
-    fn new() -> Self {
-        Self {
+    fn new(service: &ServiceName) -> Self {
+        let state = Self {
             instances: BTreeMap::new(),
             healthy: watch::Sender::new(InstanceSet::new()),
-        }
+            exported: super::metrics::ServiceExported::new(BACKEND, service.as_str()),
+        };
+        state.exported.on_instances(|| (0, 0));
+        state
     }
 
     /// Brings instance `id` of the healthy set in line with its entry
@@ -538,6 +545,8 @@ impl ServiceState {
             }
             None => healthy.remove(id).is_some(),
         });
+        self.exported
+            .on_instances(|| (self.instances.len(), self.healthy.borrow().len()));
     }
 }
 
@@ -574,6 +583,7 @@ impl Inner {
         }
         let entry = service_state.instances.remove(id)?;
         service_state.publish(id);
+        service_state.exported.on_removed(&kind);
         match kind {
             RegistryEventKind::Deregistered => state.counters.deregistrations += 1,
             RegistryEventKind::TtlExpired => state.counters.ttl_expirations += 1,
@@ -680,6 +690,7 @@ async fn run_http_check(
             else {
                 return;
             };
+            service_state.exported.on_check(result.is_ok());
             match (result, entry.health) {
                 (Ok(()), Health::Passing) => {}
                 (Ok(()), Health::Critical { .. }) => {
