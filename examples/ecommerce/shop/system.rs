@@ -15,6 +15,7 @@ use palisade::circuit_breaker::{
     CircuitBreaker, CircuitBreakerConfig, CircuitBreakerEventKind, SlidingWindow,
 };
 use palisade::discovery::{Balance, BalanceEventKind, InMemoryRegistry, RegistrationGuard};
+use palisade::events::RecvError;
 use palisade::pipeline::Pipeline;
 use palisade::rate_limit::{RateLimiter, RateLimiterConfig};
 use palisade::retry::{Retry, RetryConfig, RetryEventKind};
@@ -22,6 +23,7 @@ use parking_lot::Mutex;
 use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
 
+use super::broker::{self, BrokerConfig, Publisher};
 use super::gateway::Gateway;
 use super::http_json::{InstanceClient, JsonClient, serve};
 use super::inventory::Inventory;
@@ -46,7 +48,7 @@ pub const CATALOGUE: &[(i64, &str, i64)] = &[
 pub const INITIAL_STOCK: &[(i64, i64)] = &[(1, 10), (2, 5), (3, 3), (4, 2)];
 
 /// How the system is started.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct SystemConfig {
     /// Seeds the balancers' pickers and the payments' random faults.
     pub seed: u64,
@@ -54,6 +56,10 @@ pub struct SystemConfig {
     pub gateway_port: u16,
     /// Requests per second the gateway lets through to the orders service.
     pub orders_per_second: u32,
+    /// The RabbitMQ broker (`amqp://...`) that carries the order events
+    /// from the orders service's outbox to notifications; `None`: the
+    /// outbox relay delivers them over HTTP.
+    pub broker: Option<String>,
 }
 
 impl Default for SystemConfig {
@@ -62,6 +68,7 @@ impl Default for SystemConfig {
             seed: 7,
             gateway_port: 0,
             orders_per_second: 200,
+            broker: None,
         }
     }
 }
@@ -81,6 +88,32 @@ pub struct Observed {
     pub relay_retry_delays: Vec<Duration>,
     /// The payments instances ejected by outlier detection.
     pub ejections: Vec<String>,
+    /// The audit of the payments breaker (see [`BreakerAudit`]).
+    pub payments_audit: BreakerAudit,
+}
+
+/// What shows that no call reached payments past its open breaker,
+/// counted on both sides of it: every charge or refund a payments
+/// instance received must have been sent by a call the breaker permitted,
+/// so `received <= permitted_outcomes + cancelled + events_lost` (a
+/// permitted call reports exactly one outcome, unless it is cancelled; a
+/// call the breaker rejects reports `Rejected` and is never sent).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct BreakerAudit {
+    /// `/charge` and `/refund` requests the payments instances received.
+    pub received: u64,
+    /// Calls sent below the breaker (to the balancer over the instances).
+    pub sent: u64,
+    /// Of those, calls whose future was dropped before it finished (a
+    /// timeout above, a crashed executor): they report no outcome.
+    pub cancelled: u64,
+    /// Outcomes of permitted calls the breaker reported (success,
+    /// failure, ignored).
+    pub permitted_outcomes: u64,
+    /// Calls the breaker rejected.
+    pub rejected: u64,
+    /// Breaker events the audit missed (its subscriber lagged).
+    pub events_lost: u64,
 }
 
 /// The running system. Dropping it stops every server.
@@ -101,6 +134,8 @@ pub struct System {
     pub observed: Arc<Mutex<Observed>>,
     /// A plain client, for the scenario and the admin endpoints.
     pub client: JsonClient,
+    /// The broker carrying the order events, if any.
+    pub broker: Option<BrokerConfig>,
     servers: Vec<tokio::task::JoinHandle<()>>,
     _registrations: Vec<RegistrationGuard>,
     _registry: InMemoryRegistry,
@@ -187,9 +222,17 @@ impl System {
                 &dir.path().join("payments.db"),
                 config.seed + n as u64,
             )?;
-            up("payments", id, instance.router(), 0).await?;
+            let router = count_received(instance.router(), &observed);
+            up("payments", id, router, 0).await?;
         }
         let notifications = Notifications::open(&dir.path().join("notifications.db"))?;
+        let broker = config.broker.as_deref().map(BrokerConfig::new);
+        let consumer = match &broker {
+            Some(broker) => {
+                Some(broker::consume(broker.clone(), Arc::clone(&notifications)).await?)
+            }
+            None => None,
+        };
         up(
             "notifications",
             "notifications-1",
@@ -256,6 +299,7 @@ impl System {
             payments: pipelined(
                 ServiceBuilder::new()
                     .layer(payments)
+                    .map_future(count_sent(Arc::clone(&observed)))
                     .service(payments_balance.clone()),
             ),
             inventory: pipelined(ServiceBuilder::new().layer(inventory_client).service(
@@ -278,6 +322,10 @@ impl System {
                     config.seed,
                 )?,
             )),
+            broker: match &broker {
+                Some(broker) => Some(Publisher::open(broker).await?),
+                None => None,
+            },
         };
         let orders = Orders::start(dir.path(), clients).await?;
         up("orders", "orders-1", orders.router(), 0).await?;
@@ -340,6 +388,7 @@ impl System {
         )
         .await?;
 
+        servers.extend(consumer);
         for (service, count) in [
             ("users", 1),
             ("products", 1),
@@ -361,6 +410,7 @@ impl System {
             relay_retry,
             observed,
             client,
+            broker,
             servers,
             _registrations: registrations,
             _registry: registry,
@@ -375,7 +425,15 @@ impl System {
         let mut breaker = self.payments_breaker.subscribe();
         let observed = Arc::clone(&self.observed);
         tokio::spawn(async move {
-            while let Ok(event) = breaker.recv().await {
+            loop {
+                let event = match breaker.recv().await {
+                    Ok(event) => event,
+                    Err(RecvError::Lagged(lost)) => {
+                        observed.lock().payments_audit.events_lost += lost;
+                        continue;
+                    }
+                    Err(RecvError::Closed) => return,
+                };
                 match event.kind {
                     CircuitBreakerEventKind::StateTransition { from, to, .. } => {
                         observed
@@ -384,7 +442,14 @@ impl System {
                             .push(format!("{from} -> {to}"));
                     }
                     CircuitBreakerEventKind::Rejected { .. } => {
-                        observed.lock().breaker_rejections += 1
+                        let mut observed = observed.lock();
+                        observed.breaker_rejections += 1;
+                        observed.payments_audit.rejected += 1;
+                    }
+                    CircuitBreakerEventKind::Success { .. }
+                    | CircuitBreakerEventKind::Failure { .. }
+                    | CircuitBreakerEventKind::Ignored => {
+                        observed.lock().payments_audit.permitted_outcomes += 1
                     }
                     _ => {}
                 }
@@ -420,11 +485,57 @@ impl System {
         });
     }
 
+    /// The audit of the payments breaker so far.
+    pub fn payments_audit(&self) -> BreakerAudit {
+        self.observed.lock().payments_audit
+    }
+
     /// The address of instance `id`.
     pub fn instance(&self, id: &str) -> Result<SocketAddr, BoxError> {
         self.instances
             .get(id)
             .copied()
             .ok_or_else(|| format!("no instance {id}").into())
+    }
+}
+
+/// `router` with a count of the `/charge` and `/refund` requests it
+/// receives, in front of its routes.
+fn count_received(router: axum::Router, observed: &Arc<Mutex<Observed>>) -> axum::Router {
+    let observed = Arc::clone(observed);
+    router.layer(axum::middleware::from_fn(
+        move |request: axum::extract::Request, next: axum::middleware::Next| {
+            if matches!(request.uri().path(), "/charge" | "/refund") {
+                observed.lock().payments_audit.received += 1;
+            }
+            next.run(request)
+        },
+    ))
+}
+
+/// Counts the calls sent below the payments breaker, and those cancelled
+/// before they finished.
+fn count_sent<F: Future>(
+    observed: Arc<Mutex<Observed>>,
+) -> impl Fn(F) -> std::pin::Pin<Box<dyn Future<Output = F::Output> + Send>> + Clone
+where
+    F: Send + 'static,
+{
+    struct Unfinished(Option<Arc<Mutex<Observed>>>);
+    impl Drop for Unfinished {
+        fn drop(&mut self) {
+            if let Some(observed) = self.0.take() {
+                observed.lock().payments_audit.cancelled += 1;
+            }
+        }
+    }
+    move |future: F| {
+        observed.lock().payments_audit.sent += 1;
+        let mut unfinished = Unfinished(Some(Arc::clone(&observed)));
+        Box::pin(async move {
+            let output = future.await;
+            unfinished.0.take();
+            output
+        })
     }
 }
