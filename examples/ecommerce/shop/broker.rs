@@ -155,7 +155,7 @@ pub async fn consume(
                 }
             };
             let outcome = match serde_json::from_slice::<OrderEvent>(&delivery.data) {
-                Ok(event) => notifications.record(&event),
+                Ok(event) => notifications.record(&event, "amqp"),
                 Err(error) => {
                     tracing::warn!(%error, "not an order event; dropped");
                     let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;

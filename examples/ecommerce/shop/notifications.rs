@@ -20,7 +20,8 @@ CREATE TABLE IF NOT EXISTS emails (
     order_id TEXT NOT NULL,
     kind TEXT NOT NULL,
     user_id INTEGER NOT NULL,
-    deliveries INTEGER NOT NULL DEFAULT 1
+    deliveries INTEGER NOT NULL DEFAULT 1,
+    transport TEXT NOT NULL
 );";
 
 /// An order event, as the outbox relay sends it.
@@ -71,19 +72,27 @@ impl Notifications {
 }
 
 impl Notifications {
-    /// Records the email of `event` once, however often it is delivered;
+    /// Records the email of `event`, first delivered by `transport`
+    /// (`http` or `amqp`), once however often it is delivered;
     /// `Ok(false)` when the fault switch "loses" this delivery's reply
     /// (recorded all the same).
-    pub fn record(&self, event: &OrderEvent) -> Result<bool, rusqlite::Error> {
+    pub fn record(&self, event: &OrderEvent, transport: &str) -> Result<bool, rusqlite::Error> {
         let failing = self
             .lose_next_replies
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok();
         let db = self.db.lock();
         db.execute(
-            "INSERT INTO emails (event_id, order_id, kind, user_id) VALUES (?1, ?2, ?3, ?4)
+            "INSERT INTO emails (event_id, order_id, kind, user_id, transport)
+             VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT (event_id) DO UPDATE SET deliveries = deliveries + 1",
-            rusqlite::params![event.event_id, event.order_id, event.kind, event.user_id],
+            rusqlite::params![
+                event.event_id,
+                event.order_id,
+                event.kind,
+                event.user_id,
+                transport
+            ],
         )?;
         let deliveries: i64 = db.query_row(
             "SELECT deliveries FROM emails WHERE event_id = ?1",
@@ -99,7 +108,7 @@ async fn receive(
     State(this): State<Arc<Notifications>>,
     Json(event): Json<OrderEvent>,
 ) -> Result<Json<Value>, ApiError> {
-    if !this.record(&event)? {
+    if !this.record(&event, "http")? {
         return Err(ApiError::unavailable("notifications: the reply was lost"));
     }
     Ok(Json(json!({"event_id": event.event_id})))
@@ -108,7 +117,7 @@ async fn receive(
 async fn emails(State(this): State<Arc<Notifications>>) -> Result<Json<Value>, ApiError> {
     let db = this.db.lock();
     let mut statement = db.prepare(
-        "SELECT event_id, order_id, kind, user_id, deliveries FROM emails ORDER BY rowid",
+        "SELECT event_id, order_id, kind, user_id, deliveries, transport FROM emails ORDER BY rowid",
     )?;
     let rows = statement
         .query_map([], |row| {
@@ -118,6 +127,7 @@ async fn emails(State(this): State<Arc<Notifications>>) -> Result<Json<Value>, A
                 "kind": row.get::<_, String>(2)?,
                 "user_id": row.get::<_, i64>(3)?,
                 "deliveries": row.get::<_, i64>(4)?,
+                "transport": row.get::<_, String>(5)?,
             }))
         })?
         .collect::<Result<Vec<_>, _>>()?;
