@@ -411,3 +411,33 @@ async fn rabbitmq_story_gives_each_order_event_exactly_one_notification() {
 async fn rabbitmq_seeded_fault_run_keeps_the_invariants() {
     fault_run_keeps_the_invariants(3, Some(amqp())).await;
 }
+
+/// The story with every service registered in a real etcd
+/// (`PALISADE_ETCD`, set by scripts/integration-etcd.sh): the balancers
+/// find the instances through etcd's prefix watch.
+#[cfg(feature = "etcd")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs etcd: scripts/integration-etcd.sh"]
+async fn etcd_registry_story_keeps_the_invariants() {
+    let endpoint =
+        std::env::var("PALISADE_ETCD").unwrap_or_else(|_| "http://127.0.0.1:2379".to_owned());
+    let address = endpoint
+        .strip_prefix("http://")
+        .expect("PALISADE_ETCD is http://host:port");
+    let system = System::start(SystemConfig {
+        registry: Some(format!("etcd://{address}")),
+        ..SystemConfig::default()
+    })
+    .await
+    .expect("the system starts on etcd");
+    assert_eq!(system.registry_backend(), "etcd");
+    let broken = scenario::run(&system, &mut Narrator::default())
+        .await
+        .expect("the story runs");
+    assert!(broken.is_empty(), "invariants broken: {broken:#?}");
+    let transitions = system.observed.lock().breaker_transitions.clone();
+    assert_eq!(
+        transitions.last().map(String::as_str),
+        Some("HALF_OPEN -> CLOSED")
+    );
+}

@@ -45,6 +45,10 @@ OPTIONS:
                 amqp://127.0.0.1:5672): the orders outbox publishes with
                 publisher confirms, notifications consumes with manual
                 acks. Default: the outbox relay delivers over HTTP.
+    --registry URL
+                Register the services in etcd (e.g. etcd://127.0.0.1:2379,
+                with leases kept alive instead of HTTP health checks); needs
+                `--features etcd`. Default: the embedded registry.
     --help      This text.
 
 Without --serve, a scripted story runs and is narrated on stdout in numbered
@@ -57,6 +61,7 @@ struct Options {
     seed: u64,
     faults: bool,
     broker: Option<String>,
+    registry: Option<String>,
 }
 
 fn options() -> Result<Option<Options>, String> {
@@ -65,6 +70,7 @@ fn options() -> Result<Option<Options>, String> {
         seed: 7,
         faults: false,
         broker: None,
+        registry: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -78,6 +84,13 @@ fn options() -> Result<Option<Options>, String> {
                     return Err(format!("--broker needs an amqp:// URL, got {url:?}"));
                 }
                 options.broker = Some(url);
+            }
+            "--registry" => {
+                let url = args.next().ok_or("--registry needs a URL")?;
+                if !url.starts_with("etcd://") {
+                    return Err(format!("--registry needs an etcd:// URL, got {url:?}"));
+                }
+                options.registry = Some(url);
             }
             "--seed" => {
                 let value = args.next().ok_or("--seed needs a number")?;
@@ -114,12 +127,13 @@ async fn main() -> Result<(), BoxError> {
         .init();
 
     if options.serve {
-        return serve(options.seed, options.broker).await;
+        return serve(options.seed, options.broker, options.registry).await;
     }
     let started = std::time::Instant::now();
     let system = System::start(SystemConfig {
         seed: options.seed,
         broker: options.broker,
+        registry: options.registry,
         ..SystemConfig::default()
     })
     .await?;
@@ -138,10 +152,15 @@ async fn main() -> Result<(), BoxError> {
     Ok(())
 }
 
-async fn serve(seed: u64, broker: Option<String>) -> Result<(), BoxError> {
+async fn serve(
+    seed: u64,
+    broker: Option<String>,
+    registry: Option<String>,
+) -> Result<(), BoxError> {
     let system = System::start(SystemConfig {
         seed,
         broker,
+        registry,
         gateway_port: 8080,
         ..SystemConfig::default()
     })

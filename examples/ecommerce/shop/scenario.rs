@@ -205,8 +205,12 @@ fn delays(delays: &[Duration]) -> String {
 pub async fn run(system: &System, say: &mut Narrator) -> Result<Vec<String>, BoxError> {
     let mut shop = Shopper::new(system);
     let before = Ledger::read(system).await?;
+    let registered = match system.registry_backend() {
+        "etcd" => "registered in etcd with a lease it keeps alive",
+        _ => "registered with an HTTP health check",
+    };
     say.say(format!(
-        "{} instances up on 127.0.0.1, each registered with an HTTP health check; clients know only the gateway, which finds the rest in the registry (server-side discovery)",
+        "{} instances up on 127.0.0.1, each {registered}; clients know only the gateway, which finds the rest in the registry (server-side discovery)",
         system.instances.len()
     ));
 

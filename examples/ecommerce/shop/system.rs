@@ -14,7 +14,7 @@ use palisade::bulkhead::{Bulkhead, BulkheadConfig};
 use palisade::circuit_breaker::{
     CircuitBreaker, CircuitBreakerConfig, CircuitBreakerEventKind, SlidingWindow,
 };
-use palisade::discovery::{Balance, BalanceEventKind, InMemoryRegistry, RegistrationGuard};
+use palisade::discovery::{Balance, BalanceEventKind, RegistrationGuard, Registry};
 use palisade::events::RecvError;
 use palisade::pipeline::Pipeline;
 use palisade::rate_limit::{RateLimiter, RateLimiterConfig};
@@ -32,7 +32,9 @@ use super::order_saga::PipelinedClient;
 use super::orders::{Orders, OrdersClients};
 use super::payments::PaymentsInstance;
 use super::products::Products;
-use super::registry::{balanced_json, register, wait_healthy};
+use super::registry::{
+    SharedRegistry, balanced_json, open as open_registry, register, wait_healthy,
+};
 use super::users::{UsersService, users_grpc};
 
 /// The catalogue: id, name, price in cents. The piano costs more than
@@ -60,6 +62,9 @@ pub struct SystemConfig {
     /// from the orders service's outbox to notifications; `None`: the
     /// outbox relay delivers them over HTTP.
     pub broker: Option<String>,
+    /// The etcd (`etcd://host:port`, feature `etcd`) the services register
+    /// in; `None`: the embedded registry.
+    pub registry: Option<String>,
 }
 
 impl Default for SystemConfig {
@@ -69,6 +74,7 @@ impl Default for SystemConfig {
             gateway_port: 0,
             orders_per_second: 200,
             broker: None,
+            registry: None,
         }
     }
 }
@@ -138,7 +144,7 @@ pub struct System {
     pub broker: Option<BrokerConfig>,
     servers: Vec<tokio::task::JoinHandle<()>>,
     _registrations: Vec<RegistrationGuard>,
-    _registry: InMemoryRegistry,
+    _registry: SharedRegistry,
     _dir: tempfile::TempDir,
 }
 
@@ -191,7 +197,7 @@ impl System {
     /// Starts every service and waits until each is healthy in the registry.
     pub async fn start(config: SystemConfig) -> Result<Self, BoxError> {
         let dir = tempfile::tempdir()?;
-        let registry = InMemoryRegistry::new();
+        let registry = open_registry(config.registry.as_deref()).await?;
         let client = JsonClient::new(Duration::from_secs(60));
         let observed = Arc::new(Mutex::new(Observed::default()));
         let mut servers = Vec::new();
@@ -483,6 +489,11 @@ impl System {
                 }
             }
         });
+    }
+
+    /// The registry's backend: `in-memory` or `etcd`.
+    pub fn registry_backend(&self) -> &'static str {
+        self._registry.backend()
     }
 
     /// The audit of the payments breaker so far.
