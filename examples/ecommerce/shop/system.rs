@@ -526,11 +526,11 @@ fn count_received(router: axum::Router, observed: &Arc<Mutex<Observed>>) -> axum
 
 /// Counts the calls sent below the payments breaker, and those cancelled
 /// before they finished.
-fn count_sent<F: Future>(
+fn count_sent<F>(
     observed: Arc<Mutex<Observed>>,
 ) -> impl Fn(F) -> std::pin::Pin<Box<dyn Future<Output = F::Output> + Send>> + Clone
 where
-    F: Send + 'static,
+    F: Future + Send + 'static,
 {
     struct Unfinished(Option<Arc<Mutex<Observed>>>);
     impl Drop for Unfinished {
