@@ -304,6 +304,10 @@ async fn fault_run_keeps_the_invariants(seed: u64, broker: Option<String>) {
     );
     let audit = system.payments_audit();
     assert!(audit.received > 0, "{audit:?}");
+    assert!(
+        audit.rejected > 0,
+        "the outage opened the payments breaker, which refused calls: {audit:?}"
+    );
     let emails = system
         .client
         .send(

@@ -37,7 +37,8 @@ OPTIONS:
                 orders placed at once while, before each round, the seed
                 picks each payments instance's faults (down, an error rate,
                 added latency, lost replies), lost notification replies,
-                and once an orders executor crash; then the faults are
+                once an outage of both (the breaker opens) and once an
+                orders executor crash; then the faults are
                 cleared and the invariants checked. The same seed gives the
                 same plan; outcomes may differ with timing.
     --broker URL

@@ -2,8 +2,10 @@
 //! placed concurrently through the gateway while, before each round, a
 //! random plan sets each payments instance's fault switches (down, an
 //! error rate, added latency, lost replies), has the notifications service
-//! lose some replies, and once arms the orders executor's crash. Then the
-//! faults are cleared, the system settles, and the invariants are checked.
+//! lose some replies, once takes both payments instances down (an outage
+//! that opens the payments breaker) and once arms the orders executor's
+//! crash. Then the faults are cleared, the system settles, and the
+//! invariants are checked.
 //!
 //! The seed fixes the plan (the faults, the orders and who places them);
 //! which order meets which fault depends on timing, so the outcomes may
@@ -13,6 +15,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use palisade::BoxError;
+use palisade::circuit_breaker::CircuitState;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
@@ -115,6 +118,19 @@ async fn wait_settled(system: &System) -> Result<(), BoxError> {
     }
 }
 
+/// Between rounds: waits (at most 5 s) until the payments breaker is not
+/// OPEN and outlier detection has let an instance back, so that each
+/// round meets its own faults rather than the last round's ejections.
+async fn wait_recovered(system: &System) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::time::Instant::now() < deadline
+        && (system.payments_breaker.state() == CircuitState::Open
+            || system.payments_balance.metrics().available == 0)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Runs the fault run against a started system and checks the invariants.
 pub async fn run(
     system: &System,
@@ -135,11 +151,19 @@ pub async fn run(
         config.seed, config.rounds, config.orders_per_round
     ));
     let crash_round = rng.random_range(0..config.rounds);
+    let outage_round = rng.random_range(0..config.rounds);
     let mut report = FaultRunReport::default();
     for round in 0..config.rounds {
+        if round > 0 {
+            wait_recovered(system).await;
+        }
         let mut plan = Vec::new();
         for instance in ["payments-1", "payments-2"] {
-            let (faults, described) = payments_plan(&mut rng);
+            let (faults, described) = if round == outage_round {
+                (json!({"down": true}), "down (an outage)".to_owned())
+            } else {
+                payments_plan(&mut rng)
+            };
             payments_faults(system, instance, faults).await?;
             plan.push(format!("{instance} {described}"));
         }
