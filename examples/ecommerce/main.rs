@@ -38,9 +38,9 @@ OPTIONS:
                 picks each payments instance's faults (down, an error rate,
                 added latency, lost replies), lost notification replies,
                 once an outage of both (the breaker opens) and once an
-                orders executor crash; then the faults are
-                cleared and the invariants checked. The same seed gives the
-                same plan; outcomes may differ with timing.
+                orders executor crash; then the faults are cleared and the
+                invariants checked. The same seed gives the same plan;
+                outcomes may differ with timing.
     --broker URL
                 Carry the order events through RabbitMQ (e.g.
                 amqp://127.0.0.1:5672): the orders outbox publishes with
