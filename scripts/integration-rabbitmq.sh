@@ -73,7 +73,8 @@ rabbitmq-server -detached
 started=true
 
 # Waits (at most 60 s) for the node to boot and its AMQP port to listen.
-for _ in $(seq 1 600); do
+deadline=$((SECONDS + 60))
+while ((SECONDS < deadline)); do
     if rabbitmqctl -n "$node" await_startup --timeout 1 >/dev/null 2>&1 &&
         (exec 3<>"/dev/tcp/127.0.0.1/$amqp_port") 2>/dev/null; then
         break
