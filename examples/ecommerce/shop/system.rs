@@ -110,8 +110,9 @@ pub struct BreakerAudit {
     pub received: u64,
     /// Calls sent below the breaker (to the balancer over the instances).
     pub sent: u64,
-    /// Of those, calls whose future was dropped before it finished (a
-    /// timeout above, a crashed executor): they report no outcome.
+    /// Of those, calls whose future was dropped before it finished: by
+    /// the timeout (the breaker records a failure: counted twice, which
+    /// only loosens the check) or by a crashed executor (no outcome).
     pub cancelled: u64,
     /// Outcomes of permitted calls the breaker reported (success,
     /// failure, ignored).
