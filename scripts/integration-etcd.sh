@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the etcd discovery tests (tests/discovery_etcd.rs) against two real
+# Runs the etcd discovery tests (tests/discovery_etcd.rs), then the
+# e-commerce example's story on etcd (tests/ecommerce.rs), against two real
 # etcd servers started on 127.0.0.1 with temporary data dirs and free ports,
 # and stops them on exit:
 #   * a plain one (http://, no authentication): PALISADE_ETCD;
@@ -142,3 +143,6 @@ export PALISADE_ETCD_TLS_DIR="$tls_dir"
 export PALISADE_ETCD_USER=root
 export PALISADE_ETCD_PASSWORD="$password"
 cargo test ${CARGO_BUILD_JOBS:+-j "$CARGO_BUILD_JOBS"} --features etcd --test discovery_etcd -- --include-ignored "$@"
+# The e-commerce example's story with its services registered in the plain
+# etcd (tests/ecommerce.rs, "needs etcd").
+cargo test ${CARGO_BUILD_JOBS:+-j "$CARGO_BUILD_JOBS"} --features etcd --test ecommerce -- --ignored etcd_registry

@@ -675,3 +675,187 @@ fn traceparent_is_parsed_and_formatted_as_w3c_says() {
     let root = TraceParent::new_root();
     assert_eq!(TraceParent::parse(&root.to_string()), Some(root));
 }
+
+/// Runs the seeded fault run on a fresh system and asserts the invariants
+/// held and the faults really happened.
+async fn fault_run_keeps_the_invariants(seed: u64, broker: Option<String>) {
+    let transport = if broker.is_some() { "amqp" } else { "http" };
+    let system = System::start(SystemConfig {
+        broker,
+        ..SystemConfig::default()
+    })
+    .await
+    .expect("the system starts");
+    let report = shop::fault_run::run(
+        &system,
+        shop::fault_run::FaultRunConfig::new(seed),
+        &mut Narrator::default(),
+    )
+    .await
+    .expect("the fault run runs");
+    assert!(report.broken.is_empty(), "invariants broken: {report:#?}");
+
+    let placed: u64 = report.replies.values().sum();
+    assert_eq!(placed, 40, "5 rounds of 8 orders: {report:?}");
+    let failed: u64 = report
+        .replies
+        .iter()
+        .filter(|(status, _)| **status >= 400)
+        .map(|(_, count)| count)
+        .sum();
+    assert!(failed > 0, "the faults failed some orders: {report:?}");
+    let ledger = shop::invariants::Ledger::read(&system)
+        .await
+        .expect("ledger");
+    assert_eq!(
+        ledger.orders_by_status.values().sum::<u64>(),
+        ledger.orders_by_status["CONFIRMED"] + ledger.orders_by_status["CANCELLED"],
+        "every order finished: {ledger:?}"
+    );
+    assert!(
+        ledger.deliveries > ledger.emails,
+        "lost notification replies were delivered again and recorded once: {ledger:?}"
+    );
+    let audit = system.payments_audit();
+    assert!(audit.received > 0, "{audit:?}");
+    assert!(
+        audit.rejected > 0,
+        "the outage opened the payments breaker, which refused calls: {audit:?}"
+    );
+    let emails = system
+        .client
+        .send(
+            &system.instance("notifications-1").unwrap().to_string(),
+            ApiCall::get("/emails"),
+        )
+        .await
+        .unwrap();
+    let emails = emails.body.as_array().expect("emails");
+    assert!(
+        emails.iter().all(|email| email["transport"] == transport),
+        "every event came by {transport}: {emails:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeded_fault_run_1_keeps_stock_charges_notifications_and_the_breaker_consistent() {
+    fault_run_keeps_the_invariants(1, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeded_fault_run_2_keeps_stock_charges_notifications_and_the_breaker_consistent() {
+    fault_run_keeps_the_invariants(2, None).await;
+}
+
+/// The breaker audit is not vacuous: a charge that reaches payments while
+/// the breaker is open, past it, breaks the invariant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_past_the_open_payments_breaker_breaks_the_invariants() {
+    let system = System::start(SystemConfig::default())
+        .await
+        .expect("the system starts");
+    assert!(
+        shop::invariants::check(&system).await.unwrap().is_empty(),
+        "a fresh system keeps the invariants"
+    );
+    system.payments_breaker.transition_to_open().unwrap();
+    let past = system
+        .client
+        .send(
+            &system.instance("payments-1").unwrap().to_string(),
+            ApiCall::post(
+                "/charge",
+                json!({"key": "past-the-breaker", "order_id": "none", "amount_cents": 1}),
+            ),
+        )
+        .await
+        .unwrap();
+    assert!(past.status.is_success(), "{}", past.body);
+    let broken = shop::invariants::check(&system).await.unwrap();
+    assert!(
+        broken
+            .iter()
+            .any(|b| b.contains("more than its breaker permitted")),
+        "{broken:#?}"
+    );
+}
+
+/// The broker the RabbitMQ tests use: `PALISADE_AMQP`, set by
+/// scripts/integration-rabbitmq.sh.
+fn amqp() -> String {
+    std::env::var("PALISADE_AMQP").unwrap_or_else(|_| "amqp://127.0.0.1:5672/%2f".to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs rabbitmq: scripts/integration-rabbitmq.sh"]
+async fn rabbitmq_story_gives_each_order_event_exactly_one_notification() {
+    let system = System::start(SystemConfig {
+        broker: Some(amqp()),
+        ..SystemConfig::default()
+    })
+    .await
+    .expect("the system starts with the broker");
+    let broken = scenario::run(&system, &mut Narrator::default())
+        .await
+        .expect("the story runs");
+    assert!(broken.is_empty(), "invariants broken: {broken:#?}");
+    let ledger = shop::invariants::Ledger::read(&system)
+        .await
+        .expect("ledger");
+    assert!(ledger.events >= 30, "{ledger:?}");
+    assert_eq!(ledger.events, ledger.emails, "{ledger:?}");
+    assert_eq!(ledger.delivered, ledger.events, "every event confirmed");
+    assert!(
+        ledger.deliveries > ledger.emails,
+        "the unacknowledged deliveries came again through the broker and were recorded once: {ledger:?}"
+    );
+    let emails = system
+        .client
+        .send(
+            &system.instance("notifications-1").unwrap().to_string(),
+            ApiCall::get("/emails"),
+        )
+        .await
+        .unwrap();
+    let emails = emails.body.as_array().expect("emails");
+    assert!(
+        emails.iter().all(|email| email["transport"] == "amqp"),
+        "every event came through the broker: {emails:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs rabbitmq: scripts/integration-rabbitmq.sh"]
+async fn rabbitmq_seeded_fault_run_keeps_the_invariants() {
+    fault_run_keeps_the_invariants(3, Some(amqp())).await;
+}
+
+/// The story with every service registered in a real etcd
+/// (`PALISADE_ETCD`, set by scripts/integration-etcd.sh): the balancers
+/// find the instances through etcd's prefix watch.
+#[cfg(feature = "etcd")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs etcd: scripts/integration-etcd.sh"]
+async fn etcd_registry_story_keeps_the_invariants() {
+    let endpoint =
+        std::env::var("PALISADE_ETCD").unwrap_or_else(|_| "http://127.0.0.1:2379".to_owned());
+    let address = endpoint
+        .strip_prefix("http://")
+        .expect("PALISADE_ETCD is http://host:port");
+    let system = System::start(SystemConfig {
+        registry: Some(format!("etcd://{address}")),
+        ..SystemConfig::default()
+    })
+    .await
+    .expect("the system starts on etcd");
+    assert_eq!(system.registry_backend(), "etcd");
+    let broken = scenario::run(&system, &mut Narrator::default())
+        .await
+        .expect("the story runs");
+    assert!(broken.is_empty(), "invariants broken: {broken:#?}");
+    let transitions = system.observed.lock().breaker_transitions.clone();
+    assert_eq!(
+        transitions.last().map(String::as_str),
+        Some("HALF_OPEN -> CLOSED")
+    );
+}

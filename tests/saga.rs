@@ -1235,3 +1235,72 @@ async fn shutdown_releases_leases_so_another_executor_takes_over_at_once() {
         SagaOutcome::Completed(_)
     ));
 }
+
+/// A step whose first run took effect and was cut off by a crash, and
+/// whose re-run by the executor that took over failed with no effect, is
+/// compensated all the same: the re-run says nothing about the first run.
+#[tokio::test(start_paused = true)]
+async fn a_step_cut_off_by_a_crash_is_compensated_even_if_its_rerun_had_no_effect() {
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::SeqCst};
+
+    #[derive(Default)]
+    struct Card {
+        runs: AtomicU32,
+        charged: AtomicBool,
+        refunds: AtomicU32,
+    }
+    let card = Arc::new(Card::default());
+    let def = SagaDefinition::builder("pay", 1)
+        .step(Step::new(
+            "charge",
+            |card: Arc<Card>, _cx: StepContext| async move {
+                if card.runs.fetch_add(1, SeqCst) == 0 {
+                    card.charged.store(true, SeqCst);
+                    // The reply never comes: the executor crashes here.
+                    std::future::pending::<()>().await;
+                }
+                Err::<(), _>(StepError::no_effect("the card is blocked now"))
+            },
+            |card: Arc<Card>, _cx: StepContext| async move {
+                card.charged.store(false, SeqCst);
+                card.refunds.fetch_add(1, SeqCst);
+                Ok::<_, palisade::BoxError>(())
+            },
+        ))
+        .build()
+        .unwrap();
+    let log = MemoryLog::new();
+    let a = SagaExecutor::builder(Arc::clone(&card), log.clone())
+        .owner("a")
+        .lease_ttl(Duration::from_secs(3))
+        .build()
+        .unwrap();
+    let crashed = a.start(&def, &()).await.unwrap();
+    while card.runs.load(SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    drop(a);
+    assert!(crashed.outcome().await.is_err(), "a is gone");
+
+    let b = SagaExecutor::builder(Arc::clone(&card), log)
+        .owner("b")
+        .lease_ttl(Duration::from_secs(3))
+        .build()
+        .unwrap();
+    b.register(&def);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let resumed = b.take_over_expired().await.unwrap();
+    assert_eq!(resumed.len(), 1);
+    let outcome = resumed.into_iter().next().unwrap().outcome().await.unwrap();
+    assert!(
+        matches!(outcome, SagaOutcome::Compensated(_)),
+        "{outcome:?}"
+    );
+    assert_eq!(card.runs.load(SeqCst), 2, "b re-ran the cut-off attempt");
+    assert_eq!(
+        card.refunds.load(SeqCst),
+        1,
+        "the first run's charge is refunded"
+    );
+    assert!(!card.charged.load(SeqCst));
+}

@@ -14,6 +14,7 @@ mod shop;
 use std::io::IsTerminal;
 
 use palisade::BoxError;
+use shop::fault_run::{self, FaultRunConfig};
 use shop::scenario::{self, Narrator};
 use shop::system::{System, SystemConfig};
 
@@ -30,7 +31,25 @@ OPTIONS:
     --serve     Keep the system up with the gateway on 127.0.0.1:8080 and
                 print curl commands to try (stop with Ctrl-C).
     --seed N    Seed the balancers' pickers and the payments' random faults
-                (default 7), so that a run can be replayed.
+                (default 7), so that a run can be replayed; with --faults,
+                also the fault plan.
+    --faults    Instead of the story, a randomized fault run: 5 rounds of 8
+                orders placed at once while, before each round, the seed
+                picks each payments instance's faults (down, an error rate,
+                added latency, lost replies), lost notification replies,
+                once an outage of both (the breaker opens) and once an
+                orders executor crash; then the faults are cleared and the
+                invariants checked. The same seed gives the same plan;
+                outcomes may differ with timing.
+    --broker URL
+                Carry the order events through RabbitMQ (e.g.
+                amqp://127.0.0.1:5672): the orders outbox publishes with
+                publisher confirms, notifications consumes with manual
+                acks. Default: the outbox relay delivers over HTTP.
+    --registry URL
+                Register the services in etcd (e.g. etcd://127.0.0.1:2379,
+                with leases kept alive instead of HTTP health checks); needs
+                `--features etcd`. Default: the embedded registry.
     --help      This text.
 
 The registry checks the users service over gRPC (grpc.health.v1), every
@@ -45,18 +64,39 @@ trace ids, and palisade's state changes).";
 struct Options {
     serve: bool,
     seed: u64,
+    faults: bool,
+    broker: Option<String>,
+    registry: Option<String>,
 }
 
 fn options() -> Result<Option<Options>, String> {
     let mut options = Options {
         serve: false,
         seed: 7,
+        faults: false,
+        broker: None,
+        registry: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--help" | "-h" => return Ok(None),
             "--serve" => options.serve = true,
+            "--faults" => options.faults = true,
+            "--broker" => {
+                let url = args.next().ok_or("--broker needs a URL")?;
+                if !url.starts_with("amqp://") {
+                    return Err(format!("--broker needs an amqp:// URL, got {url:?}"));
+                }
+                options.broker = Some(url);
+            }
+            "--registry" => {
+                let url = args.next().ok_or("--registry needs a URL")?;
+                if !url.starts_with("etcd://") {
+                    return Err(format!("--registry needs an etcd:// URL, got {url:?}"));
+                }
+                options.registry = Some(url);
+            }
             "--seed" => {
                 let value = args.next().ok_or("--seed needs a number")?;
                 options.seed = value
@@ -95,16 +135,24 @@ async fn main() -> Result<(), BoxError> {
         .init();
 
     if options.serve {
-        return serve(options.seed).await;
+        return serve(options.seed, options.broker, options.registry).await;
     }
     let started = std::time::Instant::now();
     let system = System::start(SystemConfig {
         seed: options.seed,
+        broker: options.broker,
+        registry: options.registry,
         ..SystemConfig::default()
     })
     .await?;
     let mut narrator = Narrator::default();
-    let broken = scenario::run(&system, &mut narrator).await?;
+    let broken = if options.faults {
+        fault_run::run(&system, FaultRunConfig::new(options.seed), &mut narrator)
+            .await?
+            .broken
+    } else {
+        scenario::run(&system, &mut narrator).await?
+    };
     narrator.say(format!("done in {:.1?}", started.elapsed()));
     if !broken.is_empty() {
         std::process::exit(1);
@@ -112,9 +160,15 @@ async fn main() -> Result<(), BoxError> {
     Ok(())
 }
 
-async fn serve(seed: u64) -> Result<(), BoxError> {
+async fn serve(
+    seed: u64,
+    broker: Option<String>,
+    registry: Option<String>,
+) -> Result<(), BoxError> {
     let system = System::start(SystemConfig {
         seed,
+        broker,
+        registry,
         gateway_port: 8080,
         ..SystemConfig::default()
     })

@@ -344,6 +344,7 @@ where
         let resumed = Resumed {
             next_attempt: so_far.next_attempt(),
             failures: so_far.failures,
+            interrupted: so_far.in_flight,
         };
         self.run_attempts(step, call, resumed, input, outputs).await
     }
@@ -371,11 +372,14 @@ where
         let Resumed {
             next_attempt: mut attempt,
             mut failures,
+            interrupted,
         } = resumed;
         // Decorrelated jitter grows from the delay before; a resumed loop
         // does not know it and starts that growth over.
         let mut previous_delay = None;
-        let mut unknown = false;
+        // The outcome of an attempt cut off by a crash is unknown: a re-run
+        // that fails with no effect does not show the first changed nothing.
+        let mut unknown = interrupted;
         loop {
             self.record(call.started(name, attempt), Note::default())
                 .await?;
@@ -551,6 +555,7 @@ where
         let resumed = Resumed {
             next_attempt: state.next_undo_attempt(),
             failures: state.undo_failures,
+            interrupted: state.undo_in_flight,
         };
         let outputs = Arc::new(progress.outputs.clone());
         let end = self
@@ -585,6 +590,9 @@ struct Placement {
 struct Resumed {
     next_attempt: u32,
     failures: u32,
+    /// An attempt was interrupted (a crash): it may have had an effect,
+    /// whatever its re-run reports.
+    interrupted: bool,
 }
 
 /// The call an attempt loop makes: a step's action or its compensation.

@@ -92,6 +92,9 @@ impl Progress {
             RecordKind::SagaCreated { .. } => {}
             RecordKind::StepStarted { step, attempt } => {
                 let s = self.step_mut(step);
+                // A start while an attempt is in flight is the re-run of an
+                // attempt a crash cut off: that one's outcome is unknown.
+                s.unknown |= s.in_flight;
                 s.in_flight = true;
                 s.last_attempt = *attempt;
             }
@@ -271,6 +274,33 @@ mod tests {
             replay(&records),
             Err(SagaError::InconsistentLog { .. })
         ));
+    }
+
+    #[test]
+    fn an_attempt_cut_off_by_a_crash_may_have_had_an_effect_even_if_its_rerun_had_none() {
+        // Attempt 1 started, the executor crashed; another re-ran attempt 1,
+        // which failed for good with no effect: the first run may still
+        // have had one, so the step is compensated.
+        let records = [
+            record(0, created()),
+            record(1, started("a", 1)),
+            record(2, started("a", 1)),
+            record(
+                3,
+                RecordKind::StepFailed {
+                    step: "a".into(),
+                    attempt: 1,
+                    effect: StepEffect::NoEffect,
+                    error: "no".into(),
+                    will_retry: false,
+                },
+            ),
+        ];
+        let progress = replay(&records).unwrap();
+        let a = progress.step("a");
+        assert!(!a.in_flight);
+        assert!(a.unknown);
+        assert!(a.may_have_effect());
     }
 
     #[test]

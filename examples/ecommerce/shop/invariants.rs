@@ -95,13 +95,25 @@ impl Ledger {
     }
 }
 
-/// Waits until every outbox event is delivered (at most 10 s).
+/// Waits until every outbox event is delivered and has its email (at
+/// most 10 s; through a broker, the email comes after the confirm).
 pub async fn wait_for_outbox(system: &System) -> Result<(), BoxError> {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let outbox = get(system, "orders-1", "/outbox").await?;
         if rows(&outbox).iter().all(|event| event["delivered"] == true) {
-            return Ok(());
+            let emails = get(system, "notifications-1", "/emails").await?;
+            let emailed: BTreeSet<&str> = rows(&emails)
+                .iter()
+                .filter_map(|email| email["event_id"].as_str())
+                .collect();
+            if rows(&outbox)
+                .iter()
+                .filter_map(|event| event["event_id"].as_str())
+                .all(|id| emailed.contains(id))
+            {
+                return Ok(());
+            }
         }
         if tokio::time::Instant::now() > deadline {
             return Err("the outbox was not delivered within 10 s".into());
@@ -166,6 +178,21 @@ pub async fn check(system: &System) -> Result<Vec<String>, BoxError> {
             "events without an email: {:?}; emails without an event: {:?}",
             events.difference(&emailed_set).collect::<Vec<_>>(),
             emailed_set.difference(&events).collect::<Vec<_>>()
+        ));
+    }
+    // No call reached payments past its open breaker: every charge or
+    // refund payments received was sent by a call the breaker permitted.
+    let audit = system.payments_audit();
+    if audit.received > audit.permitted_outcomes + audit.cancelled + audit.events_lost {
+        broken.push(format!(
+            "payments received {} calls, more than its breaker permitted: {audit:?}",
+            audit.received
+        ));
+    }
+    if audit.received > audit.sent {
+        broken.push(format!(
+            "payments received {} calls, more than were sent through its breaker: {audit:?}",
+            audit.received
         ));
     }
     Ok(broken)

@@ -1,8 +1,10 @@
 //! The e-commerce system, one module per service. `main.rs` runs it as the
 //! example; `tests/ecommerce.rs` includes this module to check it.
 
+pub mod broker;
 pub mod db;
 pub mod edge;
+pub mod fault_run;
 pub mod gateway;
 pub mod http_json;
 pub mod invariants;

@@ -1,6 +1,6 @@
 //! The notifications service: receives order events (delivered at least
-//! once by the orders service's outbox relay) and records one "email" per
-//! event, de-duplicated by event id.
+//! once by the orders service's outbox relay, over HTTP or through
+//! RabbitMQ) and records one "email" per event, de-duplicated by event id.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -20,21 +20,28 @@ CREATE TABLE IF NOT EXISTS emails (
     order_id TEXT NOT NULL,
     kind TEXT NOT NULL,
     user_id INTEGER NOT NULL,
-    deliveries INTEGER NOT NULL DEFAULT 1
+    deliveries INTEGER NOT NULL DEFAULT 1,
+    transport TEXT NOT NULL
 );";
 
+/// An order event, as the outbox relay sends it.
 #[derive(Debug, Deserialize)]
-struct OrderEvent {
-    event_id: String,
-    order_id: String,
-    kind: String,
-    user_id: i64,
+pub struct OrderEvent {
+    /// `order id:kind`, unique.
+    pub event_id: String,
+    /// The order.
+    pub order_id: String,
+    /// `OrderCreated`, `OrderConfirmed` or `OrderCancelled`.
+    pub kind: String,
+    /// Who ordered.
+    pub user_id: i64,
 }
 
 #[derive(Debug, Deserialize)]
 struct Faults {
     /// The next this many deliveries are recorded, then answered with a
-    /// 503, as if the reply were lost: the sender delivers them again.
+    /// 503 (through the broker: not acknowledged), as if the reply were
+    /// lost: the sender delivers them again.
     lose_next_replies: u32,
 }
 
@@ -64,38 +71,53 @@ impl Notifications {
     }
 }
 
+impl Notifications {
+    /// Records the email of `event`, first delivered by `transport`
+    /// (`http` or `amqp`), once however often it is delivered;
+    /// `Ok(false)` when the fault switch "loses" this delivery's reply
+    /// (recorded all the same).
+    pub fn record(&self, event: &OrderEvent, transport: &str) -> Result<bool, rusqlite::Error> {
+        let failing = self
+            .lose_next_replies
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        let db = self.db.lock();
+        db.execute(
+            "INSERT INTO emails (event_id, order_id, kind, user_id, transport)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (event_id) DO UPDATE SET deliveries = deliveries + 1",
+            rusqlite::params![
+                event.event_id,
+                event.order_id,
+                event.kind,
+                event.user_id,
+                transport
+            ],
+        )?;
+        let deliveries: i64 = db.query_row(
+            "SELECT deliveries FROM emails WHERE event_id = ?1",
+            [&event.event_id],
+            |row| row.get(0),
+        )?;
+        tracing::info!(event = %event.event_id, kind = %event.kind, deliveries, "email recorded");
+        Ok(!failing)
+    }
+}
+
 async fn receive(
     State(this): State<Arc<Notifications>>,
     Json(event): Json<OrderEvent>,
 ) -> Result<Json<Value>, ApiError> {
-    let failing = this
-        .lose_next_replies
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-        .is_ok();
-    let db = this.db.lock();
-    db.execute(
-        "INSERT INTO emails (event_id, order_id, kind, user_id) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (event_id) DO UPDATE SET deliveries = deliveries + 1",
-        rusqlite::params![event.event_id, event.order_id, event.kind, event.user_id],
-    )?;
-    let deliveries: i64 = db.query_row(
-        "SELECT deliveries FROM emails WHERE event_id = ?1",
-        [&event.event_id],
-        |row| row.get(0),
-    )?;
-    tracing::info!(event = %event.event_id, kind = %event.kind, deliveries, "email recorded");
-    if failing {
+    if !this.record(&event, "http")? {
         return Err(ApiError::unavailable("notifications: the reply was lost"));
     }
-    Ok(Json(
-        json!({"event_id": event.event_id, "duplicate": deliveries > 1}),
-    ))
+    Ok(Json(json!({"event_id": event.event_id})))
 }
 
 async fn emails(State(this): State<Arc<Notifications>>) -> Result<Json<Value>, ApiError> {
     let db = this.db.lock();
     let mut statement = db.prepare(
-        "SELECT event_id, order_id, kind, user_id, deliveries FROM emails ORDER BY rowid",
+        "SELECT event_id, order_id, kind, user_id, deliveries, transport FROM emails ORDER BY rowid",
     )?;
     let rows = statement
         .query_map([], |row| {
@@ -105,6 +127,7 @@ async fn emails(State(this): State<Arc<Notifications>>) -> Result<Json<Value>, A
                 "kind": row.get::<_, String>(2)?,
                 "user_id": row.get::<_, i64>(3)?,
                 "deliveries": row.get::<_, i64>(4)?,
+                "transport": row.get::<_, String>(5)?,
             }))
         })?
         .collect::<Result<Vec<_>, _>>()?;

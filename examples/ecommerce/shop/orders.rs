@@ -1,7 +1,8 @@
 //! The orders service: places an order by checking the user over gRPC,
 //! pricing it from the catalogue and running the order saga; relays the
 //! outbox's events to the notifications service (at least once, with
-//! retries that back off exponentially).
+//! retries that back off exponentially), or publishes them to RabbitMQ
+//! with publisher confirms when the system runs with a broker.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +20,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
+use super::broker::Publisher;
 use super::db::{self, Db};
 use super::http_json::{ApiCall, ApiError, JsonReply};
 use super::inventory::Line;
@@ -62,6 +64,8 @@ pub struct OrdersClients {
     pub inventory: PipelinedClient,
     /// Notifications (used by the outbox relay).
     pub notifications: PipelinedClient,
+    /// The broker the outbox relay publishes to instead, when there is one.
+    pub broker: Option<Publisher>,
 }
 
 /// The running service.
@@ -121,7 +125,11 @@ impl Orders {
             executor.register(&definition);
             executor.recover().await?;
         }
-        let relay = tokio::spawn(relay_outbox(Arc::clone(&db), clients.notifications));
+        let relay = tokio::spawn(relay_outbox(
+            Arc::clone(&db),
+            clients.notifications,
+            clients.broker,
+        ));
         let orders = Arc::new(Self {
             db,
             users: clients.users,
@@ -364,10 +372,10 @@ fn undelivered(db: &Db) -> Result<Vec<Pending>, rusqlite::Error> {
 }
 
 /// Delivers the outbox's events in order, each until notifications
-/// accepts it (the client retries with exponential backoff); an event is
-/// marked delivered only after its delivery succeeded, so it may be
-/// delivered twice, never lost.
-async fn relay_outbox(db: Db, notifications: PipelinedClient) {
+/// accepts it (the client retries with exponential backoff) or, with a
+/// broker, until the broker confirms it; an event is marked delivered only
+/// after its delivery succeeded, so it may be delivered twice, never lost.
+async fn relay_outbox(db: Db, notifications: PipelinedClient, broker: Option<Publisher>) {
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -381,22 +389,29 @@ async fn relay_outbox(db: Db, notifications: PipelinedClient) {
         };
         for (seq, event_id, order_id, user_id, kind) in pending {
             let event = json!({"event_id": event_id, "order_id": order_id, "user_id": user_id, "kind": kind});
-            match notifications
-                .clone()
-                .oneshot(ApiCall::post("/events", event))
-                .await
-            {
-                Ok(reply) if reply.status.is_success() => {
+            let delivered = match &broker {
+                Some(broker) => broker
+                    .publish(&event_id, &event)
+                    .await
+                    .map_err(|error| error.to_string()),
+                None => match notifications
+                    .clone()
+                    .oneshot(ApiCall::post("/events", event))
+                    .await
+                {
+                    Ok(reply) if reply.status.is_success() => Ok(()),
+                    Ok(reply) => Err(format!("notification refused: {}", reply.status)),
+                    Err(error) => Err(error.to_string()),
+                },
+            };
+            match delivered {
+                Ok(()) => {
                     if let Err(error) = db
                         .lock()
                         .execute("UPDATE outbox SET delivered = 1 WHERE seq = ?1", [seq])
                     {
                         tracing::warn!(%error, "outbox not updated; the event will be sent again");
                     }
-                }
-                Ok(reply) => {
-                    tracing::warn!(event = %event_id, status = %reply.status, "notification refused");
-                    break;
                 }
                 Err(error) => {
                     tracing::warn!(event = %event_id, %error, "notification not delivered; retrying later");

@@ -1,45 +1,92 @@
 //! How the services find each other: each instance registers in the
-//! embedded registry with an HTTP health check; callers reach a service
-//! through a balancer over its healthy instances.
+//! embedded registry with an HTTP health check (or, with `--registry
+//! etcd://...`, in etcd with a lease the instance keeps alive); callers
+//! reach a service through a balancer over its healthy instances.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use palisade::BoxError;
 use palisade::discovery::{
     Balance, BalanceConfig, HealthCheck, HttpCheck, InMemoryRegistry, Instance, OutlierDetection,
-    Picker, Registrar, Registration, RegistrationGuard, make_fn,
+    Picker, Registrar, Registration, RegistrationGuard, Registry, make_fn,
 };
+
+/// The registry the system's services share.
+pub type SharedRegistry = Arc<dyn Registrar>;
+
+/// The embedded registry, or the etcd at `url` (`etcd://host:port`, with
+/// the `etcd` feature) under a key prefix of this system's own, so that
+/// systems started at once do not see each other's instances.
+pub async fn open(url: Option<&str>) -> Result<SharedRegistry, BoxError> {
+    let Some(url) = url else {
+        return Ok(Arc::new(InMemoryRegistry::new()));
+    };
+    let Some(address) = url.strip_prefix("etcd://") else {
+        return Err(format!("--registry needs an etcd:// URL, got {url:?}").into());
+    };
+    open_etcd(address).await
+}
+
+#[cfg(feature = "etcd")]
+async fn open_etcd(address: &str) -> Result<SharedRegistry, BoxError> {
+    let prefix = format!("/palisade-shop/{:016x}", rand::random::<u64>());
+    let registry = palisade::discovery::EtcdRegistry::builder()
+        .endpoint(format!("http://{address}"))
+        .prefix(prefix)
+        .default_lease_ttl(ETCD_LEASE_TTL)
+        .connect()
+        .await?;
+    Ok(Arc::new(registry))
+}
+
+#[cfg(not(feature = "etcd"))]
+async fn open_etcd(_address: &str) -> Result<SharedRegistry, BoxError> {
+    Err("--registry etcd://... needs the etcd feature: cargo run --example ecommerce --features etcd".into())
+}
+
+/// How long an instance stays in etcd after its process stops renewing
+/// its lease.
+#[cfg(feature = "etcd")]
+pub const ETCD_LEASE_TTL: Duration = Duration::from_secs(2);
 
 use super::http_json::{InstanceClient, JsonClient};
 
 /// How often the registry checks each instance's `/health`.
 pub const HEALTH_INTERVAL: Duration = Duration::from_millis(300);
 
-/// Registers `id` of `service` at `address`, checked over HTTP.
+/// Registers `id` of `service` at `address`: checked over HTTP by the
+/// embedded registry; in etcd, which runs no checks, alive as long as its
+/// lease is kept alive.
 pub async fn register(
-    registry: &InMemoryRegistry,
+    registry: &dyn Registrar,
     service: &str,
     id: &str,
     address: std::net::SocketAddr,
 ) -> Result<RegistrationGuard, BoxError> {
     let instance = Instance::builder(service, id, address.to_string()).build()?;
-    let check = HttpCheck::builder()
-        .path("/health")
-        .interval(HEALTH_INTERVAL)
-        .timeout(HEALTH_INTERVAL)
-        .build()?;
+    let check = if registry.backend() == "etcd" {
+        HealthCheck::None
+    } else {
+        HealthCheck::Http(
+            HttpCheck::builder()
+                .path("/health")
+                .interval(HEALTH_INTERVAL)
+                .timeout(HEALTH_INTERVAL)
+                .build()?,
+        )
+    };
     Ok(registry
-        .register(Registration::new(instance, HealthCheck::Http(check)))
+        .register(Registration::new(instance, check))
         .await?)
 }
 
 /// Waits until `service` has `count` healthy instances (at most 5 s).
 pub async fn wait_healthy(
-    registry: &InMemoryRegistry,
+    registry: &dyn Registry,
     service: &str,
     count: usize,
 ) -> Result<(), BoxError> {
-    use palisade::discovery::Registry;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
         if registry.healthy(service).await?.len() >= count {
@@ -58,7 +105,7 @@ pub async fn wait_healthy(
 /// instances; an instance that fails `eject_after` calls in a row is
 /// ejected for `ejection` (outlier detection).
 pub fn balanced_json(
-    registry: &InMemoryRegistry,
+    registry: &dyn Registry,
     service: &str,
     client: JsonClient,
     eject_after: u32,
@@ -84,14 +131,15 @@ pub fn balanced_json(
 /// Registers `id` of `service` at `address`: the users service (gRPC)
 /// with a grpc.health.v1 check (palisade's `tonic` feature, on for the
 /// examples through the crate's dev-dependency on itself), every other
-/// instance over HTTP.
+/// instance over HTTP; in etcd, every instance by its lease.
 pub async fn register_instance(
-    registry: &InMemoryRegistry,
+    registry: &dyn Registrar,
     service: &str,
     id: &str,
     address: std::net::SocketAddr,
 ) -> Result<RegistrationGuard, BoxError> {
-    if service == "users" {
+    // etcd runs no checks: there, every instance lives by its lease.
+    if service == "users" && registry.backend() != "etcd" {
         let instance = Instance::builder(service, id, address.to_string()).build()?;
         let check = palisade::discovery::GrpcCheck::builder()
             .interval(HEALTH_INTERVAL)

@@ -14,7 +14,8 @@ use palisade::bulkhead::{Bulkhead, BulkheadConfig};
 use palisade::circuit_breaker::{
     CircuitBreaker, CircuitBreakerConfig, CircuitBreakerEventKind, SlidingWindow,
 };
-use palisade::discovery::{Balance, BalanceEventKind, InMemoryRegistry, RegistrationGuard};
+use palisade::discovery::{Balance, BalanceEventKind, RegistrationGuard, Registry};
+use palisade::events::RecvError;
 use palisade::pipeline::Pipeline;
 use palisade::rate_limit::{RateLimiter, RateLimiterConfig};
 use palisade::retry::{Retry, RetryConfig, RetryEventKind};
@@ -22,6 +23,7 @@ use parking_lot::Mutex;
 use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
 
+use super::broker::{self, BrokerConfig, Publisher};
 use super::edge::{self, EdgeConfig, Guards, StoppableServer};
 use super::gateway::{Gateway, GatewayClients};
 use super::http_json::{InstanceClient, JsonClient};
@@ -31,7 +33,9 @@ use super::order_saga::PipelinedClient;
 use super::orders::{Orders, OrdersClients};
 use super::payments::PaymentsInstance;
 use super::products::Products;
-use super::registry::{balanced_json, register_instance, wait_healthy};
+use super::registry::{
+    SharedRegistry, balanced_json, open as open_registry, register_instance, wait_healthy,
+};
 use super::users::{UsersService, users_grpc};
 
 /// The catalogue: id, name, price in cents. The piano costs more than
@@ -48,7 +52,7 @@ pub const CATALOGUE: &[(i64, &str, i64)] = &[
 pub const INITIAL_STOCK: &[(i64, i64)] = &[(1, 10), (2, 5), (3, 3), (4, 2), (5, 100)];
 
 /// How the system is started.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct SystemConfig {
     /// Seeds the balancers' pickers and the payments' random faults.
     pub seed: u64,
@@ -58,6 +62,13 @@ pub struct SystemConfig {
     pub orders_per_second: u32,
     /// The gateway's per-user limit, bulkhead, cache and hedging.
     pub edge: EdgeConfig,
+    /// The RabbitMQ broker (`amqp://...`) that carries the order events
+    /// from the orders service's outbox to notifications; `None`: the
+    /// outbox relay delivers them over HTTP.
+    pub broker: Option<String>,
+    /// The etcd (`etcd://host:port`, feature `etcd`) the services register
+    /// in; `None`: the embedded registry.
+    pub registry: Option<String>,
 }
 
 impl Default for SystemConfig {
@@ -67,6 +78,8 @@ impl Default for SystemConfig {
             gateway_port: 0,
             orders_per_second: 200,
             edge: EdgeConfig::default(),
+            broker: None,
+            registry: None,
         }
     }
 }
@@ -86,6 +99,33 @@ pub struct Observed {
     pub relay_retry_delays: Vec<Duration>,
     /// The payments instances ejected by outlier detection.
     pub ejections: Vec<String>,
+    /// The audit of the payments breaker (see [`BreakerAudit`]).
+    pub payments_audit: BreakerAudit,
+}
+
+/// What shows that no call reached payments past its open breaker,
+/// counted on both sides of it: every charge or refund a payments
+/// instance received must have been sent by a call the breaker permitted,
+/// so `received <= permitted_outcomes + cancelled + events_lost` (a
+/// permitted call reports exactly one outcome, unless it is cancelled; a
+/// call the breaker rejects reports `Rejected` and is never sent).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct BreakerAudit {
+    /// `/charge` and `/refund` requests the payments instances received.
+    pub received: u64,
+    /// Calls sent below the breaker (to the balancer over the instances).
+    pub sent: u64,
+    /// Of those, calls whose future was dropped before it finished: by
+    /// the timeout (the breaker records a failure: counted twice, which
+    /// only loosens the check) or by a crashed executor (no outcome).
+    pub cancelled: u64,
+    /// Outcomes of permitted calls the breaker reported (success,
+    /// failure, ignored).
+    pub permitted_outcomes: u64,
+    /// Calls the breaker rejected.
+    pub rejected: u64,
+    /// Breaker events the audit missed (its subscriber lagged).
+    pub events_lost: u64,
 }
 
 /// The running system. Dropping it stops every server.
@@ -110,9 +150,11 @@ pub struct System {
     pub guards: Guards,
     /// Every instance's server, by instance id (see `stop_instance`).
     stoppable: BTreeMap<String, StoppableServer>,
+    /// The broker carrying the order events, if any.
+    pub broker: Option<BrokerConfig>,
     servers: Vec<tokio::task::JoinHandle<()>>,
     _registrations: Vec<RegistrationGuard>,
-    _registry: InMemoryRegistry,
+    _registry: SharedRegistry,
     _dir: tempfile::TempDir,
 }
 
@@ -169,10 +211,10 @@ impl System {
         edge::prometheus();
         let guards = Guards::new(config.edge)?;
         let dir = tempfile::tempdir()?;
-        let registry = InMemoryRegistry::new();
+        let registry = open_registry(config.registry.as_deref()).await?;
         let client = JsonClient::new(Duration::from_secs(60));
         let observed = Arc::new(Mutex::new(Observed::default()));
-        let servers = Vec::new();
+        let mut servers = Vec::new();
         let mut stoppable = BTreeMap::new();
         let mut registrations = Vec::new();
         let mut instances = BTreeMap::new();
@@ -185,7 +227,7 @@ impl System {
             let server = StoppableServer::start(router, port).await?;
             let address = server.address;
             stoppable.insert(id.to_owned(), server);
-            registrations.push(register_instance(&registry, service, id, address).await?);
+            registrations.push(register_instance(&*registry, service, id, address).await?);
             instances.insert(id.to_owned(), address);
             Ok(address)
         };
@@ -206,9 +248,17 @@ impl System {
                 &dir.path().join("payments.db"),
                 config.seed + n as u64,
             )?;
-            up("payments", id, instance.router(), 0).await?;
+            let router = count_received(instance.router(), &observed);
+            up("payments", id, router, 0).await?;
         }
         let notifications = Notifications::open(&dir.path().join("notifications.db"))?;
+        let broker = config.broker.as_deref().map(BrokerConfig::new);
+        let consumer = match &broker {
+            Some(broker) => {
+                Some(broker::consume(broker.clone(), Arc::clone(&notifications)).await?)
+            }
+            None => None,
+        };
         up(
             "notifications",
             "notifications-1",
@@ -275,6 +325,7 @@ impl System {
             payments: pipelined(
                 ServiceBuilder::new()
                     .layer(payments)
+                    .map_future(count_sent(Arc::clone(&observed)))
                     .service(payments_balance.clone()),
             ),
             inventory: pipelined(ServiceBuilder::new().layer(inventory_client).service(
@@ -297,6 +348,10 @@ impl System {
                     config.seed,
                 )?,
             )),
+            broker: match &broker {
+                Some(broker) => Some(Publisher::open(broker).await?),
+                None => None,
+            },
         };
         let orders = Orders::start(dir.path(), clients).await?;
         up("orders", "orders-1", orders.router(), 0).await?;
@@ -377,6 +432,7 @@ impl System {
         )
         .await?;
 
+        servers.extend(consumer);
         for (service, count) in [
             ("users", 1),
             ("products", 2),
@@ -400,6 +456,7 @@ impl System {
             client,
             guards,
             stoppable,
+            broker,
             servers,
             _registrations: registrations,
             _registry: registry,
@@ -414,7 +471,15 @@ impl System {
         let mut breaker = self.payments_breaker.subscribe();
         let observed = Arc::clone(&self.observed);
         tokio::spawn(async move {
-            while let Ok(event) = breaker.recv().await {
+            loop {
+                let event = match breaker.recv().await {
+                    Ok(event) => event,
+                    Err(RecvError::Lagged(lost)) => {
+                        observed.lock().payments_audit.events_lost += lost;
+                        continue;
+                    }
+                    Err(RecvError::Closed) => return,
+                };
                 match event.kind {
                     CircuitBreakerEventKind::StateTransition { from, to, .. } => {
                         observed
@@ -423,7 +488,14 @@ impl System {
                             .push(format!("{from} -> {to}"));
                     }
                     CircuitBreakerEventKind::Rejected { .. } => {
-                        observed.lock().breaker_rejections += 1
+                        let mut observed = observed.lock();
+                        observed.breaker_rejections += 1;
+                        observed.payments_audit.rejected += 1;
+                    }
+                    CircuitBreakerEventKind::Success { .. }
+                    | CircuitBreakerEventKind::Failure { .. }
+                    | CircuitBreakerEventKind::Ignored => {
+                        observed.lock().payments_audit.permitted_outcomes += 1
                     }
                     _ => {}
                 }
@@ -457,6 +529,16 @@ impl System {
                 }
             }
         });
+    }
+
+    /// The registry's backend: `in-memory` or `etcd`.
+    pub fn registry_backend(&self) -> &'static str {
+        self._registry.backend()
+    }
+
+    /// The audit of the payments breaker so far.
+    pub fn payments_audit(&self) -> BreakerAudit {
+        self.observed.lock().payments_audit
     }
 
     /// The address of instance `id`.
@@ -507,5 +589,46 @@ impl System {
             .ok_or_else(|| format!("no instance {id}"))?
             .restart()
             .await
+    }
+}
+
+/// `router` with a count of the `/charge` and `/refund` requests it
+/// receives, in front of its routes.
+fn count_received(router: axum::Router, observed: &Arc<Mutex<Observed>>) -> axum::Router {
+    let observed = Arc::clone(observed);
+    router.layer(axum::middleware::from_fn(
+        move |request: axum::extract::Request, next: axum::middleware::Next| {
+            if matches!(request.uri().path(), "/charge" | "/refund") {
+                observed.lock().payments_audit.received += 1;
+            }
+            next.run(request)
+        },
+    ))
+}
+
+/// Counts the calls sent below the payments breaker, and those cancelled
+/// before they finished.
+fn count_sent<F>(
+    observed: Arc<Mutex<Observed>>,
+) -> impl Fn(F) -> std::pin::Pin<Box<dyn Future<Output = F::Output> + Send>> + Clone
+where
+    F: Future + Send + 'static,
+{
+    struct Unfinished(Option<Arc<Mutex<Observed>>>);
+    impl Drop for Unfinished {
+        fn drop(&mut self) {
+            if let Some(observed) = self.0.take() {
+                observed.lock().payments_audit.cancelled += 1;
+            }
+        }
+    }
+    move |future: F| {
+        observed.lock().payments_audit.sent += 1;
+        let mut unfinished = Unfinished(Some(Arc::clone(&observed)));
+        Box::pin(async move {
+            let output = future.await;
+            unfinished.0.take();
+            output
+        })
     }
 }

@@ -218,7 +218,7 @@ impl UsersGrpc {
 /// Builds a [`UsersGrpc`] client through `pipeline` (no retry: gRPC
 /// requests are streams, not copied).
 pub fn users_grpc(
-    registry: &palisade::discovery::InMemoryRegistry,
+    registry: &dyn palisade::discovery::Registry,
     pipeline: palisade::pipeline::Pipeline,
     seed: u64,
 ) -> Result<UsersGrpc, palisade::BoxError> {
