@@ -11,8 +11,8 @@
 //!
 //! | group | what |
 //! |---|---|
-//! | `closed` | a successful call in CLOSED for each window and clock, and peers |
-//! | `open` | a rejected call, FORCED_OPEN and OPEN, and peers |
+//! | `closed` | a successful call in CLOSED for each window and clock, with an idle subscriber, and peers |
+//! | `open` | a rejected call, FORCED_OPEN and OPEN (entered in a runtime, and without one), and peers |
 //! | `closed-2-threads` | two threads calling clones of one service; time per call on each thread |
 //! | `clock-read` | one read of each clock the breaker can time calls with |
 //!
@@ -199,6 +199,21 @@ fn closed(c: &mut Criterion) {
         "count/static",
         static_count_breaker().layer().layer(Echo),
     );
+    // One subscriber that never drains.
+    let observed = count_breaker();
+    let _transitions = observed.subscribe();
+    bench_service(
+        &mut group,
+        "count+idle_subscriber",
+        observed.layer().layer(Echo),
+    );
+    let observed = count_breaker();
+    let _every_call = observed.subscribe_all();
+    bench_service(
+        &mut group,
+        "count+idle_subscriber_all",
+        observed.layer().layer(Echo),
+    );
 
     // The state machine without tower: the breaker's counterpart of
     // failsafe's `call(closure)`.
@@ -239,11 +254,37 @@ fn open(c: &mut Criterion) {
     forced.transition_to_forced_open();
     bench_service(&mut group, "forced_open", forced.layer().layer(Echo));
 
-    // A real OPEN: every rejection reads the state clock to see whether the
-    // wait is over.
+    // A real OPEN, entered in a runtime (kept, not driven) as a service's
+    // breaker is: the wait is armed, and rejections read the coarse clock.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a runtime");
+    let opened = count_breaker();
+    {
+        let _entered = runtime.enter();
+        opened.transition_to_open().expect("CLOSED -> OPEN");
+    }
+    bench_service(&mut group, "open", opened.layer().layer(Echo));
+
+    // Entered without a runtime: every rejection reads tokio's clock to see
+    // whether the wait is over.
     let opened = count_breaker();
     opened.transition_to_open().expect("CLOSED -> OPEN");
-    bench_service(&mut group, "open", opened.layer().layer(Echo));
+    bench_service(&mut group, "open/no-runtime", opened.layer().layer(Echo));
+
+    // The state machine without tower, as failsafe's `call(closure)` is:
+    // the rejection is a `BreakerOpen` value, not boxed into a `BoxError`.
+    let opened_in_runtime = count_breaker();
+    {
+        let _entered = runtime.enter();
+        opened_in_runtime
+            .transition_to_open()
+            .expect("CLOSED -> OPEN");
+    }
+    group.bench_function("permit/open", |b| {
+        b.iter(|| black_box(opened_in_runtime.try_acquire().is_err()))
+    });
 
     let failsafe_open = failsafe::Config::new()
         .failure_policy(failsafe::failure_policy::consecutive_failures(

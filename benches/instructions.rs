@@ -81,8 +81,10 @@ const CASES: [&str; 14] = [
     "breaker/count",
     "breaker/count/static",
     "breaker/count/subscribed",
+    "breaker/count/subscribed-all",
     "breaker/forced_open",
     "breaker/open",
+    "breaker/open/no-runtime",
     "retry/default-budget",
     "retry/no-budget",
     "tower/retry",
@@ -116,9 +118,16 @@ fn main() {
         "breaker/count/static" => run(CircuitBreaker::new_static("bench", breaker_config())
             .layer()
             .layer(Echo)),
+        // One subscriber that never drains: `subscribe()` (transitions and
+        // rejections), `subscribe_all()` (also every call's outcome).
         "breaker/count/subscribed" => {
             let breaker = CircuitBreaker::new("bench", breaker_config());
             let _idle_subscriber = breaker.subscribe();
+            run(breaker.layer().layer(Echo))
+        }
+        "breaker/count/subscribed-all" => {
+            let breaker = CircuitBreaker::new("bench", breaker_config());
+            let _idle_subscriber = breaker.subscribe_all();
             run(breaker.layer().layer(Echo))
         }
         "breaker/forced_open" => {
@@ -126,7 +135,22 @@ fn main() {
             breaker.transition_to_forced_open();
             run(breaker.layer().layer(Echo))
         }
+        // Opened in a runtime (kept, not driven), as a service's breaker
+        // is: the wait is armed and rejections read the coarse clock.
         "breaker/open" => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .expect("a runtime");
+            let breaker = CircuitBreaker::new("bench", breaker_config());
+            {
+                let _entered = runtime.enter();
+                breaker.transition_to_open().expect("CLOSED -> OPEN");
+            }
+            run(breaker.layer().layer(Echo))
+        }
+        // Opened with no runtime: every rejection reads tokio's clock.
+        "breaker/open/no-runtime" => {
             let breaker = CircuitBreaker::new("bench", breaker_config());
             breaker.transition_to_open().expect("CLOSED -> OPEN");
             run(breaker.layer().layer(Echo))

@@ -10,7 +10,9 @@
 //! | [`CallClock::Coarse`] | ~1 ms | one atomic load, ~1 ns | no |
 //!
 //! The coarse clock is a process-wide millisecond tick kept by one background
-//! thread, started the first time a coarse clock is created; it then wakes
+//! thread, started the first time a coarse clock is created (or a circuit
+//! breaker opens inside a tokio runtime: its rejections read the coarse
+//! clock instead of tokio's while the wait surely runs); it then wakes
 //! every millisecond for the life of the process. Use it in
 //! production when slow-call thresholds are in the hundreds of milliseconds
 //! or more and the per-call cost matters; keep the default in tests that
@@ -52,6 +54,12 @@ impl AnchoredClock {
                 CallClock::Coarse => coarse_nanos(),
             },
         }
+    }
+
+    /// The tokio instant reads count from.
+    #[inline]
+    pub(crate) fn tokio_anchor(&self) -> tokio::time::Instant {
+        self.tokio_anchor
     }
 
     /// The tokio instant `nanos` after the anchor (for timers), saturating

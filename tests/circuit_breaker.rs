@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use palisade::circuit_breaker::{
-    BreakDuration, BreakerOpen, CircuitBreaker, CircuitBreakerConfig, CircuitBreakerEventKind,
-    CircuitBreakerLayer, CircuitBreakerRegistry, CircuitState, SlidingWindow, TransitionReason,
-    TripReason,
+    BreakDuration, BreakerOpen, CircuitBreaker, CircuitBreakerConfig, CircuitBreakerEvent,
+    CircuitBreakerEventKind, CircuitBreakerLayer, CircuitBreakerRegistry, CircuitState,
+    SlidingWindow, TransitionReason, TripReason,
 };
 use palisade::classify::{ClassifyExt, DefaultClassifier, Outcome};
 use palisade::{BoxError, ConfigError, find_cause, is_caused_by};
@@ -284,6 +284,65 @@ async fn open_rejects_without_reaching_inner_service_and_says_when_to_retry() {
         "circuit breaker 'backend' is OPEN; calls are rejected for another 6.000s"
     );
     assert_eq!(b.metrics().not_permitted_calls, 1);
+}
+
+/// An OPEN wait entered in a runtime is "armed": rejections skip the state
+/// clock until a timer set just before the deadline fires. With paused
+/// time, `advance` fires it, so the wait still ends exactly at its
+/// deadline, whether or not the deadline falls on one of tokio's
+/// millisecond ticks.
+#[tokio::test(start_paused = true)]
+async fn an_open_wait_ends_exactly_at_its_deadline_with_paused_time() {
+    for wait in [
+        10 * SECOND,
+        Duration::from_micros(10_000_300),
+        Duration::from_millis(3),
+    ] {
+        let b = breaker(
+            config()
+                .sliding_window(SlidingWindow::count(1))
+                .wait_duration_in_open_state(wait),
+        );
+        let (mut svc, backend) = guard(&b);
+        // Off tokio's millisecond grid, so the deadline is too.
+        tokio::time::advance(Duration::from_nanos(123_457)).await;
+        trip(&mut svc).await;
+        tokio::time::advance(wait - Duration::from_millis(1)).await;
+        let open = rejected(call(&mut svc, Reply::Ok).await);
+        assert_eq!(open.retry_in(), Some(Duration::from_millis(1)), "{wait:?}");
+        tokio::time::advance(Duration::from_millis(1) - Duration::from_nanos(1)).await;
+        let open = rejected(call(&mut svc, Reply::Ok).await);
+        assert_eq!(open.retry_in(), Some(Duration::from_nanos(1)), "{wait:?}");
+        assert_eq!(b.metrics().not_permitted_calls, 2);
+        tokio::time::advance(Duration::from_nanos(1)).await;
+        call(&mut svc, Reply::Ok).await.expect("the wait is over");
+        assert_eq!(backend.calls(), 2, "{wait:?}");
+    }
+}
+
+/// A rejection's `retry_in` is the rest of the wait when asked, and its
+/// message is written when displayed.
+#[tokio::test(start_paused = true)]
+async fn a_rejection_says_how_long_is_left_when_asked() {
+    let b = breaker(
+        config()
+            .sliding_window(SlidingWindow::count(1))
+            .wait_duration_in_open_state(10 * SECOND),
+    );
+    let (mut svc, _) = guard(&b);
+    trip(&mut svc).await;
+    let open = rejected(call(&mut svc, Reply::Ok).await);
+    assert_eq!(open.retry_in(), Some(10 * SECOND));
+    let deadline = open.retry_at().expect("an OPEN wait has an end");
+    tokio::time::advance(3 * SECOND).await;
+    assert_eq!(open.retry_in(), Some(7 * SECOND));
+    assert_eq!(open.retry_at(), Some(deadline));
+    assert_eq!(
+        open.to_string(),
+        "circuit breaker 'backend' is OPEN; calls are rejected for another 7.000s"
+    );
+    tokio::time::advance(10 * SECOND).await;
+    assert_eq!(open.retry_in(), Some(Duration::ZERO));
 }
 
 #[tokio::test(start_paused = true)]
@@ -589,7 +648,7 @@ async fn ignored_errors_are_neither_success_nor_failure() {
     let layer = CircuitBreakerLayer::new(b.clone())
         .with_classifier(DefaultClassifier.ignore_errors(|_: &&str| true));
     let mut svc = layer.layer(Backend::default());
-    let mut events = b.subscribe();
+    let mut events = b.subscribe_all();
     for _ in 0..5 {
         let result = svc.ready().await.expect("ready").call(Reply::Err).await;
         assert!(is_backend_failure(&result), "the error itself is returned");
@@ -771,6 +830,7 @@ async fn events_report_transitions_calls_and_rejections() {
             .slow_call_duration_threshold(SECOND)
             .wait_duration_in_open_state(10 * SECOND),
     );
+    let mut all = b.subscribe_all();
     let mut events = b.subscribe();
     let (mut svc, _) = guard(&b);
     calls(
@@ -778,16 +838,20 @@ async fn events_report_transitions_calls_and_rejections() {
         &[Reply::OkAfter(2 * SECOND), Reply::Err, Reply::Ok],
     )
     .await;
-    let kinds: Vec<CircuitBreakerEventKind> = events
-        .drain()
-        .into_iter()
-        .map(|e| {
-            assert_eq!(&*e.breaker, "backend");
-            e.kind
-        })
-        .collect();
+    let kinds = |events: Vec<CircuitBreakerEvent>| -> Vec<CircuitBreakerEventKind> {
+        events
+            .into_iter()
+            .map(|e| {
+                assert_eq!(&*e.breaker, "backend");
+                e.kind
+            })
+            .collect()
+    };
+    let all = kinds(all.drain());
+    // `subscribe` delivers everything but the outcomes of permitted calls.
+    assert_eq!(kinds(events.drain()), all[2..]);
     assert_eq!(
-        kinds,
+        all,
         [
             CircuitBreakerEventKind::Success {
                 elapsed: Some(2 * SECOND),

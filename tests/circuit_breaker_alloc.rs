@@ -255,3 +255,32 @@ fn a_forced_open_rejection_allocates_only_the_boxed_error() {
     breaker.transition_to_forced_open();
     assert!(allocations_per_thousand_rejections(&breaker) <= MEASURED_CALLS as usize);
 }
+
+#[test]
+fn an_open_rejection_of_a_wait_armed_in_a_runtime_allocates_only_the_boxed_error() {
+    // Entered in a runtime, the OPEN wait is armed: rejections read the
+    // coarse clock, not tokio's. The runtime is kept, not driven.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a runtime");
+    let breaker = breaker(SlidingWindow::count(100), false, CallClock::Tokio);
+    {
+        let _entered = runtime.enter();
+        breaker
+            .transition_to_open_for(Duration::from_secs(3600))
+            .expect("CLOSED -> OPEN");
+    }
+    assert!(allocations_per_thousand_rejections(&breaker) <= MEASURED_CALLS as usize);
+}
+
+#[test]
+fn closed_call_with_an_idle_subscriber_allocates_nothing() {
+    let breaker = breaker(SlidingWindow::count(100), false, CallClock::Tokio);
+    let _transitions = breaker.subscribe();
+    assert_eq!(allocations_per_thousand_calls(&breaker), 0);
+    // A subscriber to every call's outcome is sent an event per call, into
+    // the buffer allocated when it subscribed.
+    let _every_call = breaker.subscribe_all();
+    assert_eq!(allocations_per_thousand_calls(&breaker), 0);
+}

@@ -14,12 +14,15 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::*;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use crate::classify::{Classify, Outcome};
 
 use super::error::BreakerOpen;
 use super::event::{CircuitBreakerEvent, CircuitBreakerEventKind as EventKind, TransitionReason};
 use super::state::{
-    CircuitBreaker, CircuitState, NO_DEADLINE, admits_every_call, epoch_of, state_of, trial_tag,
+    ARMED_TAG_MASK, ARMED_TAG_SHIFT, ARMED_TIME_MASK, CircuitBreaker, CircuitState, NO_DEADLINE,
+    admits_every_call, coarse_units, epoch_of, state_of, trial_tag,
 };
 use super::window::TripReason;
 
@@ -65,7 +68,10 @@ impl CircuitBreaker {
             return true;
         }
         match state_of(word) {
-            CircuitState::Open => s.state_clock.now_nanos() >= s.open_until.load(Acquire),
+            CircuitState::Open => {
+                !self.open_wait_surely_runs(word)
+                    && s.state_clock.now_nanos() >= s.open_until.load(Acquire)
+            }
             CircuitState::HalfOpen => {
                 let permits = s.trial_permits.load(Acquire);
                 // Another epoch's trial: let the acquisition decide.
@@ -107,11 +113,11 @@ impl CircuitBreaker {
                 }
                 CircuitState::ForcedOpen => return Err(self.reject(CircuitState::ForcedOpen, None)),
                 CircuitState::Open => {
-                    let now = s.state_clock.now_nanos();
                     let until = s.open_until.load(Acquire);
-                    if now < until {
-                        let retry_in = Duration::from_nanos(until - now);
-                        return Err(self.reject(CircuitState::Open, Some(retry_in)));
+                    // While the wait surely runs, no clock but the coarse
+                    // one is read.
+                    if self.open_wait_surely_runs(word) || s.state_clock.now_nanos() < until {
+                        return Err(self.reject(CircuitState::Open, Some(until)));
                     }
                     self.transition(
                         word,
@@ -173,21 +179,60 @@ impl CircuitBreaker {
             });
     }
 
-    fn reject(&self, state: CircuitState, retry_in: Option<Duration>) -> BreakerOpen {
+    /// Whether the OPEN stay of `word` surely has not reached its deadline
+    /// yet, by the coarse clock alone: its wait is armed (a tokio timer
+    /// watches its end, see `transition.rs`, "Arming") and the coarse clock
+    /// is short of the armed time. `false` means "read the state clock".
+    #[inline]
+    fn open_wait_surely_runs(&self, word: u64) -> bool {
+        let armed = self.shared.open_armed.load(Acquire);
+        armed >> ARMED_TAG_SHIFT == epoch_of(word) & ARMED_TAG_MASK
+            && armed != 0
+            && coarse_units() < armed & ARMED_TIME_MASK
+    }
+
+    /// `until`: the state-clock deadline of an OPEN wait. Counts the
+    /// rejection and builds its error; no clock is read and nothing is
+    /// formatted unless a subscriber or a `debug` trace wants the figures.
+    #[inline]
+    fn reject(&self, state: CircuitState, until: Option<u64>) -> BreakerOpen {
         let s = &*self.shared;
         s.not_permitted.add(1);
         s.exported.on_rejected();
+        let until = until.map(|until| (s.state_clock.tokio_anchor(), until));
+        if s.events.is_observed()
+            || s.all_events.is_observed()
+            || tracing::level_enabled!(tracing::Level::DEBUG)
+        {
+            self.announce_rejection(state, until);
+        }
+        BreakerOpen::new(Arc::clone(&s.name), state, until)
+    }
+
+    /// Traces and publishes a rejection; `until` as [`BreakerOpen`] holds it.
+    #[cold]
+    #[inline(never)]
+    fn announce_rejection(&self, state: CircuitState, until: Option<(Instant, u64)>) {
+        let s = &*self.shared;
+        let retry_in = || {
+            until.map(|(anchor, until)| {
+                crate::clock::saturating_add(anchor, Duration::from_nanos(until))
+                    .saturating_duration_since(Instant::now())
+            })
+        };
         tracing::debug!(
             breaker = %s.name,
             state = %state,
-            retry_in_ms = retry_in.map(|d| d.as_millis() as u64),
+            retry_in_ms = retry_in().map(|d| d.as_millis() as u64),
             "circuit breaker rejected a call"
         );
-        s.events.publish_with(|| CircuitBreakerEvent {
+        s.publish(|| CircuitBreakerEvent {
             breaker: Arc::clone(&s.name),
-            kind: EventKind::Rejected { state, retry_in },
+            kind: EventKind::Rejected {
+                state,
+                retry_in: retry_in(),
+            },
         });
-        BreakerOpen::new(Arc::clone(&s.name), state, retry_in)
     }
 
     /// Records the outcome of a call admitted under `word`.
@@ -200,7 +245,7 @@ impl CircuitBreaker {
         if outcome == Outcome::Success
             && !trial
             && !s.needs_end_time
-            && !s.events.is_observed()
+            && !s.all_events.is_observed()
             && s.window.success_changes_nothing()
         {
             return;
@@ -228,7 +273,7 @@ impl CircuitBreaker {
             Outcome::Success => false,
             Outcome::Failure { .. } => true,
             Outcome::Ignored => {
-                s.events.publish_with(|| CircuitBreakerEvent {
+                s.publish_call(|| CircuitBreakerEvent {
                     breaker: Arc::clone(&s.name),
                     kind: EventKind::Ignored,
                 });
@@ -250,7 +295,7 @@ impl CircuitBreaker {
             _ => false,
         };
         s.exported.on_timed_call(failed, elapsed, slow);
-        s.events.publish_with(|| {
+        s.publish_call(|| {
             let elapsed = elapsed.map(Duration::from_nanos);
             CircuitBreakerEvent {
                 breaker: Arc::clone(&s.name),
@@ -308,7 +353,7 @@ impl CircuitBreaker {
             TripReason::ConsecutiveFailures(_) => return,
         };
         tracing::debug!(breaker = %s.name, ?reason, "circuit breaker threshold exceeded");
-        s.events.publish_with(|| CircuitBreakerEvent {
+        s.publish(|| CircuitBreakerEvent {
             breaker: Arc::clone(&s.name),
             kind,
         });

@@ -4,6 +4,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use crate::error::Rejected;
 
 use super::state::CircuitState;
@@ -35,19 +37,29 @@ pub(crate) const LAYER: &str = "circuit_breaker";
 /// assert!(boxed.downcast_ref::<BreakerOpen>().is_some());
 /// assert!(palisade::error::is_rejection(&*boxed));
 /// ```
+///
+/// Building it formats nothing and copies no string (the name is the
+/// breaker's shared `Arc<str>`); the message is written by `Display`, and
+/// [`retry_in`](Self::retry_in) is computed when asked.
 #[derive(Debug, Clone)]
 pub struct BreakerOpen {
     rejected: Rejected,
     state: CircuitState,
-    retry_in: Option<Duration>,
+    /// The end of the OPEN wait, when known: nanoseconds after an instant
+    /// (the breaker's state-clock anchor), added up only when asked.
+    until: Option<(Instant, u64)>,
 }
 
 impl BreakerOpen {
-    pub(crate) fn new(breaker: Arc<str>, state: CircuitState, retry_in: Option<Duration>) -> Self {
+    pub(crate) fn new(
+        breaker: Arc<str>,
+        state: CircuitState,
+        until: Option<(Instant, u64)>,
+    ) -> Self {
         Self {
             rejected: Rejected::new(LAYER, breaker),
             state,
-            retry_in,
+            until,
         }
     }
 
@@ -63,17 +75,28 @@ impl BreakerOpen {
     }
 
     /// How long until the breaker lets a trial call through, when known:
-    /// the rest of the OPEN wait. `None` when FORCED_OPEN (only an operator
-    /// ends it) or HALF_OPEN (it waits for the trial calls in flight).
+    /// the rest of the OPEN wait, from now (tokio's clock, read when this
+    /// is called; zero once the wait is over). `None` when FORCED_OPEN
+    /// (only an operator ends it) or HALF_OPEN (it waits for the trial
+    /// calls in flight).
     pub fn retry_in(&self) -> Option<Duration> {
-        self.retry_in
+        self.retry_at()
+            .map(|until| until.saturating_duration_since(Instant::now()))
+    }
+
+    /// When the breaker lets a trial call through, when known: the end of
+    /// the OPEN wait (`None` as for [`retry_in`](Self::retry_in)).
+    pub fn retry_at(&self) -> Option<Instant> {
+        self.until.map(|(anchor, nanos)| {
+            crate::clock::saturating_add(anchor, Duration::from_nanos(nanos))
+        })
     }
 }
 
 impl fmt::Display for BreakerOpen {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "circuit breaker '{}' is {}", self.breaker(), self.state)?;
-        match (self.state, self.retry_in) {
+        match (self.state, self.retry_in()) {
             (_, Some(wait)) => write!(
                 f,
                 "; calls are rejected for another {:.3}s",

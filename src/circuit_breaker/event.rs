@@ -7,7 +7,10 @@ use super::state::CircuitState;
 use super::window::TripReason;
 
 /// One thing that happened to a circuit breaker; delivered by
-/// [`CircuitBreaker::subscribe`](super::CircuitBreaker::subscribe).
+/// [`CircuitBreaker::subscribe`](super::CircuitBreaker::subscribe) (every
+/// kind but the outcomes of permitted calls) and
+/// [`CircuitBreaker::subscribe_all`](super::CircuitBreaker::subscribe_all)
+/// (every kind).
 #[derive(Debug, Clone)]
 pub struct CircuitBreakerEvent {
     /// The breaker's name.
@@ -30,7 +33,9 @@ pub enum CircuitBreakerEventKind {
         reason: TransitionReason,
     },
     /// A permitted call succeeded. `elapsed` is measured when slow calls are
-    /// detected or the window is time-based, `None` otherwise.
+    /// detected or the window is time-based, `None` otherwise. Delivered
+    /// only by [`subscribe_all`](super::CircuitBreaker::subscribe_all), as
+    /// are `Failure` and `Ignored`.
     Success {
         /// How long the call took, when timed.
         elapsed: Option<Duration>,

@@ -114,6 +114,7 @@
 //! |---|---|---|---|
 //! | a result that arrives after the breaker left the state the call was admitted in | recorded in the new state's metrics | reported as an event, not recorded | a slow call admitted in CLOSED cannot decide a HALF_OPEN trial it took no slot in |
 //! | the end of the OPEN wait | a call strictly after the deadline is let through | a call at the deadline (`now >= until`) is let through | with paused time, `advance(wait)` lets the next call through |
+//! | per-call events | published to every consumer registered for them | [`subscribe`](CircuitBreaker::subscribe) leaves out `Success`, `Failure` and `Ignored`; [`subscribe_all`](CircuitBreaker::subscribe_all) delivers them | a subscriber that watches transitions costs the CLOSED hot path nothing |
 //! | slow-call detection | on: 60 s threshold, 100 % rate | off until `slow_call_duration_threshold` is set | a call is not timed (no clock read) unless asked for |
 //! | figures in OPEN | the previous state's metrics, still recording late results (and a time window keeps ageing) | the previous state's figures, frozen when it left | late results are not recorded (first row) |
 //! | total and average call duration | of the calls in the sliding window | of the timed calls recorded in the current state (as `not_permitted_calls`) | one striped add per timed call, no per-slot durations |
@@ -143,6 +144,16 @@
 //! [`CircuitBreaker::new_static`] lives as long as the process, and its
 //! calls skip the reference count altogether.
 //!
+//! A rejection in OPEN reads no precise clock while the wait surely runs:
+//! when a breaker opens inside a tokio runtime, a timer set just before
+//! the deadline and the coarse clock (one atomic load) together vouch for
+//! it, and only calls near the deadline, or after the timer fired (with
+//! paused time, `advance` fires it), read tokio's clock. A breaker opened
+//! outside any runtime reads tokio's clock on every rejection. The
+//! rejection's [`BreakerOpen`] holds the breaker's shared name and the
+//! deadline; its message and `retry_in` are computed when asked. Its one
+//! allocation is the box of tower's `BoxError`.
+//!
 //! Timing calls (slow-call detection, time windows) reads the call clock
 //! once when the call starts (slow calls only) and once when it ends; see
 //! [`crate::clock`] for the exact tokio clock and the cheaper coarse one.
@@ -154,7 +165,11 @@
 //!
 //! Transitions are logged at `warn` (to OPEN/FORCED_OPEN) or `info`,
 //! rejections at `debug`, with the breaker's name as a field.
-//! [`CircuitBreaker::subscribe`] delivers [`CircuitBreakerEvent`]s and
+//! [`CircuitBreaker::subscribe`] delivers [`CircuitBreakerEvent`]s for
+//! transitions, resets, exceeded thresholds and rejections;
+//! [`CircuitBreaker::subscribe_all`] adds the outcome of every permitted
+//! call (resilience4j's per-call events), at the price of one broadcast
+//! send per call while such a subscriber exists.
 //! [`CircuitBreaker::metrics`] returns a [`CircuitBreakerMetrics`] snapshot;
 //! [`CircuitBreakerRegistry`] holds named breakers and lists their metrics;
 //! [`KeyedCircuitBreakerLayer`] gives each request key (a host, say) its own

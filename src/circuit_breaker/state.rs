@@ -134,6 +134,21 @@ pub(super) fn trial_tag(word: u64) -> u64 {
 
 pub(super) const NO_DEADLINE: u64 = u64::MAX;
 
+// `Shared::open_armed`: `tag << ARMED_TAG_SHIFT | time`, where `tag` is the
+// low bits of the OPEN stay's epoch and `time` the coarse-clock time, in
+// [`coarse_units`], before which that stay's wait surely runs.
+pub(super) const ARMED_TAG_SHIFT: u32 = 40;
+pub(super) const ARMED_TAG_MASK: u64 = (1 << (64 - ARMED_TAG_SHIFT)) - 1;
+pub(super) const ARMED_TIME_MASK: u64 = (1 << ARMED_TAG_SHIFT) - 1;
+/// log2 of the nanoseconds in one coarse unit (about a millisecond).
+pub(super) const COARSE_UNIT_SHIFT: u32 = 20;
+
+/// The coarse clock, in units of 2^20 ns (1.05 ms): 40 bits last 36 years.
+#[inline]
+pub(super) fn coarse_units() -> u64 {
+    crate::clock::coarse_nanos() >> COARSE_UNIT_SHIFT
+}
+
 /// A circuit breaker: a shared state machine that lets calls through while
 /// the dependency is healthy and rejects them at once while it is not.
 ///
@@ -207,6 +222,13 @@ pub(super) struct Stripe {
     shared: Arc<Shared>,
     /// For a timer started by a call, which holds no handle.
     all: Weak<Stripes>,
+}
+
+impl Stripes {
+    /// The breaker's shared state.
+    pub(super) fn shared(&self) -> &Shared {
+        &self.stripes[0].shared
+    }
 }
 
 impl SharedRef {
@@ -304,6 +326,10 @@ pub(super) struct Shared {
     pub(super) trial_permits: CachePadded<AtomicU64>,
     /// State-clock nanoseconds at which OPEN lets a trial call through.
     pub(super) open_until: AtomicU64,
+    /// While an OPEN stay's wait surely runs, the coarse-clock time before
+    /// which a call may be rejected without reading the state clock, tagged
+    /// with the stay's epoch; 0 otherwise. See `transition.rs`, "Arming".
+    pub(super) open_armed: AtomicU64,
     /// State-clock nanoseconds at which HALF_OPEN gives up, or `NO_DEADLINE`.
     pub(super) half_open_deadline: AtomicU64,
     /// Rejections, striped: a rejection storm comes from every thread at once.
@@ -330,7 +356,11 @@ pub(super) struct Shared {
     pub(super) name: Arc<str>,
     pub(super) config: CircuitBreakerConfig,
     pub(super) control: Mutex<Control>,
+    /// Subscribers of [`CircuitBreaker::subscribe`]: every event but the
+    /// outcomes of permitted calls.
     pub(super) events: EventHub<CircuitBreakerEvent>,
+    /// Subscribers of [`CircuitBreaker::subscribe_all`]: every event.
+    pub(super) all_events: EventHub<CircuitBreakerEvent>,
     pub(super) exported: super::metrics::Exported,
 }
 
@@ -343,6 +373,7 @@ impl Shared {
             word: CachePadded(AtomicU64::new(encode(0, CircuitState::Closed))),
             trial_permits: CachePadded(AtomicU64::new(0)),
             open_until: AtomicU64::new(0),
+            open_armed: AtomicU64::new(0),
             half_open_deadline: AtomicU64::new(NO_DEADLINE),
             not_permitted: StripedCounter::new(),
             call_nanos: StripedCounter::new(),
@@ -363,6 +394,7 @@ impl Shared {
             exported: super::metrics::Exported::new(&name),
             name,
             events: EventHub::new(config.event_capacity),
+            all_events: EventHub::new(config.event_capacity),
             config,
             control: Mutex::new(Control {
                 trial_epoch: u64::MAX,
@@ -399,6 +431,29 @@ pub(super) struct PerStateBase {
 }
 
 impl Shared {
+    /// Publishes an event that both kinds of subscribers receive
+    /// (transitions, resets, thresholds exceeded, rejections).
+    #[inline]
+    pub(super) fn publish(&self, event: impl FnOnce() -> CircuitBreakerEvent) {
+        match (self.events.is_observed(), self.all_events.is_observed()) {
+            (false, false) => {}
+            (true, false) => self.events.publish_with(event),
+            (false, true) => self.all_events.publish_with(event),
+            (true, true) => {
+                let event = event();
+                self.events.publish_with(|| event.clone());
+                self.all_events.publish_with(|| event);
+            }
+        }
+    }
+
+    /// Publishes the outcome of a permitted call, which only the
+    /// subscribers of [`CircuitBreaker::subscribe_all`] receive.
+    #[inline]
+    pub(super) fn publish_call(&self, event: impl FnOnce() -> CircuitBreakerEvent) {
+        self.all_events.publish_with(event);
+    }
+
     /// Starts the per-state figures afresh (under the transition lock).
     pub(super) fn start_per_state_figures(&self) {
         let base = &self.per_state_base;
@@ -543,10 +598,33 @@ impl CircuitBreaker {
         CircuitBreakerLayer::new(self.clone())
     }
 
-    /// Subscribes to this breaker's events (transitions, call outcomes,
-    /// rejections). Publishing costs one atomic load while nobody subscribes.
+    /// Subscribes to what this breaker does: its state transitions,
+    /// resets, exceeded thresholds and the calls it rejects. The outcomes
+    /// of the calls it lets through (`Success`, `Failure`, `Ignored`) are
+    /// not delivered: subscribe with [`subscribe_all`](Self::subscribe_all)
+    /// for those.
+    ///
+    /// A subscriber that is not draining its stream costs the calls the
+    /// breaker lets through nothing: the CLOSED hot path publishes nothing
+    /// to it. Publishing costs one atomic load while nobody subscribes.
     pub fn subscribe(&self) -> EventStream<CircuitBreakerEvent> {
         self.shared.events.subscribe()
+    }
+
+    /// Subscribes to every event of this breaker: what
+    /// [`subscribe`](Self::subscribe) delivers, and the outcome of every
+    /// call it lets through
+    /// ([`Success`](super::CircuitBreakerEventKind::Success),
+    /// [`Failure`](super::CircuitBreakerEventKind::Failure),
+    /// [`Ignored`](super::CircuitBreakerEventKind::Ignored)), as
+    /// resilience4j's `onEvent` consumers receive them.
+    ///
+    /// While such a subscriber exists, every call publishes an event (one
+    /// send on a broadcast channel, taking its lock): `BENCHMARKS.md`
+    /// gives the cost. Use [`subscribe`](Self::subscribe) when transitions
+    /// and rejections are enough.
+    pub fn subscribe_all(&self) -> EventStream<CircuitBreakerEvent> {
+        self.shared.all_events.subscribe()
     }
 
     /// A snapshot of the breaker's state and figures.

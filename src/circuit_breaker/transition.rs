@@ -2,19 +2,23 @@
 //! the breaker's lock), its announcement (trace, event, and the timer of a
 //! timed state), and the manual transitions of the public API.
 
+use std::future::Future;
 use std::sync::atomic::Ordering::*;
 use std::sync::{Arc, Weak};
+use std::task::{Context, Wake, Waker};
 use std::time::Duration;
 
+use futures_util::task::AtomicWaker;
 use tokio::time::Instant;
 
-use crate::clock::duration_nanos;
+use crate::clock::{coarse_nanos, duration_nanos};
 
 use super::error::IllegalStateTransition;
 use super::event::{CircuitBreakerEvent, CircuitBreakerEventKind as EventKind, TransitionReason};
 use super::state::{
-    CircuitBreaker, CircuitState, Control, NO_DEADLINE, Shared, SharedRef, Stripes, encode,
-    epoch_of, state_of, trial_tag,
+    ARMED_TAG_MASK, ARMED_TAG_SHIFT, ARMED_TIME_MASK, COARSE_UNIT_SHIFT, CircuitBreaker,
+    CircuitState, Control, NO_DEADLINE, Shared, SharedRef, Stripes, encode, epoch_of, state_of,
+    trial_tag,
 };
 use super::window::Counts;
 
@@ -32,7 +36,64 @@ impl TimerRef {
         };
         Some(CircuitBreaker { shared })
     }
+
+    /// Disarms the OPEN stay armed with `armed`, if it still is (see
+    /// "Arming" on [`CircuitBreaker::watch_open_wait`]).
+    fn disarm(&self, armed: u64) {
+        let disarm = |shared: &Shared| {
+            let _ = shared
+                .open_armed
+                .compare_exchange(armed, 0, AcqRel, Relaxed);
+        };
+        match self {
+            TimerRef::Counted(weak) => {
+                if let Some(stripes) = weak.upgrade() {
+                    disarm(stripes.shared());
+                }
+            }
+            TimerRef::Static(shared) => disarm(shared),
+        }
+    }
 }
+
+/// The waker the timer of an armed OPEN wait polls its `Sleep` with: the
+/// time driver wakes it when the timer fires, and it disarms the wait
+/// right then, before any task runs (see "Arming").
+struct Disarm {
+    target: TimerRef,
+    armed: u64,
+    /// The timer task's own waker.
+    task: AtomicWaker,
+}
+
+impl Wake for Disarm {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.target.disarm(self.armed);
+        self.task.wake();
+    }
+}
+
+/// Disarms when dropped: when the timer ends, and when its task is dropped
+/// unfinished (its runtime shut down), so that no wait stays armed without
+/// a timer watching its end.
+struct DisarmOnDrop(Arc<Disarm>);
+
+impl Drop for DisarmOnDrop {
+    fn drop(&mut self) {
+        self.0.target.disarm(self.0.armed);
+    }
+}
+
+/// How long before the deadline, by the coarse clock, rejections go back to
+/// reading the state clock: more than the coarse clock lags behind.
+const ARM_MARGIN_NANOS: u64 = 2_000_000;
+/// How long before the deadline the timer that disarms fires: tokio rounds
+/// a timer's deadline up to its next millisecond.
+const DISARM_EARLY_NANOS: u64 = 1_000_000;
 
 /// A transition that happened, to announce once the lock is released.
 pub(super) struct Transition {
@@ -183,7 +244,7 @@ impl CircuitBreaker {
             } else {
                 tracing::info!(breaker = %s.name, from = %t.from, to = %t.to, reason = ?t.reason, "circuit breaker state changed");
             }
-            s.events.publish_with(|| CircuitBreakerEvent {
+            s.publish(|| CircuitBreakerEvent {
                 breaker: Arc::clone(&s.name),
                 kind: EventKind::StateTransition {
                     from: t.from,
@@ -193,14 +254,9 @@ impl CircuitBreaker {
             });
         }
         let timer = match (t.to, t.deadline) {
-            (CircuitState::Open, Some(until))
-                if s.config.automatic_transition_from_open_to_half_open =>
-            {
-                Some((
-                    until,
-                    CircuitState::HalfOpen,
-                    TransitionReason::WaitDurationElapsed,
-                ))
+            (CircuitState::Open, Some(until)) => {
+                self.watch_open_wait(t.word, until);
+                None
             }
             (CircuitState::HalfOpen, Some(until)) => Some((
                 until,
@@ -212,6 +268,101 @@ impl CircuitBreaker {
         if let Some((until, to, reason)) = timer {
             self.schedule(t.word, until, to, reason);
         }
+    }
+
+    /// Starts the timer of the OPEN stay `word`, which ends at state-clock
+    /// time `until`: it arms the wait, and with automatic transitions moves
+    /// the breaker to HALF_OPEN at `until`.
+    ///
+    /// # Arming
+    ///
+    /// A rejection in OPEN must not read the state clock (tokio's, exact,
+    /// following `tokio::time::pause()`) on every call, yet must let the
+    /// first call at or after `until` through by that clock. While the wait
+    /// is *armed*, a call is rejected on two cheap facts: a tokio timer set
+    /// just before `until` has not fired yet, and the coarse clock (real
+    /// time, one atomic load) is short of `until`, less a margin. Either
+    /// fact failing sends the call to the exact check:
+    ///
+    /// * with paused time, the coarse clock stands still, but
+    ///   `tokio::time::advance` (or auto-advance) fires due timers inside
+    ///   the time driver, and this timer disarms the wait from its waker
+    ///   right there, before the advancing task resumes;
+    /// * in real time, a runtime that is not driven (a current-thread
+    ///   runtime outside `block_on`, a thread blocked in synchronous code)
+    ///   fires no timer, but the coarse clock moves on.
+    ///
+    /// A wait is armed only when a tokio runtime is there to run the timer;
+    /// otherwise (and for waits shorter than the margin) every rejection
+    /// reads the state clock, as does every call near the deadline.
+    fn watch_open_wait(&self, word: u64, until: u64) {
+        let s = &*self.shared;
+        let automatic = s.config.automatic_transition_from_open_to_half_open;
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            if automatic {
+                tracing::debug!(breaker = %s.name, "no tokio runtime: the timed transition happens on the next call");
+            }
+            return;
+        };
+        let target = match (self.shared.downgrade(), &self.shared) {
+            (Some(stripes), _) => TimerRef::Counted(stripes),
+            (None, SharedRef::Static(shared)) => TimerRef::Static(shared),
+            (None, SharedRef::Counted { .. }) => return,
+        };
+        let wait = until.saturating_sub(s.state_clock.now_nanos());
+        let armed = if wait > ARM_MARGIN_NANOS {
+            let time =
+                (coarse_nanos().saturating_add(wait - ARM_MARGIN_NANOS)) >> COARSE_UNIT_SHIFT;
+            let tag = epoch_of(word) & ARMED_TAG_MASK;
+            if time == 0 || time > ARMED_TIME_MASK {
+                0
+            } else {
+                tag << ARMED_TAG_SHIFT | time
+            }
+        } else {
+            0
+        };
+        if armed == 0 && !automatic {
+            return;
+        }
+        if armed != 0 {
+            s.open_armed.store(armed, Release);
+        }
+        let disarm_at = s
+            .state_clock
+            .instant_at(until.saturating_sub(DISARM_EARLY_NANOS));
+        let at = s.state_clock.instant_at(until);
+        let disarm = Arc::new(Disarm {
+            target,
+            armed,
+            task: AtomicWaker::new(),
+        });
+        // Made here, not in the task: a task dropped before its first poll
+        // must disarm too.
+        let disarm_on_drop = DisarmOnDrop(Arc::clone(&disarm));
+        runtime.spawn(async move {
+            if armed != 0 {
+                let _disarm_on_drop = disarm_on_drop;
+                let waker = Waker::from(Arc::clone(&disarm));
+                let sleep = tokio::time::sleep_until(disarm_at);
+                tokio::pin!(sleep);
+                std::future::poll_fn(|cx| {
+                    disarm.task.register(cx.waker());
+                    sleep.as_mut().poll(&mut Context::from_waker(&waker))
+                })
+                .await;
+            }
+            if automatic {
+                tokio::time::sleep_until(at).await;
+                if let Some(breaker) = disarm.target.upgrade() {
+                    breaker.transition(
+                        word,
+                        CircuitState::HalfOpen,
+                        TransitionReason::WaitDurationElapsed,
+                    );
+                }
+            }
+        });
     }
 
     /// Moves `word` to `to` at state-clock time `until`, if a tokio runtime
@@ -281,7 +432,7 @@ impl CircuitBreaker {
         self.force(CircuitState::Closed, TransitionReason::Reset);
         let s = &*self.shared;
         tracing::info!(breaker = %s.name, "circuit breaker reset");
-        s.events.publish_with(|| CircuitBreakerEvent {
+        s.publish(|| CircuitBreakerEvent {
             breaker: Arc::clone(&s.name),
             kind: EventKind::Reset,
         });
@@ -395,4 +546,80 @@ fn allowed(from: CircuitState, to: CircuitState) -> bool {
                 CircuitState::Open | CircuitState::HalfOpen
             )
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::circuit_breaker::CircuitBreakerConfig;
+
+    fn armed(breaker: &CircuitBreaker) -> bool {
+        breaker.shared.open_armed.load(Acquire) != 0
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("a runtime")
+    }
+
+    #[test]
+    fn a_wait_entered_without_a_runtime_is_not_armed() {
+        let breaker = CircuitBreaker::with_defaults("arming");
+        breaker.transition_to_open().unwrap();
+        assert!(!armed(&breaker));
+        assert!(breaker.try_acquire().is_err());
+    }
+
+    #[test]
+    fn a_wait_is_disarmed_when_the_runtime_of_its_timer_shuts_down() {
+        let breaker = CircuitBreaker::with_defaults("arming");
+        let runtime = runtime();
+        runtime.block_on(async { breaker.transition_to_open().unwrap() });
+        assert!(armed(&breaker));
+        drop(runtime);
+        assert!(!armed(&breaker), "no timer watches the wait any more");
+        assert!(breaker.try_acquire().is_err(), "the wait runs on");
+    }
+
+    #[test]
+    fn a_new_state_is_not_fooled_by_the_arming_of_an_old_open_wait() {
+        let breaker = CircuitBreaker::with_defaults("arming");
+        let runtime = runtime();
+        let _entered = runtime.enter();
+        breaker.transition_to_open().unwrap();
+        assert!(armed(&breaker));
+        breaker.transition_to_half_open().unwrap();
+        assert!(breaker.try_acquire().is_ok(), "a trial call");
+        breaker.transition_to_open_for(Duration::ZERO).unwrap();
+        assert!(
+            breaker.try_acquire().is_ok(),
+            "a zero wait lets the next call through"
+        );
+    }
+
+    /// In real time a runtime that is not driven fires no timer; the
+    /// coarse clock ends the armed part of the wait all the same.
+    #[test]
+    fn an_armed_wait_ends_by_the_coarse_clock_when_no_runtime_runs_its_timer() {
+        let config = CircuitBreakerConfig::builder()
+            .wait_duration_in_open_state(Duration::from_millis(5))
+            .build()
+            .unwrap();
+        let breaker = CircuitBreaker::new("arming", config);
+        let runtime = runtime();
+        {
+            let _entered = runtime.enter();
+            breaker.transition_to_open().unwrap();
+        }
+        assert!(armed(&breaker));
+        let begun = std::time::Instant::now();
+        // Real time is what this checks, so wait on it (bounded).
+        while breaker.try_acquire().is_err() && begun.elapsed() < Duration::from_secs(5) {
+            std::thread::yield_now();
+        }
+        assert_eq!(breaker.state(), CircuitState::HalfOpen);
+        assert!(begun.elapsed() < Duration::from_secs(5));
+    }
 }
