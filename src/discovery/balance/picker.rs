@@ -4,21 +4,20 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rand::Rng;
 use rand::rngs::SmallRng;
-use tokio::time::Instant;
 
 use super::config::Picker;
 use super::endpoint::{Endpoint, EndpointSet};
 
 /// Picks an endpoint of `set`, or `None` when it is empty. `next` is the
-/// round-robin position shared by every clone of the balancer; `now` is
-/// read by the caller when the picker is [`Picker::PeakEwma`].
+/// round-robin position shared by every clone of the balancer. No picker
+/// reads the clock: peak-EWMA compares decayed estimates without it (see
+/// `EndpointStats::cheaper_than`).
 #[inline]
 pub(crate) fn pick<'a, S: Clone>(
     picker: Picker,
     set: &'a EndpointSet<S>,
     next: &AtomicUsize,
     rng: &mut SmallRng,
-    now: Option<Instant>,
 ) -> Option<&'a Endpoint<S>> {
     let endpoints = &set.available;
     let n = endpoints.len();
@@ -29,8 +28,12 @@ pub(crate) fn pick<'a, S: Clone>(
         Picker::RoundRobin => next.fetch_add(1, Ordering::Relaxed) % n,
         Picker::Random => rng.random_range(0..n),
         Picker::Weighted => {
-            let point = rng.random_range(0..set.total_weight());
-            set.cumulative_weights.partition_point(|&c| c <= point)
+            let weights = set.weights.as_ref()?;
+            let total = weights.total();
+            if total == 0 {
+                return None;
+            }
+            return weights.find(rng.random_range(0..total));
         }
         Picker::LeastLoaded => {
             let (a, b) = two_distinct(n, rng);
@@ -42,12 +45,12 @@ pub(crate) fn pick<'a, S: Clone>(
         }
         Picker::PeakEwma { .. } => {
             let (a, b) = two_distinct(n, rng);
-            let now = now.unwrap_or_else(Instant::now);
-            if endpoints[b].stats.ewma_cost(now) < endpoints[a].stats.ewma_cost(now) {
-                b
+            let (first, second) = (endpoints.get(a)?, endpoints.get(b)?);
+            return Some(if second.stats.cheaper_than(&first.stats) {
+                second
             } else {
-                a
-            }
+                first
+            });
         }
     };
     endpoints.get(index)
