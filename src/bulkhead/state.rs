@@ -502,3 +502,47 @@ impl fmt::Debug for BulkheadPermit {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::{Context, Poll};
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_permit_handed_to_a_waiter_that_gave_up_is_taken_by_the_next_caller() {
+        let config = BulkheadConfig::builder()
+            .max_concurrent_calls(1)
+            .max_wait_duration(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let bulkhead = Bulkhead::new("test", config);
+        let held = bulkhead.try_acquire().unwrap();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        {
+            let mut waiting = pin!(bulkhead.acquire());
+            assert!(waiting.as_mut().poll(&mut cx).is_pending());
+            assert_eq!(bulkhead.metrics().waiting, 1);
+            // Released while someone waits: handed to the queue, not freed.
+            drop(held);
+            assert!(bulkhead.try_acquire().is_err(), "the waiter comes first");
+            // The waiter gives up before it runs again.
+        }
+        let m = bulkhead.metrics();
+        assert_eq!((m.waiting, m.in_flight, m.available_permits), (0, 0, 1));
+        let permit = bulkhead
+            .try_acquire()
+            .expect("the permit the waiter left is free again");
+        assert_eq!(bulkhead.metrics().in_flight, 1);
+        drop(permit);
+        // And it went back to the free count: the fast path takes it.
+        assert!(bulkhead.shared.permits.take_free());
+        bulkhead.shared.permits.give(1);
+        assert!(matches!(
+            pin!(bulkhead.acquire()).poll(&mut cx),
+            Poll::Ready(Ok(_))
+        ));
+    }
+}

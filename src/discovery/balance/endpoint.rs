@@ -535,3 +535,117 @@ impl<S: Clone> WeightIndex<S> {
         self.height += 1;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoSink;
+    impl OutlierSink for NoSink {
+        fn consecutive_failures(&self, _: &EndpointStats) {}
+    }
+
+    fn endpoint(id: &str, weight: u32) -> Endpoint<()> {
+        let instance = Instance::builder("api", id, "10.0.0.1:80")
+            .weight(weight)
+            .build()
+            .unwrap();
+        let outliers: Weak<dyn OutlierSink> = Weak::<NoSink>::new();
+        let stats = EndpointStats::new(
+            instance,
+            Instant::now(),
+            Duration::from_millis(30),
+            Duration::from_secs(10),
+            Arc::new(OutlierState::new(None)),
+            outliers,
+            None,
+        );
+        Endpoint {
+            stats: Arc::new(stats),
+            service: (),
+        }
+    }
+
+    /// How many points of `0..total` pick each id: its weight, if the
+    /// index is right.
+    fn points_per_id(set: &EndpointSet<()>) -> std::collections::BTreeMap<String, u64> {
+        let weights = set.weights.as_ref().unwrap();
+        let mut counts = std::collections::BTreeMap::new();
+        for point in 0..weights.total() {
+            let picked = weights
+                .find(point)
+                .expect("a point below the total finds one");
+            *counts
+                .entry(picked.stats.instance.id().to_string())
+                .or_insert(0) += 1;
+        }
+        counts
+    }
+
+    fn expected(weights: &[(&str, u64)]) -> std::collections::BTreeMap<String, u64> {
+        weights.iter().map(|(id, w)| (id.to_string(), *w)).collect()
+    }
+
+    #[test]
+    fn the_weight_index_finds_each_endpoint_for_as_many_points_as_its_weight() {
+        let mut set = EndpointSet::empty(true);
+        for (id, weight) in [("a", 1), ("b", 3), ("c", 6), ("d", 2), ("e", 5)] {
+            set.upsert(endpoint(id, weight));
+        }
+        let before = set.clone();
+        assert_eq!(
+            points_per_id(&set),
+            expected(&[("a", 1), ("b", 3), ("c", 6), ("d", 2), ("e", 5)])
+        );
+        // An update changes the weight in place; a removal frees a slot
+        // that the next addition reuses; growing keeps every weight.
+        set.upsert(endpoint("b", 7));
+        set.remove("c");
+        set.remove("missing");
+        set.upsert(endpoint("f", 4));
+        for i in 0..20 {
+            set.upsert(endpoint(&format!("g{i:02}"), 1));
+        }
+        for i in 0..20 {
+            set.remove(&format!("g{i:02}"));
+        }
+        assert_eq!(
+            points_per_id(&set),
+            expected(&[("a", 1), ("b", 7), ("d", 2), ("e", 5), ("f", 4)])
+        );
+        assert_eq!(set.weights.as_ref().unwrap().total(), 19);
+        assert_eq!(set.available.len(), 5);
+        // The set it was derived from is as it was.
+        assert_eq!(
+            points_per_id(&before),
+            expected(&[("a", 1), ("b", 3), ("c", 6), ("d", 2), ("e", 5)])
+        );
+        for id in ["a", "b", "d", "e", "f"] {
+            set.remove(id);
+        }
+        assert_eq!(set.weights.as_ref().unwrap().total(), 0);
+        assert!(set.available.is_empty());
+    }
+
+    #[test]
+    fn peak_ewma_compares_costs_as_the_decayed_estimates_do() {
+        let epoch = Instant::now();
+        let a = endpoint("a", 1);
+        let b = endpoint("b", 1);
+        // a saw a 100 ms call at 1 s, b a 10 ms call at 20 s: at 20 s a's
+        // estimate has decayed for 19 s (10 s decay) to about 15 ms.
+        a.stats
+            .observe_latency(Duration::from_millis(100), epoch + Duration::from_secs(1));
+        b.stats
+            .observe_latency(Duration::from_millis(10), epoch + Duration::from_secs(20));
+        let now = epoch + Duration::from_secs(20);
+        let cost = |e: &Endpoint<()>| e.stats.ewma_ns(now) * (e.stats.in_flight() as f64 + 1.0);
+        assert!(cost(&b) < cost(&a));
+        assert!(b.stats.cheaper_than(&a.stats));
+        assert!(!a.stats.cheaper_than(&b.stats));
+        // Two calls in flight on b make it dearer: 3 × 10 ms > 15 ms.
+        b.stats.in_flight.fetch_add(2, Ordering::Relaxed);
+        assert!(cost(&a) < cost(&b));
+        assert!(a.stats.cheaper_than(&b.stats));
+    }
+}
