@@ -182,10 +182,11 @@ impl EndpointStats {
         estimate * (-elapsed / self.decay_ns).exp()
     }
 
-    /// Whether this instance's peak-EWMA cost, latency × (calls in flight
-    /// + 1), is below `other`'s now: `e^(key - other's key) × (load + 1) <
-    /// other's (load + 1)`, the decay since the last observations being a
-    /// factor common to both sides. No clock read, one `exp`.
+    /// Whether this instance's peak-EWMA cost (latency times one more
+    /// than its calls in flight) is below `other`'s now. It compares
+    /// `e^(key - other's key) × (load + 1)` with `other's load + 1`: the
+    /// decay since the last observations is a factor common to both
+    /// sides. No clock read, one `exp`.
     #[inline]
     pub(crate) fn cheaper_than(&self, other: &EndpointStats) -> bool {
         let key = f64::from_bits(self.ewma_key.load(Ordering::Relaxed));
