@@ -287,7 +287,8 @@ impl<S: Clone> Clone for Endpoint<S> {
 }
 
 /// The instances a pick chooses from (healthy and not ejected), in id
-/// order, and with the weighted picker an index of their weights.
+/// order, and (for every picker but round robin) an index of their slots
+/// that a pick reads faster than the vector.
 /// Immutable: the balancer swaps in a new set when membership or
 /// ejections change, derived from the old one ([`Clone`] is O(1): every
 /// part is persistent) in O(log n) per change. `available` is a
@@ -296,7 +297,10 @@ impl<S: Clone> Clone for Endpoint<S> {
 /// three to 262,144).
 pub(crate) struct EndpointSet<S> {
     pub(crate) available: imbl::Vector<Endpoint<S>>,
-    /// With the weighted picker only.
+    /// The same endpoints in the slots of a [`WeightIndex`], for the
+    /// pickers that pick by weight or uniformly (a walk down a binary tree
+    /// of counts or weights is cheaper than indexing the persistent
+    /// vector); `None` with round robin, which goes in id order.
     pub(crate) weights: Option<WeightIndex<S>>,
 }
 
@@ -310,12 +314,12 @@ impl<S: Clone> Clone for EndpointSet<S> {
 }
 
 impl<S: Clone> EndpointSet<S> {
-    /// An empty set; with `weighted`, with the index the weighted picker
-    /// reads.
-    pub(crate) fn empty(weighted: bool) -> Self {
+    /// An empty set; with `indexed`, with the slot index the weighted and
+    /// the uniform pickers read.
+    pub(crate) fn empty(indexed: bool) -> Self {
         Self {
             available: imbl::Vector::new(),
-            weights: weighted.then(WeightIndex::new),
+            weights: indexed.then(WeightIndex::new),
         }
     }
 
@@ -371,6 +375,11 @@ enum WeightNode<S> {
     Slot(Option<Endpoint<S>>),
     Sum {
         weight: u64,
+        count: usize,
+        /// The left child's weight and count, kept here so that a walk
+        /// down reads one node per level.
+        left_weight: u64,
+        left_count: usize,
         left: Arc<WeightNode<S>>,
         right: Arc<WeightNode<S>>,
     },
@@ -387,12 +396,24 @@ impl<S> WeightNode<S> {
         }
     }
 
+    /// How many slots below hold an endpoint.
+    #[inline]
+    fn count(&self) -> usize {
+        match self {
+            WeightNode::Slot(endpoint) => usize::from(endpoint.is_some()),
+            WeightNode::Sum { count, .. } => *count,
+        }
+    }
+
     /// An empty tree of `height`: one node per level, shared.
     fn empty(height: u32) -> Arc<Self> {
         let mut node = Arc::new(WeightNode::Slot(None));
         for _ in 0..height {
             node = Arc::new(WeightNode::Sum {
                 weight: 0,
+                count: 0,
+                left_weight: 0,
+                left_count: 0,
                 left: Arc::clone(&node),
                 right: node,
             });
@@ -417,6 +438,9 @@ impl<S> WeightNode<S> {
                 };
                 Arc::new(WeightNode::Sum {
                     weight: left.weight() + right.weight(),
+                    count: left.count() + right.count(),
+                    left_weight: left.weight(),
+                    left_count: left.count(),
                     left,
                     right,
                 })
@@ -469,6 +493,33 @@ impl<S: Clone> WeightIndex<S> {
         self.root.weight()
     }
 
+    /// The endpoint in the `n`th slot in use (in slot order), `n` below
+    /// the number of endpoints: a uniform pick with a uniform `n`.
+    #[inline]
+    pub(crate) fn nth(&self, n: usize) -> Option<&Endpoint<S>> {
+        let mut node = &*self.root;
+        let mut rest = n;
+        loop {
+            match node {
+                WeightNode::Slot(endpoint) => return endpoint.as_ref(),
+                WeightNode::Sum {
+                    left,
+                    right,
+                    left_count,
+                    ..
+                } => {
+                    let on_left = *left_count;
+                    if rest < on_left {
+                        node = left;
+                    } else {
+                        rest -= on_left;
+                        node = right;
+                    }
+                }
+            }
+        }
+    }
+
     /// The endpoint covering `point` (below [`total`](Self::total)) when
     /// the endpoints' weights are laid end to end in slot order: each is
     /// found for as many points as its weight.
@@ -479,8 +530,13 @@ impl<S: Clone> WeightIndex<S> {
         loop {
             match node {
                 WeightNode::Slot(endpoint) => return endpoint.as_ref(),
-                WeightNode::Sum { left, right, .. } => {
-                    let on_left = left.weight();
+                WeightNode::Sum {
+                    left,
+                    right,
+                    left_weight,
+                    ..
+                } => {
+                    let on_left = *left_weight;
                     if rest < on_left {
                         node = left;
                     } else {
@@ -530,6 +586,9 @@ impl<S: Clone> WeightIndex<S> {
         let right = WeightNode::empty(self.height);
         self.root = Arc::new(WeightNode::Sum {
             weight: self.root.weight(),
+            count: self.root.count(),
+            left_weight: self.root.weight(),
+            left_count: self.root.count(),
             left: Arc::clone(&self.root),
             right,
         });
@@ -616,6 +675,13 @@ mod tests {
         );
         assert_eq!(set.weights.as_ref().unwrap().total(), 19);
         assert_eq!(set.available.len(), 5);
+        // The uniform pickers' lookup: each endpoint at exactly one `n`.
+        let slots = set.weights.as_ref().unwrap();
+        let mut found: Vec<String> = (0..5)
+            .map(|n| slots.nth(n).unwrap().stats.instance.id().to_string())
+            .collect();
+        found.sort();
+        assert_eq!(found, ["a", "b", "d", "e", "f"]);
         // The set it was derived from is as it was.
         assert_eq!(
             points_per_id(&before),

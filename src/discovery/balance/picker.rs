@@ -24,36 +24,39 @@ pub(crate) fn pick<'a, S: Clone>(
     if n <= 1 {
         return endpoints.front();
     }
-    let index = match picker {
-        Picker::RoundRobin => next.fetch_add(1, Ordering::Relaxed) % n,
-        Picker::Random => rng.random_range(0..n),
+    let Some(slots) = &set.weights else {
+        // Round robin: in id order, through the vector.
+        return endpoints.get(next.fetch_add(1, Ordering::Relaxed) % n);
+    };
+    match picker {
+        Picker::RoundRobin => endpoints.get(next.fetch_add(1, Ordering::Relaxed) % n),
+        Picker::Random => slots.nth(rng.random_range(0..n)),
         Picker::Weighted => {
-            let weights = set.weights.as_ref()?;
-            let total = weights.total();
+            let total = slots.total();
             if total == 0 {
                 return None;
             }
-            return weights.find(rng.random_range(0..total));
+            slots.find(rng.random_range(0..total))
         }
         Picker::LeastLoaded => {
             let (a, b) = two_distinct(n, rng);
-            if endpoints[b].stats.in_flight() < endpoints[a].stats.in_flight() {
-                b
-            } else {
-                a
-            }
-        }
-        Picker::PeakEwma { .. } => {
-            let (a, b) = two_distinct(n, rng);
-            let (first, second) = (endpoints.get(a)?, endpoints.get(b)?);
-            return Some(if second.stats.cheaper_than(&first.stats) {
+            let (first, second) = (slots.nth(a)?, slots.nth(b)?);
+            Some(if second.stats.in_flight() < first.stats.in_flight() {
                 second
             } else {
                 first
-            });
+            })
         }
-    };
-    endpoints.get(index)
+        Picker::PeakEwma { .. } => {
+            let (a, b) = two_distinct(n, rng);
+            let (first, second) = (slots.nth(a)?, slots.nth(b)?);
+            Some(if second.stats.cheaper_than(&first.stats) {
+                second
+            } else {
+                first
+            })
+        }
+    }
 }
 
 /// Two different indexes below `n` (`n >= 2`), uniformly.

@@ -68,13 +68,14 @@ where
     S: Clone + Send + Sync + 'static,
 {
     pub(crate) fn new(service: ServiceName, config: BalanceConfig) -> Arc<Self> {
-        let weighted = matches!(config.picker, Picker::Weighted);
+        // Every picker but round robin picks through the slot index.
+        let indexed = !matches!(config.picker, Picker::RoundRobin);
         Arc::new_cyclic(|this| Self {
             events: EventHub::new(config.event_capacity),
             exported: super::metrics::Exported::new(&service),
             service,
             config,
-            set: ArcSwap::from_pointee(EndpointSet::empty(weighted)),
+            set: ArcSwap::from_pointee(EndpointSet::empty(indexed)),
             next: CachePadded(AtomicUsize::new(0)),
             rngs: AtomicU64::new(0),
             membership: Mutex::new(imbl::OrdMap::new()),
