@@ -76,7 +76,7 @@ fn run<S: Service<u64>>(mut service: S) {
     measured_calls(&mut service);
 }
 
-const CASES: [&str; 14] = [
+const CASES: [&str; 29] = [
     "bare",
     "breaker/count",
     "breaker/count/static",
@@ -93,6 +93,19 @@ const CASES: [&str; 14] = [
     "rate-limiter",
     "adaptive-concurrency",
     "fallback/value",
+    "pipeline/empty",
+    "pipeline/all-stages",
+    "pipeline/by-hand",
+    "pipeline/sizes",
+    "balance/round-robin/3",
+    "balance/round-robin/3000",
+    "balance/weighted/3",
+    "balance/weighted/3000",
+    "balance/least-loaded/3",
+    "balance/least-loaded/3000",
+    "balance/peak-ewma/3",
+    "balance/peak-ewma/3000",
+    "balance/random/3",
 ];
 
 fn main() {
@@ -209,9 +222,157 @@ fn main() {
         )
         .layer()
         .layer(Echo)),
+        "pipeline/empty" | "pipeline/all-stages" | "pipeline/by-hand" | "pipeline/sizes" => {
+            pipeline_case(&case)
+        }
+        balance if balance.starts_with("balance/") => balance_case(balance),
         other => {
             eprintln!("unknown case {other:?}; cases: {}", CASES.join(" "));
             std::process::exit(2);
         }
     }
+}
+
+/// The pipeline cases: tower's `Timeout` and the rate limiter read tokio's
+/// clock, so they run inside a runtime (entered, not driven).
+fn pipeline_case(case: &str) {
+    use palisade::bulkhead::{Bulkhead, BulkheadConfig};
+    use palisade::pipeline::Pipeline;
+    use palisade::rate_limit::{RateLimiter, RateLimiterConfig};
+    use palisade::retry::{Retry, RetryConfig};
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a runtime");
+    let _entered = runtime.enter();
+    let limiter = || {
+        RateLimiter::new(
+            "bench",
+            RateLimiterConfig::builder()
+                .limit_for_period(1_000_000_000)
+                .limit_refresh_period(Duration::from_secs(1))
+                .build()
+                .expect("valid config"),
+        )
+    };
+    let bulkhead = || {
+        Bulkhead::new(
+            "bench",
+            BulkheadConfig::builder()
+                .max_concurrent_calls(64)
+                .build()
+                .expect("valid config"),
+        )
+    };
+    let retry = || {
+        Retry::new(
+            "bench",
+            RetryConfig::builder()
+                .max_attempts(3)
+                .build()
+                .expect("valid config"),
+        )
+    };
+    let empty = || {
+        Pipeline::builder("bench")
+            .build()
+            .expect("valid pipeline")
+            .layer(Echo)
+    };
+    let full = || {
+        Pipeline::builder("bench")
+            .retry(retry())
+            .circuit_breaker(CircuitBreaker::with_defaults("bench"))
+            .rate_limiter(limiter())
+            .timeout(Duration::from_secs(5))
+            .bulkhead(bulkhead())
+            .build()
+            .expect("valid pipeline")
+            .layer(Echo)
+    };
+    let by_hand = || {
+        tower::ServiceBuilder::new()
+            .layer(retry().layer())
+            .layer(CircuitBreaker::with_defaults("bench").layer())
+            .layer(limiter().layer())
+            .timeout(Duration::from_secs(5))
+            .layer(bulkhead().layer())
+            .service(Echo)
+    };
+    fn sizes<S: Service<u64>>(name: &str, service: &S) {
+        println!(
+            "{name}: service {} bytes, response future {} bytes",
+            std::mem::size_of_val(service),
+            std::mem::size_of::<S::Future>()
+        );
+    }
+    match case {
+        "pipeline/sizes" => {
+            sizes("bare", &Echo);
+            sizes("pipeline, empty", &empty());
+            sizes("pipeline, five stages", &full());
+            sizes("five layers by hand", &by_hand());
+        }
+        "pipeline/empty" => run(empty()),
+        "pipeline/all-stages" => run(full()),
+        _ => run(by_hand()),
+    }
+}
+
+/// `balance/<picker>/<instances>`: a pick and a call of a balancer over a
+/// static registry of that many instances (weights 1 to 3).
+fn balance_case(case: &str) {
+    use palisade::discovery::{Balance, BalanceConfig, Instance, Picker, StaticRegistry, make_fn};
+
+    let mut parts = case.split('/').skip(1);
+    let picker = match parts.next() {
+        Some("round-robin") => Picker::RoundRobin,
+        Some("random") => Picker::Random,
+        Some("weighted") => Picker::Weighted,
+        Some("least-loaded") => Picker::LeastLoaded,
+        Some("peak-ewma") => Picker::peak_ewma(),
+        _ => {
+            eprintln!("unknown case {case:?}; cases: {}", CASES.join(" "));
+            std::process::exit(2);
+        }
+    };
+    let instances: usize = parts
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("balance/<picker>/<instances>");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let _entered = runtime.enter();
+    let registry = StaticRegistry::new((0..instances).map(|i| {
+        Instance::builder(
+            "bench",
+            format!("i{i}"),
+            format!("10.0.{}.{}:80", i / 250, i % 250),
+        )
+        .weight(1 + (i % 3) as u32)
+        .build()
+        .expect("valid instance")
+    }));
+    let config = BalanceConfig::builder()
+        .picker(picker)
+        .rng_seed(7)
+        .build()
+        .expect("valid config");
+    let mut balance = Balance::new(
+        "bench",
+        &registry,
+        make_fn(|_: &Instance| Ok::<_, std::convert::Infallible>(Echo)),
+        config,
+    )
+    .expect("valid name");
+    // Let the watch task deliver the instances.
+    runtime.block_on(async {
+        use tower::ServiceExt;
+        let _ = ServiceExt::<u64>::ready(&mut balance).await;
+    });
+    assert_eq!(balance.metrics().instances, instances);
+    run(balance)
 }

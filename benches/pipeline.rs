@@ -1,5 +1,6 @@
 //! What the pipeline costs per call: empty, with every stage, and next to
 //! the same layers stacked by hand; and the rate limiter alone. One run.
+//! Prints the size of each service and of its response future first.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -10,7 +11,7 @@ use palisade::circuit_breaker::CircuitBreaker;
 use palisade::pipeline::Pipeline;
 use palisade::rate_limit::{RateLimiter, RateLimiterConfig};
 use palisade::retry::{Retry, RetryConfig};
-use tower::{Layer, ServiceBuilder};
+use tower::{Layer, Service, ServiceBuilder};
 
 #[path = "../tests/support/echo.rs"]
 mod echo;
@@ -55,6 +56,15 @@ fn pipeline(c: &mut Criterion) {
         .expect("a runtime");
     let _entered = runtime.enter();
 
+    /// What a call moves around: the service and its response future.
+    fn sizes<S: Service<u64>>(name: &str, _: &S) {
+        println!(
+            "{name}: service {} bytes, response future {} bytes",
+            std::mem::size_of::<S>(),
+            std::mem::size_of::<S::Future>()
+        );
+    }
+
     let mut group = c.benchmark_group("pipeline");
     group.warm_up_time(Duration::from_secs(1));
     group.measurement_time(Duration::from_secs(2));
@@ -95,6 +105,10 @@ fn pipeline(c: &mut Criterion) {
         .timeout(Duration::from_secs(5))
         .layer(bulkhead().layer())
         .service(Echo);
+    sizes("bare", &bare);
+    sizes("pipeline, empty", &empty);
+    sizes("pipeline, all stages", &full);
+    sizes("by hand, all stages", &by_hand);
     group.bench_function("by-hand/all-stages", |b| {
         b.iter(|| call_now(&mut by_hand, black_box(7)))
     });

@@ -32,7 +32,7 @@ fn pick_and_call_allocate_nothing(picker: Picker) {
         .build()
         .expect("a runtime");
     let _entered = runtime.enter();
-    let registry = registry(5);
+    let registry = registry(100);
     let config = BalanceConfig::builder()
         .picker(picker.clone())
         .build()
@@ -48,7 +48,7 @@ fn pick_and_call_allocate_nothing(picker: Picker) {
     runtime.block_on(async {
         let _ = ServiceExt::<u64>::ready(&mut balance).await;
     });
-    assert_eq!(balance.metrics().instances, 5);
+    assert_eq!(balance.metrics().instances, 100);
     for request in 0..10 {
         assert_eq!(call_now(&mut balance, request).ok(), Some(request));
     }

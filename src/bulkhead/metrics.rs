@@ -52,12 +52,11 @@ impl Exported {
     pub(super) fn on_permitted(
         &self,
         waited: std::time::Duration,
-        semaphore: &tokio::sync::Semaphore,
+        available: impl FnOnce() -> usize,
     ) {
         self.permitted.increment(1);
         self.wait_duration.record(waited.as_secs_f64());
-        self.available_permits
-            .set(semaphore.available_permits() as f64);
+        self.available_permits.set(available() as f64);
     }
 
     /// A call was rejected.
@@ -68,16 +67,15 @@ impl Exported {
 
     /// A permit was given back (or the limit changed to `limit`).
     #[inline]
-    pub(super) fn on_released(&self, semaphore: &tokio::sync::Semaphore) {
-        self.available_permits
-            .set(semaphore.available_permits() as f64);
+    pub(super) fn on_released(&self, available: impl FnOnce() -> usize) {
+        self.available_permits.set(available() as f64);
     }
 
     /// The limit changed to `limit`.
     #[cold]
-    pub(super) fn on_resized(&self, limit: usize, semaphore: &tokio::sync::Semaphore) {
+    pub(super) fn on_resized(&self, limit: usize, available: impl FnOnce() -> usize) {
         self.max_concurrent_calls.set(limit as f64);
-        self.on_released(semaphore);
+        self.on_released(available);
     }
 }
 
@@ -95,13 +93,13 @@ impl Exported {
     pub(super) fn on_permitted(
         &self,
         _waited: std::time::Duration,
-        _semaphore: &tokio::sync::Semaphore,
+        _available: impl FnOnce() -> usize,
     ) {
     }
     #[inline(always)]
     pub(super) fn on_rejected(&self) {}
     #[inline(always)]
-    pub(super) fn on_released(&self, _semaphore: &tokio::sync::Semaphore) {}
+    pub(super) fn on_released(&self, _available: impl FnOnce() -> usize) {}
     #[inline(always)]
-    pub(super) fn on_resized(&self, _limit: usize, _semaphore: &tokio::sync::Semaphore) {}
+    pub(super) fn on_resized(&self, _limit: usize, _available: impl FnOnce() -> usize) {}
 }

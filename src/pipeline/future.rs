@@ -34,7 +34,9 @@ pin_project! {
     {
         #[pin]
         inner: StagesFuture<S, Req, RC, RP, BC>,
-        span: tracing::Span,
+        // `None` when no subscriber wanted the span: nothing to enter,
+        // record or drop.
+        span: Option<tracing::Span>,
         timeout: Option<Duration>,
     }
 }
@@ -43,9 +45,10 @@ impl<S, Req, RC, RP, BC> ResponseFuture<S, Req, RC, RP, BC>
 where
     BreakerStage<S, BC>: Service<Req>,
 {
+    #[inline(always)]
     pub(crate) fn new(
         inner: StagesFuture<S, Req, RC, RP, BC>,
-        span: tracing::Span,
+        span: Option<tracing::Span>,
         timeout: Option<Duration>,
     ) -> Self {
         Self {
@@ -66,19 +69,26 @@ where
 {
     type Output = Result<S::Response, PipelineError>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        let _entered = this.span.enter();
+        let Some(span) = this.span.as_ref() else {
+            let result = ready!(this.inner.as_mut().poll(cx));
+            return Poll::Ready(
+                result.map_err(|error| PipelineError::from_stages(error, *this.timeout)),
+            );
+        };
+        let _entered = span.enter();
         let result = ready!(this.inner.as_mut().poll(cx));
         let result = result.map_err(|error| PipelineError::from_stages(error, *this.timeout));
-        if !this.span.is_disabled() {
+        if !span.is_disabled() {
             let attempts = this
                 .inner
                 .as_ref()
                 .get_ref()
                 .stage()
                 .map_or(1, |retry| retry.attempts());
-            this.span.record("attempts", attempts);
+            span.record("attempts", attempts);
             let (outcome, stage) = match &result {
                 Ok(_) => ("ok", "service"),
                 Err(error) if error.is_rejection() => ("rejected", error.stage().as_str()),
@@ -87,8 +97,8 @@ where
                 }
                 Err(error) => ("failed", error.stage().as_str()),
             };
-            this.span.record("outcome", outcome);
-            this.span.record("stage", stage);
+            span.record("outcome", outcome);
+            span.record("stage", stage);
             tracing::debug!(attempts, outcome, stage, "pipeline call finished");
         }
         Poll::Ready(result)

@@ -53,6 +53,28 @@ where
 
     #[inline]
     fn call(&mut self, request: Req) -> Self::Future {
+        // Without a subscriber that wants it, no span at all: a disabled
+        // span still costs its bookkeeping on every call (and, with
+        // tracing's `log` feature, a `log` check at each step of its life).
+        if !tracing::span_enabled!(tracing::Level::DEBUG) {
+            return ResponseFuture::new(self.inner.call(request), None, self.shared.timeout);
+        }
+        self.call_in_span(request)
+    }
+}
+
+impl<S, RC, RP, BC> PipelineService<S, RC, RP, BC> {
+    /// [`call`](Service::call) with a subscriber listening: in the call's
+    /// `pipeline` span.
+    #[inline(never)]
+    fn call_in_span<Req>(&mut self, request: Req) -> ResponseFuture<S, Req, RC, RP, BC>
+    where
+        S: Service<Req> + Clone,
+        S::Error: Into<BoxError>,
+        RC: Classify<S::Response, BoxError> + Clone,
+        RP: RetryPolicy<Req, S::Response, BoxError> + Clone,
+        BC: Classify<S::Response, BoxError> + Clone,
+    {
         let span = tracing::debug_span!(
             "pipeline",
             name = %self.shared.name,
@@ -62,7 +84,7 @@ where
         );
         // The first attempt's stages run their `call` inside the span too.
         let future = span.in_scope(|| self.inner.call(request));
-        ResponseFuture::new(future, span, self.shared.timeout)
+        ResponseFuture::new(future, Some(span), self.shared.timeout)
     }
 }
 

@@ -35,7 +35,7 @@ where
     type Error = BoxError;
     type Future = OptionalFuture<On::Future, Off::Future>;
 
-    #[inline]
+    #[inline(always)]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         match self {
             Optional::On(service) => service.poll_ready(cx).map_err(Into::into),
@@ -43,7 +43,7 @@ where
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn call(&mut self, request: Req) -> Self::Future {
         match self {
             Optional::On(service) => OptionalFuture::on(service.call(request)),
@@ -71,12 +71,14 @@ pin_project! {
 }
 
 impl<On, Off> OptionalFuture<On, Off> {
+    #[inline(always)]
     fn on(future: On) -> Self {
         Self {
             kind: Kind::On { future },
         }
     }
 
+    #[inline(always)]
     fn off(future: Off) -> Self {
         Self {
             kind: Kind::Off { future },
@@ -101,7 +103,7 @@ where
 {
     type Output = Result<T, BoxError>;
 
-    #[inline]
+    #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         Poll::Ready(match self.project().kind.project() {
             KindProj::On { future } => ready!(future.poll(cx)).map_err(Into::into),

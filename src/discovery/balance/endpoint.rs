@@ -120,6 +120,12 @@ pub(crate) struct EndpointStats {
     /// updated (nanoseconds since `epoch`).
     ewma_ns: AtomicU64,
     ewma_at_ns: AtomicU64,
+    /// `ln(ewma_ns) + ewma_at_ns / decay_ns` (`f64` bits): the estimate's
+    /// logarithm, decayed back to `epoch`. Two instances' decayed
+    /// estimates at any moment compare as these do (the decay since then
+    /// is a factor common to both), so a pick compares costs without the
+    /// clock and with one `exp`; see [`cheaper_than`](Self::cheaper_than).
+    ewma_key: AtomicU64,
     epoch: Instant,
     decay_ns: f64,
     /// Shared with the instance's earlier and later clients.
@@ -142,14 +148,18 @@ impl EndpointStats {
         outliers: Weak<dyn OutlierSink>,
         breaker: Option<CircuitBreaker>,
     ) -> Self {
+        let default_ns = duration_nanos(default_rtt) as f64;
+        let at_ns = nanos_since(epoch, Instant::now());
+        let decay_ns = (duration_nanos(decay) as f64).max(1.0);
         Self {
             instance,
             in_flight: CachePadded(AtomicUsize::new(0)),
             picks: AtomicU64::new(0),
-            ewma_ns: AtomicU64::new((default_rtt.as_nanos() as f64).to_bits()),
-            ewma_at_ns: AtomicU64::new(nanos_since(epoch, Instant::now())),
+            ewma_ns: AtomicU64::new(default_ns.to_bits()),
+            ewma_at_ns: AtomicU64::new(at_ns),
+            ewma_key: AtomicU64::new(ewma_key(default_ns, at_ns, decay_ns).to_bits()),
             epoch,
-            decay_ns: (decay.as_nanos() as f64).max(1.0),
+            decay_ns,
             outlier,
             outliers,
             breaker,
@@ -172,10 +182,16 @@ impl EndpointStats {
         estimate * (-elapsed / self.decay_ns).exp()
     }
 
-    /// The peak-EWMA cost: latency × (calls in flight + 1).
+    /// Whether this instance's peak-EWMA cost (latency times one more
+    /// than its calls in flight) is below `other`'s now. It compares
+    /// `e^(key - other's key) × (load + 1)` with `other's load + 1`: the
+    /// decay since the last observations is a factor common to both
+    /// sides. No clock read, one `exp`.
     #[inline]
-    pub(crate) fn ewma_cost(&self, now: Instant) -> f64 {
-        self.ewma_ns(now) * (self.in_flight() as f64 + 1.0)
+    pub(crate) fn cheaper_than(&self, other: &EndpointStats) -> bool {
+        let key = f64::from_bits(self.ewma_key.load(Ordering::Relaxed));
+        let other_key = f64::from_bits(other.ewma_key.load(Ordering::Relaxed));
+        (key - other_key).exp() * (self.in_flight() as f64 + 1.0) < other.in_flight() as f64 + 1.0
     }
 
     /// Folds one observed latency, of a call that ended at `now`, into the
@@ -188,7 +204,7 @@ impl EndpointStats {
     /// answer never raises it. Concurrent updates may lose one of two
     /// observations; the estimate stays a valid one.
     pub(crate) fn observe_latency(&self, rtt: Duration, now: Instant) {
-        let rtt_ns = rtt.as_nanos() as f64;
+        let rtt_ns = duration_nanos(rtt) as f64;
         let now_ns = nanos_since(self.epoch, now);
         let started_ns = now_ns.saturating_sub(duration_nanos(rtt));
         let estimate = f64::from_bits(self.ewma_ns.load(Ordering::Relaxed));
@@ -203,6 +219,10 @@ impl EndpointStats {
         };
         self.ewma_ns.store(next.to_bits(), Ordering::Relaxed);
         self.ewma_at_ns.store(now_ns, Ordering::Relaxed);
+        self.ewma_key.store(
+            ewma_key(next, now_ns, self.decay_ns).to_bits(),
+            Ordering::Relaxed,
+        );
     }
 
     /// Records a finished call's outcome for outlier detection.
@@ -240,6 +260,13 @@ impl fmt::Debug for EndpointStats {
     }
 }
 
+/// The key [`EndpointStats::cheaper_than`] compares: an estimate of
+/// `ewma_ns` at `at_ns`, decayed back to the epoch, as a logarithm (an
+/// estimate of zero is minus infinity, cheaper than any other).
+fn ewma_key(ewma_ns: f64, at_ns: u64, decay_ns: f64) -> f64 {
+    ewma_ns.ln() + at_ns as f64 / decay_ns
+}
+
 fn nanos_since(epoch: Instant, now: Instant) -> u64 {
     duration_nanos(now.saturating_duration_since(epoch))
 }
@@ -260,72 +287,432 @@ impl<S: Clone> Clone for Endpoint<S> {
 }
 
 /// The instances a pick chooses from (healthy and not ejected), in id
-/// order, with the prefix sums of their weights for the weighted picker.
+/// order, and (for every picker but round robin) an index of their slots
+/// that a pick reads faster than the vector.
 /// Immutable: the balancer swaps in a new set when membership or
-/// ejections change. `available` is a persistent vector: the new set is
-/// derived from the old one in O(log n) per change (sharing the rest), and
-/// a pick indexes it in O(log n) with a tiny base (a tree of 64-wide
-/// nodes: one level up to 64 instances, two up to 4,096, three to 262,144).
+/// ejections change, derived from the old one ([`Clone`] is O(1): every
+/// part is persistent) in O(log n) per change. `available` is a
+/// persistent vector: a pick indexes it in O(log n) with a tiny base (a
+/// tree of 64-wide nodes: one level up to 64 instances, two up to 4,096,
+/// three to 262,144).
 pub(crate) struct EndpointSet<S> {
     pub(crate) available: imbl::Vector<Endpoint<S>>,
-    /// With the weighted picker only (empty otherwise):
-    /// `cumulative_weights[i]` is the weight of `available[..=i]`. Rebuilt
-    /// with every change, O(n).
-    pub(crate) cumulative_weights: Vec<u64>,
+    /// The same endpoints in the slots of a [`WeightIndex`], for the
+    /// pickers that pick by weight or uniformly (a walk down a binary tree
+    /// of counts or weights is cheaper than indexing the persistent
+    /// vector); `None` with round robin, which goes in id order.
+    pub(crate) weights: Option<WeightIndex<S>>,
+}
+
+impl<S: Clone> Clone for EndpointSet<S> {
+    fn clone(&self) -> Self {
+        Self {
+            available: self.available.clone(),
+            weights: self.weights.clone(),
+        }
+    }
 }
 
 impl<S: Clone> EndpointSet<S> {
-    pub(crate) fn empty() -> Self {
+    /// An empty set; with `indexed`, with the slot index the weighted and
+    /// the uniform pickers read.
+    pub(crate) fn empty(indexed: bool) -> Self {
         Self {
             available: imbl::Vector::new(),
-            cumulative_weights: Vec::new(),
+            weights: indexed.then(WeightIndex::new),
         }
     }
 
-    /// The set of `available` (in id order); with `weighted`, with the
-    /// prefix sums the weighted picker reads.
-    pub(crate) fn new(available: imbl::Vector<Endpoint<S>>, weighted: bool) -> Self {
-        let cumulative_weights = if weighted {
-            let mut total = 0u64;
-            available
-                .iter()
-                .map(|e| {
-                    total += u64::from(e.stats.instance.weight());
-                    total
+    /// Puts `endpoint` in the set (kept in id order), replacing the one
+    /// with its id: O(log² n).
+    pub(crate) fn upsert(&mut self, endpoint: Endpoint<S>) {
+        let id = endpoint.stats.instance.id();
+        if let Some(weights) = &mut self.weights {
+            weights.upsert(endpoint.clone());
+        }
+        match self
+            .available
+            .binary_search_by(|e| e.stats.instance.id().cmp(id))
+        {
+            Ok(at) => {
+                self.available.set(at, endpoint);
+            }
+            Err(at) => self.available.insert(at, endpoint),
+        }
+    }
+
+    /// Takes the endpoint with id `id` out of the set, if there: O(log² n).
+    pub(crate) fn remove(&mut self, id: &str) {
+        if let Some(weights) = &mut self.weights {
+            weights.remove(id);
+        }
+        if let Ok(at) = self
+            .available
+            .binary_search_by(|e| e.stats.instance.id().as_str().cmp(id))
+        {
+            self.available.remove(at);
+        }
+    }
+}
+
+/// The weighted picker's index: each endpoint in a slot of its own (a
+/// freed slot is reused), the slots the leaves of a persistent binary tree
+/// whose nodes hold the sum of the weights below them. A change copies one
+/// path, O(log n); a pick walks one path down, O(log n), reading one sum
+/// per level; a set derived from another shares all but the changed paths.
+/// Where prefix sums in a plain vector cost O(n) per change.
+pub(crate) struct WeightIndex<S> {
+    root: Arc<WeightNode<S>>,
+    /// The tree's height: it has `2^height` slots.
+    height: u32,
+    /// Slots in use or freed; the next new slot.
+    used: usize,
+    slot_of: imbl::OrdMap<crate::discovery::instance::InstanceId, usize>,
+    free: imbl::Vector<usize>,
+}
+
+enum WeightNode<S> {
+    Slot(Option<Endpoint<S>>),
+    Sum {
+        weight: u64,
+        count: usize,
+        /// The left child's weight and count, kept here so that a walk
+        /// down reads one node per level.
+        left_weight: u64,
+        left_count: usize,
+        left: Arc<WeightNode<S>>,
+        right: Arc<WeightNode<S>>,
+    },
+}
+
+impl<S> WeightNode<S> {
+    #[inline]
+    fn weight(&self) -> u64 {
+        match self {
+            WeightNode::Slot(endpoint) => endpoint
+                .as_ref()
+                .map_or(0, |e| u64::from(e.stats.instance.weight())),
+            WeightNode::Sum { weight, .. } => *weight,
+        }
+    }
+
+    /// How many slots below hold an endpoint.
+    #[inline]
+    fn count(&self) -> usize {
+        match self {
+            WeightNode::Slot(endpoint) => usize::from(endpoint.is_some()),
+            WeightNode::Sum { count, .. } => *count,
+        }
+    }
+
+    /// An empty tree of `height`: one node per level, shared.
+    fn empty(height: u32) -> Arc<Self> {
+        let mut node = Arc::new(WeightNode::Slot(None));
+        for _ in 0..height {
+            node = Arc::new(WeightNode::Sum {
+                weight: 0,
+                count: 0,
+                left_weight: 0,
+                left_count: 0,
+                left: Arc::clone(&node),
+                right: node,
+            });
+        }
+        node
+    }
+
+    /// This tree of `height` with slot `slot` holding `endpoint`: the
+    /// path to it copied, the rest shared.
+    fn with(&self, height: u32, slot: usize, endpoint: Option<Endpoint<S>>) -> Arc<Self> {
+        match self {
+            WeightNode::Slot(_) => Arc::new(WeightNode::Slot(endpoint)),
+            WeightNode::Sum { left, right, .. } => {
+                let half = 1usize << (height - 1);
+                let (left, right) = if slot < half {
+                    (left.with(height - 1, slot, endpoint), Arc::clone(right))
+                } else {
+                    (
+                        Arc::clone(left),
+                        right.with(height - 1, slot - half, endpoint),
+                    )
+                };
+                Arc::new(WeightNode::Sum {
+                    weight: left.weight() + right.weight(),
+                    count: left.count() + right.count(),
+                    left_weight: left.weight(),
+                    left_count: left.count(),
+                    left,
+                    right,
                 })
-                .collect()
-        } else {
-            Vec::new()
-        };
+            }
+        }
+    }
+
+    /// The endpoint of slot `slot` in this tree of `height`.
+    fn slot(&self, height: u32, slot: usize) -> Option<&Endpoint<S>> {
+        match self {
+            WeightNode::Slot(endpoint) => endpoint.as_ref(),
+            WeightNode::Sum { left, right, .. } => {
+                let half = 1usize << (height - 1);
+                if slot < half {
+                    left.slot(height - 1, slot)
+                } else {
+                    right.slot(height - 1, slot - half)
+                }
+            }
+        }
+    }
+}
+
+impl<S> Clone for WeightIndex<S> {
+    fn clone(&self) -> Self {
         Self {
-            available,
-            cumulative_weights,
+            root: Arc::clone(&self.root),
+            height: self.height,
+            used: self.used,
+            slot_of: self.slot_of.clone(),
+            free: self.free.clone(),
         }
-    }
-
-    pub(crate) fn total_weight(&self) -> u64 {
-        self.cumulative_weights.last().copied().unwrap_or(0)
     }
 }
 
-/// Puts `endpoint` in `available` (kept in id order), replacing the one
-/// with its id: O(log² n).
-pub(crate) fn upsert_endpoint<S: Clone>(
-    available: &mut imbl::Vector<Endpoint<S>>,
-    endpoint: Endpoint<S>,
-) {
-    let id = endpoint.stats.instance.id();
-    match available.binary_search_by(|e| e.stats.instance.id().cmp(id)) {
-        Ok(at) => {
-            available.set(at, endpoint);
+impl<S: Clone> WeightIndex<S> {
+    fn new() -> Self {
+        Self {
+            root: WeightNode::empty(0),
+            height: 0,
+            used: 0,
+            slot_of: imbl::OrdMap::new(),
+            free: imbl::Vector::new(),
         }
-        Err(at) => available.insert(at, endpoint),
+    }
+
+    /// The sum of the weights.
+    #[inline]
+    pub(crate) fn total(&self) -> u64 {
+        self.root.weight()
+    }
+
+    /// The endpoint in the `n`th slot in use (in slot order), `n` below
+    /// the number of endpoints: a uniform pick with a uniform `n`.
+    #[inline]
+    pub(crate) fn nth(&self, n: usize) -> Option<&Endpoint<S>> {
+        let mut node = &*self.root;
+        let mut rest = n;
+        loop {
+            match node {
+                WeightNode::Slot(endpoint) => return endpoint.as_ref(),
+                WeightNode::Sum {
+                    left,
+                    right,
+                    left_count,
+                    ..
+                } => {
+                    let on_left = *left_count;
+                    if rest < on_left {
+                        node = left;
+                    } else {
+                        rest -= on_left;
+                        node = right;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The endpoint covering `point` (below [`total`](Self::total)) when
+    /// the endpoints' weights are laid end to end in slot order: each is
+    /// found for as many points as its weight.
+    #[inline]
+    pub(crate) fn find(&self, point: u64) -> Option<&Endpoint<S>> {
+        let mut node = &*self.root;
+        let mut rest = point;
+        loop {
+            match node {
+                WeightNode::Slot(endpoint) => return endpoint.as_ref(),
+                WeightNode::Sum {
+                    left,
+                    right,
+                    left_weight,
+                    ..
+                } => {
+                    let on_left = *left_weight;
+                    if rest < on_left {
+                        node = left;
+                    } else {
+                        rest -= on_left;
+                        node = right;
+                    }
+                }
+            }
+        }
+    }
+
+    fn upsert(&mut self, endpoint: Endpoint<S>) {
+        let id = endpoint.stats.instance.id();
+        let slot = match self.slot_of.get(id) {
+            Some(&slot) => slot,
+            None => {
+                let slot = match self.free.pop_back() {
+                    Some(slot) => slot,
+                    None => {
+                        if self.used == 1 << self.height {
+                            self.grow();
+                        }
+                        self.used += 1;
+                        self.used - 1
+                    }
+                };
+                self.slot_of.insert(id.clone(), slot);
+                slot
+            }
+        };
+        self.root = self.root.with(self.height, slot, Some(endpoint));
+    }
+
+    fn remove(&mut self, id: &str) {
+        let Some(slot) = self.slot_of.remove(id) else {
+            return;
+        };
+        debug_assert!(self.root.slot(self.height, slot).is_some());
+        self.root = self.root.with(self.height, slot, None);
+        self.free.push_back(slot);
+    }
+
+    /// Doubles the slots: the tree becomes the left half of one twice its
+    /// height, whose right half is empty.
+    #[cold]
+    fn grow(&mut self) {
+        let right = WeightNode::empty(self.height);
+        self.root = Arc::new(WeightNode::Sum {
+            weight: self.root.weight(),
+            count: self.root.count(),
+            left_weight: self.root.weight(),
+            left_count: self.root.count(),
+            left: Arc::clone(&self.root),
+            right,
+        });
+        self.height += 1;
     }
 }
 
-/// Takes the endpoint with id `id` out of `available`, if there: O(log² n).
-pub(crate) fn remove_endpoint<S: Clone>(available: &mut imbl::Vector<Endpoint<S>>, id: &str) {
-    if let Ok(at) = available.binary_search_by(|e| e.stats.instance.id().as_str().cmp(id)) {
-        available.remove(at);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoSink;
+    impl OutlierSink for NoSink {
+        fn consecutive_failures(&self, _: &EndpointStats) {}
+    }
+
+    fn endpoint(id: &str, weight: u32) -> Endpoint<()> {
+        let instance = Instance::builder("api", id, "10.0.0.1:80")
+            .weight(weight)
+            .build()
+            .unwrap();
+        let outliers: Weak<dyn OutlierSink> = Weak::<NoSink>::new();
+        let stats = EndpointStats::new(
+            instance,
+            Instant::now(),
+            Duration::from_millis(30),
+            Duration::from_secs(10),
+            Arc::new(OutlierState::new(None)),
+            outliers,
+            None,
+        );
+        Endpoint {
+            stats: Arc::new(stats),
+            service: (),
+        }
+    }
+
+    /// How many points of `0..total` pick each id: its weight, if the
+    /// index is right.
+    fn points_per_id(set: &EndpointSet<()>) -> std::collections::BTreeMap<String, u64> {
+        let weights = set.weights.as_ref().unwrap();
+        let mut counts = std::collections::BTreeMap::new();
+        for point in 0..weights.total() {
+            let picked = weights
+                .find(point)
+                .expect("a point below the total finds one");
+            *counts
+                .entry(picked.stats.instance.id().to_string())
+                .or_insert(0) += 1;
+        }
+        counts
+    }
+
+    fn expected(weights: &[(&str, u64)]) -> std::collections::BTreeMap<String, u64> {
+        weights.iter().map(|(id, w)| (id.to_string(), *w)).collect()
+    }
+
+    #[test]
+    fn the_weight_index_finds_each_endpoint_for_as_many_points_as_its_weight() {
+        let mut set = EndpointSet::empty(true);
+        for (id, weight) in [("a", 1), ("b", 3), ("c", 6), ("d", 2), ("e", 5)] {
+            set.upsert(endpoint(id, weight));
+        }
+        let before = set.clone();
+        assert_eq!(
+            points_per_id(&set),
+            expected(&[("a", 1), ("b", 3), ("c", 6), ("d", 2), ("e", 5)])
+        );
+        // An update changes the weight in place; a removal frees a slot
+        // that the next addition reuses; growing keeps every weight.
+        set.upsert(endpoint("b", 7));
+        set.remove("c");
+        set.remove("missing");
+        set.upsert(endpoint("f", 4));
+        for i in 0..20 {
+            set.upsert(endpoint(&format!("g{i:02}"), 1));
+        }
+        for i in 0..20 {
+            set.remove(&format!("g{i:02}"));
+        }
+        assert_eq!(
+            points_per_id(&set),
+            expected(&[("a", 1), ("b", 7), ("d", 2), ("e", 5), ("f", 4)])
+        );
+        assert_eq!(set.weights.as_ref().unwrap().total(), 19);
+        assert_eq!(set.available.len(), 5);
+        // The uniform pickers' lookup: each endpoint at exactly one `n`.
+        let slots = set.weights.as_ref().unwrap();
+        let mut found: Vec<String> = (0..5)
+            .map(|n| slots.nth(n).unwrap().stats.instance.id().to_string())
+            .collect();
+        found.sort();
+        assert_eq!(found, ["a", "b", "d", "e", "f"]);
+        // The set it was derived from is as it was.
+        assert_eq!(
+            points_per_id(&before),
+            expected(&[("a", 1), ("b", 3), ("c", 6), ("d", 2), ("e", 5)])
+        );
+        for id in ["a", "b", "d", "e", "f"] {
+            set.remove(id);
+        }
+        assert_eq!(set.weights.as_ref().unwrap().total(), 0);
+        assert!(set.available.is_empty());
+    }
+
+    #[test]
+    fn peak_ewma_compares_costs_as_the_decayed_estimates_do() {
+        let epoch = Instant::now();
+        let a = endpoint("a", 1);
+        let b = endpoint("b", 1);
+        // a saw a 100 ms call at 1 s, b a 10 ms call at 20 s: at 20 s a's
+        // estimate has decayed for 19 s (10 s decay) to about 15 ms.
+        a.stats
+            .observe_latency(Duration::from_millis(100), epoch + Duration::from_secs(1));
+        b.stats
+            .observe_latency(Duration::from_millis(10), epoch + Duration::from_secs(20));
+        let now = epoch + Duration::from_secs(20);
+        let cost = |e: &Endpoint<()>| e.stats.ewma_ns(now) * (e.stats.in_flight() as f64 + 1.0);
+        assert!(cost(&b) < cost(&a));
+        assert!(b.stats.cheaper_than(&a.stats));
+        assert!(!a.stats.cheaper_than(&b.stats));
+        // Two calls in flight on b make it dearer: 3 × 10 ms > 15 ms.
+        b.stats.in_flight.fetch_add(2, Ordering::Relaxed);
+        assert!(cost(&a) < cost(&b));
+        assert!(a.stats.cheaper_than(&b.stats));
     }
 }

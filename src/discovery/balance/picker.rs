@@ -4,53 +4,59 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rand::Rng;
 use rand::rngs::SmallRng;
-use tokio::time::Instant;
 
 use super::config::Picker;
 use super::endpoint::{Endpoint, EndpointSet};
 
 /// Picks an endpoint of `set`, or `None` when it is empty. `next` is the
-/// round-robin position shared by every clone of the balancer; `now` is
-/// read by the caller when the picker is [`Picker::PeakEwma`].
+/// round-robin position shared by every clone of the balancer. No picker
+/// reads the clock: peak-EWMA compares decayed estimates without it (see
+/// `EndpointStats::cheaper_than`).
 #[inline]
 pub(crate) fn pick<'a, S: Clone>(
     picker: Picker,
     set: &'a EndpointSet<S>,
     next: &AtomicUsize,
     rng: &mut SmallRng,
-    now: Option<Instant>,
 ) -> Option<&'a Endpoint<S>> {
     let endpoints = &set.available;
     let n = endpoints.len();
     if n <= 1 {
         return endpoints.front();
     }
-    let index = match picker {
-        Picker::RoundRobin => next.fetch_add(1, Ordering::Relaxed) % n,
-        Picker::Random => rng.random_range(0..n),
+    let Some(slots) = &set.weights else {
+        // Round robin: in id order, through the vector.
+        return endpoints.get(next.fetch_add(1, Ordering::Relaxed) % n);
+    };
+    match picker {
+        Picker::RoundRobin => endpoints.get(next.fetch_add(1, Ordering::Relaxed) % n),
+        Picker::Random => slots.nth(rng.random_range(0..n)),
         Picker::Weighted => {
-            let point = rng.random_range(0..set.total_weight());
-            set.cumulative_weights.partition_point(|&c| c <= point)
+            let total = slots.total();
+            if total == 0 {
+                return None;
+            }
+            slots.find(rng.random_range(0..total))
         }
         Picker::LeastLoaded => {
             let (a, b) = two_distinct(n, rng);
-            if endpoints[b].stats.in_flight() < endpoints[a].stats.in_flight() {
-                b
+            let (first, second) = (slots.nth(a)?, slots.nth(b)?);
+            Some(if second.stats.in_flight() < first.stats.in_flight() {
+                second
             } else {
-                a
-            }
+                first
+            })
         }
         Picker::PeakEwma { .. } => {
             let (a, b) = two_distinct(n, rng);
-            let now = now.unwrap_or_else(Instant::now);
-            if endpoints[b].stats.ewma_cost(now) < endpoints[a].stats.ewma_cost(now) {
-                b
+            let (first, second) = (slots.nth(a)?, slots.nth(b)?);
+            Some(if second.stats.cheaper_than(&first.stats) {
+                second
             } else {
-                a
-            }
+                first
+            })
         }
-    };
-    endpoints.get(index)
+    }
 }
 
 /// Two different indexes below `n` (`n >= 2`), uniformly.

@@ -101,7 +101,7 @@ fn reserve_any<S: Clone>(
         return reserved;
     }
     let same = |e: &Endpoint<S>| Arc::ptr_eq(&e.stats, &picked.stats);
-    if let Some(again) = pick(picker, set, next, rng, now) {
+    if let Some(again) = pick(picker, set, next, rng) {
         if !same(again) {
             if let Some(reserved) = reserve_if_admitting(again, now) {
                 return reserved;
@@ -250,7 +250,7 @@ where
             let set = self.shared.set.load();
             let picker = self.shared.config.picker;
             let next = &self.shared.next;
-            self.reserved = Some(match pick(picker, &set, next, &mut self.rng, now) {
+            self.reserved = Some(match pick(picker, &set, next, &mut self.rng) {
                 Some(endpoint) if endpoint.stats.breaker.is_none() => {
                     Reserved::Endpoint(endpoint.clone(), now, None)
                 }

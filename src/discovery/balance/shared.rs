@@ -27,10 +27,7 @@ use crate::events::EventHub;
 use crate::sync::CachePadded;
 
 use super::config::{BalanceConfig, Picker};
-use super::endpoint::{
-    Endpoint, EndpointSet, EndpointStats, OutlierSink, OutlierState, remove_endpoint,
-    upsert_endpoint,
-};
+use super::endpoint::{Endpoint, EndpointSet, EndpointStats, OutlierSink, OutlierState};
 use super::metrics::{BalanceEvent, BalanceEventKind, BalanceMetrics, EndpointMetrics};
 
 pub(crate) struct Shared<S> {
@@ -71,12 +68,14 @@ where
     S: Clone + Send + Sync + 'static,
 {
     pub(crate) fn new(service: ServiceName, config: BalanceConfig) -> Arc<Self> {
+        // Every picker but round robin picks through the slot index.
+        let indexed = !matches!(config.picker, Picker::RoundRobin);
         Arc::new_cyclic(|this| Self {
             events: EventHub::new(config.event_capacity),
             exported: super::metrics::Exported::new(&service),
             service,
             config,
-            set: ArcSwap::from_pointee(EndpointSet::empty()),
+            set: ArcSwap::from_pointee(EndpointSet::empty(indexed)),
             next: CachePadded(AtomicUsize::new(0)),
             rngs: AtomicU64::new(0),
             membership: Mutex::new(imbl::OrdMap::new()),
@@ -171,7 +170,7 @@ where
         let mut announcements = Vec::with_capacity(changes.len());
         let mut membership = self.membership.lock();
         // O(1): shares the current set's structure.
-        let mut available = self.set.load().available.clone();
+        let mut available = EndpointSet::clone(&self.set.load());
         for change in changes {
             match change {
                 Membership::Upsert(instance, service, updated) => {
@@ -185,9 +184,9 @@ where
                     if endpoint.stats.outlier.is_ejected() {
                         // An update of an ejected instance stays out of
                         // the picks until its ejection ends.
-                        remove_endpoint(&mut available, id.as_str());
+                        available.remove(id.as_str());
                     } else {
-                        upsert_endpoint(&mut available, endpoint.clone());
+                        available.upsert(endpoint.clone());
                     }
                     membership.insert(id.clone(), endpoint);
                     let kind = if updated {
@@ -199,7 +198,7 @@ where
                 }
                 Membership::Remove(instance) => {
                     if membership.remove(instance.id()).is_some() {
-                        remove_endpoint(&mut available, instance.id().as_str());
+                        available.remove(instance.id().as_str());
                         announcements.push((instance.id().clone(), BalanceEventKind::Removed));
                     }
                 }
@@ -223,12 +222,11 @@ where
 
     /// Swaps in the set of `available` for picks. Called with the
     /// membership lock held, so that sets are derived one from the other.
-    fn store_set(&self, available: imbl::Vector<Endpoint<S>>, members: usize) {
+    fn store_set(&self, set: EndpointSet<S>, members: usize) {
+        let available = set.available.len();
         self.exported
-            .on_instances(available.len(), members.saturating_sub(available.len()));
-        let weighted = matches!(self.config.picker, Picker::Weighted);
-        self.set
-            .store(Arc::new(EndpointSet::new(available, weighted)));
+            .on_instances(available, members.saturating_sub(available));
+        self.set.store(Arc::new(set));
     }
 
     /// The circuit breaker of instance `id`, with the `circuit_breaker`
@@ -255,8 +253,8 @@ where
             .get(id)
             .filter(|e| Arc::ptr_eq(&e.stats.outlier, outlier))
         {
-            let mut available = self.set.load().available.clone();
-            upsert_endpoint(&mut available, endpoint.clone());
+            let mut available = EndpointSet::clone(&self.set.load());
+            available.upsert(endpoint.clone());
             self.store_set(available, membership.len());
             drop(membership);
             tracing::info!(service = %self.service, %id, "balancer: ejection over, instance returned");
@@ -351,8 +349,8 @@ where
         let until = now.checked_add(duration);
         outlier.ejected.store(true, Ordering::Relaxed);
         self.exported.on_ejected();
-        let mut available = self.set.load().available.clone();
-        remove_endpoint(&mut available, id.as_str());
+        let mut available = EndpointSet::clone(&self.set.load());
+        available.remove(id.as_str());
         self.store_set(available, membership.len());
         drop(membership);
         tracing::warn!(
