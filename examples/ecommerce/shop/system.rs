@@ -468,7 +468,9 @@ impl System {
 
     /// Collects the events the scenario reports.
     fn observe(&self) {
-        let mut breaker = self.payments_breaker.subscribe();
+        // Every event, the per-call outcomes included: the breaker audit
+        // counts them.
+        let mut breaker = self.payments_breaker.subscribe_all();
         let observed = Arc::clone(&self.observed);
         tokio::spawn(async move {
             loop {
