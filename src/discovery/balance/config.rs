@@ -17,9 +17,14 @@ const OUTLIER: &str = "outlier detection";
 /// |---|---|---|
 /// | [`RoundRobin`](Picker::RoundRobin) | each instance in turn (shared by every clone of the balancer) | one shared atomic increment |
 /// | [`Random`](Picker::Random) | uniformly at random | one random number |
-/// | [`Weighted`](Picker::Weighted) | at random, in proportion to [`Instance::weight`](crate::discovery::Instance::weight) | one random number, a binary search |
-/// | [`LeastLoaded`](Picker::LeastLoaded) | the one with fewer calls in flight of two picked at random (P2C) | two random numbers, two atomic loads |
-/// | [`PeakEwma`](Picker::PeakEwma) | the cheaper of two picked at random, cost = peak-EWMA latency × (calls in flight + 1) (P2C, as linkerd and Finagle) | as above, a clock read and two `exp` |
+/// | [`Weighted`](Picker::Weighted) | at random, in proportion to [`Instance::weight`](crate::discovery::Instance::weight) | one random number, a walk down a binary tree of weight sums (O(log n)) |
+/// | [`LeastLoaded`](Picker::LeastLoaded) | the one with fewer calls in flight of two picked at random (P2C) | one random number, two tree walks, two atomic loads |
+/// | [`PeakEwma`](Picker::PeakEwma) | the cheaper of two picked at random, cost = peak-EWMA latency × (calls in flight + 1) (P2C, as linkerd and Finagle) | as above, two more atomic loads and one `exp` when the two loads differ; the call reads tokio's clock when it starts and again when it completes, to time it |
+///
+/// Peak-EWMA's picks compare estimates without reading the clock. The
+/// call's completion updates its instance's estimate without `exp` or
+/// `ln` when the call and the idle time before it are short next to
+/// `decay` (below a thousandth of it), with one or two of them otherwise.
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[non_exhaustive]
 pub enum Picker {
