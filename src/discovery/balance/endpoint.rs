@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use crate::circuit_breaker::CircuitBreaker;
 use crate::classify::Outcome;
-use crate::clock::duration_nanos;
+use crate::clock::{AnchoredClock, duration_nanos};
 use crate::discovery::instance::Instance;
 use crate::sync::CachePadded;
 
@@ -117,16 +117,19 @@ pub(crate) struct EndpointStats {
     pub(crate) in_flight: CachePadded<AtomicUsize>,
     pub(crate) picks: AtomicU64,
     /// Peak-EWMA latency in nanoseconds (`f64` bits) and when it was last
-    /// updated (nanoseconds since `epoch`).
+    /// updated (a reading of `clock`: nanoseconds since its anchor, the
+    /// `epoch` below).
     ewma_ns: AtomicU64,
     ewma_at_ns: AtomicU64,
     /// `ln(ewma_ns) + ewma_at_ns / decay_ns` (`f64` bits): the estimate's
-    /// logarithm, decayed back to `epoch`. Two instances' decayed
+    /// logarithm, decayed back to `epoch`, the clock's zero. Two instances' decayed
     /// estimates at any moment compare as these do (the decay since then
     /// is a factor common to both), so a pick compares costs without the
     /// clock and with one `exp`; see [`cheaper_than`](Self::cheaper_than).
     ewma_key: AtomicU64,
-    epoch: Instant,
+    /// The balancer's call clock (its `call_clock` option), shared by
+    /// every instance so that their readings compare.
+    pub(crate) clock: AnchoredClock,
     decay_ns: f64,
     /// Shared with the instance's earlier and later clients.
     pub(crate) outlier: Arc<OutlierState>,
@@ -141,7 +144,7 @@ impl EndpointStats {
     /// previous client.
     pub(crate) fn new(
         instance: Instance,
-        epoch: Instant,
+        clock: AnchoredClock,
         default_rtt: Duration,
         decay: Duration,
         outlier: Arc<OutlierState>,
@@ -149,7 +152,7 @@ impl EndpointStats {
         breaker: Option<CircuitBreaker>,
     ) -> Self {
         let default_ns = duration_nanos(default_rtt) as f64;
-        let at_ns = nanos_since(epoch, Instant::now());
+        let at_ns = clock.now_nanos();
         let decay_ns = (duration_nanos(decay) as f64).max(1.0);
         Self {
             instance,
@@ -158,7 +161,7 @@ impl EndpointStats {
             ewma_ns: AtomicU64::new(default_ns.to_bits()),
             ewma_at_ns: AtomicU64::new(at_ns),
             ewma_key: AtomicU64::new(ewma_key(default_ns, at_ns, decay_ns).to_bits()),
-            epoch,
+            clock,
             decay_ns,
             outlier,
             outliers,
@@ -173,12 +176,12 @@ impl EndpointStats {
 
     /// The peak-EWMA latency now, decayed towards zero for the time since
     /// the last observation (so an instance that was slow a while ago gets
-    /// tried again), in nanoseconds.
+    /// tried again), in nanoseconds; `now_ns` is a reading of `clock`.
     #[inline]
-    pub(crate) fn ewma_ns(&self, now: Instant) -> f64 {
+    pub(crate) fn ewma_ns(&self, now_ns: u64) -> f64 {
         let estimate = f64::from_bits(self.ewma_ns.load(Ordering::Relaxed));
         let at = self.ewma_at_ns.load(Ordering::Relaxed);
-        let elapsed = nanos_since(self.epoch, now).saturating_sub(at) as f64;
+        let elapsed = now_ns.saturating_sub(at) as f64;
         estimate * (-elapsed / self.decay_ns).exp()
     }
 
@@ -199,8 +202,8 @@ impl EndpointStats {
         (key - other_key).exp() * (load as f64 + 1.0) < other_load as f64 + 1.0
     }
 
-    /// Folds one observed latency, of a call that ended at `now`, into the
-    /// peak EWMA, as Finagle's and linkerd's `PeakEwma` do: the estimate is
+    /// Folds one observed call, from `started_ns` to `now_ns` (readings of
+    /// `clock`), into the peak EWMA, as Finagle's and linkerd's `PeakEwma` do: the estimate is
     /// first decayed in place to when the call started (their pick reads
     /// decay it; ours read without writing, so the decay is applied here),
     /// then a latency above it replaces it at once (the "peak") and a lower
@@ -213,16 +216,9 @@ impl EndpointStats {
     /// `decay` (below 1/1,000 of it: 10 ms with the default 10 s), costs
     /// no `exp` or `ln`: both factors and the key's change are then short
     /// series, as exact as the library functions (see [`decay_factor`]).
-    pub(crate) fn observe_latency(&self, rtt: Duration, now: Instant) {
-        let rtt_ns = duration_nanos(rtt);
-        let now_ns = nanos_since(self.epoch, now);
-        self.observe_latency_ns(rtt_ns, now_ns);
-    }
-
-    /// [`observe_latency`](Self::observe_latency) with the call's duration
-    /// and end in nanoseconds (the end since `epoch`).
     #[inline]
-    fn observe_latency_ns(&self, rtt_ns: u64, now_ns: u64) {
+    pub(crate) fn observe_latency(&self, started_ns: u64, now_ns: u64) {
+        let rtt_ns = now_ns.saturating_sub(started_ns);
         let rtt = rtt_ns as f64;
         let started_ns = now_ns.saturating_sub(rtt_ns);
         let estimate = f64::from_bits(self.ewma_ns.load(Ordering::Relaxed));
@@ -340,10 +336,6 @@ fn ln_1m(u: f64) -> f64 {
     } else {
         (-u).ln_1p()
     }
-}
-
-fn nanos_since(epoch: Instant, now: Instant) -> u64 {
-    duration_nanos(now.saturating_duration_since(epoch))
 }
 
 /// An instance's client and numbers.
@@ -688,7 +680,7 @@ mod tests {
         let outliers: Weak<dyn OutlierSink> = Weak::<NoSink>::new();
         let stats = EndpointStats::new(
             instance,
-            Instant::now(),
+            AnchoredClock::new(crate::clock::CallClock::Tokio),
             Duration::from_millis(30),
             Duration::from_secs(10),
             Arc::new(OutlierState::new(None)),
@@ -771,16 +763,13 @@ mod tests {
 
     #[test]
     fn peak_ewma_compares_costs_as_the_decayed_estimates_do() {
-        let epoch = Instant::now();
         let a = endpoint("a", 1);
         let b = endpoint("b", 1);
         // a saw a 100 ms call at 1 s, b a 10 ms call at 20 s: at 20 s a's
         // estimate has decayed for 19 s (10 s decay) to about 15 ms.
-        a.stats
-            .observe_latency(Duration::from_millis(100), epoch + Duration::from_secs(1));
-        b.stats
-            .observe_latency(Duration::from_millis(10), epoch + Duration::from_secs(20));
-        let now = epoch + Duration::from_secs(20);
+        a.stats.observe_latency(900_000_000, 1_000_000_000);
+        b.stats.observe_latency(19_990_000_000, 20_000_000_000);
+        let now = 20_000_000_000;
         let cost = |e: &Endpoint<()>| e.stats.ewma_ns(now) * (e.stats.in_flight() as f64 + 1.0);
         assert!(cost(&b) < cost(&a));
         assert!(b.stats.cheaper_than(&a.stats));
@@ -819,16 +808,16 @@ mod tests {
         let mut now_ns = 1_000_000;
         for _ in 0..100_000 {
             now_ns += 51_000;
-            stats.observe_latency_ns(50_000, now_ns);
+            stats.observe_latency(now_ns - 50_000, now_ns);
         }
         assert!((key() - fresh()).abs() < 1e-9, "{} vs {}", key(), fresh());
         let estimate = f64::from_bits(stats.ewma_ns.load(Ordering::Relaxed));
         assert!(estimate < 30e6 && estimate > 50_000.0);
         now_ns += 5_000_000_000;
-        stats.observe_latency_ns(40_000, now_ns);
+        stats.observe_latency(now_ns - 40_000, now_ns);
         assert_eq!(key(), fresh());
         now_ns += 1_000;
-        stats.observe_latency_ns(900_000_000, now_ns);
+        stats.observe_latency(now_ns - 900_000_000, now_ns);
         assert_eq!(f64::from_bits(stats.ewma_ns.load(Ordering::Relaxed)), 9e8);
         assert_eq!(key(), fresh());
     }
