@@ -203,8 +203,8 @@ impl EndpointStats {
     }
 
     /// Folds one observed call, from `started_ns` to `now_ns` (readings of
-    /// `clock`), into the peak EWMA, as Finagle's and linkerd's `PeakEwma` do: the estimate is
-    /// first decayed in place to when the call started (their pick reads
+    /// `clock`), into the peak EWMA, as Finagle's and linkerd's `PeakEwma`
+    /// do: the estimate is first decayed in place to when the call started (their pick reads
     /// decay it; ours read without writing, so the decay is applied here),
     /// then a latency above it replaces it at once (the "peak") and a lower
     /// one is averaged in with weight `1 - e^(-rtt/decay)`, the call's own
@@ -216,13 +216,19 @@ impl EndpointStats {
     /// `decay` (below 1/1,000 of it: 10 ms with the default 10 s), costs
     /// no `exp` or `ln`: both factors and the key's change are then short
     /// series, as exact as the library functions (see [`decay_factor`]).
+    /// A call that took no time on the clock and started no later than
+    /// the last update (common with the coarse clock) changes nothing and
+    /// writes nothing.
     #[inline]
     pub(crate) fn observe_latency(&self, started_ns: u64, now_ns: u64) {
         let rtt_ns = now_ns.saturating_sub(started_ns);
         let rtt = rtt_ns as f64;
         let started_ns = now_ns.saturating_sub(rtt_ns);
-        let estimate = f64::from_bits(self.ewma_ns.load(Ordering::Relaxed));
         let at = self.ewma_at_ns.load(Ordering::Relaxed);
+        if rtt_ns == 0 && started_ns <= at {
+            return;
+        }
+        let estimate = f64::from_bits(self.ewma_ns.load(Ordering::Relaxed));
         let idle = started_ns.saturating_sub(at) as f64;
         let at_start = estimate * decay_factor(idle / self.decay_ns);
         let (next, key) = if rtt > at_start {
@@ -820,5 +826,29 @@ mod tests {
         stats.observe_latency(now_ns - 900_000_000, now_ns);
         assert_eq!(f64::from_bits(stats.ewma_ns.load(Ordering::Relaxed)), 9e8);
         assert_eq!(key(), fresh());
+    }
+
+    #[test]
+    fn a_call_of_no_time_within_the_last_update_changes_nothing() {
+        let e = endpoint("a", 1);
+        let stats = &e.stats;
+        let state = || {
+            (
+                stats.ewma_ns.load(Ordering::Relaxed),
+                stats.ewma_at_ns.load(Ordering::Relaxed),
+                stats.ewma_key.load(Ordering::Relaxed),
+            )
+        };
+        stats.observe_latency(5_000_000_000, 5_002_000_000);
+        let updated = state();
+        // Zero time on the clock, at the update's tick or before it (a
+        // call that started earlier, completing late).
+        stats.observe_latency(5_002_000_000, 5_002_000_000);
+        stats.observe_latency(5_001_000_000, 5_001_000_000);
+        assert_eq!(state(), updated);
+        // The next tick decays the estimate.
+        stats.observe_latency(5_003_000_000, 5_003_000_000);
+        assert!(f64::from_bits(state().0) < f64::from_bits(updated.0));
+        assert_eq!(state().1, 5_003_000_000);
     }
 }
