@@ -34,7 +34,7 @@ fn pick_and_call_allocate_nothing(picker: Picker) {
     let _entered = runtime.enter();
     let registry = registry(100);
     let config = BalanceConfig::builder()
-        .picker(picker.clone())
+        .picker(picker)
         .build()
         .expect("valid config");
     let mut balance = Balance::new(
