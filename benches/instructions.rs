@@ -76,7 +76,7 @@ fn run<S: Service<u64>>(mut service: S) {
     measured_calls(&mut service);
 }
 
-const CASES: [&str; 29] = [
+const CASES: [&str; 30] = [
     "bare",
     "breaker/count",
     "breaker/count/static",
@@ -105,6 +105,7 @@ const CASES: [&str; 29] = [
     "balance/least-loaded/3000",
     "balance/peak-ewma/3",
     "balance/peak-ewma/3000",
+    "balance/peak-ewma-coarse/3",
     "balance/random/3",
 ];
 
@@ -321,7 +322,8 @@ fn pipeline_case(case: &str) {
 }
 
 /// `balance/<picker>/<instances>`: a pick and a call of a balancer over a
-/// static registry of that many instances (weights 1 to 3).
+/// static registry of that many instances (weights 1 to 3);
+/// `balance/peak-ewma-coarse/<instances>` times calls by the coarse clock.
 fn balance_case(case: &str) {
     use palisade::discovery::{Balance, BalanceConfig, Instance, Picker, StaticRegistry, make_fn};
 
@@ -331,7 +333,7 @@ fn balance_case(case: &str) {
         Some("random") => Picker::Random,
         Some("weighted") => Picker::Weighted,
         Some("least-loaded") => Picker::LeastLoaded,
-        Some("peak-ewma") => Picker::peak_ewma(),
+        Some("peak-ewma" | "peak-ewma-coarse") => Picker::peak_ewma(),
         _ => {
             eprintln!("unknown case {case:?}; cases: {}", CASES.join(" "));
             std::process::exit(2);
@@ -356,9 +358,16 @@ fn balance_case(case: &str) {
         .build()
         .expect("valid instance")
     }));
+    // `peak-ewma-coarse`: calls timed by the coarse clock.
+    let clock = if case.contains("coarse") {
+        palisade::clock::CallClock::Coarse
+    } else {
+        palisade::clock::CallClock::Tokio
+    };
     let config = BalanceConfig::builder()
         .picker(picker)
         .rng_seed(7)
+        .call_clock(clock)
         .build()
         .expect("valid config");
     let mut balance = Balance::new(

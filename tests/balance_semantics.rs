@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use palisade::BoxError;
+use palisade::clock::CallClock;
 use palisade::discovery::{
     Balance, BalanceConfig, BalanceEventKind, Instance, OutlierDetection, Picker, StaticRegistry,
     make_fn,
@@ -124,6 +125,20 @@ fn timed_balancer(
     + Sync
     + 'static,
 > {
+    timed_balancer_on(latency_ms, CallClock::Tokio)
+}
+
+/// [`timed_balancer`] timing calls by `clock`.
+fn timed_balancer_on(
+    latency_ms: &Arc<AtomicU64>,
+    clock: CallClock,
+) -> Balance<
+    impl Service<(), Response = String, Error = BoxError, Future = impl Send>
+    + Clone
+    + Send
+    + Sync
+    + 'static,
+> {
     let registry = StaticRegistry::new([instance("x", "10.0.0.1:80", 1)]);
     let latency_ms = Arc::clone(latency_ms);
     let make = make_fn(move |instance: &Instance| {
@@ -143,9 +158,30 @@ fn timed_balancer(
             default_rtt: Duration::from_millis(30),
             decay: Duration::from_secs(10),
         })
+        .call_clock(clock)
         .build()
         .unwrap();
+    assert_eq!(config.call_clock(), clock);
     Balance::new("users", &registry, make, config).unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn peak_ewma_times_calls_by_the_configured_call_clock() {
+    // A call that waits 100 ms of paused tokio time: tokio's clock (the
+    // default) measures 100 ms; the coarse clock, real time only, sees
+    // the real time the call took (microseconds, a fast answer that leaves
+    // the 30 ms default estimate as it is, unless the machine stalls: the
+    // bound leaves room for that).
+    let latency_ms = Arc::new(AtomicU64::new(100));
+    let mut tokio_timed = timed_balancer_on(&latency_ms, CallClock::Tokio);
+    call(&mut tokio_timed).await.unwrap();
+    let measured = ms(endpoint(&tokio_timed, "x").ewma_latency);
+    assert!((measured - 100.0).abs() < 0.01, "tokio's clock: {measured}");
+
+    let mut coarse_timed = timed_balancer_on(&latency_ms, CallClock::Coarse);
+    call(&mut coarse_timed).await.unwrap();
+    let measured = ms(endpoint(&coarse_timed, "x").ewma_latency);
+    assert!(measured < 90.0, "the coarse clock: {measured}");
 }
 
 fn ms(d: Duration) -> f64 {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::circuit_breaker::CircuitBreakerConfig;
+use crate::clock::CallClock;
 use crate::error::ConfigError;
 use crate::events::check_event_capacity;
 
@@ -17,9 +18,14 @@ const OUTLIER: &str = "outlier detection";
 /// |---|---|---|
 /// | [`RoundRobin`](Picker::RoundRobin) | each instance in turn (shared by every clone of the balancer) | one shared atomic increment |
 /// | [`Random`](Picker::Random) | uniformly at random | one random number |
-/// | [`Weighted`](Picker::Weighted) | at random, in proportion to [`Instance::weight`](crate::discovery::Instance::weight) | one random number, a binary search |
-/// | [`LeastLoaded`](Picker::LeastLoaded) | the one with fewer calls in flight of two picked at random (P2C) | two random numbers, two atomic loads |
-/// | [`PeakEwma`](Picker::PeakEwma) | the cheaper of two picked at random, cost = peak-EWMA latency × (calls in flight + 1) (P2C, as linkerd and Finagle) | as above, a clock read and two `exp` |
+/// | [`Weighted`](Picker::Weighted) | at random, in proportion to [`Instance::weight`](crate::discovery::Instance::weight) | one random number, a walk down a binary tree of weight sums (O(log n)) |
+/// | [`LeastLoaded`](Picker::LeastLoaded) | the one with fewer calls in flight of two picked at random (P2C) | one random number, two tree walks, two atomic loads |
+/// | [`PeakEwma`](Picker::PeakEwma) | the cheaper of two picked at random, cost = peak-EWMA latency × (calls in flight + 1) (P2C, as linkerd and Finagle) | as above, two more atomic loads and one `exp` when the two loads differ; the call reads the [`call_clock`](BalanceConfigBuilder::call_clock) when it starts and again when it completes, to time it |
+///
+/// Peak-EWMA's picks compare estimates without reading the clock. The
+/// call's completion updates its instance's estimate without `exp` or
+/// `ln` when the call and the idle time before it are short next to
+/// `decay` (below a thousandth of it), with one or two of them otherwise.
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[non_exhaustive]
 pub enum Picker {
@@ -270,6 +276,7 @@ pub struct BalanceConfig {
     pub(crate) circuit_breaker: Option<Arc<CircuitBreakerConfig>>,
     pub(crate) event_capacity: usize,
     pub(crate) rng_seed: Option<u64>,
+    pub(crate) call_clock: CallClock,
 }
 
 impl PartialEq for BalanceConfig {
@@ -284,6 +291,7 @@ impl PartialEq for BalanceConfig {
             && self.outlier_detection == other.outlier_detection
             && self.event_capacity == other.event_capacity
             && self.rng_seed == other.rng_seed
+            && self.call_clock == other.call_clock
     }
 }
 
@@ -295,6 +303,7 @@ impl Default for BalanceConfig {
             circuit_breaker: None,
             event_capacity: 256,
             rng_seed: None,
+            call_clock: CallClock::Tokio,
         }
     }
 }
@@ -326,6 +335,11 @@ impl BalanceConfig {
     /// The seed of the pickers' random numbers, if set.
     pub fn rng_seed(&self) -> Option<u64> {
         self.rng_seed
+    }
+
+    /// The clock that times calls for [`Picker::PeakEwma`].
+    pub fn call_clock(&self) -> CallClock {
+        self.call_clock
     }
 }
 
@@ -374,6 +388,19 @@ impl BalanceConfigBuilder {
     /// operating system, different every run.
     pub fn rng_seed(mut self, seed: u64) -> Self {
         self.config.rng_seed = Some(seed);
+        self
+    }
+
+    /// The clock that times calls for [`Picker::PeakEwma`] (the other
+    /// pickers read no clock). Default [`CallClock::Tokio`]: exact, and
+    /// follows `tokio::time::pause()`, two reads per call (when it starts
+    /// and when it completes). [`CallClock::Coarse`] makes each read one
+    /// atomic load but measures latencies in whole ticks of about a
+    /// millisecond and ignores `tokio::time::pause()`: for instances whose
+    /// latencies are several milliseconds or more, where the per-call cost
+    /// matters. See [`crate::clock`].
+    pub fn call_clock(mut self, clock: CallClock) -> Self {
+        self.config.call_clock = clock;
         self
     }
 

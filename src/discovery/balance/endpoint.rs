@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use crate::circuit_breaker::CircuitBreaker;
 use crate::classify::Outcome;
-use crate::clock::duration_nanos;
+use crate::clock::{AnchoredClock, duration_nanos};
 use crate::discovery::instance::Instance;
 use crate::sync::CachePadded;
 
@@ -117,16 +117,19 @@ pub(crate) struct EndpointStats {
     pub(crate) in_flight: CachePadded<AtomicUsize>,
     pub(crate) picks: AtomicU64,
     /// Peak-EWMA latency in nanoseconds (`f64` bits) and when it was last
-    /// updated (nanoseconds since `epoch`).
+    /// updated (a reading of `clock`: nanoseconds since its anchor, the
+    /// `epoch` below).
     ewma_ns: AtomicU64,
     ewma_at_ns: AtomicU64,
     /// `ln(ewma_ns) + ewma_at_ns / decay_ns` (`f64` bits): the estimate's
-    /// logarithm, decayed back to `epoch`. Two instances' decayed
+    /// logarithm, decayed back to `epoch`, the clock's zero. Two instances' decayed
     /// estimates at any moment compare as these do (the decay since then
     /// is a factor common to both), so a pick compares costs without the
     /// clock and with one `exp`; see [`cheaper_than`](Self::cheaper_than).
     ewma_key: AtomicU64,
-    epoch: Instant,
+    /// The balancer's call clock (its `call_clock` option), shared by
+    /// every instance so that their readings compare.
+    pub(crate) clock: AnchoredClock,
     decay_ns: f64,
     /// Shared with the instance's earlier and later clients.
     pub(crate) outlier: Arc<OutlierState>,
@@ -141,7 +144,7 @@ impl EndpointStats {
     /// previous client.
     pub(crate) fn new(
         instance: Instance,
-        epoch: Instant,
+        clock: AnchoredClock,
         default_rtt: Duration,
         decay: Duration,
         outlier: Arc<OutlierState>,
@@ -149,7 +152,7 @@ impl EndpointStats {
         breaker: Option<CircuitBreaker>,
     ) -> Self {
         let default_ns = duration_nanos(default_rtt) as f64;
-        let at_ns = nanos_since(epoch, Instant::now());
+        let at_ns = clock.now_nanos();
         let decay_ns = (duration_nanos(decay) as f64).max(1.0);
         Self {
             instance,
@@ -158,7 +161,7 @@ impl EndpointStats {
             ewma_ns: AtomicU64::new(default_ns.to_bits()),
             ewma_at_ns: AtomicU64::new(at_ns),
             ewma_key: AtomicU64::new(ewma_key(default_ns, at_ns, decay_ns).to_bits()),
-            epoch,
+            clock,
             decay_ns,
             outlier,
             outliers,
@@ -173,12 +176,12 @@ impl EndpointStats {
 
     /// The peak-EWMA latency now, decayed towards zero for the time since
     /// the last observation (so an instance that was slow a while ago gets
-    /// tried again), in nanoseconds.
+    /// tried again), in nanoseconds; `now_ns` is a reading of `clock`.
     #[inline]
-    pub(crate) fn ewma_ns(&self, now: Instant) -> f64 {
+    pub(crate) fn ewma_ns(&self, now_ns: u64) -> f64 {
         let estimate = f64::from_bits(self.ewma_ns.load(Ordering::Relaxed));
         let at = self.ewma_at_ns.load(Ordering::Relaxed);
-        let elapsed = nanos_since(self.epoch, now).saturating_sub(at) as f64;
+        let elapsed = now_ns.saturating_sub(at) as f64;
         estimate * (-elapsed / self.decay_ns).exp()
     }
 
@@ -186,43 +189,78 @@ impl EndpointStats {
     /// than its calls in flight) is below `other`'s now. It compares
     /// `e^(key - other's key) × (load + 1)` with `other's load + 1`: the
     /// decay since the last observations is a factor common to both
-    /// sides. No clock read, one `exp`.
+    /// sides. No clock read; with equal loads (an idle or evenly loaded
+    /// balancer) the keys alone decide, else one `exp`.
     #[inline]
     pub(crate) fn cheaper_than(&self, other: &EndpointStats) -> bool {
         let key = f64::from_bits(self.ewma_key.load(Ordering::Relaxed));
         let other_key = f64::from_bits(other.ewma_key.load(Ordering::Relaxed));
-        (key - other_key).exp() * (self.in_flight() as f64 + 1.0) < other.in_flight() as f64 + 1.0
+        let (load, other_load) = (self.in_flight(), other.in_flight());
+        if load == other_load {
+            return key < other_key;
+        }
+        (key - other_key).exp() * (load as f64 + 1.0) < other_load as f64 + 1.0
     }
 
-    /// Folds one observed latency, of a call that ended at `now`, into the
-    /// peak EWMA, as Finagle's and linkerd's `PeakEwma` do: the estimate is
-    /// first decayed in place to when the call started (their pick reads
+    /// Folds one observed call, from `started_ns` to `now_ns` (readings of
+    /// `clock`), into the peak EWMA, as Finagle's and linkerd's `PeakEwma`
+    /// do: the estimate is first decayed in place to when the call started (their pick reads
     /// decay it; ours read without writing, so the decay is applied here),
     /// then a latency above it replaces it at once (the "peak") and a lower
     /// one is averaged in with weight `1 - e^(-rtt/decay)`, the call's own
     /// duration. So an idle instance's estimate only falls, and a fast
     /// answer never raises it. Concurrent updates may lose one of two
     /// observations; the estimate stays a valid one.
-    pub(crate) fn observe_latency(&self, rtt: Duration, now: Instant) {
-        let rtt_ns = duration_nanos(rtt) as f64;
-        let now_ns = nanos_since(self.epoch, now);
-        let started_ns = now_ns.saturating_sub(duration_nanos(rtt));
-        let estimate = f64::from_bits(self.ewma_ns.load(Ordering::Relaxed));
+    ///
+    /// The common case, a call and the idle time before it short next to
+    /// `decay` (below 1/1,000 of it: 10 ms with the default 10 s), costs
+    /// no `exp` or `ln`: both factors and the key's change are then short
+    /// series, as exact as the library functions (see [`decay_factor`]).
+    /// A call that took no time on the clock and started no later than
+    /// the last update (common with the coarse clock) changes nothing and
+    /// writes nothing.
+    #[inline]
+    pub(crate) fn observe_latency(&self, started_ns: u64, now_ns: u64) {
+        let rtt_ns = now_ns.saturating_sub(started_ns);
+        let rtt = rtt_ns as f64;
+        let started_ns = now_ns.saturating_sub(rtt_ns);
         let at = self.ewma_at_ns.load(Ordering::Relaxed);
+        if rtt_ns == 0 && started_ns <= at {
+            return;
+        }
+        let estimate = f64::from_bits(self.ewma_ns.load(Ordering::Relaxed));
         let idle = started_ns.saturating_sub(at) as f64;
-        let at_start = estimate * (-idle / self.decay_ns).exp();
-        let next = if rtt_ns > at_start {
-            rtt_ns
+        let at_start = estimate * decay_factor(idle / self.decay_ns);
+        let (next, key) = if rtt > at_start {
+            (rtt, ewma_key(rtt, now_ns, self.decay_ns))
         } else {
-            let keep = (-rtt_ns / self.decay_ns).exp();
-            at_start * keep + rtt_ns * (1.0 - keep)
+            // next = at_start × k + rtt × (1 - k), k = e^(-rtt/decay):
+            // at_start × (1 - shrink), whose logarithm is the start's
+            // (the old key less the decay to `started_ns`) plus
+            // ln(1 - shrink).
+            let weight = decay_weight(rtt / self.decay_ns);
+            let shrink = if weight == 0.0 || at_start == 0.0 {
+                0.0
+            } else {
+                weight * (1.0 - rtt / at_start)
+            };
+            let next = at_start - at_start * shrink;
+            let old_key = f64::from_bits(self.ewma_key.load(Ordering::Relaxed));
+            let key = if idle / self.decay_ns < SERIES_BELOW {
+                // The key is the estimate decayed back to `epoch`: decaying
+                // to `started_ns` leaves it as it was; only the blend and
+                // the call's time since then (to `now_ns`) change it. After
+                // a longer idle time the key is computed afresh (one `ln`),
+                // which also drops the rounding these sums gather.
+                old_key + ln_1m(shrink) + rtt / self.decay_ns
+            } else {
+                ewma_key(next, now_ns, self.decay_ns)
+            };
+            (next, key)
         };
         self.ewma_ns.store(next.to_bits(), Ordering::Relaxed);
         self.ewma_at_ns.store(now_ns, Ordering::Relaxed);
-        self.ewma_key.store(
-            ewma_key(next, now_ns, self.decay_ns).to_bits(),
-            Ordering::Relaxed,
-        );
+        self.ewma_key.store(key.to_bits(), Ordering::Relaxed);
     }
 
     /// Records a finished call's outcome for outlier detection.
@@ -267,8 +305,43 @@ fn ewma_key(ewma_ns: f64, at_ns: u64, decay_ns: f64) -> f64 {
     ewma_ns.ln() + at_ns as f64 / decay_ns
 }
 
-fn nanos_since(epoch: Instant, now: Instant) -> u64 {
-    duration_nanos(now.saturating_duration_since(epoch))
+/// Below this, [`decay_factor`], [`decay_weight`] and [`ln_1m`] sum
+/// series instead of calling `exp`, `exp_m1` or `ln_1p`: the first term
+/// left out is below 1e-12 of the result (`x^4 / 24`, `x^4 / 120` and
+/// `u^4 / 5` of it), as good as the library functions for picking.
+const SERIES_BELOW: f64 = 1e-3;
+
+/// `e^(-x)` for `x >= 0`: how much an estimate keeps after `x` decay
+/// times.
+#[inline]
+fn decay_factor(x: f64) -> f64 {
+    if x < SERIES_BELOW {
+        1.0 - x * (1.0 - x * (0.5 - x / 6.0))
+    } else {
+        (-x).exp()
+    }
+}
+
+/// `1 - e^(-x)` for `x >= 0`, computed without the cancellation of
+/// `1.0 - (-x).exp()` for small `x`: the weight of a call lasting `x`
+/// decay times.
+#[inline]
+fn decay_weight(x: f64) -> f64 {
+    if x < SERIES_BELOW {
+        x * (1.0 - x * (0.5 - x * (1.0 / 6.0 - x / 24.0)))
+    } else {
+        -(-x).exp_m1()
+    }
+}
+
+/// `ln(1 - u)` for `0 <= u <= 1`.
+#[inline]
+fn ln_1m(u: f64) -> f64 {
+    if u < SERIES_BELOW {
+        -u * (1.0 + u * (0.5 + u * (1.0 / 3.0 + u / 4.0)))
+    } else {
+        (-u).ln_1p()
+    }
 }
 
 /// An instance's client and numbers.
@@ -613,7 +686,7 @@ mod tests {
         let outliers: Weak<dyn OutlierSink> = Weak::<NoSink>::new();
         let stats = EndpointStats::new(
             instance,
-            Instant::now(),
+            AnchoredClock::new(crate::clock::CallClock::Tokio),
             Duration::from_millis(30),
             Duration::from_secs(10),
             Arc::new(OutlierState::new(None)),
@@ -696,16 +769,13 @@ mod tests {
 
     #[test]
     fn peak_ewma_compares_costs_as_the_decayed_estimates_do() {
-        let epoch = Instant::now();
         let a = endpoint("a", 1);
         let b = endpoint("b", 1);
         // a saw a 100 ms call at 1 s, b a 10 ms call at 20 s: at 20 s a's
         // estimate has decayed for 19 s (10 s decay) to about 15 ms.
-        a.stats
-            .observe_latency(Duration::from_millis(100), epoch + Duration::from_secs(1));
-        b.stats
-            .observe_latency(Duration::from_millis(10), epoch + Duration::from_secs(20));
-        let now = epoch + Duration::from_secs(20);
+        a.stats.observe_latency(900_000_000, 1_000_000_000);
+        b.stats.observe_latency(19_990_000_000, 20_000_000_000);
+        let now = 20_000_000_000;
         let cost = |e: &Endpoint<()>| e.stats.ewma_ns(now) * (e.stats.in_flight() as f64 + 1.0);
         assert!(cost(&b) < cost(&a));
         assert!(b.stats.cheaper_than(&a.stats));
@@ -714,5 +784,71 @@ mod tests {
         b.stats.in_flight.fetch_add(2, Ordering::Relaxed);
         assert!(cost(&a) < cost(&b));
         assert!(a.stats.cheaper_than(&b.stats));
+    }
+
+    #[test]
+    fn the_short_series_agree_with_the_library_functions() {
+        for x in [0.0, 1e-12, 1e-9, 1e-6, 3e-4, 9.99e-4, 1e-3, 0.5, 3.0] {
+            let close = |a: f64, b: f64| (a - b).abs() <= 1e-12 * b.abs().max(1e-300);
+            assert!(close(decay_factor(x), (-x).exp()), "e^-{x}");
+            assert!(close(decay_weight(x), -(-x).exp_m1()), "1 - e^-{x}");
+            if x <= 1.0 {
+                assert!(close(ln_1m(x), (-x).ln_1p()), "ln(1 - {x})");
+            }
+        }
+        assert_eq!(ln_1m(1.0), f64::NEG_INFINITY);
+    }
+
+    #[test]
+    fn the_key_updated_in_steps_stays_the_logarithm_of_the_estimate() {
+        let e = endpoint("a", 1);
+        let stats = &e.stats;
+        let key = || f64::from_bits(stats.ewma_key.load(Ordering::Relaxed));
+        let fresh = || {
+            let estimate = f64::from_bits(stats.ewma_ns.load(Ordering::Relaxed));
+            let at = stats.ewma_at_ns.load(Ordering::Relaxed);
+            ewma_key(estimate, at, stats.decay_ns)
+        };
+        // 100,000 calls of 50 µs, 1 µs apart (the summed path), then one
+        // after 5 s idle (the key computed afresh), then a peak.
+        let mut now_ns = 1_000_000;
+        for _ in 0..100_000 {
+            now_ns += 51_000;
+            stats.observe_latency(now_ns - 50_000, now_ns);
+        }
+        assert!((key() - fresh()).abs() < 1e-9, "{} vs {}", key(), fresh());
+        let estimate = f64::from_bits(stats.ewma_ns.load(Ordering::Relaxed));
+        assert!(estimate < 30e6 && estimate > 50_000.0);
+        now_ns += 5_000_000_000;
+        stats.observe_latency(now_ns - 40_000, now_ns);
+        assert_eq!(key(), fresh());
+        now_ns += 1_000;
+        stats.observe_latency(now_ns - 900_000_000, now_ns);
+        assert_eq!(f64::from_bits(stats.ewma_ns.load(Ordering::Relaxed)), 9e8);
+        assert_eq!(key(), fresh());
+    }
+
+    #[test]
+    fn a_call_of_no_time_within_the_last_update_changes_nothing() {
+        let e = endpoint("a", 1);
+        let stats = &e.stats;
+        let state = || {
+            (
+                stats.ewma_ns.load(Ordering::Relaxed),
+                stats.ewma_at_ns.load(Ordering::Relaxed),
+                stats.ewma_key.load(Ordering::Relaxed),
+            )
+        };
+        stats.observe_latency(5_000_000_000, 5_002_000_000);
+        let updated = state();
+        // Zero time on the clock, at the update's tick or before it (a
+        // call that started earlier, completing late).
+        stats.observe_latency(5_002_000_000, 5_002_000_000);
+        stats.observe_latency(5_001_000_000, 5_001_000_000);
+        assert_eq!(state(), updated);
+        // The next tick decays the estimate.
+        stats.observe_latency(5_003_000_000, 5_003_000_000);
+        assert!(f64::from_bits(state().0) < f64::from_bits(updated.0));
+        assert_eq!(state().1, 5_003_000_000);
     }
 }

@@ -10,7 +10,6 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
-use tokio::time::Instant;
 
 use crate::circuit_breaker::{BreakerOpen, CallPermit};
 use crate::classify::Classify;
@@ -43,7 +42,9 @@ pin_project! {
 /// (and drops its breaker permit unrecorded).
 pub(crate) struct InFlight<C> {
     stats: Arc<EndpointStats>,
-    started: Option<Instant>,
+    /// When the call started, a reading of the balancer's call clock, when
+    /// latency is tracked.
+    started: Option<u64>,
     classifier: C,
     /// The permit of the instance's circuit breaker, if it has one.
     permit: Option<CallPermit>,
@@ -54,7 +55,7 @@ impl<C> InFlight<C> {
     #[inline]
     pub(crate) fn start(
         stats: Arc<EndpointStats>,
-        started: Option<Instant>,
+        started: Option<u64>,
         classifier: C,
         permit: Option<CallPermit>,
     ) -> Self {
@@ -115,9 +116,8 @@ where
                 let result = ready!(future.poll(cx));
                 if let Some(mut call) = call.take() {
                     if let Some(started) = call.started {
-                        let now = Instant::now();
-                        call.stats
-                            .observe_latency(now.saturating_duration_since(started), now);
+                        let now = call.stats.clock.now_nanos();
+                        call.stats.observe_latency(started, now);
                     }
                     let outcome = call.classifier.classify(result.as_ref());
                     call.stats.record(outcome);

@@ -2,8 +2,8 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use rand::Rng;
 use rand::rngs::SmallRng;
+use rand::{Rng, RngCore};
 
 use super::config::Picker;
 use super::endpoint::{Endpoint, EndpointSet};
@@ -59,10 +59,15 @@ pub(crate) fn pick<'a, S: Clone>(
     }
 }
 
-/// Two different indexes below `n` (`n >= 2`), uniformly.
+/// Two different indexes below `n` (`n >= 2`), uniformly, from one
+/// random `u64` `r`: the first is the high word of `r × n`, the second the
+/// high word of its low word `× (n - 1)` (the low word is again uniform).
+/// Each index is off uniform by at most `n / 2^64`, where two
+/// `random_range` calls would each reject and redraw to be exact.
 #[inline]
 fn two_distinct(n: usize, rng: &mut SmallRng) -> (usize, usize) {
-    let a = rng.random_range(0..n);
-    let b = rng.random_range(0..n - 1);
+    let wide = u128::from(rng.next_u64()) * n as u128;
+    let a = (wide >> 64) as usize;
+    let b = ((u128::from(wide as u64) * (n as u128 - 1)) >> 64) as usize;
     (a, if b >= a { b + 1 } else { b })
 }

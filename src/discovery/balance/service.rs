@@ -6,7 +6,6 @@ use std::task::{Context, Poll};
 
 use rand::Rng;
 use rand::rngs::SmallRng;
-use tokio::time::Instant;
 use tower_service::Service;
 
 use crate::circuit_breaker::{BreakerOpen, CircuitBreaker, Reservation};
@@ -63,10 +62,11 @@ pub struct Balance<S, C = DefaultClassifier> {
 }
 
 enum Reserved<S> {
-    /// The picked endpoint, the time of the pick when latency is tracked
-    /// and the endpoint was ready at once (the call's start time, saving a
-    /// clock read), and its breaker's reservation if it has a breaker.
-    Endpoint(Endpoint<S>, Option<Instant>, Option<Reservation>),
+    /// The picked endpoint, the time of the pick (a reading of the call
+    /// clock) when latency is tracked and the endpoint was ready at once
+    /// (the call's start time, saving a clock read), and its breaker's
+    /// reservation if it has a breaker.
+    Endpoint(Endpoint<S>, Option<u64>, Option<Reservation>),
     NoInstance,
     /// Every instance's breaker rejected the call.
     Rejected(BreakerOpen),
@@ -75,10 +75,7 @@ enum Reserved<S> {
 /// Reserves `endpoint` if its breaker admits a call now (asked quietly
 /// first, so that a breaker about to reject counts no rejection).
 #[inline]
-fn reserve_if_admitting<S: Clone>(
-    endpoint: &Endpoint<S>,
-    now: Option<Instant>,
-) -> Option<Reserved<S>> {
+fn reserve_if_admitting<S: Clone>(endpoint: &Endpoint<S>, now: Option<u64>) -> Option<Reserved<S>> {
     let reservation = match &endpoint.stats.breaker {
         Some(breaker) => Some(Reservation::take_if_admitting(breaker)?),
         None => None,
@@ -95,7 +92,7 @@ fn reserve_any<S: Clone>(
     picker: Picker,
     next: &std::sync::atomic::AtomicUsize,
     rng: &mut SmallRng,
-    now: Option<Instant>,
+    now: Option<u64>,
 ) -> Reserved<S> {
     if let Some(reserved) = reserve_if_admitting(picked, now) {
         return reserved;
@@ -246,7 +243,7 @@ where
             if !self.shared.poll_initialized(cx) {
                 return Poll::Pending;
             }
-            let now = self.track_latency.then(Instant::now);
+            let now = self.track_latency.then(|| self.shared.clock.now_nanos());
             let set = self.shared.set.load();
             let picker = self.shared.config.picker;
             let next = &self.shared.next;
@@ -289,7 +286,7 @@ where
             Reserved::Endpoint(mut endpoint, picked_at, reservation) => {
                 let started = match picked_at {
                     Some(at) => Some(at),
-                    None => self.track_latency.then(Instant::now),
+                    None => self.track_latency.then(|| self.shared.clock.now_nanos()),
                 };
                 let permit = reservation.map(Reservation::start);
                 let call =

@@ -19,6 +19,7 @@ use tower_service::Service;
 
 use crate::backoff::{Backoff, Jitter};
 use crate::circuit_breaker::{CircuitBreaker, CircuitBreakerConfig};
+use crate::clock::AnchoredClock;
 use crate::discovery::diff::InstanceChange;
 use crate::discovery::instance::{Instance, InstanceId, ServiceName};
 use crate::discovery::registry::{InstanceSet, Registry};
@@ -53,7 +54,9 @@ pub(crate) struct Shared<S> {
     task: Mutex<Option<AbortHandle>>,
     /// The timers that end ejections, aborted with the balancer.
     ejection_timers: Mutex<Vec<AbortHandle>>,
-    epoch: Instant,
+    /// Times calls for peak-EWMA: reads are nanoseconds since the
+    /// balancer was made.
+    pub(crate) clock: AnchoredClock,
     this: Weak<Shared<S>>,
     exported: super::metrics::Exported,
 }
@@ -70,6 +73,7 @@ where
     pub(crate) fn new(service: ServiceName, config: BalanceConfig) -> Arc<Self> {
         // Every picker but round robin picks through the slot index.
         let indexed = !matches!(config.picker, Picker::RoundRobin);
+        let clock = AnchoredClock::new(config.call_clock);
         Arc::new_cyclic(|this| Self {
             events: EventHub::new(config.event_capacity),
             exported: super::metrics::Exported::new(&service),
@@ -83,7 +87,7 @@ where
             startup_wakers: Mutex::new(Vec::new()),
             task: Mutex::new(None),
             ejection_timers: Mutex::new(Vec::new()),
-            epoch: Instant::now(),
+            clock,
             this: this.clone(),
         })
     }
@@ -151,7 +155,7 @@ where
         });
         Arc::new(EndpointStats::new(
             instance,
-            self.epoch,
+            self.clock.clone(),
             default_rtt,
             decay,
             outlier,
@@ -265,6 +269,7 @@ where
     pub(crate) fn metrics(&self) -> BalanceMetrics {
         let membership = self.membership.lock().clone();
         let now = Instant::now();
+        let now_ns = self.clock.now_nanos();
         let endpoints: Vec<EndpointMetrics> = membership
             .values()
             .map(|e| {
@@ -274,7 +279,7 @@ where
                     address: s.instance.address().clone(),
                     in_flight: s.in_flight(),
                     picks: s.picks.load(Ordering::Relaxed),
-                    ewma_latency: Duration::from_nanos(s.ewma_ns(now) as u64),
+                    ewma_latency: Duration::from_nanos(s.ewma_ns(now_ns) as u64),
                     consecutive_failures: s.outlier.consecutive_failures.load(Ordering::Relaxed),
                     ejected: s.outlier.is_ejected(),
                     ejections: s.outlier.ejections(now),
