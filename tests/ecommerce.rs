@@ -593,6 +593,28 @@ async fn one_orders_trace_id_reaches_every_service_it_touches() {
     ));
     let placed = call(&system, order).await;
     assert_eq!(placed.status.as_u16(), 201, "{}", placed.body);
+    // The order's events reach notifications asynchronously, through the
+    // outbox, which keeps the order's trace context with each event.
+    shop::invariants::wait_for_outbox(&system)
+        .await
+        .expect("the outbox is delivered");
+    let outbox = on_instance(&system, "orders-1", ApiCall::get("/outbox")).await;
+    let events: Vec<&Value> = outbox
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|event| event["order_id"] == placed.body["id"])
+        .collect();
+    assert_eq!(events.len(), 2, "OrderCreated, OrderConfirmed: {events:?}");
+    for event in events {
+        assert!(
+            event["traceparent"]
+                .as_str()
+                .is_some_and(|header| header.contains(trace_id)),
+            "{event}"
+        );
+    }
 
     let saw = |ids: &[&str]| {
         ids.iter().any(|id| {
@@ -611,6 +633,7 @@ async fn one_orders_trace_id_reaches_every_service_it_touches() {
         &["products-1", "products-2"],
         &["payments-1", "payments-2"],
         &["inventory-1"],
+        &["notifications-1"],
     ] {
         assert!(saw(hop), "{hop:?} did not see trace {trace_id}");
     }
@@ -858,4 +881,41 @@ async fn etcd_registry_story_keeps_the_invariants() {
         transitions.last().map(String::as_str),
         Some("HALF_OPEN -> CLOSED")
     );
+}
+
+/// The story's narration is the same from run to run, apart from the
+/// measured latencies: two stories, each on a system of its own, side by
+/// side, tell the same lines once the p50/p99 figures are masked (no
+/// random ids, no counts of polling calls).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_story_tells_the_same_lines_every_run() {
+    async fn story() -> Vec<String> {
+        let system = System::start(SystemConfig::default())
+            .await
+            .expect("the system starts");
+        let mut narrator = Narrator::keeping();
+        let broken = scenario::run(&system, &mut narrator)
+            .await
+            .expect("the story runs");
+        assert!(broken.is_empty(), "invariants broken: {broken:#?}");
+        narrator
+            .lines()
+            .iter()
+            .map(|line| match line.split_once("p50 / p99") {
+                // The latencies vary; the count of calls does not.
+                Some((name, figures)) => format!(
+                    "{name}p50 / p99 | <masked> ({}",
+                    figures.split_once('(').map_or("", |(_, calls)| calls)
+                ),
+                None => line.clone(),
+            })
+            .collect()
+    }
+    let (first, second) = tokio::join!(story(), story());
+    assert!(first.len() > 30, "{first:#?}");
+    assert!(first.iter().any(|line| line.contains("<masked> (")));
+    for (a, b) in first.iter().zip(&second) {
+        assert_eq!(a, b);
+    }
+    assert_eq!(first.len(), second.len());
 }
