@@ -919,3 +919,47 @@ async fn the_story_tells_the_same_lines_every_run() {
     }
     assert_eq!(first.len(), second.len());
 }
+
+/// Through RabbitMQ too, an order's events carry its trace context (an
+/// AMQP `traceparent` header): notifications handles them in that trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs rabbitmq: scripts/integration-rabbitmq.sh"]
+async fn rabbitmq_order_events_carry_the_orders_trace() {
+    let system = System::start(SystemConfig {
+        broker: Some(amqp()),
+        ..SystemConfig::default()
+    })
+    .await
+    .expect("the system starts with the broker");
+    let token = signed_up(&system, "judy@example.com").await;
+    let trace_id = "5d2f0c1e9b8a47d6a3c2b1f0e9d8c7b6";
+    let mut order = ApiCall::post("/api/orders", sticker()).bearer(&token);
+    order.headers.push((
+        http::HeaderName::from_static("traceparent"),
+        format!("00-{trace_id}-a1b2c3d4e5f60718-01"),
+    ));
+    let placed = call(&system, order).await;
+    assert_eq!(placed.status.as_u16(), 201, "{}", placed.body);
+    shop::invariants::wait_for_outbox(&system)
+        .await
+        .expect("the outbox is delivered");
+    let emails = on_instance(&system, "notifications-1", ApiCall::get("/emails")).await;
+    assert!(
+        emails
+            .body
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|email| email["transport"] == "amqp"),
+        "{}",
+        emails.body
+    );
+    assert!(
+        system
+            .guards
+            .traces
+            .of("notifications-1")
+            .contains(&trace_id.to_owned()),
+        "notifications did not handle an event in trace {trace_id}"
+    );
+}
