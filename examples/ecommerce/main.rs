@@ -28,8 +28,11 @@ USAGE:
     cargo run --example ecommerce [-- OPTIONS]
 
 OPTIONS:
-    --serve     Keep the system up with the gateway on 127.0.0.1:8080 and
-                print curl commands to try (stop with Ctrl-C).
+    --serve     Keep the system up with the gateway on 127.0.0.1:8080, list
+                every instance's address and print curl commands to try:
+                sign-up, login, orders, a trace across the services, the
+                payments breaker, hedging (stop with Ctrl-C). Not with
+                --faults.
     --seed N    Seed the balancers' pickers and the payments' random faults
                 (default 7), so that a run can be replayed; with --faults,
                 also the fault plan.
