@@ -593,6 +593,28 @@ async fn one_orders_trace_id_reaches_every_service_it_touches() {
     ));
     let placed = call(&system, order).await;
     assert_eq!(placed.status.as_u16(), 201, "{}", placed.body);
+    // The order's events reach notifications asynchronously, through the
+    // outbox, which keeps the order's trace context with each event.
+    shop::invariants::wait_for_outbox(&system)
+        .await
+        .expect("the outbox is delivered");
+    let outbox = on_instance(&system, "orders-1", ApiCall::get("/outbox")).await;
+    let events: Vec<&Value> = outbox
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|event| event["order_id"] == placed.body["id"])
+        .collect();
+    assert_eq!(events.len(), 2, "OrderCreated, OrderConfirmed: {events:?}");
+    for event in events {
+        assert!(
+            event["traceparent"]
+                .as_str()
+                .is_some_and(|header| header.contains(trace_id)),
+            "{event}"
+        );
+    }
 
     let saw = |ids: &[&str]| {
         ids.iter().any(|id| {
@@ -611,6 +633,7 @@ async fn one_orders_trace_id_reaches_every_service_it_touches() {
         &["products-1", "products-2"],
         &["payments-1", "payments-2"],
         &["inventory-1"],
+        &["notifications-1"],
     ] {
         assert!(saw(hop), "{hop:?} did not see trace {trace_id}");
     }
@@ -857,5 +880,89 @@ async fn etcd_registry_story_keeps_the_invariants() {
     assert_eq!(
         transitions.last().map(String::as_str),
         Some("HALF_OPEN -> CLOSED")
+    );
+}
+
+/// The story's narration is the same from run to run, apart from the
+/// measured latencies: two stories, each on a system of its own, side by
+/// side, tell the same lines once the p50/p99 figures are masked (no
+/// random ids, no counts of polling calls).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_story_tells_the_same_lines_every_run() {
+    async fn story() -> Vec<String> {
+        let system = System::start(SystemConfig::default())
+            .await
+            .expect("the system starts");
+        let mut narrator = Narrator::keeping();
+        let broken = scenario::run(&system, &mut narrator)
+            .await
+            .expect("the story runs");
+        assert!(broken.is_empty(), "invariants broken: {broken:#?}");
+        narrator
+            .lines()
+            .iter()
+            .map(|line| match line.split_once("p50 / p99") {
+                // The latencies vary (and with them the padding); the
+                // count of calls does not.
+                Some((name, figures)) => format!(
+                    "{name}p50 / p99 | <masked> ({}",
+                    figures
+                        .split_once('(')
+                        .map_or("", |(_, calls)| calls.trim_end_matches([' ', '|']))
+                ),
+                None => line.clone(),
+            })
+            .collect()
+    }
+    let (first, second) = tokio::join!(story(), story());
+    assert!(first.len() > 30, "{first:#?}");
+    assert!(first.iter().any(|line| line.contains("<masked> (")));
+    for (a, b) in first.iter().zip(&second) {
+        assert_eq!(a, b);
+    }
+    assert_eq!(first.len(), second.len());
+}
+
+/// Through RabbitMQ too, an order's events carry its trace context (an
+/// AMQP `traceparent` header): notifications handles them in that trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs rabbitmq: scripts/integration-rabbitmq.sh"]
+async fn rabbitmq_order_events_carry_the_orders_trace() {
+    let system = System::start(SystemConfig {
+        broker: Some(amqp()),
+        ..SystemConfig::default()
+    })
+    .await
+    .expect("the system starts with the broker");
+    let token = signed_up(&system, "judy@example.com").await;
+    let trace_id = "5d2f0c1e9b8a47d6a3c2b1f0e9d8c7b6";
+    let mut order = ApiCall::post("/api/orders", sticker()).bearer(&token);
+    order.headers.push((
+        http::HeaderName::from_static("traceparent"),
+        format!("00-{trace_id}-a1b2c3d4e5f60718-01"),
+    ));
+    let placed = call(&system, order).await;
+    assert_eq!(placed.status.as_u16(), 201, "{}", placed.body);
+    shop::invariants::wait_for_outbox(&system)
+        .await
+        .expect("the outbox is delivered");
+    let emails = on_instance(&system, "notifications-1", ApiCall::get("/emails")).await;
+    assert!(
+        emails
+            .body
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|email| email["transport"] == "amqp"),
+        "{}",
+        emails.body
+    );
+    assert!(
+        system
+            .guards
+            .traces
+            .of("notifications-1")
+            .contains(&trace_id.to_owned()),
+        "notifications did not handle an event in trace {trace_id}"
     );
 }

@@ -28,8 +28,11 @@ USAGE:
     cargo run --example ecommerce [-- OPTIONS]
 
 OPTIONS:
-    --serve     Keep the system up with the gateway on 127.0.0.1:8080 and
-                print curl commands to try (stop with Ctrl-C).
+    --serve     Keep the system up with the gateway on 127.0.0.1:8080, list
+                every instance's address and print curl commands to try:
+                sign-up, login, orders, a trace across the services, the
+                payments breaker, hedging (stop with Ctrl-C). Not with
+                --faults.
     --seed N    Seed the balancers' pickers and the payments' random faults
                 (default 7), so that a run can be replayed; with --faults,
                 also the fault plan.
@@ -106,6 +109,9 @@ fn options() -> Result<Option<Options>, String> {
             other => return Err(format!("unknown option {other:?}; see --help")),
         }
     }
+    if options.serve && options.faults {
+        return Err("--serve and --faults do not go together: --faults runs and exits".into());
+    }
     Ok(Some(options))
 }
 
@@ -174,8 +180,31 @@ async fn serve(
     })
     .await?;
     let g = system.gateway;
-    println!("The shop is up; the gateway is http://{g} (Ctrl-C stops it). Try:");
+    let payments = [
+        system.instance("payments-1")?,
+        system.instance("payments-2")?,
+    ];
+    let inventory = system.instance("inventory-1")?;
+    let notifications = system.instance("notifications-1")?;
+    let products = system.instance("products-1")?;
+    let order = |extra: &str, product: u32, quantity: u32| {
+        format!(
+            "curl -s -X POST http://{g}/api/orders -H \"authorization: Bearer $TOKEN\" -H 'content-type: application/json'{extra} \\\n  -d '{{\"items\":[{{\"product_id\":{product},\"quantity\":{quantity}}}]}}'"
+        )
+    };
+    let faults = |address: std::net::SocketAddr, faults: &str| {
+        format!(
+            "curl -s -X POST http://{address}/admin/faults -H 'content-type: application/json' -d '{faults}'"
+        )
+    };
+    println!("The shop is up; the gateway is http://{g} (Ctrl-C stops it). The instances:");
+    for (id, address) in &system.instances {
+        println!("    {id:<16} http://{address}");
+    }
     println!();
+    println!("Try (bash):");
+    println!();
+    println!("# sign up, log in (the JWT goes to $TOKEN), browse");
     println!(
         "curl -s -X POST http://{g}/api/users -H 'content-type: application/json' \\\n  -d '{{\"email\":\"ann@example.com\",\"name\":\"ann\",\"password\":\"correct-horse\"}}'"
     );
@@ -183,35 +212,51 @@ async fn serve(
         "TOKEN=$(curl -s -X POST http://{g}/api/users/login -H 'content-type: application/json' \\\n  -d '{{\"email\":\"ann@example.com\",\"password\":\"correct-horse\"}}' | sed 's/.*\"token\":\"\\([^\"]*\\)\".*/\\1/')"
     );
     println!("curl -s http://{g}/api/products");
-    println!(
-        "curl -s -X POST http://{g}/api/orders -H \"authorization: Bearer $TOKEN\" -H 'content-type: application/json' \\\n  -d '{{\"items\":[{{\"product_id\":1,\"quantity\":2}}]}}'"
-    );
-    println!("curl -s http://{g}/api/orders/<id> -H \"authorization: Bearer $TOKEN\"");
-    println!("curl -s -X POST http://{g}/api/orders -d '{{}}'   # 401: no token");
     println!();
-    println!("Fault switches of the payments instances (the breaker opens when both fail):");
-    for id in ["payments-1", "payments-2"] {
-        println!(
-            "curl -s -X POST http://{}/admin/faults -H 'content-type: application/json' -d '{{\"down\":true}}'   # {id}",
-            system.instance(id)?
-        );
-    }
+    println!("# order 2 books (the reply goes to $REPLY), read the order back; no token: 401");
+    println!("REPLY=$({}); echo \"$REPLY\"", order("", 1, 2));
+    println!(
+        "curl -s http://{g}/api/orders/$(echo \"$REPLY\" | sed 's/.*\"id\":\"\\([^\"]*\\)\".*/\\1/') -H \"authorization: Bearer $TOKEN\""
+    );
+    println!("curl -s -X POST http://{g}/api/orders -d '{{}}'");
     println!();
-    println!("Observability (every instance serves /metrics and /admin/traces):");
     println!(
-        "curl -s http://{g}/metrics | grep palisade_circuit_breaker_state   # one registry for the process"
+        "# one order's W3C trace: every service it reaches serves it (and logs it on stderr), notifications too"
     );
     println!(
-        "curl -s http://{g}/api/products -H 'traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01'"
+        "{}",
+        order(
+            " \\\n  -H 'traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01'",
+            5,
+            1
+        )
     );
+    println!("curl -s http://{inventory}/admin/traces | grep -o 4bf92f3577b34da6a3ce929d0e0e4736");
     println!(
-        "curl -s http://{}/admin/traces   # the trace ids products-1 served",
-        system.instance("products-1")?
+        "curl -s http://{notifications}/admin/traces | grep -o 4bf92f3577b34da6a3ce929d0e0e4736"
     );
+    println!();
     println!(
-        "curl -s -X POST http://{}/admin/faults -H 'content-type: application/json' -d '{{\"latency_ms\":400}}'   # products-1 slow: hedging",
-        system.instance("products-1")?
+        "# both payments instances fail: the first order is retried, then 503; once the breaker is open, orders fail fast"
     );
+    println!("{}", faults(payments[0], "{\"down\":true}"));
+    println!("{}", faults(payments[1], "{\"down\":true}"));
+    println!("for i in 1 2 3; do {}; echo; done", order("", 5, 1));
+    println!(
+        "curl -s http://{g}/metrics | grep 'palisade_circuit_breaker_state{{name=\"payments\"'"
+    );
+    println!("{}", faults(payments[0], "{}"));
+    println!("{}", faults(payments[1], "{}"));
+    println!();
+    println!(
+        "# products-1 answers 400 ms late: product pages stay fast, hedged to products-2 after 50 ms"
+    );
+    println!("{}", faults(products, "{\"latency_ms\":400}"));
+    println!(
+        "for i in 1 2 3 4; do curl -s -o /dev/null -w '%{{http_code}} in %{{time_total}} s\\n' http://{g}/api/products/$i; done"
+    );
+    println!("curl -s http://{g}/metrics | grep '^palisade_hedge_wins_total'");
+    println!("{}", faults(products, "{}"));
     tokio::signal::ctrl_c().await?;
     Ok(())
 }

@@ -18,7 +18,9 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use palisade::BoxError;
 use serde_json::Value;
+use tracing::Instrument;
 
+use super::edge::{TRACEPARENT, TraceParent, Traces};
 use super::notifications::{Notifications, OrderEvent};
 
 /// Where the order events go: the broker's URL and the queue (one per
@@ -93,11 +95,24 @@ impl Publisher {
         })
     }
 
-    /// Publishes `event` (persistent, its event id as the message id) and
-    /// waits for the broker's confirm; an error when the broker refused it
-    /// or could not route it (`mandatory`), or the connection failed.
-    pub async fn publish(&self, event_id: &str, event: &Value) -> Result<(), BoxError> {
+    /// Publishes `event` (persistent, its event id as the message id, its
+    /// order's W3C trace context in a `traceparent` header) and waits for
+    /// the broker's confirm; an error when the broker refused it or could
+    /// not route it (`mandatory`), or the connection failed.
+    pub async fn publish(
+        &self,
+        event_id: &str,
+        event: &Value,
+        traceparent: Option<&str>,
+    ) -> Result<(), BoxError> {
         let payload = serde_json::to_vec(event)?;
+        let mut headers = FieldTable::default();
+        if let Some(traceparent) = traceparent {
+            headers.insert(
+                TRACEPARENT.into(),
+                AMQPValue::LongString(traceparent.into()),
+            );
+        }
         let confirm = self
             .channel
             .basic_publish(
@@ -111,7 +126,8 @@ impl Publisher {
                 BasicProperties::default()
                     .with_message_id(event_id.into())
                     .with_content_type("application/json".into())
-                    .with_delivery_mode(2),
+                    .with_delivery_mode(2)
+                    .with_headers(headers),
             )
             .await?
             .await?;
@@ -124,11 +140,25 @@ impl Publisher {
     }
 }
 
+/// The trace context a delivery carries in its `traceparent` header.
+fn traceparent(delivery: &lapin::message::Delivery) -> Option<TraceParent> {
+    let headers = delivery.properties.headers().as_ref()?;
+    match headers.inner().get(TRACEPARENT)? {
+        AMQPValue::LongString(value) => TraceParent::parse(&value.to_string()),
+        _ => None,
+    }
+}
+
 /// The notifications service's end: consumes the queue with manual acks
-/// (ten unacknowledged deliveries at most) until the task is aborted.
+/// (ten unacknowledged deliveries at most) until the task is aborted. Each
+/// delivery is handled in a `delivery` span of `instance` with the trace
+/// id of its `traceparent` header (a new trace without one), recorded in
+/// `traces` as a served request is.
 pub async fn consume(
     config: BrokerConfig,
     notifications: Arc<Notifications>,
+    instance: &str,
+    traces: Traces,
 ) -> Result<tokio::task::JoinHandle<()>, BoxError> {
     use futures::StreamExt;
 
@@ -144,6 +174,7 @@ pub async fn consume(
             FieldTable::default(),
         )
         .await?;
+    let instance = instance.to_owned();
     Ok(tokio::spawn(async move {
         let _connection = connection;
         while let Some(delivery) = consumer.next().await {
@@ -154,31 +185,44 @@ pub async fn consume(
                     return;
                 }
             };
-            let outcome = match serde_json::from_slice::<OrderEvent>(&delivery.data) {
-                Ok(event) => notifications.record(&event, "amqp"),
-                Err(error) => {
-                    tracing::warn!(%error, "not an order event; dropped");
-                    let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
-                    continue;
+            let trace = traceparent(&delivery)
+                .unwrap_or_else(TraceParent::new_root)
+                .child();
+            traces.record(&instance, trace.trace_id());
+            let span = tracing::info_span!(
+                "delivery",
+                service = %instance,
+                trace_id = %trace.trace_id(),
+                queue = %config.queue,
+            );
+            let handle = async {
+                let outcome = match serde_json::from_slice::<OrderEvent>(&delivery.data) {
+                    Ok(event) => notifications.record(&event, "amqp"),
+                    Err(error) => {
+                        tracing::warn!(%error, "not an order event; dropped");
+                        let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
+                        return;
+                    }
+                };
+                let acked = match outcome {
+                    // Recorded: acknowledged, the broker forgets it.
+                    Ok(true) => delivery.ack(BasicAckOptions::default()).await,
+                    // Recorded, but the ack is "lost" (the fault switch), or
+                    // not recorded: back to the queue, delivered again.
+                    Ok(false) | Err(_) => {
+                        delivery
+                            .nack(BasicNackOptions {
+                                requeue: true,
+                                ..BasicNackOptions::default()
+                            })
+                            .await
+                    }
+                };
+                if let Err(error) = acked {
+                    tracing::warn!(%error, "ack not sent; the broker delivers the event again");
                 }
             };
-            let acked = match outcome {
-                // Recorded: acknowledged, the broker forgets it.
-                Ok(true) => delivery.ack(BasicAckOptions::default()).await,
-                // Recorded, but the ack is "lost" (the fault switch), or
-                // not recorded: back to the queue, delivered again.
-                Ok(false) | Err(_) => {
-                    delivery
-                        .nack(BasicNackOptions {
-                            requeue: true,
-                            ..BasicNackOptions::default()
-                        })
-                        .await
-                }
-            };
-            if let Err(error) = acked {
-                tracing::warn!(%error, "ack not sent; the broker delivers the event again");
-            }
+            handle.instrument(span).await;
         }
     }))
 }

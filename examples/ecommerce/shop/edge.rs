@@ -179,7 +179,8 @@ pub struct Traces {
 }
 
 impl Traces {
-    fn record(&self, instance: &str, trace_id: String) {
+    /// Records that `instance` served a request of trace `trace_id`.
+    pub fn record(&self, instance: &str, trace_id: String) {
         let mut seen = self.seen.lock();
         let ids = seen.entry(instance.to_owned()).or_default();
         if ids.len() == 256 {

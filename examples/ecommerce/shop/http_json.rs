@@ -67,6 +67,18 @@ impl ApiCall {
         self.in_doubt.load(Ordering::SeqCst) > 0
     }
 
+    /// Sends `traceparent` (a W3C trace context) with the call, when there
+    /// is one, instead of the trace of the request being served.
+    pub fn traced(mut self, traceparent: Option<String>) -> Self {
+        if let Some(traceparent) = traceparent {
+            self.headers.push((
+                http::HeaderName::from_static(super::edge::TRACEPARENT),
+                traceparent,
+            ));
+        }
+        self
+    }
+
     /// Adds `authorization: Bearer <token>`.
     pub fn bearer(mut self, token: &str) -> Self {
         self.headers

@@ -73,35 +73,39 @@ pub struct SagaServices {
     pub crash: Arc<CrashSwitch>,
 }
 
-/// Writes an order event to the outbox, in the caller's transaction.
+/// Writes an order event to the outbox, in the caller's transaction, with
+/// the order's W3C trace context: the relay sends the event on in that
+/// trace.
 pub fn outbox(
     tx: &rusqlite::Transaction<'_>,
-    order_id: &str,
-    user_id: i64,
+    order: &PlaceOrder,
     kind: &str,
 ) -> Result<(), rusqlite::Error> {
     tx.execute(
-        "INSERT INTO outbox (event_id, order_id, user_id, kind) VALUES (?1, ?2, ?3, ?4)",
-        rusqlite::params![format!("{order_id}:{kind}"), order_id, user_id, kind],
+        "INSERT INTO outbox (event_id, order_id, user_id, kind, traceparent)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        rusqlite::params![
+            format!("{}:{kind}", order.order_id),
+            order.order_id,
+            order.user_id,
+            kind,
+            order.traceparent
+        ],
     )?;
     Ok(())
 }
 
-/// Moves order `id` from PENDING to `status`, with its outbox event;
-/// `false` if it was not PENDING (a repeat changes nothing).
-fn settle(db: &Db, id: &str, status: &str, event: &str) -> Result<bool, rusqlite::Error> {
+/// Moves `order` from PENDING to `status`, with its outbox event; `false`
+/// if it was not PENDING (a repeat changes nothing).
+fn settle(db: &Db, order: &PlaceOrder, status: &str, event: &str) -> Result<bool, rusqlite::Error> {
     let mut db = db.lock();
     let tx = db.transaction()?;
     let changed = tx.execute(
         "UPDATE orders SET status = ?2 WHERE id = ?1 AND status = 'PENDING'",
-        [id, status],
+        [&order.order_id, status],
     )?;
     if changed == 1 {
-        let user_id: i64 =
-            tx.query_row("SELECT user_id FROM orders WHERE id = ?1", [id], |row| {
-                row.get(0)
-            })?;
-        outbox(&tx, id, user_id, event)?;
+        outbox(&tx, order, event)?;
     }
     tx.commit()?;
     Ok(changed == 1)
@@ -178,8 +182,7 @@ pub fn definition() -> Result<SagaDefinition<SagaServices>, BoxError> {
                     )
                     .map_err(StepError::no_effect)?;
                 if created == 1 {
-                    outbox(&tx, &order.order_id, order.user_id, "OrderCreated")
-                        .map_err(StepError::no_effect)?;
+                    outbox(&tx, &order, "OrderCreated").map_err(StepError::no_effect)?;
                 }
                 // A failed commit may still have committed.
                 tx.commit().map_err(StepError::unknown)?;
@@ -187,7 +190,7 @@ pub fn definition() -> Result<SagaDefinition<SagaServices>, BoxError> {
             },
             |svc: Arc<SagaServices>, cx: StepContext| async move {
                 let order: PlaceOrder = cx.input()?;
-                settle(&svc.db, &order.order_id, "CANCELLED", "OrderCancelled")?;
+                settle(&svc.db, &order, "CANCELLED", "OrderCancelled")?;
                 Ok::<_, BoxError>(())
             },
         ))
@@ -257,7 +260,7 @@ pub fn definition() -> Result<SagaDefinition<SagaServices>, BoxError> {
             "confirm",
             |svc: Arc<SagaServices>, cx: StepContext| async move {
                 let order: PlaceOrder = cx.input()?;
-                settle(&svc.db, &order.order_id, "CONFIRMED", "OrderConfirmed")
+                settle(&svc.db, &order, "CONFIRMED", "OrderConfirmed")
                     .map_err(StepError::unknown)?;
                 Ok(())
             },

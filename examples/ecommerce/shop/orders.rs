@@ -22,6 +22,7 @@ use tower::ServiceExt;
 
 use super::broker::Publisher;
 use super::db::{self, Db};
+use super::edge::TraceParent;
 use super::http_json::{ApiCall, ApiError, JsonReply};
 use super::inventory::Line;
 use super::order_saga::{
@@ -44,6 +45,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     order_id TEXT NOT NULL,
     user_id INTEGER NOT NULL,
     kind TEXT NOT NULL,
+    -- The W3C trace context of the request that placed the order.
+    traceparent TEXT,
     delivered INTEGER NOT NULL DEFAULT 0
 );";
 
@@ -330,8 +333,9 @@ async fn list(State(this): State<Arc<Orders>>) -> Result<Json<Value>, ApiError> 
 
 async fn outbox(State(this): State<Arc<Orders>>) -> Result<Json<Value>, ApiError> {
     let db = this.db.lock();
-    let mut statement =
-        db.prepare("SELECT event_id, order_id, user_id, kind, delivered FROM outbox ORDER BY seq")?;
+    let mut statement = db.prepare(
+        "SELECT event_id, order_id, user_id, kind, delivered, traceparent FROM outbox ORDER BY seq",
+    )?;
     let rows = statement
         .query_map([], |row| {
             Ok(json!({
@@ -340,6 +344,7 @@ async fn outbox(State(this): State<Arc<Orders>>) -> Result<Json<Value>, ApiError
                 "user_id": row.get::<_, i64>(2)?,
                 "kind": row.get::<_, String>(3)?,
                 "delivered": row.get::<_, bool>(4)?,
+                "traceparent": row.get::<_, Option<String>>(5)?,
             }))
         })?
         .collect::<Result<Vec<_>, _>>()?;
@@ -351,22 +356,37 @@ async fn arm_crash(State(this): State<Arc<Orders>>) -> Json<Value> {
     Json(json!({"armed": true}))
 }
 
-type Pending = (i64, String, String, i64, String);
+/// An outbox row not delivered yet.
+struct Pending {
+    seq: i64,
+    event: Value,
+    event_id: String,
+    /// The order's trace context, sent with the event.
+    traceparent: Option<TraceParent>,
+}
 
 fn undelivered(db: &Db) -> Result<Vec<Pending>, rusqlite::Error> {
     let db = db.lock();
     let mut statement = db.prepare(
-        "SELECT seq, event_id, order_id, user_id, kind FROM outbox WHERE delivered = 0 ORDER BY seq LIMIT 50",
+        "SELECT seq, event_id, order_id, user_id, kind, traceparent
+         FROM outbox WHERE delivered = 0 ORDER BY seq LIMIT 50",
     )?;
     statement
         .query_map([], |row| {
-            Ok((
-                row.get(0)?,
-                row.get(1)?,
-                row.get(2)?,
-                row.get(3)?,
-                row.get(4)?,
-            ))
+            let event_id: String = row.get(1)?;
+            Ok(Pending {
+                seq: row.get(0)?,
+                event: json!({
+                    "event_id": event_id,
+                    "order_id": row.get::<_, String>(2)?,
+                    "user_id": row.get::<_, i64>(3)?,
+                    "kind": row.get::<_, String>(4)?,
+                }),
+                event_id,
+                traceparent: row
+                    .get::<_, Option<String>>(5)?
+                    .and_then(|header| TraceParent::parse(&header)),
+            })
         })?
         .collect()
 }
@@ -375,6 +395,8 @@ fn undelivered(db: &Db) -> Result<Vec<Pending>, rusqlite::Error> {
 /// accepts it (the client retries with exponential backoff) or, with a
 /// broker, until the broker confirms it; an event is marked delivered only
 /// after its delivery succeeded, so it may be delivered twice, never lost.
+/// Each event goes in its order's trace: a `traceparent` HTTP header, or
+/// the AMQP message's `traceparent` header.
 async fn relay_outbox(db: Db, notifications: PipelinedClient, broker: Option<Publisher>) {
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -387,16 +409,23 @@ async fn relay_outbox(db: Db, notifications: PipelinedClient, broker: Option<Pub
                 continue;
             }
         };
-        for (seq, event_id, order_id, user_id, kind) in pending {
-            let event = json!({"event_id": event_id, "order_id": order_id, "user_id": user_id, "kind": kind});
+        for Pending {
+            seq,
+            event,
+            event_id,
+            traceparent,
+        } in pending
+        {
+            // A new span id of the order's trace, for this hop.
+            let traceparent = traceparent.map(|trace| trace.child().to_string());
             let delivered = match &broker {
                 Some(broker) => broker
-                    .publish(&event_id, &event)
+                    .publish(&event_id, &event, traceparent.as_deref())
                     .await
                     .map_err(|error| error.to_string()),
                 None => match notifications
                     .clone()
-                    .oneshot(ApiCall::post("/events", event))
+                    .oneshot(ApiCall::post("/events", event).traced(traceparent))
                     .await
                 {
                     Ok(reply) if reply.status.is_success() => Ok(()),

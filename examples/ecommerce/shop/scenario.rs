@@ -11,17 +11,44 @@ use super::http_json::{ApiCall, JsonReply};
 use super::invariants::{self, Ledger};
 use super::system::System;
 
-/// Prints the numbered lines.
+/// Prints the numbered lines (and the summary table's), or keeps them.
 #[derive(Default)]
 pub struct Narrator {
     line: u32,
+    /// `Some`: the lines are kept here instead of printed.
+    kept: Option<Vec<String>>,
 }
 
 impl Narrator {
+    /// A narrator that keeps its lines (see [`lines`](Self::lines)) instead
+    /// of printing them (tests/ecommerce.rs compares two runs' lines).
+    #[allow(dead_code)]
+    pub fn keeping() -> Self {
+        Self {
+            line: 0,
+            kept: Some(Vec::new()),
+        }
+    }
+
     /// Prints `text` as the next numbered line.
     pub fn say(&mut self, text: impl AsRef<str>) {
         self.line += 1;
-        println!("{:>2}. {}", self.line, text.as_ref());
+        let line = format!("{:>2}. {}", self.line, text.as_ref());
+        self.print(line);
+    }
+
+    /// Prints `line` as it is (a row of a table).
+    pub fn print(&mut self, line: String) {
+        match &mut self.kept {
+            Some(kept) => kept.push(line),
+            None => println!("{line}"),
+        }
+    }
+
+    /// The lines kept so far (none when printing).
+    #[allow(dead_code)]
+    pub fn lines(&self) -> &[String] {
+        self.kept.as_deref().unwrap_or_default()
     }
 }
 
@@ -44,15 +71,21 @@ impl<'a> Shopper<'a> {
     /// Sends `call` to the gateway.
     pub async fn call(&mut self, call: ApiCall) -> Result<JsonReply, BoxError> {
         let started = tokio::time::Instant::now();
-        let reply = self
-            .system
-            .client
-            .send(&self.system.gateway.to_string(), call)
-            .await?;
+        let reply = self.poll(call).await?;
         if reply.status.is_success() {
             self.latencies.push(started.elapsed());
         }
         Ok(reply)
+    }
+
+    /// Sends `call` to the gateway without counting its latency: the
+    /// story's waits poll, as often as timing makes them, and the summary
+    /// counts only the story's own calls.
+    pub async fn poll(&self, call: ApiCall) -> Result<JsonReply, BoxError> {
+        self.system
+            .client
+            .send(&self.system.gateway.to_string(), call)
+            .await
     }
 
     /// Signs up and logs in; returns the token.
@@ -117,10 +150,6 @@ fn expect(reply: &JsonReply, status: u16, what: &str) -> Result<(), BoxError> {
         )
         .into())
     }
-}
-
-fn short(id: &Value) -> String {
-    id.as_str().unwrap_or("?").chars().take(8).collect()
 }
 
 fn dollars(cents: i64) -> String {
@@ -305,8 +334,7 @@ pub async fn run(system: &System, say: &mut Narrator) -> Result<Vec<String>, Box
         )
         .await?;
     say.say(format!(
-        "bob asks for alice's order {}: {}",
-        short(&first.body["id"]),
+        "bob asks for alice's first order by its id: {} (an order is shown to its owner only)",
         mine.status.as_u16()
     ));
 
@@ -379,13 +407,15 @@ pub async fn run(system: &System, say: &mut Narrator) -> Result<Vec<String>, Box
 
     // Declined, out of stock.
     let piano = shop.order(&alice, 4, 1).await?;
+    let emailed = email_of(system, &piano, "OrderCancelled").await?;
     say.say(format!(
-        "alice orders the grand piano: {} -> the saga cancels the order, nothing charged",
+        "alice orders the grand piano: {} -> the saga cancels the order, nothing charged, no stock reserved; notifications emails alice: {emailed}",
         outcome(&piano)
     ));
     let lamps = shop.order(&bob, 3, 5).await?;
+    let emailed = email_of(system, &lamps, "OrderCancelled").await?;
     say.say(format!(
-        "bob orders 5 lamps: {} -> the charge is refunded, the order cancelled",
+        "bob orders 5 lamps: {} -> the charge is refunded, the order cancelled; notifications emails bob: {emailed}",
         outcome(&lamps)
     ));
 
@@ -426,7 +456,7 @@ pub async fn run(system: &System, say: &mut Narrator) -> Result<Vec<String>, Box
     while status == "PENDING" && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let reply = shop
-            .call(ApiCall::get(format!("/api/orders/{id}")).bearer(&bob))
+            .poll(ApiCall::get(format!("/api/orders/{id}")).bearer(&bob))
             .await?;
         status = reply.body["status"].as_str().unwrap_or("?").to_owned();
     }
@@ -437,7 +467,7 @@ pub async fn run(system: &System, say: &mut Narrator) -> Result<Vec<String>, Box
     ));
 
     // The gateway's guards, metrics and traces.
-    edge_story(system, say, &mut shop, &alice).await?;
+    let guarded = edge_story(system, say, &mut shop, &alice).await?;
 
     // Notifications.
     invariants::wait_for_outbox(system).await?;
@@ -457,7 +487,7 @@ pub async fn run(system: &System, say: &mut Narrator) -> Result<Vec<String>, Box
     // Summary.
     let broken = invariants::check(system).await?;
     say.say("summary:");
-    print_summary(system, &before, &after, &shop.latencies());
+    print_summary(say, system, &before, &after, &guarded, &shop.latencies());
     say.say(if broken.is_empty() {
         "invariants hold: stock on hand + reserved = initial; each confirmed order one net charge, each cancelled none; each event one email; payments received only calls its breaker permitted".to_owned()
     } else {
@@ -480,10 +510,18 @@ pub fn p50_p99(latencies: &[Duration]) -> (Duration, Duration) {
     (at(0.5), at(0.99))
 }
 
-fn print_summary(system: &System, before: &Ledger, after: &Ledger, latencies: &[Duration]) {
-    let row = |name: &str, value: String| println!("    | {name:<34} | {value:<46} |");
-    let rule = || println!("    +{}+{}+", "-".repeat(36), "-".repeat(48));
-    rule();
+fn print_summary(
+    say: &mut Narrator,
+    system: &System,
+    before: &Ledger,
+    after: &Ledger,
+    guarded: &Guarded,
+    latencies: &[Duration],
+) {
+    let mut lines = Vec::new();
+    let mut row =
+        |name: &str, value: String| lines.push(format!("    | {name:<34} | {value:<46} |"));
+    let rule = format!("    +{}+{}+", "-".repeat(36), "-".repeat(48));
     for status in ["CONFIRMED", "CANCELLED"] {
         row(
             &format!("orders {}", status.to_lowercase()),
@@ -522,13 +560,59 @@ fn print_summary(system: &System, before: &Ledger, after: &Ledger, latencies: &[
         "calls the open breaker refused",
         system.observed.lock().breaker_rejections.to_string(),
     );
+    row(
+        "orders the gateway turned away",
+        format!(
+            "{} rate-limited (429), {} by the bulkhead (503)",
+            guarded.rate_limited, guarded.bulkhead_rejected
+        ),
+    );
     let retries = system.payments_retry.metrics().retries + system.relay_retry.metrics().retries;
     row("retries (payments + outbox relay)", retries.to_string());
     row("healthy gateway calls p50 / p99", {
         let (p50, p99) = p50_p99(latencies);
         format!("{p50:.1?} / {p99:.1?} ({} calls)", latencies.len())
     });
-    rule();
+    say.print(rule.clone());
+    for line in lines {
+        say.print(line);
+    }
+    say.print(rule);
+}
+
+/// Waits (at most 5 s) for the email of `order`'s event `kind`; its
+/// description.
+async fn email_of(system: &System, order: &JsonReply, kind: &str) -> Result<String, BoxError> {
+    let event_id = format!("{}:{kind}", order.body["id"].as_str().unwrap_or_default());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let emails = system
+            .client
+            .send(
+                &system.instance("notifications-1")?.to_string(),
+                ApiCall::get("/emails"),
+            )
+            .await?;
+        let sent = emails
+            .body
+            .as_array()
+            .is_some_and(|emails| emails.iter().any(|email| email["event_id"] == event_id));
+        if sent {
+            return Ok(format!("{kind} (from the outbox)"));
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Ok(format!("NO {kind} EMAIL within 5 s"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What the gateway's guards turned away in the story's burst.
+pub struct Guarded {
+    /// Orders answered 429 by the per-user rate limit.
+    pub rate_limited: usize,
+    /// Orders the bulkhead turned away after waiting.
+    pub bulkhead_rejected: usize,
 }
 
 // ---------------------------------------------------------------------------
@@ -554,7 +638,7 @@ async fn edge_story(
     say: &mut Narrator,
     shop: &mut Shopper<'_>,
     alice: &str,
-) -> Result<(), BoxError> {
+) -> Result<Guarded, BoxError> {
     let guards = &system.guards;
     let limits = guards.config;
 
@@ -607,7 +691,7 @@ async fn edge_story(
     let mut fresh = shop.call(ApiCall::get("/api/products")).await?;
     while listed(&fresh) == 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        fresh = shop.call(ApiCall::get("/api/products")).await?;
+        fresh = shop.poll(ApiCall::get("/api/products")).await?;
     }
     say.say(format!(
         "the catalogue restarts on the same ports; its health checks pass again and browsing lists {} products, fresh",
@@ -680,6 +764,8 @@ async fn edge_story(
         STORY_TRACEPARENT.to_owned(),
     ));
     let traced = shop.call(call).await?;
+    // Its events reach notifications through the outbox, asynchronously.
+    invariants::wait_for_outbox(system).await?;
     let trace_id = STORY_TRACEPARENT.split('-').nth(1).unwrap_or_default();
     let mut services: Vec<&str> = system
         .instances
@@ -692,7 +778,7 @@ async fn edge_story(
         .collect();
     services.dedup();
     say.say(format!(
-        "an order sent with traceparent {STORY_TRACEPARENT}: {}; its trace id reached {} (W3C traceparent on every hop, HTTP and gRPC, also through the saga's executor; each service's request span logs it on stderr)",
+        "an order sent with traceparent {STORY_TRACEPARENT}: {}; its trace id reached {} (W3C traceparent on every hop, HTTP and gRPC, also through the saga's executor and, stored with its events in the outbox, to notifications; each service's request span logs it on stderr)",
         outcome(&traced),
         services.join(", ")
     ));
@@ -722,7 +808,10 @@ async fn edge_story(
         METRIC_NAMES.len(),
         METRIC_NAMES.join(", ")
     ));
-    Ok(())
+    Ok(Guarded {
+        rate_limited: count(429),
+        bulkhead_rejected: turned_away,
+    })
 }
 
 /// The series the story and the tests look for in `/metrics`.

@@ -254,9 +254,15 @@ impl System {
         let notifications = Notifications::open(&dir.path().join("notifications.db"))?;
         let broker = config.broker.as_deref().map(BrokerConfig::new);
         let consumer = match &broker {
-            Some(broker) => {
-                Some(broker::consume(broker.clone(), Arc::clone(&notifications)).await?)
-            }
+            Some(broker) => Some(
+                broker::consume(
+                    broker.clone(),
+                    Arc::clone(&notifications),
+                    "notifications-1",
+                    guards.traces.clone(),
+                )
+                .await?,
+            ),
             None => None,
         };
         up(
@@ -468,8 +474,8 @@ impl System {
 
     /// Collects the events the scenario reports.
     fn observe(&self) {
-        // Every event, the per-call outcomes included: the breaker audit
-        // counts them.
+        // subscribe_all: the audit counts the outcome of every call the
+        // breaker permitted, which subscribe() leaves out.
         let mut breaker = self.payments_breaker.subscribe_all();
         let observed = Arc::clone(&self.observed);
         tokio::spawn(async move {
