@@ -668,6 +668,12 @@ async fn run_http_check(
     let Some(interval) = check.poll_interval() else {
         return;
     };
+    // Named in the traces, so that a gRPC check is not reported as HTTP.
+    let kind = match &check {
+        #[cfg(feature = "tonic")]
+        HealthCheck::Grpc(_) => "grpc",
+        _ => "http",
+    };
     let mut next = Instant::now();
     loop {
         let result = match &check {
@@ -696,7 +702,7 @@ async fn run_http_check(
                 (Ok(()), Health::Critical { .. }) => {
                     entry.health = Health::Passing;
                     service_state.publish(id.as_str());
-                    tracing::info!(backend = BACKEND, %service, %id, "HTTP check passing");
+                    tracing::info!(backend = BACKEND, %service, %id, check = kind, "health check passing");
                     inner.events.publish_with(|| RegistryEvent {
                         service: service.clone(),
                         id: id.clone(),
@@ -706,7 +712,7 @@ async fn run_http_check(
                 (Err(reason), Health::Passing) => {
                     entry.health = Health::Critical { since: now };
                     service_state.publish(id.as_str());
-                    tracing::warn!(backend = BACKEND, %service, %id, %reason, "HTTP check critical");
+                    tracing::warn!(backend = BACKEND, %service, %id, check = kind, %reason, "health check critical");
                     inner.events.publish_with(|| RegistryEvent {
                         service: service.clone(),
                         id: id.clone(),
@@ -714,7 +720,7 @@ async fn run_http_check(
                     });
                 }
                 (Err(reason), Health::Critical { since }) => {
-                    tracing::debug!(backend = BACKEND, %service, %id, %reason, "HTTP check still critical");
+                    tracing::debug!(backend = BACKEND, %service, %id, check = kind, %reason, "health check still critical");
                     if check
                         .deregister_critical_after()
                         .is_some_and(|after| now.duration_since(since) >= after)
