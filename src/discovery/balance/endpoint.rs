@@ -570,27 +570,7 @@ impl<S: Clone> WeightIndex<S> {
     /// the number of endpoints: a uniform pick with a uniform `n`.
     #[inline]
     pub(crate) fn nth(&self, n: usize) -> Option<&Endpoint<S>> {
-        let mut node = &*self.root;
-        let mut rest = n;
-        loop {
-            match node {
-                WeightNode::Slot(endpoint) => return endpoint.as_ref(),
-                WeightNode::Sum {
-                    left,
-                    right,
-                    left_count,
-                    ..
-                } => {
-                    let on_left = *left_count;
-                    if rest < on_left {
-                        node = left;
-                    } else {
-                        rest -= on_left;
-                        node = right;
-                    }
-                }
-            }
-        }
+        self.descend(n as u64, |left_count, _| left_count as u64)
     }
 
     /// The endpoint covering `point` (below [`total`](Self::total)) when
@@ -598,18 +578,29 @@ impl<S: Clone> WeightIndex<S> {
     /// found for as many points as its weight.
     #[inline]
     pub(crate) fn find(&self, point: u64) -> Option<&Endpoint<S>> {
+        self.descend(point, |_, left_weight| left_weight)
+    }
+
+    /// Walks from the root to the slot holding `rest`, measuring each left
+    /// subtree with `left_size(left_count, left_weight)`.
+    #[inline]
+    fn descend(
+        &self,
+        mut rest: u64,
+        left_size: impl Fn(usize, u64) -> u64,
+    ) -> Option<&Endpoint<S>> {
         let mut node = &*self.root;
-        let mut rest = point;
         loop {
             match node {
                 WeightNode::Slot(endpoint) => return endpoint.as_ref(),
                 WeightNode::Sum {
                     left,
                     right,
+                    left_count,
                     left_weight,
                     ..
                 } => {
-                    let on_left = *left_weight;
+                    let on_left = left_size(*left_count, *left_weight);
                     if rest < on_left {
                         node = left;
                     } else {
