@@ -98,14 +98,8 @@ async fn admin(system: &System, instance: &str, path: &str, body: Value) -> Resu
 async fn wait_settled(system: &System) -> Result<(), BoxError> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let orders = system
-            .client
-            .send(
-                &system.instance("orders-1")?.to_string(),
-                ApiCall::get("/orders"),
-            )
-            .await?;
-        let pending = orders.body.as_array().map_or(0, |orders| {
+        let orders = super::invariants::get(system, "orders-1", "/orders").await?;
+        let pending = orders.as_array().map_or(0, |orders| {
             orders.iter().filter(|o| o["status"] == "PENDING").count()
         });
         if pending == 0 {

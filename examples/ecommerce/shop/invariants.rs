@@ -29,7 +29,9 @@ pub struct Ledger {
     pub deliveries: u64,
 }
 
-async fn get(system: &System, instance: &str, path: &str) -> Result<Value, BoxError> {
+/// `GET path` on instance `instance` (not through the gateway): the JSON
+/// body of a 2xx reply, an error otherwise.
+pub async fn get(system: &System, instance: &str, path: &str) -> Result<Value, BoxError> {
     let reply: JsonReply = system
         .client
         .send(&system.instance(instance)?.to_string(), ApiCall::get(path))

@@ -586,15 +586,8 @@ async fn email_of(system: &System, order: &JsonReply, kind: &str) -> Result<Stri
     let event_id = format!("{}:{kind}", order.body["id"].as_str().unwrap_or_default());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let emails = system
-            .client
-            .send(
-                &system.instance("notifications-1")?.to_string(),
-                ApiCall::get("/emails"),
-            )
-            .await?;
+        let emails = super::invariants::get(system, "notifications-1", "/emails").await?;
         let sent = emails
-            .body
             .as_array()
             .is_some_and(|emails| emails.iter().any(|email| email["event_id"] == event_id));
         if sent {
