@@ -213,6 +213,9 @@ mod stage;
 
 pub use self::error::{PipelineError, Rejection, Stage, TimedOut};
 pub use self::future::ResponseFuture;
-pub use self::layer::{ExtraStages, Pipeline, PipelineBuilder};
+pub use self::layer::{CoreStages, ExtraStages, Layered, Pipeline, PipelineBuilder};
 pub use self::service::PipelineService;
-pub use self::stage::{NoRetry, Optional, OptionalFuture, StageClassifier};
+pub use self::stage::{
+    BoxErrors, BoxErrorsFuture, BreakerStage, BulkheadStage, NoRetry, RateLimiterStage,
+    RetryStage, Slot, StageClassifier, StageFuture, TimeoutStage,
+};
