@@ -99,8 +99,8 @@ use ::reqwest::{Request, Response};
 use crate::classify::{Classify, DefaultClassifier, HttpStatusClassifier, Outcome};
 use crate::error::{BoxError, find_cause};
 use crate::pipeline::{BreakerStage, NoRetry, Pipeline, RetryStage};
-use tower_layer::{Identity, Layer};
 use crate::retry::{CloneRequests, RetryPolicy, ServerDelay};
+use tower_layer::{Identity, Layer};
 
 /// The header that marks a request idempotent (not among `http`'s
 /// constants).
@@ -115,13 +115,8 @@ const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 /// as in [`Pipeline`]'s type (tower's `Identity` for a stage left out):
 /// `PipelineClient<RetryStage>` is the client of a pipeline with a retry
 /// stage only.
-pub type PipelineClient<
-    Re = Identity,
-    Br = Identity,
-    Rl = Identity,
-    To = Identity,
-    Bu = Identity,
-> = <ReqwestPipeline<Re, Br, Rl, To, Bu> as Layer<::reqwest::Client>>::Service;
+pub type PipelineClient<Re = Identity, Br = Identity, Rl = Identity, To = Identity, Bu = Identity> =
+    <ReqwestPipeline<Re, Br, Rl, To, Bu> as Layer<::reqwest::Client>>::Service;
 
 /// The pipeline [`client`] makes of a `Pipeline<Re, Br, Rl, To, Bu>`.
 type ReqwestPipeline<Re, Br, Rl, To, Bu> =

@@ -383,7 +383,10 @@ async fn each_stage_is_optional() {
     // Each stage changes the builder's type (its own slot), so each
     // pipeline is built apart.
     let backend = Backend::default();
-    let service = Pipeline::builder("s").build().unwrap().layer(backend.clone());
+    let service = Pipeline::builder("s")
+        .build()
+        .unwrap()
+        .layer(backend.clone());
     answers_and_fails("none", service, &backend).await;
 
     let backend = Backend::default();

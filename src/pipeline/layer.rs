@@ -22,8 +22,7 @@ use crate::retry::{Retry, RetryLayer};
 
 use super::service::PipelineService;
 use super::stage::{
-    BoxErrors, BreakerStage, BulkheadStage, RateLimiterStage, RetryStage, Slot,
-    TimeoutStage,
+    BoxErrors, BreakerStage, BulkheadStage, RateLimiterStage, RetryStage, Slot, TimeoutStage,
 };
 
 const COMPONENT: &str = "pipeline";
@@ -187,13 +186,7 @@ where
     Co: Layer<Fb::Service>,
     Ca: Layer<Co::Service>,
 {
-    type Service = OuterStages<
-        Layered<InnerStages<S, Ad, Ch>, Re, Br, Rl, To, Bu>,
-        Ca,
-        Co,
-        Fb,
-        He,
-    >;
+    type Service = OuterStages<Layered<InnerStages<S, Ad, Ch>, Re, Br, Rl, To, Bu>, Ca, Co, Fb, He>;
 
     fn layer(&self, service: S) -> Self::Service {
         let extra = &self.extra;

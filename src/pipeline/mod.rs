@@ -215,7 +215,11 @@ pub use self::error::{PipelineError, Rejection, Stage, TimedOut};
 pub use self::future::ResponseFuture;
 pub use self::layer::{CoreStages, ExtraStages, Layered, Pipeline, PipelineBuilder};
 pub use self::service::PipelineService;
+/// tower's `Identity` layer: the slot of a core stage left out, in
+/// [`Pipeline`]'s and [`PipelineBuilder`]'s types.
+pub use tower_layer::Identity;
+
 pub use self::stage::{
-    BoxErrors, BoxErrorsFuture, BreakerStage, BulkheadStage, NoRetry, RateLimiterStage,
-    RetryStage, Slot, StageClassifier, StageFuture, TimeoutStage,
+    BoxErrors, BoxErrorsFuture, BreakerStage, BulkheadStage, NoRetry, RateLimiterStage, RetryStage,
+    Slot, StageClassifier, StageFuture, TimeoutStage,
 };

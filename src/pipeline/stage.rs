@@ -145,7 +145,11 @@ impl<RC, RP> RetryStage<RC, RP> {
     /// The same stage with `classifier` (rejections treated as before)
     /// and `policy`.
     #[cfg(feature = "reqwest")]
-    pub(crate) fn with_classifier_and_policy<C, P>(self, classifier: C, policy: P) -> RetryStage<C, P> {
+    pub(crate) fn with_classifier_and_policy<C, P>(
+        self,
+        classifier: C,
+        policy: P,
+    ) -> RetryStage<C, P> {
         let stage = self.layer.classifier().around(classifier);
         RetryStage {
             layer: self.layer.with_classifier(stage).with_policy(policy),
@@ -383,7 +387,10 @@ pub trait StageFuture: sealed::Sealed {
     }
 }
 
-impl<S, Req, C, P> sealed::Sealed for crate::retry::ResponseFuture<S, Req, C, P> where S: Service<Req> {}
+impl<S, Req, C, P> sealed::Sealed for crate::retry::ResponseFuture<S, Req, C, P> where
+    S: Service<Req>
+{
+}
 impl<S, Req, C, P> StageFuture for crate::retry::ResponseFuture<S, Req, C, P>
 where
     S: Service<Req>,
