@@ -357,6 +357,40 @@ async fn a_timed_out_attempt_is_retried() {
     assert_eq!(started.elapsed(), Duration::from_millis(2010));
 }
 
+#[test]
+fn a_stage_left_out_is_not_in_the_service() {
+    use palisade::circuit_breaker::CircuitBreakerService;
+    use palisade::classify::DefaultClassifier;
+    use palisade::pipeline::{BoxErrors, PipelineService, StageClassifier};
+    use tower::timeout::Timeout;
+
+    // No stage: the service itself, its errors boxed, in the pipeline's
+    // span; no wrapper for the stages left out.
+    let empty: PipelineService<BoxErrors<Backend>> = Pipeline::builder("s")
+        .build()
+        .unwrap()
+        .layer(Backend::default());
+    assert_eq!(empty.name(), "s");
+
+    // A breaker and a timeout, added in either order: those two layers,
+    // in the pipeline's order, and nothing else.
+    type BreakerAndTimeout = PipelineService<
+        CircuitBreakerService<Timeout<BoxErrors<Backend>>, StageClassifier<DefaultClassifier>>,
+    >;
+    let _: BreakerAndTimeout = Pipeline::builder("s")
+        .timeout(Duration::from_secs(1))
+        .circuit_breaker(CircuitBreaker::with_defaults("s"))
+        .build()
+        .unwrap()
+        .layer(Backend::default());
+    let _: BreakerAndTimeout = Pipeline::builder("s")
+        .circuit_breaker(CircuitBreaker::with_defaults("s"))
+        .timeout(Duration::from_secs(1))
+        .build()
+        .unwrap()
+        .layer(Backend::default());
+}
+
 /// Calls `service` once with a success and once with the backend's failure.
 async fn answers_and_fails<S>(name: &str, mut service: S, backend: &Backend)
 where
