@@ -137,11 +137,6 @@ impl<RC: Clone, RP> RetryStage<RC, RP> {
 }
 
 impl<RC, RP> RetryStage<RC, RP> {
-    /// The stage's layer.
-    pub fn layer(&self) -> &RetryLayer<StageClassifier<RC>, RP> {
-        &self.layer
-    }
-
     /// The same stage with `classifier` (rejections treated as before)
     /// and `policy`.
     #[cfg(feature = "reqwest")]
@@ -216,11 +211,6 @@ impl<BC: Clone> BreakerStage<BC> {
 }
 
 impl<BC> BreakerStage<BC> {
-    /// The stage's layer.
-    pub fn layer(&self) -> &CircuitBreakerLayer<StageClassifier<BC>> {
-        &self.layer
-    }
-
     /// The same stage with `classifier` (rejections treated as before).
     #[cfg(feature = "reqwest")]
     pub(crate) fn with_classifier<C>(self, classifier: C) -> BreakerStage<C> {
