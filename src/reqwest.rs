@@ -58,7 +58,7 @@
 //!     .with_classifier(ReqwestClassifier::new().count_too_many_requests(false));
 //! let pipeline = Pipeline::builder("orders").retry(retry).circuit_breaker(breaker).build()?;
 //! let orders = ServiceBuilder::new().layer(pipeline).service(reqwest::Client::new());
-//! # let _: &palisade::pipeline::PipelineService<reqwest::Client, _, _, _> = &orders;
+//! # let _: &palisade::pipeline::PipelineService<_> = &orders;
 //! # Ok::<(), palisade::ConfigError>(())
 //! ```
 //!
@@ -98,8 +98,9 @@ use ::reqwest::{Request, Response};
 
 use crate::classify::{Classify, DefaultClassifier, HttpStatusClassifier, Outcome};
 use crate::error::{BoxError, find_cause};
-use crate::pipeline::{NoRetry, Pipeline, PipelineService};
+use crate::pipeline::{BreakerStage, NoRetry, Pipeline, RetryStage};
 use crate::retry::{CloneRequests, RetryPolicy, ServerDelay};
+use tower_layer::{Identity, Layer};
 
 /// The header that marks a request idempotent (not among `http`'s
 /// constants).
@@ -109,8 +110,17 @@ const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 /// [`ReqwestClassifier`] and retried with [`ReqwestRetryPolicy`]; built by
 /// [`client`]. A `tower::Service<reqwest::Request>` whose errors are
 /// [`PipelineError`](crate::pipeline::PipelineError)s.
-pub type PipelineClient =
-    PipelineService<::reqwest::Client, ReqwestClassifier, ReqwestRetryPolicy, ReqwestClassifier>;
+///
+/// Its parameters are the core stages of the pipeline given to [`client`],
+/// as in [`Pipeline`]'s type (tower's `Identity` for a stage left out):
+/// `PipelineClient<RetryStage>` is the client of a pipeline with a retry
+/// stage only.
+pub type PipelineClient<Re = Identity, Br = Identity, Rl = Identity, To = Identity, Bu = Identity> =
+    <ReqwestPipeline<Re, Br, Rl, To, Bu> as Layer<::reqwest::Client>>::Service;
+
+/// The pipeline [`client`] makes of a `Pipeline<Re, Br, Rl, To, Bu>`.
+type ReqwestPipeline<Re, Br, Rl, To, Bu> =
+    Pipeline<<Re as DefaultStage>::Reqwest, <Br as DefaultStage>::Reqwest, Rl, To, Bu>;
 
 /// Puts `pipeline` around `client`: the one-line assembly.
 ///
@@ -123,16 +133,17 @@ pub type PipelineClient =
 /// the [module docs](self) show.
 ///
 /// See the [module docs](self) for an example.
-pub fn client<RP>(
+pub fn client<Re, Br, Rl, To, Bu>(
     client: ::reqwest::Client,
-    pipeline: Pipeline<DefaultClassifier, RP, DefaultClassifier>,
-) -> PipelineClient
+    pipeline: Pipeline<Re, Br, Rl, To, Bu>,
+) -> PipelineClient<Re, Br, Rl, To, Bu>
 where
-    RP: DefaultRetryPolicy,
+    Re: DefaultStage,
+    Br: DefaultStage,
+    ReqwestPipeline<Re, Br, Rl, To, Bu>: Layer<::reqwest::Client>,
 {
-    let pipeline =
-        pipeline.with_classifier_and_policy(ReqwestClassifier::new(), ReqwestRetryPolicy);
-    tower_layer::Layer::layer(&pipeline, client)
+    let pipeline = pipeline.map_classified(DefaultStage::reqwest, DefaultStage::reqwest);
+    pipeline.layer(client)
 }
 
 /// The retry policies of a pipeline that [`client`] accepts and replaces
@@ -145,10 +156,50 @@ pub trait DefaultRetryPolicy: sealed::Sealed {}
 impl DefaultRetryPolicy for NoRetry {}
 impl DefaultRetryPolicy for CloneRequests {}
 
+/// A retry or circuit breaker slot of a pipeline that [`client`] accepts:
+/// the stage left out (tower's `Identity`), or the stage with the builder's
+/// default classifier (and, for the retry, a [`DefaultRetryPolicy`]).
+/// [`client`] replaces them with [`ReqwestClassifier`] and
+/// [`ReqwestRetryPolicy`]. Sealed.
+pub trait DefaultStage: sealed::Sealed {
+    /// The slot as [`client`] fits it to `reqwest`.
+    type Reqwest;
+
+    /// Fits the slot to `reqwest`.
+    fn reqwest(self) -> Self::Reqwest;
+}
+
+impl DefaultStage for Identity {
+    type Reqwest = Identity;
+
+    fn reqwest(self) -> Identity {
+        self
+    }
+}
+
+impl<RP: DefaultRetryPolicy> DefaultStage for RetryStage<DefaultClassifier, RP> {
+    type Reqwest = RetryStage<ReqwestClassifier, ReqwestRetryPolicy>;
+
+    fn reqwest(self) -> Self::Reqwest {
+        self.with_classifier_and_policy(ReqwestClassifier::new(), ReqwestRetryPolicy)
+    }
+}
+
+impl DefaultStage for BreakerStage<DefaultClassifier> {
+    type Reqwest = BreakerStage<ReqwestClassifier>;
+
+    fn reqwest(self) -> Self::Reqwest {
+        self.with_classifier(ReqwestClassifier::new())
+    }
+}
+
 mod sealed {
     pub trait Sealed {}
     impl Sealed for crate::pipeline::NoRetry {}
     impl Sealed for crate::retry::CloneRequests {}
+    impl Sealed for tower_layer::Identity {}
+    impl<RP> Sealed for crate::pipeline::RetryStage<crate::classify::DefaultClassifier, RP> {}
+    impl Sealed for crate::pipeline::BreakerStage<crate::classify::DefaultClassifier> {}
 }
 
 /// Classifies the outcome of a `reqwest::Client` call.

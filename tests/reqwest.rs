@@ -24,7 +24,7 @@ use palisade::circuit_breaker::{
     CircuitBreaker, CircuitBreakerConfig, CircuitState, SlidingWindow,
 };
 use palisade::classify::{Classify, HttpStatusClassifier, Outcome};
-use palisade::pipeline::{Pipeline, PipelineError, Stage};
+use palisade::pipeline::{Pipeline, PipelineError, RetryStage, Stage};
 use palisade::reqwest::PipelineClient;
 use palisade::reqwest::{ReqwestClassifier, ReqwestRetryPolicy, mark_idempotent};
 use palisade::retry::{GiveUpReason, Retry, RetryConfig, RetryEventKind};
@@ -191,7 +191,7 @@ fn retry(name: &str) -> Retry {
     )
 }
 
-fn retrying_client(name: &str) -> (PipelineClient, Retry) {
+fn retrying_client(name: &str) -> (PipelineClient<RetryStage>, Retry) {
     let retry = retry(name);
     let pipeline = Pipeline::builder(name)
         .retry(retry.clone())
@@ -203,10 +203,10 @@ fn retrying_client(name: &str) -> (PipelineClient, Retry) {
     )
 }
 
-async fn send(
-    client: &mut PipelineClient,
-    request: Request,
-) -> Result<reqwest::Response, PipelineError> {
+async fn send<S>(client: &mut S, request: Request) -> Result<reqwest::Response, PipelineError>
+where
+    S: Service<Request, Response = reqwest::Response, Error = PipelineError>,
+{
     client.ready().await?.call(request).await
 }
 

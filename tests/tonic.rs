@@ -30,7 +30,7 @@ use palisade::discovery::{
     Picker, Registrar, Registration, Registry, make_fn,
 };
 use palisade::find_cause;
-use palisade::pipeline::{Pipeline, PipelineError};
+use palisade::pipeline::{BreakerStage, Identity, Pipeline, PipelineError};
 use palisade::rate_limit::{RateLimited, RateLimiter, RateLimiterConfig};
 use palisade::retry::{Retry, RetryConfig};
 use palisade::tonic::GrpcRetryPolicy;
@@ -255,11 +255,7 @@ fn retry(name: &str) -> Retry {
 
 fn breaker_pipeline(
     breaker: &CircuitBreaker,
-) -> Pipeline<
-    palisade::classify::DefaultClassifier,
-    palisade::pipeline::NoRetry,
-    GrpcStatusClassifier,
-> {
+) -> Pipeline<Identity, BreakerStage<GrpcStatusClassifier>> {
     Pipeline::builder("health")
         .circuit_breaker(breaker.layer().with_classifier(GrpcStatusClassifier::new()))
         .build()

@@ -127,7 +127,8 @@ impl std::error::Error for TimedOut {}
 #[derive(Debug)]
 pub struct Rejection {
     stage: Stage,
-    marker: Rejected,
+    // Carries the marker (itself or as its source): found again when asked
+    // for rather than cloned into every rejection.
     error: BoxError,
 }
 
@@ -141,7 +142,7 @@ impl Rejection {
 
     /// The marker the layer's error carried: the kind of layer and its name.
     pub fn rejected(&self) -> &Rejected {
-        &self.marker
+        own_rejection(&*self.error).expect("a rejection's error carries its marker")
     }
 
     /// The layer's own error, e.g. a
@@ -164,7 +165,7 @@ impl Rejection {
 impl fmt::Display for Rejection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("rejected by the ")?;
-        write_layer_kind(f, self.marker.layer())?;
+        write_layer_kind(f, self.rejected().layer())?;
         write!(f, ": {}", self.error)
     }
 }
@@ -243,10 +244,8 @@ impl PipelineError {
     /// its type, so a new rejecting layer needs no change here.
     pub(crate) fn from_stages(error: BoxError, timeout: Option<Duration>) -> Self {
         if let Some(marker) = own_rejection(&*error) {
-            let marker = marker.clone();
             return PipelineError::Rejected(Rejection {
                 stage: Stage::from_name(marker.layer()).unwrap_or(Stage::Service),
-                marker,
                 error,
             });
         }

@@ -4,26 +4,26 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tower::timeout::Timeout;
 use tower_layer::{Identity, Layer};
 
 use crate::adaptive_concurrency::AdaptiveConcurrencyLayer;
-use crate::bulkhead::{Bulkhead, BulkheadService};
+use crate::bulkhead::Bulkhead;
 #[cfg(feature = "cache")]
 use crate::cache::CacheLayer;
 #[cfg(feature = "chaos")]
 use crate::chaos::ChaosLayer;
-use crate::circuit_breaker::{CircuitBreakerLayer, CircuitBreakerService};
-use crate::classify::DefaultClassifier;
+use crate::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
 use crate::coalesce::CoalesceLayer;
 use crate::error::ConfigError;
 use crate::fallback::FallbackLayer;
 use crate::hedge::HedgeLayer;
-use crate::rate_limit::{RateLimiter, RateLimiterService};
-use crate::retry::{Retry, RetryLayer, RetryService};
+use crate::rate_limit::RateLimiter;
+use crate::retry::{Retry, RetryLayer};
 
 use super::service::PipelineService;
-use super::stage::{NoRetry, Optional, StageClassifier};
+use super::stage::{
+    BoxErrors, BreakerStage, BulkheadStage, RateLimiterStage, RetryStage, Slot, TimeoutStage,
+};
 
 const COMPONENT: &str = "pipeline";
 
@@ -40,18 +40,30 @@ pub(crate) struct Shared {
 /// A `Pipeline` is a `tower::Layer`: every service it wraps shares its
 /// stages' state (one breaker, one bulkhead, one budget).
 ///
-/// `RP` is the retry stage's [`RetryPolicy`](crate::retry::RetryPolicy),
-/// which decides how requests are copied for another attempt; it is
-/// [`NoRetry`] when there is no retry stage, and such a pipeline accepts
-/// requests that are not `Clone`. `RC` and `BC` are the retry's and the
-/// breaker's classifiers.
-pub struct Pipeline<RC = DefaultClassifier, RP = NoRetry, BC = DefaultClassifier, X = ExtraStages> {
+/// Each core stage has its own slot in the type, tower's [`Identity`] when
+/// the stage is left out, so a stage left out costs nothing at all:
+/// `Re` is the retry stage ([`RetryStage`], whose policy decides how
+/// requests are copied for another attempt; without one the pipeline
+/// accepts requests that are not `Clone`), `Br` the circuit breaker
+/// ([`BreakerStage`]), `Rl` the rate limiter ([`RateLimiterStage`]), `To`
+/// the timeout ([`TimeoutStage`]), `Bu` the bulkhead ([`BulkheadStage`]),
+/// and `X` the [`ExtraStages`] around and inside them. `Pipeline` alone is
+/// the pipeline with no stage.
+pub struct Pipeline<
+    Re = Identity,
+    Br = Identity,
+    Rl = Identity,
+    To = Identity,
+    Bu = Identity,
+    X = ExtraStages,
+> {
     pub(crate) shared: Arc<Shared>,
     extra: X,
-    retry: Option<RetryLayer<StageClassifier<RC>, RP>>,
-    circuit_breaker: Option<CircuitBreakerLayer<StageClassifier<BC>>>,
-    rate_limiter: Option<RateLimiter>,
-    bulkhead: Option<Bulkhead>,
+    retry: Re,
+    circuit_breaker: Br,
+    rate_limiter: Rl,
+    timeout: To,
+    bulkhead: Bu,
 }
 
 impl Pipeline {
@@ -61,37 +73,44 @@ impl Pipeline {
         PipelineBuilder {
             name: name.into(),
             extra: ExtraStages::default(),
-            retry: None,
+            retry: Identity::new(),
             retry_rejections: false,
-            circuit_breaker: None,
-            rate_limiter: None,
-            timeout: None,
-            bulkhead: None,
+            circuit_breaker: Identity::new(),
+            rate_limiter: Identity::new(),
+            timeout: Identity::new(),
+            bulkhead: Identity::new(),
         }
     }
 }
 
-impl<RC, RP, BC, X> Pipeline<RC, RP, BC, X> {
+impl<Re, Br, Rl, To, Bu, X> Pipeline<Re, Br, Rl, To, Bu, X> {
     /// The pipeline's name.
     pub fn name(&self) -> &str {
         &self.shared.name
     }
 
     /// The retry stage, if any (for its metrics and events).
-    pub fn retry(&self) -> Option<&Retry> {
-        self.retry.as_ref().map(RetryLayer::retry)
+    pub fn retry(&self) -> Option<&Retry>
+    where
+        Re: Slot<Retry>,
+    {
+        self.retry.stage()
     }
 
     /// The circuit breaker stage, if any.
-    pub fn circuit_breaker(&self) -> Option<&crate::circuit_breaker::CircuitBreaker> {
-        self.circuit_breaker
-            .as_ref()
-            .map(CircuitBreakerLayer::breaker)
+    pub fn circuit_breaker(&self) -> Option<&CircuitBreaker>
+    where
+        Br: Slot<CircuitBreaker>,
+    {
+        self.circuit_breaker.stage()
     }
 
     /// The rate limiter stage, if any.
-    pub fn rate_limiter(&self) -> Option<&RateLimiter> {
-        self.rate_limiter.as_ref()
+    pub fn rate_limiter(&self) -> Option<&RateLimiter>
+    where
+        Rl: Slot<RateLimiter>,
+    {
+        self.rate_limiter.stage()
     }
 
     /// The timeout stage's limit, if any.
@@ -100,79 +119,86 @@ impl<RC, RP, BC, X> Pipeline<RC, RP, BC, X> {
     }
 
     /// The bulkhead stage, if any.
-    pub fn bulkhead(&self) -> Option<&Bulkhead> {
-        self.bulkhead.as_ref()
+    pub fn bulkhead(&self) -> Option<&Bulkhead>
+    where
+        Bu: Slot<Bulkhead>,
+    {
+        self.bulkhead.stage()
     }
-}
 
-#[cfg(feature = "reqwest")]
-impl<RC, RP, BC, X> Pipeline<RC, RP, BC, X> {
-    /// The same stages with `classifier` as the retry's and the breaker's
-    /// classifier (rejections handled as configured) and `policy` as the
-    /// retry's policy: how `palisade::reqwest::client` fits a pipeline to
-    /// `reqwest`.
-    pub(crate) fn with_classifier_and_policy<C: Clone, P>(
+    /// The same stages with the retry and the breaker stages replaced by
+    /// `f` and `g` of them: how `palisade::reqwest::client` fits a
+    /// pipeline to `reqwest`.
+    #[cfg(feature = "reqwest")]
+    pub(crate) fn map_classified<Re2, Br2>(
         self,
-        classifier: C,
-        policy: P,
-    ) -> Pipeline<C, P, C, X> {
+        f: impl FnOnce(Re) -> Re2,
+        g: impl FnOnce(Br) -> Br2,
+    ) -> Pipeline<Re2, Br2, Rl, To, Bu, X> {
         Pipeline {
             shared: self.shared,
             extra: self.extra,
-            retry: self.retry.map(|layer| {
-                let stage = layer.classifier().around(classifier.clone());
-                layer.with_classifier(stage).with_policy(policy)
-            }),
-            circuit_breaker: self.circuit_breaker.map(|layer| {
-                let stage = layer.classifier().around(classifier);
-                layer.with_classifier(stage)
-            }),
+            retry: f(self.retry),
+            circuit_breaker: g(self.circuit_breaker),
             rate_limiter: self.rate_limiter,
+            timeout: self.timeout,
             bulkhead: self.bulkhead,
         }
     }
 }
 
-pub(crate) type BulkheadStage<S> = Optional<BulkheadService<S>, S>;
-pub(crate) type TimeoutStage<S> = Optional<Timeout<BulkheadStage<S>>, BulkheadStage<S>>;
-pub(crate) type RateLimitStage<S> = Optional<RateLimiterService<TimeoutStage<S>>, TimeoutStage<S>>;
-pub(crate) type BreakerStage<S, BC> =
-    Optional<CircuitBreakerService<RateLimitStage<S>, StageClassifier<BC>>, RateLimitStage<S>>;
-pub(crate) type RetryStage<S, RC, RP, BC> =
-    Optional<RetryService<BreakerStage<S, BC>, StageClassifier<RC>, RP>, BreakerStage<S, BC>>;
+/// The core stages of a pipeline (retry, breaker, rate limiter, timeout,
+/// bulkhead; each tower's [`Identity`] when left out) around `S`, whose
+/// errors are boxed first: the service inside a [`PipelineService`].
+pub type CoreStages<S, Re = Identity, Br = Identity, Rl = Identity, To = Identity, Bu = Identity> =
+    <Re as Layer<
+        <Br as Layer<
+            <Rl as Layer<<To as Layer<<Bu as Layer<BoxErrors<S>>>::Service>>::Service>>::Service,
+        >>::Service,
+    >>::Service;
+
+/// The service a [`Pipeline`] with these core stages and no extra stage
+/// makes of `S`.
+pub type Layered<S, Re = Identity, Br = Identity, Rl = Identity, To = Identity, Bu = Identity> =
+    PipelineService<CoreStages<S, Re, Br, Rl, To, Bu>>;
 
 /// The services under the bulkhead: the chaos stage around the service, the
 /// adaptive concurrency limit around that.
 pub(crate) type InnerStages<S, Ad, Ch> = <Ad as Layer<<Ch as Layer<S>>::Service>>::Service;
-
-/// The core stages (retry to bulkhead) with the inner ones, in their span.
-pub(crate) type CoreStages<S, RC, RP, BC, Ad, Ch> =
-    PipelineService<InnerStages<S, Ad, Ch>, RC, RP, BC>;
 
 /// The outer stages around the core: hedging, fallback, coalescing, cache.
 pub(crate) type OuterStages<T, Ca, Co, Fb, He> = <Ca as Layer<
     <Co as Layer<<Fb as Layer<<He as Layer<T>>::Service>>::Service>>::Service,
 >>::Service;
 
-impl<S, RC, RP, BC, Ca, Co, Fb, He, Ad, Ch> Layer<S>
-    for Pipeline<RC, RP, BC, ExtraStages<Ca, Co, Fb, He, Ad, Ch>>
+impl<S, Re, Br, Rl, To, Bu, Ca, Co, Fb, He, Ad, Ch> Layer<S>
+    for Pipeline<Re, Br, Rl, To, Bu, ExtraStages<Ca, Co, Fb, He, Ad, Ch>>
 where
-    RC: Clone,
-    RP: Clone,
-    BC: Clone,
     Ch: Layer<S>,
     Ad: Layer<Ch::Service>,
-    He: Layer<CoreStages<S, RC, RP, BC, Ad, Ch>>,
+    Bu: Layer<BoxErrors<Ad::Service>>,
+    To: Layer<Bu::Service>,
+    Rl: Layer<To::Service>,
+    Br: Layer<Rl::Service>,
+    Re: Layer<Br::Service>,
+    He: Layer<PipelineService<Re::Service>>,
     Fb: Layer<He::Service>,
     Co: Layer<Fb::Service>,
     Ca: Layer<Co::Service>,
 {
-    type Service = OuterStages<CoreStages<S, RC, RP, BC, Ad, Ch>, Ca, Co, Fb, He>;
+    type Service = OuterStages<Layered<InnerStages<S, Ad, Ch>, Re, Br, Rl, To, Bu>, Ca, Co, Fb, He>;
 
     fn layer(&self, service: S) -> Self::Service {
         let extra = &self.extra;
         let service = extra.adaptive.layer(extra.chaos.layer(service));
-        let service = self.layer_core(service);
+        // The core stages, retry (outermost) to bulkhead (innermost),
+        // inside the pipeline's span.
+        let service = self.bulkhead.layer(BoxErrors::new(service));
+        let service = self.timeout.layer(service);
+        let service = self.rate_limiter.layer(service);
+        let service = self.circuit_breaker.layer(service);
+        let service = self.retry.layer(service);
+        let service = PipelineService::new(service, Arc::clone(&self.shared));
         let service = extra.hedge.layer(service);
         let service = extra.fallback.layer(service);
         let service = extra.coalesce.layer(service);
@@ -180,35 +206,9 @@ where
     }
 }
 
-impl<RC: Clone, RP: Clone, BC: Clone, X> Pipeline<RC, RP, BC, X> {
-    /// Stacks the core stages, retry (outermost) to bulkhead (innermost),
-    /// around `service`, inside the pipeline's span.
-    fn layer_core<S>(&self, service: S) -> PipelineService<S, RC, RP, BC> {
-        let service = match &self.bulkhead {
-            Some(bulkhead) => Optional::On(BulkheadService::new(service, bulkhead.clone())),
-            None => Optional::Off(service),
-        };
-        let service = match self.shared.timeout {
-            Some(timeout) => Optional::On(Timeout::new(service, timeout)),
-            None => Optional::Off(service),
-        };
-        let service = match &self.rate_limiter {
-            Some(limiter) => Optional::On(RateLimiterService::new(service, limiter.clone())),
-            None => Optional::Off(service),
-        };
-        let service = match &self.circuit_breaker {
-            Some(layer) => Optional::On(layer.layer(service)),
-            None => Optional::Off(service),
-        };
-        let service = match &self.retry {
-            Some(layer) => Optional::On(layer.layer(service)),
-            None => Optional::Off(service),
-        };
-        PipelineService::new(service, Arc::clone(&self.shared))
-    }
-}
-
-impl<RC: Clone, RP: Clone, BC: Clone, X: Clone> Clone for Pipeline<RC, RP, BC, X> {
+impl<Re: Clone, Br: Clone, Rl: Clone, To: Clone, Bu: Clone, X: Clone> Clone
+    for Pipeline<Re, Br, Rl, To, Bu, X>
+{
     fn clone(&self) -> Self {
         Self {
             shared: Arc::clone(&self.shared),
@@ -216,29 +216,35 @@ impl<RC: Clone, RP: Clone, BC: Clone, X: Clone> Clone for Pipeline<RC, RP, BC, X
             retry: self.retry.clone(),
             circuit_breaker: self.circuit_breaker.clone(),
             rate_limiter: self.rate_limiter.clone(),
+            timeout: self.timeout.clone(),
             bulkhead: self.bulkhead.clone(),
         }
     }
 }
 
-impl<RC, RP, BC, X> fmt::Debug for Pipeline<RC, RP, BC, X> {
+impl<Re, Br, Rl, To, Bu, X> fmt::Debug for Pipeline<Re, Br, Rl, To, Bu, X>
+where
+    Re: Slot<Retry>,
+    Br: Slot<CircuitBreaker>,
+    Rl: Slot<RateLimiter>,
+    Bu: Slot<Bulkhead>,
+{
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Pipeline")
             .field("name", &self.shared.name)
             .field("retry", &self.retry().map(Retry::name))
             .field("circuit_breaker", &self.circuit_breaker().map(|b| b.name()))
-            .field(
-                "rate_limiter",
-                &self.rate_limiter.as_ref().map(RateLimiter::name),
-            )
+            .field("rate_limiter", &self.rate_limiter().map(RateLimiter::name))
             .field("timeout", &self.shared.timeout)
-            .field("bulkhead", &self.bulkhead.as_ref().map(Bulkhead::name))
+            .field("bulkhead", &self.bulkhead().map(Bulkhead::name))
             .finish()
     }
 }
 
 /// Builds a [`Pipeline`]; the order in which stages are added does not
-/// matter, the pipeline always stacks them in resilience4j's order.
+/// matter, the pipeline always stacks them in resilience4j's order. Each
+/// stage added changes the builder's type (its slot, tower's [`Identity`]
+/// until then, holds the stage).
 ///
 /// ```
 /// use std::time::Duration;
@@ -258,22 +264,24 @@ impl<RC, RP, BC, X> fmt::Debug for Pipeline<RC, RP, BC, X> {
 /// ```
 #[must_use = "call .build() to get a pipeline"]
 pub struct PipelineBuilder<
-    RC = DefaultClassifier,
-    RP = NoRetry,
-    BC = DefaultClassifier,
+    Re = Identity,
+    Br = Identity,
+    Rl = Identity,
+    To = Identity,
+    Bu = Identity,
     X = ExtraStages,
 > {
     name: Arc<str>,
     extra: X,
-    retry: Option<RetryLayer<RC, RP>>,
+    retry: Re,
     retry_rejections: bool,
-    circuit_breaker: Option<CircuitBreakerLayer<BC>>,
-    rate_limiter: Option<RateLimiter>,
-    timeout: Option<Duration>,
-    bulkhead: Option<Bulkhead>,
+    circuit_breaker: Br,
+    rate_limiter: Rl,
+    timeout: To,
+    bulkhead: Bu,
 }
 
-impl<RC, RP, BC, X> PipelineBuilder<RC, RP, BC, X> {
+impl<Re, Br, Rl, To, Bu, X> PipelineBuilder<Re, Br, Rl, To, Bu, X> {
     /// The retry stage (outermost): a [`Retry`], or a [`RetryLayer`] with
     /// its own classifier or policy. Every retry goes through the breaker,
     /// the rate limiter, the timeout and the bulkhead again.
@@ -286,15 +294,15 @@ impl<RC, RP, BC, X> PipelineBuilder<RC, RP, BC, X> {
     /// ([`CloneRequests`](crate::retry::CloneRequests), so the pipeline then
     /// needs `Req: Clone`); give the layer another policy with
     /// [`RetryLayer::with_policy`]. Without this stage the pipeline accepts
-    /// any request type (see [`NoRetry`]).
-    pub fn retry<RC2, RP2>(
+    /// any request type (see [`NoRetry`](super::NoRetry)).
+    pub fn retry<RC: Clone, RP>(
         self,
-        retry: impl Into<RetryLayer<RC2, RP2>>,
-    ) -> PipelineBuilder<RC2, RP2, BC, X> {
+        retry: impl Into<RetryLayer<RC, RP>>,
+    ) -> PipelineBuilder<RetryStage<RC, RP>, Br, Rl, To, Bu, X> {
         PipelineBuilder {
             name: self.name,
             extra: self.extra,
-            retry: Some(retry.into()),
+            retry: RetryStage::new(retry.into(), false),
             retry_rejections: self.retry_rejections,
             circuit_breaker: self.circuit_breaker,
             rate_limiter: self.rate_limiter,
@@ -313,20 +321,20 @@ impl<RC, RP, BC, X> PipelineBuilder<RC, RP, BC, X> {
         self
     }
 
-    /// The circuit breaker stage: a [`CircuitBreaker`](crate::circuit_breaker::CircuitBreaker),
+    /// The circuit breaker stage: a [`CircuitBreaker`],
     /// or a [`CircuitBreakerLayer`] with its own classifier. The bulkhead's
     /// and the rate limiter's rejections are never counted as failures;
     /// the timeout stage's are.
-    pub fn circuit_breaker<BC2>(
+    pub fn circuit_breaker<BC: Clone>(
         self,
-        breaker: impl Into<CircuitBreakerLayer<BC2>>,
-    ) -> PipelineBuilder<RC, RP, BC2, X> {
+        breaker: impl Into<CircuitBreakerLayer<BC>>,
+    ) -> PipelineBuilder<Re, BreakerStage<BC>, Rl, To, Bu, X> {
         PipelineBuilder {
             name: self.name,
             extra: self.extra,
             retry: self.retry,
             retry_rejections: self.retry_rejections,
-            circuit_breaker: Some(breaker.into()),
+            circuit_breaker: BreakerStage::new(breaker.into()),
             rate_limiter: self.rate_limiter,
             timeout: self.timeout,
             bulkhead: self.bulkhead,
@@ -335,9 +343,20 @@ impl<RC, RP, BC, X> PipelineBuilder<RC, RP, BC, X> {
 
     /// The rate limiter stage, inside the breaker: a call the limiter
     /// rejects is not the dependency's failure.
-    pub fn rate_limiter(mut self, limiter: RateLimiter) -> Self {
-        self.rate_limiter = Some(limiter);
-        self
+    pub fn rate_limiter(
+        self,
+        limiter: RateLimiter,
+    ) -> PipelineBuilder<Re, Br, RateLimiterStage, To, Bu, X> {
+        PipelineBuilder {
+            name: self.name,
+            extra: self.extra,
+            retry: self.retry,
+            retry_rejections: self.retry_rejections,
+            circuit_breaker: self.circuit_breaker,
+            rate_limiter: RateLimiterStage::new(limiter),
+            timeout: self.timeout,
+            bulkhead: self.bulkhead,
+        }
     }
 
     /// The timeout stage (tower's `Timeout`): each attempt that runs
@@ -345,71 +364,89 @@ impl<RC, RP, BC, X> PipelineBuilder<RC, RP, BC, X> {
     /// which the breaker counts as a failure and the retry may retry. It
     /// bounds the call, not the wait for a bulkhead permit (the bulkhead's
     /// `max_wait_duration` bounds that). Must be more than zero.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
-        self
+    pub fn timeout(self, timeout: Duration) -> PipelineBuilder<Re, Br, Rl, TimeoutStage, Bu, X> {
+        PipelineBuilder {
+            name: self.name,
+            extra: self.extra,
+            retry: self.retry,
+            retry_rejections: self.retry_rejections,
+            circuit_breaker: self.circuit_breaker,
+            rate_limiter: self.rate_limiter,
+            timeout: TimeoutStage::new(timeout),
+            bulkhead: self.bulkhead,
+        }
     }
 
     /// The bulkhead stage (innermost): a permit is held only while the
     /// service runs, and each retry takes a new one.
-    pub fn bulkhead(mut self, bulkhead: Bulkhead) -> Self {
-        self.bulkhead = Some(bulkhead);
-        self
+    pub fn bulkhead(self, bulkhead: Bulkhead) -> PipelineBuilder<Re, Br, Rl, To, BulkheadStage, X> {
+        PipelineBuilder {
+            name: self.name,
+            extra: self.extra,
+            retry: self.retry,
+            retry_rejections: self.retry_rejections,
+            circuit_breaker: self.circuit_breaker,
+            rate_limiter: self.rate_limiter,
+            timeout: self.timeout,
+            bulkhead: BulkheadStage::new(bulkhead),
+        }
     }
 
     /// Checks the stages and returns the pipeline.
-    pub fn build(self) -> Result<Pipeline<RC, RP, BC, X>, ConfigError>
+    pub fn build(self) -> Result<Pipeline<Re, Br, Rl, To, Bu, X>, ConfigError>
     where
-        RC: Clone,
-        BC: Clone,
+        Re: Slot<Retry>,
+        To: Slot<Duration>,
     {
         if self.name.is_empty() {
             return Err(ConfigError::new(COMPONENT, "name", "must not be empty"));
         }
-        if self.timeout.is_some_and(|t| t.is_zero()) {
+        let timeout = self.timeout.stage().copied();
+        if timeout.is_some_and(|t| t.is_zero()) {
             return Err(ConfigError::new(
                 COMPONENT,
                 "timeout",
                 "must be more than zero (leave the stage out for no timeout)",
             ));
         }
-        let retry_rejections = self.retry_rejections;
         Ok(Pipeline {
             extra: self.extra,
             shared: Arc::new(Shared {
                 name: self.name,
-                timeout: self.timeout,
+                timeout,
             }),
-            retry: self.retry.map(|layer| {
-                let classifier = StageClassifier::new(layer.classifier().clone(), retry_rejections);
-                layer.with_classifier(classifier)
-            }),
-            circuit_breaker: self.circuit_breaker.map(|layer| {
-                let classifier = StageClassifier::new(layer.classifier().clone(), false);
-                layer.with_classifier(classifier)
-            }),
+            retry: self.retry.retrying_rejections(self.retry_rejections),
+            circuit_breaker: self.circuit_breaker,
             rate_limiter: self.rate_limiter,
+            timeout: self.timeout,
             bulkhead: self.bulkhead,
         })
     }
 }
 
-impl<RC, RP, BC, X> fmt::Debug for PipelineBuilder<RC, RP, BC, X> {
+impl<Re, Br, Rl, To, Bu, X> fmt::Debug for PipelineBuilder<Re, Br, Rl, To, Bu, X>
+where
+    Re: Slot<Retry>,
+    Br: Slot<CircuitBreaker>,
+    Rl: Slot<RateLimiter>,
+    To: Slot<Duration>,
+    Bu: Slot<Bulkhead>,
+{
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PipelineBuilder")
             .field("name", &self.name)
-            .field("retry", &self.retry.as_ref().map(|l| l.retry().name()))
+            .field("retry", &self.retry.stage().map(Retry::name))
             .field("retry_rejections", &self.retry_rejections)
             .field(
                 "circuit_breaker",
-                &self.circuit_breaker.as_ref().map(|l| l.breaker().name()),
+                &self.circuit_breaker.stage().map(|b| b.name()),
             )
             .field(
                 "rate_limiter",
-                &self.rate_limiter.as_ref().map(RateLimiter::name),
+                &self.rate_limiter.stage().map(RateLimiter::name),
             )
-            .field("timeout", &self.timeout)
-            .field("bulkhead", &self.bulkhead.as_ref().map(Bulkhead::name))
+            .field("timeout", &self.timeout.stage())
+            .field("bulkhead", &self.bulkhead.stage().map(Bulkhead::name))
             .finish()
     }
 }
@@ -435,9 +472,9 @@ pub struct ExtraStages<
     pub(crate) chaos: Ch,
 }
 
-impl<RC, RP, BC, X> PipelineBuilder<RC, RP, BC, X> {
+impl<Re, Br, Rl, To, Bu, X> PipelineBuilder<Re, Br, Rl, To, Bu, X> {
     /// Replaces the extra stages by `f` of them.
-    fn map_extra<X2>(self, f: impl FnOnce(X) -> X2) -> PipelineBuilder<RC, RP, BC, X2> {
+    fn map_extra<X2>(self, f: impl FnOnce(X) -> X2) -> PipelineBuilder<Re, Br, Rl, To, Bu, X2> {
         PipelineBuilder {
             name: self.name,
             extra: f(self.extra),
@@ -452,13 +489,13 @@ impl<RC, RP, BC, X> PipelineBuilder<RC, RP, BC, X> {
 }
 
 /// The builder's type once one slot of its extra stages is replaced.
-type With<RC, RP, BC, Ca, Co, Fb, He, Ad, Ch> =
-    PipelineBuilder<RC, RP, BC, ExtraStages<Ca, Co, Fb, He, Ad, Ch>>;
+type With<Re, Br, Rl, To, Bu, Ca, Co, Fb, He, Ad, Ch> =
+    PipelineBuilder<Re, Br, Rl, To, Bu, ExtraStages<Ca, Co, Fb, He, Ad, Ch>>;
 
-// Each method replaces one slot of nine: the types say which, and naming
+// Each method replaces one slot of eleven: the types say which, and naming
 // them more briefly would hide it.
 #[allow(clippy::type_complexity)]
-impl<RC, RP, BC, Ca, Co, Fb, He, Ad, Ch> With<RC, RP, BC, Ca, Co, Fb, He, Ad, Ch> {
+impl<Re, Br, Rl, To, Bu, Ca, Co, Fb, He, Ad, Ch> With<Re, Br, Rl, To, Bu, Ca, Co, Fb, He, Ad, Ch> {
     /// The response cache stage (outermost): a fresh hit answers before any
     /// other stage runs, and a stale entry answers the failures and
     /// rejections of everything inside it (the chapter's "fallback to
@@ -468,7 +505,7 @@ impl<RC, RP, BC, Ca, Co, Fb, He, Ad, Ch> With<RC, RP, BC, Ca, Co, Fb, He, Ad, Ch
     pub fn cache<K, Res, F, C>(
         self,
         cache: CacheLayer<K, Res, F, C>,
-    ) -> With<RC, RP, BC, CacheLayer<K, Res, F, C>, Co, Fb, He, Ad, Ch> {
+    ) -> With<Re, Br, Rl, To, Bu, CacheLayer<K, Res, F, C>, Co, Fb, He, Ad, Ch> {
         self.map_extra(|e| ExtraStages {
             cache,
             coalesce: e.coalesce,
@@ -486,7 +523,7 @@ impl<RC, RP, BC, Ca, Co, Fb, He, Ad, Ch> With<RC, RP, BC, Ca, Co, Fb, He, Ad, Ch
     pub fn coalesce<Req, K, F>(
         self,
         coalesce: CoalesceLayer<Req, K, F>,
-    ) -> With<RC, RP, BC, Ca, CoalesceLayer<Req, K, F>, Fb, He, Ad, Ch> {
+    ) -> With<Re, Br, Rl, To, Bu, Ca, CoalesceLayer<Req, K, F>, Fb, He, Ad, Ch> {
         self.map_extra(|e| ExtraStages {
             cache: e.cache,
             coalesce,
@@ -505,7 +542,7 @@ impl<RC, RP, BC, Ca, Co, Fb, He, Ad, Ch> With<RC, RP, BC, Ca, Co, Fb, He, Ad, Ch
     pub fn fallback<Res, K, F, C>(
         self,
         fallback: FallbackLayer<Res, K, F, C>,
-    ) -> With<RC, RP, BC, Ca, Co, FallbackLayer<Res, K, F, C>, He, Ad, Ch> {
+    ) -> With<Re, Br, Rl, To, Bu, Ca, Co, FallbackLayer<Res, K, F, C>, He, Ad, Ch> {
         self.map_extra(|e| ExtraStages {
             cache: e.cache,
             coalesce: e.coalesce,
@@ -523,7 +560,7 @@ impl<RC, RP, BC, Ca, Co, Fb, He, Ad, Ch> With<RC, RP, BC, Ca, Co, Fb, He, Ad, Ch
     pub fn hedge<C, P>(
         self,
         hedge: HedgeLayer<C, P>,
-    ) -> With<RC, RP, BC, Ca, Co, Fb, HedgeLayer<C, P>, Ad, Ch> {
+    ) -> With<Re, Br, Rl, To, Bu, Ca, Co, Fb, HedgeLayer<C, P>, Ad, Ch> {
         self.map_extra(|e| ExtraStages {
             cache: e.cache,
             coalesce: e.coalesce,
@@ -542,7 +579,7 @@ impl<RC, RP, BC, Ca, Co, Fb, He, Ad, Ch> With<RC, RP, BC, Ca, Co, Fb, He, Ad, Ch
     pub fn adaptive_concurrency<C>(
         self,
         limit: AdaptiveConcurrencyLayer<C>,
-    ) -> With<RC, RP, BC, Ca, Co, Fb, He, AdaptiveConcurrencyLayer<C>, Ch> {
+    ) -> With<Re, Br, Rl, To, Bu, Ca, Co, Fb, He, AdaptiveConcurrencyLayer<C>, Ch> {
         self.map_extra(|e| ExtraStages {
             cache: e.cache,
             coalesce: e.coalesce,
@@ -561,7 +598,7 @@ impl<RC, RP, BC, Ca, Co, Fb, He, Ad, Ch> With<RC, RP, BC, Ca, Co, Fb, He, Ad, Ch
     pub fn chaos<Res>(
         self,
         chaos: ChaosLayer<Res>,
-    ) -> With<RC, RP, BC, Ca, Co, Fb, He, Ad, ChaosLayer<Res>> {
+    ) -> With<Re, Br, Rl, To, Bu, Ca, Co, Fb, He, Ad, ChaosLayer<Res>> {
         self.map_extra(|e| ExtraStages {
             cache: e.cache,
             coalesce: e.coalesce,

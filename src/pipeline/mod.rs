@@ -51,7 +51,17 @@
 //!   `timed_out`) and the stage it came from; the stages' own traces
 //!   (retries, rejections, breaker transitions) are emitted inside it.
 //!
-//! Every stage is optional. The rate limiter is [`governor`]'s and the
+//! Every stage is optional, and a stage left out costs nothing: each core
+//! stage has its own slot in the pipeline's type,
+//! `Pipeline<Re, Br, Rl, To, Bu, X>` (retry, breaker, rate limiter,
+//! timeout, bulkhead, and the [`ExtraStages`]), which holds tower's
+//! [`Identity`] until the builder adds the stage. The builder's type thus
+//! changes with each stage added, in whatever order, and the service it
+//! makes is the stages chosen, stacked as by hand: no branch on a stage's
+//! presence, and a response future no larger than theirs (plus the call's
+//! span). A function that takes or returns a pipeline names its slots,
+//! e.g. `Pipeline<Identity, BreakerStage, Identity, TimeoutStage>` for a
+//! breaker and a timeout. The rate limiter is [`governor`]'s and the
 //! timeout is tower's own [`Timeout`](tower::timeout::Timeout).
 //!
 //! ```
@@ -213,6 +223,13 @@ mod stage;
 
 pub use self::error::{PipelineError, Rejection, Stage, TimedOut};
 pub use self::future::ResponseFuture;
-pub use self::layer::{ExtraStages, Pipeline, PipelineBuilder};
+pub use self::layer::{CoreStages, ExtraStages, Layered, Pipeline, PipelineBuilder};
 pub use self::service::PipelineService;
-pub use self::stage::{NoRetry, Optional, OptionalFuture, StageClassifier};
+/// tower's `Identity` layer: the slot of a core stage left out, in
+/// [`Pipeline`]'s and [`PipelineBuilder`]'s types.
+pub use tower_layer::Identity;
+
+pub use self::stage::{
+    BoxErrors, BoxErrorsFuture, BreakerStage, BulkheadStage, NoRetry, RateLimiterStage, RetryStage,
+    Slot, StageClassifier, StageFuture, TimeoutStage,
+};

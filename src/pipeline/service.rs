@@ -6,23 +6,23 @@ use std::task::{Context, Poll};
 
 use tower_service::Service;
 
-use crate::classify::Classify;
 use crate::error::BoxError;
-use crate::retry::RetryPolicy;
 
 use super::error::PipelineError;
 use super::future::ResponseFuture;
-use super::layer::{BreakerStage, RetryStage, Shared};
+use super::layer::Shared;
+use super::stage::StageFuture;
 
-/// A service wrapped in a [`Pipeline`](super::Pipeline)'s stages; its
-/// errors are [`PipelineError`]s.
-pub struct PipelineService<S, RC, RP, BC> {
-    inner: RetryStage<S, RC, RP, BC>,
+/// A service wrapped in a [`Pipeline`](super::Pipeline)'s core stages
+/// (`C`, see [`CoreStages`](super::CoreStages)); its errors are
+/// [`PipelineError`]s.
+pub struct PipelineService<C> {
+    inner: C,
     shared: Arc<Shared>,
 }
 
-impl<S, RC, RP, BC> PipelineService<S, RC, RP, BC> {
-    pub(crate) fn new(inner: RetryStage<S, RC, RP, BC>, shared: Arc<Shared>) -> Self {
+impl<C> PipelineService<C> {
+    pub(crate) fn new(inner: C, shared: Arc<Shared>) -> Self {
         Self { inner, shared }
     }
 
@@ -32,17 +32,14 @@ impl<S, RC, RP, BC> PipelineService<S, RC, RP, BC> {
     }
 }
 
-impl<S, RC, RP, BC, Req> Service<Req> for PipelineService<S, RC, RP, BC>
+impl<C, Req> Service<Req> for PipelineService<C>
 where
-    S: Service<Req> + Clone,
-    S::Error: Into<BoxError>,
-    RC: Classify<S::Response, BoxError> + Clone,
-    RP: RetryPolicy<Req, S::Response, BoxError> + Clone,
-    BC: Classify<S::Response, BoxError> + Clone,
+    C: Service<Req, Error = BoxError>,
+    C::Future: StageFuture,
 {
-    type Response = S::Response;
+    type Response = C::Response;
     type Error = PipelineError;
-    type Future = ResponseFuture<S, Req, RC, RP, BC>;
+    type Future = ResponseFuture<C::Future>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), PipelineError>> {
@@ -63,17 +60,13 @@ where
     }
 }
 
-impl<S, RC, RP, BC> PipelineService<S, RC, RP, BC> {
+impl<C> PipelineService<C> {
     /// [`call`](Service::call) with a subscriber listening: in the call's
     /// `pipeline` span.
     #[inline(never)]
-    fn call_in_span<Req>(&mut self, request: Req) -> ResponseFuture<S, Req, RC, RP, BC>
+    fn call_in_span<Req>(&mut self, request: Req) -> ResponseFuture<C::Future>
     where
-        S: Service<Req> + Clone,
-        S::Error: Into<BoxError>,
-        RC: Classify<S::Response, BoxError> + Clone,
-        RP: RetryPolicy<Req, S::Response, BoxError> + Clone,
-        BC: Classify<S::Response, BoxError> + Clone,
+        C: Service<Req, Error = BoxError>,
     {
         let span = tracing::debug_span!(
             "pipeline",
@@ -88,10 +81,7 @@ impl<S, RC, RP, BC> PipelineService<S, RC, RP, BC> {
     }
 }
 
-impl<S: Clone, RC: Clone, RP: Clone, BC: Clone> Clone for PipelineService<S, RC, RP, BC>
-where
-    BreakerStage<S, BC>: Clone,
-{
+impl<C: Clone> Clone for PipelineService<C> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
@@ -100,7 +90,7 @@ where
     }
 }
 
-impl<S, RC, RP, BC> fmt::Debug for PipelineService<S, RC, RP, BC> {
+impl<C> fmt::Debug for PipelineService<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PipelineService")
             .field("name", &self.shared.name)

@@ -13,11 +13,10 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::circuit_breaker::RecordAtEnd;
-use crate::classify::Classify;
 use crate::error::BoxError;
 use crate::future::BoxFuture;
-use crate::pipeline::{Pipeline, PipelineService};
-use crate::retry::{BufferBody, BufferBodyLayer, RetryBody, RetryPolicy};
+use crate::pipeline::Pipeline;
+use crate::retry::{BufferBody, BufferBodyLayer, RetryBody};
 
 use super::status::to_status;
 
@@ -55,23 +54,24 @@ pub type ResponseBody<B = tonic::body::Body> = RecordAtEnd<B>;
 /// # Ok(())
 /// # }
 /// ```
-pub fn channel<S, RC, RP, BC>(
+pub fn channel<S, Re, Br, Rl, To, Bu>(
     inner: S,
-    pipeline: Pipeline<RC, RP, BC>,
-) -> GrpcChannel<S, RC, RP, BC>
+    pipeline: Pipeline<Re, Br, Rl, To, Bu>,
+) -> GrpcChannel<S, Pipeline<Re, Br, Rl, To, Bu>>
 where
-    RC: Clone,
-    RP: Clone,
-    BC: Clone,
+    Pipeline<Re, Br, Rl, To, Bu>: Layer<RecordResponses<S>>,
 {
     GrpcChannel::new(inner, &pipeline)
 }
 
-impl<RC: Clone, RP: Clone, BC: Clone> Pipeline<RC, RP, BC> {
+impl<Re, Br, Rl, To, Bu> Pipeline<Re, Br, Rl, To, Bu> {
     /// Wraps a tonic channel in this pipeline: [`palisade::tonic::channel`](channel)
     /// (feature `tonic`).
     #[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
-    pub fn tonic<S>(&self, inner: S) -> GrpcChannel<S, RC, RP, BC> {
+    pub fn tonic<S>(&self, inner: S) -> GrpcChannel<S, Self>
+    where
+        Self: Layer<RecordResponses<S>>,
+    {
         GrpcChannel::new(inner, self)
     }
 }
@@ -97,20 +97,25 @@ impl<RC: Clone, RP: Clone, BC: Clone> Pipeline<RC, RP, BC> {
 /// rate limiter `RESOURCE_EXHAUSTED`, a timeout `DEADLINE_EXCEEDED`, each
 /// with the [`PipelineError`](crate::pipeline::PipelineError) as its
 /// source.
-pub struct GrpcChannel<S, RC, RP, BC> {
-    inner: BufferBody<PipelineService<RecordResponses<S>, RC, RP, BC>>,
+///
+/// `P` is the [`Pipeline`]'s type.
+pub struct GrpcChannel<S, P = Pipeline>
+where
+    P: Layer<RecordResponses<S>>,
+{
+    inner: BufferBody<P::Service>,
 }
 
-impl<S, RC: Clone, RP: Clone, BC: Clone> GrpcChannel<S, RC, RP, BC> {
+impl<S, P: Layer<RecordResponses<S>>> GrpcChannel<S, P> {
     /// Wraps `inner` in `pipeline`, buffering request bodies up to
     /// [`DEFAULT_BUFFER_LIMIT`].
-    pub fn new(inner: S, pipeline: &Pipeline<RC, RP, BC>) -> Self {
+    pub fn new(inner: S, pipeline: &P) -> Self {
         Self::with_buffer_limit(inner, pipeline, DEFAULT_BUFFER_LIMIT)
     }
 
     /// Wraps `inner` in `pipeline`, buffering request bodies up to `limit`
     /// bytes; a longer request is sent once, never retried.
-    pub fn with_buffer_limit(inner: S, pipeline: &Pipeline<RC, RP, BC>, limit: usize) -> Self {
+    pub fn with_buffer_limit(inner: S, pipeline: &P, limit: usize) -> Self {
         let service = pipeline.layer(RecordResponses { inner });
         Self {
             inner: BufferBodyLayer::new(limit).layer(service),
@@ -118,29 +123,19 @@ impl<S, RC: Clone, RP: Clone, BC: Clone> GrpcChannel<S, RC, RP, BC> {
     }
 }
 
-impl<S, RB, RC, RP, BC> Service<Request<tonic::body::Body>> for GrpcChannel<S, RC, RP, BC>
+impl<S, RB, P> Service<Request<tonic::body::Body>> for GrpcChannel<S, P>
 where
-    S: Service<Request<tonic::body::Body>, Response = Response<RB>> + Clone + Send + 'static,
-    S::Future: Send,
-    S::Error: Into<BoxError>,
+    S: Service<Request<tonic::body::Body>, Response = Response<RB>>,
+    P: Layer<RecordResponses<S>>,
     RB: Send + 'static,
-    RC: Classify<Response<RecordAtEnd<RB>>, BoxError> + Clone + Send + Sync + 'static,
-    RP: RetryPolicy<Request<RetryBody<tonic::body::Body>>, Response<RecordAtEnd<RB>>, BoxError>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    BC: Classify<Response<RecordAtEnd<RB>>, BoxError> + Clone + Send + Sync + 'static,
-    PipelineService<RecordResponses<S>, RC, RP, BC>: Service<
+    P::Service: Service<
             Request<RetryBody<tonic::body::Body>>,
             Response = Response<RecordAtEnd<RB>>,
             Error = crate::pipeline::PipelineError,
         > + Clone
         + Send
         + 'static,
-    <PipelineService<RecordResponses<S>, RC, RP, BC> as Service<
-        Request<RetryBody<tonic::body::Body>>,
-    >>::Future: Send,
+    <P::Service as Service<Request<RetryBody<tonic::body::Body>>>>::Future: Send,
 {
     type Response = Response<RecordAtEnd<RB>>;
     type Error = Status;
@@ -157,9 +152,10 @@ where
     }
 }
 
-impl<S: Clone, RC: Clone, RP: Clone, BC: Clone> Clone for GrpcChannel<S, RC, RP, BC>
+impl<S, P> Clone for GrpcChannel<S, P>
 where
-    PipelineService<RecordResponses<S>, RC, RP, BC>: Clone,
+    P: Layer<RecordResponses<S>>,
+    P::Service: Clone,
 {
     fn clone(&self) -> Self {
         Self {
@@ -168,7 +164,7 @@ where
     }
 }
 
-impl<S, RC, RP, BC> fmt::Debug for GrpcChannel<S, RC, RP, BC> {
+impl<S, P: Layer<RecordResponses<S>>> fmt::Debug for GrpcChannel<S, P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GrpcChannel").finish_non_exhaustive()
     }

@@ -219,7 +219,13 @@ impl UsersGrpc {
 /// requests are streams, not copied).
 pub fn users_grpc(
     registry: &dyn palisade::discovery::Registry,
-    pipeline: palisade::pipeline::Pipeline,
+    // A circuit breaker and a timeout (each stage is in the pipeline's type).
+    pipeline: palisade::pipeline::Pipeline<
+        palisade::pipeline::Identity,
+        palisade::pipeline::BreakerStage,
+        palisade::pipeline::Identity,
+        palisade::pipeline::TimeoutStage,
+    >,
     seed: u64,
 ) -> Result<UsersGrpc, palisade::BoxError> {
     use palisade::BoxError;
