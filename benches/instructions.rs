@@ -76,7 +76,7 @@ fn run<S: Service<u64>>(mut service: S) {
     measured_calls(&mut service);
 }
 
-const CASES: [&str; 29] = [
+const CASES: [&str; 30] = [
     "bare",
     "breaker/count",
     "breaker/count/static",
@@ -106,6 +106,7 @@ const CASES: [&str; 29] = [
     "balance/peak-ewma/3",
     "balance/peak-ewma/3000",
     "balance/random/3",
+    "coalesce/unshared",
 ];
 
 fn main() {
@@ -226,6 +227,11 @@ fn main() {
             pipeline_case(&case)
         }
         balance if balance.starts_with("balance/") => balance_case(balance),
+        // Every call has a key of its own (the request): it starts and
+        // finishes a shared call that nobody joins.
+        "coalesce/unshared" => run(palisade::coalesce::Coalesce::with_defaults("bench")
+            .layer(|request: &u64| *request)
+            .layer(Echo)),
         other => {
             eprintln!("unknown case {other:?}; cases: {}", CASES.join(" "));
             std::process::exit(2);

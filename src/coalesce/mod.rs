@@ -84,6 +84,7 @@ mod layer;
 mod metrics;
 pub(crate) mod oneshot;
 mod service;
+mod slot;
 mod state;
 
 pub use self::config::{CoalesceConfig, CoalesceConfigBuilder, MAX_IN_FLIGHT_KEYS};
