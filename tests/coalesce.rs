@@ -382,3 +382,127 @@ fn max_in_flight_keys_must_be_at_least_one() {
     assert_eq!(error.field(), "max_in_flight_keys");
     assert!(error.to_string().contains("must be 1 to"), "{error}");
 }
+
+/// Every call it receives panics after `CALL_TIME`.
+#[derive(Clone, Default)]
+struct Panics {
+    calls: Arc<AtomicUsize>,
+}
+
+impl Service<u64> for Panics {
+    type Response = String;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<String, std::io::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, key: u64) -> Self::Future {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async move {
+            tokio::time::sleep(CALL_TIME).await;
+            panic!("the inner service panicked for {key}")
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_call_panics_its_poller_fails_the_other_waiters_and_leaves_nothing_behind() {
+    let backend = Panics::default();
+    let coalesce = coalesce(100);
+    let mut events = coalesce.subscribe();
+    let service = coalesce
+        .layer(|key: &u64| *key)
+        .layer(backend.clone());
+    let first = tokio::spawn(service.clone().oneshot(1));
+    let second = tokio::spawn(service.clone().oneshot(1));
+    let (first, second) = (first.await, second.await);
+    // Whichever waiter polled the call when it panicked panics; the other
+    // gets an error.
+    let (panicked, answered) = match (first, second) {
+        (Err(panic), Ok(answer)) | (Ok(answer), Err(panic)) => (panic, answer),
+        other => panic!("one waiter panics, the other is answered: {other:?}"),
+    };
+    assert!(panicked.is_panic());
+    let error = answered.expect_err("the call panicked");
+    assert!(error.downcast_ref::<CoalescedError>().is_some(), "{error:?}");
+    assert!(error.to_string().contains("panicked"), "{error}");
+    assert_eq!(backend.calls.load(Ordering::SeqCst), 1);
+    let metrics = coalesce.metrics();
+    assert_eq!(
+        (metrics.in_flight_keys, metrics.waiters, metrics.abandoned),
+        (0, 0, 0),
+        "nothing left in flight: {metrics:?}"
+    );
+    let kinds: Vec<_> = events.drain().into_iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            CoalesceEventKind::Started,
+            CoalesceEventKind::Joined { waiters: 2 },
+            CoalesceEventKind::Completed { waiters: 2 },
+        ]
+    );
+    // The key is free: the next request makes a new call.
+    let third = tokio::spawn(service.clone().oneshot(1)).await;
+    assert!(third.expect_err("it panics too").is_panic());
+    assert_eq!(backend.calls.load(Ordering::SeqCst), 2);
+    assert_eq!(coalesce.metrics().in_flight_keys, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_leader_that_polled_alone_and_left_hands_the_call_to_the_followers() {
+    let backend = Backend::new(CALL_TIME);
+    let coalesce = coalesce(100);
+    let service = service(&coalesce, &backend);
+    // The leader polls the call alone (with its own waker), then two
+    // followers join and wait; then the leader goes.
+    let mut leader = Box::pin(call(&service, 6));
+    assert!(futures::poll!(leader.as_mut()).is_pending());
+    tokio::time::sleep(CALL_TIME / 4).await;
+    let followers: Vec<_> = (0..2)
+        .map(|_| {
+            let service = service.clone();
+            tokio::spawn(async move { call(&service, 6).await })
+        })
+        .collect();
+    tokio::time::sleep(CALL_TIME / 4).await;
+    assert_eq!(coalesce.metrics().waiters, 3);
+    drop(leader);
+    assert_eq!(backend.live(), 1, "the call goes on for the followers");
+    for follower in followers {
+        assert_eq!(follower.await.unwrap().unwrap(), "value 6");
+    }
+    assert_eq!(backend.calls(), 1, "one inner call answered them");
+    let metrics = coalesce.metrics();
+    assert_eq!(
+        (metrics.in_flight_keys, metrics.waiters, metrics.abandoned),
+        (0, 0, 0)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn followers_that_leave_one_by_one_cancel_the_call_with_the_last() {
+    let backend = Backend::new(CALL_TIME);
+    let coalesce = coalesce(100);
+    let service = service(&coalesce, &backend);
+    let mut waiters: Vec<_> = (0..3).map(|_| Box::pin(call(&service, 2))).collect();
+    for waiter in &mut waiters {
+        assert!(futures::poll!(waiter.as_mut()).is_pending());
+    }
+    tokio::time::sleep(CALL_TIME / 2).await;
+    while waiters.len() > 1 {
+        drop(waiters.remove(0));
+        assert_eq!(backend.live(), 1, "the others still wait: the call goes on");
+    }
+    assert_eq!(coalesce.metrics().abandoned, 0);
+    waiters.clear();
+    assert_eq!(backend.live(), 0, "the last one to leave dropped the call");
+    assert_eq!(backend.calls(), 1);
+    let metrics = coalesce.metrics();
+    assert_eq!(
+        (metrics.in_flight_keys, metrics.waiters, metrics.abandoned),
+        (0, 0, 1)
+    );
+}
