@@ -76,7 +76,7 @@ fn run<S: Service<u64>>(mut service: S) {
     measured_calls(&mut service);
 }
 
-const CASES: [&str; 30] = [
+const CASES: [&str; 31] = [
     "bare",
     "breaker/count",
     "breaker/count/static",
@@ -107,6 +107,7 @@ const CASES: [&str; 30] = [
     "balance/peak-ewma/3000",
     "balance/random/3",
     "coalesce/unshared",
+    "coalesce/unshared/tower-resilience",
 ];
 
 fn main() {
@@ -232,6 +233,9 @@ fn main() {
         "coalesce/unshared" => run(palisade::coalesce::Coalesce::with_defaults("bench")
             .layer(|request: &u64| *request)
             .layer(Echo)),
+        "coalesce/unshared/tower-resilience" => {
+            run(tower_resilience_coalesce::CoalesceLayer::new(|request: &u64| *request).layer(Echo))
+        }
         other => {
             eprintln!("unknown case {other:?}; cases: {}", CASES.join(" "));
             std::process::exit(2);

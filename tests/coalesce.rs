@@ -412,9 +412,7 @@ async fn a_panicking_call_panics_its_poller_fails_the_other_waiters_and_leaves_n
     let backend = Panics::default();
     let coalesce = coalesce(100);
     let mut events = coalesce.subscribe();
-    let service = coalesce
-        .layer(|key: &u64| *key)
-        .layer(backend.clone());
+    let service = coalesce.layer(|key: &u64| *key).layer(backend.clone());
     let first = tokio::spawn(service.clone().oneshot(1));
     let second = tokio::spawn(service.clone().oneshot(1));
     let (first, second) = (first.await, second.await);
@@ -426,7 +424,10 @@ async fn a_panicking_call_panics_its_poller_fails_the_other_waiters_and_leaves_n
     };
     assert!(panicked.is_panic());
     let error = answered.expect_err("the call panicked");
-    assert!(error.downcast_ref::<CoalescedError>().is_some(), "{error:?}");
+    assert!(
+        error.downcast_ref::<CoalescedError>().is_some(),
+        "{error:?}"
+    );
     assert!(error.to_string().contains("panicked"), "{error}");
     assert_eq!(backend.calls.load(Ordering::SeqCst), 1);
     let metrics = coalesce.metrics();
@@ -504,5 +505,93 @@ async fn followers_that_leave_one_by_one_cancel_the_call_with_the_last() {
     assert_eq!(
         (metrics.in_flight_keys, metrics.waiters, metrics.abandoned),
         (0, 0, 1)
+    );
+}
+
+/// Answers after yielding to the scheduler `yields` times; counts the
+/// calls alive.
+#[derive(Clone)]
+struct Yields {
+    live: Arc<AtomicUsize>,
+    calls: Arc<AtomicUsize>,
+    yields: usize,
+}
+
+impl Service<u64> for Yields {
+    type Response = String;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<String, std::io::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, key: u64) -> Self::Future {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let alive = Alive::new(&self.live);
+        let yields = self.yields;
+        Box::pin(async move {
+            let _alive = alive;
+            for _ in 0..yields {
+                tokio::task::yield_now().await;
+            }
+            Ok(format!("value {key}"))
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_on_two_threads_polling_and_leaving_at_once_leave_nothing_behind() {
+    let backend = Yields {
+        live: Arc::default(),
+        calls: Arc::default(),
+        yields: 20,
+    };
+    let coalesce = coalesce(100);
+    let service = coalesce.layer(|key: &u64| *key).layer(backend.clone());
+    let mut rng = StdRng::seed_from_u64(23);
+    let mut kept = Vec::new();
+    let mut cancelled = Vec::new();
+    for i in 0..2_000u64 {
+        let key = rng.random_range(0..4);
+        let service = service.clone();
+        if i % 3 == 0 {
+            kept.push(tokio::spawn(
+                async move { (key, service.oneshot(key).await) },
+            ));
+        } else {
+            let polls = rng.random_range(0..30);
+            cancelled.push(tokio::spawn(async move {
+                let mut call = std::pin::pin!(service.oneshot(key));
+                for _ in 0..polls {
+                    if futures::poll!(call.as_mut()).is_ready() {
+                        return;
+                    }
+                    tokio::task::yield_now().await;
+                }
+            }));
+        }
+    }
+    for task in cancelled {
+        task.await.unwrap();
+    }
+    for task in kept {
+        let (key, result) = task.await.unwrap();
+        assert_eq!(
+            result.expect("a kept waiter is answered"),
+            format!("value {key}")
+        );
+    }
+    let metrics = coalesce.metrics();
+    assert_eq!(
+        (metrics.in_flight_keys, metrics.waiters),
+        (0, 0),
+        "{metrics:?}"
+    );
+    assert_eq!(backend.live.load(Ordering::SeqCst), 0, "no inner call left");
+    assert!(metrics.coalesced > 0, "{metrics:?}");
+    assert!(
+        (backend.calls.load(Ordering::SeqCst) as u64) < 2_000,
+        "calls were shared: {metrics:?}"
     );
 }

@@ -242,7 +242,8 @@ where
                         notify.wake_all();
                     } else {
                         match &state.lone {
-                            Some((lone, waker)) if *lone == place && waker.will_wake(cx.waker()) => {}
+                            Some((lone, waker))
+                                if *lone == place && waker.will_wake(cx.waker()) => {}
                             _ => state.lone = Some((place, cx.waker().clone())),
                         }
                     }
@@ -300,7 +301,6 @@ where
             Phase::Polling | Phase::Abandoned => Ended::Left,
         }
     }
-
 }
 
 impl<Fut: Future> State<Fut> {
