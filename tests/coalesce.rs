@@ -595,3 +595,149 @@ async fn waiters_on_two_threads_polling_and_leaving_at_once_leave_nothing_behind
         "calls were shared: {metrics:?}"
     );
 }
+
+/// Counts its wakes.
+#[derive(Default)]
+struct CountingWaker(AtomicUsize);
+
+impl std::task::Wake for CountingWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+type Outer = palisade::coalesce::CoalesceService<Reentrant, u64, u64, fn(&u64) -> u64>;
+type OuterFuture = <Outer as Service<u64>>::Future;
+
+/// A backend whose call, on its first poll, asks the coalescing service
+/// around it for the same key (so that a follower joins while the call is
+/// being polled) and polls that follower once with `follower_waker`; then
+/// it answers when `finish` fires.
+#[derive(Clone)]
+struct Reentrant {
+    outer: Arc<std::sync::Mutex<Option<Outer>>>,
+    follower: Arc<std::sync::Mutex<Option<Pin<Box<OuterFuture>>>>>,
+    follower_waker: std::task::Waker,
+    finish: Arc<std::sync::Mutex<Option<futures::channel::oneshot::Receiver<()>>>>,
+    calls: Arc<AtomicUsize>,
+}
+
+impl Service<u64> for Reentrant {
+    type Response = String;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<String, std::io::Error>>>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, key: u64) -> Self::Future {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let this = self.clone();
+        Box::pin(async move {
+            let mut outer = this
+                .outer
+                .lock()
+                .unwrap()
+                .clone()
+                .expect("the outer service");
+            let mut follower = Box::pin(outer.call(key));
+            let mut cx = Context::from_waker(&this.follower_waker);
+            assert!(
+                follower.as_mut().poll(&mut cx).is_pending(),
+                "the call is being polled: the follower waits"
+            );
+            *this.follower.lock().unwrap() = Some(follower);
+            let finish = this.finish.lock().unwrap().take().expect("one call");
+            finish.await.expect("the test finishes the call");
+            Ok(format!("value {key}"))
+        })
+    }
+}
+
+#[test]
+fn a_follower_that_joined_while_the_leader_polled_alone_is_woken_to_drive_the_call() {
+    let (finish, finished) = futures::channel::oneshot::channel();
+    let follower_waker = Arc::new(CountingWaker::default());
+    let backend = Reentrant {
+        outer: Arc::default(),
+        follower: Arc::default(),
+        follower_waker: std::task::Waker::from(Arc::clone(&follower_waker)),
+        finish: Arc::new(std::sync::Mutex::new(Some(finished))),
+        calls: Arc::default(),
+    };
+    let coalesce = coalesce(100);
+    let service: Outer = coalesce
+        .layer(identity as fn(&u64) -> u64)
+        .layer(backend.clone());
+    *backend.outer.lock().unwrap() = Some(service.clone());
+
+    // The leader polls the call alone, with its own waker; the follower
+    // joins during that poll.
+    let leader_waker = Arc::new(CountingWaker::default());
+    let leader_waker_ref = std::task::Waker::from(Arc::clone(&leader_waker));
+    let mut leader_cx = Context::from_waker(&leader_waker_ref);
+    let mut leader = Box::pin(service.clone().call(1));
+    assert!(leader.as_mut().poll(&mut leader_cx).is_pending());
+    assert_eq!(coalesce.metrics().waiters, 2);
+    let woken = follower_waker.0.load(Ordering::SeqCst);
+    assert!(
+        woken >= 1,
+        "the follower is woken to poll the call again with a waker that reaches it"
+    );
+
+    // The leader is never polled again: the follower drives the call.
+    let mut follower = backend
+        .follower
+        .lock()
+        .unwrap()
+        .take()
+        .expect("the follower");
+    let follower_waker_ref = std::task::Waker::from(Arc::clone(&follower_waker));
+    let mut follower_cx = Context::from_waker(&follower_waker_ref);
+    assert!(follower.as_mut().poll(&mut follower_cx).is_pending());
+    finish.send(()).unwrap();
+    assert!(
+        follower_waker.0.load(Ordering::SeqCst) > woken,
+        "the call's wake reaches the follower"
+    );
+    match follower.as_mut().poll(&mut follower_cx) {
+        Poll::Ready(answer) => assert_eq!(answer.unwrap(), "value 1"),
+        Poll::Pending => panic!("the follower drove the call to its answer"),
+    }
+    match leader.as_mut().poll(&mut leader_cx) {
+        Poll::Ready(answer) => assert_eq!(answer.unwrap(), "value 1", "a clone for the leader"),
+        Poll::Pending => panic!("the answer waits for the leader"),
+    }
+    assert_eq!(backend.calls.load(Ordering::SeqCst), 1);
+    let metrics = coalesce.metrics();
+    assert_eq!((metrics.in_flight_keys, metrics.waiters), (0, 0));
+    backend.outer.lock().unwrap().take();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_follower_that_leaves_hands_the_call_back_to_a_leader_that_polled_alone() {
+    let backend = Backend::new(CALL_TIME);
+    let coalesce = coalesce(100);
+    let service = service(&coalesce, &backend);
+    // The leader polls the call alone (with its own waker) ...
+    let leader = tokio::spawn({
+        let service = service.clone();
+        async move { call(&service, 8).await }
+    });
+    tokio::time::sleep(CALL_TIME / 4).await;
+    // ... then a follower polls it with the waker that wakes every waiter,
+    // and goes.
+    let mut follower = Box::pin(call(&service, 8));
+    assert!(futures::poll!(follower.as_mut()).is_pending());
+    drop(follower);
+    assert_eq!(coalesce.metrics().waiters, 1);
+    // Paused time: a leader that is never woken again would make the
+    // timeout fire, not hang the test.
+    let answer = tokio::time::timeout(CALL_TIME * 10, leader)
+        .await
+        .expect("the leader is woken when the call answers");
+    assert_eq!(answer.unwrap().unwrap(), "value 8");
+    assert_eq!(backend.calls(), 1);
+    assert_eq!(coalesce.metrics().in_flight_keys, 0);
+}
