@@ -61,11 +61,21 @@ struct Notify {
 }
 
 impl Notify {
+    /// Wakes every registered waiter (each registers again when it polls).
+    /// The wakers are woken outside the lock, so that a waker that polls
+    /// its task at once does not find the lock taken.
     fn wake_all(&self) {
-        for waker in self.wakers.lock().iter_mut() {
+        let mut wakers = std::mem::take(&mut *self.wakers.lock());
+        for waker in wakers.iter_mut() {
             if let Some(waker) = waker.take() {
                 waker.wake();
             }
+        }
+        // Give the list back (empty, its capacity kept) unless someone
+        // registered meanwhile.
+        let mut current = self.wakers.lock();
+        if current.is_empty() {
+            *current = wakers;
         }
     }
 

@@ -313,7 +313,10 @@ where
 
     /// The shared call's answer, once it is there.
     pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Polled<Fut::Output>> {
-        debug_assert!(!self.done, "a waiter is not polled after its answer");
+        assert!(
+            !self.done,
+            "coalesce::ResponseFuture polled after completion"
+        );
         let (flights, slot) = (&self.flights, &self.slot);
         let polled = ready!(slot.poll(self.place, cx, |ended| flights.ended(slot, ended)));
         self.done = true;
