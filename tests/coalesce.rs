@@ -741,3 +741,16 @@ async fn a_follower_that_leaves_hands_the_call_back_to_a_leader_that_polled_alon
     assert_eq!(backend.calls(), 1);
     assert_eq!(coalesce.metrics().in_flight_keys, 0);
 }
+
+#[test]
+fn the_response_future_is_send_for_a_key_that_is_send_but_not_sync() {
+    #[derive(Clone, PartialEq, Eq)]
+    struct Key(std::cell::Cell<u64>);
+    impl std::hash::Hash for Key {
+        fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+            self.0.get().hash(state);
+        }
+    }
+    fn send<T: Send>() {}
+    send::<palisade::coalesce::ResponseFuture<Backend, u64, Key>>();
+}

@@ -23,12 +23,13 @@ use parking_lot::Mutex;
 
 /// One shared call and the requests waiting for it.
 pub(crate) struct Slot<K, Fut: Future> {
-    /// The key the call is in the map under.
-    pub(crate) key: K,
-    state: Mutex<State<Fut>>,
+    state: Mutex<State<K, Fut>>,
 }
 
-struct State<Fut: Future> {
+struct State<K, Fut: Future> {
+    /// The key the call is in the map under, taken by whoever ends the
+    /// call to remove it (kept under the lock: a key need not be `Sync`).
+    key: Option<K>,
     phase: Phase<Fut>,
     /// Waiters that have neither taken the answer nor left.
     waiters: usize,
@@ -114,11 +115,12 @@ pub(crate) enum Polled<T> {
 }
 
 /// What happened to a slot when a waiter finished with it.
-pub(crate) enum Ended {
-    /// The call answered, with this many waiters (the poller included).
-    Finished { waiters: usize },
+pub(crate) enum Ended<K> {
+    /// The call answered (or panicked), with this many waiters (the poller
+    /// included); its key, to remove from the map.
+    Finished { key: Option<K>, waiters: usize },
     /// The last waiter left before the answer: the call was dropped.
-    Abandoned,
+    Abandoned { key: Option<K> },
     /// The waiter left; the call goes on for the others, or had ended.
     Left,
 }
@@ -139,8 +141,8 @@ impl<K, Fut: Future> Slot<K, Fut> {
     /// A slot whose first waiter (place 0) is the request that starts it.
     pub(crate) fn new(key: K, call: Fut) -> Self {
         Self {
-            key,
             state: Mutex::new(State {
+                key: Some(key),
                 phase: Phase::Idle(Box::pin(call)),
                 waiters: 1,
                 joined: 1,
@@ -180,7 +182,7 @@ where
         &self,
         place: usize,
         cx: &mut Context<'_>,
-        on_end: impl FnOnce(Ended),
+        on_end: impl FnOnce(Ended<K>),
     ) -> Poll<Polled<Fut::Output>> {
         let mut guard = self.state.lock();
         let state = &mut *guard;
@@ -228,6 +230,7 @@ where
                 let waiters = state.waiters;
                 state.waiters -= 1;
                 state.phase = Phase::Done((waiters > 1).then(|| answer.clone()));
+                let key = state.key.take();
                 let notify = state.notify.clone();
                 drop(guard);
                 if let Some(notify) = notify {
@@ -236,7 +239,7 @@ where
                 // The finished call is dropped outside the lock.
                 drop(call);
                 if let Some(on_end) = on_end {
-                    on_end(Ended::Finished { waiters });
+                    on_end(Ended::Finished { key, waiters });
                 }
                 Poll::Ready(Polled::Answer(answer))
             }
@@ -266,7 +269,7 @@ where
     /// The waiter at `place` leaves without the answer: the last one to
     /// leave an unfinished call drops it (outside the lock); one leaving a
     /// call the others wait for wakes them, so that one of them polls it on.
-    pub(crate) fn leave(&self, place: usize) -> Ended {
+    pub(crate) fn leave(&self, place: usize) -> Ended<K> {
         let mut state = self.state.lock();
         state.waiters -= 1;
         if matches!(&state.lone, Some((lone, _)) if *lone == place) {
@@ -287,10 +290,11 @@ where
         }
         match std::mem::replace(&mut state.phase, Phase::Abandoned) {
             Phase::Idle(call) => {
+                let key = state.key.take();
                 drop(state);
                 drop(forgotten);
                 drop(call);
-                Ended::Abandoned
+                Ended::Abandoned { key }
             }
             ended @ (Phase::Done(_) | Phase::Panicked) => {
                 // Keep what ended it; drop an answer no one took.
@@ -313,7 +317,7 @@ where
     }
 }
 
-impl<Fut: Future> State<Fut> {
+impl<K, Fut: Future> State<K, Fut> {
     /// Registers the waker of the waiter at `place` with the shared waker,
     /// creating it (with the waker of the one that polled alone) if needed.
     fn register(&mut self, place: usize, waker: &Waker) -> Arc<Notify> {
@@ -334,12 +338,12 @@ impl<Fut: Future> State<Fut> {
 /// Marks the slot `Panicked`, wakes its waiters and reports the end of the
 /// call if polling it unwinds (disarmed by taking `on_end` when the poll
 /// returns).
-struct PollGuard<'a, K, Fut: Future, F: FnOnce(Ended)> {
+struct PollGuard<'a, K, Fut: Future, F: FnOnce(Ended<K>)> {
     slot: &'a Slot<K, Fut>,
     on_end: Option<F>,
 }
 
-impl<K, Fut: Future, F: FnOnce(Ended)> Drop for PollGuard<'_, K, Fut, F> {
+impl<K, Fut: Future, F: FnOnce(Ended<K>)> Drop for PollGuard<'_, K, Fut, F> {
     fn drop(&mut self) {
         let Some(on_end) = self.on_end.take() else {
             return;
@@ -347,12 +351,13 @@ impl<K, Fut: Future, F: FnOnce(Ended)> Drop for PollGuard<'_, K, Fut, F> {
         let mut state = self.slot.state.lock();
         state.phase = Phase::Panicked;
         let waiters = state.waiters;
+        let key = state.key.take();
         let notify = state.notify.clone();
         drop(state);
         if let Some(notify) = notify {
             notify.wake_all();
         }
-        on_end(Ended::Finished { waiters });
+        on_end(Ended::Finished { key, waiters });
     }
 }
 

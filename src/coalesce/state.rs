@@ -243,31 +243,34 @@ where
     /// The call of `slot` ended (answered, panicked or abandoned by every
     /// waiter): removes it from the map if it is still there (a later call
     /// for the key may have replaced it) and reports it.
-    fn ended(&self, slot: &Arc<Slot<K, Fut>>, ended: Ended) {
-        if matches!(ended, Ended::Left) {
-            return;
-        }
-        let handle = &self.handle;
-        let mut map = self.map.lock();
-        // One hash: remove, and put back the rare later call that replaced
-        // this one.
-        let replaced = match map.remove_entry(&slot.key) {
-            Some((key, current)) if !Arc::ptr_eq(&current, slot) => {
-                map.insert(key, current);
-                None
-            }
-            removed => removed,
+    fn ended(&self, slot: &Arc<Slot<K, Fut>>, ended: Ended<K>) {
+        let key = match &ended {
+            Ended::Finished { key, .. } | Ended::Abandoned { key } => key.as_ref(),
+            Ended::Left => return,
         };
-        drop(map);
-        drop(replaced);
+        let handle = &self.handle;
+        if let Some(key) = key {
+            let mut map = self.map.lock();
+            // One hash: remove, and put back the rare later call that
+            // replaced this one.
+            let replaced = match map.remove_entry(key) {
+                Some((key, current)) if !Arc::ptr_eq(&current, slot) => {
+                    map.insert(key, current);
+                    None
+                }
+                removed => removed,
+            };
+            drop(map);
+            drop(replaced);
+        }
         match ended {
-            Ended::Finished { waiters } => {
+            Ended::Finished { waiters, .. } => {
                 handle.shared.in_flight_keys.fetch_sub(1, Relaxed);
                 handle.shared.exported.on_flight_ended(true);
                 tracing::trace!(coalesce = %handle.shared.name, waiters, "shared call finished");
                 handle.publish(|| CoalesceEventKind::Completed { waiters });
             }
-            Ended::Abandoned => {
+            Ended::Abandoned { .. } => {
                 handle.shared.in_flight_keys.fetch_sub(1, Relaxed);
                 handle.shared.exported.on_flight_ended(false);
                 handle.shared.abandoned.fetch_add(1, Relaxed);
