@@ -76,7 +76,7 @@ fn run<S: Service<u64>>(mut service: S) {
     measured_calls(&mut service);
 }
 
-const CASES: [&str; 30] = [
+const CASES: [&str; 32] = [
     "bare",
     "breaker/count",
     "breaker/count/static",
@@ -107,6 +107,8 @@ const CASES: [&str; 30] = [
     "balance/peak-ewma/3000",
     "balance/peak-ewma-coarse/3",
     "balance/random/3",
+    "coalesce/unshared",
+    "coalesce/unshared/tower-resilience",
 ];
 
 fn main() {
@@ -227,6 +229,14 @@ fn main() {
             pipeline_case(&case)
         }
         balance if balance.starts_with("balance/") => balance_case(balance),
+        // Every call has a key of its own (the request): it starts and
+        // finishes a shared call that nobody joins.
+        "coalesce/unshared" => run(palisade::coalesce::Coalesce::with_defaults("bench")
+            .layer(|request: &u64| *request)
+            .layer(Echo)),
+        "coalesce/unshared/tower-resilience" => {
+            run(tower_resilience_coalesce::CoalesceLayer::new(|request: &u64| *request).layer(Echo))
+        }
         other => {
             eprintln!("unknown case {other:?}; cases: {}", CASES.join(" "));
             std::process::exit(2);

@@ -23,7 +23,9 @@ pub enum CoalesceEventKind {
         /// Requests waiting for that call now, this one included.
         waiters: usize,
     },
-    /// A shared call finished and answered its waiters.
+    /// A shared call finished and answered its waiters (or panicked: the
+    /// other waiters then get a
+    /// [`CoalescedError`](super::CoalescedError) saying so).
     Completed {
         /// Requests still waiting for it when it finished.
         waiters: usize,

@@ -6,7 +6,6 @@ use std::hash::Hash;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use futures_util::future::{FutureExt, Shared};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
@@ -14,6 +13,7 @@ use crate::error::BoxError;
 
 use super::error::CoalescedError;
 use super::oneshot::Oneshot;
+use super::slot::{Polled, SharedCallPanicked};
 use super::state::Waiter;
 
 pin_project! {
@@ -86,7 +86,6 @@ pin_project! {
         K: Clone,
     {
         Waiting {
-            call: Shared<SharedCall<S, Req>>,
             waiter: Waiter<K, SharedCall<S, Req>>,
         },
         Uncoalesced {
@@ -103,12 +102,9 @@ where
     S::Response: Clone,
     K: Hash + Eq + Clone,
 {
-    pub(crate) fn shared(
-        call: Shared<SharedCall<S, Req>>,
-        waiter: Waiter<K, SharedCall<S, Req>>,
-    ) -> Self {
+    pub(crate) fn shared(waiter: Waiter<K, SharedCall<S, Req>>) -> Self {
         Self {
-            kind: Kind::Waiting { call, waiter },
+            kind: Kind::Waiting { waiter },
         }
     }
 
@@ -130,11 +126,14 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
-            KindProj::Waiting { call, waiter } => {
-                let result = ready!(call.poll_unpin(cx));
-                waiter.finished();
-                Poll::Ready(result.map_err(|error| Box::new(error) as BoxError))
-            }
+            KindProj::Waiting { waiter } => match ready!(waiter.poll(cx)) {
+                Polled::Answer(result) => {
+                    Poll::Ready(result.map_err(|error| Box::new(error) as BoxError))
+                }
+                Polled::Lost => Poll::Ready(Err(Box::new(CoalescedError::new(Box::new(
+                    SharedCallPanicked,
+                ))))),
+            },
             KindProj::Uncoalesced { call } => {
                 Poll::Ready(ready!(call.poll(cx)).map_err(Into::into))
             }

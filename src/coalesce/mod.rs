@@ -53,10 +53,15 @@
 //!   ([`crate::find_cause`] and [`crate::error::is_rejection`] see through
 //!   it).
 //! * The shared call is driven by whichever waiters are still polling it
-//!   (a `futures` `Shared`, not a spawned task): dropping the request that
-//!   started it does not cancel it for the others. When every waiter has
-//!   gone, the call is dropped, which cancels it, and its key is
-//!   forgotten: nothing is left in the map after a cancellation.
+//!   (not a spawned task): dropping the request that started it does not
+//!   cancel it for the others. When every waiter has gone, the call is
+//!   dropped, which cancels it, and its key is forgotten: nothing is left
+//!   in the map after a cancellation.
+//! * If the inner future panics, the panic unwinds through the waiter that
+//!   was polling it (as it would without the layer); every other waiter of
+//!   that call gets a [`CoalescedError`] saying the shared call panicked,
+//!   the key is forgotten (the next request makes a new call) and the call
+//!   counts as completed (a [`CoalesceEventKind::Completed`] event).
 //! * The map of keys in flight is bounded by `max_in_flight_keys`. A
 //!   request for a new key beyond the bound is not rejected: it runs its
 //!   own call, uncoalesced (coalescing saves load; it is not admission
@@ -67,6 +72,33 @@
 //!   service (so the inner service must be `Clone`) and waits for its
 //!   readiness inside the call. A request that joins reserves nothing
 //!   downstream.
+//!
+//! # Cost, and why not `futures::future::Shared`
+//!
+//! A request for a key no one else is asking for (the common case) takes
+//! the map's lock twice (to insert the key, and to remove it when the call
+//! ends; one hash each) and allocates twice: the call's slot (an `Arc`
+//! holding the key, a lock, the waiter count and, once there is one, the
+//! answer) and the boxed inner call, which must stay at one address while
+//! any waiter may poll it (this crate forbids `unsafe`, so it cannot be
+//! pinned inside the `Arc`). The one waiter polls the call with its own
+//! waker and takes the answer without cloning it (`tests/coalesce_alloc.rs`
+//! counts the two allocations; a request run uncoalesced makes none).
+//!
+//! `futures`' `Shared` does the same job generally, and this layer used it
+//! before: it costs three allocations (its state, its notifier, the
+//! notifier's waker slab on the first poll), takes the notifier's lock on
+//! every poll, and clones the answer for every waiter including the last,
+//! because the map keeps a handle on it. The slot here is what `Shared`
+//! would be if it knew two things it cannot: who the waiters are (a count
+//! and a place each, under the slot's lock), and that most calls have one.
+//! So a waker list (one allocation, and a waker per waiter) is only made
+//! when a second waiter polls; from then on the call is polled with a waker
+//! that wakes them all, so any of them can drive it on if another stops
+//! polling or leaves. No lock is held while the inner future runs: the
+//! poller takes the boxed call out of the slot, polls it and puts it back,
+//! and a waiter that finds it taken registers its waker and waits. See
+//! `BENCHMARKS.md`, "Coalescing", for the measured difference.
 //!
 //! # Observability
 //!
@@ -84,6 +116,7 @@ mod layer;
 mod metrics;
 pub(crate) mod oneshot;
 mod service;
+mod slot;
 mod state;
 
 pub use self::config::{CoalesceConfig, CoalesceConfigBuilder, MAX_IN_FLIGHT_KEYS};

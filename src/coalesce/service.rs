@@ -82,7 +82,7 @@ where
         match self.flights.join(key, request, |request| {
             SharedCall::new(Oneshot::new(take_service(inner), request))
         }) {
-            Joined::Waiting { call, waiter } => ResponseFuture::shared(call, waiter),
+            Joined::Waiting(waiter) => ResponseFuture::shared(waiter),
             Joined::Uncoalesced(request) => {
                 ResponseFuture::uncoalesced(Oneshot::new(take_service(inner), request))
             }

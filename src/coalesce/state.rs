@@ -2,14 +2,14 @@
 //! and the map of calls in flight, independent of tower.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::fmt;
 use std::future::Future;
 use std::hash::Hash;
-use std::marker::PhantomData;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::task::{Context, Poll, ready};
 
-use futures_util::future::{FutureExt, Shared};
 use parking_lot::Mutex;
 
 use crate::events::{EventHub, EventStream};
@@ -18,6 +18,7 @@ use super::config::CoalesceConfig;
 use super::event::{CoalesceEvent, CoalesceEventKind};
 use super::layer::CoalesceLayer;
 use super::metrics::CoalesceMetrics;
+use super::slot::{Ended, Polled, Slot};
 
 /// A coalescing (singleflight) layer's handle: its name, configuration,
 /// counters and events. Clones share them.
@@ -146,23 +147,10 @@ impl fmt::Debug for Coalesce {
     }
 }
 
-/// One shared call in flight and the requests waiting for it.
-struct Flight<Fut: Future> {
-    /// Tells this flight from a later one for the same key.
-    id: u64,
-    waiters: usize,
-    call: Shared<Fut>,
-}
-
-struct FlightMap<K, Fut: Future> {
-    flights: HashMap<K, Flight<Fut>>,
-    next_id: u64,
-}
-
 /// The calls in flight of one service (and its clones), by key.
 pub(crate) struct Flights<K, Fut: Future> {
     handle: Coalesce,
-    map: Mutex<FlightMap<K, Fut>>,
+    map: Mutex<HashMap<K, Arc<Slot<K, Fut>>>>,
 }
 
 /// What a request does: wait for a shared call (new or in flight), or run
@@ -173,10 +161,7 @@ where
     Fut: Future,
     Fut::Output: Clone,
 {
-    Waiting {
-        call: Shared<Fut>,
-        waiter: Waiter<K, Fut>,
-    },
+    Waiting(Waiter<K, Fut>),
     /// The request, back for its own call.
     Uncoalesced(Req),
 }
@@ -190,10 +175,7 @@ where
     pub(crate) fn new(handle: Coalesce) -> Self {
         Self {
             handle,
-            map: Mutex::new(FlightMap {
-                flights: HashMap::new(),
-                next_id: 0,
-            }),
+            map: Mutex::new(HashMap::new()),
         }
     }
 
@@ -209,20 +191,25 @@ where
     ) -> Joined<K, Fut, Req> {
         let handle = &self.handle;
         let mut map = self.map.lock();
-        if let Some(flight) = map.flights.get_mut(&key) {
-            flight.waiters += 1;
-            let (id, waiters, call) = (flight.id, flight.waiters, flight.call.clone());
-            drop(map);
-            handle.shared.coalesced.fetch_add(1, Relaxed);
-            handle.shared.waiters.fetch_add(1, Relaxed);
-            handle.shared.exported.on_follower();
-            tracing::trace!(coalesce = %handle.shared.name, waiters, "request joined a shared call");
-            handle.publish(|| CoalesceEventKind::Joined { waiters });
-            return Joined::Waiting {
-                call,
-                waiter: Waiter::new(self, key, id),
-            };
-        }
+        // One hash for the lookup and the insertion. An entry whose call
+        // has ended (its last waiter is about to remove it) is replaced.
+        let entry = map.entry(key);
+        let entry = match entry {
+            Entry::Occupied(occupied) => match occupied.get().try_join() {
+                Some((place, waiters)) => {
+                    let slot = Arc::clone(occupied.get());
+                    drop(map);
+                    handle.shared.coalesced.fetch_add(1, Relaxed);
+                    handle.shared.waiters.fetch_add(1, Relaxed);
+                    handle.shared.exported.on_follower();
+                    tracing::trace!(coalesce = %handle.shared.name, waiters, "request joined a shared call");
+                    handle.publish(|| CoalesceEventKind::Joined { waiters });
+                    return Joined::Waiting(Waiter::new(self, slot, place));
+                }
+                None => Entry::Occupied(occupied),
+            },
+            vacant => vacant,
+        };
         if let Err(in_flight_keys) = handle.try_reserve_key() {
             drop(map);
             handle.shared.uncoalesced.fetch_add(1, Relaxed);
@@ -235,65 +222,70 @@ where
             handle.publish(|| CoalesceEventKind::Uncoalesced { in_flight_keys });
             return Joined::Uncoalesced(request);
         }
-        let id = map.next_id;
-        map.next_id = map.next_id.wrapping_add(1);
-        let call = start(request).shared();
-        map.flights.insert(
-            key.clone(),
-            Flight {
-                id,
-                waiters: 1,
-                call: call.clone(),
-            },
-        );
+        let slot = Arc::new(Slot::new(entry.key().clone(), start(request)));
+        let ended = match entry {
+            Entry::Occupied(mut occupied) => Some(occupied.insert(Arc::clone(&slot))),
+            Entry::Vacant(vacant) => {
+                vacant.insert(Arc::clone(&slot));
+                None
+            }
+        };
         drop(map);
+        drop(ended);
         handle.shared.calls.fetch_add(1, Relaxed);
         handle.shared.waiters.fetch_add(1, Relaxed);
         handle.shared.exported.on_leader();
         tracing::trace!(coalesce = %handle.shared.name, "request started a shared call");
         handle.publish(|| CoalesceEventKind::Started);
-        Joined::Waiting {
-            call,
-            waiter: Waiter::new(self, key, id),
-        }
+        Joined::Waiting(Waiter::new(self, slot, 0))
     }
 
-    /// Forgets the flight `id` of `key`, if it is still the current one:
-    /// when its call finished (`finished`), or when its last waiter left.
-    fn leave(&self, key: &K, id: u64, finished: bool) {
-        let handle = &self.handle;
-        let mut map = self.map.lock();
-        let Some(flight) = map.flights.get_mut(key).filter(|f| f.id == id) else {
-            return;
+    /// The call of `slot` ended (answered, panicked or abandoned by every
+    /// waiter): removes it from the map if it is still there (a later call
+    /// for the key may have replaced it) and reports it.
+    fn ended(&self, slot: &Arc<Slot<K, Fut>>, ended: Ended<K>) {
+        let key = match &ended {
+            Ended::Finished { key, .. } | Ended::Abandoned { key } => key.as_ref(),
+            Ended::Left => return,
         };
-        flight.waiters -= 1;
-        let remaining = flight.waiters;
-        if !finished && remaining > 0 {
-            return;
+        let handle = &self.handle;
+        if let Some(key) = key {
+            let mut map = self.map.lock();
+            // One hash: remove, and put back the rare later call that
+            // replaced this one.
+            let replaced = match map.remove_entry(key) {
+                Some((key, current)) if !Arc::ptr_eq(&current, slot) => {
+                    map.insert(key, current);
+                    None
+                }
+                removed => removed,
+            };
+            drop(map);
+            drop(replaced);
         }
-        let removed = map.flights.remove(key);
-        drop(map);
-        handle.shared.in_flight_keys.fetch_sub(1, Relaxed);
-        handle.shared.exported.on_flight_ended(finished);
-        if finished {
-            tracing::trace!(coalesce = %handle.shared.name, waiters = remaining + 1, "shared call finished");
-            handle.publish(|| CoalesceEventKind::Completed {
-                waiters: remaining + 1,
-            });
-        } else {
-            handle.shared.abandoned.fetch_add(1, Relaxed);
-            tracing::debug!(coalesce = %handle.shared.name, "every waiter left: shared call cancelled");
-            handle.publish(|| CoalesceEventKind::Abandoned);
+        match ended {
+            Ended::Finished { waiters, .. } => {
+                handle.shared.in_flight_keys.fetch_sub(1, Relaxed);
+                handle.shared.exported.on_flight_ended(true);
+                tracing::trace!(coalesce = %handle.shared.name, waiters, "shared call finished");
+                handle.publish(|| CoalesceEventKind::Completed { waiters });
+            }
+            Ended::Abandoned { .. } => {
+                handle.shared.in_flight_keys.fetch_sub(1, Relaxed);
+                handle.shared.exported.on_flight_ended(false);
+                handle.shared.abandoned.fetch_add(1, Relaxed);
+                tracing::debug!(coalesce = %handle.shared.name, "every waiter left: shared call cancelled");
+                handle.publish(|| CoalesceEventKind::Abandoned);
+            }
+            Ended::Left => {}
         }
-        // Dropping the last handle on an unfinished call cancels it: do it
-        // outside the lock, its drop may run arbitrary code.
-        drop(removed);
     }
 }
 
-/// A request's place among the waiters of a shared call: leaving (finished
-/// or dropped) updates the map, and the last waiter to leave an unfinished
-/// call cancels it.
+/// A request's place among the waiters of a shared call: it polls the call
+/// (or waits for whoever does) and takes a clone of the answer; dropped
+/// before that, it leaves, and the last waiter to leave an unfinished call
+/// cancels it.
 pub(crate) struct Waiter<K, Fut>
 where
     K: Hash + Eq + Clone,
@@ -301,9 +293,10 @@ where
     Fut::Output: Clone,
 {
     flights: Arc<Flights<K, Fut>>,
-    key: Option<K>,
-    id: u64,
-    _call: PhantomData<fn() -> Fut>,
+    slot: Arc<Slot<K, Fut>>,
+    place: usize,
+    /// Whether it took the answer (or learnt the call was lost).
+    done: bool,
 }
 
 impl<K, Fut> Waiter<K, Fut>
@@ -312,23 +305,31 @@ where
     Fut: Future,
     Fut::Output: Clone,
 {
-    fn new(flights: &Arc<Flights<K, Fut>>, key: K, id: u64) -> Self {
+    fn new(flights: &Arc<Flights<K, Fut>>, slot: Arc<Slot<K, Fut>>, place: usize) -> Self {
         Self {
             flights: Arc::clone(flights),
-            key: Some(key),
-            id,
-            _call: PhantomData,
+            slot,
+            place,
+            done: false,
         }
     }
 
-    /// The shared call finished: the next request for the key starts a new
-    /// one.
-    pub(crate) fn finished(&mut self) {
-        if let Some(key) = self.key.take() {
-            self.flights.leave(&key, self.id, true);
-            self.flights.handle.shared.waiters.fetch_sub(1, Relaxed);
-            self.flights.handle.shared.exported.on_waiter_left();
-        }
+    /// The shared call's answer, once it is there.
+    pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Polled<Fut::Output>> {
+        assert!(
+            !self.done,
+            "coalesce::ResponseFuture polled after completion"
+        );
+        let (flights, slot) = (&self.flights, &self.slot);
+        let polled = ready!(slot.poll(self.place, cx, |ended| flights.ended(slot, ended)));
+        self.done = true;
+        self.left();
+        Poll::Ready(polled)
+    }
+
+    fn left(&self) {
+        self.flights.handle.shared.waiters.fetch_sub(1, Relaxed);
+        self.flights.handle.shared.exported.on_waiter_left();
     }
 }
 
@@ -339,10 +340,10 @@ where
     Fut::Output: Clone,
 {
     fn drop(&mut self) {
-        if let Some(key) = self.key.take() {
-            self.flights.leave(&key, self.id, false);
-            self.flights.handle.shared.waiters.fetch_sub(1, Relaxed);
-            self.flights.handle.shared.exported.on_waiter_left();
+        if !self.done {
+            let ended = self.slot.leave(self.place);
+            self.flights.ended(&self.slot, ended);
+            self.left();
         }
     }
 }
@@ -356,7 +357,7 @@ where
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Waiter")
             .field("coalesce", &self.flights.handle.shared.name)
-            .field("id", &self.id)
+            .field("place", &self.place)
             .finish_non_exhaustive()
     }
 }
