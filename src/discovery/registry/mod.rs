@@ -20,9 +20,30 @@
 //! |---|---|---|---|
 //! | [`InMemoryRegistry`] | always | its own table; runs TTL and HTTP checks | yes |
 //! | [`StaticRegistry`] | always | a list given by configuration | no |
-//! | [`DnsRegistry`] | `dns` | A/AAAA or SRV records, re-resolved | no |
-//! | [`ConsulRegistry`] | `consul` | `/v1/health/service`, blocking queries | yes |
-//! | [`EtcdRegistry`] | `etcd` | a prefix read, then a watch | yes (leases) |
+#![cfg_attr(
+    feature = "dns",
+    doc = "| [`DnsRegistry`] | `dns` | A/AAAA or SRV records, re-resolved | no |"
+)]
+#![cfg_attr(
+    not(feature = "dns"),
+    doc = "| `DnsRegistry` | `dns` | A/AAAA or SRV records, re-resolved | no |"
+)]
+#![cfg_attr(
+    feature = "consul",
+    doc = "| [`ConsulRegistry`] | `consul` | `/v1/health/service`, blocking queries | yes |"
+)]
+#![cfg_attr(
+    not(feature = "consul"),
+    doc = "| `ConsulRegistry` | `consul` | `/v1/health/service`, blocking queries | yes |"
+)]
+#![cfg_attr(
+    feature = "etcd",
+    doc = "| [`EtcdRegistry`] | `etcd` | a prefix read, then a watch | yes (leases) |"
+)]
+#![cfg_attr(
+    not(feature = "etcd"),
+    doc = "| `EtcdRegistry` | `etcd` | a prefix read, then a watch | yes (leases) |"
+)]
 //!
 //! Both traits are object-safe: `Arc<dyn Registry>` and
 //! `Arc<dyn Registrar>` work wherever `R: Registry` is asked for.
