@@ -579,25 +579,39 @@ async fn every_service_serves_prometheus_metrics() {
     }
 }
 
+/// Signs `email` up, places a sticker order carrying the W3C trace
+/// `trace_id` (parent span `span_id`), checks it was confirmed and waits
+/// until the outbox has delivered its events (asynchronously: the outbox
+/// keeps the order's trace context with each event). The user's token
+/// and the order's reply.
+async fn place_traced_order(
+    system: &System,
+    email: &str,
+    trace_id: &str,
+    span_id: &str,
+) -> (String, JsonReply) {
+    let token = signed_up(system, email).await;
+    let mut order = ApiCall::post("/api/orders", sticker()).bearer(&token);
+    order.headers.push((
+        http::HeaderName::from_static("traceparent"),
+        format!("00-{trace_id}-{span_id}-01"),
+    ));
+    let placed = call(system, order).await;
+    assert_eq!(placed.status.as_u16(), 201, "{}", placed.body);
+    shop::invariants::wait_for_outbox(system)
+        .await
+        .expect("the outbox is delivered");
+    (token, placed)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_orders_trace_id_reaches_every_service_it_touches() {
     let system = System::start(SystemConfig::default())
         .await
         .expect("the system starts");
-    let token = signed_up(&system, "ivan@example.com").await;
     let trace_id = "0af7651916cd43dd8448eb211c80319c";
-    let mut order = ApiCall::post("/api/orders", sticker()).bearer(&token);
-    order.headers.push((
-        http::HeaderName::from_static("traceparent"),
-        format!("00-{trace_id}-b7ad6b7169203331-01"),
-    ));
-    let placed = call(&system, order).await;
-    assert_eq!(placed.status.as_u16(), 201, "{}", placed.body);
-    // The order's events reach notifications asynchronously, through the
-    // outbox, which keeps the order's trace context with each event.
-    shop::invariants::wait_for_outbox(&system)
-        .await
-        .expect("the outbox is delivered");
+    let (token, placed) =
+        place_traced_order(&system, "ivan@example.com", trace_id, "b7ad6b7169203331").await;
     let outbox = on_instance(&system, "orders-1", ApiCall::get("/outbox")).await;
     let events: Vec<&Value> = outbox
         .body
@@ -934,18 +948,8 @@ async fn rabbitmq_order_events_carry_the_orders_trace() {
     })
     .await
     .expect("the system starts with the broker");
-    let token = signed_up(&system, "judy@example.com").await;
     let trace_id = "5d2f0c1e9b8a47d6a3c2b1f0e9d8c7b6";
-    let mut order = ApiCall::post("/api/orders", sticker()).bearer(&token);
-    order.headers.push((
-        http::HeaderName::from_static("traceparent"),
-        format!("00-{trace_id}-a1b2c3d4e5f60718-01"),
-    ));
-    let placed = call(&system, order).await;
-    assert_eq!(placed.status.as_u16(), 201, "{}", placed.body);
-    shop::invariants::wait_for_outbox(&system)
-        .await
-        .expect("the outbox is delivered");
+    place_traced_order(&system, "judy@example.com", trace_id, "a1b2c3d4e5f60718").await;
     let emails = on_instance(&system, "notifications-1", ApiCall::get("/emails")).await;
     assert!(
         emails
