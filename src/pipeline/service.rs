@@ -53,14 +53,31 @@ where
         // Without a subscriber that wants it, no span at all: a disabled
         // span still costs its bookkeeping on every call (and, with
         // tracing's `log` feature, a `log` check at each step of its life).
-        if !tracing::span_enabled!(tracing::Level::DEBUG) {
-            return ResponseFuture::new(self.inner.call(request), None, self.shared.timeout);
+        // The inline check is the global level filter alone (one relaxed
+        // load), so that `call` stays small enough to inline into the
+        // caller; whether a subscriber wants this span is asked out of line.
+        if tracing::level_enabled!(tracing::Level::DEBUG) {
+            return self.call_if_traced(request);
         }
-        self.call_in_span(request)
+        ResponseFuture::new(self.inner.call(request), None, self.shared.timeout)
     }
 }
 
 impl<C> PipelineService<C> {
+    /// [`call`](Service::call) when some subscriber takes `DEBUG` events:
+    /// in the call's span if one wants it, without otherwise.
+    #[inline(never)]
+    fn call_if_traced<Req>(&mut self, request: Req) -> ResponseFuture<C::Future>
+    where
+        C: Service<Req, Error = BoxError>,
+    {
+        if tracing::span_enabled!(tracing::Level::DEBUG) {
+            self.call_in_span(request)
+        } else {
+            ResponseFuture::new(self.inner.call(request), None, self.shared.timeout)
+        }
+    }
+
     /// [`call`](Service::call) with a subscriber listening: in the call's
     /// `pipeline` span.
     #[inline(never)]
