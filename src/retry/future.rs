@@ -215,7 +215,7 @@ fn latest_start(config: &super::RetryConfig, started: Option<Instant>) -> Option
 
 /// Counts a call that ends after `attempts` attempts, and tells the
 /// subscribers if there are any.
-#[inline]
+#[inline(always)]
 fn finish(shared: &Shared, attempts: u32, failed: bool, reason: Option<GiveUpReason>) {
     if failed {
         return finish_failed(shared, attempts, reason);
@@ -228,6 +228,14 @@ fn finish(shared: &Shared, attempts: u32, failed: bool, reason: Option<GiveUpRea
     }
     .add(1);
     shared.exported.on_finish(false, retried);
+    if shared.events.is_observed() {
+        publish_succeeded(shared, attempts);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn publish_succeeded(shared: &Shared, attempts: u32) {
     shared.events.publish_with(|| RetryEvent {
         layer: Arc::clone(&shared.name),
         kind: RetryEventKind::Succeeded { attempts },
