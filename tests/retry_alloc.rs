@@ -136,6 +136,50 @@ fn a_first_attempt_that_waits_allocates_nothing_without_timeouts() {
     assert_eq!(retry.metrics().succeeded_without_retry, 101);
 }
 
+#[test]
+fn a_first_attempt_that_waits_with_timeouts_allocates_one_box() {
+    use std::future::Future;
+    use std::task::{Context, Poll};
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    let _context = runtime.enter();
+    let retry = Retry::new(
+        "alloc",
+        RetryConfig::builder()
+            .attempt_timeout(Duration::from_secs(1))
+            .overall_timeout(Duration::from_secs(5))
+            .build()
+            .expect("valid config"),
+    );
+    let mut service = retry.layer().layer(AnswersLater);
+    let waker = futures::task::noop_waker();
+    let mut cx = Context::from_waker(&waker);
+    let mut call = |request: u64| {
+        assert!(service.poll_ready(&mut cx).is_ready());
+        let mut response = std::pin::pin!(service.call(request));
+        assert!(response.as_mut().poll(&mut cx).is_pending());
+        match response.as_mut().poll(&mut cx) {
+            Poll::Ready(Ok(answer)) => answer,
+            other => panic!("the second poll should answer, got {other:?}"),
+        }
+    };
+    call(0);
+    let allocations = allocations_during(|| {
+        for request in 0..100 {
+            black_box(call(black_box(request)));
+        }
+    });
+    // Both timers live in one box, made when the attempt is first pending.
+    assert_eq!(
+        allocations, 100,
+        "allocations in 100 calls that waited once"
+    );
+    assert_eq!(retry.metrics().succeeded_without_retry, 101);
+}
+
 /// The response future holds the attempt in flight (16 bytes here), the
 /// request copy kept for a retry (16), the `max_elapsed` start (16), the
 /// box of what only a waiting or retried call needs (8), the shared state
