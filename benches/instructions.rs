@@ -76,7 +76,7 @@ fn run<S: Service<u64>>(mut service: S) {
     measured_calls(&mut service);
 }
 
-const CASES: [&str; 32] = [
+const CASES: [&str; 33] = [
     "bare",
     "breaker/count",
     "breaker/count/static",
@@ -87,6 +87,7 @@ const CASES: [&str; 32] = [
     "breaker/open/no-runtime",
     "retry/default-budget",
     "retry/no-budget",
+    "retry/attempt-timeout",
     "tower/retry",
     "bulkhead",
     "tower/concurrency-limit",
@@ -181,6 +182,16 @@ fn main() {
             "bench",
             palisade::retry::RetryConfig::builder()
                 .no_budget()
+                .build()
+                .expect("valid config"),
+        )
+        .layer()
+        .layer(Echo)),
+        // A call answered at once starts no timer, so it needs no runtime.
+        "retry/attempt-timeout" => run(palisade::retry::Retry::new(
+            "bench",
+            palisade::retry::RetryConfig::builder()
+                .attempt_timeout(Duration::from_secs(5))
                 .build()
                 .expect("valid config"),
         )

@@ -334,6 +334,42 @@ async fn a_request_that_cannot_be_copied_is_sent_once() {
     ));
 }
 
+/// Copies requests and counts the responses whose server delay it was
+/// asked to read.
+#[derive(Clone, Default)]
+struct CountsServerDelays(Arc<Mutex<usize>>);
+
+impl RetryPolicy<u32, u32, BoxError> for CountsServerDelays {
+    fn clone_request(&self, request: &u32) -> Option<u32> {
+        Some(*request)
+    }
+
+    fn server_delay(&self, _: Result<&u32, &BoxError>) -> palisade::retry::ServerDelay {
+        *self.0.lock().expect("count") += 1;
+        palisade::retry::ServerDelay::None
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_server_delay_is_read_only_when_a_retry_could_follow() {
+    let policy = CountsServerDelays::default();
+    let backend = Scripted::new(&[Step::Ok, Step::Fail, Step::Ok, Step::Fail, Step::Fail]);
+    let mut service = layer(config().max_attempts(2))
+        .with_policy(policy.clone())
+        .layer(backend.clone());
+    assert_eq!(call(&mut service, 1).await.expect("succeeds"), 1);
+    assert_eq!(*policy.0.lock().expect("count"), 0, "a success is not read");
+    assert_eq!(call(&mut service, 2).await.expect("the retry succeeds"), 2);
+    assert_eq!(*policy.0.lock().expect("count"), 1, "the retried failure");
+    assert!(call(&mut service, 3).await.is_err());
+    assert_eq!(
+        *policy.0.lock().expect("count"),
+        2,
+        "the last attempt's failure is not read: no attempt is left"
+    );
+    assert_eq!(backend.calls(), 5);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_custom_backoff_can_stop_retrying() {
     let backend = Scripted::new(&[Step::Fail]);

@@ -1,5 +1,6 @@
-//! The retry layer's success path makes no allocation per call: a counting
-//! global allocator watches calls whose first attempt succeeds.
+//! The retry layer's success path makes no allocation per call (a counting
+//! global allocator watches calls whose first attempt succeeds), and its
+//! response future carries only what a call answered at once needs.
 
 #[path = "support/counting_alloc.rs"]
 mod counting_alloc;
@@ -58,6 +59,146 @@ fn first_attempt_success_with_timeouts_and_a_deadline_allocates_nothing() {
             .max_elapsed(Duration::from_secs(3))
             .build()
             .expect("valid config"),
+    );
+}
+
+/// Answers on its second poll, as a service that waits for I/O does.
+#[derive(Clone, Copy)]
+struct AnswersLater;
+
+/// [`AnswersLater`]'s future: pending once, then its request.
+struct SecondPoll {
+    request: u64,
+    polled: bool,
+}
+
+impl std::future::Future for SecondPoll {
+    type Output = Result<u64, std::convert::Infallible>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        if std::mem::replace(&mut self.polled, true) {
+            return std::task::Poll::Ready(Ok(self.request));
+        }
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    }
+}
+
+impl Service<u64> for AnswersLater {
+    type Response = u64;
+    type Error = std::convert::Infallible;
+    type Future = SecondPoll;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: u64) -> Self::Future {
+        SecondPoll {
+            request,
+            polled: false,
+        }
+    }
+}
+
+#[test]
+fn a_first_attempt_that_waits_allocates_nothing_without_timeouts() {
+    use std::future::Future;
+    use std::task::{Context, Poll};
+
+    let retry = Retry::new("alloc", RetryConfig::default());
+    let mut service = retry.layer().layer(AnswersLater);
+    let waker = futures::task::noop_waker();
+    let mut cx = Context::from_waker(&waker);
+    let mut call = |request: u64| {
+        assert!(service.poll_ready(&mut cx).is_ready());
+        let mut response = std::pin::pin!(service.call(request));
+        assert!(response.as_mut().poll(&mut cx).is_pending());
+        match response.as_mut().poll(&mut cx) {
+            Poll::Ready(Ok(answer)) => answer,
+            other => panic!("the second poll should answer, got {other:?}"),
+        }
+    };
+    call(0);
+    let allocations = allocations_during(|| {
+        for request in 0..100 {
+            black_box(call(black_box(request)));
+        }
+    });
+    // Only a timeout to start would box the call's timers.
+    assert_eq!(allocations, 0, "allocations in 100 calls that waited once");
+    assert_eq!(retry.metrics().succeeded_without_retry, 101);
+}
+
+#[test]
+fn a_first_attempt_that_waits_with_timeouts_allocates_one_box() {
+    use std::future::Future;
+    use std::task::{Context, Poll};
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    let _context = runtime.enter();
+    let retry = Retry::new(
+        "alloc",
+        RetryConfig::builder()
+            .attempt_timeout(Duration::from_secs(1))
+            .overall_timeout(Duration::from_secs(5))
+            .build()
+            .expect("valid config"),
+    );
+    let mut service = retry.layer().layer(AnswersLater);
+    let waker = futures::task::noop_waker();
+    let mut cx = Context::from_waker(&waker);
+    let mut call = |request: u64| {
+        assert!(service.poll_ready(&mut cx).is_ready());
+        let mut response = std::pin::pin!(service.call(request));
+        assert!(response.as_mut().poll(&mut cx).is_pending());
+        match response.as_mut().poll(&mut cx) {
+            Poll::Ready(Ok(answer)) => answer,
+            other => panic!("the second poll should answer, got {other:?}"),
+        }
+    };
+    call(0);
+    let allocations = allocations_during(|| {
+        for request in 0..100 {
+            black_box(call(black_box(request)));
+        }
+    });
+    // Both timers live in one box, made when the attempt is first pending.
+    assert_eq!(
+        allocations, 100,
+        "allocations in 100 calls that waited once"
+    );
+    assert_eq!(retry.metrics().succeeded_without_retry, 101);
+}
+
+/// The response future holds the attempt in flight (16 bytes here), the
+/// request copy kept for a retry (16), the `max_elapsed` start (16), the
+/// box of what only a waiting or retried call needs (8), the shared state
+/// (8), the attempt number and the reason a retry is barred: 72 bytes for a
+/// `u64` request to a zero-sized service. Timers, the backoff's progress and
+/// the failure being retried are boxed the first time a call waits.
+#[test]
+#[cfg(target_pointer_width = "64")]
+fn the_response_future_of_a_small_request_is_at_most_72_bytes() {
+    let retry = Retry::new("size", RetryConfig::default());
+    let mut service = retry.layer().layer(Echo);
+    let waker = futures::task::noop_waker();
+    let mut cx = std::task::Context::from_waker(&waker);
+    assert!(service.poll_ready(&mut cx).is_ready());
+    let future = service.call(7);
+    assert!(
+        std::mem::size_of_val(&future) <= 72,
+        "{} bytes",
+        std::mem::size_of_val(&future)
     );
 }
 

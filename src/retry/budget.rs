@@ -60,8 +60,8 @@
 //!
 //! [`deposit`](RetryBudget::deposit), called for every request, takes no
 //! lock, allocates nothing and does not read the clock: one load and one
-//! `fetch_add` on this thread's stripe of a counter striped over cache
-//! lines (so threads depositing at once do not contend). One deposit in 64
+//! relaxed `fetch_add` on this thread's stripe of a counter striped over
+//! cache lines (so threads depositing at once do not contend). One deposit in 64
 //! on a stripe also reads the clock and, the first in a new bucket, records
 //! the running total where that bucket starts (a few more atomic
 //! operations). [`withdraw`](RetryBudget::withdraw) and
@@ -172,14 +172,13 @@ impl RetryBudget {
         let stripe = bank.deposits.stripe();
         // One deposit in DEPOSITS_PER_CLOCK_READ on each stripe reads the
         // clock and moves the window; the others count in the newest
-        // bucket any caller has seen (see "Granularity").
-        if stripe.load(Relaxed) % DEPOSITS_PER_CLOCK_READ == 0 {
-            let bucket = bank.bucket_at(Instant::now());
-            if bucket > bank.current.load(Relaxed) {
-                bank.rotate_to(bucket);
-            }
+        // bucket any caller has seen (see "Granularity"), and order
+        // nothing: a relaxed add.
+        if stripe.load(Relaxed) % DEPOSITS_PER_CLOCK_READ != 0 {
+            stripe.fetch_add(1, Relaxed);
+        } else {
+            bank.deposit_reading_clock(stripe);
         }
-        stripe.fetch_add(1, AcqRel);
     }
 
     /// Asks to make one retry: returns `true` and takes a whole token when
@@ -391,6 +390,20 @@ impl Bank {
     #[inline]
     fn mark(&self, bucket: u64) -> &Mark {
         &self.marks[(bucket % BUCKETS) as usize]
+    }
+
+    /// The one deposit in [`DEPOSITS_PER_CLOCK_READ`] on a stripe that
+    /// reads the clock and moves the window first. Its add is a release:
+    /// a caller that sees it in the total also sees that this deposit read
+    /// `current` before any later move (see [`rotate_to`](Self::rotate_to)).
+    #[cold]
+    #[inline(never)]
+    fn deposit_reading_clock(&self, stripe: &AtomicU64) {
+        let bucket = self.bucket_at(Instant::now());
+        if bucket > self.current.load(Relaxed) {
+            self.rotate_to(bucket);
+        }
+        stripe.fetch_add(1, AcqRel);
     }
 
     /// A deposit that read the clock and found `bucket` (the loom models

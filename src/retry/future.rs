@@ -31,45 +31,78 @@ pin_project! {
     /// attempt could start (and, with `attempt_timeout`, finish), the call
     /// gives up with the last failure.
     ///
-    /// A call answered at once allocates nothing. What only a waiting or
-    /// retried call needs is boxed when first needed, so that the future
-    /// stays small: the overall timer (one allocation, the first time a
-    /// call with `overall_timeout` waits) and, with `max_elapsed`, the
-    /// failure being retried (one allocation per retry).
+    /// It holds the attempt in flight, the copy of the request and the
+    /// clone of the service kept for a retry, the retry's shared state, the
+    /// classifier, the policy, the attempt number and, with `max_elapsed`,
+    /// the moment the call started. Everything else (timers, the backoff's
+    /// progress, the failure being retried) is only needed by a call that
+    /// waits or retries, and is boxed the first time it is: a call answered
+    /// at once allocates nothing; one that waits allocates one box if
+    /// `attempt_timeout` or `overall_timeout` is set, and a retried call
+    /// one box in all.
     pub struct ResponseFuture<S, Req, C, P>
     where
         S: Service<Req>,
     {
         #[pin]
         state: State<S::Future>,
-        // Boxed: only a call that waits with an overall timeout creates
-        // it, and a call answered at once should not carry its size.
-        overall: Option<Pin<Box<Sleep>>>,
+        waits: Option<Pin<Box<Waits<S::Response, S::Error>>>>,
         service: Option<S>,
         request: Option<Req>,
-        blocked: Option<GiveUpReason>,
-        // The failure being retried, kept (with `max_elapsed` only) to be
-        // returned if the deadline passes before the next attempt starts.
-        // Boxed: retry-only state, and a response can be large.
-        last: Option<Box<Attempt<S::Response, S::Error>>>,
-        attempt: u32,
         started: Option<Instant>,
-        backoff: BackoffProgress,
         shared: Arc<Shared>,
         classifier: C,
         policy: P,
+        attempt: u32,
+        blocked: Option<GiveUpReason>,
     }
 }
 
 pin_project! {
     #[project = StateProj]
     enum State<F> {
-        Calling { #[pin] future: F, #[pin] timeout: Option<Sleep> },
-        Waiting { #[pin] sleep: Sleep },
-        // `deadline`: the last moment the next attempt may start, set the
-        // first time the service is not ready at once.
-        Readying { #[pin] deadline: Option<Sleep> },
+        Calling { #[pin] future: F },
+        // The backoff runs in `Waits::timer`.
+        Waiting,
+        // Waiting for the service to be ready for the next attempt; with
+        // `max_elapsed`, `Waits::timer` holds the last moment it may start,
+        // set the first time the service is not ready at once.
+        Readying,
     }
+}
+
+pin_project! {
+    /// What only a call that waits or retries needs.
+    struct Waits<T, E> {
+        // The whole call's limit, started the first time the call waits.
+        #[pin]
+        overall: Option<Sleep>,
+        // The one timer of the current step, never two at once: the attempt
+        // timeout (while calling), the backoff (while waiting) or the
+        // deadline of the wait for readiness. Emptied between steps.
+        #[pin]
+        timer: Option<Sleep>,
+        // The failure being retried, kept (with `max_elapsed` only) to be
+        // returned if the deadline passes before the next attempt starts.
+        last: Option<Attempt<T, E>>,
+        backoff: BackoffProgress,
+    }
+}
+
+impl<T, E> Waits<T, E> {
+    fn new() -> Pin<Box<Self>> {
+        Box::pin(Waits {
+            overall: None,
+            timer: None,
+            last: None,
+            backoff: BackoffProgress::default(),
+        })
+    }
+}
+
+/// The call's [`Waits`], boxed now if this is the first time it waits.
+fn waits<T, E>(waits: &mut Option<Pin<Box<Waits<T, E>>>>) -> Pin<&mut Waits<T, E>> {
+    waits.get_or_insert_with(Waits::new).as_mut()
 }
 
 enum Attempt<T, E> {
@@ -121,6 +154,7 @@ impl<S, Req, C, P> ResponseFuture<S, Req, C, P>
 where
     S: Service<Req>,
 {
+    #[inline]
     pub(crate) fn new(
         future: S::Future,
         service: Option<S>,
@@ -130,24 +164,20 @@ where
         classifier: C,
         policy: P,
     ) -> Self {
-        let config = &shared.config;
-        let started = (config.max_elapsed.is_some() && blocked.is_none()).then(Instant::now);
+        // The only clock read a call may make before it waits: `max_elapsed`
+        // counts from the first attempt.
+        let started = (shared.config.max_elapsed.is_some() && blocked.is_none()).then(Instant::now);
         Self {
-            state: State::Calling {
-                future,
-                timeout: None,
-            },
-            overall: None,
+            state: State::Calling { future },
+            waits: None,
             service,
             request,
-            blocked,
-            last: None,
-            attempt: 1,
             started,
-            backoff: BackoffProgress::default(),
             shared,
             classifier,
             policy,
+            attempt: 1,
+            blocked,
         }
     }
 
@@ -183,27 +213,52 @@ fn latest_start(config: &super::RetryConfig, started: Option<Instant>) -> Option
     started?.checked_add(budget)
 }
 
+/// Counts a call that ends after `attempts` attempts, and tells the
+/// subscribers if there are any.
+#[inline(always)]
 fn finish(shared: &Shared, attempts: u32, failed: bool, reason: Option<GiveUpReason>) {
-    let counter = match (failed, attempts > 1) {
-        (false, false) => &shared.succeeded_without_retry,
-        (false, true) => &shared.succeeded_after_retry,
-        (true, false) => &shared.failed_without_retry,
-        (true, true) => &shared.failed_after_retries,
-    };
-    counter.add(1);
-    shared.exported.on_finish(failed, attempts > 1);
     if failed {
-        tracing::debug!(retry = %shared.name, attempts, reason = ?reason, "call failed; not retrying");
+        return finish_failed(shared, attempts, reason);
     }
+    let retried = attempts > 1;
+    if retried {
+        &shared.succeeded_after_retry
+    } else {
+        &shared.succeeded_without_retry
+    }
+    .add(1);
+    shared.exported.on_finish(false, retried);
+    if shared.events.is_observed() {
+        publish_succeeded(shared, attempts);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn publish_succeeded(shared: &Shared, attempts: u32) {
     shared.events.publish_with(|| RetryEvent {
         layer: Arc::clone(&shared.name),
-        kind: if failed {
-            RetryEventKind::Failed {
-                attempts,
-                reason: reason.unwrap_or(GiveUpReason::NotRetryable),
-            }
-        } else {
-            RetryEventKind::Succeeded { attempts }
+        kind: RetryEventKind::Succeeded { attempts },
+    });
+}
+
+#[cold]
+#[inline(never)]
+fn finish_failed(shared: &Shared, attempts: u32, reason: Option<GiveUpReason>) {
+    let retried = attempts > 1;
+    if retried {
+        &shared.failed_after_retries
+    } else {
+        &shared.failed_without_retry
+    }
+    .add(1);
+    shared.exported.on_finish(true, retried);
+    tracing::debug!(retry = %shared.name, attempts, reason = ?reason, "call failed; not retrying");
+    shared.events.publish_with(|| RetryEvent {
+        layer: Arc::clone(&shared.name),
+        kind: RetryEventKind::Failed {
+            attempts,
+            reason: reason.unwrap_or(GiveUpReason::NotRetryable),
         },
     });
 }
@@ -222,8 +277,12 @@ where
         let mut this = self.project();
         let shared: &Shared = this.shared;
         let config = &shared.config;
-        if let Some(overall) = this.overall.as_mut() {
-            if overall.as_mut().poll(cx).is_ready() {
+        if let Some(waits) = this.waits.as_mut() {
+            let overall = waits.as_mut().project().overall;
+            if overall
+                .as_pin_mut()
+                .is_some_and(|overall| overall.poll(cx).is_ready())
+            {
                 finish(shared, *this.attempt, true, Some(GiveUpReason::TimedOut));
                 let timeout = config.overall_timeout.unwrap_or_default();
                 return Poll::Ready(Err(RetryTimedOut {
@@ -235,25 +294,13 @@ where
         }
         loop {
             match this.state.as_mut().project() {
-                StateProj::Calling {
-                    future,
-                    mut timeout,
-                } => {
+                StateProj::Calling { future } => {
                     // The attempt is polled first: one that answers at once
                     // never creates (or registers) a timer.
                     let attempt = match future.poll(cx) {
                         Poll::Ready(result) => Attempt::Done(result),
                         Poll::Pending => {
-                            if timeout.is_none() {
-                                if let Some(limit) = config.attempt_timeout {
-                                    timeout.set(Some(sleep(limit)));
-                                }
-                            }
-                            start_overall_timer(this.overall, config.overall_timeout, cx);
-                            let expired = timeout
-                                .as_pin_mut()
-                                .is_some_and(|limit| limit.poll(cx).is_ready());
-                            if !expired {
+                            if !attempt_timed_out(this.waits, config, cx) {
                                 return Poll::Pending;
                             }
                             shared.attempt_timeouts.add(1);
@@ -261,19 +308,33 @@ where
                             Attempt::TimedOut
                         }
                     };
-                    let (outcome, server_delay) = match &attempt {
-                        Attempt::Done(result) => (
-                            this.classifier.classify(result.as_ref()),
-                            if config.honor_server_delay {
-                                this.policy.server_delay(result.as_ref())
-                            } else {
-                                ServerDelay::None
-                            },
-                        ),
-                        Attempt::TimedOut => {
-                            (Outcome::Failure { retryable: true }, ServerDelay::None)
-                        }
+                    let outcome = match &attempt {
+                        Attempt::Done(result) => this.classifier.classify(result.as_ref()),
+                        Attempt::TimedOut => Outcome::Failure { retryable: true },
                     };
+                    if !outcome.is_retryable() {
+                        // A success, or a failure no attempt can mend; an
+                        // ignored error is still an error to the caller.
+                        let failed =
+                            outcome.is_failure() || !matches!(attempt, Attempt::Done(Ok(_)));
+                        finish(
+                            shared,
+                            *this.attempt,
+                            failed,
+                            failed.then_some(GiveUpReason::NotRetryable),
+                        );
+                        return Poll::Ready(attempt.into_result(*this.attempt, config));
+                    }
+                    let server_delay = || match &attempt {
+                        Attempt::Done(result) if config.honor_server_delay => {
+                            this.policy.server_delay(result.as_ref())
+                        }
+                        _ => ServerDelay::None,
+                    };
+                    let backoff = this
+                        .waits
+                        .as_ref()
+                        .map_or_else(BackoffProgress::default, |waits| waits.backoff);
                     let decision = decide(
                         shared,
                         outcome,
@@ -281,61 +342,46 @@ where
                         *this.attempt,
                         *this.blocked,
                         *this.started,
-                        *this.backoff,
+                        backoff,
                     );
-                    match decision {
+                    let (delay, server) = match decision {
                         Decision::Return(reason) => {
-                            // An ignored error is still an error to the caller.
-                            let failed =
-                                outcome.is_failure() || !matches!(attempt, Attempt::Done(Ok(_)));
-                            let reason = match (failed, reason) {
-                                (true, None) => Some(GiveUpReason::NotRetryable),
-                                (_, reason) => reason,
-                            };
-                            finish(shared, *this.attempt, failed, reason);
+                            finish(shared, *this.attempt, true, reason);
                             return Poll::Ready(attempt.into_result(*this.attempt, config));
                         }
-                        Decision::Retry { delay, server } => {
-                            shared.retries.add(1);
-                            shared.exported.on_retry();
-                            tracing::debug!(
-                                retry = %shared.name,
-                                attempt = *this.attempt,
-                                delay_ms = delay.as_millis() as u64,
-                                outcome = ?outcome,
-                                server_delay = server != ServerDelay::None,
-                                "retrying"
-                            );
-                            shared.events.publish_with(|| RetryEvent {
-                                layer: Arc::clone(&shared.name),
-                                kind: RetryEventKind::Retrying {
-                                    attempt: *this.attempt,
-                                    delay,
-                                    outcome,
-                                    server_delay: server != ServerDelay::None,
-                                },
-                            });
-                            this.backoff.record(*this.attempt, delay, server);
-                            if this.started.is_some() {
-                                // Returned if the deadline passes while the
-                                // service gets ready for the next attempt.
-                                *this.last = Some(Box::new(attempt));
-                            }
-                            start_overall_timer(this.overall, config.overall_timeout, cx);
-                            this.state.set(State::Waiting {
-                                sleep: sleep(delay),
-                            });
-                        }
+                        Decision::Retry { delay, server } => (delay, server),
+                    };
+                    retrying(shared, *this.attempt, delay, outcome, server);
+                    let mut waits = waits(this.waits).project();
+                    waits.backoff.record(*this.attempt, delay, server);
+                    if this.started.is_some() {
+                        // Returned if the deadline passes while the service
+                        // gets ready for the next attempt.
+                        *waits.last = Some(attempt);
                     }
+                    start_overall_timer(waits.overall, config.overall_timeout, cx);
+                    waits.timer.set(Some(sleep(delay)));
+                    this.state.set(State::Waiting);
                 }
-                StateProj::Waiting { sleep } => {
-                    ready!(sleep.poll(cx));
-                    this.state.set(State::Readying { deadline: None });
+                StateProj::Waiting => {
+                    let Some(waits) = this.waits.as_mut() else {
+                        unreachable!("a call waits for its backoff in its `Waits`")
+                    };
+                    let mut timer = waits.as_mut().project().timer;
+                    if let Some(backoff) = timer.as_mut().as_pin_mut() {
+                        ready!(backoff.poll(cx));
+                    }
+                    timer.set(None);
+                    this.state.set(State::Readying);
                 }
-                StateProj::Readying { mut deadline } => {
+                StateProj::Readying => {
                     let Some(service) = this.service.as_mut() else {
                         unreachable!("a retry is only scheduled with a service to send it to")
                     };
+                    let Some(waits) = this.waits.as_mut() else {
+                        unreachable!("a retried call has its `Waits`")
+                    };
+                    let mut waits = waits.as_mut().project();
                     let latest = latest_start(config, *this.started);
                     let too_late = match service.poll_ready(cx) {
                         Poll::Ready(Ok(())) => latest.is_some_and(|latest| Instant::now() > latest),
@@ -349,10 +395,12 @@ where
                             let Some(latest) = latest else {
                                 return Poll::Pending;
                             };
-                            if deadline.is_none() {
-                                deadline.set(Some(sleep_until(latest)));
+                            if waits.timer.is_none() {
+                                waits.timer.set(Some(sleep_until(latest)));
                             }
-                            let expired = deadline
+                            let expired = waits
+                                .timer
+                                .as_mut()
                                 .as_pin_mut()
                                 .is_some_and(|deadline| deadline.poll(cx).is_ready());
                             if !expired {
@@ -371,12 +419,13 @@ where
                             true,
                             Some(GiveUpReason::DeadlineReached),
                         );
-                        let Some(last) = this.last.take() else {
+                        let Some(last) = waits.last.take() else {
                             unreachable!("the failure is kept whenever there is a deadline")
                         };
                         return Poll::Ready(last.into_result(*this.attempt, config));
                     }
-                    *this.last = None;
+                    *waits.last = None;
+                    waits.timer.set(None);
                     *this.attempt += 1;
                     let copy = if *this.attempt < config.max_attempts {
                         this.request
@@ -402,50 +451,97 @@ where
                         }
                     };
                     let future = service.call(request);
-                    this.state.set(State::Calling {
-                        future,
-                        timeout: None,
-                    });
+                    this.state.set(State::Calling { future });
                 }
             }
         }
     }
 }
 
+/// The attempt in flight is pending: starts its timeout and the overall
+/// timer if they are configured and not yet running (boxing the call's
+/// [`Waits`] the first time), and says whether the attempt timed out.
+fn attempt_timed_out<T, E>(
+    waits: &mut Option<Pin<Box<Waits<T, E>>>>,
+    config: &super::RetryConfig,
+    cx: &mut Context<'_>,
+) -> bool {
+    if waits.is_none() && config.attempt_timeout.is_none() && config.overall_timeout.is_none() {
+        return false;
+    }
+    let mut waits = self::waits(waits).project();
+    if waits.timer.is_none() {
+        if let Some(limit) = config.attempt_timeout {
+            waits.timer.set(Some(sleep(limit)));
+        }
+    }
+    start_overall_timer(waits.overall, config.overall_timeout, cx);
+    waits
+        .timer
+        .as_pin_mut()
+        .is_some_and(|limit| limit.poll(cx).is_ready())
+}
+
 /// Starts the overall timer the first time the call has to wait (an attempt
 /// that is pending, or a backoff), so a call answered at once never creates
 /// one. The limit counts from then: in practice from the first poll.
 fn start_overall_timer(
-    overall: &mut Option<Pin<Box<Sleep>>>,
+    mut overall: Pin<&mut Option<Sleep>>,
     limit: Option<Duration>,
     cx: &mut Context<'_>,
 ) {
-    if let (None, Some(limit)) = (overall.as_ref(), limit) {
-        let timer = overall.insert(Box::pin(sleep(limit)));
-        // Registers the waker; a timer just set cannot be due.
-        let _ = timer.as_mut().poll(cx);
+    if let (None, Some(limit)) = (overall.as_ref().get_ref(), limit) {
+        overall.set(Some(sleep(limit)));
+        if let Some(timer) = overall.as_pin_mut() {
+            // Registers the waker; a timer just set cannot be due.
+            let _ = timer.poll(cx);
+        }
     }
 }
 
+/// Counts and reports a retry about to be made.
+fn retrying(shared: &Shared, attempt: u32, delay: Duration, outcome: Outcome, server: ServerDelay) {
+    shared.retries.add(1);
+    shared.exported.on_retry();
+    tracing::debug!(
+        retry = %shared.name,
+        attempt,
+        delay_ms = delay.as_millis() as u64,
+        outcome = ?outcome,
+        server_delay = server != ServerDelay::None,
+        "retrying"
+    );
+    shared.events.publish_with(|| RetryEvent {
+        layer: Arc::clone(&shared.name),
+        kind: RetryEventKind::Retrying {
+            attempt,
+            delay,
+            outcome,
+            server_delay: server != ServerDelay::None,
+        },
+    });
+}
+
+/// What to do after a retryable failure. The server's word
+/// (`server_delay`) is read only when the call's own limits leave room for
+/// another attempt.
 fn decide(
     shared: &Shared,
     outcome: Outcome,
-    server_delay: ServerDelay,
+    server_delay: impl FnOnce() -> ServerDelay,
     attempt: u32,
     blocked: Option<GiveUpReason>,
     started: Option<Instant>,
     backoff: BackoffProgress,
 ) -> Decision {
     let config = &shared.config;
-    if !outcome.is_retryable() {
-        return Decision::Return(outcome.is_failure().then_some(GiveUpReason::NotRetryable));
-    }
     if let Some(reason) = blocked {
         return Decision::Return(Some(reason));
     }
     if attempt >= config.max_attempts {
         return Decision::Return(Some(GiveUpReason::AttemptsExhausted));
     }
+    let server_delay = server_delay();
     let delay = match server_delay {
         ServerDelay::DoNotRetry => {
             return Decision::Return(Some(GiveUpReason::ServerDeclinedRetry));
