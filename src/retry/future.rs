@@ -36,16 +36,24 @@ pin_project! {
     /// classifier, the policy, the attempt number and, with `max_elapsed`,
     /// the moment the call started. Everything else (timers, the backoff's
     /// progress, the failure being retried) is only needed by a call that
-    /// waits or retries, and is boxed the first time it is: a call answered
-    /// at once allocates nothing; one that waits allocates one box if
-    /// `attempt_timeout` or `overall_timeout` is set, and a retried call
-    /// one box in all.
+    /// waits or retries: the one timer of the current step (attempt
+    /// timeout, backoff or readiness deadline) is kept inline, the rest is
+    /// boxed the first time it is needed. A call answered at once, or one
+    /// that waits with only `attempt_timeout` set, allocates nothing; one
+    /// that waits with `overall_timeout` set allocates one box, and a
+    /// retried call one box in all.
     pub struct ResponseFuture<S, Req, C, P>
     where
         S: Service<Req>,
     {
         #[pin]
         state: State<S::Future>,
+        // The one timer of the current step, never two at once: the attempt
+        // timeout (while calling), the backoff (while waiting) or the
+        // deadline of the wait for readiness. Emptied between steps. Kept
+        // inline: a call that waits on an attempt timeout allocates nothing.
+        #[pin]
+        timer: Option<Sleep>,
         waits: Option<Pin<Box<Waits<S::Response, S::Error>>>>,
         service: Option<S>,
         request: Option<Req>,
@@ -62,10 +70,10 @@ pin_project! {
     #[project = StateProj]
     enum State<F> {
         Calling { #[pin] future: F },
-        // The backoff runs in `Waits::timer`.
+        // The backoff runs in the future's `timer`.
         Waiting,
         // Waiting for the service to be ready for the next attempt; with
-        // `max_elapsed`, `Waits::timer` holds the last moment it may start,
+        // `max_elapsed`, the future's `timer` holds the last moment it may start,
         // set the first time the service is not ready at once.
         Readying,
     }
@@ -77,11 +85,6 @@ pin_project! {
         // The whole call's limit, started the first time the call waits.
         #[pin]
         overall: Option<Sleep>,
-        // The one timer of the current step, never two at once: the attempt
-        // timeout (while calling), the backoff (while waiting) or the
-        // deadline of the wait for readiness. Emptied between steps.
-        #[pin]
-        timer: Option<Sleep>,
         // The failure being retried, kept (with `max_elapsed` only) to be
         // returned if the deadline passes before the next attempt starts.
         last: Option<Attempt<T, E>>,
@@ -93,7 +96,6 @@ impl<T, E> Waits<T, E> {
     fn new() -> Pin<Box<Self>> {
         Box::pin(Waits {
             overall: None,
-            timer: None,
             last: None,
             backoff: BackoffProgress::default(),
         })
@@ -169,6 +171,7 @@ where
         let started = (shared.config.max_elapsed.is_some() && blocked.is_none()).then(Instant::now);
         Self {
             state: State::Calling { future },
+            timer: None,
             waits: None,
             service,
             request,
@@ -300,7 +303,7 @@ where
                     let attempt = match future.poll(cx) {
                         Poll::Ready(result) => Attempt::Done(result),
                         Poll::Pending => {
-                            if !attempt_timed_out(this.waits, config, cx) {
+                            if !attempt_timed_out(this.timer.as_mut(), this.waits, config, cx) {
                                 return Poll::Pending;
                             }
                             shared.attempt_timeouts.add(1);
@@ -352,7 +355,7 @@ where
                         Decision::Retry { delay, server } => (delay, server),
                     };
                     retrying(shared, *this.attempt, delay, outcome, server);
-                    let mut waits = waits(this.waits).project();
+                    let waits = waits(this.waits).project();
                     waits.backoff.record(*this.attempt, delay, server);
                     if this.started.is_some() {
                         // Returned if the deadline passes while the service
@@ -360,18 +363,14 @@ where
                         *waits.last = Some(attempt);
                     }
                     start_overall_timer(waits.overall, config.overall_timeout, cx);
-                    waits.timer.set(Some(sleep(delay)));
+                    this.timer.set(Some(sleep(delay)));
                     this.state.set(State::Waiting);
                 }
                 StateProj::Waiting => {
-                    let Some(waits) = this.waits.as_mut() else {
-                        unreachable!("a call waits for its backoff in its `Waits`")
-                    };
-                    let mut timer = waits.as_mut().project().timer;
-                    if let Some(backoff) = timer.as_mut().as_pin_mut() {
+                    if let Some(backoff) = this.timer.as_mut().as_pin_mut() {
                         ready!(backoff.poll(cx));
                     }
-                    timer.set(None);
+                    this.timer.set(None);
                     this.state.set(State::Readying);
                 }
                 StateProj::Readying => {
@@ -381,7 +380,7 @@ where
                     let Some(waits) = this.waits.as_mut() else {
                         unreachable!("a retried call has its `Waits`")
                     };
-                    let mut waits = waits.as_mut().project();
+                    let waits = waits.as_mut().project();
                     let latest = latest_start(config, *this.started);
                     let too_late = match service.poll_ready(cx) {
                         Poll::Ready(Ok(())) => latest.is_some_and(|latest| Instant::now() > latest),
@@ -395,10 +394,10 @@ where
                             let Some(latest) = latest else {
                                 return Poll::Pending;
                             };
-                            if waits.timer.is_none() {
-                                waits.timer.set(Some(sleep_until(latest)));
+                            if this.timer.is_none() {
+                                this.timer.set(Some(sleep_until(latest)));
                             }
-                            let expired = waits
+                            let expired = this
                                 .timer
                                 .as_mut()
                                 .as_pin_mut()
@@ -425,7 +424,7 @@ where
                         return Poll::Ready(last.into_result(*this.attempt, config));
                     }
                     *waits.last = None;
-                    waits.timer.set(None);
+                    this.timer.set(None);
                     *this.attempt += 1;
                     let copy = if *this.attempt < config.max_attempts {
                         this.request
@@ -462,22 +461,25 @@ where
 /// timer if they are configured and not yet running (boxing the call's
 /// [`Waits`] the first time), and says whether the attempt timed out.
 fn attempt_timed_out<T, E>(
+    mut timer: Pin<&mut Option<Sleep>>,
     waits: &mut Option<Pin<Box<Waits<T, E>>>>,
     config: &super::RetryConfig,
     cx: &mut Context<'_>,
 ) -> bool {
-    if waits.is_none() && config.attempt_timeout.is_none() && config.overall_timeout.is_none() {
-        return false;
+    if config.overall_timeout.is_some() {
+        start_overall_timer(
+            self::waits(waits).project().overall,
+            config.overall_timeout,
+            cx,
+        );
     }
-    let mut waits = self::waits(waits).project();
-    if waits.timer.is_none() {
-        if let Some(limit) = config.attempt_timeout {
-            waits.timer.set(Some(sleep(limit)));
+    if timer.is_none() {
+        match config.attempt_timeout {
+            Some(limit) => timer.set(Some(sleep(limit))),
+            None => return false,
         }
     }
-    start_overall_timer(waits.overall, config.overall_timeout, cx);
-    waits
-        .timer
+    timer
         .as_pin_mut()
         .is_some_and(|limit| limit.poll(cx).is_ready())
 }

@@ -63,17 +63,18 @@
 //! wait, in practice from the first poll).
 //!
 //! Its [`ResponseFuture`] holds the attempt in flight, the copies kept for
-//! a retry, the classifier, the policy and a few words: 72 bytes for a
-//! `u64` request to a zero-sized service. What only a call that waits or
-//! retries needs (the attempt timeout's, the backoff's or the readiness
-//! deadline's timer, the overall timer, the backoff's progress, the
-//! failure kept under `max_elapsed`) is boxed the first time it is needed:
-//! a call that waits allocates that one box if `attempt_timeout` or
+//! a retry, the classifier, the policy, the one timer slot of the current
+//! step (the attempt timeout's, the backoff's or the readiness deadline's,
+//! inline so that an attempt timeout allocates nothing) and a few words:
+//! 184 bytes for a `u64` request to a zero-sized service. What only a
+//! retried call or an overall timeout needs (the overall timer, the
+//! backoff's progress, the failure kept under `max_elapsed`) is boxed the
+//! first time it is needed: a call that waits allocates that one box if
 //! `overall_timeout` is set (nothing otherwise), a retried call one box in
 //! all.
 //!
-//! Measured with `benches/instructions.rs` under callgrind: 111
-//! instructions per call with the default budget or an attempt timeout, 95
+//! Measured with `benches/instructions.rs` under callgrind: 123
+//! instructions per call with the default budget or an attempt timeout, 107
 //! without a budget (tower's `Retry` with a minimal hand-written policy,
 //! which has no budget, metrics or timeouts, compiles down to the bare
 //! service: 6). Most of the time left is the four atomic read-modify-writes
