@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
 
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
-use tokio::sync::mpsc::error::{TryRecvError as ChannelEmpty, TrySendError};
+use tokio::sync::mpsc::error::TryRecvError as ChannelEmpty;
 
 pub use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
@@ -90,7 +90,10 @@ struct Hub<E> {
 }
 
 struct Subscriber<E> {
-    sender: mpsc::Sender<Delivery<E>>,
+    /// Unbounded: the hub bounds it with `SubscriberState::queued`, which
+    /// spares each event received the waiter lock of a bounded channel's
+    /// semaphore.
+    sender: mpsc::UnboundedSender<Delivery<E>>,
     state: Arc<SubscriberState>,
 }
 
@@ -106,6 +109,9 @@ struct SubscriberState {
     /// Events it missed that are not reported yet: reported with the next
     /// event sent to it, or by its stream when its buffer is empty.
     lagged: AtomicU64,
+    /// Events in its channel: it is full at the hub's `capacity`. Counted
+    /// up when one is sent, down by its stream when one is taken.
+    queued: AtomicUsize,
 }
 
 /// An event as a subscriber's channel carries it: `lagged_before` events
@@ -155,7 +161,7 @@ impl<E: Clone> EventHub<E> {
     }
 
     pub(crate) fn subscribe(&self) -> EventStream<E> {
-        let (sender, receiver) = mpsc::channel(self.hub.capacity);
+        let (sender, receiver) = mpsc::unbounded_channel();
         let state = Arc::new(SubscriberState::default());
         {
             let mut senders = self.hub.senders.lock();
@@ -247,8 +253,7 @@ impl<E: Clone> Hub<E> {
             state.lagged.store(lagged_before + 1, Relaxed);
             return;
         }
-        // Found full before the event is cloned, as a rule.
-        if subscriber.sender.capacity() == 0 {
+        if state.queued.load(Acquire) >= self.capacity {
             self.mark_full_locked(state);
             return;
         }
@@ -256,11 +261,14 @@ impl<E: Clone> Hub<E> {
             lagged_before,
             event: event(),
         };
-        match subscriber.sender.try_send(delivery) {
-            Ok(()) => state.lagged.store(0, Relaxed),
-            Err(TrySendError::Full(_)) => self.mark_full_locked(state),
+        // Counted before it is sent, so the stream that takes it never
+        // counts below zero.
+        state.queued.fetch_add(1, Relaxed);
+        if subscriber.sender.send(delivery).is_ok() {
+            state.lagged.store(0, Relaxed);
+        } else {
             // Its stream is being dropped, and unlists it.
-            Err(TrySendError::Closed(_)) => {}
+            state.queued.fetch_sub(1, Relaxed);
         }
     }
 
@@ -279,7 +287,7 @@ impl<E: Clone> Hub<E> {
 /// [the module's documentation](self#a-subscriber-that-falls-behind)).
 /// Dropping it unsubscribes.
 pub struct EventStream<E> {
-    receiver: mpsc::Receiver<Delivery<E>>,
+    receiver: mpsc::UnboundedReceiver<Delivery<E>>,
     state: Arc<SubscriberState>,
     hub: Arc<Hub<E>>,
     /// The event that followed a gap, held while the gap is reported.
@@ -325,6 +333,14 @@ impl<E> EventStream<E> {
         }
         match self.receiver.try_recv() {
             Ok(delivery) => self.taken(delivery).map_err(TryRecvError::Lagged),
+            // Without the lock when nothing is to be reported: a mark made
+            // meanwhile is seen by the next call (`recv`, which then waits,
+            // always takes the lock).
+            Err(ChannelEmpty::Empty)
+                if !self.state.full.load(Acquire) && self.state.lagged.load(Acquire) == 0 =>
+            {
+                Err(TryRecvError::Empty)
+            }
             Err(ChannelEmpty::Empty) => match self.take_lag() {
                 0 => Err(TryRecvError::Empty),
                 lagged => Err(TryRecvError::Lagged(lagged)),
@@ -350,6 +366,7 @@ impl<E> EventStream<E> {
     /// An event taken from the channel: made room, so a full subscriber
     /// takes events again; a gap before it is reported first.
     fn taken(&mut self, delivery: Delivery<E>) -> Result<E, u64> {
+        self.state.queued.fetch_sub(1, Release);
         if self.state.full.load(Acquire) {
             let _senders = self.hub.senders.lock();
             self.hub.reopen_locked(&self.state);
@@ -384,7 +401,7 @@ impl<E> fmt::Debug for EventStream<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EventStream")
             .field("capacity", &self.hub.capacity)
-            .field("waiting", &self.receiver.len())
+            .field("waiting", &self.state.queued.load(Relaxed))
             .finish_non_exhaustive()
     }
 }
@@ -581,6 +598,36 @@ mod tests {
         assert_eq!(stream.recv().await, Err(RecvError::Lagged(3)));
         drop(Arc::into_inner(hub));
         assert_eq!(stream.recv().await, Err(RecvError::Closed));
+    }
+
+    /// A subscriber waiting in `recv` on a multi-threaded runtime while
+    /// threads publish into its small buffer: it is never left waiting
+    /// with events or a gap to report, and accounts for every event.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn recv_accounts_for_every_event_of_concurrent_publishers() {
+        const THREADS: u32 = 3;
+        const EACH: u32 = 20_000;
+        let hub = Arc::new(EventHub::new(4));
+        let mut stream = hub.subscribe();
+        let publishers: Vec<_> = (0..THREADS)
+            .map(|_| {
+                let hub = Arc::clone(&hub);
+                std::thread::spawn(move || publish(&hub, 0..EACH))
+            })
+            .collect();
+        let (mut received_events, mut missed) = (0u64, 0u64);
+        while received_events + missed < u64::from(THREADS * EACH) {
+            match stream.recv().await {
+                Ok(_) => received_events += 1,
+                Err(RecvError::Lagged(n)) => missed += n,
+                Err(RecvError::Closed) => unreachable!("the hub lives"),
+            }
+        }
+        for publisher in publishers {
+            publisher.join().unwrap();
+        }
+        assert_eq!(received_events + missed, u64::from(THREADS * EACH));
+        assert_eq!(stream.try_recv(), Err(TryRecvError::Empty), "nothing more");
     }
 
     /// Publishers on several threads, one subscriber draining with a small
