@@ -97,8 +97,9 @@ struct Subscriber<E> {
     state: Arc<SubscriberState>,
 }
 
-/// One subscriber's account of what it missed. Written under the hub's
-/// lock only; atomics so that its stream may read `full` without it.
+/// One subscriber's account of what it holds and missed. Written under the
+/// hub's lock only (but `queued`, which its stream counts down); atomics so
+/// that its stream may read them without the lock.
 #[derive(Default)]
 struct SubscriberState {
     /// Its buffer was found full: nothing is sent to it until it takes an

@@ -626,7 +626,7 @@ impl CircuitBreaker {
     /// many, after the events it holds: see
     /// [`events`](crate::events#a-subscriber-that-falls-behind)), and a
     /// call only counts the event missed: the CLOSED fast path is kept, at
-    /// about +15 instructions per call (`BENCHMARKS.md` gives the cost).
+    /// about 16 instructions more per call (`BENCHMARKS.md` gives the cost).
     /// Use [`subscribe`](Self::subscribe) when transitions and rejections
     /// are enough.
     pub fn subscribe_all(&self) -> EventStream<CircuitBreakerEvent> {
