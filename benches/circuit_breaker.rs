@@ -11,7 +11,7 @@
 //!
 //! | group | what |
 //! |---|---|
-//! | `closed` | a successful call in CLOSED for each window and clock, with an idle subscriber, and peers |
+//! | `closed` | a successful call in CLOSED for each window and clock, with an idle subscriber (and a draining one), and peers |
 //! | `open` | a rejected call, FORCED_OPEN and OPEN (entered in a runtime, and without one), and peers |
 //! | `closed-2-threads` | two threads calling clones of one service; time per call on each thread |
 //! | `clock-read` | one read of each clock the breaker can time calls with |
@@ -207,6 +207,8 @@ fn closed(c: &mut Criterion) {
         "count+idle_subscriber",
         observed.layer().layer(Echo),
     );
+    // Its buffer fills during the warm-up: then each call only counts the
+    // event the subscriber missed.
     let observed = count_breaker();
     let _every_call = observed.subscribe_all();
     bench_service(
@@ -214,6 +216,18 @@ fn closed(c: &mut Criterion) {
         "count+idle_subscriber_all",
         observed.layer().layer(Echo),
     );
+    // One that takes each call's event after the call: a send and a
+    // receive per call.
+    let observed = count_breaker();
+    let mut every_call = observed.subscribe_all();
+    let mut service = observed.layer().layer(Echo);
+    group.bench_function("count+draining_subscriber_all", |b| {
+        b.iter(|| {
+            let response = call_now(&mut service, black_box(7));
+            black_box(every_call.try_recv().is_ok());
+            black_box(response)
+        })
+    });
 
     // The state machine without tower: the breaker's counterpart of
     // failsafe's `call(closure)`.

@@ -76,12 +76,40 @@ fn run<S: Service<u64>>(mut service: S) {
     measured_calls(&mut service);
 }
 
-const CASES: [&str; 33] = [
+/// An echo service that first takes every event its breaker's subscriber
+/// holds (the previous call's), as a subscriber that keeps up does. Its
+/// future's type is not [`Echo`]'s, so that the breaker's service and
+/// future types of the other cases keep one caller each and are inlined
+/// as they were.
+struct DrainingEcho {
+    events: palisade::events::EventStream<palisade::circuit_breaker::CircuitBreakerEvent>,
+}
+
+impl Service<u64> for DrainingEcho {
+    type Response = u64;
+    type Error = std::io::Error;
+    type Future = std::future::Ready<Result<u64, std::io::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: u64) -> Self::Future {
+        while black_box(self.events.try_recv()).is_ok() {}
+        std::future::ready(Ok(request))
+    }
+}
+
+const CASES: [&str; 34] = [
     "bare",
     "breaker/count",
     "breaker/count/static",
     "breaker/count/subscribed",
     "breaker/count/subscribed-all",
+    "breaker/count/subscribed-all/draining",
     "breaker/forced_open",
     "breaker/open",
     "breaker/open/no-runtime",
@@ -145,7 +173,20 @@ fn main() {
         "breaker/count/subscribed-all" => {
             let breaker = CircuitBreaker::new("bench", breaker_config());
             let _idle_subscriber = breaker.subscribe_all();
-            run(breaker.layer().layer(Echo))
+            let mut service = breaker.layer().layer(Echo);
+            // Its buffer (`event_capacity`, 256) fills first: the measured
+            // calls find it full and count the events it misses.
+            for request in 0..breaker.config().event_capacity() as u64 {
+                let _ = call_now(&mut service, request);
+            }
+            run(service)
+        }
+        // A subscriber that takes each call's event: a send and a receive
+        // per call.
+        "breaker/count/subscribed-all/draining" => {
+            let breaker = CircuitBreaker::new("bench", breaker_config());
+            let events = breaker.subscribe_all();
+            run(breaker.layer().layer(DrainingEcho { events }))
         }
         "breaker/forced_open" => {
             let breaker = CircuitBreaker::new("bench", breaker_config());

@@ -875,6 +875,103 @@ async fn events_report_transitions_calls_and_rejections() {
     );
 }
 
+/// The kinds `events` holds now, with each gap as `Err(missed)`.
+fn kinds_and_gaps(
+    events: &mut palisade::events::EventStream<CircuitBreakerEvent>,
+) -> Vec<Result<CircuitBreakerEventKind, u64>> {
+    use palisade::events::TryRecvError;
+    let mut kinds = Vec::new();
+    loop {
+        match events.try_recv() {
+            Ok(event) => kinds.push(Ok(event.kind)),
+            Err(TryRecvError::Lagged(missed)) => kinds.push(Err(missed)),
+            Err(_) => return kinds,
+        }
+    }
+}
+
+const SUCCESS: CircuitBreakerEventKind = CircuitBreakerEventKind::Success {
+    elapsed: None,
+    slow: false,
+};
+
+#[test]
+fn an_idle_subscribe_all_subscriber_holds_the_first_outcomes_and_is_told_how_many_it_missed() {
+    let b = breaker(
+        config()
+            .sliding_window(SlidingWindow::count(2))
+            .event_capacity(4),
+    );
+    let mut all = b.subscribe_all();
+    let mut transitions = b.subscribe();
+    for _ in 0..10 {
+        b.try_acquire().expect("CLOSED").record(Outcome::Success);
+    }
+    assert_eq!(
+        kinds_and_gaps(&mut all),
+        [Ok(SUCCESS), Ok(SUCCESS), Ok(SUCCESS), Ok(SUCCESS), Err(6)],
+        "the newest outcomes were missed and counted"
+    );
+    // Drained, it receives every event again, transitions too: 1 failure
+    // in 2 calls trips the breaker.
+    for outcome in [Outcome::Success, Outcome::Failure { retryable: true }] {
+        b.try_acquire().expect("CLOSED").record(outcome);
+    }
+    assert_eq!(b.state(), CircuitState::Open);
+    let kinds = kinds_and_gaps(&mut all);
+    assert_eq!(kinds.len(), 4, "{kinds:?}");
+    assert_eq!(kinds[0], Ok(SUCCESS));
+    assert!(matches!(
+        kinds[1],
+        Ok(CircuitBreakerEventKind::Failure { .. })
+    ));
+    assert!(matches!(
+        kinds[2],
+        Ok(CircuitBreakerEventKind::FailureRateExceeded { .. })
+    ));
+    assert!(matches!(
+        kinds[3],
+        Ok(CircuitBreakerEventKind::StateTransition {
+            to: CircuitState::Open,
+            ..
+        })
+    ));
+    // The full subscribe_all subscriber did not disturb the other one.
+    assert!(matches!(
+        kinds_and_gaps(&mut transitions)[..],
+        [
+            Ok(CircuitBreakerEventKind::FailureRateExceeded { .. }),
+            Ok(CircuitBreakerEventKind::StateTransition { .. })
+        ]
+    ));
+}
+
+#[test]
+fn a_full_subscriber_misses_no_event_for_calls_in_disabled() {
+    let b = breaker(config().event_capacity(1));
+    let mut all = b.subscribe_all();
+    b.transition_to_disabled();
+    for _ in 0..5 {
+        b.try_acquire().expect("DISABLED").record(Outcome::Success);
+    }
+    b.transition_to_closed();
+    b.try_acquire().expect("CLOSED").record(Outcome::Success);
+    let kinds = kinds_and_gaps(&mut all);
+    // Held: the transition to DISABLED; missed: the one back to CLOSED and
+    // the CLOSED call's outcome, not the calls in DISABLED (which publish
+    // nothing).
+    assert!(matches!(
+        kinds[..],
+        [
+            Ok(CircuitBreakerEventKind::StateTransition {
+                to: CircuitState::Disabled,
+                ..
+            }),
+            Err(2)
+        ]
+    ));
+}
+
 #[tokio::test(start_paused = true)]
 async fn metrics_snapshot_reports_rates_and_counts() {
     let b = breaker(

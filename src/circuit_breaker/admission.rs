@@ -240,15 +240,22 @@ impl CircuitBreaker {
     fn on_result(&self, word: u64, trial: bool, started: u64, outcome: Outcome) {
         let s = &*self.shared;
         s.exported.on_call(outcome);
-        // The steady state of a healthy dependency: an untimed, unobserved
-        // success that the window would not change. Recording it is a load.
-        if outcome == Outcome::Success
-            && !trial
-            && !s.needs_end_time
-            && !s.all_events.is_observed()
-            && s.window.success_changes_nothing()
-        {
-            return;
+        // The steady state of a healthy dependency: an untimed success that
+        // the window would not change, whose event nobody takes (no
+        // `subscribe_all` subscriber, or each one's buffer full: the event
+        // is then counted as missed, not built). Recording it is a load or
+        // two.
+        if outcome == Outcome::Success && !trial && !s.needs_end_time {
+            if !s.all_events.is_observed() {
+                if s.window.success_changes_nothing() {
+                    return;
+                }
+            } else if s.window.success_changes_nothing()
+                // DISABLED publishes no outcome: none is missed either.
+                && (state_of(word) == CircuitState::Disabled || s.all_events.missed_by_all())
+            {
+                return;
+            }
         }
         self.on_result_slow(word, trial, started, outcome, None);
     }

@@ -75,7 +75,7 @@
 //! | `transition_to_state_after_wait_duration` | [`CircuitState::Open`] | Where HALF_OPEN goes when that max wait passes: OPEN or CLOSED. |
 //! | `initial_state` | [`CircuitState::Closed`] | The state a new breaker starts in (any of the six; OPEN starts its wait at creation). |
 //! | `call_clock` | [`CallClock::Tokio`](crate::clock::CallClock) | Clock that times calls (slow calls, time window). |
-//! | `event_capacity` | `256` | Events buffered per subscriber; the buffer is allocated on the first [`subscribe`](CircuitBreaker::subscribe), so an unobserved breaker holds none. |
+//! | `event_capacity` | `256` | Events buffered per subscriber, in a channel of its own made by [`subscribe`](CircuitBreaker::subscribe), so an unobserved breaker holds none; a subscriber whose buffer is full misses the newest events and is told how many ([`events`](crate::events#a-subscriber-that-falls-behind)). |
 //!
 //! # Semantics
 //!
@@ -114,7 +114,7 @@
 //! |---|---|---|---|
 //! | a result that arrives after the breaker left the state the call was admitted in | recorded in the new state's metrics | reported as an event, not recorded | a slow call admitted in CLOSED cannot decide a HALF_OPEN trial it took no slot in |
 //! | the end of the OPEN wait | a call strictly after the deadline is let through | a call at the deadline (`now >= until`) is let through | with paused time, `advance(wait)` lets the next call through |
-//! | per-call events | published to every consumer registered for them | [`subscribe`](CircuitBreaker::subscribe) leaves out `Success`, `Failure` and `Ignored`; [`subscribe_all`](CircuitBreaker::subscribe_all) delivers them | a subscriber that watches transitions costs the CLOSED hot path nothing |
+//! | per-call events | published to every consumer registered for them | [`subscribe`](CircuitBreaker::subscribe) leaves out `Success`, `Failure` and `Ignored`; [`subscribe_all`](CircuitBreaker::subscribe_all) delivers them | a subscriber that watches transitions costs the CLOSED hot path nothing; a `subscribe_all` subscriber that is not draining (its buffer full) costs a counter per call |
 //! | slow-call detection | on: 60 s threshold, 100 % rate | off until `slow_call_duration_threshold` is set | a call is not timed (no clock read) unless asked for |
 //! | figures in OPEN | the previous state's metrics, still recording late results (and a time window keeps ageing) | the previous state's figures, frozen when it left | late results are not recorded (first row) |
 //! | total and average call duration | of the calls in the sliding window | of the timed calls recorded in the current state (as `not_permitted_calls`) | one striped add per timed call, no per-slot durations |
@@ -168,8 +168,9 @@
 //! [`CircuitBreaker::subscribe`] delivers [`CircuitBreakerEvent`]s for
 //! transitions, resets, exceeded thresholds and rejections;
 //! [`CircuitBreaker::subscribe_all`] adds the outcome of every permitted
-//! call (resilience4j's per-call events), at the price of one broadcast
-//! send per call while such a subscriber exists.
+//! call (resilience4j's per-call events), at the price of one channel
+//! send per call while such a subscriber has room in its buffer (and of
+//! counting the missed event while its buffer is full).
 //! [`CircuitBreaker::metrics`] returns a [`CircuitBreakerMetrics`] snapshot;
 //! [`CircuitBreakerRegistry`] holds named breakers and lists their metrics;
 //! [`KeyedCircuitBreakerLayer`] gives each request key (a host, say) its own

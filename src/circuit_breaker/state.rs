@@ -619,10 +619,16 @@ impl CircuitBreaker {
     /// [`Ignored`](super::CircuitBreakerEventKind::Ignored)), as
     /// resilience4j's `onEvent` consumers receive them.
     ///
-    /// While such a subscriber exists, every call publishes an event (one
-    /// send on a broadcast channel, taking its lock): `BENCHMARKS.md`
-    /// gives the cost. Use [`subscribe`](Self::subscribe) when transitions
-    /// and rejections are enough.
+    /// While such a subscriber has room in its buffer (`event_capacity`
+    /// events), every call sends it an event. Once its buffer is full (it
+    /// is not draining), it misses the events that follow
+    /// ([`RecvError::Lagged`](crate::events::RecvError::Lagged) tells how
+    /// many, after the events it holds: see
+    /// [`events`](crate::events#a-subscriber-that-falls-behind)), and a
+    /// call only counts the event missed: the CLOSED fast path is kept, at
+    /// about 16 instructions more per call (`BENCHMARKS.md` gives the cost).
+    /// Use [`subscribe`](Self::subscribe) when transitions and rejections
+    /// are enough.
     pub fn subscribe_all(&self) -> EventStream<CircuitBreakerEvent> {
         self.shared.all_events.subscribe()
     }
