@@ -608,6 +608,14 @@ impl<K: Hash + Eq + Clone> fmt::Debug for KeyedRateLimiter<K> {
 /// says for how long) or [`TooManyKeys`]. Both carry the
 /// [`Rejected`](crate::error::Rejected) marker.
 ///
+/// Because the key is checked after the inner service is ready, a caller
+/// over its limit still waits for an inner service that is slow to get
+/// ready (a full bulkhead, say) before it is refused. Where that matters,
+/// move the inner wait into the call's future, so that `poll_ready` is
+/// ready at once and the key is checked first: wrap the inner service as
+/// `tower::service_fn(move |request| inner.clone().oneshot(request))`
+/// (`examples/ecommerce` does this in front of its order pipeline).
+///
 /// ```
 /// use std::time::Duration;
 /// use palisade::rate_limit::{KeyedRateLimiter, RateLimited, RateLimiterConfig};
