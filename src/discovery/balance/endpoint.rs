@@ -130,7 +130,9 @@ pub(crate) struct EndpointStats {
     /// The balancer's call clock (its `call_clock` option), shared by
     /// every instance so that their readings compare.
     pub(crate) clock: AnchoredClock,
-    decay_ns: f64,
+    /// `1 / decay` in nanoseconds: times in decays by a multiplication
+    /// rather than a division (whose latency the update would wait on).
+    per_decay_ns: f64,
     /// Shared with the instance's earlier and later clients.
     pub(crate) outlier: Arc<OutlierState>,
     outliers: Weak<dyn OutlierSink>,
@@ -153,16 +155,16 @@ impl EndpointStats {
     ) -> Self {
         let default_ns = duration_nanos(default_rtt) as f64;
         let at_ns = clock.now_nanos();
-        let decay_ns = (duration_nanos(decay) as f64).max(1.0);
+        let per_decay_ns = 1.0 / (duration_nanos(decay) as f64).max(1.0);
         Self {
             instance,
             in_flight: CachePadded(AtomicUsize::new(0)),
             picks: AtomicU64::new(0),
             ewma_ns: AtomicU64::new(default_ns.to_bits()),
             ewma_at_ns: AtomicU64::new(at_ns),
-            ewma_key: AtomicU64::new(ewma_key(default_ns, at_ns, decay_ns).to_bits()),
+            ewma_key: AtomicU64::new(ewma_key(default_ns, at_ns, per_decay_ns).to_bits()),
             clock,
-            decay_ns,
+            per_decay_ns,
             outlier,
             outliers,
             breaker,
@@ -181,8 +183,8 @@ impl EndpointStats {
     pub(crate) fn ewma_ns(&self, now_ns: u64) -> f64 {
         let estimate = f64::from_bits(self.ewma_ns.load(Ordering::Relaxed));
         let at = self.ewma_at_ns.load(Ordering::Relaxed);
-        let elapsed = now_ns.saturating_sub(at) as f64;
-        estimate * (-elapsed / self.decay_ns).exp()
+        let elapsed = nanos_f64(now_ns.saturating_sub(at));
+        estimate * (-elapsed * self.per_decay_ns).exp()
     }
 
     /// Whether this instance's peak-EWMA cost (latency times one more
@@ -222,39 +224,41 @@ impl EndpointStats {
     #[inline]
     pub(crate) fn observe_latency(&self, started_ns: u64, now_ns: u64) {
         let rtt_ns = now_ns.saturating_sub(started_ns);
-        let rtt = rtt_ns as f64;
-        let started_ns = now_ns.saturating_sub(rtt_ns);
+        let started_ns = now_ns - rtt_ns;
         let at = self.ewma_at_ns.load(Ordering::Relaxed);
         if rtt_ns == 0 && started_ns <= at {
             return;
         }
         let estimate = f64::from_bits(self.ewma_ns.load(Ordering::Relaxed));
-        let idle = started_ns.saturating_sub(at) as f64;
-        let at_start = estimate * decay_factor(idle / self.decay_ns);
+        // The idle time before the call and the call's own, in decays.
+        let idle = nanos_f64(started_ns.saturating_sub(at)) * self.per_decay_ns;
+        let rtt = nanos_f64(rtt_ns);
+        let rtt_decays = rtt * self.per_decay_ns;
+        let at_start = estimate * decay_factor(idle);
         let (next, key) = if rtt > at_start {
-            (rtt, ewma_key(rtt, now_ns, self.decay_ns))
+            (rtt, ewma_key(rtt, now_ns, self.per_decay_ns))
         } else {
             // next = at_start × k + rtt × (1 - k), k = e^(-rtt/decay):
-            // at_start × (1 - shrink), whose logarithm is the start's
-            // (the old key less the decay to `started_ns`) plus
-            // ln(1 - shrink).
-            let weight = decay_weight(rtt / self.decay_ns);
-            let shrink = if weight == 0.0 || at_start == 0.0 {
-                0.0
-            } else {
-                weight * (1.0 - rtt / at_start)
-            };
-            let next = at_start - at_start * shrink;
+            // at_start - weight × (at_start - rtt), or at_start × (1 -
+            // shrink), whose logarithm is the start's (the old key less
+            // the decay to `started_ns`) plus ln(1 - shrink).
+            let weight = decay_weight(rtt_decays);
+            let next = at_start - weight * (at_start - rtt);
             let old_key = f64::from_bits(self.ewma_key.load(Ordering::Relaxed));
-            let key = if idle / self.decay_ns < SERIES_BELOW {
+            let key = if idle < SERIES_BELOW {
                 // The key is the estimate decayed back to `epoch`: decaying
                 // to `started_ns` leaves it as it was; only the blend and
                 // the call's time since then (to `now_ns`) change it. After
                 // a longer idle time the key is computed afresh (one `ln`),
                 // which also drops the rounding these sums gather.
-                old_key + ln_1m(shrink) + rtt / self.decay_ns
+                let shrink = if at_start > 0.0 {
+                    weight * (1.0 - rtt / at_start)
+                } else {
+                    0.0
+                };
+                old_key + ln_1m(shrink) + rtt_decays
             } else {
-                ewma_key(next, now_ns, self.decay_ns)
+                ewma_key(next, now_ns, self.per_decay_ns)
             };
             (next, key)
         };
@@ -301,8 +305,17 @@ impl fmt::Debug for EndpointStats {
 /// The key [`EndpointStats::cheaper_than`] compares: an estimate of
 /// `ewma_ns` at `at_ns`, decayed back to the epoch, as a logarithm (an
 /// estimate of zero is minus infinity, cheaper than any other).
-fn ewma_key(ewma_ns: f64, at_ns: u64, decay_ns: f64) -> f64 {
-    ewma_ns.ln() + at_ns as f64 / decay_ns
+fn ewma_key(ewma_ns: f64, at_ns: u64, per_decay_ns: f64) -> f64 {
+    ewma_ns.ln() + nanos_f64(at_ns) * per_decay_ns
+}
+
+/// `nanos` as an `f64`, through `i64` (one instruction on x86-64, where
+/// `u64` takes a branch or several): readings and durations of the call
+/// clock stay far below `i64::MAX` nanoseconds (292 years), and saturate
+/// there should one not.
+#[inline]
+fn nanos_f64(nanos: u64) -> f64 {
+    nanos.min(i64::MAX as u64) as i64 as f64
 }
 
 /// Below this, [`decay_factor`], [`decay_weight`] and [`ln_1m`] sum
@@ -798,7 +811,7 @@ mod tests {
         let fresh = || {
             let estimate = f64::from_bits(stats.ewma_ns.load(Ordering::Relaxed));
             let at = stats.ewma_at_ns.load(Ordering::Relaxed);
-            ewma_key(estimate, at, stats.decay_ns)
+            ewma_key(estimate, at, stats.per_decay_ns)
         };
         // 100,000 calls of 50 µs, 1 µs apart (the summed path), then one
         // after 5 s idle (the key computed afresh), then a peak.
