@@ -52,7 +52,7 @@ pub enum CallClock {
 
 /// A [`CallClock`] with its zero point: reads return nanoseconds since the
 /// anchor, as a `u64` that fits in an atomic.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct AnchoredClock {
     kind: CallClock,
     tokio_anchor: tokio::time::Instant,

@@ -110,24 +110,27 @@ impl OutlierState {
 }
 
 /// The per-instance numbers every call updates, without the client.
+///
+/// In this order (`repr(C)`): first what every call writes (and a
+/// peak-EWMA pick reads), on cache lines of their own; then, on the next
+/// line, what every call reads (the outlier state, the breaker, the call
+/// clock); the instance last. A call so touches two lines of the
+/// instance, whatever the picker.
+#[repr(C)]
 pub(crate) struct EndpointStats {
-    pub(crate) instance: Instance,
-    /// What every call writes (and a peak-EWMA pick reads), together on
-    /// cache lines of their own: a pick reads one line per candidate, a
-    /// call writes one, and the read-mostly fields below stay shared.
+    /// A pick reads one line per candidate, a call writes one, and the
+    /// read-mostly fields below stay shared.
     pub(crate) hot: CachePadded<HotStats>,
-    /// The balancer's call clock (its `call_clock` option), shared by
-    /// every instance so that their readings compare.
-    pub(crate) clock: AnchoredClock,
-    /// `1 / decay` in nanoseconds: times in decays by a multiplication
-    /// rather than a division (whose latency the update would wait on).
-    per_decay_ns: f64,
     /// Shared with the instance's earlier and later clients.
     pub(crate) outlier: Arc<OutlierState>,
-    outliers: Weak<dyn OutlierSink>,
     /// The instance's own breaker, with the balancer's `circuit_breaker`
     /// option; dropped with the instance.
     pub(crate) breaker: Option<CircuitBreaker>,
+    /// The balancer's call clock (its `call_clock` option), shared by
+    /// every instance so that their readings compare.
+    pub(crate) clock: AnchoredClock,
+    outliers: Weak<dyn OutlierSink>,
+    pub(crate) instance: Instance,
 }
 
 /// [`EndpointStats::hot`].
@@ -136,8 +139,8 @@ pub(crate) struct HotStats {
     pub(crate) in_flight: AtomicUsize,
     pub(crate) picks: AtomicU64,
     /// Peak-EWMA latency in nanoseconds (`f64` bits) and when it was last
-    /// updated (a reading of `clock`: nanoseconds since its anchor, the
-    /// `epoch` below).
+    /// updated (a reading of the balancer's call clock: nanoseconds since
+    /// its anchor, the `epoch` below).
     ewma_ns: AtomicU64,
     ewma_at_ns: AtomicU64,
     /// `ln(ewma_ns) + ewma_at_ns / decay_ns` (`f64` bits): the estimate's
@@ -146,6 +149,10 @@ pub(crate) struct HotStats {
     /// is a factor common to both), so a pick compares costs without the
     /// clock and with one `exp`; see [`cheaper_than`](EndpointStats::cheaper_than).
     ewma_key: AtomicU64,
+    /// `1 / decay` in nanoseconds: times in decays by a multiplication
+    /// rather than a division (whose latency the update would wait on).
+    /// Never written; here because every update reads it.
+    per_decay_ns: f64,
 }
 
 impl EndpointStats {
@@ -171,9 +178,9 @@ impl EndpointStats {
                 ewma_ns: AtomicU64::new(default_ns.to_bits()),
                 ewma_at_ns: AtomicU64::new(at_ns),
                 ewma_key: AtomicU64::new(ewma_key(default_ns, at_ns, per_decay_ns).to_bits()),
+                per_decay_ns,
             }),
             clock,
-            per_decay_ns,
             outlier,
             outliers,
             breaker,
@@ -193,7 +200,7 @@ impl EndpointStats {
         let estimate = f64::from_bits(self.hot.ewma_ns.load(Ordering::Relaxed));
         let at = self.hot.ewma_at_ns.load(Ordering::Relaxed);
         let elapsed = nanos_f64(now_ns.saturating_sub(at));
-        estimate * (-elapsed * self.per_decay_ns).exp()
+        estimate * (-elapsed * self.hot.per_decay_ns).exp()
     }
 
     /// Whether this instance's peak-EWMA cost (latency times one more
@@ -240,12 +247,12 @@ impl EndpointStats {
         }
         let estimate = f64::from_bits(self.hot.ewma_ns.load(Ordering::Relaxed));
         // The idle time before the call and the call's own, in decays.
-        let idle = nanos_f64(started_ns.saturating_sub(at)) * self.per_decay_ns;
+        let idle = nanos_f64(started_ns.saturating_sub(at)) * self.hot.per_decay_ns;
         let rtt = nanos_f64(rtt_ns);
-        let rtt_decays = rtt * self.per_decay_ns;
+        let rtt_decays = rtt * self.hot.per_decay_ns;
         let at_start = estimate * decay_factor(idle);
         let (next, key) = if rtt > at_start {
-            (rtt, ewma_key(rtt, now_ns, self.per_decay_ns))
+            (rtt, ewma_key(rtt, now_ns, self.hot.per_decay_ns))
         } else {
             // next = at_start × k + rtt × (1 - k), k = e^(-rtt/decay):
             // at_start - weight × (at_start - rtt), or at_start × (1 -
@@ -267,7 +274,7 @@ impl EndpointStats {
                 };
                 old_key + ln_1m(shrink) + rtt_decays
             } else {
-                ewma_key(next, now_ns, self.per_decay_ns)
+                ewma_key(next, now_ns, self.hot.per_decay_ns)
             };
             (next, key)
         };
@@ -802,6 +809,32 @@ mod tests {
     }
 
     #[test]
+    fn a_call_touches_the_hot_block_and_one_line_after_it() {
+        use std::mem::{offset_of, size_of};
+        // The hot block: one 64-byte line of what calls write.
+        assert_eq!(offset_of!(EndpointStats, hot), 0);
+        assert!(size_of::<HotStats>() <= 64);
+        // What every call reads: on the line right after the block.
+        let line = size_of::<CachePadded<HotStats>>();
+        for (offset, size) in [
+            (
+                offset_of!(EndpointStats, outlier),
+                size_of::<Arc<OutlierState>>(),
+            ),
+            (
+                offset_of!(EndpointStats, breaker),
+                size_of::<Option<CircuitBreaker>>(),
+            ),
+            (offset_of!(EndpointStats, clock), size_of::<AnchoredClock>()),
+        ] {
+            assert!(
+                offset >= line && offset + size <= line + 64,
+                "{offset} + {size}"
+            );
+        }
+    }
+
+    #[test]
     fn the_short_series_agree_with_the_library_functions() {
         for x in [0.0, 1e-12, 1e-9, 1e-6, 3e-4, 9.99e-4, 1e-3, 0.5, 3.0] {
             let close = |a: f64, b: f64| (a - b).abs() <= 1e-12 * b.abs().max(1e-300);
@@ -822,7 +855,7 @@ mod tests {
         let fresh = || {
             let estimate = f64::from_bits(stats.hot.ewma_ns.load(Ordering::Relaxed));
             let at = stats.hot.ewma_at_ns.load(Ordering::Relaxed);
-            ewma_key(estimate, at, stats.per_decay_ns)
+            ewma_key(estimate, at, stats.hot.per_decay_ns)
         };
         // 100,000 calls of 50 µs, 1 µs apart (the summed path), then one
         // after 5 s idle (the key computed afresh), then a peak.

@@ -155,7 +155,7 @@ where
         });
         Arc::new(EndpointStats::new(
             instance,
-            self.clock.clone(),
+            self.clock,
             default_rtt,
             decay,
             outlier,
