@@ -396,14 +396,14 @@ impl BalanceConfigBuilder {
     /// The clock that times calls for [`Picker::PeakEwma`] (the other
     /// pickers read no clock); it is read twice per call, when the call
     /// starts and when it completes. Default [`CallClock::Tsc`]: exact,
-    /// each read one read of the CPU's time-stamp counter (a few
-    /// nanoseconds), but real time only: it ignores
+    /// each read one read of the CPU's time-stamp counter (about half a
+    /// `std::time::Instant::now()`), but real time only: it ignores
     /// `tokio::time::pause()`. [`CallClock::Tokio`] follows
     /// `tokio::time::pause()` and `advance()` (select it in tests that
     /// expect the measured latencies, and so the picks, to follow virtual
     /// time, or replay the same picks from a seed) at the cost of a
     /// `tokio::time::Instant::now()` per read (as much as
-    /// `std::time::Instant::now()`: about three times the TSC's).
+    /// `std::time::Instant::now()`: about twice the TSC's).
     /// [`CallClock::Coarse`] makes each read one atomic load but measures
     /// latencies in whole ticks of about a millisecond. See
     /// [`crate::clock`].
