@@ -1,5 +1,6 @@
 //! What the balancer's pick adds to a call, for 3, 30 and 300 instances and
-//! every picker, next to a bare service and to tower's p2c `Balance` (with
+//! every picker (peak-EWMA with its default call clock, the TSC, with
+//! tokio's and with the coarse one), next to a bare service and to tower's p2c `Balance` (with
 //! pending-requests and peak-EWMA load), in one run; and what membership
 //! churn costs: instances registered one by one with an
 //! [`InMemoryRegistry`], each awaited until the balancer has added it.
@@ -8,6 +9,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use palisade::clock::CallClock;
 use palisade::discovery::{
     Balance, BalanceConfig, BalanceEventKind, HealthCheck, InMemoryRegistry, Instance, Picker,
     Registrar, Registration, StaticRegistry, make_fn,
@@ -39,12 +41,24 @@ fn pick(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let _entered = runtime.enter();
+    // Peak-EWMA with the default call clock (the TSC), tokio's and the
+    // coarse one.
     let pickers = [
-        ("round-robin", Picker::RoundRobin),
-        ("random", Picker::Random),
-        ("weighted", Picker::Weighted),
-        ("least-loaded", Picker::LeastLoaded),
-        ("peak-ewma", Picker::peak_ewma()),
+        ("round-robin", Picker::RoundRobin, CallClock::Tsc),
+        ("random", Picker::Random, CallClock::Tsc),
+        ("weighted", Picker::Weighted, CallClock::Tsc),
+        ("least-loaded", Picker::LeastLoaded, CallClock::Tsc),
+        ("peak-ewma", Picker::peak_ewma(), CallClock::Tsc),
+        (
+            "peak-ewma-tokio-clock",
+            Picker::peak_ewma(),
+            CallClock::Tokio,
+        ),
+        (
+            "peak-ewma-coarse-clock",
+            Picker::peak_ewma(),
+            CallClock::Coarse,
+        ),
     ];
     for instances in [3usize, 30, 300] {
         let mut group = c.benchmark_group(format!("discovery/{instances}"));
@@ -55,9 +69,10 @@ fn pick(c: &mut Criterion) {
         group.bench_function("bare", |b| b.iter(|| call_now(&mut bare, black_box(7))));
 
         let registry = registry(instances);
-        for (name, picker) in pickers {
+        for (name, picker, clock) in pickers {
             let config = BalanceConfig::builder()
                 .picker(picker)
+                .call_clock(clock)
                 .build()
                 .expect("valid config");
             let mut balance = Balance::new(

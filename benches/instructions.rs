@@ -103,7 +103,7 @@ impl Service<u64> for DrainingEcho {
     }
 }
 
-const CASES: [&str; 34] = [
+const CASES: [&str; 35] = [
     "bare",
     "breaker/count",
     "breaker/count/static",
@@ -135,6 +135,7 @@ const CASES: [&str; 34] = [
     "balance/peak-ewma/3",
     "balance/peak-ewma/3000",
     "balance/peak-ewma-coarse/3",
+    "balance/peak-ewma-tokio/3",
     "balance/random/3",
     "coalesce/unshared",
     "coalesce/unshared/tower-resilience",
@@ -385,7 +386,9 @@ fn pipeline_case(case: &str) {
 
 /// `balance/<picker>/<instances>`: a pick and a call of a balancer over a
 /// static registry of that many instances (weights 1 to 3);
-/// `balance/peak-ewma-coarse/<instances>` times calls by the coarse clock.
+/// `balance/peak-ewma-coarse/<instances>` and
+/// `balance/peak-ewma-tokio/<instances>` time calls by the coarse clock
+/// and by tokio's instead of the default TSC clock.
 fn balance_case(case: &str) {
     use palisade::discovery::{Balance, BalanceConfig, Instance, Picker, StaticRegistry, make_fn};
 
@@ -395,7 +398,7 @@ fn balance_case(case: &str) {
         Some("random") => Picker::Random,
         Some("weighted") => Picker::Weighted,
         Some("least-loaded") => Picker::LeastLoaded,
-        Some("peak-ewma" | "peak-ewma-coarse") => Picker::peak_ewma(),
+        Some("peak-ewma" | "peak-ewma-coarse" | "peak-ewma-tokio") => Picker::peak_ewma(),
         _ => {
             eprintln!("unknown case {case:?}; cases: {}", CASES.join(" "));
             std::process::exit(2);
@@ -420,18 +423,15 @@ fn balance_case(case: &str) {
         .build()
         .expect("valid instance")
     }));
-    // `peak-ewma-coarse`: calls timed by the coarse clock.
-    let clock = if case.contains("coarse") {
-        palisade::clock::CallClock::Coarse
-    } else {
-        palisade::clock::CallClock::Tokio
-    };
-    let config = BalanceConfig::builder()
-        .picker(picker)
-        .rng_seed(7)
-        .call_clock(clock)
-        .build()
-        .expect("valid config");
+    // `peak-ewma-coarse`, `peak-ewma-tokio`: calls timed by the coarse
+    // clock, by tokio's; else the default (the TSC).
+    let mut config = BalanceConfig::builder().picker(picker).rng_seed(7);
+    if case.contains("coarse") {
+        config = config.call_clock(palisade::clock::CallClock::Coarse);
+    } else if case.contains("tokio") {
+        config = config.call_clock(palisade::clock::CallClock::Tokio);
+    }
+    let config = config.build().expect("valid config");
     let mut balance = Balance::new(
         "bench",
         &registry,

@@ -1,13 +1,24 @@
 //! Where layers read the time of a call from.
 //!
 //! Timing a call (is it slow?) and bucketing it into a time window needs a
-//! clock read at the start and end of the call. Two choices trade precision
-//! for cost:
+//! clock read at the start and end of the call. Three choices trade
+//! precision, cost and virtual time:
 //!
 //! | clock | resolution | cost per read (measured here) | follows `tokio::time::pause()` |
 //! |---|---|---|---|
-//! | [`CallClock::Tokio`] (default) | exact | one `tokio::time::Instant::now()`: 30–40 ns on the benchmark VM, as much as `std::time::Instant::now()` | yes |
+//! | [`CallClock::Tokio`] (default of every layer but the balancer) | exact | one `tokio::time::Instant::now()`: 30–40 ns on the benchmark VM, as much as `std::time::Instant::now()` | yes |
+//! | [`CallClock::Tsc`] (default of the balancer's peak-EWMA) | exact (nanoseconds) | one read of the CPU's time-stamp counter (`rdtsc`), scaled by a multiply and a shift: about half of `std::time::Instant::now()` (18–23 ns against 39–46 ns back to back on the loaded benchmark VM) | no |
 //! | [`CallClock::Coarse`] | ~1 ms | one atomic load, ~1 ns | no |
+//!
+//! The TSC clock is [quanta](https://docs.rs/quanta)'s: the x86-64
+//! time-stamp counter (`rdtsc`) or the aarch64 system counter, calibrated
+//! once per process against the operating system's monotonic clock (the
+//! first time a TSC clock is created: about a millisecond, at most 200 ms);
+//! where the CPU has no invariant counter it reads the monotonic clock
+//! instead, at `std::time::Instant::now()`'s cost. It measures real time:
+//! a test that drives time with `tokio::time::pause()` and `advance()` and
+//! expects the measured latencies to follow must select
+//! [`CallClock::Tokio`].
 //!
 //! The coarse clock is a process-wide millisecond tick kept by one background
 //! thread, started the first time a coarse clock is created (or a circuit
@@ -33,15 +44,22 @@ pub enum CallClock {
     /// A cached process-wide clock with about one millisecond of resolution;
     /// an atomic load per read. Real time only: it ignores `tokio::time::pause()`.
     Coarse,
+    /// The CPU's time-stamp counter through quanta (the monotonic clock
+    /// where the CPU has no invariant counter): exact, about half the cost
+    /// of `std::time::Instant::now()` per read. Real time only: it ignores
+    /// `tokio::time::pause()`.
+    Tsc,
 }
 
 /// A [`CallClock`] with its zero point: reads return nanoseconds since the
 /// anchor, as a `u64` that fits in an atomic.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct AnchoredClock {
     kind: CallClock,
     tokio_anchor: tokio::time::Instant,
-    coarse_anchor: u64,
+    /// The coarse clock's nanoseconds, or the TSC clock's raw counter, at
+    /// the anchor; 0 for tokio's clock.
+    anchor: u64,
 }
 
 impl AnchoredClock {
@@ -49,9 +67,10 @@ impl AnchoredClock {
         Self {
             kind,
             tokio_anchor: tokio::time::Instant::now(),
-            coarse_anchor: match kind {
+            anchor: match kind {
                 CallClock::Tokio => 0,
                 CallClock::Coarse => coarse_nanos(),
+                CallClock::Tsc => tsc().raw(),
             },
         }
     }
@@ -75,9 +94,22 @@ impl AnchoredClock {
             CallClock::Tokio => duration_nanos(
                 tokio::time::Instant::now().saturating_duration_since(self.tokio_anchor),
             ),
-            CallClock::Coarse => coarse_nanos().saturating_sub(self.coarse_anchor),
+            CallClock::Coarse => coarse_nanos().saturating_sub(self.anchor),
+            CallClock::Tsc => {
+                let tsc = tsc();
+                // 0 for a reading before the anchor (another core's counter
+                // a little behind), as the other clocks saturate.
+                tsc.delta_as_nanos(self.anchor, tsc.raw())
+            }
         }
     }
+}
+
+/// The process's TSC clock, calibrated the first time it is asked for.
+#[inline]
+fn tsc() -> &'static quanta::Clock {
+    static TSC: OnceLock<quanta::Clock> = OnceLock::new();
+    TSC.get_or_init(quanta::Clock::new)
 }
 
 /// How far [`saturating_add`] looks ahead when the clock cannot represent
@@ -199,6 +231,27 @@ mod tests {
         let clock = AnchoredClock::new(CallClock::Tokio);
         tokio::time::advance(Duration::from_millis(1500)).await;
         assert_eq!(clock.now_nanos(), 1_500_000_000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tsc_clock_follows_real_time_not_paused_time() {
+        let clock = AnchoredClock::new(CallClock::Tsc);
+        let start = clock.now_nanos();
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        let real = std::time::Instant::now();
+        // Real time is the point of this clock, so wait on it (bounded):
+        // 2 ms of std's clock read as 2 ms on this one, within a margin
+        // for the reads between (and a descheduled thread).
+        while real.elapsed() < Duration::from_millis(2) {
+            std::hint::spin_loop();
+        }
+        let tsc_elapsed = clock.now_nanos() - start;
+        let std_elapsed = duration_nanos(real.elapsed());
+        assert!(tsc_elapsed >= 1_900_000, "{tsc_elapsed} ns");
+        assert!(
+            tsc_elapsed <= std_elapsed + 100_000_000,
+            "{tsc_elapsed} ns on the TSC, {std_elapsed} ns on std's clock"
+        );
     }
 
     #[test]

@@ -182,6 +182,47 @@ async fn peak_ewma_times_calls_by_the_configured_call_clock() {
     call(&mut coarse_timed).await.unwrap();
     let measured = ms(endpoint(&coarse_timed, "x").ewma_latency);
     assert!(measured < 90.0, "the coarse clock: {measured}");
+
+    // The TSC clock (the default), real time only, likewise.
+    assert_eq!(BalanceConfig::default().call_clock(), CallClock::Tsc);
+    let mut tsc_timed = timed_balancer_on(&latency_ms, CallClock::Tsc);
+    call(&mut tsc_timed).await.unwrap();
+    let measured = ms(endpoint(&tsc_timed, "x").ewma_latency);
+    assert!(measured < 90.0, "the TSC clock: {measured}");
+}
+
+#[tokio::test]
+async fn the_default_tsc_clock_times_calls_in_real_time() {
+    // A call that takes 30 ms of real time (a real timer: this test does
+    // not pause tokio's clock, so that its calls take real time) raises
+    // the 1 ms default estimate to about 30 ms.
+    let registry = StaticRegistry::new([instance("x", "10.0.0.1:80", 1)]);
+    let make = make_fn(|instance: &Instance| {
+        let id = instance.id().to_string();
+        Ok::<_, BoxError>(service_fn(move |()| {
+            let id = id.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                Ok::<_, BoxError>(id)
+            }
+        }))
+    });
+    let config = BalanceConfig::builder()
+        .picker(Picker::PeakEwma {
+            default_rtt: Duration::from_millis(1),
+            decay: Duration::from_secs(10),
+        })
+        .build()
+        .unwrap();
+    let mut balance = Balance::new("users", &registry, make, config).unwrap();
+    let started = std::time::Instant::now();
+    call(&mut balance).await.unwrap();
+    let took = ms(started.elapsed());
+    let measured = ms(endpoint(&balance, "x").ewma_latency);
+    assert!(
+        (29.0..=took + 1.0).contains(&measured),
+        "the TSC clock measured {measured} ms of a call that took {took} ms"
+    );
 }
 
 fn ms(d: Duration) -> f64 {
@@ -532,9 +573,13 @@ async fn a_seeded_balancer_and_its_clones_replay_the_same_picks() {
                     async move { Ok::<_, BoxError>(id) }
                 }))
             });
+            // Peak-EWMA's picks replay only if the latencies do: tokio's
+            // paused clock times every call at 0 (the default TSC clock
+            // measures real, varying, microseconds).
             let config = BalanceConfig::builder()
                 .picker(picker)
                 .rng_seed(seed)
+                .call_clock(CallClock::Tokio)
                 .build()
                 .unwrap();
             assert_eq!(config.rng_seed(), Some(seed));

@@ -781,8 +781,14 @@ mod balancer {
                 }
             }))
         });
-        let mut balance =
-            Balance::new("users", &registry, make, config(Picker::peak_ewma())).unwrap();
+        // Latencies in paused (virtual) time: tokio's clock times the
+        // calls (the default TSC clock measures real time only).
+        let config = BalanceConfig::builder()
+            .picker(Picker::peak_ewma())
+            .call_clock(palisade::clock::CallClock::Tokio)
+            .build()
+            .unwrap();
+        let mut balance = Balance::new("users", &registry, make, config).unwrap();
         let mut fast = 0;
         for _ in 0..10_000 {
             if call(&mut balance).await.unwrap() == "fast" {

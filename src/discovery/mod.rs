@@ -97,7 +97,7 @@
 //! | `circuit_breaker` | none | A [`CircuitBreakerConfig`](crate::circuit_breaker::CircuitBreakerConfig): each instance gets its own breaker, named `<service>/<instance id>`; instances whose breaker rejects are not picked. |
 //! | `event_capacity` | 256 | Events buffered per subscriber. |
 //! | `rng_seed` | from the OS | Seeds the pickers' random numbers, for tests that replay picks. |
-//! | `call_clock` | `CallClock::Tokio` | The clock that times calls for peak-EWMA; `CallClock::Coarse`: an atomic load per read, ~1 ms resolution. |
+//! | `call_clock` | `CallClock::Tsc` | The clock that times calls for peak-EWMA: the CPU's time-stamp counter, real time only; `CallClock::Tokio` follows `tokio::time::pause()` (for tests that expect latencies in virtual time), at about twice the cost per read; `CallClock::Coarse`: an atomic load per read, ~1 ms resolution. |
 //!
 //! # Guarantees
 //!

@@ -20,7 +20,7 @@ const OUTLIER: &str = "outlier detection";
 /// | [`Random`](Picker::Random) | uniformly at random | one random number |
 /// | [`Weighted`](Picker::Weighted) | at random, in proportion to [`Instance::weight`](crate::discovery::Instance::weight) | one random number, a walk down a binary tree of weight sums (O(log n)) |
 /// | [`LeastLoaded`](Picker::LeastLoaded) | the one with fewer calls in flight of two picked at random (P2C) | one random number, two tree walks, two atomic loads |
-/// | [`PeakEwma`](Picker::PeakEwma) | the cheaper of two picked at random, cost = peak-EWMA latency × (calls in flight + 1) (P2C, as linkerd and Finagle) | as above, two more atomic loads and one `exp` when the two loads differ; the call reads the [`call_clock`](BalanceConfigBuilder::call_clock) when it starts and again when it completes, to time it |
+/// | [`PeakEwma`](Picker::PeakEwma) | the cheaper of two picked at random, cost = peak-EWMA latency × (calls in flight + 1) (P2C, as linkerd and Finagle) | as above, two more atomic loads and one `exp` when the two loads differ; the call reads the [`call_clock`](BalanceConfigBuilder::call_clock) (by default the CPU's time-stamp counter) when it starts and again when it completes, to time it |
 ///
 /// Peak-EWMA's picks compare estimates without reading the clock. The
 /// call's completion updates its instance's estimate without `exp` or
@@ -303,14 +303,15 @@ impl Default for BalanceConfig {
             circuit_breaker: None,
             event_capacity: 256,
             rng_seed: None,
-            call_clock: CallClock::Tokio,
+            call_clock: CallClock::Tsc,
         }
     }
 }
 
 impl BalanceConfig {
     /// Starts from the defaults: [`Picker::peak_ewma`], no outlier
-    /// detection, no circuit breakers, 256 events per subscriber.
+    /// detection, no circuit breakers, 256 events per subscriber, calls
+    /// timed by [`CallClock::Tsc`].
     pub fn builder() -> BalanceConfigBuilder {
         BalanceConfigBuilder {
             config: Self::default(),
@@ -337,7 +338,8 @@ impl BalanceConfig {
         self.rng_seed
     }
 
-    /// The clock that times calls for [`Picker::PeakEwma`].
+    /// The clock that times calls for [`Picker::PeakEwma`] (default
+    /// [`CallClock::Tsc`]).
     pub fn call_clock(&self) -> CallClock {
         self.call_clock
     }
@@ -392,13 +394,19 @@ impl BalanceConfigBuilder {
     }
 
     /// The clock that times calls for [`Picker::PeakEwma`] (the other
-    /// pickers read no clock). Default [`CallClock::Tokio`]: exact, and
-    /// follows `tokio::time::pause()`, two reads per call (when it starts
-    /// and when it completes). [`CallClock::Coarse`] makes each read one
-    /// atomic load but measures latencies in whole ticks of about a
-    /// millisecond and ignores `tokio::time::pause()`: for instances whose
-    /// latencies are several milliseconds or more, where the per-call cost
-    /// matters. See [`crate::clock`].
+    /// pickers read no clock); it is read twice per call, when the call
+    /// starts and when it completes. Default [`CallClock::Tsc`]: exact,
+    /// each read one read of the CPU's time-stamp counter (about half a
+    /// `std::time::Instant::now()`), but real time only: it ignores
+    /// `tokio::time::pause()`. [`CallClock::Tokio`] follows
+    /// `tokio::time::pause()` and `advance()` (select it in tests that
+    /// expect the measured latencies, and so the picks, to follow virtual
+    /// time, or replay the same picks from a seed) at the cost of a
+    /// `tokio::time::Instant::now()` per read (as much as
+    /// `std::time::Instant::now()`: about twice the TSC's).
+    /// [`CallClock::Coarse`] makes each read one atomic load but measures
+    /// latencies in whole ticks of about a millisecond. See
+    /// [`crate::clock`].
     pub fn call_clock(mut self, clock: CallClock) -> Self {
         self.config.call_clock = clock;
         self

@@ -110,33 +110,49 @@ impl OutlierState {
 }
 
 /// The per-instance numbers every call updates, without the client.
+///
+/// In this order (`repr(C)`): first what every call writes (and a
+/// peak-EWMA pick reads), on cache lines of their own; then, on the next
+/// line, what every call reads (the outlier state, the breaker, the call
+/// clock); the instance last. A call so touches two lines of the
+/// instance, whatever the picker.
+#[repr(C)]
 pub(crate) struct EndpointStats {
+    /// A pick reads one line per candidate, a call writes one, and the
+    /// read-mostly fields below stay shared.
+    pub(crate) hot: CachePadded<HotStats>,
+    /// Shared with the instance's earlier and later clients.
+    pub(crate) outlier: Arc<OutlierState>,
+    /// The instance's own breaker, with the balancer's `circuit_breaker`
+    /// option; dropped with the instance.
+    pub(crate) breaker: Option<CircuitBreaker>,
+    /// The balancer's call clock (its `call_clock` option), shared by
+    /// every instance so that their readings compare.
+    pub(crate) clock: AnchoredClock,
+    outliers: Weak<dyn OutlierSink>,
     pub(crate) instance: Instance,
-    /// Calls in flight: picked, not yet completed or dropped. Its own cache
-    /// line: every call writes it twice.
-    pub(crate) in_flight: CachePadded<AtomicUsize>,
+}
+
+/// [`EndpointStats::hot`].
+pub(crate) struct HotStats {
+    /// Calls in flight: picked, not yet completed or dropped.
+    pub(crate) in_flight: AtomicUsize,
     pub(crate) picks: AtomicU64,
     /// Peak-EWMA latency in nanoseconds (`f64` bits) and when it was last
-    /// updated (a reading of `clock`: nanoseconds since its anchor, the
-    /// `epoch` below).
+    /// updated (a reading of the balancer's call clock: nanoseconds since
+    /// its anchor, the `epoch` below).
     ewma_ns: AtomicU64,
     ewma_at_ns: AtomicU64,
     /// `ln(ewma_ns) + ewma_at_ns / decay_ns` (`f64` bits): the estimate's
     /// logarithm, decayed back to `epoch`, the clock's zero. Two instances' decayed
     /// estimates at any moment compare as these do (the decay since then
     /// is a factor common to both), so a pick compares costs without the
-    /// clock and with one `exp`; see [`cheaper_than`](Self::cheaper_than).
+    /// clock and with one `exp`; see [`cheaper_than`](EndpointStats::cheaper_than).
     ewma_key: AtomicU64,
-    /// The balancer's call clock (its `call_clock` option), shared by
-    /// every instance so that their readings compare.
-    pub(crate) clock: AnchoredClock,
-    decay_ns: f64,
-    /// Shared with the instance's earlier and later clients.
-    pub(crate) outlier: Arc<OutlierState>,
-    outliers: Weak<dyn OutlierSink>,
-    /// The instance's own breaker, with the balancer's `circuit_breaker`
-    /// option; dropped with the instance.
-    pub(crate) breaker: Option<CircuitBreaker>,
+    /// `1 / decay` in nanoseconds: times in decays by a multiplication
+    /// rather than a division (whose latency the update would wait on).
+    /// Never written; here because every update reads it.
+    per_decay_ns: f64,
 }
 
 impl EndpointStats {
@@ -153,16 +169,18 @@ impl EndpointStats {
     ) -> Self {
         let default_ns = duration_nanos(default_rtt) as f64;
         let at_ns = clock.now_nanos();
-        let decay_ns = (duration_nanos(decay) as f64).max(1.0);
+        let per_decay_ns = 1.0 / (duration_nanos(decay) as f64).max(1.0);
         Self {
             instance,
-            in_flight: CachePadded(AtomicUsize::new(0)),
-            picks: AtomicU64::new(0),
-            ewma_ns: AtomicU64::new(default_ns.to_bits()),
-            ewma_at_ns: AtomicU64::new(at_ns),
-            ewma_key: AtomicU64::new(ewma_key(default_ns, at_ns, decay_ns).to_bits()),
+            hot: CachePadded(HotStats {
+                in_flight: AtomicUsize::new(0),
+                picks: AtomicU64::new(0),
+                ewma_ns: AtomicU64::new(default_ns.to_bits()),
+                ewma_at_ns: AtomicU64::new(at_ns),
+                ewma_key: AtomicU64::new(ewma_key(default_ns, at_ns, per_decay_ns).to_bits()),
+                per_decay_ns,
+            }),
             clock,
-            decay_ns,
             outlier,
             outliers,
             breaker,
@@ -171,7 +189,7 @@ impl EndpointStats {
 
     #[inline]
     pub(crate) fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Relaxed)
+        self.hot.in_flight.load(Ordering::Relaxed)
     }
 
     /// The peak-EWMA latency now, decayed towards zero for the time since
@@ -179,10 +197,10 @@ impl EndpointStats {
     /// tried again), in nanoseconds; `now_ns` is a reading of `clock`.
     #[inline]
     pub(crate) fn ewma_ns(&self, now_ns: u64) -> f64 {
-        let estimate = f64::from_bits(self.ewma_ns.load(Ordering::Relaxed));
-        let at = self.ewma_at_ns.load(Ordering::Relaxed);
-        let elapsed = now_ns.saturating_sub(at) as f64;
-        estimate * (-elapsed / self.decay_ns).exp()
+        let estimate = f64::from_bits(self.hot.ewma_ns.load(Ordering::Relaxed));
+        let at = self.hot.ewma_at_ns.load(Ordering::Relaxed);
+        let elapsed = nanos_f64(now_ns.saturating_sub(at));
+        estimate * (-elapsed * self.hot.per_decay_ns).exp()
     }
 
     /// Whether this instance's peak-EWMA cost (latency times one more
@@ -193,8 +211,8 @@ impl EndpointStats {
     /// balancer) the keys alone decide, else one `exp`.
     #[inline]
     pub(crate) fn cheaper_than(&self, other: &EndpointStats) -> bool {
-        let key = f64::from_bits(self.ewma_key.load(Ordering::Relaxed));
-        let other_key = f64::from_bits(other.ewma_key.load(Ordering::Relaxed));
+        let key = f64::from_bits(self.hot.ewma_key.load(Ordering::Relaxed));
+        let other_key = f64::from_bits(other.hot.ewma_key.load(Ordering::Relaxed));
         let (load, other_load) = (self.in_flight(), other.in_flight());
         if load == other_load {
             return key < other_key;
@@ -222,45 +240,47 @@ impl EndpointStats {
     #[inline]
     pub(crate) fn observe_latency(&self, started_ns: u64, now_ns: u64) {
         let rtt_ns = now_ns.saturating_sub(started_ns);
-        let rtt = rtt_ns as f64;
-        let started_ns = now_ns.saturating_sub(rtt_ns);
-        let at = self.ewma_at_ns.load(Ordering::Relaxed);
+        let started_ns = now_ns - rtt_ns;
+        let at = self.hot.ewma_at_ns.load(Ordering::Relaxed);
         if rtt_ns == 0 && started_ns <= at {
             return;
         }
-        let estimate = f64::from_bits(self.ewma_ns.load(Ordering::Relaxed));
-        let idle = started_ns.saturating_sub(at) as f64;
-        let at_start = estimate * decay_factor(idle / self.decay_ns);
+        let estimate = f64::from_bits(self.hot.ewma_ns.load(Ordering::Relaxed));
+        // The idle time before the call and the call's own, in decays.
+        let idle = nanos_f64(started_ns.saturating_sub(at)) * self.hot.per_decay_ns;
+        let rtt = nanos_f64(rtt_ns);
+        let rtt_decays = rtt * self.hot.per_decay_ns;
+        let at_start = estimate * decay_factor(idle);
         let (next, key) = if rtt > at_start {
-            (rtt, ewma_key(rtt, now_ns, self.decay_ns))
+            (rtt, ewma_key(rtt, now_ns, self.hot.per_decay_ns))
         } else {
             // next = at_start × k + rtt × (1 - k), k = e^(-rtt/decay):
-            // at_start × (1 - shrink), whose logarithm is the start's
-            // (the old key less the decay to `started_ns`) plus
-            // ln(1 - shrink).
-            let weight = decay_weight(rtt / self.decay_ns);
-            let shrink = if weight == 0.0 || at_start == 0.0 {
-                0.0
-            } else {
-                weight * (1.0 - rtt / at_start)
-            };
-            let next = at_start - at_start * shrink;
-            let old_key = f64::from_bits(self.ewma_key.load(Ordering::Relaxed));
-            let key = if idle / self.decay_ns < SERIES_BELOW {
+            // at_start - weight × (at_start - rtt), or at_start × (1 -
+            // shrink), whose logarithm is the start's (the old key less
+            // the decay to `started_ns`) plus ln(1 - shrink).
+            let weight = decay_weight(rtt_decays);
+            let next = at_start - weight * (at_start - rtt);
+            let old_key = f64::from_bits(self.hot.ewma_key.load(Ordering::Relaxed));
+            let key = if idle < SERIES_BELOW {
                 // The key is the estimate decayed back to `epoch`: decaying
                 // to `started_ns` leaves it as it was; only the blend and
                 // the call's time since then (to `now_ns`) change it. After
                 // a longer idle time the key is computed afresh (one `ln`),
                 // which also drops the rounding these sums gather.
-                old_key + ln_1m(shrink) + rtt / self.decay_ns
+                let shrink = if at_start > 0.0 {
+                    weight * (1.0 - rtt / at_start)
+                } else {
+                    0.0
+                };
+                old_key + ln_1m(shrink) + rtt_decays
             } else {
-                ewma_key(next, now_ns, self.decay_ns)
+                ewma_key(next, now_ns, self.hot.per_decay_ns)
             };
             (next, key)
         };
-        self.ewma_ns.store(next.to_bits(), Ordering::Relaxed);
-        self.ewma_at_ns.store(now_ns, Ordering::Relaxed);
-        self.ewma_key.store(key.to_bits(), Ordering::Relaxed);
+        self.hot.ewma_ns.store(next.to_bits(), Ordering::Relaxed);
+        self.hot.ewma_at_ns.store(now_ns, Ordering::Relaxed);
+        self.hot.ewma_key.store(key.to_bits(), Ordering::Relaxed);
     }
 
     /// Records a finished call's outcome for outlier detection.
@@ -301,8 +321,17 @@ impl fmt::Debug for EndpointStats {
 /// The key [`EndpointStats::cheaper_than`] compares: an estimate of
 /// `ewma_ns` at `at_ns`, decayed back to the epoch, as a logarithm (an
 /// estimate of zero is minus infinity, cheaper than any other).
-fn ewma_key(ewma_ns: f64, at_ns: u64, decay_ns: f64) -> f64 {
-    ewma_ns.ln() + at_ns as f64 / decay_ns
+fn ewma_key(ewma_ns: f64, at_ns: u64, per_decay_ns: f64) -> f64 {
+    ewma_ns.ln() + nanos_f64(at_ns) * per_decay_ns
+}
+
+/// `nanos` as an `f64`, through `i64` (one instruction on x86-64, where
+/// `u64` takes a branch or several): readings and durations of the call
+/// clock stay far below `i64::MAX` nanoseconds (292 years), and saturate
+/// there should one not.
+#[inline]
+fn nanos_f64(nanos: u64) -> f64 {
+    nanos.min(i64::MAX as u64) as i64 as f64
 }
 
 /// Below this, [`decay_factor`], [`decay_weight`] and [`ln_1m`] sum
@@ -453,8 +482,11 @@ enum WeightNode<S> {
         /// down reads one node per level.
         left_weight: u64,
         left_count: usize,
-        left: Arc<WeightNode<S>>,
-        right: Arc<WeightNode<S>>,
+        /// The left child, then the right: a walk down indexes this
+        /// pair with the comparison's outcome rather than branching on it
+        /// (a random pick's path is a random one, which a branch
+        /// predictor would miss at half the levels).
+        children: [Arc<WeightNode<S>>; 2],
     },
 }
 
@@ -487,8 +519,7 @@ impl<S> WeightNode<S> {
                 count: 0,
                 left_weight: 0,
                 left_count: 0,
-                left: Arc::clone(&node),
-                right: node,
+                children: [Arc::clone(&node), node],
             });
         }
         node
@@ -499,7 +530,10 @@ impl<S> WeightNode<S> {
     fn with(&self, height: u32, slot: usize, endpoint: Option<Endpoint<S>>) -> Arc<Self> {
         match self {
             WeightNode::Slot(_) => Arc::new(WeightNode::Slot(endpoint)),
-            WeightNode::Sum { left, right, .. } => {
+            WeightNode::Sum {
+                children: [left, right],
+                ..
+            } => {
                 let half = 1usize << (height - 1);
                 let (left, right) = if slot < half {
                     (left.with(height - 1, slot, endpoint), Arc::clone(right))
@@ -514,8 +548,7 @@ impl<S> WeightNode<S> {
                     count: left.count() + right.count(),
                     left_weight: left.weight(),
                     left_count: left.count(),
-                    left,
-                    right,
+                    children: [left, right],
                 })
             }
         }
@@ -525,7 +558,10 @@ impl<S> WeightNode<S> {
     fn slot(&self, height: u32, slot: usize) -> Option<&Endpoint<S>> {
         match self {
             WeightNode::Slot(endpoint) => endpoint.as_ref(),
-            WeightNode::Sum { left, right, .. } => {
+            WeightNode::Sum {
+                children: [left, right],
+                ..
+            } => {
                 let half = 1usize << (height - 1);
                 if slot < half {
                     left.slot(height - 1, slot)
@@ -594,19 +630,15 @@ impl<S: Clone> WeightIndex<S> {
             match node {
                 WeightNode::Slot(endpoint) => return endpoint.as_ref(),
                 WeightNode::Sum {
-                    left,
-                    right,
+                    children,
                     left_count,
                     left_weight,
                     ..
                 } => {
                     let on_left = left_size(*left_count, *left_weight);
-                    if rest < on_left {
-                        node = left;
-                    } else {
-                        rest -= on_left;
-                        node = right;
-                    }
+                    let right = rest >= on_left;
+                    rest -= on_left * u64::from(right);
+                    node = &children[usize::from(right)];
                 }
             }
         }
@@ -653,8 +685,7 @@ impl<S: Clone> WeightIndex<S> {
             count: self.root.count(),
             left_weight: self.root.weight(),
             left_count: self.root.count(),
-            left: Arc::clone(&self.root),
-            right,
+            children: [Arc::clone(&self.root), right],
         });
         self.height += 1;
     }
@@ -772,9 +803,35 @@ mod tests {
         assert!(b.stats.cheaper_than(&a.stats));
         assert!(!a.stats.cheaper_than(&b.stats));
         // Two calls in flight on b make it dearer: 3 × 10 ms > 15 ms.
-        b.stats.in_flight.fetch_add(2, Ordering::Relaxed);
+        b.stats.hot.in_flight.fetch_add(2, Ordering::Relaxed);
         assert!(cost(&a) < cost(&b));
         assert!(a.stats.cheaper_than(&b.stats));
+    }
+
+    #[test]
+    fn a_call_touches_the_hot_block_and_one_line_after_it() {
+        use std::mem::{offset_of, size_of};
+        // The hot block: one 64-byte line of what calls write.
+        assert_eq!(offset_of!(EndpointStats, hot), 0);
+        assert!(size_of::<HotStats>() <= 64);
+        // What every call reads: on the line right after the block.
+        let line = size_of::<CachePadded<HotStats>>();
+        for (offset, size) in [
+            (
+                offset_of!(EndpointStats, outlier),
+                size_of::<Arc<OutlierState>>(),
+            ),
+            (
+                offset_of!(EndpointStats, breaker),
+                size_of::<Option<CircuitBreaker>>(),
+            ),
+            (offset_of!(EndpointStats, clock), size_of::<AnchoredClock>()),
+        ] {
+            assert!(
+                offset >= line && offset + size <= line + 64,
+                "{offset} + {size}"
+            );
+        }
     }
 
     #[test]
@@ -794,11 +851,11 @@ mod tests {
     fn the_key_updated_in_steps_stays_the_logarithm_of_the_estimate() {
         let e = endpoint("a", 1);
         let stats = &e.stats;
-        let key = || f64::from_bits(stats.ewma_key.load(Ordering::Relaxed));
+        let key = || f64::from_bits(stats.hot.ewma_key.load(Ordering::Relaxed));
         let fresh = || {
-            let estimate = f64::from_bits(stats.ewma_ns.load(Ordering::Relaxed));
-            let at = stats.ewma_at_ns.load(Ordering::Relaxed);
-            ewma_key(estimate, at, stats.decay_ns)
+            let estimate = f64::from_bits(stats.hot.ewma_ns.load(Ordering::Relaxed));
+            let at = stats.hot.ewma_at_ns.load(Ordering::Relaxed);
+            ewma_key(estimate, at, stats.hot.per_decay_ns)
         };
         // 100,000 calls of 50 µs, 1 µs apart (the summed path), then one
         // after 5 s idle (the key computed afresh), then a peak.
@@ -808,14 +865,17 @@ mod tests {
             stats.observe_latency(now_ns - 50_000, now_ns);
         }
         assert!((key() - fresh()).abs() < 1e-9, "{} vs {}", key(), fresh());
-        let estimate = f64::from_bits(stats.ewma_ns.load(Ordering::Relaxed));
+        let estimate = f64::from_bits(stats.hot.ewma_ns.load(Ordering::Relaxed));
         assert!(estimate < 30e6 && estimate > 50_000.0);
         now_ns += 5_000_000_000;
         stats.observe_latency(now_ns - 40_000, now_ns);
         assert_eq!(key(), fresh());
         now_ns += 1_000;
         stats.observe_latency(now_ns - 900_000_000, now_ns);
-        assert_eq!(f64::from_bits(stats.ewma_ns.load(Ordering::Relaxed)), 9e8);
+        assert_eq!(
+            f64::from_bits(stats.hot.ewma_ns.load(Ordering::Relaxed)),
+            9e8
+        );
         assert_eq!(key(), fresh());
     }
 
@@ -825,9 +885,9 @@ mod tests {
         let stats = &e.stats;
         let state = || {
             (
-                stats.ewma_ns.load(Ordering::Relaxed),
-                stats.ewma_at_ns.load(Ordering::Relaxed),
-                stats.ewma_key.load(Ordering::Relaxed),
+                stats.hot.ewma_ns.load(Ordering::Relaxed),
+                stats.hot.ewma_at_ns.load(Ordering::Relaxed),
+                stats.hot.ewma_key.load(Ordering::Relaxed),
             )
         };
         stats.observe_latency(5_000_000_000, 5_002_000_000);

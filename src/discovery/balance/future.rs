@@ -59,8 +59,8 @@ impl<C> InFlight<C> {
         classifier: C,
         permit: Option<CallPermit>,
     ) -> Self {
-        stats.in_flight.fetch_add(1, Ordering::Relaxed);
-        stats.picks.fetch_add(1, Ordering::Relaxed);
+        stats.hot.in_flight.fetch_add(1, Ordering::Relaxed);
+        stats.hot.picks.fetch_add(1, Ordering::Relaxed);
         Self {
             stats,
             started,
@@ -73,7 +73,7 @@ impl<C> InFlight<C> {
 impl<C> Drop for InFlight<C> {
     #[inline]
     fn drop(&mut self) {
-        self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.stats.hot.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -155,7 +155,7 @@ where
         });
         Arc::new(EndpointStats::new(
             instance,
-            self.clock.clone(),
+            self.clock,
             default_rtt,
             decay,
             outlier,
@@ -278,7 +278,7 @@ where
                     id: s.instance.id().clone(),
                     address: s.instance.address().clone(),
                     in_flight: s.in_flight(),
-                    picks: s.picks.load(Ordering::Relaxed),
+                    picks: s.hot.picks.load(Ordering::Relaxed),
                     ewma_latency: Duration::from_nanos(s.ewma_ns(now_ns) as u64),
                     consecutive_failures: s.outlier.consecutive_failures.load(Ordering::Relaxed),
                     ejected: s.outlier.is_ejected(),
