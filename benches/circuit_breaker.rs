@@ -12,7 +12,7 @@
 //! | group | what |
 //! |---|---|
 //! | `closed` | a successful call in CLOSED for each window and clock, with an idle subscriber, and peers |
-//! | `open` | a rejected call, FORCED_OPEN and OPEN (entered in a runtime, and without one), and peers |
+//! | `open` | a rejected call, FORCED_OPEN and OPEN (entered in a runtime, and without one; of a static breaker), and peers |
 //! | `closed-2-threads` | two threads calling clones of one service; time per call on each thread |
 //! | `clock-read` | one read of each clock the breaker can time calls with |
 //!
@@ -266,6 +266,15 @@ fn open(c: &mut Criterion) {
         opened.transition_to_open().expect("CLOSED -> OPEN");
     }
     bench_service(&mut group, "open", opened.layer().layer(Echo));
+
+    // The same, for a breaker that is never freed: its rejections hold it
+    // without counting a reference.
+    let opened_static = static_count_breaker();
+    {
+        let _entered = runtime.enter();
+        opened_static.transition_to_open().expect("CLOSED -> OPEN");
+    }
+    bench_service(&mut group, "open/static", opened_static.layer().layer(Echo));
 
     // Entered without a runtime: every rejection reads tokio's clock to see
     // whether the wait is over.

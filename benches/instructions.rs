@@ -76,7 +76,7 @@ fn run<S: Service<u64>>(mut service: S) {
     measured_calls(&mut service);
 }
 
-const CASES: [&str; 32] = [
+const CASES: [&str; 33] = [
     "bare",
     "breaker/count",
     "breaker/count/static",
@@ -85,6 +85,7 @@ const CASES: [&str; 32] = [
     "breaker/forced_open",
     "breaker/open",
     "breaker/open/no-runtime",
+    "breaker/open/static",
     "retry/default-budget",
     "retry/no-budget",
     "tower/retry",
@@ -159,6 +160,20 @@ fn main() {
                 .build()
                 .expect("a runtime");
             let breaker = CircuitBreaker::new("bench", breaker_config());
+            {
+                let _entered = runtime.enter();
+                breaker.transition_to_open().expect("CLOSED -> OPEN");
+            }
+            run(breaker.layer().layer(Echo))
+        }
+        // As `breaker/open`, of a breaker that is never freed: the error
+        // holds it without counting a reference.
+        "breaker/open/static" => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .expect("a runtime");
+            let breaker = CircuitBreaker::new_static("bench", breaker_config());
             {
                 let _entered = runtime.enter();
                 breaker.transition_to_open().expect("CLOSED -> OPEN");

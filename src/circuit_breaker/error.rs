@@ -6,11 +6,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::error::Rejected;
+use super::state::{CallRef, CircuitState, NO_DEADLINE};
 
-use super::state::CircuitState;
-
-/// The layer kind a breaker's [`Rejected`] marker names.
+/// The layer kind a breaker's [`Rejected`](crate::error::Rejected) marker names.
 pub(crate) const LAYER: &str = "circuit_breaker";
 
 /// A call was rejected by a circuit breaker without reaching the service.
@@ -18,7 +16,7 @@ pub(crate) const LAYER: &str = "circuit_breaker";
 /// Returned (boxed in a `tower::BoxError`) when the breaker is OPEN or
 /// FORCED_OPEN, or HALF_OPEN with every trial call already in flight. Find it
 /// with `downcast_ref` or [`crate::find_cause`]. Its
-/// [`source`](std::error::Error::source) is a [`Rejected`] marker (layer
+/// [`source`](std::error::Error::source) is a [`Rejected`](crate::error::Rejected) marker (layer
 /// `"circuit_breaker"`), so every rejection-aware part of palisade treats it
 /// as a rejection:
 ///
@@ -38,34 +36,40 @@ pub(crate) const LAYER: &str = "circuit_breaker";
 /// assert!(palisade::error::is_rejection(&*boxed));
 /// ```
 ///
-/// Building it formats nothing and copies no string (the name is the
-/// breaker's shared `Arc<str>`); the message is written by `Display`, and
-/// [`retry_in`](Self::retry_in) is computed when asked.
-#[derive(Debug, Clone)]
+/// Building it formats nothing, copies no string and touches no reference
+/// count shared by every thread: it holds the breaker itself (through the
+/// handle that rejected the call: the reference count of that handle's
+/// stripe, or nothing at all for a [`new_static`](super::CircuitBreaker::new_static)
+/// breaker), whose name and [`Rejected`](crate::error::Rejected) marker are made once, when the
+/// breaker is. Boxed, it takes one small allocation. The message is written
+/// by `Display`, and [`retry_in`](Self::retry_in) is computed when asked.
+///
+/// While it lives it keeps the breaker's shared state alive, as a call in
+/// flight does (a keyed layer does not evict a breaker whose rejection is
+/// still held).
+#[derive(Clone)]
 pub struct BreakerOpen {
-    rejected: Rejected,
+    breaker: CallRef,
+    /// The end of the OPEN wait, in state-clock nanoseconds (the breaker's
+    /// anchor plus this), or `NO_DEADLINE` when unknown.
+    until: u64,
     state: CircuitState,
-    /// The end of the OPEN wait, when known: nanoseconds after an instant
-    /// (the breaker's state-clock anchor), added up only when asked.
-    until: Option<(Instant, u64)>,
 }
 
 impl BreakerOpen {
-    pub(crate) fn new(
-        breaker: Arc<str>,
-        state: CircuitState,
-        until: Option<(Instant, u64)>,
-    ) -> Self {
+    /// `breaker`: see [`SharedRef::call_ref`](super::state::SharedRef::call_ref).
+    #[inline]
+    pub(super) fn new(breaker: CallRef, state: CircuitState, until: u64) -> Self {
         Self {
-            rejected: Rejected::new(LAYER, breaker),
-            state,
+            breaker,
             until,
+            state,
         }
     }
 
     /// The name of the breaker that rejected the call.
     pub fn breaker(&self) -> &str {
-        self.rejected.name()
+        &self.breaker.name
     }
 
     /// The breaker's state when it rejected the call: `Open`, `ForcedOpen`
@@ -87,9 +91,17 @@ impl BreakerOpen {
     /// When the breaker lets a trial call through, when known: the end of
     /// the OPEN wait (`None` as for [`retry_in`](Self::retry_in)).
     pub fn retry_at(&self) -> Option<Instant> {
-        self.until.map(|(anchor, nanos)| {
-            crate::clock::saturating_add(anchor, Duration::from_nanos(nanos))
-        })
+        (self.until != NO_DEADLINE).then(|| self.breaker.state_clock.instant_at(self.until))
+    }
+}
+
+impl fmt::Debug for BreakerOpen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BreakerOpen")
+            .field("breaker", &self.breaker())
+            .field("state", &self.state)
+            .field("retry_at", &self.retry_at())
+            .finish()
     }
 }
 
@@ -114,8 +126,9 @@ impl fmt::Display for BreakerOpen {
 }
 
 impl std::error::Error for BreakerOpen {
+    /// The breaker's [`Rejected`](crate::error::Rejected) marker (layer `"circuit_breaker"`).
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.rejected)
+        Some(&self.breaker.rejected)
     }
 }
 
