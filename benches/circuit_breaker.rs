@@ -413,11 +413,7 @@ fn open_two_threads(c: &mut Criterion) {
         opened_static.transition_to_open().expect("CLOSED -> OPEN");
     }
     bench_service_on_threads(&mut group, "open", opened.layer().layer(Echo));
-    bench_service_on_threads(
-        &mut group,
-        "open/static",
-        opened_static.layer().layer(Echo),
-    );
+    bench_service_on_threads(&mut group, "open/static", opened_static.layer().layer(Echo));
 
     let failsafe_open = failsafe::Config::new()
         .failure_policy(failsafe::failure_policy::consecutive_failures(
