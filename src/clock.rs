@@ -56,6 +56,12 @@ impl AnchoredClock {
         }
     }
 
+    /// The tokio instant reads count from.
+    #[inline]
+    pub(crate) fn tokio_anchor(&self) -> tokio::time::Instant {
+        self.tokio_anchor
+    }
+
     /// The tokio instant `nanos` after the anchor (for timers), saturating
     /// as [`saturating_add`] does.
     pub(crate) fn instant_at(&self, nanos: u64) -> tokio::time::Instant {

@@ -222,23 +222,26 @@ impl CircuitBreaker {
         let s = &*self.shared;
         s.not_permitted.add(1);
         s.exported.on_rejected();
-        let error = BreakerOpen::new(self.shared.call_ref(), state, until);
         if s.events.is_observed()
             || s.all_events.is_observed()
             || tracing::level_enabled!(tracing::Level::DEBUG)
         {
-            self.announce_rejection(&error);
+            self.announce_rejection(state, until);
         }
-        error
+        BreakerOpen::new(self.shared.call_ref(), state, until)
     }
 
-    /// Traces and publishes a rejection.
+    /// Traces and publishes a rejection; `state` and `until` as
+    /// [`reject`](Self::reject) takes them.
     #[cold]
     #[inline(never)]
-    fn announce_rejection(&self, error: &BreakerOpen) {
+    fn announce_rejection(&self, state: CircuitState, until: u64) {
         let s = &*self.shared;
-        let state = error.state();
-        let retry_in = error.retry_in();
+        let retry_in = (until != NO_DEADLINE).then(|| {
+            s.state_clock
+                .instant_at(until)
+                .saturating_duration_since(tokio::time::Instant::now())
+        });
         tracing::debug!(
             breaker = %s.name,
             state = %state,

@@ -50,16 +50,20 @@ pub(crate) const LAYER: &str = "circuit_breaker";
 #[derive(Clone)]
 pub struct BreakerOpen {
     breaker: CallRef,
-    /// The end of the OPEN wait, in state-clock nanoseconds (the breaker's
-    /// anchor plus this), or `NO_DEADLINE` when unknown.
-    until: u64,
+    /// The end of the OPEN wait, when known: nanoseconds after an instant
+    /// (the breaker's state-clock anchor, copied: it also lays the
+    /// admission `Result` out so that the CLOSED path moves less), added up
+    /// only when asked.
+    until: Option<(Instant, u64)>,
     state: CircuitState,
 }
 
 impl BreakerOpen {
-    /// `breaker`: see [`SharedRef::call_ref`](super::state::SharedRef::call_ref).
+    /// `breaker`: see [`SharedRef::call_ref`](super::state::SharedRef::call_ref);
+    /// `until`: the state-clock deadline of an OPEN wait, or `NO_DEADLINE`.
     #[inline]
     pub(super) fn new(breaker: CallRef, state: CircuitState, until: u64) -> Self {
+        let until = (until != NO_DEADLINE).then(|| (breaker.state_clock.tokio_anchor(), until));
         Self {
             breaker,
             until,
@@ -91,7 +95,9 @@ impl BreakerOpen {
     /// When the breaker lets a trial call through, when known: the end of
     /// the OPEN wait (`None` as for [`retry_in`](Self::retry_in)).
     pub fn retry_at(&self) -> Option<Instant> {
-        (self.until != NO_DEADLINE).then(|| self.breaker.state_clock.instant_at(self.until))
+        self.until.map(|(anchor, nanos)| {
+            crate::clock::saturating_add(anchor, Duration::from_nanos(nanos))
+        })
     }
 }
 
