@@ -392,9 +392,10 @@ async fn a_rejection_outlives_its_breaker() {
 /// breaker instead of an interned marker, and answer the same.
 #[test]
 fn a_rejection_past_the_interning_limit_still_names_its_breaker() {
+    // Every name is interned while there is room, so make them all.
     let last = (0..1100)
         .map(|i| CircuitBreaker::with_defaults(format!("interning-limit-{i}")))
-        .last()
+        .fold(None, |_, breaker| Some(breaker))
         .expect("breakers");
     last.transition_to_forced_open();
     let open = last.try_acquire().expect_err("FORCED_OPEN rejects");
