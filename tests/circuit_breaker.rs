@@ -345,9 +345,9 @@ async fn a_rejection_says_how_long_is_left_when_asked() {
     assert_eq!(open.retry_in(), Some(Duration::ZERO));
 }
 
-/// A rejection holds its breaker (not a copy of its name): it answers for
-/// it after every handle and service of a counted breaker is dropped, and
-/// the same of a static breaker's, boxed or cloned.
+/// A rejection answers for its breaker (name, marker, wait) after every
+/// handle and service of a counted breaker is dropped, and the same of a
+/// static breaker's, boxed or cloned.
 #[tokio::test(start_paused = true)]
 async fn a_rejection_outlives_its_breaker() {
     let config = || {
