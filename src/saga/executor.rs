@@ -351,8 +351,10 @@ where
     }
 
     /// Starts saga `id`: encodes the input, records the saga's creation
-    /// (durably, for a durable log), then drives it in a task on the
-    /// current tokio runtime. [`LogError::AlreadyExists`] if the id is
+    /// (durably, for a durable log; in the same commit as its first
+    /// stage's *started* records when the log
+    /// [creates atomically](SagaLog::creates_atomically)), then drives it
+    /// in a task on the current tokio runtime. [`LogError::AlreadyExists`] if the id is
     /// used, which makes starts idempotent when the id is derived from the
     /// request. Registers the definition.
     pub async fn start_with_id<I: serde::Serialize + ?Sized>(
