@@ -3,15 +3,24 @@
 //!
 //! Each step writes two records (started, completed); the executor hands
 //! a step's completion to the log together with the next step's start,
-//! so the SQLite log makes one durable commit (`synchronous = FULL`) per
-//! step, and it groups the records of concurrent sagas into one
-//! transaction. The bench first measures how many `write` + `fdatasync`
-//! (and `write` + `fsync`, what the bundled SQLite calls) of a small file
-//! the disk under the log's directory does per second: one saga at a
-//! time cannot go faster than that, in steps per second.
+//! and a saga's creation together with its first step's start, so the
+//! SQLite log makes one durable commit (`synchronous = FULL`) per step
+//! and one more per saga (its end, with the last completion): 11 for a
+//! saga of 10 steps. It groups the records of concurrent sagas into one
+//! transaction.
 //!
-//! Criterion's `thrpt` column is steps per second; a summary with the
-//! ratio to the sync rate is printed at the end.
+//! The disk's sync rate is probed as a reused WAL is written: one 4 KiB
+//! block at the next offset of a file written beforehand, then
+//! `fdatasync` (and `fsync`, what the bundled SQLite calls unless built
+//! with `LIBSQLITE3_FLAGS=-DHAVE_FDATASYNC`, as this repository's
+//! `.cargo/config.toml` does). A commit writes a few such blocks; one
+//! saga at a time cannot make more commits per second than the probe
+//! makes syncs.
+//!
+//! Criterion's `thrpt` column is steps per second. The disk is shared
+//! with whatever else runs, so the summary printed at the end measures
+//! each case again in short slices interleaved with slices of the probe,
+//! and gives the ratio of the two rates measured in the same seconds.
 
 use std::cell::RefCell;
 use std::fs::OpenOptions;
@@ -44,29 +53,67 @@ fn definition() -> SagaDefinition<NoServices> {
         .expect("valid")
 }
 
-/// How many `write` + `sync` of a small file in `dir` the disk does per
-/// second, over one second: the same 64 bytes rewritten in place, as a
-/// log that reuses its blocks does.
-fn sync_rate(dir: &Path, sync: fn(&std::fs::File) -> std::io::Result<()>) -> f64 {
-    let path = dir.join("sync-probe");
-    let mut file = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .open(&path)
-        .expect("probe file");
-    let mut syncs = 0u64;
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(1) {
-        file.seek(SeekFrom::Start(0)).expect("rewound");
-        file.write_all(&[0x5a; 64]).expect("written");
-        sync(&file).expect("synced");
-        syncs += 1;
+/// A file in the log's directory written and synced as a reused WAL is.
+struct SyncProbe {
+    file: std::fs::File,
+    path: std::path::PathBuf,
+    block: u64,
+}
+
+/// The probe file's size: about a WAL's between two checkpoints.
+const PROBE_BLOCKS: u64 = 1024;
+const BLOCK: [u8; 4096] = [0x5a; 4096];
+
+impl SyncProbe {
+    fn new(dir: &Path) -> Self {
+        let path = dir.join("sync-probe");
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&path)
+            .expect("probe file");
+        for _ in 0..PROBE_BLOCKS {
+            file.write_all(&BLOCK).expect("written");
+        }
+        file.sync_all().expect("synced");
+        Self {
+            file,
+            path,
+            block: 0,
+        }
     }
-    let rate = syncs as f64 / started.elapsed().as_secs_f64();
-    drop(file);
-    std::fs::remove_file(path).expect("probe removed");
-    rate
+
+    /// Writes and syncs blocks for `span`; returns how many and the time.
+    fn run(
+        &mut self,
+        span: Duration,
+        sync: fn(&std::fs::File) -> std::io::Result<()>,
+    ) -> (u64, Duration) {
+        let mut syncs = 0u64;
+        let started = Instant::now();
+        while started.elapsed() < span {
+            let offset = (self.block % PROBE_BLOCKS) * BLOCK.len() as u64;
+            self.file.seek(SeekFrom::Start(offset)).expect("sought");
+            self.file.write_all(&BLOCK).expect("written");
+            sync(&self.file).expect("synced");
+            self.block += 1;
+            syncs += 1;
+        }
+        (syncs, started.elapsed())
+    }
+}
+
+impl Drop for SyncProbe {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Syncs per second over one second.
+fn sync_rate(dir: &Path, sync: fn(&std::fs::File) -> std::io::Result<()>) -> f64 {
+    let (syncs, took) = SyncProbe::new(dir).run(Duration::from_secs(1), sync);
+    syncs as f64 / took.as_secs_f64()
 }
 
 /// Runs `iters` rounds of `sagas` concurrent sagas (all started at once)
@@ -99,9 +146,42 @@ fn run(
     })
 }
 
-/// Steps per second of each measured case and the disk's fdatasync rate
-/// around it, for the summary.
+/// Each case's steps/s and the disk's fdatasync/s, measured in the same
+/// seconds, for the summary.
 type Summary = RefCell<Vec<(String, f64, f64)>>;
+
+/// Slices of the interleaved measurement.
+const SLICES: u32 = 20;
+const SLICE: Duration = Duration::from_millis(100);
+
+/// Steps/s of the case and the probe's fdatasync/s, measured in
+/// alternating slices of about 100 ms each, and the steps run.
+fn interleaved(
+    dir: &Path,
+    runtime: &tokio::runtime::Runtime,
+    executor: &SagaExecutor<NoServices>,
+    def: &SagaDefinition<NoServices>,
+    sagas: usize,
+) -> (f64, f64, u64) {
+    let mut probe = SyncProbe::new(dir);
+    let (mut syncs, mut sync_time) = (0u64, Duration::ZERO);
+    let (mut steps, mut step_time) = (0u64, Duration::ZERO);
+    for _ in 0..SLICES {
+        let (n, took) = probe.run(SLICE, std::fs::File::sync_data);
+        syncs += n;
+        sync_time += took;
+        let started = step_time;
+        while step_time - started < SLICE {
+            step_time += run(runtime, executor, def, sagas, 1);
+            steps += (STEPS * sagas) as u64;
+        }
+    }
+    (
+        steps as f64 / step_time.as_secs_f64(),
+        syncs as f64 / sync_time.as_secs_f64(),
+        steps,
+    )
+}
 
 fn bench_log(c: &mut Criterion, summary: &Summary, dir: &Path, name: &str, log: impl SagaLog) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -121,24 +201,18 @@ fn bench_log(c: &mut Criterion, summary: &Summary, dir: &Path, name: &str, log: 
         (format!("{CONCURRENT}-concurrent"), CONCURRENT),
     ] {
         group.throughput(Throughput::Elements((STEPS * sagas) as u64));
-        let measured = RefCell::new((0u64, Duration::ZERO));
-        // The disk is shared: its sync rate is taken right before and
-        // right after each case, and the case compared with their mean.
-        let sync_before = sync_rate(dir, std::fs::File::sync_data);
+        // Every step the case ran, warm-up included: with `strace -c`,
+        // syncs per step.
+        let mut ran = 0u64;
         group.bench_function(&case, |b| {
             b.iter_custom(|iters| {
-                let took = run(&runtime, &executor, &def, sagas, iters);
-                let mut measured = measured.borrow_mut();
-                measured.0 += iters * (STEPS * sagas) as u64;
-                measured.1 += took;
-                took
+                ran += iters * (STEPS * sagas) as u64;
+                run(&runtime, &executor, &def, sagas, iters)
             })
         });
-        let (steps, took) = measured.into_inner();
-        if !took.is_zero() {
-            let sync = (sync_before + sync_rate(dir, std::fs::File::sync_data)) / 2.0;
-            let rate = steps as f64 / took.as_secs_f64();
-            let case = format!("saga/{name}/{case} ({steps} steps)");
+        if ran > 0 {
+            let (rate, sync, steps) = interleaved(dir, &runtime, &executor, &def, sagas);
+            let case = format!("saga/{name}/{case} ({} steps)", ran + steps);
             summary.borrow_mut().push((case, rate, sync));
         }
     }
@@ -150,8 +224,12 @@ fn steps_per_second(c: &mut Criterion) {
     let fdatasync = sync_rate(dir.path(), std::fs::File::sync_data);
     let fsync = sync_rate(dir.path(), std::fs::File::sync_all);
     println!(
-        "disk under {}: {fdatasync:.0} write+fdatasync/s, {fsync:.0} write+fsync/s",
+        "disk under {}: {fdatasync:.0} write+fdatasync/s, {fsync:.0} write+fsync/s (4 KiB blocks)",
         dir.path().display()
+    );
+    println!(
+        "bundled SQLite built with LIBSQLITE3_FLAGS={:?} (with -DHAVE_FDATASYNC it calls fdatasync, else fsync)",
+        option_env!("LIBSQLITE3_FLAGS").unwrap_or("")
     );
     let summary = Summary::default();
     bench_log(c, &summary, dir.path(), "memory", MemoryLog::new());
@@ -176,11 +254,11 @@ fn steps_per_second(c: &mut Criterion) {
         unbatched,
     );
     println!(
-        "\nsteps/s, warm-up included, against the disk's fdatasync/s measured around each case"
+        "\nsteps/s against the disk's write+fdatasync/s, measured in {SLICES} alternating slices of {SLICE:?} each"
     );
     for (case, rate, sync) in summary.into_inner() {
         println!(
-            "  {case:<62} {rate:>8.0} steps/s  {sync:>6.0} fdatasync/s  = {:>6.2} x",
+            "  {case:<55} {rate:>8.0} steps/s  {sync:>6.0} fdatasync/s  = {:>6.2} x",
             rate / sync
         );
     }

@@ -1304,3 +1304,75 @@ async fn a_step_cut_off_by_a_crash_is_compensated_even_if_its_rerun_had_no_effec
     );
     assert!(!card.charged.load(SeqCst));
 }
+
+/// A memory log that counts the records appended after creation.
+#[derive(Debug, Clone, Default)]
+struct CountingAppends {
+    inner: MemoryLog,
+    appended: Arc<Mutex<Vec<RecordKind>>>,
+}
+
+impl Faults for CountingAppends {
+    type Inner = MemoryLog;
+
+    fn inner(&self) -> &MemoryLog {
+        &self.inner
+    }
+    fn creates_atomically(&self) -> bool {
+        true
+    }
+    fn append<'a>(
+        &'a self,
+        lease: &'a Lease,
+        record: RecordKind,
+    ) -> BoxFuture<'a, Result<u64, LogError>> {
+        self.appended.lock().push(record.clone());
+        self.inner.append(lease, record)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_first_step_starts_in_the_creation_s_commit_and_is_not_recorded_twice() {
+    let shop = Arc::new(Shop::default());
+    let log = FaultyLog(CountingAppends::default());
+    let exec = SagaExecutor::builder(Arc::clone(&shop), log.clone())
+        .owner("a")
+        .build()
+        .unwrap();
+    let handle = exec.start(&saga(&["a", "b"]), &()).await.unwrap();
+    let id = handle.id();
+    assert!(matches!(
+        handle.outcome().await,
+        Ok(SagaOutcome::Completed(_))
+    ));
+    assert_eq!(shop.calls(), ["do:a", "do:b"]);
+    let history = log.inner.history(id).await.unwrap();
+    let kinds: Vec<&str> = history.iter().map(|r| r.kind.name()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "saga_created",
+            "step_started",
+            "step_completed",
+            "step_started",
+            "step_completed",
+            "saga_finished"
+        ]
+    );
+    assert_eq!(
+        history[1].kind,
+        RecordKind::StepStarted {
+            step: "a".into(),
+            attempt: 1
+        }
+    );
+    // Everything after `a`'s start was appended; `a`'s start was not.
+    let appended = log.appended.lock().clone();
+    assert_eq!(appended.len(), 4, "{appended:?}");
+    assert!(
+        !appended
+            .iter()
+            .any(|r| matches!(r, RecordKind::StepStarted { step, .. } if step == "a")),
+        "{appended:?}"
+    );
+}

@@ -49,6 +49,43 @@ async fn a_memory_log_batch_is_all_or_nothing() {
     a_refused_batch_leaves_nothing(&MemoryLog::new()).await;
 }
 
+/// The SQLite and memory logs create a saga and its first records in one
+/// transaction: a creation refused at its records leaves no saga behind.
+async fn a_refused_creation_leaves_nothing(log: &dyn palisade::saga::SagaLog) {
+    use palisade::saga::{FinishedOutcome, LogError, NewSaga, OwnerId, RecordKind, SagaId};
+    let id = SagaId::random();
+    let new = NewSaga {
+        id,
+        definition: "d".into(),
+        version: 1,
+        input: Vec::new(),
+    };
+    let owner = OwnerId::new("a").unwrap();
+    let records = vec![
+        RecordKind::SagaFinished {
+            outcome: FinishedOutcome::Completed,
+        },
+        RecordKind::StuckRetried,
+    ];
+    let refused = log
+        .create_with(new, &owner, std::time::Duration::from_secs(60), records)
+        .await;
+    assert!(
+        matches!(refused, Err(LogError::Finished { .. })),
+        "{refused:?}"
+    );
+    let summary = log.summary(id).await;
+    assert!(
+        matches!(summary, Err(LogError::NotFound { .. })),
+        "{summary:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_memory_log_creation_is_all_or_nothing() {
+    a_refused_creation_leaves_nothing(&MemoryLog::new()).await;
+}
+
 #[cfg(feature = "sqlite")]
 mod sqlite {
     use palisade::saga::{
@@ -78,6 +115,13 @@ mod sqlite {
         let dir = tempfile::tempdir().unwrap();
         let log = SqliteLog::open(dir.path().join("sagas.db")).unwrap();
         super::a_refused_batch_leaves_nothing(&log).await;
+    }
+
+    #[tokio::test]
+    async fn a_sqlite_log_creation_is_all_or_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SqliteLog::open(dir.path().join("sagas.db")).unwrap();
+        super::a_refused_creation_leaves_nothing(&log).await;
     }
 
     #[tokio::test]

@@ -59,6 +59,10 @@ pub(crate) struct Run<Ctx, C> {
     /// Completions held back to share a commit with the next record
     /// (see [`Run::record`]).
     pub(crate) deferred: Mutex<Vec<Deferred>>,
+    /// Steps whose first attempt's *started* record the log already has:
+    /// written with the saga's creation
+    /// ([`create_with`](super::log::SagaLog::create_with)).
+    pub(crate) prestarted: Mutex<Vec<Arc<str>>>,
 }
 
 /// How a step's action or compensation ended, after its retries.
@@ -134,6 +138,23 @@ where
             Ok(seq) => Ok(seq),
             Err(error @ LogError::Fenced { .. }) => Err(self.lease_lost(error)),
             Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Whether this attempt's *started* record was written with the
+    /// saga's creation (then it is not written again). Only ever true once
+    /// per step.
+    fn take_prestarted(&self, call: &Call<'_, Ctx, C>, step: &Arc<str>, attempt: u32) -> bool {
+        if attempt != 1 || !matches!(call, Call::Action { .. }) {
+            return false;
+        }
+        let mut prestarted = self.prestarted.lock();
+        match prestarted.iter().position(|s| s == step) {
+            Some(at) => {
+                prestarted.swap_remove(at);
+                true
+            }
+            None => false,
         }
     }
 
@@ -381,8 +402,10 @@ where
         // that fails with no effect does not show the first changed nothing.
         let mut unknown = interrupted;
         loop {
-            self.record(call.started(name, attempt), Note::default())
-                .await?;
+            if !self.take_prestarted(&call, name, attempt) {
+                self.record(call.started(name, attempt), Note::default())
+                    .await?;
+            }
             let cx = StepContext {
                 saga: self.saga(),
                 step: Arc::clone(name),

@@ -351,8 +351,10 @@ where
     }
 
     /// Starts saga `id`: encodes the input, records the saga's creation
-    /// (durably, for a durable log), then drives it in a task on the
-    /// current tokio runtime. [`LogError::AlreadyExists`] if the id is
+    /// (durably, for a durable log; in the same commit as its first
+    /// stage's *started* records when the log
+    /// [creates atomically](SagaLog::creates_atomically)), then drives it
+    /// in a task on the current tokio runtime. [`LogError::AlreadyExists`] if the id is
     /// used, which makes starts idempotent when the id is derived from the
     /// request. Registers the definition.
     pub async fn start_with_id<I: serde::Serialize + ?Sized>(
@@ -370,16 +372,42 @@ where
             input,
         };
         let progress = Progress::new(Arc::from(&new.input[..]));
+        // The first stage's steps start at once: with a log that creates
+        // atomically, their *started* records go into the creation's
+        // commit (one commit fewer per saga), and their first attempts do
+        // not write them again.
+        let prestarted: Vec<Arc<str>> = match definition.inner.stages.first() {
+            Some(stage) if self.shared.log.creates_atomically() => {
+                stage.steps.iter().map(|s| Arc::clone(&s.name)).collect()
+            }
+            _ => Vec::new(),
+        };
+        let started: Vec<RecordKind> = prestarted
+            .iter()
+            .map(|step| RecordKind::StepStarted {
+                step: step.to_string(),
+                attempt: 1,
+            })
+            .collect();
         let lease = self
             .shared
             .log
-            .create(new, &self.shared.owner, self.shared.lease_ttl)
+            .create_with(
+                new,
+                &self.shared.owner,
+                self.shared.lease_ttl,
+                started.clone(),
+            )
             .await?;
         bump(&self.shared.counters.started);
         self.shared.counters.exported.on_started();
         tracing::info!(saga = %id, definition = %definition.name(), "saga started");
         self.publish(id, definition, SagaEventKind::Started);
-        Ok(self.spawn(definition.clone(), lease, progress))
+        for record in &started {
+            self.shared
+                .report(&lease, &definition.inner.name, record, Note::default());
+        }
+        Ok(self.spawn(definition.clone(), lease, progress, prestarted))
     }
 
     /// Takes over every unfinished saga in the log whose lease is free,
@@ -717,7 +745,7 @@ where
                         state: progress.state,
                     },
                 );
-                Ok(self.spawn(definition, lease, progress))
+                Ok(self.spawn(definition, lease, progress, Vec::new()))
             }
             Err(error) => {
                 if let Err(release) = self.shared.log.release(&lease).await {
@@ -853,6 +881,7 @@ where
                     definition,
                     lease,
                     deferred: Default::default(),
+                    prestarted: Mutex::default(),
                 });
                 Resumption::Resumed(run, progress)
             }
@@ -920,6 +949,7 @@ where
         definition: SagaDefinition<Ctx, C>,
         lease: Lease,
         progress: Progress,
+        prestarted: Vec<Arc<str>>,
     ) -> SagaHandle<C> {
         let id = lease.saga;
         let (tx, rx) = oneshot::channel();
@@ -929,6 +959,7 @@ where
             definition,
             lease: lease.clone(),
             deferred: Default::default(),
+            prestarted: Mutex::new(prestarted),
         });
         let tasks = Arc::downgrade(&self.tasks);
         let epoch = lease.epoch;

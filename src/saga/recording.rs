@@ -68,7 +68,13 @@ impl<Ctx, C> Shared<Ctx, C> {
         Ok(seq.unwrap_or_default())
     }
 
-    fn report(&self, lease: &Lease, definition: &Arc<str>, kind: &RecordKind, note: Note<'_>) {
+    pub(crate) fn report(
+        &self,
+        lease: &Lease,
+        definition: &Arc<str>,
+        kind: &RecordKind,
+        note: Note<'_>,
+    ) {
         self.count_and_trace(lease, kind, note);
         if !self.events.is_observed() {
             return;

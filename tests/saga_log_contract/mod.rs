@@ -59,6 +59,7 @@ pub async fn all(log: &dyn SagaLog) {
     list_is_paged_in_creation_order(log).await;
     prune_deletes_only_finished_sagas_older_than_the_cutoff(log).await;
     a_batch_is_appended_in_order_with_the_checks_of_append(log).await;
+    create_with_appends_its_records_after_the_created_one(log).await;
 }
 
 pub async fn list_is_paged_in_creation_order(log: &dyn SagaLog) {
@@ -450,4 +451,34 @@ pub async fn a_batch_is_appended_in_order_with_the_checks_of_append(log: &dyn Sa
     let after = log.append_batch(&claimed.lease, vec![started("z")]).await;
     assert!(matches!(after, Err(LogError::Finished { .. })), "{after:?}");
     assert_eq!(log.summary(id).await.unwrap().records, 6);
+}
+
+pub async fn create_with_appends_its_records_after_the_created_one(log: &dyn SagaLog) {
+    let a = owner("a");
+    let id = SagaId::random();
+    let records = vec![started("pay"), failed_for_good("pay")];
+    let lease = log
+        .create_with(new_saga(id), &a, LONG, records)
+        .await
+        .unwrap();
+    assert_eq!(lease.epoch, 1);
+    let history = log.history(id).await.unwrap();
+    assert_eq!(history.iter().map(|r| r.seq).collect::<Vec<_>>(), [0, 1, 2]);
+    assert_eq!(history[0].kind, new_saga(id).created_record());
+    assert_eq!(history[1].kind, started("pay"));
+    assert_eq!(history[2].kind, failed_for_good("pay"));
+    let summary = log.summary(id).await.unwrap();
+    assert_eq!(summary.state, SagaState::Compensating);
+    assert_eq!(summary.records, 3);
+    assert_eq!(summary.owner, Some(a.clone()));
+    // The next append follows them; an existing id is refused.
+    assert_eq!(log.append(&lease, started("undo")).await.unwrap(), 3);
+    let again = log.create_with(new_saga(id), &a, LONG, Vec::new()).await;
+    assert!(matches!(again, Err(LogError::AlreadyExists { saga }) if saga == id));
+    // Without records it is `create`.
+    let plain = SagaId::random();
+    log.create_with(new_saga(plain), &a, LONG, Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(log.summary(plain).await.unwrap().records, 1);
 }

@@ -33,6 +33,13 @@ pub trait Faults: fmt::Debug + Send + Sync + 'static {
         self.inner().append(lease, record)
     }
 
+    /// What [`SagaLog::creates_atomically`] reports (default `false`: the
+    /// executor then appends a saga's first record through
+    /// [`append`](Self::append)).
+    fn creates_atomically(&self) -> bool {
+        false
+    }
+
     fn renew<'a>(&'a self, lease: &'a Lease, ttl: Duration) -> BoxFuture<'a, Result<(), LogError>> {
         self.inner().renew(lease, ttl)
     }
@@ -71,6 +78,18 @@ impl<F: Faults> SagaLog for FaultyLog<F> {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<Lease, LogError>> {
         self.0.inner().create(saga, owner, ttl)
+    }
+    fn creates_atomically(&self) -> bool {
+        self.0.creates_atomically()
+    }
+    fn create_with<'a>(
+        &'a self,
+        saga: NewSaga,
+        owner: &'a OwnerId,
+        ttl: Duration,
+        records: Vec<RecordKind>,
+    ) -> BoxFuture<'a, Result<Lease, LogError>> {
+        self.0.inner().create_with(saga, owner, ttl, records)
     }
     fn append<'a>(
         &'a self,

@@ -115,6 +115,36 @@ impl Entry {
         }
     }
 
+    /// Appends `records` under `lease`: every record is checked before
+    /// any is appended, all or none.
+    fn append(&mut self, lease: &Lease, records: Vec<RecordKind>) -> Result<Option<u64>, LogError> {
+        self.check_lease(lease)?;
+        let mut state = self.state;
+        for record in &records {
+            if state.is_finished() {
+                return Err(LogError::Finished {
+                    saga: lease.saga,
+                    state,
+                });
+            }
+            state = state.after(record);
+        }
+        self.state = state;
+        let at = SystemTime::now();
+        let mut last = None;
+        for record in records {
+            let seq = self.records.len() as u64;
+            self.records.push(LoggedRecord {
+                seq,
+                epoch: lease.epoch,
+                at,
+                kind: record,
+            });
+            last = Some(seq);
+        }
+        Ok(last)
+    }
+
     fn claimable_by(&self, owner: &OwnerId, now: Instant) -> bool {
         self.live_owner(now).is_none_or(|o| o == owner)
     }
@@ -146,35 +176,50 @@ impl SagaLog for MemoryLog {
         owner: &'a OwnerId,
         lease_ttl: Duration,
     ) -> BoxFuture<'a, Result<Lease, LogError>> {
+        self.create_with(saga, owner, lease_ttl, Vec::new())
+    }
+
+    fn creates_atomically(&self) -> bool {
+        true
+    }
+
+    fn create_with<'a>(
+        &'a self,
+        saga: NewSaga,
+        owner: &'a OwnerId,
+        lease_ttl: Duration,
+        records: Vec<RecordKind>,
+    ) -> BoxFuture<'a, Result<Lease, LogError>> {
         let result = self.with(|sagas| {
             if sagas.contains_key(&saga.id) {
                 return Err(LogError::AlreadyExists { saga: saga.id });
             }
             let now = SystemTime::now();
             let kind = saga.created_record();
-            sagas.insert(
-                saga.id,
-                Entry {
-                    definition: saga.definition,
-                    version: saga.version,
-                    state: SagaState::Running,
-                    owner: owner.clone(),
+            let mut entry = Entry {
+                definition: saga.definition,
+                version: saga.version,
+                state: SagaState::Running,
+                owner: owner.clone(),
+                epoch: 1,
+                expires: Some(expiry(Instant::now(), lease_ttl)),
+                records: vec![LoggedRecord {
+                    seq: 0,
                     epoch: 1,
-                    expires: Some(expiry(Instant::now(), lease_ttl)),
-                    records: vec![LoggedRecord {
-                        seq: 0,
-                        epoch: 1,
-                        at: now,
-                        kind,
-                    }],
-                    created_at: now,
-                },
-            );
-            Ok(Lease {
+                    at: now,
+                    kind,
+                }],
+                created_at: now,
+            };
+            let lease = Lease {
                 saga: saga.id,
                 owner: owner.clone(),
                 epoch: 1,
-            })
+            };
+            // Checked before the saga is inserted: all or none.
+            entry.append(&lease, records)?;
+            sagas.insert(saga.id, entry);
+            Ok(lease)
         });
         Box::pin(async move { result })
     }
@@ -214,35 +259,10 @@ impl SagaLog for MemoryLog {
         records: Vec<RecordKind>,
     ) -> BoxFuture<'a, Result<Option<u64>, LogError>> {
         let result = self.with(|sagas| {
-            let entry = sagas
+            sagas
                 .get_mut(&lease.saga)
-                .ok_or(LogError::NotFound { saga: lease.saga })?;
-            entry.check_lease(lease)?;
-            // Every record is checked before any is appended: all or none.
-            let mut state = entry.state;
-            for record in &records {
-                if state.is_finished() {
-                    return Err(LogError::Finished {
-                        saga: lease.saga,
-                        state,
-                    });
-                }
-                state = state.after(record);
-            }
-            entry.state = state;
-            let at = SystemTime::now();
-            let mut last = None;
-            for record in records {
-                let seq = entry.records.len() as u64;
-                entry.records.push(LoggedRecord {
-                    seq,
-                    epoch: lease.epoch,
-                    at,
-                    kind: record,
-                });
-                last = Some(seq);
-            }
-            Ok(last)
+                .ok_or(LogError::NotFound { saga: lease.saga })?
+                .append(lease, records)
         });
         Box::pin(async move { result })
     }

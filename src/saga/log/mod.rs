@@ -310,6 +310,42 @@ pub trait SagaLog: fmt::Debug + Send + Sync + 'static {
         })
     }
 
+    /// Creates a saga as [`create`](Self::create) does and appends
+    /// `records` after its [`RecordKind::SagaCreated`] record (sequence
+    /// numbers 1, 2, …), as [`append_batch`](Self::append_batch) would
+    /// with the new lease; returns the lease once all of them are durable.
+    ///
+    /// The executor uses it to write a saga's creation together with its
+    /// first step's start, so that a durable backend makes one commit for
+    /// both, when [`creates_atomically`](Self::creates_atomically) says
+    /// the backend writes everything in one transaction (all or none, as
+    /// the SQLite and memory logs do). The default creates the saga and
+    /// then appends the records, so a failure or a crash may leave the
+    /// saga created without them (and the error returned), which is what
+    /// the same calls made one by one would have left.
+    fn create_with<'a>(
+        &'a self,
+        saga: NewSaga,
+        owner: &'a OwnerId,
+        lease_ttl: Duration,
+        records: Vec<RecordKind>,
+    ) -> BoxFuture<'a, Result<Lease, LogError>> {
+        Box::pin(async move {
+            let lease = self.create(saga, owner, lease_ttl).await?;
+            self.append_batch(&lease, records).await?;
+            Ok(lease)
+        })
+    }
+
+    /// Whether [`create_with`](Self::create_with) writes the saga and its
+    /// records in one commit, all or none (default `false`). Only then
+    /// does the executor write a saga's first step's start with its
+    /// creation; otherwise it creates the saga alone and appends the start
+    /// from the saga's driver, which resumes the saga if that append fails.
+    fn creates_atomically(&self) -> bool {
+        false
+    }
+
     /// Extends the lease to `lease_ttl` from now; [`LogError::Fenced`] if
     /// it was taken over.
     fn renew<'a>(
@@ -380,6 +416,12 @@ macro_rules! forward_saga_log {
             }
             fn create<'a>(&'a self, saga: NewSaga, owner: &'a OwnerId, lease_ttl: Duration) -> BoxFuture<'a, Result<Lease, LogError>> {
                 (**self).create(saga, owner, lease_ttl)
+            }
+            fn creates_atomically(&self) -> bool {
+                (**self).creates_atomically()
+            }
+            fn create_with<'a>(&'a self, saga: NewSaga, owner: &'a OwnerId, lease_ttl: Duration, records: Vec<RecordKind>) -> BoxFuture<'a, Result<Lease, LogError>> {
+                (**self).create_with(saga, owner, lease_ttl, records)
             }
             fn append<'a>(&'a self, lease: &'a Lease, record: RecordKind) -> BoxFuture<'a, Result<u64, LogError>> {
                 (**self).append(lease, record)

@@ -17,9 +17,26 @@
 //!   sagas may be lost that way; it is not the default.
 //! * **One commit per step.** The executor hands a step's completion to
 //!   the log in the same [`append_batch`](SagaLog::append_batch) as the
-//!   next record (the next step's start, or the saga's end), which this
-//!   log writes in one transaction: one sync per step, not two. A saga of
-//!   *n* steps makes *n* + 2 commits (its creation and its end).
+//!   next record (the next step's start, or the saga's end), and a saga's
+//!   creation together with its first step's start
+//!   ([`create_with`](SagaLog::create_with)); this log writes each in one
+//!   transaction: one sync per step, not two. A saga of *n* steps makes
+//!   *n* + 1 commits (the last is its end).
+//! * **`fdatasync`, if SQLite is built for it.** The bundled SQLite syncs
+//!   with `fsync` unless it is compiled with `HAVE_FDATASYNC`; on Linux
+//!   `fsync` also writes the file's modification time, a journal commit
+//!   of the file system that `fdatasync` skips (SQLite needs only the
+//!   data and the file's size, which `fdatasync` writes too). Your build
+//!   decides: set `LIBSQLITE3_FLAGS=-DHAVE_FDATASYNC` in the environment
+//!   of `cargo build`, or in your project's `.cargo/config.toml`:
+//!
+//!   ```toml
+//!   [env]
+//!   LIBSQLITE3_FLAGS = "-DHAVE_FDATASYNC"
+//!   ```
+//!
+//!   palisade's own tests and benchmarks are built that way. On macOS
+//!   SQLite calls `fsync` (or `F_FULLFSYNC`) whatever the flag says.
 //! * **Group commit.** Operations that queue up while a transaction
 //!   commits go into the next one, with one sync for all: many sagas at
 //!   once cost far less than one sync per step each.
@@ -268,7 +285,21 @@ impl SagaLog for SqliteLog {
         owner: &'a OwnerId,
         lease_ttl: Duration,
     ) -> BoxFuture<'a, Result<Lease, LogError>> {
-        self.send(|r| Command::Create(saga, owner.clone(), lease_ttl, r))
+        self.create_with(saga, owner, lease_ttl, Vec::new())
+    }
+
+    fn creates_atomically(&self) -> bool {
+        true
+    }
+
+    fn create_with<'a>(
+        &'a self,
+        saga: NewSaga,
+        owner: &'a OwnerId,
+        lease_ttl: Duration,
+        records: Vec<RecordKind>,
+    ) -> BoxFuture<'a, Result<Lease, LogError>> {
+        self.send(|r| Command::Create(saga, owner.clone(), lease_ttl, records, r))
     }
 
     fn append<'a>(

@@ -131,11 +131,15 @@ fn insert_record(
     Ok(())
 }
 
+/// Creates the saga with its created record and `records` after it:
+/// every check is made before anything is written, so a refused creation
+/// leaves nothing behind.
 pub(super) fn create(
     tx: &Transaction<'_>,
     saga: NewSaga,
     owner: &OwnerId,
     ttl: Duration,
+    records: Vec<RecordKind>,
 ) -> Sql<Lease> {
     let id = saga.id.to_string();
     let exists = tx
@@ -145,22 +149,37 @@ pub(super) fn create(
     if exists.is_some() {
         return Ok(Err(LogError::AlreadyExists { saga: saga.id }));
     }
+    let mut state = SagaState::Running;
+    for record in &records {
+        if state.is_finished() {
+            return Ok(Err(LogError::Finished {
+                saga: saga.id,
+                state,
+            }));
+        }
+        state = state.after(record);
+    }
     let now = now_ms();
+    let count = 1 + records.len() as u64;
     tx.prepare_cached(
         "INSERT INTO saga (id, definition, version, state, owner, epoch, lease_expires_ms,
                            records, created_ms, updated_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, 1, ?7, ?7)",
+         VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?7, ?8, ?8)",
     )?
     .execute(params![
         id,
         saga.definition,
         saga.version,
-        SagaState::Running.as_str(),
+        state.as_str(),
         owner.as_str(),
         expiry_ms(ttl),
+        as_i64(count),
         now
     ])?;
     insert_record(tx, &id, 0, 1, now, &saga.created_record())?;
+    for (seq, record) in (1..).zip(&records) {
+        insert_record(tx, &id, seq, 1, now, record)?;
+    }
     Ok(Ok(Lease {
         saga: saga.id,
         owner: owner.clone(),
@@ -209,8 +228,17 @@ pub(super) fn append_batch(
         insert_record(tx, &saga, seq, lease.epoch, now, record)?;
         seq += 1;
     }
-    tx.prepare_cached("UPDATE saga SET state = ?2, records = ?3, updated_ms = ?4 WHERE id = ?1")?
+    if state == row.state {
+        // Leaves the `saga_by_state` index alone: one page fewer to write
+        // (most appends, every step's, do not change the state).
+        tx.prepare_cached("UPDATE saga SET records = ?2, updated_ms = ?3 WHERE id = ?1")?
+            .execute(params![saga, as_i64(seq), now])?;
+    } else {
+        tx.prepare_cached(
+            "UPDATE saga SET state = ?2, records = ?3, updated_ms = ?4 WHERE id = ?1",
+        )?
         .execute(params![saga, state.as_str(), as_i64(seq), now])?;
+    }
     Ok(Ok(Some(seq - 1)))
 }
 

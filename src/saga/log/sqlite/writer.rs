@@ -17,7 +17,7 @@ use crate::saga::record::{LoggedRecord, RecordKind, SagaState};
 pub(super) type Reply<T> = oneshot::Sender<Result<T, LogError>>;
 
 pub(super) enum Command {
-    Create(NewSaga, OwnerId, Duration, Reply<Lease>),
+    Create(NewSaga, OwnerId, Duration, Vec<RecordKind>, Reply<Lease>),
     Append(Lease, RecordKind, Reply<u64>),
     AppendBatch(Lease, Vec<RecordKind>, Reply<Option<u64>>),
     Renew(Lease, Duration, Reply<()>),
@@ -260,7 +260,9 @@ fn apply(tx: &Transaction<'_>, command: Command) -> (Done, Option<LogError>) {
         }};
     }
     match command {
-        Command::Create(saga, owner, ttl, r) => run!(Lease, r, create(tx, saga, &owner, ttl)),
+        Command::Create(saga, owner, ttl, records, r) => {
+            run!(Lease, r, create(tx, saga, &owner, ttl, records))
+        }
         Command::Append(lease, record, r) => run!(Seq, r, append(tx, &lease, record)),
         Command::AppendBatch(lease, records, r) => {
             run!(LastSeq, r, append_batch(tx, &lease, records))
