@@ -12,8 +12,9 @@
 //! | group | what |
 //! |---|---|
 //! | `closed` | a successful call in CLOSED for each window and clock, with an idle subscriber (and a draining one), and peers |
-//! | `open` | a rejected call, FORCED_OPEN and OPEN (entered in a runtime, and without one), and peers |
+//! | `open` | a rejected call, FORCED_OPEN and OPEN (entered in a runtime, and without one; of a static breaker), and peers |
 //! | `closed-2-threads` | two threads calling clones of one service; time per call on each thread |
+//! | `open-2-threads` | the same, rejected by an OPEN breaker, and failsafe's |
 //! | `clock-read` | one read of each clock the breaker can time calls with |
 //!
 //! Built for benches, tokio carries the `test-util` feature (a
@@ -281,6 +282,15 @@ fn open(c: &mut Criterion) {
     }
     bench_service(&mut group, "open", opened.layer().layer(Echo));
 
+    // The same, for a breaker that is never freed: its rejections hold it
+    // without counting a reference.
+    let opened_static = static_count_breaker();
+    {
+        let _entered = runtime.enter();
+        opened_static.transition_to_open().expect("CLOSED -> OPEN");
+    }
+    bench_service(&mut group, "open/static", opened_static.layer().layer(Echo));
+
     // Entered without a runtime: every rejection reads tokio's clock to see
     // whether the wait is over.
     let opened = count_breaker();
@@ -400,6 +410,45 @@ fn closed_two_threads(c: &mut Criterion) {
     group.finish();
 }
 
+/// An OPEN breaker (entered in a runtime: the wait is armed) rejecting
+/// calls from two threads at once, each through its own clone of one
+/// service: what a rejection storm costs each thread.
+fn open_two_threads(c: &mut Criterion) {
+    let mut group = c.benchmark_group("open-2-threads");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a runtime");
+    let opened = count_breaker();
+    let opened_static = static_count_breaker();
+    {
+        let _entered = runtime.enter();
+        opened.transition_to_open().expect("CLOSED -> OPEN");
+        opened_static.transition_to_open().expect("CLOSED -> OPEN");
+    }
+    bench_service_on_threads(&mut group, "open", opened.layer().layer(Echo));
+    bench_service_on_threads(&mut group, "open/static", opened_static.layer().layer(Echo));
+
+    let failsafe_open = failsafe::Config::new()
+        .failure_policy(failsafe::failure_policy::consecutive_failures(
+            1,
+            failsafe::backoff::constant(Duration::from_secs(3600)),
+        ))
+        .build();
+    let tripped = failsafe_open.call(|| Err::<u64, ()>(()));
+    assert!(tripped.is_err(), "failsafe did not open");
+    let make_worker = || {
+        let breaker = failsafe_open.clone();
+        move |request| {
+            let _ = black_box(breaker.call(|| Ok::<u64, ()>(request)));
+        }
+    };
+    group.bench_function("failsafe/open", |b| {
+        b.iter_custom(|iters| time_on_threads(&make_worker, iters))
+    });
+    group.finish();
+}
+
 fn clock_read(c: &mut Criterion) {
     let mut group = c.benchmark_group("clock-read");
     group.bench_function("std::time::Instant::now", |b| b.iter(Instant::now));
@@ -414,6 +463,6 @@ criterion_group! {
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(2));
-    targets = closed, open, closed_two_threads, clock_read
+    targets = closed, open, closed_two_threads, open_two_threads, clock_read
 }
 criterion_main!(benches);

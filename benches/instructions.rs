@@ -103,7 +103,7 @@ impl Service<u64> for DrainingEcho {
     }
 }
 
-const CASES: [&str; 35] = [
+const CASES: [&str; 36] = [
     "bare",
     "breaker/count",
     "breaker/count/static",
@@ -113,6 +113,7 @@ const CASES: [&str; 35] = [
     "breaker/forced_open",
     "breaker/open",
     "breaker/open/no-runtime",
+    "breaker/open/static",
     "retry/default-budget",
     "retry/no-budget",
     "retry/attempt-timeout",
@@ -202,6 +203,20 @@ fn main() {
                 .build()
                 .expect("a runtime");
             let breaker = CircuitBreaker::new("bench", breaker_config());
+            {
+                let _entered = runtime.enter();
+                breaker.transition_to_open().expect("CLOSED -> OPEN");
+            }
+            run(breaker.layer().layer(Echo))
+        }
+        // As `breaker/open`, of a breaker that is never freed: the error
+        // holds it without counting a reference.
+        "breaker/open/static" => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .expect("a runtime");
+            let breaker = CircuitBreaker::new_static("bench", breaker_config());
             {
                 let _entered = runtime.enter();
                 breaker.transition_to_open().expect("CLOSED -> OPEN");

@@ -345,6 +345,70 @@ async fn a_rejection_says_how_long_is_left_when_asked() {
     assert_eq!(open.retry_in(), Some(Duration::ZERO));
 }
 
+/// A rejection answers for its breaker (name, marker, wait) after every
+/// handle and service of a counted breaker is dropped, and the same of a
+/// static breaker's, boxed or cloned.
+#[tokio::test(start_paused = true)]
+async fn a_rejection_outlives_its_breaker() {
+    let config = || {
+        config()
+            .wait_duration_in_open_state(10 * SECOND)
+            .build()
+            .expect("valid config")
+    };
+    for breaker in [
+        CircuitBreaker::new("counted", config()),
+        CircuitBreaker::new_static("static", config()),
+    ] {
+        let name = breaker.name().to_owned();
+        breaker.transition_to_open().expect("CLOSED -> OPEN");
+        let (mut svc, _) = guard(&breaker);
+        let error = call(&mut svc, Reply::Ok)
+            .await
+            .expect_err("an OPEN breaker rejects");
+        let copy = error
+            .downcast_ref::<BreakerOpen>()
+            .expect("a BreakerOpen")
+            .clone();
+        drop((svc, breaker));
+        tokio::time::advance(4 * SECOND).await;
+        for open in [error.downcast_ref::<BreakerOpen>().unwrap(), &copy] {
+            assert_eq!(open.breaker(), name);
+            assert_eq!(open.state(), CircuitState::Open);
+            assert_eq!(open.retry_in(), Some(6 * SECOND));
+            assert_eq!(
+                open.to_string(),
+                format!("circuit breaker '{name}' is OPEN; calls are rejected for another 6.000s")
+            );
+            let marker = palisade::error::find_rejection(open).expect("a Rejected source");
+            assert_eq!((marker.layer(), marker.name()), ("circuit_breaker", &*name));
+            assert!(format!("{open:?}").contains(&name));
+        }
+        assert!(palisade::error::is_rejection(&*error));
+    }
+}
+
+/// Past the first 1,024 names, a counted breaker's rejections hold the
+/// breaker instead of an interned marker, and answer the same.
+#[test]
+fn a_rejection_past_the_interning_limit_still_names_its_breaker() {
+    // Every name is interned while there is room, so make them all.
+    let last = (0..1100)
+        .map(|i| CircuitBreaker::with_defaults(format!("interning-limit-{i}")))
+        .fold(None, |_, breaker| Some(breaker))
+        .expect("breakers");
+    last.transition_to_forced_open();
+    let open = last.try_acquire().expect_err("FORCED_OPEN rejects");
+    drop(last);
+    assert_eq!(open.breaker(), "interning-limit-1099");
+    let marker = palisade::error::find_rejection(&open).expect("a Rejected source");
+    assert_eq!(marker.name(), "interning-limit-1099");
+    assert_eq!(
+        open.to_string(),
+        "circuit breaker 'interning-limit-1099' is FORCED_OPEN; calls are rejected until it is reset or moved to another state"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn open_moves_to_half_open_lazily_on_first_call_after_wait() {
     let b = breaker(

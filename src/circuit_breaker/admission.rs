@@ -14,15 +14,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::*;
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use crate::classify::{Classify, Outcome};
 
-use super::error::BreakerOpen;
+use super::error::{BreakerOpen, Origin};
 use super::event::{CircuitBreakerEvent, CircuitBreakerEventKind as EventKind, TransitionReason};
 use super::state::{
-    ARMED_TAG_MASK, ARMED_TAG_SHIFT, ARMED_TIME_MASK, CircuitBreaker, CircuitState, NO_DEADLINE,
-    admits_every_call, coarse_units, epoch_of, state_of, trial_tag,
+    ARMED_TAG_MASK, ARMED_TAG_SHIFT, ARMED_TIME_MASK, CircuitBreaker, CircuitState, FORCED_OPEN,
+    NO_DEADLINE, OPEN, STATE_MASK, admits_every_call, coarse_units, epoch_of, state_of, trial_tag,
 };
 use super::window::TripReason;
 
@@ -50,8 +48,28 @@ impl CircuitBreaker {
         if admits_every_call(word) {
             Ok(self.permit(word, false))
         } else {
-            self.acquire_slow(word)
+            self.acquire_refused(word)
         }
+    }
+
+    /// The states that do not let every call through. A rejection whose
+    /// answer is sure without a transition (FORCED_OPEN, or OPEN while the
+    /// coarse clock is short of its armed wait) is this function alone: a
+    /// load of the armed deadline, one of the coarse clock, the count of
+    /// the rejection and its error. Everything else is `acquire_slow`.
+    /// Cold only for the callers' sake: their CLOSED path is laid out first.
+    #[cold]
+    #[inline(never)]
+    fn acquire_refused(&self, word: u64) -> Result<CallPermit, BreakerOpen> {
+        let s = &*self.shared;
+        let (state, until) = match word & STATE_MASK {
+            OPEN if self.open_wait_surely_runs(word) => {
+                (CircuitState::Open, s.open_until.load(Acquire))
+            }
+            FORCED_OPEN => (CircuitState::ForcedOpen, NO_DEADLINE),
+            _ => return self.acquire_slow(word),
+        };
+        Err(self.reject(state, until))
     }
 
     /// Whether [`acquire_untimed`](Self::acquire_untimed) would let a call
@@ -111,13 +129,15 @@ impl CircuitBreaker {
                 CircuitState::Closed | CircuitState::MetricsOnly | CircuitState::Disabled => {
                     return Ok(self.permit(word, false));
                 }
-                CircuitState::ForcedOpen => return Err(self.reject(CircuitState::ForcedOpen, None)),
+                CircuitState::ForcedOpen => {
+                    return Err(self.reject(CircuitState::ForcedOpen, NO_DEADLINE));
+                }
                 CircuitState::Open => {
                     let until = s.open_until.load(Acquire);
                     // While the wait surely runs, no clock but the coarse
                     // one is read.
                     if self.open_wait_surely_runs(word) || s.state_clock.now_nanos() < until {
-                        return Err(self.reject(CircuitState::Open, Some(until)));
+                        return Err(self.reject(CircuitState::Open, until));
                     }
                     self.transition(
                         word,
@@ -136,9 +156,11 @@ impl CircuitBreaker {
                     } else {
                         match self.take_trial_permit(word) {
                             Some(true) => return Ok(self.permit(word, true)),
-                            Some(false) => return Err(self.reject(CircuitState::HalfOpen, None)),
+                            Some(false) => {
+                                return Err(self.reject(CircuitState::HalfOpen, NO_DEADLINE));
+                            }
                             None if s.word.load(Acquire) == word => {
-                                return Err(self.reject(CircuitState::HalfOpen, None));
+                                return Err(self.reject(CircuitState::HalfOpen, NO_DEADLINE));
                             }
                             None => {}
                         }
@@ -191,47 +213,49 @@ impl CircuitBreaker {
             && coarse_units() < armed & ARMED_TIME_MASK
     }
 
-    /// `until`: the state-clock deadline of an OPEN wait. Counts the
-    /// rejection and builds its error; no clock is read and nothing is
-    /// formatted unless a subscriber or a `debug` trace wants the figures.
-    #[inline]
-    fn reject(&self, state: CircuitState, until: Option<u64>) -> BreakerOpen {
+    /// `until`: the state-clock deadline of an OPEN wait, or `NO_DEADLINE`.
+    /// Counts the rejection and builds its error; no clock is read, no
+    /// string is copied and nothing is formatted unless a subscriber or a
+    /// `debug` trace wants the figures.
+    #[inline(always)]
+    fn reject(&self, state: CircuitState, until: u64) -> BreakerOpen {
         let s = &*self.shared;
         s.not_permitted.add(1);
         s.exported.on_rejected();
-        let until = until.map(|until| (s.state_clock.tokio_anchor(), until));
         if s.events.is_observed()
             || s.all_events.is_observed()
             || tracing::level_enabled!(tracing::Level::DEBUG)
         {
             self.announce_rejection(state, until);
         }
-        BreakerOpen::new(Arc::clone(&s.name), state, until)
+        let origin = match s.interned {
+            Some(marker) => Origin::Interned(marker),
+            None => Origin::Breaker(self.shared.call_ref()),
+        };
+        let until = (until != NO_DEADLINE).then(|| (s.state_clock.tokio_anchor(), until));
+        BreakerOpen::new(origin, state, until)
     }
 
-    /// Traces and publishes a rejection; `until` as [`BreakerOpen`] holds it.
+    /// Traces and publishes a rejection; `state` and `until` as
+    /// [`reject`](Self::reject) takes them.
     #[cold]
     #[inline(never)]
-    fn announce_rejection(&self, state: CircuitState, until: Option<(Instant, u64)>) {
+    fn announce_rejection(&self, state: CircuitState, until: u64) {
         let s = &*self.shared;
-        let retry_in = || {
-            until.map(|(anchor, until)| {
-                crate::clock::saturating_add(anchor, Duration::from_nanos(until))
-                    .saturating_duration_since(Instant::now())
-            })
-        };
+        let retry_in = (until != NO_DEADLINE).then(|| {
+            s.state_clock
+                .instant_at(until)
+                .saturating_duration_since(tokio::time::Instant::now())
+        });
         tracing::debug!(
             breaker = %s.name,
             state = %state,
-            retry_in_ms = retry_in().map(|d| d.as_millis() as u64),
+            retry_in_ms = retry_in.map(|d| d.as_millis() as u64),
             "circuit breaker rejected a call"
         );
         s.publish(|| CircuitBreakerEvent {
             breaker: Arc::clone(&s.name),
-            kind: EventKind::Rejected {
-                state,
-                retry_in: retry_in(),
-            },
+            kind: EventKind::Rejected { state, retry_in },
         });
     }
 

@@ -79,7 +79,7 @@ impl fmt::Display for CircuitState {
 }
 
 const STATE_BITS: u32 = 3;
-const STATE_MASK: u64 = (1 << STATE_BITS) - 1;
+pub(super) const STATE_MASK: u64 = (1 << STATE_BITS) - 1;
 
 #[inline]
 pub(super) fn state_of(word: u64) -> CircuitState {
@@ -98,9 +98,9 @@ pub(super) fn state_of(word: u64) -> CircuitState {
 const CLOSED: u64 = 0;
 const METRICS_ONLY: u64 = 1;
 const DISABLED: u64 = 2;
-const OPEN: u64 = 3;
+pub(super) const OPEN: u64 = 3;
 const HALF_OPEN: u64 = 4;
-const FORCED_OPEN: u64 = 5;
+pub(super) const FORCED_OPEN: u64 = 5;
 
 /// Whether the state in `word` lets every call through without a trial permit.
 #[inline]
@@ -295,6 +295,40 @@ impl SharedRef {
     }
 }
 
+/// What a rejection holds of its breaker: the stripe of the handle that
+/// rejected it (a counted breaker) or the breaker itself (a static one).
+/// Smaller than a call's [`SharedRef`], and simpler to drop.
+#[derive(Clone)]
+pub(super) enum CallRef {
+    Counted(Arc<Stripe>),
+    Static(&'static Shared),
+}
+
+impl SharedRef {
+    /// A reference for one rejection: as [`for_call`](Self::for_call), it
+    /// increments the reference count of this handle's stripe only (and
+    /// nothing for a static breaker).
+    #[inline]
+    pub(super) fn call_ref(&self) -> CallRef {
+        match self {
+            SharedRef::Counted { stripe, .. } => CallRef::Counted(Arc::clone(stripe)),
+            SharedRef::Static(shared) => CallRef::Static(shared),
+        }
+    }
+}
+
+impl std::ops::Deref for CallRef {
+    type Target = Shared;
+
+    #[inline]
+    fn deref(&self) -> &Shared {
+        match self {
+            CallRef::Counted(stripe) => &stripe.shared,
+            CallRef::Static(shared) => shared,
+        }
+    }
+}
+
 impl Clone for SharedRef {
     /// A handle's clone is a handle on the next stripe; a call's reference
     /// is cloned on its stripe.
@@ -354,6 +388,12 @@ pub(super) struct Shared {
     pub(super) call_clock: AnchoredClock,
     pub(super) state_clock: AnchoredClock,
     pub(super) name: Arc<str>,
+    /// The marker every rejection of this breaker gives as its source, made
+    /// once.
+    pub(super) rejected: crate::error::Rejected,
+    /// For a counted breaker, the same marker interned for its name (see
+    /// [`BreakerOpen`]), when there was room.
+    pub(super) interned: Option<&'static crate::error::Rejected>,
     pub(super) config: CircuitBreakerConfig,
     pub(super) control: Mutex<Control>,
     /// Subscribers of [`CircuitBreaker::subscribe`]: every event but the
@@ -392,6 +432,8 @@ impl Shared {
             call_clock,
             state_clock: AnchoredClock::new(CallClock::Tokio),
             exported: super::metrics::Exported::new(&name),
+            rejected: crate::error::Rejected::new(super::error::LAYER, Arc::clone(&name)),
+            interned: None,
             name,
             events: EventHub::new(config.event_capacity),
             all_events: EventHub::new(config.event_capacity),
@@ -494,8 +536,10 @@ impl CircuitBreaker {
     /// as it is: check names that come from input with
     /// [`try_new`](Self::try_new).
     pub fn new(name: impl Into<Arc<str>>, config: CircuitBreakerConfig) -> Self {
+        let mut shared = Shared::new(name.into(), config);
+        shared.interned = super::error::interned_marker(&shared.name);
         let breaker = Self {
-            shared: SharedRef::counted(Shared::new(name.into(), config)),
+            shared: SharedRef::counted(shared),
         };
         breaker.enter_initial_state();
         breaker
