@@ -388,27 +388,6 @@ async fn a_rejection_outlives_its_breaker() {
     }
 }
 
-/// Past the first 1,024 names, a counted breaker's rejections hold the
-/// breaker instead of an interned marker, and answer the same.
-#[test]
-fn a_rejection_past_the_interning_limit_still_names_its_breaker() {
-    // Every name is interned while there is room, so make them all.
-    let last = (0..1100)
-        .map(|i| CircuitBreaker::with_defaults(format!("interning-limit-{i}")))
-        .fold(None, |_, breaker| Some(breaker))
-        .expect("breakers");
-    last.transition_to_forced_open();
-    let open = last.try_acquire().expect_err("FORCED_OPEN rejects");
-    drop(last);
-    assert_eq!(open.breaker(), "interning-limit-1099");
-    let marker = palisade::error::find_rejection(&open).expect("a Rejected source");
-    assert_eq!(marker.name(), "interning-limit-1099");
-    assert_eq!(
-        open.to_string(),
-        "circuit breaker 'interning-limit-1099' is FORCED_OPEN; calls are rejected until it is reset or moved to another state"
-    );
-}
-
 #[tokio::test(start_paused = true)]
 async fn open_moves_to_half_open_lazily_on_first_call_after_wait() {
     let b = breaker(

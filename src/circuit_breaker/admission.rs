@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use crate::classify::{Classify, Outcome};
 
-use super::error::{BreakerOpen, Origin};
+use super::error::BreakerOpen;
 use super::event::{CircuitBreakerEvent, CircuitBreakerEventKind as EventKind, TransitionReason};
 use super::state::{
     ARMED_TAG_MASK, ARMED_TAG_SHIFT, ARMED_TIME_MASK, CircuitBreaker, CircuitState, FORCED_OPEN,
@@ -228,12 +228,7 @@ impl CircuitBreaker {
         {
             self.announce_rejection(state, until);
         }
-        let origin = match s.interned {
-            Some(marker) => Origin::Interned(marker),
-            None => Origin::Breaker(self.shared.call_ref()),
-        };
-        let until = (until != NO_DEADLINE).then(|| (s.state_clock.tokio_anchor(), until));
-        BreakerOpen::new(origin, state, until)
+        BreakerOpen::new(self.shared.call_ref(), state, until)
     }
 
     /// Traces and publishes a rejection; `state` and `until` as

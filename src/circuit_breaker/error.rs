@@ -1,18 +1,14 @@
 //! The error a rejected call fails with.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use crate::error::Rejected;
+use super::state::{CallRef, CircuitState, NO_DEADLINE};
 
-use super::state::{CallRef, CircuitState};
-
-/// The layer kind a breaker's [`Rejected`] marker names.
+/// The layer kind a breaker's [`Rejected`](crate::error::Rejected) marker names.
 pub(crate) const LAYER: &str = "circuit_breaker";
 
 /// A call was rejected by a circuit breaker without reaching the service.
@@ -20,7 +16,7 @@ pub(crate) const LAYER: &str = "circuit_breaker";
 /// Returned (boxed in a `tower::BoxError`) when the breaker is OPEN or
 /// FORCED_OPEN, or HALF_OPEN with every trial call already in flight. Find it
 /// with `downcast_ref` or [`crate::find_cause`]. Its
-/// [`source`](std::error::Error::source) is a [`Rejected`] marker (layer
+/// [`source`](std::error::Error::source) is a [`Rejected`](crate::error::Rejected) marker (layer
 /// `"circuit_breaker"`), so every rejection-aware part of palisade treats it
 /// as a rejection:
 ///
@@ -41,86 +37,43 @@ pub(crate) const LAYER: &str = "circuit_breaker";
 /// ```
 ///
 /// Building it formats nothing, copies no string and touches no reference
-/// count shared by every thread. The breaker's name and its
-/// [`Rejected`] marker are made once, when the
-/// breaker is; a rejection finds them through
+/// count shared by every thread: it holds the breaker itself (through the
+/// handle that rejected the call: the reference count of that handle's
+/// stripe, or nothing at all for a [`new_static`](super::CircuitBreaker::new_static)
+/// breaker), whose name and [`Rejected`](crate::error::Rejected) marker are made once, when the
+/// breaker is. Boxed, it takes one small allocation. The message is written
+/// by `Display`, and [`retry_in`](Self::retry_in) is computed when asked.
 ///
-/// - the marker interned for the breaker's name (a counted breaker, while
-///   fewer than 1,024 names are interned): no reference
-///   is counted, and the error does not keep the breaker alive;
-/// - or the breaker itself: nothing to count for a
-///   [`new_static`](super::CircuitBreaker::new_static) breaker; for a
-///   counted one past the interning limit, the reference count of the
-///   stripe of the handle that rejected the call (not one count that every
-///   thread writes), which keeps the breaker's state alive while the error
-///   lives, as a call in flight does.
-///
-/// Boxed, it takes one small allocation. The message is written by
-/// `Display`, and [`retry_in`](Self::retry_in) is computed when asked.
+/// While it lives it keeps the breaker's shared state alive, as a call in
+/// flight does (a keyed layer does not evict a breaker whose rejection is
+/// still held).
 #[derive(Clone)]
 pub struct BreakerOpen {
-    origin: Origin,
+    breaker: CallRef,
     /// The end of the OPEN wait, when known: nanoseconds after an instant
-    /// (the breaker's state-clock anchor), added up only when asked.
+    /// (the breaker's state-clock anchor, copied: it also lays the
+    /// admission `Result` out so that the CLOSED path moves less), added up
+    /// only when asked.
     until: Option<(Instant, u64)>,
     state: CircuitState,
 }
 
-/// Where a [`BreakerOpen`] finds its breaker's name and marker.
-#[derive(Clone)]
-pub(super) enum Origin {
-    /// The marker interned for the breaker's name.
-    Interned(&'static Rejected),
-    /// The breaker (see [`SharedRef::call_ref`](super::state::SharedRef::call_ref)).
-    Breaker(CallRef),
-}
-
-/// How many breaker names [`BreakerOpen`]s share an interned, never freed
-/// marker for (a counted breaker whose name comes later holds its breaker
-/// instead). The bound keeps what is never freed small (names are at most
-/// [`MAX_NAME_LEN`](super::MAX_NAME_LEN) bytes when checked) however many
-/// breakers a keyed layer or a balancer creates and drops.
-const MAX_INTERNED_NAMES: usize = 1024;
-
-/// The marker interned for `name`, interning it if there is room: `None`
-/// once [`MAX_INTERNED_NAMES`] other names are.
-pub(super) fn interned_marker(name: &Arc<str>) -> Option<&'static Rejected> {
-    static MARKERS: OnceLock<Mutex<HashMap<Arc<str>, &'static Rejected>>> = OnceLock::new();
-    let mut markers = MARKERS.get_or_init(Default::default).lock();
-    if let Some(marker) = markers.get(name) {
-        return Some(marker);
-    }
-    if markers.len() >= MAX_INTERNED_NAMES {
-        return None;
-    }
-    let marker: &'static Rejected = Box::leak(Box::new(Rejected::new(LAYER, Arc::clone(name))));
-    markers.insert(Arc::clone(name), marker);
-    Some(marker)
-}
-
 impl BreakerOpen {
-    /// `until`: the end of an OPEN wait, as the breaker's state-clock
-    /// anchor and nanoseconds after it.
+    /// `breaker`: see [`SharedRef::call_ref`](super::state::SharedRef::call_ref);
+    /// `until`: the state-clock deadline of an OPEN wait, or `NO_DEADLINE`.
     #[inline]
-    pub(super) fn new(origin: Origin, state: CircuitState, until: Option<(Instant, u64)>) -> Self {
+    pub(super) fn new(breaker: CallRef, state: CircuitState, until: u64) -> Self {
+        let until = (until != NO_DEADLINE).then(|| (breaker.state_clock.tokio_anchor(), until));
         Self {
-            origin,
+            breaker,
             until,
             state,
         }
     }
 
-    /// The breaker's marker.
-    fn marker(&self) -> &Rejected {
-        match &self.origin {
-            Origin::Interned(marker) => marker,
-            Origin::Breaker(breaker) => &breaker.rejected,
-        }
-    }
-
     /// The name of the breaker that rejected the call.
     pub fn breaker(&self) -> &str {
-        self.marker().name()
+        &self.breaker.name
     }
 
     /// The breaker's state when it rejected the call: `Open`, `ForcedOpen`
@@ -179,9 +132,9 @@ impl fmt::Display for BreakerOpen {
 }
 
 impl std::error::Error for BreakerOpen {
-    /// The breaker's [`Rejected`] marker (layer `"circuit_breaker"`).
+    /// The breaker's [`Rejected`](crate::error::Rejected) marker (layer `"circuit_breaker"`).
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(self.marker())
+        Some(&self.breaker.rejected)
     }
 }
 
@@ -225,19 +178,5 @@ impl IllegalStateTransition {
     /// The state it was asked to move to.
     pub fn to(&self) -> CircuitState {
         self.to
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_name_is_interned_once() {
-        let name: Arc<str> = "interned-once".into();
-        let first = interned_marker(&name).expect("room for a name");
-        let again = interned_marker(&"interned-once".into()).expect("interned");
-        assert!(std::ptr::eq(first, again));
-        assert_eq!((first.layer(), first.name()), (LAYER, "interned-once"));
     }
 }

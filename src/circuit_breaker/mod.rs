@@ -150,12 +150,9 @@
 //! it, and only calls near the deadline, or after the timer fired (with
 //! paused time, `advance` fires it), read tokio's clock. A breaker opened
 //! outside any runtime reads tokio's clock on every rejection. The
-//! rejection's [`BreakerOpen`] holds the deadline and the breaker's
-//! [`Rejected`](crate::error::Rejected) marker, made once (interned by name
-//! for the first 1,024 names of counted breakers), without counting a
-//! reference that every thread writes; its message and `retry_in` are
-//! computed when asked. Its one allocation is the box of tower's
-//! `BoxError`.
+//! rejection's [`BreakerOpen`] holds the breaker's shared name and the
+//! deadline; its message and `retry_in` are computed when asked. Its one
+//! allocation is the box of tower's `BoxError`.
 //!
 //! Timing calls (slow-call detection, time windows) reads the call clock
 //! once when the call starts (slow calls only) and once when it ends; see

@@ -391,9 +391,6 @@ pub(super) struct Shared {
     /// The marker every rejection of this breaker gives as its source, made
     /// once.
     pub(super) rejected: crate::error::Rejected,
-    /// For a counted breaker, the same marker interned for its name (see
-    /// [`BreakerOpen`]), when there was room.
-    pub(super) interned: Option<&'static crate::error::Rejected>,
     pub(super) config: CircuitBreakerConfig,
     pub(super) control: Mutex<Control>,
     /// Subscribers of [`CircuitBreaker::subscribe`]: every event but the
@@ -433,7 +430,6 @@ impl Shared {
             state_clock: AnchoredClock::new(CallClock::Tokio),
             exported: super::metrics::Exported::new(&name),
             rejected: crate::error::Rejected::new(super::error::LAYER, Arc::clone(&name)),
-            interned: None,
             name,
             events: EventHub::new(config.event_capacity),
             all_events: EventHub::new(config.event_capacity),
@@ -536,10 +532,8 @@ impl CircuitBreaker {
     /// as it is: check names that come from input with
     /// [`try_new`](Self::try_new).
     pub fn new(name: impl Into<Arc<str>>, config: CircuitBreakerConfig) -> Self {
-        let mut shared = Shared::new(name.into(), config);
-        shared.interned = super::error::interned_marker(&shared.name);
         let breaker = Self {
-            shared: SharedRef::counted(shared),
+            shared: SharedRef::counted(Shared::new(name.into(), config)),
         };
         breaker.enter_initial_state();
         breaker
