@@ -143,10 +143,25 @@ const CASES: [&str; 36] = [
 ];
 
 fn main() {
-    // `cargo bench` passes `--bench`; the case is the first other argument.
-    let case = std::env::args()
-        .skip(1)
-        .find(|argument| !argument.starts_with("--"));
+    // `cargo bench` passes `--bench` (and criterion's options given to a
+    // whole `cargo bench -- ...` run, with their values); the case is the
+    // first argument that names one. Run by `cargo bench` without a case,
+    // it lists them and succeeds, so that a whole run goes on.
+    let arguments: Vec<String> = std::env::args().skip(1).collect();
+    let case = arguments
+        .iter()
+        .find(|argument| CASES.contains(&argument.as_str()))
+        .or_else(|| {
+            let by_cargo_bench = arguments.iter().any(|argument| argument == "--bench");
+            (!by_cargo_bench)
+                .then(|| {
+                    arguments
+                        .iter()
+                        .find(|argument| !argument.starts_with("--"))
+                })
+                .flatten()
+        })
+        .cloned();
     let Some(case) = case else {
         println!("cases: {}", CASES.join(" "));
         return;
